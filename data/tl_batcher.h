@@ -1,0 +1,97 @@
+/* tl_batcher: from a dataset to flat, padding-free micro-batches of many adapters.
+ *
+ * Adapter map: adapter.key = user (one adapter per user), group (one per distinct /users/group value) or
+ * global (one adapter, named "global"). Adapters are ordered by first appearance in /users. An adapter with
+ * no examples is reported (n_empty) and left out of the pool.
+ *
+ * Streams: each adapter has its own example stream, a permutation of its examples shuffled with a seed derived
+ * from run.seed and the adapter's name and its epoch, so an adapter's order never depends on who else is in
+ * the dataset. The cursor (epoch, position) per adapter is all the state, saved in checkpoints.
+ *
+ * Steps: global step t activates adapters_per_step adapters, round robin over the pool (all when 0 or >= pool
+ * size); each active adapter takes examples_per_adapter examples from its stream. Sequences are truncated to
+ * max_seq_len (policy: drop prompt tokens from the left, keeping the response; when the response alone is
+ * longer, keep its first max_seq_len tokens and drop the whole prompt) and counted. They are then packed, in
+ * adapter order, into micro-batches of at most micro_batch_tokens tokens (a sequence never splits), so each
+ * adapter's rows in a micro-batch form one contiguous segment.
+ *
+ * Targets: token j of a sequence is trained when j >= max(1, prompt_len); it is the target of row j - 1.
+ * Loss weights: each trained row gets 1 / (number of trained rows of its adapter in the whole step), so the
+ * step's loss is the mean per adapter over its own target tokens, summed over adapters. */
+#ifndef TL_BATCHER_H
+#define TL_BATCHER_H
+
+#include <stdint.h>
+
+#include "../kernels/tl_backend.h"
+#include "tl_dataset.h"
+
+typedef enum { TL_KEY_USER = 0, TL_KEY_GROUP = 1, TL_KEY_GLOBAL = 2 } tl_adapter_key;
+
+typedef struct {
+    int n_adapters;
+    char **names;          /* [n_adapters], the adapter's true name (user name, group name or "global") */
+    int64_t *n_examples;   /* [n_adapters] */
+    int64_t **examples;    /* [n_adapters][n_examples[a]] example indices into the dataset */
+    int *user_adapter;     /* [ds->n_users] adapter of each user, -1 when that user has no examples */
+    int n_empty;           /* users (or groups) skipped for having no examples */
+} tl_adapter_map;
+
+/* Builds the map. `names` may be given (n_names > 0) to fix the pool from a previous run (eval, resume): then
+ * adapters follow that order and users whose adapter is not in it are ignored. */
+tl_status tl_adapter_map_build(const tl_sft_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
+                               tl_adapter_map *out, tl_error *err);
+void tl_adapter_map_free(tl_adapter_map *m);
+
+typedef struct {
+    int64_t epoch, pos;
+} tl_cursor;
+
+typedef struct {
+    int examples_per_adapter, adapters_per_step, micro_batch_tokens, max_seq_len;
+    uint64_t seed;
+} tl_batcher_opts;
+
+/* One micro-batch in host memory; capacities fixed at tl_batcher_init from micro_batch_tokens. */
+typedef struct {
+    int n_tok, n_seq, n_seg, max_seqlen;
+    int32_t *tokens, *pos, *cu_seqlens, *targets;
+    float *weight;      /* [n_tok] loss weight of each row (0 where targets < 0) */
+    int32_t *adapter;   /* [n_tok] adapter index of each row */
+    uint64_t *row_seed; /* [n_tok] */
+    tl_seg *segs;       /* slot = adapter index */
+    int64_t *example;   /* [n_seq] dataset example index of each sequence */
+} tl_host_mb;
+
+typedef struct {
+    int n_mb;
+    tl_host_mb *mb;        /* [capacity] micro-batches of this step */
+    int n_active;
+    int32_t *active;       /* [n_active] adapter indices trained this step, ascending */
+    int64_t *target_count; /* [n_adapters] trained rows per adapter in this step (0 when inactive) */
+    int64_t n_tokens;      /* tokens in the step */
+    int64_t n_truncated;   /* sequences truncated to max_seq_len in this step */
+} tl_step_batch;
+
+typedef struct tl_batcher tl_batcher;
+
+tl_status tl_batcher_init(const tl_sft_dataset *ds, const tl_adapter_map *map, const tl_batcher_opts *opts,
+                          tl_batcher **out, tl_error *err);
+void tl_batcher_free(tl_batcher *b);
+/* Fills the batch for global step `step` (0-based) and advances the active adapters' cursors. */
+tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_error *err);
+/* Per-adapter adapter step counts are kept by the trainer; the batcher only needs it for row seeds. */
+void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps);
+tl_cursor *tl_batcher_cursors(tl_batcher *b); /* [n_adapters], read/write (checkpoint save/restore) */
+
+/* Evaluation batches: every example of the listed adapters exactly once, in dataset order, packed the same way,
+ * with weights 1 per trained row. Call repeatedly until *done. */
+typedef struct tl_eval_iter tl_eval_iter;
+tl_status tl_eval_iter_init(const tl_sft_dataset *ds, const tl_adapter_map *map, int micro_batch_tokens,
+                            int max_seq_len, tl_eval_iter **out, tl_error *err);
+/* force_slot >= 0 sets every segment's slot to it (cross evaluation); -1 for none (base model); -2 keeps
+ * each example's own adapter. */
+tl_status tl_eval_iter_next(tl_eval_iter *it, int force_slot, tl_host_mb **out, int *done, tl_error *err);
+void tl_eval_iter_free(tl_eval_iter *it);
+
+#endif

@@ -1,0 +1,71 @@
+/* tl_config: the run configuration, read from strict YAML with command-line overrides.
+ *
+ * Strict: an unknown key, a wrong type (e.g. "16abc" for an int, a list for a scalar), an out-of-range value or
+ * a malformed file is TL_ERR_INPUT with the file, the line number and the dotted key. Integers are decimal
+ * (a leading 0 is not octal). Overrides are "dotted.key=value" strings, parsed as YAML scalars (or flow lists
+ * such as adapter.targets=[q_proj,v_proj]) and checked by the same rules; an error names the override.
+ * docs/config.md lists every key with its type, default and meaning. */
+#ifndef TL_CONFIG_H
+#define TL_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../kernels/tl_status.h"
+
+#define TL_PATH_MAX 4096
+
+/* LoRA target modules, as bits of tl_config.adapter_targets (order fixed: it is the order of the pool). */
+enum {
+    TL_T_Q = 0, TL_T_K, TL_T_V, TL_T_O, TL_T_GATE, TL_T_UP, TL_T_DOWN, TL_N_TARGETS
+};
+extern const char *const tl_target_names[TL_N_TARGETS]; /* "q_proj", ..., "down_proj" */
+
+typedef struct {
+    /* run */
+    char run_name[256];
+    char output_dir[TL_PATH_MAX]; /* default: runs/<run.name> */
+    uint64_t seed;                /* default 0 */
+    /* model */
+    char model_path[TL_PATH_MAX]; /* required */
+    /* adapter */
+    int adapter_rank;             /* default 8, 1..1024 */
+    double adapter_alpha;         /* default 16, > 0 */
+    double adapter_dropout;       /* default 0.0, [0, 1) */
+    uint32_t adapter_targets;     /* bitmask; default q_proj,k_proj,v_proj,o_proj */
+    char adapter_key[16];         /* user | group | global; default user */
+    int adapter_rslora;           /* default false */
+    /* data */
+    char data_train[TL_PATH_MAX]; /* required for train */
+    char data_eval[TL_PATH_MAX];  /* optional ("" when absent) */
+    int data_max_seq_len;         /* default 512 */
+    /* task */
+    char task_type[16];           /* sft (default); dpo and reward come later */
+    /* train */
+    char backend[16];             /* auto (default) | cpu | cuda */
+    int threads;                  /* 0 = all cores */
+    int64_t steps;                /* default 100, >= 1 */
+    int examples_per_adapter;     /* default 4, >= 1 */
+    int adapters_per_step;        /* default 0 = all */
+    int micro_batch_tokens;       /* default 4096, >= data.max_seq_len */
+    double lr;                    /* default 1e-4, > 0 */
+    char schedule[16];            /* constant | linear | cosine (default) */
+    int64_t warmup_steps;         /* default 0 */
+    double weight_decay;          /* default 0.0 */
+    double grad_clip;             /* default 1.0; 0 disables */
+    double beta1, beta2, adam_eps;/* default 0.9, 0.999, 1e-8 */
+    int64_t log_every;            /* default 10 */
+    int64_t eval_every;           /* default 0 = only at the end (when data.eval is set) */
+    int64_t checkpoint_every;     /* default 0 = only at the end */
+    int keep_checkpoints;         /* default 2 */
+    char resume[TL_PATH_MAX];     /* auto (default) | never | path of a checkpoint directory */
+} tl_config;
+
+void tl_config_defaults(tl_config *c);
+/* Loads path (may be NULL for defaults only), then applies overrides in order, then validates cross-key rules
+ * (e.g. micro_batch_tokens >= max_seq_len). */
+tl_status tl_config_load(const char *path, char *const *overrides, int n_overrides, tl_config *c, tl_error *err);
+/* Writes the resolved configuration as YAML that tl_config_load reads back to the same values. */
+void tl_config_write_yaml(const tl_config *c, FILE *f);
+
+#endif

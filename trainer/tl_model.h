@@ -1,0 +1,76 @@
+/* tl_model: the Llama-family decoder over the backend op table, with a pool of LoRA adapters.
+ *
+ * The model is frozen; only LoRA A/B matrices train. One forward/backward runs a flat micro-batch whose rows
+ * belong to many adapters: the base products run once over all rows, the LoRA products per adapter segment. */
+#ifndef TL_MODEL_H
+#define TL_MODEL_H
+
+#include <stdint.h>
+
+#include "../data/tl_batcher.h"
+#include "../data/tl_hf_config.h"
+#include "../kernels/tl_backend.h"
+#include "tl_config.h"
+
+typedef struct {
+    tl_act *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv; /* biases NULL unless attention_bias */
+    tl_act *mlp_norm, *wgate, *wup, *wdown;
+} tl_layer_weights;
+
+typedef struct {
+    tl_model_config cfg;
+    tl_backend *be;
+    tl_act *embed;      /* [V, d] */
+    tl_act *final_norm; /* [d] */
+    tl_act *lm_head;    /* [V, d]; == embed when tied */
+    tl_layer_weights *layers;
+    float *inv_freq;    /* backend, [head_dim / 2] */
+    size_t n_params;
+} tl_model;
+
+/* Loads config.json and the safetensors weights of an HF model directory onto the backend. */
+tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err);
+void tl_model_free(tl_model *m);
+/* in and out features of a target module (TL_T_*) */
+void tl_target_dims(const tl_model_config *c, int target, int *in, int *out);
+
+/* A pool of LoRA adapters. Slot s's parameters are one contiguous block of P floats at params + s * P (the
+ * same layout for grads and Adam moments): for each layer, for each enabled target in TL_T_* order, A [r, in]
+ * then B [out, r]. */
+typedef struct {
+    int n_slots, rank, n_layers;
+    uint32_t targets;
+    float alpha, scale, dropout;
+    int rslora;
+    size_t P;
+    size_t *off_A, *off_B; /* [n_layers * TL_N_TARGETS], offsets inside a slot block (unused targets: 0) */
+    int in_dim[TL_N_TARGETS], out_dim[TL_N_TARGETS];
+    float *params, *grads, *m, *v; /* backend memory, n_slots * P each */
+    int64_t *steps;                /* host, [n_slots] optimizer steps taken by each adapter */
+    char **names;                  /* host, [n_slots] adapter names */
+} tl_lora_pool;
+
+/* PEFT initialization: A kaiming-uniform (a = sqrt(5), bound 1/sqrt(in)), B = 0. Each slot's A comes from an
+ * RNG seeded by (seed, the slot's name), so an adapter's start never depends on the others in the pool. */
+tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
+                            float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
+                            tl_error *err);
+void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be);
+
+/* Activation buffers for micro-batches of up to max_tokens rows, allocated once. */
+typedef struct tl_workspace tl_workspace;
+tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_tokens, int max_seqs,
+                              tl_workspace **out, tl_error *err);
+void tl_workspace_free(tl_workspace *ws, tl_backend *be);
+size_t tl_workspace_bytes(const tl_workspace *ws);
+
+/* Forward (and, when train, backward) on one micro-batch. Segments with slot < 0 run the bare base model.
+ * logp_out (host, [n_tok]) receives log p(target) per row (0 where no target). With train, the LoRA
+ * gradients of each segment's slot accumulate into p->grads with dL/dlogp[i] = -weight[i]. */
+tl_status tl_model_step(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *mb, int train,
+                        float *logp_out, tl_error *err);
+/* Forward only, logits of every row: logits_out (host) [n_tok, V]. For tests and small inputs. */
+tl_status tl_model_logits(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *mb,
+                          float *logits_out, tl_error *err);
+
+#endif
