@@ -17,7 +17,14 @@
  *
  * Targets: token j of a sequence is trained when j >= max(1, prompt_len); it is the target of row j - 1.
  * Loss weights: each trained row gets 1 / (number of trained rows of its adapter in the whole step), so the
- * step's loss is the mean per adapter over its own target tokens, summed over adapters. */
+ * step's loss is the mean per adapter over its own target tokens, summed over adapters. A sequence with no
+ * trained token (length < 2, or all prompt) consumes its stream position but is not packed; an adapter whose
+ * step has no trained row is not listed in `active` (its optimizer must not step on a zero gradient).
+ *
+ * Row seeds hash (run.seed, adapter name, the adapter's own step count, index of the example among the
+ * adapter's examples of this step, position), so dropout masks never depend on other adapters or on packing.
+ * Exact hashing and shuffling are specified in docs/data-format.md. The dataset and the map must outlive the
+ * batcher and the eval iterator, which keep pointers to them. */
 #ifndef TL_BATCHER_H
 #define TL_BATCHER_H
 
@@ -33,12 +40,16 @@ typedef struct {
     char **names;          /* [n_adapters], the adapter's true name (user name, group name or "global") */
     int64_t *n_examples;   /* [n_adapters] */
     int64_t **examples;    /* [n_adapters][n_examples[a]] example indices into the dataset */
-    int *user_adapter;     /* [ds->n_users] adapter of each user, -1 when that user has no examples */
-    int n_empty;           /* users (or groups) skipped for having no examples */
+    int *user_adapter;     /* [ds->n_users] adapter of each user, -1 when its adapter is not in the pool (no
+                              examples, or left out of a fixed `names` pool) */
+    int n_empty;           /* users (or groups) skipped for having no examples; with a fixed `names` pool, the
+                              pool's adapters that have no example in this dataset (they stay, with 0 examples) */
 } tl_adapter_map;
 
 /* Builds the map. `names` may be given (n_names > 0) to fix the pool from a previous run (eval, resume): then
- * adapters follow that order and users whose adapter is not in it are ignored. */
+ * adapters follow that order (adapter index = position in `names`, even for names without examples here),
+ * users whose adapter is not in it are ignored, and a name listed twice is an error. key = group on a
+ * dataset without /users/group is TL_ERR_INPUT. */
 tl_status tl_adapter_map_build(const tl_sft_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
                                tl_adapter_map *out, tl_error *err);
 void tl_adapter_map_free(tl_adapter_map *m);
@@ -67,7 +78,7 @@ typedef struct {
     int n_mb;
     tl_host_mb *mb;        /* [capacity] micro-batches of this step */
     int n_active;
-    int32_t *active;       /* [n_active] adapter indices trained this step, ascending */
+    int32_t *active;       /* [n_active] adapter indices trained this step (target_count > 0), ascending */
     int64_t *target_count; /* [n_adapters] trained rows per adapter in this step (0 when inactive) */
     int64_t n_tokens;      /* tokens in the step */
     int64_t n_truncated;   /* sequences truncated to max_seq_len in this step */
@@ -78,14 +89,19 @@ typedef struct tl_batcher tl_batcher;
 tl_status tl_batcher_init(const tl_sft_dataset *ds, const tl_adapter_map *map, const tl_batcher_opts *opts,
                           tl_batcher **out, tl_error *err);
 void tl_batcher_free(tl_batcher *b);
-/* Fills the batch for global step `step` (0-based) and advances the active adapters' cursors. */
+/* Fills the batch for global step `step` (0-based) and advances the scheduled adapters' cursors. The returned
+ * batch is owned by the batcher and valid until the next call. Options: examples_per_adapter >= 1,
+ * adapters_per_step >= 0, 2 <= max_seq_len <= micro_batch_tokens; a cursor out of range (after a restore) is
+ * TL_ERR_INPUT. */
 tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_error *err);
 /* Per-adapter adapter step counts are kept by the trainer; the batcher only needs it for row seeds. */
 void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps);
 tl_cursor *tl_batcher_cursors(tl_batcher *b); /* [n_adapters], read/write (checkpoint save/restore) */
 
-/* Evaluation batches: every example of the listed adapters exactly once, in dataset order, packed the same way,
- * with weights 1 per trained row. Call repeatedly until *done. */
+/* Evaluation batches: every example of the listed adapters exactly once (adapters in map order, each one's
+ * examples in dataset order), truncated and packed the same way, with weights 1 per trained row; examples with
+ * no trained token are skipped. Call repeatedly: each call returns a non-empty micro-batch (valid until the
+ * next call) with *done = 0, or *out = NULL and *done = 1 once everything was returned. */
 typedef struct tl_eval_iter tl_eval_iter;
 tl_status tl_eval_iter_init(const tl_sft_dataset *ds, const tl_adapter_map *map, int micro_batch_tokens,
                             int max_seq_len, tl_eval_iter **out, tl_error *err);

@@ -3,8 +3,11 @@
  * Root attributes tailor_format = 1 (integer), kind = "sft". /users/name [U] strings, optional /users/group
  * [U]; /sft/tokens int32 [T], /sft/offsets int64 [N+1] (0, nondecreasing, last = T), /sft/prompt_len int32 [N]
  * (0 <= prompt_len <= length), /sft/user int32 [N] (index into /users). Every token < model_vocab; the
- * optional root attribute vocab_size must not exceed model_vocab. Each violation is TL_ERR_INPUT naming the
- * file, the dataset and the index. An empty dataset (N = 0) is an error. */
+ * optional root attribute vocab_size must not exceed model_vocab, and every token is also < vocab_size when
+ * that is present. User and group names are non-empty valid UTF-8 (trailing NUL padding stripped); user names
+ * are unique. Each violation is TL_ERR_INPUT naming the file, the dataset and the index ("<file>: <dataset or
+ * attribute>: <problem>"). An empty dataset (N = 0) is an error. HDF5's own error printing is silenced during
+ * the open and the caller's setting restored. */
 #ifndef TL_DATASET_H
 #define TL_DATASET_H
 

@@ -24,13 +24,25 @@ typedef struct {
     int attention_bias;      /* q/k/v biases: Qwen2 always; llama when attention_bias is true */
 } tl_model_config;
 
-/* Reads <dir>/config.json. */
+/* Reads <dir>/config.json. Defaults as transformers' config classes: num_key_value_heads = heads, head_dim =
+ * hidden / heads, rms_norm_eps 1e-6, rope_theta 10000, tie_word_embeddings false, max_position_embeddings
+ * 2048 (llama) / 131072 (mistral) / 32768 (qwen2). RoPE from rope_theta + rope_scaling, or transformers-v5
+ * rope_parameters; types default, linear, llama3. A sliding window that could take effect (Mistral's default
+ * 4096, or Qwen2 with use_sliding_window) is refused unless >= max_position_embeddings. hidden_act must be
+ * silu; Llama's mlp_bias must be false. No config.json: "<dir>: no config.json". */
 tl_status tl_model_config_load(const char *dir, tl_model_config *cfg, tl_error *err);
 
 /* RoPE inverse frequencies [head_dim / 2] with the configured scaling applied (HF's rope init functions). */
 void tl_rope_inv_freq(const tl_model_config *cfg, float *inv_freq);
 
-/* Writes a config.json for cfg (used by the tiny-model writer). Atomic. */
+/* Checks a filled config for consistency (sizes positive, heads divisible, head_dim even, rope settings
+ * complete, model_type matching arch and attention_bias). `what` names the source in messages. Load calls it. */
+tl_status tl_model_config_check(const tl_model_config *cfg, const char *what, tl_error *err);
+
+/* Writes a config.json for cfg (used by the tiny-model writer). Atomic. torch_dtype "float32". */
 tl_status tl_model_config_write(const char *dir, const tl_model_config *cfg, tl_error *err);
+/* The same with the torch_dtype written ("float32", "bfloat16", ...). */
+tl_status tl_model_config_write_dtype(const char *dir, const tl_model_config *cfg, const char *torch_dtype,
+                                      tl_error *err);
 
 #endif

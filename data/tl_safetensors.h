@@ -7,6 +7,7 @@
 #ifndef TL_SAFETENSORS_H
 #define TL_SAFETENSORS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../kernels/tl_status.h"
@@ -33,9 +34,21 @@ const tl_st_tensor *tl_st_get(const tl_st_file *f, int i);
 const tl_st_tensor *tl_st_find(const tl_st_file *f, const char *name); /* NULL if absent */
 const char *tl_st_metadata(const tl_st_file *f, const char *key);     /* NULL if absent */
 /* Reads a tensor converted to fp32 into dst; its shape must equal `shape` (ndim dims), else TL_ERR_INPUT
- * naming file, tensor, actual and expected shapes. Accepts F32, F16, BF16 (and F64). */
+ * naming file, tensor, actual and expected shapes. Accepts F32, F16, BF16 (and F64); other dtypes (integers,
+ * TL_DT_OTHER) are TL_ERR_INPUT. A missing tensor is TL_ERR_INPUT. */
 tl_status tl_st_read_f32(tl_st_file *f, const char *name, const int64_t *shape, int ndim, float *dst,
                          tl_error *err);
+/* Copies a tensor's raw little-endian bytes (any dtype, e.g. I64 checkpoint state) into dst; nbytes must equal
+ * the tensor's size, else TL_ERR_INPUT. */
+tl_status tl_st_read_bytes(tl_st_file *f, const char *name, void *dst, uint64_t nbytes, tl_error *err);
+const char *tl_st_path(const tl_st_file *f);
+/* Bytes per element of a safetensors dtype name ("F32" -> 4); 0 when unknown. */
+unsigned tl_st_dtype_size(const char *dtype_name);
+
+/* Exact conversions (f16 subnormals, inf and nan kept); f32 -> bf16 rounds to nearest even, nan stays nan. */
+float tl_f16_to_f32(uint16_t h);
+float tl_bf16_to_f32(uint16_t b);
+uint16_t tl_f32_to_bf16(float f);
 
 /* An HF model directory: model.safetensors, or model.safetensors.index.json with its shards. */
 typedef struct tl_tensor_src tl_tensor_src;
@@ -44,12 +57,17 @@ void tl_tensor_src_close(tl_tensor_src *s);
 int tl_tensor_src_has(const tl_tensor_src *s, const char *name);
 tl_status tl_tensor_src_read_f32(tl_tensor_src *s, const char *name, const int64_t *shape, int ndim, float *dst,
                                  tl_error *err);
+/* The header entry (dtype, shape) of a tensor of the model, NULL if absent. tl_tensor_src_read_f32's shape
+ * mismatch message ends in "(from config.json)": model directories are always read against their config. */
+const tl_st_tensor *tl_tensor_src_find(const tl_tensor_src *s, const char *name);
 
-/* Writer: collect tensors (fp32 data is copied or referenced until write), then write the file atomically
- * (temporary name in the same directory, fsync, rename). dtype of the written tensors: F32. */
+/* Writer: collect tensors (data referenced, not copied, until write), then write the file atomically
+ * (temporary name in the same directory, fsync, rename). Tensors are laid out contiguously in insertion order,
+ * "__metadata__" first. add_f32 writes F32; add_bytes any sized dtype ("I64", "BF16", ...), nbytes checked
+ * against the shape. Misuse (duplicate name, size mismatch) is TL_ERR_RUNTIME. transformers only loads files
+ * whose metadata has "format": "pt"; callers writing HF models add it. A repeated meta key replaces the value. */
 typedef struct tl_st_writer tl_st_writer;
 tl_st_writer *tl_st_writer_new(void);
-/* data must stay valid until tl_st_writer_write returns (not copied) */
 tl_status tl_st_writer_add_f32(tl_st_writer *w, const char *name, const int64_t *shape, int ndim,
                                const float *data, tl_error *err);
 tl_status tl_st_writer_add_bytes(tl_st_writer *w, const char *name, const char *dtype_name, const int64_t *shape,
@@ -57,5 +75,9 @@ tl_status tl_st_writer_add_bytes(tl_st_writer *w, const char *name, const char *
 tl_status tl_st_writer_meta(tl_st_writer *w, const char *key, const char *value, tl_error *err);
 tl_status tl_st_writer_write(tl_st_writer *w, const char *path, tl_error *err);
 void tl_st_writer_free(tl_st_writer *w);
+
+/* Writes len bytes to path atomically: "<path>.tmp.<pid>" in the same directory, fsync, rename, fsync of the
+ * directory; the temporary file is removed on any failure. */
+tl_status tl_write_file_atomic(const char *path, const void *data, size_t len, tl_error *err);
 
 #endif

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #if defined(__CUDACC__)
-#define TL_HD __host__ __device__ __forceinline__
+#define TL_HD __host__ __device__
 #else
 #define TL_HD
 #endif
@@ -35,6 +35,12 @@ static inline TL_HD void tl_rope_rotate(float *x0, float *x1, float c, float s) 
     float a = *x0, b = *x1;
     *x0 = a * c - b * s;
     *x1 = b * c + a * s;
+}
+
+/* RMSNorm backward for one element, w frozen: with gw = dout * w and c = sum_j(gw_j x_j) / d over the row,
+ * dx = rstd (gw - x rstd^2 c) (the second term is the gradient through rstd). */
+static inline TL_HD float tl_rmsnorm_dx(float gw, float x, float rstd, float c) {
+    return rstd * (gw - x * rstd * rstd * c);
 }
 
 /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) ----
@@ -79,6 +85,28 @@ static inline TL_HD void tl_lse_push(float *m, float *s, float x) {
     } else {
         *s += expf(x - *m);
     }
+}
+
+/* Online softmax step with a weighted accumulator (attention): running (max m, sum s) absorbs score x. Returns
+ * the factor by which what was accumulated before must be rescaled (1 when the max did not move; s is already
+ * rescaled) and sets *w to the weight of x relative to the new max. Start from m = -INFINITY, s = 0. */
+static inline TL_HD float tl_softmax_push(float *m, float *s, float x, float *w) {
+    if (x > *m) {
+        float c = expf(*m - x);
+        *s = *s * c + 1.0f;
+        *m = x;
+        *w = 1.0f;
+        return c;
+    }
+    *w = expf(x - *m);
+    *s += *w;
+    return 1.0f;
+}
+
+/* Cross-entropy gradient w.r.t. one logit of a row, given p = softmax probability of that logit and dlogp, the
+ * upstream gradient of the row's log p(target): d(logp)/dlogit = onehot - p. */
+static inline TL_HD float tl_ce_dlogit(float dlogp, float p, int is_target) {
+    return dlogp * ((is_target ? 1.0f : 0.0f) - p);
 }
 
 #endif

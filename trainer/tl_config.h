@@ -36,7 +36,7 @@ typedef struct {
     char adapter_key[16];         /* user | group | global; default user */
     int adapter_rslora;           /* default false */
     /* data */
-    char data_train[TL_PATH_MAX]; /* required for train */
+    char data_train[TL_PATH_MAX]; /* "" when absent; tailor train requires it */
     char data_eval[TL_PATH_MAX];  /* optional ("" when absent) */
     int data_max_seq_len;         /* default 512 */
     /* task */
@@ -61,11 +61,15 @@ typedef struct {
     char resume[TL_PATH_MAX];     /* auto (default) | never | path of a checkpoint directory */
 } tl_config;
 
+/* Every field at its documented default (run.name "run", run.output_dir "runs/run", model.path unset). */
 void tl_config_defaults(tl_config *c);
-/* Loads path (may be NULL for defaults only), then applies overrides in order, then validates cross-key rules
- * (e.g. micro_batch_tokens >= max_seq_len). */
+/* Loads path (may be NULL for defaults only), then applies overrides in order (a later one wins), then checks
+ * what needs the final values: model.path is required, micro_batch_tokens >= max_seq_len. run.name defaults
+ * to path's basename without its extension ("run" without a file), run.output_dir to "runs/<run.name>".
+ * Paths are kept as written (relative to the current directory). *c is written only on success. */
 tl_status tl_config_load(const char *path, char *const *overrides, int n_overrides, tl_config *c, tl_error *err);
-/* Writes the resolved configuration as YAML that tl_config_load reads back to the same values. */
+/* Writes the resolved configuration (every key) as YAML that tl_config_load reads back to the same values,
+ * doubles bit for bit. The caller checks the stream (ferror / fclose). */
 void tl_config_write_yaml(const tl_config *c, FILE *f);
 
 #endif

@@ -1,0 +1,534 @@
+/* dataset: opens an HDF5 SFT dataset (schema in docs/data-format.md), reads every array into memory and
+ * validates all of it before returning, so the batcher and trainer can index it without further checks.
+ *
+ * HDF5 prints its own error stack by default; that is switched off for the duration of the open (and the
+ * caller's setting restored) so every failure reaches the user as one line "<file>: <object>: <problem>". */
+#include "tl_dataset.h"
+
+#include <errno.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct {
+    const char *path;
+    hid_t file;
+    tl_error *err;
+} rd_ctx;
+
+/* A short human name of an HDF5 type for "expected ..." messages. */
+static void type_name(hid_t t, char *buf, size_t n) {
+    H5T_class_t c = H5Tget_class(t);
+    size_t size = H5Tget_size(t);
+    switch (c) {
+    case H5T_INTEGER:
+        snprintf(buf, n, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", size * 8);
+        break;
+    case H5T_FLOAT: snprintf(buf, n, "float%zu", size * 8); break;
+    case H5T_STRING: snprintf(buf, n, "string"); break;
+    case H5T_COMPOUND: snprintf(buf, n, "compound"); break;
+    case H5T_ENUM: snprintf(buf, n, "enum"); break;
+    case H5T_ARRAY: snprintf(buf, n, "array"); break;
+    case H5T_VLEN: snprintf(buf, n, "vlen"); break;
+    case H5T_OPAQUE: snprintf(buf, n, "opaque"); break;
+    case H5T_BITFIELD: snprintf(buf, n, "bitfield"); break;
+    case H5T_REFERENCE: snprintf(buf, n, "reference"); break;
+    case H5T_TIME: snprintf(buf, n, "time"); break;
+    default: snprintf(buf, n, "unknown type"); break;
+    }
+}
+
+/* Whether `name` (an absolute path of at most two levels) exists as a link, checking the parent group first:
+ * H5Lexists fails rather than answering 0 when an intermediate group is missing. */
+static int link_exists(hid_t file, const char *name) {
+    char parent[256];
+    const char *slash = strrchr(name, '/');
+    if (slash && slash != name) {
+        size_t len = (size_t)(slash - name);
+        if (len >= sizeof parent) return 0;
+        memcpy(parent, name, len);
+        parent[len] = '\0';
+        if (H5Lexists(file, parent, H5P_DEFAULT) <= 0) return 0;
+    }
+    return H5Lexists(file, name, H5P_DEFAULT) > 0;
+}
+
+/* Opens a rank-1 dataset and returns it with its length. */
+static tl_status open_1d(rd_ctx *c, const char *name, hid_t *dset, int64_t *len) {
+    *dset = H5I_INVALID_HID;
+    if (!link_exists(c->file, name)) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: missing dataset", c->path, name);
+    hid_t d = H5Dopen2(c->file, name, H5P_DEFAULT);
+    if (d < 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: not a dataset", c->path, name);
+    hid_t s = H5Dget_space(d);
+    if (s < 0) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its dataspace", c->path, name);
+    }
+    int rank = H5Sget_simple_extent_ndims(s);
+    hsize_t dims[1] = {0};
+    int ok = rank == 1 && H5Sget_simple_extent_dims(s, dims, NULL) == 1;
+    H5Sclose(s);
+    if (!ok) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: rank %d, expected a 1-D array", c->path, name, rank);
+    }
+    if (dims[0] > (hsize_t)INT64_MAX / 8) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: length %llu is too large", c->path, name,
+                       (unsigned long long)dims[0]);
+    }
+    *dset = d;
+    *len = (int64_t)dims[0];
+    return TL_OK;
+}
+
+/* Reads a rank-1 signed integer dataset of exactly `width` bytes per element (4 or 8) into a new array. */
+static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **out, int64_t *len) {
+    *out = NULL;
+    hid_t d;
+    TL_TRY(open_1d(c, name, &d, len));
+    hid_t t = H5Dget_type(d);
+    if (t < 0) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its dtype", c->path, name);
+    }
+    int good = H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) == width && H5Tget_sign(t) == H5T_SGN_2;
+    char tn[32];
+    type_name(t, tn, sizeof tn);
+    H5Tclose(t);
+    if (!good) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: dtype %s, expected int%zu", c->path, name, tn, width * 8);
+    }
+    size_t n = (size_t)*len;
+    void *buf = malloc((n ? n : 1) * width);
+    if (!buf) {
+        H5Dclose(d);
+        return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory for %zu elements", c->path, name, n);
+    }
+    herr_t r = n ? H5Dread(d, width == 4 ? H5T_NATIVE_INT32 : H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf)
+                 : 0;
+    H5Dclose(d);
+    if (r < 0) {
+        free(buf);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: read failed (corrupt file or unsupported filter)", c->path,
+                       name);
+    }
+    *out = buf;
+    return TL_OK;
+}
+
+/* Checks that s[0..len) is well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
+static int utf8_valid(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        unsigned char b = s[i];
+        size_t k;
+        uint32_t cp;
+        if (b < 0x80) {
+            i++;
+            continue;
+        } else if ((b & 0xE0) == 0xC0) {
+            k = 1;
+            cp = b & 0x1F;
+        } else if ((b & 0xF0) == 0xE0) {
+            k = 2;
+            cp = b & 0x0F;
+        } else if ((b & 0xF8) == 0xF0) {
+            k = 3;
+            cp = b & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + k >= len) return 0; /* truncated sequence */
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3F);
+        }
+        static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* Turns one raw string (fixed-length bytes or a variable-length C string) into an owned C string.
+ * Trailing NULs are padding; a NUL followed by other bytes cannot be represented as a C string and is an
+ * error, except under H5T_STR_NULLTERM where everything after the terminator is padding. */
+static tl_status own_string(rd_ctx *c, const char *what, int64_t index, const char *raw, size_t size, int nullterm,
+                            char **out) {
+    size_t len = size;
+    if (nullterm) {
+        const char *z = memchr(raw, 0, size);
+        if (z) len = (size_t)(z - raw);
+    } else {
+        while (len > 0 && raw[len - 1] == '\0') len--;
+        if (memchr(raw, 0, len))
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: string %lld contains a NUL byte", c->path, what,
+                           (long long)index);
+    }
+    if (!utf8_valid((const unsigned char *)raw, len))
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: string %lld is not valid UTF-8", c->path, what,
+                       (long long)index);
+    char *s = malloc(len + 1);
+    if (!s) return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, what);
+    memcpy(s, raw, len);
+    s[len] = '\0';
+    *out = s;
+    return TL_OK;
+}
+
+/* Reads n strings from a dataset (is_attr = 0) or attribute (is_attr = 1) whose file type is `ftype` and
+ * dataspace `space`. Fixed-length and variable-length strings are both accepted; the bytes are read without
+ * conversion (memory type = file type's size, padding and character set) so nothing is altered. */
+static tl_status read_strings(rd_ctx *c, const char *what, hid_t obj, int is_attr, hid_t ftype, hid_t space,
+                              size_t n, char **out) {
+    if (H5Tget_class(ftype) != H5T_STRING) {
+        char tn[32];
+        type_name(ftype, tn, sizeof tn);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: dtype %s, expected strings", c->path, what, tn);
+    }
+    htri_t vl = H5Tis_variable_str(ftype);
+    H5T_cset_t cset = H5Tget_cset(ftype);
+    H5T_str_t pad = H5Tget_strpad(ftype);
+    size_t fsize = H5Tget_size(ftype);
+    if (vl < 0 || cset < 0 || pad < 0 || fsize == 0)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: unreadable string type", c->path, what);
+    hid_t mt = H5Tcopy(H5T_C_S1);
+    if (mt < 0) return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: H5Tcopy failed", c->path, what);
+    herr_t r = H5Tset_size(mt, vl ? H5T_VARIABLE : fsize);
+    if (r >= 0) r = H5Tset_cset(mt, cset);
+    if (r >= 0 && !vl) r = H5Tset_strpad(mt, pad);
+    if (r < 0) {
+        H5Tclose(mt);
+        return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: cannot build the string memory type", c->path, what);
+    }
+    tl_status st = TL_OK;
+    if (n == 0) {
+        H5Tclose(mt);
+        return TL_OK;
+    }
+    if (vl) {
+        char **ptrs = calloc(n, sizeof *ptrs);
+        if (!ptrs) {
+            H5Tclose(mt);
+            return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, what);
+        }
+        r = is_attr ? H5Aread(obj, mt, ptrs) : H5Dread(obj, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs);
+        if (r < 0) {
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: read failed", c->path, what);
+        } else {
+            for (size_t i = 0; i < n && st == TL_OK; i++) {
+                const char *p = ptrs[i] ? ptrs[i] : "";
+                st = own_string(c, what, (int64_t)i, p, strlen(p), 1, &out[i]);
+            }
+            /* Variable-length strings are allocated by HDF5 and must be given back through it. */
+            if (H5Dvlen_reclaim(mt, space, H5P_DEFAULT, ptrs) < 0 && st == TL_OK)
+                st = tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: cannot release variable-length strings", c->path,
+                             what);
+        }
+        free(ptrs);
+    } else {
+        if (fsize > ((size_t)1 << 40) / n) {
+            H5Tclose(mt);
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: %zu strings of %zu bytes is too large", c->path, what,
+                           n, fsize);
+        }
+        char *buf = malloc(n * fsize);
+        if (!buf) {
+            H5Tclose(mt);
+            return tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, what);
+        }
+        r = is_attr ? H5Aread(obj, mt, buf) : H5Dread(obj, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+        if (r < 0) st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: read failed", c->path, what);
+        for (size_t i = 0; i < n && st == TL_OK; i++)
+            st = own_string(c, what, (int64_t)i, buf + i * fsize, fsize, pad == H5T_STR_NULLTERM, &out[i]);
+        free(buf);
+    }
+    H5Tclose(mt);
+    return st;
+}
+
+/* Reads a rank-1 string dataset into a new array of owned strings (entries NULL-initialised so a partial
+ * result can be freed). */
+static tl_status read_string_1d(rd_ctx *c, const char *name, char ***out, int64_t *len) {
+    *out = NULL;
+    hid_t d;
+    TL_TRY(open_1d(c, name, &d, len));
+    size_t n = (size_t)*len;
+    char **arr = calloc(n ? n : 1, sizeof *arr);
+    hid_t t = H5Dget_type(d);
+    hid_t s = H5Dget_space(d);
+    tl_status st;
+    if (!arr)
+        st = tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, name);
+    else if (t < 0 || s < 0)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its dtype", c->path, name);
+    else
+        st = read_strings(c, name, d, 0, t, s, n, arr);
+    if (t >= 0) H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    H5Dclose(d);
+    if (st != TL_OK && arr) {
+        for (size_t i = 0; i < n; i++) free(arr[i]);
+        free(arr);
+        arr = NULL;
+    }
+    *out = arr;
+    return st;
+}
+
+/* Opens a root attribute holding a single value; *present = 0 when it is absent. */
+static tl_status open_scalar_attr(rd_ctx *c, const char *name, hid_t *attr, hid_t *type, hid_t *space,
+                                  int *present) {
+    *attr = *type = *space = H5I_INVALID_HID;
+    htri_t ex = H5Aexists(c->file, name);
+    if (ex < 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: cannot query", c->path, name);
+    *present = ex > 0;
+    if (!ex) return TL_OK;
+    *attr = H5Aopen(c->file, name, H5P_DEFAULT);
+    if (*attr < 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: cannot open", c->path, name);
+    *type = H5Aget_type(*attr);
+    *space = H5Aget_space(*attr);
+    if (*type < 0 || *space < 0)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: cannot read its type", c->path, name);
+    hssize_t np = H5Sget_simple_extent_npoints(*space);
+    if (np != 1)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: %lld values, expected a single value", c->path,
+                       name, (long long)np);
+    return TL_OK;
+}
+
+static void close_attr(hid_t a, hid_t t, hid_t s) {
+    if (s >= 0) H5Sclose(s);
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+}
+
+/* Reads an integer root attribute (any integer width; converted to int64). */
+static tl_status read_int_attr(rd_ctx *c, const char *name, int64_t *val, int *present) {
+    hid_t a, t, s;
+    tl_status st = open_scalar_attr(c, name, &a, &t, &s, present);
+    if (st == TL_OK && *present) {
+        if (H5Tget_class(t) != H5T_INTEGER) {
+            char tn[32];
+            type_name(t, tn, sizeof tn);
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: type %s, expected an integer", c->path, name, tn);
+        } else if (H5Aread(a, H5T_NATIVE_INT64, val) < 0) {
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: read failed or value out of int64 range",
+                         c->path, name);
+        }
+    }
+    close_attr(a, t, s);
+    return st;
+}
+
+/* Reads a string root attribute (fixed or variable length) into an owned string. */
+static tl_status read_str_attr(rd_ctx *c, const char *name, char **val, int *present) {
+    hid_t a, t, s;
+    *val = NULL;
+    char what[64];
+    snprintf(what, sizeof what, "attribute %s", name);
+    tl_status st = open_scalar_attr(c, name, &a, &t, &s, present);
+    if (st == TL_OK && *present) st = read_strings(c, what, a, 1, t, s, 1, val);
+    close_attr(a, t, s);
+    return st;
+}
+
+static int cmp_str_ptr(const void *x, const void *y) {
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static tl_status check_root(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
+    int present;
+    int64_t fmt = 0;
+    TL_TRY(read_int_attr(c, "tailor_format", &fmt, &present));
+    if (!present) return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute tailor_format: missing, expected 1", c->path);
+    if (fmt != 1)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute tailor_format: %lld, expected 1 (this tailor reads "
+                       "format 1)", c->path, (long long)fmt);
+    char *kind = NULL;
+    TL_TRY(read_str_attr(c, "kind", &kind, &present));
+    if (!present) return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: missing, expected \"sft\"", c->path);
+    int is_sft = strcmp(kind, "sft") == 0;
+    tl_status st = TL_OK;
+    if (!is_sft)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: \"%.64s\", expected \"sft\"", c->path, kind);
+    free(kind);
+    TL_TRY(st);
+    int64_t vs = 0;
+    TL_TRY(read_int_attr(c, "vocab_size", &vs, &present));
+    if (present) {
+        if (vs <= 0)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute vocab_size: %lld, expected a positive integer",
+                           c->path, (long long)vs);
+        if (model_vocab > 0 && vs > model_vocab)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute vocab_size: %lld exceeds the model's vocabulary "
+                           "size %d", c->path, (long long)vs, model_vocab);
+        ds->vocab_size_attr = vs;
+    }
+    return TL_OK;
+}
+
+static tl_status check_users(rd_ctx *c, tl_sft_dataset *ds) {
+    int64_t nu = 0;
+    TL_TRY(read_string_1d(c, "/users/name", &ds->user_names, &nu));
+    if (nu > 0x7fffffff) return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: %lld users, at most 2^31-1",
+                                        c->path, (long long)nu);
+    ds->n_users = (int)nu;
+    if (nu == 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: no users", c->path);
+    for (int u = 0; u < ds->n_users; u++)
+        if (ds->user_names[u][0] == '\0')
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: user %d has an empty name", c->path, u);
+    /* Duplicates would make two users share one adapter name (and export directory): sort copies to find them. */
+    char **sorted = malloc((size_t)nu * sizeof *sorted);
+    if (!sorted) return tl_fail(c->err, TL_ERR_RUNTIME, "%s: /users/name: out of memory", c->path);
+    memcpy(sorted, ds->user_names, (size_t)nu * sizeof *sorted);
+    qsort(sorted, (size_t)nu, sizeof *sorted, cmp_str_ptr);
+    tl_status st = TL_OK;
+    for (int64_t i = 1; i < nu; i++)
+        if (strcmp(sorted[i - 1], sorted[i]) == 0) {
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: duplicate user name \"%.200s\"", c->path,
+                         sorted[i]);
+            break;
+        }
+    free(sorted);
+    TL_TRY(st);
+    if (link_exists(c->file, "/users/group")) {
+        int64_t ng = 0;
+        TL_TRY(read_string_1d(c, "/users/group", &ds->user_groups, &ng));
+        if (ng != nu)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/group: length %lld, expected %lld (the length of "
+                           "/users/name)", c->path, (long long)ng, (long long)nu);
+        for (int u = 0; u < ds->n_users; u++)
+            if (ds->user_groups[u][0] == '\0')
+                return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/group: user %d has an empty group name", c->path,
+                               u);
+    }
+    return TL_OK;
+}
+
+static tl_status check_sft(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
+    int64_t nt = 0, no = 0, np = 0, nus = 0;
+    void *buf;
+    TL_TRY(read_int_1d(c, "/sft/tokens", 4, &buf, &nt));
+    ds->tokens = buf;
+    TL_TRY(read_int_1d(c, "/sft/offsets", 8, &buf, &no));
+    ds->offsets = buf;
+    TL_TRY(read_int_1d(c, "/sft/prompt_len", 4, &buf, &np));
+    ds->prompt_len = buf;
+    TL_TRY(read_int_1d(c, "/sft/user", 4, &buf, &nus));
+    ds->user = buf;
+    ds->n_tokens = nt;
+    if (no == 0)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: no elements, expected N+1 (at least 1)", c->path);
+    int64_t n = no - 1;
+    ds->n_examples = n;
+    if (n == 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: empty dataset (no examples)", c->path);
+    if (np != n)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/prompt_len: length %lld, expected %lld (one per example, "
+                       "/sft/offsets has %lld)", c->path, (long long)np, (long long)n, (long long)no);
+    if (nus != n)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/user: length %lld, expected %lld (one per example, "
+                       "/sft/offsets has %lld)", c->path, (long long)nus, (long long)n, (long long)no);
+    const int64_t *off = ds->offsets;
+    if (off[0] != 0)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: offsets[0] = %lld, expected 0", c->path,
+                       (long long)off[0]);
+    for (int64_t i = 0; i < n; i++)
+        if (off[i + 1] < off[i])
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: decreasing at index %lld (%lld < %lld)", c->path,
+                           (long long)(i + 1), (long long)off[i + 1], (long long)off[i]);
+    if (off[n] != nt)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: last offset %lld, expected %lld (the length of "
+                       "/sft/tokens)", c->path, (long long)off[n], (long long)nt);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t len = off[i + 1] - off[i];
+        int32_t p = ds->prompt_len[i];
+        if (p < 0 || p > len)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/prompt_len: example %lld has prompt_len %d, expected 0 "
+                           "<= prompt_len <= %lld (its length)", c->path, (long long)i, (int)p, (long long)len);
+        int32_t u = ds->user[i];
+        if (u < 0 || u >= ds->n_users)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/user: example %lld has user %d, expected 0 <= user < %d",
+                           c->path, (long long)i, (int)u, ds->n_users);
+    }
+    int64_t limit = model_vocab > 0 ? model_vocab : INT64_MAX;
+    if (ds->vocab_size_attr > 0 && ds->vocab_size_attr < limit) limit = ds->vocab_size_attr;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = off[i]; t < off[i + 1]; t++) {
+            int32_t tok = ds->tokens[t];
+            if (tok < 0)
+                return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/tokens: example %lld position %lld: token %d is "
+                               "negative", c->path, (long long)i, (long long)(t - off[i]), (int)tok);
+            if (tok >= limit) {
+                int by_model = model_vocab > 0 && limit == model_vocab;
+                return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/tokens: example %lld position %lld: token %d, "
+                               "expected < %lld (%s)", c->path, (long long)i, (long long)(t - off[i]), (int)tok,
+                               (long long)limit, by_model ? "the model's vocabulary size" : "attribute vocab_size");
+            }
+        }
+    return TL_OK;
+}
+
+void tl_sft_free(tl_sft_dataset *ds) {
+    if (!ds) return;
+    if (ds->user_names)
+        for (int u = 0; u < ds->n_users; u++) free(ds->user_names[u]);
+    if (ds->user_groups)
+        for (int u = 0; u < ds->n_users; u++) free(ds->user_groups[u]);
+    free(ds->user_names);
+    free(ds->user_groups);
+    free(ds->tokens);
+    free(ds->offsets);
+    free(ds->prompt_len);
+    free(ds->user);
+    free(ds->path);
+    memset(ds, 0, sizeof *ds);
+}
+
+tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    /* fopen first: HDF5's own answer for a missing or unreadable file does not say which. */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return tl_fail(err, TL_ERR_INPUT, "%s: is a directory, expected an HDF5 file", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    fclose(f);
+
+    H5E_auto2_t old_fn = NULL;
+    void *old_data = NULL;
+    int restore = H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data) >= 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+
+    tl_status st = TL_OK;
+    rd_ctx c = {path, H5I_INVALID_HID, err};
+    htri_t is = H5Fis_hdf5(path);
+    if (is <= 0) {
+        st = tl_fail(err, TL_ERR_INPUT, "%s: not an HDF5 file", path);
+        goto done;
+    }
+    c.file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (c.file < 0) {
+        st = tl_fail(err, TL_ERR_INPUT, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
+        goto done;
+    }
+    out->path = strdup(path);
+    if (!out->path) {
+        st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+        goto done;
+    }
+    st = check_root(&c, out, model_vocab);
+    if (st == TL_OK) st = check_users(&c, out);
+    if (st == TL_OK) st = check_sft(&c, out, model_vocab);
+
+done:
+    if (c.file >= 0 && H5Fclose(c.file) < 0 && st == TL_OK)
+        st = tl_fail(err, TL_ERR_RUNTIME, "%s: closing the file failed", path);
+    if (restore) H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+    if (st != TL_OK) tl_sft_free(out);
+    return st;
+}

@@ -1,0 +1,49 @@
+/* cpu_ce: the LM head fused with cross-entropy on the CPU backend, chunked over tokens.
+ *
+ * Per chunk of rows: logits = x W^T into work [chunk, V] (sgemm), per row log-sum-exp and log p(target), then,
+ * when a gradient is wanted, the logits become dlogits = dlogp (onehot - p) in place (as llm.c's fused
+ * classifier) and dx = dlogits W (sgemm). Only `chunk` rows of logits ever exist. */
+#include <math.h>
+#include <string.h>
+
+#include "../tl_math.h"
+#include "cpu_internal.h"
+
+void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x_, const tl_act *W_,
+                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk) {
+    float *dx = dx_;
+    const float *x = x_, *W = W_;
+    if (chunk <= 0) {
+        tl_cpu_fail(be, "ce_fwd_bwd: chunk = %d, expected > 0", chunk);
+        return;
+    }
+    int bad = -1; /* a target outside [-1, V): the row is treated as untrained and the failure recorded */
+    for (int c0 = 0; c0 < n; c0 += chunk) {
+        int m = n - c0 < chunk ? n - c0 : chunk;
+        tl_cpu_sgemm(0, 1, m, V, d, 1.0f, x + (size_t)c0 * d, d, W, d, 0.0f, work, V);
+#pragma omp parallel for num_threads(tl_cpu(be)->threads) reduction(max : bad) if ((long)m * V > 4096)
+        for (int i = 0; i < m; i++) {
+            int row = c0 + i, t = targets[row];
+            float *zi = work + (size_t)i * V;
+            if (t < 0 || t >= V) {
+                if (t >= V || t < -1) bad = bad > row ? bad : row;
+                logp[row] = 0.0f;
+                if (dx) memset(zi, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            float zmax = -INFINITY;
+            for (int c = 0; c < V; c++) zmax = zi[c] > zmax ? zi[c] : zmax;
+            double sum = 0.0;
+            for (int c = 0; c < V; c++) sum += expf(zi[c] - zmax);
+            float lse = zmax + (float)log(sum);
+            logp[row] = zi[t] - lse;
+            if (dx) {
+                float g = dlogp[row];
+                for (int c = 0; c < V; c++) zi[c] = tl_ce_dlogit(g, expf(zi[c] - lse), c == t);
+            }
+        }
+        if (dx) tl_cpu_sgemm(0, 0, m, d, V, 1.0f, work, V, W, d, 0.0f, dx + (size_t)c0 * d, d);
+    }
+    if (bad >= 0)
+        tl_cpu_fail(be, "ce_fwd_bwd: targets[%d] = %d outside [-1, %d)", bad, targets[bad], V);
+}

@@ -1,0 +1,92 @@
+/* cpu_internal: private state and op prototypes shared by the files of the CPU backend.
+ *
+ * The CPU backend is fp32 throughout (tl_act is float), parallel with OpenMP over rows / heads / sequences,
+ * and uses OpenBLAS sgemm for dense products. Ops never allocate: the one scratch buffer an op may need (LoRA
+ * row blocks) is allocated once at create time and never grown; ops that would need more record a sticky
+ * failure that be->status() reports. */
+#ifndef TL_CPU_INTERNAL_H
+#define TL_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cblas.h>
+
+#include "../tl_backend.h"
+
+/* Scratch for LoRA row blocks: 2M floats (8 MiB) fits blocks of >= 64 rows up to in = 16384 with dropout. */
+#define TL_CPU_SCRATCH_FLOATS ((size_t)1 << 21)
+
+typedef struct {
+    int threads;      /* OpenMP team size of every parallel region of this backend */
+    float *scratch;   /* TL_CPU_SCRATCH_FLOATS floats, 64-byte aligned */
+    size_t scratch_n;
+    int failed;       /* sticky: the first failure inside an op, reported by status() */
+    tl_error err;
+} tl_cpu_ctx;
+
+static inline tl_cpu_ctx *tl_cpu(tl_backend *be) { return (tl_cpu_ctx *)be->ctx; }
+
+/* Records the first failure of an op (later ones are dropped: the first is the cause). Call from serial code. */
+void tl_cpu_fail(tl_backend *be, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Row-major sgemm C = alpha op(A) op(B) + beta C, [M, N] = [M, K] [K, N]. Empty products are skipped; leading
+ * dimensions are clamped to >= 1 so that K = 0 (C = beta C) is a valid call. */
+static inline void tl_cpu_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                                const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda > 0 ? lda : 1, B, ldb > 0 ? ldb : 1, beta, C, ldc > 0 ? ldc : 1);
+}
+
+/* cpu_elementwise.c */
+void tl_cpu_embed_fwd(tl_backend *be, tl_act *out, const tl_act *table, const int32_t *tokens, int n, int d);
+void tl_cpu_add(tl_backend *be, tl_act *y, const tl_act *x, size_t n);
+void tl_cpu_rmsnorm_fwd(tl_backend *be, tl_act *out, float *rstd, const tl_act *x, const tl_act *w, int n, int d,
+                        float eps);
+void tl_cpu_rmsnorm_bwd(tl_backend *be, tl_act *dx, const tl_act *dout, const tl_act *x, const tl_act *w,
+                        const float *rstd, int n, int d);
+void tl_cpu_rope_fwd(tl_backend *be, tl_act *x, const int32_t *pos, const float *inv_freq, int n, int nheads,
+                     int hd);
+void tl_cpu_rope_bwd(tl_backend *be, tl_act *dx, const int32_t *pos, const float *inv_freq, int n, int nheads,
+                     int hd);
+void tl_cpu_swiglu_fwd(tl_backend *be, tl_act *h, const tl_act *g, const tl_act *u, size_t n);
+void tl_cpu_swiglu_bwd(tl_backend *be, tl_act *dg, tl_act *du, const tl_act *dh, const tl_act *g, const tl_act *u,
+                       size_t n);
+
+/* cpu_linear.c */
+void tl_cpu_linear_fwd(tl_backend *be, tl_act *y, const tl_act *x, const tl_act *W, const tl_act *bias, int n,
+                       int in, int out, int accumulate);
+void tl_cpu_linear_bwd_x(tl_backend *be, tl_act *dx, const tl_act *dy, const tl_act *W, int n, int in, int out,
+                         int accumulate);
+
+/* cpu_lora.c */
+void tl_cpu_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,
+                     size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
+                     uint32_t site);
+void tl_cpu_lora_bwd(tl_backend *be, tl_act *dx, float *dA, float *dB, const tl_act *dy, const tl_act *x,
+                     const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
+                     int out, int r, float scale, float dropout, uint32_t site);
+
+/* cpu_attention.c */
+void tl_cpu_attn_fwd(tl_backend *be, tl_act *out, float *lse, const tl_act *q, const tl_act *k, const tl_act *v,
+                     const tl_mb *mb, int Hq, int Hkv, int hd);
+void tl_cpu_attn_bwd(tl_backend *be, tl_act *dq, tl_act *dk, tl_act *dv, const tl_act *dout, const tl_act *out,
+                     const float *lse, const tl_act *q, const tl_act *k, const tl_act *v, const tl_mb *mb, int Hq,
+                     int Hkv, int hd);
+
+/* cpu_ce.c */
+void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
+                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk);
+
+/* cpu_optim.c */
+void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t slot_stride, size_t P,
+                        const int32_t *slots, int nslots);
+void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
+                  const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd);
+
+#endif

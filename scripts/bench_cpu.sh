@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench_cpu.sh: tailor vs PyTorch on the CPU, one LoRA SFT training step (forward + backward + AdamW) on a random
+# SmolLM2-135M-shaped model (30 layers, hidden 576, 9/3 heads, head_dim 64, ffn 1536, vocab 49152, tied),
+# rank 8 on all seven projections, one micro-batch of 4 x 256 tokens. Prints tokens/s and peak RSS of each and
+# the ratios tailor/torch. Each side runs in its own process (peak RSS = that process's ru_maxrss).
+#
+#   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--build DIR] [--model DIR]
+#
+# --adapters 4 (default): one adapter per sequence, mixed in one batch; --adapters 1: one shared adapter.
+# The model is written once by tl_bench --make-model (about 540 MB, default /tmp/tailor_bench_smollm2_135m).
+# The build directory (default ./build, or $TL_BUILD) must hold tl_bench; it is built there if missing.
+set -euo pipefail
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+threads=2 adapters=4 steps=5 warmup=2
+build=${TL_BUILD:-$src/build}
+model=/tmp/tailor_bench_smollm2_135m
+python=${TL_PYTHON:-/usr/bin/python3}
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) threads=${2:?}; shift 2 ;;
+    --adapters) adapters=${2:?}; shift 2 ;;
+    --steps) steps=${2:?}; shift 2 ;;
+    --warmup) warmup=${2:?}; shift 2 ;;
+    --build) build=${2:?}; shift 2 ;;
+    --model) model=${2:?}; shift 2 ;;
+    -h|--help) usage ;;
+    *) echo "bench_cpu.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+
+if [ ! -x "$build/tl_bench" ]; then
+  echo "== building tl_bench in $build"
+  cmake -S "$src" -B "$build" -DTAILOR_CUDA=OFF >/dev/null
+  cmake --build "$build" -j "$(nproc)" --target tl_bench >/dev/null
+fi
+if [ ! -f "$model/model.safetensors" ] || [ ! -f "$model/config.json" ]; then
+  echo "== writing the random model to $model"
+  "$build/tl_bench" --make-model "$model"
+fi
+
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+common=(--model "$model" --threads "$threads" --adapters "$adapters" --warmup "$warmup" --steps "$steps")
+log=$(mktemp -d /tmp/tl_bench_cpu.XXXXXX)
+trap 'rm -rf "$log"' EXIT
+
+echo "== tailor ($threads threads, $adapters adapter(s))"
+"$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
+echo "== torch ($threads threads, $adapters adapter(s))"
+"$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
+
+get() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+for k in tokens_per_s peak_rss_mb rss_after_load_mb loss0; do
+  eval "tl_$k=\$(get \"\$log/tailor.txt\" $k)"
+  eval "pt_$k=\$(get \"\$log/torch.txt\" $k)"
+done
+
+echo
+echo "LoRA SFT step, SmolLM2-135M shape, 4 x 256 tokens, rank 8 x 7 targets, $adapters adapter(s), $threads threads"
+awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
+    -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" 'BEGIN {
+  printf "%-26s %14s %14s %16s\n", "", "tailor", "torch", "tailor/torch"
+  printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s", a, b, a / b
+  printf "%-26s %14.0f %14.0f %16.2f\n", "peak RSS (MiB)", c, d, c / d
+  printf "%-26s %14.0f %14.0f %16.2f\n", "RSS after model load (MiB)", e, f, e / f
+  printf "%-26s %14.6f %14.6f\n", "first-step loss", g, h
+  rel = (g - h) / h; if (rel < 0) rel = -rel
+  if (rel > 1e-3) { printf "WARNING: first-step losses differ by %.2g (relative): not the same computation\n", rel; exit 1 }
+}'

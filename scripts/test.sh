@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, builds (CPU backend; CUDA backend too where nvcc exists, warnings
+# as errors), builds the unit tests again under AddressSanitizer + UBSan, and runs everything with ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/cuda/bin:$PATH"
+
+BUILD_DIR=build scripts/setup.sh
+
+echo "== sanitizer build (unit tests under ASan + UBSan)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF >/dev/null
+cmake --build build-asan -j"$(nproc)"
+
+status=0
+echo "== unit tests under ASan + UBSan"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --output-on-failure -L unit -j2 --timeout 300) || status=1
+echo "== full suite"
+(cd build && ctest --output-on-failure -j2 --timeout 900) || status=1
+exit $status

@@ -1,0 +1,35 @@
+# Shared helpers for the shell tests (sourced, not run). Env from ctest: TAILOR_BIN, TAILOR_SRC, TL_PYTHON,
+# TL_TEST_BIN.
+set -euo pipefail
+: "${TAILOR_BIN:?set by ctest}" "${TAILOR_SRC:?set by ctest}"
+TL_PYTHON=${TL_PYTHON:-/usr/bin/python3}
+T=$(mktemp -d "${TMPDIR:-/tmp}/tailor-test.XXXXXX")
+trap 'rm -rf "$T"' EXIT
+
+die() { echo "FAIL: $*" >&2; exit 1; }
+
+# make_model DIR [make-model options]: a tiny random Llama in HF layout
+make_model() { "$TAILOR_BIN" make-model "$@" >/dev/null; }
+
+# make_data OUT EVAL_OUT [make_sft_data.py options]
+make_data() {
+  local out=$1 ev=$2; shift 2
+  "$TL_PYTHON" "$TAILOR_SRC/scripts/make_sft_data.py" --out "$out" --eval-out "$ev" "$@" >/dev/null
+}
+
+# write_config PATH MODEL TRAIN EVAL OUTDIR [extra yaml lines for the train section]
+write_config() {
+  local path=$1 model=$2 train=$3 ev=$4 out=$5; shift 5
+  {
+    echo "run: {name: t, output_dir: $out, seed: 1}"
+    echo "model: {path: $model}"
+    echo "adapter: {rank: 4, alpha: 8, targets: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}"
+    if [ -n "$ev" ]; then echo "data: {train: $train, eval: $ev, max_seq_len: 48}"; else echo "data: {train: $train, max_seq_len: 48}"; fi
+    echo "train:"
+    # defaults, unless the extra lines set the same key
+    for l in "backend: cpu" "lr: 0.01" "micro_batch_tokens: 512"; do
+      case " $* " in *" ${l%%:*}:"*) ;; *) echo "  $l" ;; esac
+    done
+    for l in "$@"; do echo "  $l"; done
+  } >"$path"
+}

@@ -1,0 +1,339 @@
+/* tl_bench: tailor's side of the CPU benchmark (scripts/bench_cpu.sh). It times the LoRA SFT training step the
+ * trainer runs (zero grads, forward + backward through tl_model_step, per-adapter clipping + AdamW through
+ * tl_optim_step) on a SmolLM2-135M-shaped model, and reports tokens/s and peak RSS.
+ *
+ *   tl_bench --make-model DIR      writes a random SmolLM2-135M-shaped model (HF layout, fp32, std 0.02)
+ *   tl_bench --model DIR [--threads N] [--adapters A] [--seqs S] [--seq-len T] [--rank R] [--warmup W]
+ *            [--steps N] [--backend cpu|cuda|auto]
+ *
+ * The batch: S sequences of T tokens in one micro-batch, token i = ((i * 2654435761) mod 2^32) / 128 mod V
+ * (scripts/bench_cpu_torch.py uses the same formula), no prompt (every next token is a target), sequence k on
+ * adapter k mod A, loss = per-adapter mean cross-entropy summed over adapters. The model is written by a
+ * separate invocation so that its generation buffers do not count in the measured process's peak RSS.
+ * The last line is machine-readable: "RESULT key=value ...". */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "data/tl_safetensors.h"
+#include "trainer/tl_model.h"
+#include "trainer/tl_optim.h"
+
+enum { D = 576, F = 1536, L = 30, HQ = 9, HKV = 3, HD = 64, V = 49152 };
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* N(0, std^2) by Box-Muller, or the constant `base` when std == 0 */
+static float *rand_tensor(size_t n, float std, float base, uint64_t *rng) {
+    float *a = malloc(n * sizeof(float));
+    if (!a) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (std == 0.0f) {
+            a[i] = base;
+            continue;
+        }
+        double u1 = ((double)(splitmix(rng) >> 11) + 1.0) * 0x1.0p-53, u2 = (double)(splitmix(rng) >> 11) * 0x1.0p-53;
+        a[i] = base + std * (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+    return a;
+}
+
+static const char *const smollm2_config =
+    "{\n"
+    "  \"architectures\": [\"LlamaForCausalLM\"],\n"
+    "  \"attention_bias\": false,\n"
+    "  \"hidden_act\": \"silu\",\n"
+    "  \"hidden_size\": 576,\n"
+    "  \"intermediate_size\": 1536,\n"
+    "  \"max_position_embeddings\": 8192,\n"
+    "  \"model_type\": \"llama\",\n"
+    "  \"num_attention_heads\": 9,\n"
+    "  \"num_hidden_layers\": 30,\n"
+    "  \"num_key_value_heads\": 3,\n"
+    "  \"rms_norm_eps\": 1e-05,\n"
+    "  \"rope_scaling\": null,\n"
+    "  \"rope_theta\": 100000,\n"
+    "  \"tie_word_embeddings\": true,\n"
+    "  \"torch_dtype\": \"float32\",\n"
+    "  \"vocab_size\": 49152\n"
+    "}\n";
+
+static tl_status make_model(const char *dir, tl_error *err) {
+    if (mkdir(dir, 0755) != 0) {
+        struct stat st;
+        if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+            return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create the model directory", dir);
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    TL_TRY(tl_write_file_atomic(path, smollm2_config, strlen(smollm2_config), err));
+
+    enum { MAXT = 4 + L * 9 };
+    float *bufs[MAXT];
+    int nb = 0;
+    tl_status s = TL_OK;
+    uint64_t rng = 0x5eed5eedULL;
+    tl_st_writer *w = tl_st_writer_new();
+    if (!w) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    char name[128];
+#define ADD(nm, d0, d1, nd, std, base)                                                          \
+    do {                                                                                        \
+        int64_t shp[2] = {(d0), (d1)};                                                          \
+        float *a = rand_tensor((size_t)(d0) * (size_t)((nd) == 2 ? (d1) : 1), std, base, &rng); \
+        if (!a) {                                                                               \
+            s = tl_fail(err, TL_ERR_RUNTIME, "out of memory for %s", nm);                       \
+            goto done;                                                                          \
+        }                                                                                       \
+        bufs[nb++] = a;                                                                         \
+        s = tl_st_writer_add_f32(w, nm, shp, nd, a, err);                                       \
+        if (s) goto done;                                                                       \
+    } while (0)
+    ADD("model.embed_tokens.weight", V, D, 2, 0.02f, 0.0f);
+    ADD("model.norm.weight", D, 1, 1, 0.0f, 1.0f);
+    for (int l = 0; l < L; l++) {
+#define LN(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
+        ADD(LN("input_layernorm.weight"), D, 1, 1, 0.0f, 1.0f);
+        ADD(LN("post_attention_layernorm.weight"), D, 1, 1, 0.0f, 1.0f);
+        ADD(LN("self_attn.q_proj.weight"), HQ * HD, D, 2, 0.02f, 0.0f);
+        ADD(LN("self_attn.k_proj.weight"), HKV * HD, D, 2, 0.02f, 0.0f);
+        ADD(LN("self_attn.v_proj.weight"), HKV * HD, D, 2, 0.02f, 0.0f);
+        ADD(LN("self_attn.o_proj.weight"), D, HQ * HD, 2, 0.02f, 0.0f);
+        ADD(LN("mlp.gate_proj.weight"), F, D, 2, 0.02f, 0.0f);
+        ADD(LN("mlp.up_proj.weight"), F, D, 2, 0.02f, 0.0f);
+        ADD(LN("mlp.down_proj.weight"), D, F, 2, 0.02f, 0.0f);
+#undef LN
+    }
+#undef ADD
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    s = tl_st_writer_write(w, path, err);
+done:
+    tl_st_writer_free(w);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    return s;
+}
+
+static long rss_kb(const char *field) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    size_t n = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n)) v = strtol(line + n + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+typedef struct {
+    const char *model, *backend;
+    int threads, adapters, seqs, seq_len, rank, warmup, steps;
+} bench_opts;
+
+typedef struct {
+    tl_backend *be;
+    tl_model m;
+    int have_model;
+    tl_lora_pool p;
+    int have_pool;
+    tl_workspace *ws;
+    tl_host_mb mb;
+    char **names;
+    float *logp;
+} bench_ctx;
+
+static void bench_free(bench_ctx *c, int n_names) {
+    if (c->ws) tl_workspace_free(c->ws, c->be);
+    if (c->have_pool) tl_lora_pool_free(&c->p, c->be);
+    if (c->have_model) tl_model_free(&c->m);
+    if (c->be) c->be->destroy(c->be);
+    tl_host_mb *mb = &c->mb;
+    free(mb->tokens), free(mb->pos), free(mb->cu_seqlens), free(mb->targets), free(mb->weight);
+    free(mb->adapter), free(mb->row_seed), free(mb->segs), free(mb->example), free(c->logp);
+    if (c->names)
+        for (int i = 0; i < n_names; i++) free(c->names[i]);
+    free(c->names);
+}
+
+/* S sequences of T tokens; sequence k on adapter k mod A, sorted so that each adapter is one segment */
+static tl_status build_batch(bench_ctx *c, const bench_opts *o, tl_error *err) {
+    tl_host_mb *mb = &c->mb;
+    int n = o->seqs * o->seq_len, S = o->seqs, T = o->seq_len, A = o->adapters;
+    mb->tokens = malloc((size_t)n * sizeof(int32_t));
+    mb->pos = malloc((size_t)n * sizeof(int32_t));
+    mb->targets = malloc((size_t)n * sizeof(int32_t));
+    mb->adapter = malloc((size_t)n * sizeof(int32_t));
+    mb->weight = malloc((size_t)n * sizeof(float));
+    mb->row_seed = malloc((size_t)n * sizeof(uint64_t));
+    mb->cu_seqlens = malloc((size_t)(S + 1) * sizeof(int32_t));
+    mb->segs = malloc((size_t)S * sizeof(tl_seg));
+    mb->example = malloc((size_t)S * sizeof(int64_t));
+    c->logp = malloc((size_t)n * sizeof(float));
+    if (!mb->tokens || !mb->pos || !mb->targets || !mb->adapter || !mb->weight || !mb->row_seed ||
+        !mb->cu_seqlens || !mb->segs || !mb->example || !c->logp)
+        return tl_fail(err, TL_ERR_RUNTIME, "out of memory for the batch");
+    mb->n_tok = n, mb->n_seq = S, mb->max_seqlen = T, mb->n_seg = 0;
+    int row = 0, k = 0;
+    mb->cu_seqlens[0] = 0;
+    for (int a = 0; a < A; a++) {
+        int r0 = row, count = 0;
+        for (int q = a; q < S; q += A, k++) {
+            for (int j = 0; j < T; j++, row++) {
+                mb->tokens[row] = (int32_t)((((uint64_t)row * 2654435761ULL) & 0xffffffffULL) / 128 % V);
+                mb->pos[row] = j;
+                mb->adapter[row] = a;
+                mb->row_seed[row] = (uint64_t)row + 1;
+            }
+            mb->example[k] = q;
+            mb->cu_seqlens[k + 1] = row;
+        }
+        for (int i = r0; i < row; i++) {
+            int last = (i + 1 == row) || (mb->pos[i + 1] == 0);
+            mb->targets[i] = last ? -1 : mb->tokens[i + 1];
+            count += !last;
+        }
+        for (int i = r0; i < row; i++) mb->weight[i] = mb->targets[i] >= 0 ? 1.0f / (float)count : 0.0f;
+        if (row > r0) mb->segs[mb->n_seg++] = (tl_seg){.row0 = r0, .row1 = row, .slot = a};
+    }
+    return TL_OK;
+}
+
+static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
+    double t0 = now_s();
+    TL_TRY(tl_backend_open(o->backend, o->threads, &c->be, err));
+    TL_TRY(tl_model_load(o->model, c->be, &c->m, err));
+    c->have_model = 1;
+    if (c->m.cfg.vocab_size != V)
+        return tl_fail(err, TL_ERR_INPUT, "%s: vocab %d, expected the benchmark's %d (tl_bench --make-model)",
+                       o->model, c->m.cfg.vocab_size, V);
+    double t_load = now_s() - t0;
+    long rss_load = rss_kb("VmRSS:");
+    c->names = calloc((size_t)o->adapters, sizeof(char *));
+    if (!c->names) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    for (int a = 0; a < o->adapters; a++) {
+        c->names[a] = malloc(32);
+        if (!c->names[a]) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+        snprintf(c->names[a], 32, "user%d", a);
+    }
+    TL_TRY(tl_lora_pool_init(&c->p, &c->m, o->adapters, c->names, o->rank, 2.0f * (float)o->rank, 0, 0.0f,
+                             (1u << TL_N_TARGETS) - 1, 0, err));
+    c->have_pool = 1;
+    TL_TRY(build_batch(c, o, err));
+    TL_TRY(tl_workspace_create(&c->m, &c->p, c->mb.n_tok, c->mb.n_seq, &c->ws, err));
+
+    tl_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.lr = 1e-4, cfg.grad_clip = 1.0, cfg.beta1 = 0.9, cfg.beta2 = 0.999, cfg.adam_eps = 1e-8;
+    cfg.weight_decay = 0.0, cfg.warmup_steps = 0;
+    snprintf(cfg.schedule, sizeof cfg.schedule, "constant");
+    int32_t active[64];
+    int64_t total[64];
+    float gnorm[64], lr[64];
+    for (int a = 0; a < o->adapters; a++) active[a] = a, total[a] = o->warmup + o->steps;
+
+    size_t gbytes = (size_t)o->adapters * c->p.P * sizeof(float);
+    double timed = 0.0, loss0 = 0.0, loss_last = 0.0;
+    printf("tailor: backend %s, %d threads, %d layers, %d tokens in %d sequences, %d adapter(s), rank %d, "
+           "%zu LoRA params per adapter; load %.1f s, workspace %.0f MiB\n",
+           c->be->name, o->threads, c->m.cfg.num_hidden_layers, c->mb.n_tok, c->mb.n_seq, o->adapters, o->rank,
+           c->p.P, t_load, (double)tl_workspace_bytes(c->ws) / 1048576.0);
+    for (int step = 0; step < o->warmup + o->steps; step++) {
+        double ts = now_s();
+        c->be->zero(c->be, c->p.grads, gbytes);
+        TL_TRY(tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err));
+        TL_TRY(tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, err));
+        double dt = now_s() - ts;
+        double loss = 0.0;
+        for (int i = 0; i < c->mb.n_tok; i++) loss -= (double)c->mb.weight[i] * (double)c->logp[i];
+        if (step == 0) loss0 = loss;
+        loss_last = loss;
+        if (step >= o->warmup) timed += dt;
+        printf("tailor: step %d%s %.3f s  loss %.6f  grad-norm[0] %.4g\n", step, step < o->warmup ? " (warmup)" : "",
+               dt, loss, gnorm[0]);
+        fflush(stdout);
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return tl_fail(err, TL_ERR_RUNTIME, "getrusage failed");
+    double tps = o->steps > 0 ? (double)c->mb.n_tok * o->steps / timed : 0.0;
+    printf("RESULT impl=tailor tokens_per_s=%.2f step_s=%.4f peak_rss_mb=%.1f rss_after_load_mb=%.1f "
+           "loss0=%.6f loss_last=%.6f threads=%d adapters=%d tokens=%d\n",
+           tps, o->steps > 0 ? timed / o->steps : 0.0, (double)ru.ru_maxrss / 1024.0, (double)rss_load / 1024.0,
+           loss0, loss_last, o->threads, o->adapters, c->mb.n_tok);
+    return TL_OK;
+}
+
+static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
+    char *end = NULL;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "tl_bench: %s expects an integer in [%d, %d]\n", flag, lo, hi);
+        return 0;
+    }
+    *out = (int)x;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    bench_opts o = {.model = NULL, .backend = "cpu", .threads = 2, .adapters = 4, .seqs = 4, .seq_len = 256,
+                    .rank = 8, .warmup = 2, .steps = 5};
+    const char *make = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "--make-model") && v) make = v;
+        else if (!strcmp(a, "--model") && v) o.model = v;
+        else if (!strcmp(a, "--backend") && v) o.backend = v;
+        else if (!strcmp(a, "--threads")) ok = parse_int(a, v, 1, 1024, &o.threads);
+        else if (!strcmp(a, "--adapters")) ok = parse_int(a, v, 1, 64, &o.adapters);
+        else if (!strcmp(a, "--seqs")) ok = parse_int(a, v, 1, 4096, &o.seqs);
+        else if (!strcmp(a, "--seq-len")) ok = parse_int(a, v, 2, 1 << 20, &o.seq_len);
+        else if (!strcmp(a, "--rank")) ok = parse_int(a, v, 1, 1024, &o.rank);
+        else if (!strcmp(a, "--warmup")) ok = parse_int(a, v, 0, 1000, &o.warmup);
+        else if (!strcmp(a, "--steps")) ok = parse_int(a, v, 1, 100000, &o.steps);
+        else {
+            fprintf(stderr, "usage: tl_bench --make-model DIR | --model DIR [--threads N] [--adapters A] [--seqs S] "
+                            "[--seq-len T] [--rank R] [--warmup W] [--steps N] [--backend cpu|cuda|auto]\n");
+            return 2;
+        }
+        if (!ok) return 2;
+        i++;
+    }
+    tl_error err = {0};
+    if (make) {
+        tl_status s = make_model(make, &err);
+        if (s) fprintf(stderr, "tl_bench: %s\n", err.msg);
+        else printf("tl_bench: wrote a random SmolLM2-135M-shaped model to %s\n", make);
+        return (int)s;
+    }
+    if (!o.model) {
+        fprintf(stderr, "tl_bench: --model DIR is required (create one with --make-model DIR)\n");
+        return 2;
+    }
+    if (o.adapters > o.seqs) {
+        fprintf(stderr, "tl_bench: --adapters %d exceeds --seqs %d\n", o.adapters, o.seqs);
+        return 2;
+    }
+    bench_ctx c;
+    memset(&c, 0, sizeof c);
+    tl_status s = bench(&c, &o, &err);
+    bench_free(&c, o.adapters);
+    if (s) {
+        fprintf(stderr, "tl_bench: %s\n", err.msg);
+        return (int)s;
+    }
+    return 0;
+}

@@ -1,0 +1,494 @@
+/* test_dataset: tl_sft_open on HDF5 files written here with the C API (in a fresh mkdtemp directory).
+ *
+ * Valid files (fixed- and variable-length strings, with and without /users/group, random content) must load
+ * with exactly the values written; each malformed variant must fail with TL_ERR_INPUT and a one-line message
+ * naming the file and the offending dataset or attribute. */
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/tl_dataset.h"
+
+static int g_fail = 0;
+#define CHECK(cond, ...)                                              \
+    do {                                                              \
+        if (!(cond)) {                                                \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
+            fprintf(stderr, __VA_ARGS__);                             \
+            fprintf(stderr, "\n");                                    \
+            g_fail++;                                                 \
+        }                                                             \
+    } while (0)
+
+static char g_dir[256];
+
+/* ---- a tiny deterministic generator so each run uses fresh but reproducible-on-failure content ---- */
+static uint64_t g_rng;
+static uint64_t rnd(void) {
+    g_rng += 0x9e3779b97f4a7c15ULL;
+    uint64_t z = g_rng;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
+
+/* ---- file description: every field a malformed case may change ---- */
+enum { STR_FIXED_NULLPAD, STR_FIXED_NULLTERM, STR_FIXED_SPACEPAD, STR_VLEN };
+enum {
+    OMIT_TOKENS = 1,
+    OMIT_OFFSETS = 2,
+    OMIT_PROMPT = 4,
+    OMIT_USER = 8,
+    OMIT_NAMES = 16,
+    OMIT_FORMAT = 32,
+    OMIT_KIND = 64,
+    OMIT_SFT_GROUP = 128
+};
+
+typedef struct {
+    int64_t fmt;
+    hid_t fmt_type;
+    const char *kind;
+    int kind_vlen;
+    int64_t vocab_attr; /* 0: absent */
+    int n_users;
+    char names[8][32];
+    int names_style, names_fixed_size;
+    int has_groups;
+    char groups[8][32];
+    int64_t n_tok, n_off, n_prompt, n_user;
+    int32_t tokens[256];
+    int64_t offsets[64];
+    int32_t prompt[64], user[64];
+    hid_t tok_type, off_type, prompt_type, user_type;
+    int tok_rank2;
+    unsigned omit;
+} spec;
+
+/* A random valid dataset: 3..5 users, 1..12 examples of length 0..12 (so some have no targets). */
+static void random_spec(spec *s, int vocab) {
+    memset(s, 0, sizeof *s);
+    s->fmt = 1;
+    s->fmt_type = H5T_STD_I64LE;
+    s->kind = "sft";
+    s->n_users = rnd_int(3, 5);
+    static const char *base[] = {"alice", "bob/x", "c\xc3\xa9line", "dan smith", "eve..", "f", "g", "h"};
+    for (int u = 0; u < s->n_users; u++) {
+        snprintf(s->names[u], sizeof s->names[u], "%s%d", base[u], rnd_int(0, 99));
+        snprintf(s->groups[u], sizeof s->groups[u], "grp%d", u % 2);
+    }
+    s->names_style = STR_FIXED_NULLPAD;
+    s->names_fixed_size = 24;
+    int n = rnd_int(1, 12);
+    s->offsets[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int len = rnd_int(0, 12);
+        s->offsets[i + 1] = s->offsets[i] + len;
+        s->prompt[i] = rnd_int(0, len);
+        s->user[i] = rnd_int(0, s->n_users - 1);
+        for (int t = 0; t < len; t++) s->tokens[s->offsets[i] + t] = rnd_int(0, vocab - 1);
+    }
+    s->n_tok = s->offsets[n];
+    s->n_off = n + 1;
+    s->n_prompt = s->n_user = n;
+    s->tok_type = H5T_STD_I32LE;
+    s->off_type = H5T_STD_I64LE;
+    s->prompt_type = H5T_STD_I32LE;
+    s->user_type = H5T_STD_I32LE;
+}
+
+static int write_ds(hid_t file, const char *name, hid_t ftype, hid_t mtype, const void *data, int64_t n, int rank2) {
+    hsize_t dims[2] = {(hsize_t)n, 1}; /* rank 2: [n, 1], same elements, wrong shape */
+    hid_t sp = H5Screate_simple(rank2 ? 2 : 1, dims, NULL);
+    hid_t d = H5Dcreate2(file, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = sp >= 0 && d >= 0 && (n == 0 || H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0);
+    if (d >= 0) H5Dclose(d);
+    if (sp >= 0) H5Sclose(sp);
+    return ok;
+}
+
+/* Writes n strings in the given style. Fixed-length styles write the raw bytes (the text then NULs) with
+ * the file's own padding so the bytes on disk are exactly those. */
+static int write_strings(hid_t loc, const char *name, char (*strs)[32], int n, int style, int fixed_size) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    int ok;
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t sp = H5Screate_simple(1, dims, NULL);
+    if (style == STR_VLEN) {
+        H5Tset_size(t, H5T_VARIABLE);
+        const char *ptrs[8];
+        for (int i = 0; i < n; i++) ptrs[i] = strs[i];
+        hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs) >= 0;
+        if (d >= 0) H5Dclose(d);
+    } else {
+        H5Tset_size(t, (size_t)fixed_size);
+        H5Tset_strpad(t, style == STR_FIXED_NULLPAD    ? H5T_STR_NULLPAD
+                         : style == STR_FIXED_NULLTERM ? H5T_STR_NULLTERM
+                                                       : H5T_STR_SPACEPAD);
+        char *buf = calloc((size_t)n, (size_t)fixed_size);
+        for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * (size_t)fixed_size, strs[i], strlen(strs[i]));
+        hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
+        if (d >= 0) H5Dclose(d);
+        free(buf);
+    }
+    H5Sclose(sp);
+    H5Tclose(t);
+    return ok;
+}
+
+static int write_attr_int(hid_t loc, const char *name, hid_t ftype, int64_t v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return ok;
+}
+
+static int write_attr_str(hid_t loc, const char *name, const char *v, int vlen) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    int ok;
+    if (vlen) {
+        H5Tset_size(t, H5T_VARIABLE);
+        hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+        ok = a >= 0 && H5Awrite(a, t, &v) >= 0;
+        if (a >= 0) H5Aclose(a);
+    } else {
+        H5Tset_size(t, strlen(v) + 3); /* room for NUL padding, which the reader must strip */
+        H5Tset_strpad(t, H5T_STR_NULLPAD);
+        char buf[64] = {0};
+        memcpy(buf, v, strlen(v));
+        hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+        ok = a >= 0 && H5Awrite(a, t, buf) >= 0;
+        if (a >= 0) H5Aclose(a);
+    }
+    H5Sclose(sp);
+    H5Tclose(t);
+    return ok;
+}
+
+static int g_file_no = 0;
+static void write_spec(const spec *s, char *path, size_t n) {
+    snprintf(path, n, "%s/f%03d.h5", g_dir, g_file_no++);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = f >= 0;
+    if (ok && !(s->omit & OMIT_FORMAT)) ok = write_attr_int(f, "tailor_format", s->fmt_type, s->fmt);
+    if (ok && !(s->omit & OMIT_KIND)) ok = write_attr_str(f, "kind", s->kind, s->kind_vlen);
+    if (ok && s->vocab_attr) ok = write_attr_int(f, "vocab_size", H5T_STD_I64LE, s->vocab_attr);
+    hid_t gu = H5Gcreate2(f, "/users", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ok = ok && gu >= 0;
+    if (ok && !(s->omit & OMIT_NAMES))
+        ok = write_strings(f, "/users/name", (char (*)[32])s->names, s->n_users, s->names_style,
+                           s->names_fixed_size);
+    if (ok && s->has_groups)
+        ok = write_strings(f, "/users/group", (char (*)[32])s->groups, s->n_users, STR_VLEN, 0);
+    if (gu >= 0) H5Gclose(gu);
+    if (!(s->omit & OMIT_SFT_GROUP)) {
+        hid_t gs = H5Gcreate2(f, "/sft", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        ok = ok && gs >= 0;
+        if (ok && !(s->omit & OMIT_TOKENS))
+            ok = write_ds(f, "/sft/tokens", s->tok_type, H5T_NATIVE_INT32, s->tokens, s->n_tok, s->tok_rank2);
+        if (ok && !(s->omit & OMIT_OFFSETS))
+            ok = write_ds(f, "/sft/offsets", s->off_type, H5T_NATIVE_INT64, s->offsets, s->n_off, 0);
+        if (ok && !(s->omit & OMIT_PROMPT))
+            ok = write_ds(f, "/sft/prompt_len", s->prompt_type, H5T_NATIVE_INT32, s->prompt, s->n_prompt, 0);
+        if (ok && !(s->omit & OMIT_USER))
+            ok = write_ds(f, "/sft/user", s->user_type, H5T_NATIVE_INT32, s->user, s->n_user, 0);
+        if (gs >= 0) H5Gclose(gs);
+    }
+    if (f >= 0) H5Fclose(f);
+    if (!ok) {
+        fprintf(stderr, "FATAL: could not write test file %s\n", path);
+        exit(1);
+    }
+}
+
+/* Loads a valid spec and compares every field with what was written. */
+static void expect_valid(const spec *s, int model_vocab, const char *label) {
+    char path[512];
+    write_spec(s, path, sizeof path);
+    tl_sft_dataset ds;
+    memset(&ds, 0x5a, sizeof ds); /* poison: tl_sft_open must set every field */
+    tl_error err = {0};
+    tl_status st = tl_sft_open(path, model_vocab, &ds, &err);
+    CHECK(st == TL_OK, "%s: open failed: %s", label, err.msg);
+    if (st != TL_OK) return;
+    CHECK(strcmp(ds.path, path) == 0, "%s: path", label);
+    CHECK(ds.n_users == s->n_users, "%s: n_users %d", label, ds.n_users);
+    for (int u = 0; u < s->n_users && u < ds.n_users; u++) {
+        CHECK(strcmp(ds.user_names[u], s->names[u]) == 0, "%s: name %d '%s' != '%s'", label, u, ds.user_names[u],
+              s->names[u]);
+        if (s->has_groups)
+            CHECK(ds.user_groups && strcmp(ds.user_groups[u], s->groups[u]) == 0, "%s: group %d", label, u);
+    }
+    if (!s->has_groups) CHECK(ds.user_groups == NULL, "%s: groups should be absent", label);
+    CHECK(ds.n_examples == s->n_off - 1, "%s: n_examples %lld", label, (long long)ds.n_examples);
+    CHECK(ds.n_tokens == s->n_tok, "%s: n_tokens", label);
+    CHECK(ds.vocab_size_attr == s->vocab_attr, "%s: vocab_size_attr %lld", label, (long long)ds.vocab_size_attr);
+    if (ds.n_tokens == s->n_tok)
+        CHECK(memcmp(ds.tokens, s->tokens, (size_t)s->n_tok * 4) == 0, "%s: tokens differ", label);
+    if (ds.n_examples == s->n_off - 1) {
+        CHECK(memcmp(ds.offsets, s->offsets, (size_t)s->n_off * 8) == 0, "%s: offsets differ", label);
+        CHECK(memcmp(ds.prompt_len, s->prompt, (size_t)s->n_prompt * 4) == 0, "%s: prompt_len differ", label);
+        CHECK(memcmp(ds.user, s->user, (size_t)s->n_user * 4) == 0, "%s: user differ", label);
+    }
+    tl_sft_free(&ds);
+    CHECK(ds.tokens == NULL && ds.n_users == 0, "%s: tl_sft_free must clear the struct", label);
+}
+
+/* Opens a file expected to be rejected: TL_ERR_INPUT, one line, naming the file and each needle. */
+static void expect_error_path(const char *path, int model_vocab, const char *label, const char *n1,
+                              const char *n2) {
+    tl_sft_dataset ds;
+    memset(&ds, 0x5a, sizeof ds);
+    tl_error err = {0};
+    tl_status st = tl_sft_open(path, model_vocab, &ds, &err);
+    printf("  %-34s -> %s\n", label, err.msg);
+    CHECK(st == TL_ERR_INPUT, "%s: expected TL_ERR_INPUT, got %d (%s)", label, (int)st, err.msg);
+    CHECK(err.code == TL_ERR_INPUT, "%s: err.code %d", label, (int)err.code);
+    CHECK(strstr(err.msg, path) != NULL, "%s: message does not name the file: %s", label, err.msg);
+    if (n1) CHECK(strstr(err.msg, n1) != NULL, "%s: message lacks '%s': %s", label, n1, err.msg);
+    if (n2) CHECK(strstr(err.msg, n2) != NULL, "%s: message lacks '%s': %s", label, n2, err.msg);
+    CHECK(strchr(err.msg, '\n') == NULL, "%s: message must be one line", label);
+    CHECK(ds.tokens == NULL && ds.user_names == NULL && ds.path == NULL, "%s: failed open must leave the struct "
+          "empty", label);
+    tl_sft_free(&ds); /* must be safe after a failure */
+}
+
+static void expect_error(const spec *s, int model_vocab, const char *label, const char *n1, const char *n2) {
+    char path[512];
+    write_spec(s, path, sizeof path);
+    expect_error_path(path, model_vocab, label, n1, n2);
+}
+
+/* A base that every malformed case starts from: a few examples, all with tokens, users 0..2 used. */
+static void base_spec(spec *s) {
+    random_spec(s, 50);
+    int n = 6;
+    s->offsets[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int len = rnd_int(2, 8);
+        s->offsets[i + 1] = s->offsets[i] + len;
+        s->prompt[i] = rnd_int(0, len - 1);
+        s->user[i] = i % 3;
+        for (int t = 0; t < len; t++) s->tokens[s->offsets[i] + t] = rnd_int(0, 49);
+    }
+    s->n_tok = s->offsets[n];
+    s->n_off = n + 1;
+    s->n_prompt = s->n_user = n;
+}
+
+static void test_valid(void) {
+    for (int rep = 0; rep < 6; rep++) {
+        spec s;
+        random_spec(&s, 100);
+        s.names_style = rep % 4;
+        s.has_groups = rep % 2;
+        s.kind_vlen = rep % 3 == 0;
+        s.fmt_type = rep % 2 ? H5T_STD_I32LE : H5T_STD_I64BE;
+        s.vocab_attr = rep % 3 == 1 ? 100 : 0;
+        char label[64];
+        snprintf(label, sizeof label, "valid rep %d style %d", rep, s.names_style);
+        expect_valid(&s, rep % 2 ? 100 : 0, label);
+    }
+    /* Big-endian storage is still int32/int64: the reader converts. */
+    spec s;
+    random_spec(&s, 100);
+    s.tok_type = H5T_STD_I32BE;
+    s.off_type = H5T_STD_I64BE;
+    expect_valid(&s, 100, "big-endian integers");
+
+    /* Space-padded names keep their trailing spaces (only NULs are padding); a NUL-terminated fixed string
+     * whose bytes after the terminator are NUL reads up to the terminator. */
+    random_spec(&s, 100);
+    s.names_style = STR_FIXED_SPACEPAD;
+    snprintf(s.names[0], sizeof s.names[0], "sp ace  ");
+    expect_valid(&s, 0, "space-padded name keeps spaces");
+    random_spec(&s, 100);
+    s.names_style = STR_FIXED_NULLPAD;
+    s.names_fixed_size = (int)strlen(s.names[1]); /* the longest-fitting name has no padding at all */
+    size_t w = strlen(s.names[1]) < sizeof s.names[0] ? strlen(s.names[1]) : sizeof s.names[0] - 1;
+    for (int u = 0; u < s.n_users && u < 8; u++)
+        if (strlen(s.names[u]) > w) s.names[u][w] = '\0';
+    expect_valid(&s, 0, "exact-width fixed strings");
+}
+
+static void test_errors(void) {
+    spec s;
+    char path[512];
+
+    snprintf(path, sizeof path, "%s/does_not_exist.h5", g_dir);
+    expect_error_path(path, 0, "missing file", "cannot open", NULL);
+    snprintf(path, sizeof path, "%s/not_hdf5.h5", g_dir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (f) {
+        fputs("this is not an HDF5 file, just some text long enough to have a header\n", f);
+        fclose(f);
+    }
+    expect_error_path(path, 0, "not hdf5", "not an HDF5 file", NULL);
+    expect_error_path(g_dir, 0, "a directory", "is a directory", NULL);
+
+    static const struct {
+        unsigned omit;
+        const char *name;
+    } missing[] = {{OMIT_TOKENS, "/sft/tokens"},   {OMIT_OFFSETS, "/sft/offsets"}, {OMIT_PROMPT, "/sft/prompt_len"},
+                   {OMIT_USER, "/sft/user"},       {OMIT_NAMES, "/users/name"},    {OMIT_SFT_GROUP, "/sft/tokens"},
+                   {OMIT_FORMAT, "tailor_format"}, {OMIT_KIND, "kind"}};
+    for (size_t i = 0; i < sizeof missing / sizeof missing[0]; i++) {
+        base_spec(&s);
+        s.omit = missing[i].omit;
+        char label[64];
+        snprintf(label, sizeof label, "missing %s", missing[i].name);
+        expect_error(&s, 0, label, missing[i].name, "missing");
+    }
+
+    base_spec(&s);
+    s.tok_type = H5T_IEEE_F32LE;
+    expect_error(&s, 0, "float tokens", "/sft/tokens", "expected int32");
+    base_spec(&s);
+    s.tok_type = H5T_STD_I64LE;
+    expect_error(&s, 0, "int64 tokens", "/sft/tokens", "expected int32");
+    base_spec(&s);
+    s.tok_type = H5T_STD_U32LE;
+    expect_error(&s, 0, "uint32 tokens", "/sft/tokens", "expected int32");
+    base_spec(&s);
+    s.off_type = H5T_STD_I32LE;
+    expect_error(&s, 0, "int32 offsets", "/sft/offsets", "expected int64");
+    base_spec(&s);
+    s.prompt_type = H5T_IEEE_F64LE;
+    expect_error(&s, 0, "float prompt_len", "/sft/prompt_len", "expected int32");
+    base_spec(&s);
+    s.user_type = H5T_STD_I16LE;
+    expect_error(&s, 0, "int16 user", "/sft/user", "expected int32");
+    base_spec(&s);
+    s.tok_rank2 = 1;
+    expect_error(&s, 0, "rank-2 tokens", "/sft/tokens", "rank 2");
+
+    base_spec(&s);
+    s.offsets[3] = s.offsets[2] - 1;
+    expect_error(&s, 0, "decreasing offsets", "/sft/offsets", "decreasing at index 3");
+    base_spec(&s);
+    s.offsets[0] = 1;
+    expect_error(&s, 0, "offsets[0] != 0", "/sft/offsets", "offsets[0]");
+    base_spec(&s);
+    s.offsets[s.n_off - 1] -= 1;
+    expect_error(&s, 0, "last offset != T", "/sft/offsets", "last offset");
+    base_spec(&s);
+    s.n_tok += 1; /* a stray token past the last offset */
+    expect_error(&s, 0, "tokens longer than last offset", "/sft/offsets", "last offset");
+
+    base_spec(&s);
+    s.tokens[s.offsets[4] + 1] = 50;
+    expect_error(&s, 50, "token >= vocab", "/sft/tokens", "example 4 position 1");
+    base_spec(&s);
+    s.tokens[s.offsets[4] + 1] = 50;
+    expect_valid(&s, 0, "token beyond vocab accepted when model_vocab <= 0");
+    base_spec(&s);
+    s.tokens[s.offsets[2]] = -3;
+    expect_error(&s, 0, "negative token", "/sft/tokens", "example 2 position 0");
+    base_spec(&s);
+    s.vocab_attr = 30;
+    s.tokens[s.offsets[1]] = 40;
+    expect_error(&s, 0, "token >= vocab_size attribute", "/sft/tokens", "vocab_size");
+    base_spec(&s);
+    s.vocab_attr = 60;
+    expect_error(&s, 50, "vocab_size attr > model vocab", "vocab_size", "60");
+    base_spec(&s);
+    s.vocab_attr = 50;
+    expect_valid(&s, 50, "vocab_size attr == model vocab");
+
+    base_spec(&s);
+    s.user[5] = s.n_users;
+    expect_error(&s, 0, "user index out of range", "/sft/user", "example 5");
+    base_spec(&s);
+    s.user[0] = -1;
+    expect_error(&s, 0, "negative user index", "/sft/user", "example 0");
+    base_spec(&s);
+    s.prompt[2] = (int32_t)(s.offsets[3] - s.offsets[2] + 1);
+    expect_error(&s, 0, "prompt_len > length", "/sft/prompt_len", "example 2");
+    base_spec(&s);
+    s.prompt[1] = -1;
+    expect_error(&s, 0, "negative prompt_len", "/sft/prompt_len", "example 1");
+
+    base_spec(&s);
+    s.n_off = 1;
+    s.n_tok = 0;
+    s.n_prompt = s.n_user = 0;
+    expect_error(&s, 0, "empty dataset", "/sft/offsets", "empty dataset");
+    base_spec(&s);
+    s.n_off = 0;
+    expect_error(&s, 0, "no offsets at all", "/sft/offsets", NULL);
+
+    base_spec(&s);
+    s.fmt = 2;
+    expect_error(&s, 0, "wrong tailor_format", "tailor_format", "expected 1");
+    base_spec(&s);
+    s.fmt_type = H5T_IEEE_F32LE;
+    expect_error(&s, 0, "float tailor_format", "tailor_format", "integer");
+    base_spec(&s);
+    s.kind = "dpo";
+    expect_error(&s, 0, "wrong kind", "kind", "expected \"sft\"");
+    base_spec(&s);
+    s.kind = "sft";
+    s.kind_vlen = 1;
+    expect_valid(&s, 0, "vlen kind");
+
+    base_spec(&s);
+    snprintf(s.names[2], sizeof s.names[2], "%s", s.names[0]);
+    expect_error(&s, 0, "duplicate user names", "/users/name", "duplicate");
+    base_spec(&s);
+    s.names_style = STR_VLEN;
+    snprintf(s.names[1], sizeof s.names[1], "%s", s.names[0]);
+    expect_error(&s, 0, "duplicate vlen user names", "/users/name", "duplicate");
+    base_spec(&s);
+    s.names[1][0] = '\0';
+    expect_error(&s, 0, "empty user name", "/users/name", "empty");
+    base_spec(&s);
+    snprintf(s.names[1], sizeof s.names[1], "bad\xff\xfe");
+    expect_error(&s, 0, "invalid UTF-8 name", "/users/name", "UTF-8");
+
+    base_spec(&s);
+    s.n_user -= 1;
+    expect_error(&s, 0, "user shorter than prompt_len", "/sft/user", "length 5");
+    base_spec(&s);
+    s.n_prompt -= 1;
+    expect_error(&s, 0, "prompt_len shorter than offsets", "/sft/prompt_len", "length 5");
+}
+
+int main(void) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own expected failures must not print stacks */
+    g_rng = 0x1234567ULL ^ (uint64_t)getpid();
+    printf("test_dataset rng seed %llu\n", (unsigned long long)g_rng);
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/tl_test_dataset_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(g_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    test_valid();
+    test_errors();
+    /* clean up the scratch directory */
+    for (int i = 0; i < g_file_no; i++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/f%03d.h5", g_dir, i);
+        remove(p);
+    }
+    char p[512];
+    snprintf(p, sizeof p, "%s/not_hdf5.h5", g_dir);
+    remove(p);
+    rmdir(g_dir);
+    if (g_fail) {
+        fprintf(stderr, "test_dataset: %d failure(s)\n", g_fail);
+        return 1;
+    }
+    printf("test_dataset: all passed\n");
+    return 0;
+}

@@ -1,0 +1,526 @@
+/* tl_checkpoint: saving and restoring the complete training state (see tl_checkpoint.h for the layout).
+ *
+ * The state file is one safetensors file so that it can be inspected with ordinary tools; integers are I64
+ * little-endian. Checkpoints are written under a temporary name and renamed into place, with COMPLETE written
+ * last, so a reader that finds step-N with COMPLETE can trust every byte of it. */
+#include "tl_checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../data/tl_safetensors.h"
+#include "tl_fsutil.h"
+
+#define STATE_FILE "state.safetensors"
+#define CONFIG_FILE "config.yaml"
+#define COMPLETE_FILE "COMPLETE"
+
+/* ---- small encoders ---- */
+
+static void put_i64le(unsigned char *dst, int64_t v) {
+    uint64_t u = (uint64_t)v;
+    for (int i = 0; i < 8; i++) dst[i] = (unsigned char)(u >> (8 * i));
+}
+
+static int64_t get_i64le(const unsigned char *src) {
+    uint64_t u = 0;
+    for (int i = 0; i < 8; i++) u |= (uint64_t)src[i] << (8 * i);
+    return (int64_t)u;
+}
+
+static char *names_json(const tl_lora_pool *p) {
+    cJSON *a = cJSON_CreateArray();
+    if (!a) return NULL;
+    for (int i = 0; i < p->n_slots; i++) {
+        cJSON *s = cJSON_CreateString(p->names[i]);
+        if (!s || !cJSON_AddItemToArray(a, s)) {
+            cJSON_Delete(s);
+            cJSON_Delete(a);
+            return NULL;
+        }
+    }
+    char *t = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    return t;
+}
+
+static char *targets_json(uint32_t targets) {
+    cJSON *a = cJSON_CreateArray();
+    if (!a) return NULL;
+    for (int t = 0; t < TL_N_TARGETS; t++) {
+        if (!(targets & (1u << t))) continue;
+        cJSON *s = cJSON_CreateString(tl_target_names[t]);
+        if (!s || !cJSON_AddItemToArray(a, s)) {
+            cJSON_Delete(s);
+            cJSON_Delete(a);
+            return NULL;
+        }
+    }
+    char *text = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    return text;
+}
+
+/* ---- saving ---- */
+
+static tl_status write_config(const char *path, const tl_config *cfg, tl_error *err) {
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (!f) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    tl_config_write_yaml(cfg, f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || !text) {
+        free(text);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: could not format the configuration", path);
+    }
+    tl_status s = tl_write_file_atomic(path, text, n, err);
+    free(text);
+    return s;
+}
+
+static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend *be, int64_t global_step,
+                             const tl_cursor *cursors, tl_error *err) {
+    size_t ns = (size_t)p->n_slots, P = p->P;
+    if (P != 0 && ns > SIZE_MAX / sizeof(float) / P)
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: %zu slots x %zu parameters overflow", path, ns, P);
+    size_t nf = ns * P;
+    float *w[3] = {malloc(nf * sizeof(float) + 1), malloc(nf * sizeof(float) + 1), malloc(nf * sizeof(float) + 1)};
+    unsigned char *ints = malloc((ns * 3 + 1) * 8);
+    char *names = names_json(p), *targets = targets_json(p->targets);
+    tl_st_writer *wr = tl_st_writer_new();
+    tl_status s = TL_OK;
+    if (!w[0] || !w[1] || !w[2] || !ints || !names || !targets || !wr)
+        s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for %zu x %zu adapter state", path, ns, P);
+    if (s == TL_OK) {
+        const float *src[3] = {p->params, p->m, p->v};
+        for (int k = 0; k < 3; k++) be->download(be, w[k], src[k], nf * sizeof(float));
+        s = be->status ? be->status(be, err) : TL_OK;
+    }
+    if (s == TL_OK) {
+        unsigned char *steps = ints, *cur = ints + ns * 8, *gs = ints + ns * 24;
+        for (size_t i = 0; i < ns; i++) {
+            put_i64le(steps + 8 * i, p->steps[i]);
+            put_i64le(cur + 16 * i, cursors ? cursors[i].epoch : 0);
+            put_i64le(cur + 16 * i + 8, cursors ? cursors[i].pos : 0);
+        }
+        put_i64le(gs, global_step);
+        int64_t sh2[2] = {(int64_t)ns, (int64_t)P}, shs[1] = {(int64_t)ns}, shc[2] = {(int64_t)ns, 2}, sh1[1] = {1};
+        const char *tn[3] = {"params", "m", "v"};
+        for (int k = 0; k < 3 && s == TL_OK; k++) s = tl_st_writer_add_f32(wr, tn[k], sh2, 2, w[k], err);
+        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "steps", "I64", shs, 1, steps, ns * 8, err);
+        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "cursors", "I64", shc, 2, cur, ns * 16, err);
+        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "global_step", "I64", sh1, 1, gs, 8, err);
+    }
+    char num[3][32];
+    snprintf(num[0], sizeof num[0], "%d", p->rank);
+    snprintf(num[1], sizeof num[1], "%zu", P);
+    snprintf(num[2], sizeof num[2], "%d", p->n_layers);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "format", TL_CHECKPOINT_FORMAT, err);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "adapter_names", names, err);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "rank", num[0], err);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "targets", targets, err);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "P", num[1], err);
+    if (s == TL_OK) s = tl_st_writer_meta(wr, "n_layers", num[2], err);
+    if (s == TL_OK) s = tl_st_writer_write(wr, path, err);
+    tl_st_writer_free(wr);
+    cJSON_free(names);
+    cJSON_free(targets);
+    free(ints);
+    for (int k = 0; k < 3; k++) free(w[k]);
+    return s;
+}
+
+/* Parses "step-<digits>" (nothing else); -1 if name is not one. */
+static int64_t step_of(const char *name) {
+    if (strncmp(name, "step-", 5) != 0 || name[5] == '\0') return -1;
+    int64_t v = 0;
+    for (const char *c = name + 5; *c; c++) {
+        if (*c < '0' || *c > '9') return -1;
+        if (v > (INT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (*c - '0');
+    }
+    return v;
+}
+
+static int is_complete(const char *ckdir, const char *name) {
+    char path[TL_PATH_MAX];
+    int k = snprintf(path, sizeof path, "%s/%s/" COMPLETE_FILE, ckdir, name);
+    return k > 0 && (size_t)k < sizeof path && tl_is_file(path);
+}
+
+typedef struct {
+    int64_t step;
+    char name[64];
+} ck_entry;
+
+static int cmp_desc(const void *a, const void *b) {
+    int64_t x = ((const ck_entry *)a)->step, y = ((const ck_entry *)b)->step;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Lists the complete step-* checkpoints of ckdir, newest first. With remove_stale, leftover temporary
+ * directories (".tmp-step-*", ".old-step-*") are removed as they are met. *n = 0 when ckdir does not exist. */
+static tl_status list_checkpoints(const char *ckdir, ck_entry **out, int *n, int remove_stale, tl_error *err) {
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(ckdir);
+    if (!d) {
+        if (errno == ENOENT) return TL_OK;
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot list: %s", ckdir, strerror(errno));
+    }
+    ck_entry *v = NULL;
+    int cnt = 0, cap = 0;
+    tl_status s = TL_OK;
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(d);
+        if (!e) {
+            if (errno) s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot list: %s", ckdir, strerror(errno));
+            break;
+        }
+        if (remove_stale && (strncmp(e->d_name, ".tmp-step-", 10) == 0 || strncmp(e->d_name, ".old-step-", 10) == 0)) {
+            char path[TL_PATH_MAX];
+            s = tl_path_join(path, sizeof path, ckdir, e->d_name, err);
+            if (s == TL_OK) s = tl_remove_tree(path, err);
+            if (s != TL_OK) break;
+            continue;
+        }
+        int64_t st = step_of(e->d_name);
+        size_t len = strlen(e->d_name);
+        if (st < 0 || len >= sizeof v->name || !is_complete(ckdir, e->d_name)) continue;
+        if (cnt == cap) {
+            int nc = cap ? cap * 2 : 16;
+            ck_entry *nv = realloc(v, (size_t)nc * sizeof *nv);
+            if (!nv) {
+                s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory listing checkpoints", ckdir);
+                break;
+            }
+            v = nv;
+            cap = nc;
+        }
+        v[cnt].step = st;
+        memcpy(v[cnt].name, e->d_name, len + 1);
+        cnt++;
+    }
+    closedir(d);
+    if (s != TL_OK) {
+        free(v);
+        return s;
+    }
+    if (cnt > 1) qsort(v, (size_t)cnt, sizeof *v, cmp_desc);
+    *out = v;
+    *n = cnt;
+    return TL_OK;
+}
+
+static tl_status prune(const char *ckdir, const char *just_written, int keep, tl_error *err) {
+    ck_entry *v;
+    int n;
+    TL_TRY(list_checkpoints(ckdir, &v, &n, 1, err));
+    int kept = 1; /* the one just written */
+    tl_status s = TL_OK;
+    for (int i = 0; i < n && s == TL_OK; i++) {
+        if (strcmp(v[i].name, just_written) == 0) continue;
+        if (keep <= 0 || kept < keep) {
+            kept++;
+            continue;
+        }
+        char path[TL_PATH_MAX];
+        s = tl_path_join(path, sizeof path, ckdir, v[i].name, err);
+        if (s == TL_OK) s = tl_remove_tree(path, err);
+    }
+    free(v);
+    return s;
+}
+
+tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
+                             int64_t global_step, const tl_cursor *cursors, int keep, tl_error *err) {
+    if (global_step < 0) return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: negative step %lld", (long long)global_step);
+    if (p->n_slots <= 0 || !p->params || !p->m || !p->v || !p->steps || !p->names)
+        return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: adapter pool without state (%d slots)", p->n_slots);
+    char ckdir[TL_PATH_MAX], name[64], tmpname[96], fin[TL_PATH_MAX], tmp[TL_PATH_MAX], path[TL_PATH_MAX];
+    TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
+    snprintf(name, sizeof name, "step-%08lld", (long long)global_step);
+    snprintf(tmpname, sizeof tmpname, ".tmp-step-%lld-%ld", (long long)global_step, (long)getpid());
+    TL_TRY(tl_path_join(fin, sizeof fin, ckdir, name, err));
+    TL_TRY(tl_path_join(tmp, sizeof tmp, ckdir, tmpname, err));
+    TL_TRY(tl_mkdir_p(ckdir, err));
+    TL_TRY(tl_remove_tree(tmp, err));
+    if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
+
+    tl_status s = tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err);
+    if (s == TL_OK) s = write_config(path, cfg, err);
+    if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, STATE_FILE, err);
+    if (s == TL_OK) s = write_state(path, p, be, global_step, cursors, err);
+    if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err);
+    if (s == TL_OK) {
+        char text[96];
+        int k = snprintf(text, sizeof text, "%s step %lld\n", TL_CHECKPOINT_FORMAT, (long long)global_step);
+        s = tl_write_file_atomic(path, text, (size_t)k, err);
+    }
+    if (s == TL_OK) s = tl_fsync_dir(tmp, err);
+    if (s == TL_OK) s = tl_replace_dir(tmp, fin, err);
+    if (s != TL_OK) {
+        tl_error ignored;
+        (void)tl_remove_tree(tmp, &ignored); /* the first error is the one to report */
+        return tl_wrap(err, "saving checkpoint %s", fin);
+    }
+    if (prune(ckdir, name, keep, err) != TL_OK)
+        return tl_wrap(err, "checkpoint %s saved, but removing older ones failed", fin);
+    return TL_OK;
+}
+
+tl_status tl_checkpoint_latest(const char *run_dir, char *path, size_t cap, int *found, tl_error *err) {
+    *found = 0;
+    char ckdir[TL_PATH_MAX];
+    TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
+    ck_entry *v;
+    int n;
+    TL_TRY(list_checkpoints(ckdir, &v, &n, 0, err));
+    tl_status s = TL_OK;
+    if (n > 0) {
+        s = tl_path_join(path, cap, ckdir, v[0].name, err);
+        if (s == TL_OK) *found = 1;
+    }
+    free(v);
+    return s;
+}
+
+/* ---- loading ---- */
+
+/* Opens the state file of a complete checkpoint and checks its format tag. */
+static tl_status open_state(const char *ckpt_dir, tl_st_file **f, tl_error *err) {
+    char path[TL_PATH_MAX];
+    TL_TRY(tl_path_join(path, sizeof path, ckpt_dir, COMPLETE_FILE, err));
+    if (!tl_is_file(path))
+        return tl_fail(err, TL_ERR_INPUT, "%s: not a complete checkpoint (no %s file)", ckpt_dir, COMPLETE_FILE);
+    TL_TRY(tl_path_join(path, sizeof path, ckpt_dir, STATE_FILE, err));
+    TL_TRY(tl_st_open(path, f, err));
+    const char *fmt = tl_st_metadata(*f, "format");
+    if (!fmt || strcmp(fmt, TL_CHECKPOINT_FORMAT) != 0) {
+        tl_st_close(*f);
+        *f = NULL;
+        return tl_fail(err, TL_ERR_INPUT, "%s: metadata format is '%s', expected '%s'", path, fmt ? fmt : "(none)",
+                       TL_CHECKPOINT_FORMAT);
+    }
+    return TL_OK;
+}
+
+static tl_status parse_names(tl_st_file *f, char ***names, int *n, tl_error *err) {
+    *names = NULL;
+    *n = 0;
+    const char *path = tl_st_path(f);
+    const char *text = tl_st_metadata(f, "adapter_names");
+    cJSON *a = text ? cJSON_Parse(text) : NULL;
+    if (!cJSON_IsArray(a)) {
+        cJSON_Delete(a);
+        return tl_fail(err, TL_ERR_INPUT, "%s: metadata adapter_names: expected a JSON array of strings", path);
+    }
+    int cnt = cJSON_GetArraySize(a);
+    char **v = calloc((size_t)cnt + 1, sizeof *v);
+    if (!v) {
+        cJSON_Delete(a);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    }
+    int i = 0;
+    tl_status s = TL_OK;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) {
+        if (!cJSON_IsString(e)) {
+            s = tl_fail(err, TL_ERR_INPUT, "%s: metadata adapter_names[%d]: expected a string", path, i);
+            break;
+        }
+        v[i] = strdup(e->valuestring);
+        if (!v[i]) {
+            s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+            break;
+        }
+        i++;
+    }
+    cJSON_Delete(a);
+    if (s != TL_OK) {
+        tl_checkpoint_free_names(v, i);
+        return s;
+    }
+    *names = v;
+    *n = cnt;
+    return TL_OK;
+}
+
+void tl_checkpoint_free_names(char **names, int n) {
+    if (!names) return;
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+/* A tensor's header entry must have this dtype and shape. */
+static tl_status expect_tensor(tl_st_file *f, const char *name, tl_dtype dt, const char *dtname,
+                               const int64_t *shape, int ndim, tl_error *err) {
+    const tl_st_tensor *t = tl_st_find(f, name);
+    if (!t) return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' missing", tl_st_path(f), name);
+    int same = t->dtype == dt && t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char want[96];
+        int k = snprintf(want, sizeof want, "%s [", dtname);
+        for (int i = 0; i < ndim && k > 0 && (size_t)k < sizeof want; i++)
+            k += snprintf(want + k, sizeof want - (size_t)k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        if (k > 0 && (size_t)k < sizeof want) snprintf(want + k, sizeof want - (size_t)k, "]");
+        return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' is %s with %d dims, expected %s (as the run's adapters)",
+                       tl_st_path(f), name, t->dtype_name, t->ndim, want);
+    }
+    return TL_OK;
+}
+
+static tl_status read_i64(tl_st_file *f, const char *name, int64_t *dst, size_t n, tl_error *err) {
+    unsigned char *buf = malloc(n * 8 + 1);
+    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", tl_st_path(f));
+    tl_status s = tl_st_read_bytes(f, name, buf, (uint64_t)n * 8, err);
+    for (size_t i = 0; s == TL_OK && i < n; i++) {
+        dst[i] = get_i64le(buf + 8 * i);
+        if (dst[i] < 0) s = tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s'[%zu] = %lld, expected >= 0", tl_st_path(f),
+                                    name, i, (long long)dst[i]);
+    }
+    free(buf);
+    return s;
+}
+
+static tl_status check_meta_int(tl_st_file *f, const char *key, long long want, tl_error *err) {
+    const char *v = tl_st_metadata(f, key);
+    char *end = NULL;
+    errno = 0;
+    long long got = v ? strtoll(v, &end, 10) : 0;
+    if (!v || errno || end == v || *end != '\0')
+        return tl_fail(err, TL_ERR_INPUT, "%s: metadata %s: expected an integer", tl_st_path(f), key);
+    if (got != want)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s is %lld in the checkpoint, %lld in the run", tl_st_path(f), key, got,
+                       want);
+    return TL_OK;
+}
+
+/* Checks everything that must agree between the checkpoint and the pool, before any state is touched. */
+static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, tl_error *err) {
+    const char *path = tl_st_path(f);
+    char **names;
+    int n;
+    TL_TRY(parse_names(f, &names, &n, err));
+    tl_status s = TL_OK;
+    if (n != p->n_slots)
+        s = tl_fail(err, TL_ERR_INPUT, "%s: %d adapters in the checkpoint, %d in the run", path, n, p->n_slots);
+    for (int i = 0; s == TL_OK && i < n; i++)
+        if (strcmp(names[i], p->names[i]) != 0)
+            s = tl_fail(err, TL_ERR_INPUT, "%s: adapter %d is '%s' in the checkpoint, '%s' in the run", path, i,
+                        names[i], p->names[i]);
+    tl_checkpoint_free_names(names, n);
+    TL_TRY(s);
+    TL_TRY(check_meta_int(f, "rank", p->rank, err));
+    TL_TRY(check_meta_int(f, "P", (long long)p->P, err));
+
+    const char *tt = tl_st_metadata(f, "targets");
+    cJSON *a = tt ? cJSON_Parse(tt) : NULL;
+    uint32_t mask = 0;
+    int ok = cJSON_IsArray(a);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) {
+        int t = -1;
+        for (int j = 0; cJSON_IsString(e) && j < TL_N_TARGETS; j++)
+            if (strcmp(e->valuestring, tl_target_names[j]) == 0) t = j;
+        if (t < 0) ok = 0;
+        else mask |= 1u << t;
+    }
+    cJSON_Delete(a);
+    if (!ok) return tl_fail(err, TL_ERR_INPUT, "%s: metadata targets: expected a JSON array of module names", path);
+    if (mask != p->targets) {
+        char *want = targets_json(p->targets);
+        s = tl_fail(err, TL_ERR_INPUT, "%s: targets are %s in the checkpoint, %s in the run", path, tt,
+                    want ? want : "?");
+        cJSON_free(want);
+        return s;
+    }
+
+    int64_t ns = p->n_slots, sh2[2] = {ns, (int64_t)p->P}, shs[1] = {ns}, shc[2] = {ns, 2}, sh1[1] = {1};
+    TL_TRY(expect_tensor(f, "params", TL_DT_F32, "F32", sh2, 2, err));
+    TL_TRY(expect_tensor(f, "m", TL_DT_F32, "F32", sh2, 2, err));
+    TL_TRY(expect_tensor(f, "v", TL_DT_F32, "F32", sh2, 2, err));
+    TL_TRY(expect_tensor(f, "steps", TL_DT_I64, "I64", shs, 1, err));
+    TL_TRY(expect_tensor(f, "cursors", TL_DT_I64, "I64", shc, 2, err));
+    TL_TRY(expect_tensor(f, "global_step", TL_DT_I64, "I64", sh1, 1, err));
+    return TL_OK;
+}
+
+tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
+                             tl_cursor *cursors, tl_error *err) {
+    if (p->n_slots <= 0 || !p->params || !p->m || !p->v || !p->steps || !p->names)
+        return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: adapter pool without state (%d slots)", p->n_slots);
+    tl_st_file *f = NULL;
+    TL_TRY(open_state(ckpt_dir, &f, err));
+    tl_status s = check_compatible(f, p, err);
+    size_t ns = (size_t)p->n_slots, nf = ns * p->P;
+    int64_t *ints = NULL;
+    float *w = NULL;
+    if (s == TL_OK) {
+        ints = malloc((ns * 3 + 1) * sizeof *ints);
+        w = malloc(nf * sizeof *w + 1);
+        if (!ints || !w) s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
+    }
+    /* The small integer state first: it is validated before the large tensors touch the backend. */
+    if (s == TL_OK) s = read_i64(f, "steps", ints, ns, err);
+    if (s == TL_OK) s = read_i64(f, "cursors", ints + ns, ns * 2, err);
+    if (s == TL_OK) s = read_i64(f, "global_step", ints + ns * 3, 1, err);
+    const char *tn[3] = {"params", "m", "v"};
+    float *dst[3] = {p->params, p->m, p->v};
+    int64_t sh2[2] = {(int64_t)ns, (int64_t)p->P};
+    for (int k = 0; k < 3 && s == TL_OK; k++) {
+        s = tl_st_read_f32(f, tn[k], sh2, 2, w, err);
+        if (s == TL_OK) be->upload(be, dst[k], w, nf * sizeof *w);
+    }
+    if (s == TL_OK && be->status) s = be->status(be, err);
+    if (s == TL_OK) {
+        for (size_t i = 0; i < ns; i++) {
+            p->steps[i] = ints[i];
+            if (cursors) {
+                cursors[i].epoch = ints[ns + 2 * i];
+                cursors[i].pos = ints[ns + 2 * i + 1];
+            }
+        }
+        if (global_step) *global_step = ints[ns * 3];
+    }
+    free(ints);
+    free(w);
+    tl_st_close(f);
+    return s;
+}
+
+tl_status tl_checkpoint_read_config(const char *ckpt_dir, tl_config *cfg, tl_error *err) {
+    char path[TL_PATH_MAX];
+    TL_TRY(tl_path_join(path, sizeof path, ckpt_dir, COMPLETE_FILE, err));
+    if (!tl_is_file(path))
+        return tl_fail(err, TL_ERR_INPUT, "%s: not a complete checkpoint (no %s file)", ckpt_dir, COMPLETE_FILE);
+    TL_TRY(tl_path_join(path, sizeof path, ckpt_dir, CONFIG_FILE, err));
+    return tl_config_load(path, NULL, 0, cfg, err);
+}
+
+tl_status tl_checkpoint_read_names(const char *ckpt_dir, char ***names, int *n, tl_error *err) {
+    tl_st_file *f = NULL;
+    TL_TRY(open_state(ckpt_dir, &f, err));
+    tl_status s = parse_names(f, names, n, err);
+    tl_st_close(f);
+    return s;
+}
+
+tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl_error *err) {
+    tl_st_file *f = NULL;
+    TL_TRY(open_state(ckpt_dir, &f, err));
+    int64_t sh1[1] = {1};
+    tl_status s = expect_tensor(f, "global_step", TL_DT_I64, "I64", sh1, 1, err);
+    if (s == TL_OK) s = read_i64(f, "global_step", global_step, 1, err);
+    tl_st_close(f);
+    return s;
+}

@@ -1,0 +1,215 @@
+/* inspect: summaries that also validate (opening a file runs the same checks a run would). */
+#include "tl_inspect.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../data/tl_dataset.h"
+#include "../data/tl_hf_config.h"
+#include "../data/tl_safetensors.h"
+#include "tl_checkpoint.h"
+#include "tl_config.h"
+
+static int exists(const char *dir, const char *name) {
+    char p[8192];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return stat(p, &st) == 0;
+}
+
+static void print_shape(FILE *out, const tl_st_tensor *t) {
+    fputc('[', out);
+    for (int d = 0; d < t->ndim; d++) fprintf(out, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    fputc(']', out);
+}
+
+static tl_status inspect_safetensors(const char *path, FILE *out, tl_error *err) {
+    tl_st_file *f;
+    TL_TRY(tl_st_open(path, &f, err));
+    int n = tl_st_count(f);
+    int64_t total = 0;
+    fprintf(out, "safetensors %s: %d tensor(s)\n", path, n);
+    for (int i = 0; i < n; i++) {
+        const tl_st_tensor *t = tl_st_get(f, i);
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+        total += numel;
+        if (i < 40 || i == n - 1) {
+            fprintf(out, "  %-64s %-5s ", t->name, t->dtype_name);
+            print_shape(out, t);
+            fputc('\n', out);
+        } else if (i == 40) {
+            fprintf(out, "  ... (%d more)\n", n - 41);
+        }
+    }
+    fprintf(out, "total elements: %lld\n", (long long)total);
+    const char *keys[] = {"format", "tailor_adapter_name"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        const char *v = tl_st_metadata(f, keys[k]);
+        if (v) fprintf(out, "metadata %s: %s\n", keys[k], v);
+    }
+    tl_st_close(f);
+    return TL_OK;
+}
+
+static tl_status inspect_model(const char *dir, FILE *out, tl_error *err) {
+    tl_model_config c;
+    TL_TRY(tl_model_config_load(dir, &c, err));
+    tl_tensor_src *src;
+    TL_TRY(tl_tensor_src_open(dir, &src, err));
+    fprintf(out, "model %s: %s (%s)\n", dir, c.arch, c.model_type);
+    fprintf(out, "  vocab %d, hidden %d, ffn %d, layers %d, heads %d, kv heads %d, head_dim %d\n", c.vocab_size,
+            c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+            c.head_dim);
+    fprintf(out, "  rope_theta %g (%s scaling), rms_norm_eps %g, max_position_embeddings %d, tied embeddings: %s, "
+                 "qkv bias: %s\n",
+            (double)c.rope_theta,
+            c.rope_type == TL_ROPE_LLAMA3 ? "llama3" : c.rope_type == TL_ROPE_LINEAR ? "linear" : "no",
+            (double)c.rms_norm_eps, c.max_position_embeddings, c.tie_word_embeddings ? "yes" : "no",
+            c.attention_bias ? "yes" : "no");
+    /* Validate every tensor's presence and shape the way tl_model_load would, reading through a scratch. */
+    int d = c.hidden_size, V = c.vocab_size, f = c.intermediate_size, hd = c.head_dim;
+    int qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
+    size_t big = (size_t)V * d;
+    if ((size_t)f * d > big) big = (size_t)f * d;
+    if ((size_t)qd * d > big) big = (size_t)qd * d;
+    float *buf = malloc(big * sizeof(float));
+    tl_status s = buf ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    int64_t params = 0;
+    char name[256];
+#define CHK(nm, a, b, nd)                                                             \
+    do {                                                                              \
+        if (!s) {                                                                     \
+            int64_t sh[2] = {(a), (b)};                                               \
+            s = tl_tensor_src_read_f32(src, (nm), sh, (nd), buf, err);                \
+            params += (int64_t)(a) * ((nd) == 2 ? (b) : 1);                           \
+        }                                                                             \
+    } while (0)
+    CHK("model.embed_tokens.weight", V, d, 2);
+    CHK("model.norm.weight", d, 1, 1);
+    int tied = c.tie_word_embeddings || !tl_tensor_src_has(src, "lm_head.weight");
+    if (!tied) CHK("lm_head.weight", V, d, 2);
+    for (int l = 0; l < c.num_hidden_layers && !s; l++) {
+#define N(x) (snprintf(name, sizeof name, "model.layers.%d.%s", l, x), name)
+        CHK(N("input_layernorm.weight"), d, 1, 1);
+        CHK(N("self_attn.q_proj.weight"), qd, d, 2);
+        CHK(N("self_attn.k_proj.weight"), kvd, d, 2);
+        CHK(N("self_attn.v_proj.weight"), kvd, d, 2);
+        CHK(N("self_attn.o_proj.weight"), d, qd, 2);
+        if (c.attention_bias) {
+            CHK(N("self_attn.q_proj.bias"), qd, 1, 1);
+            CHK(N("self_attn.k_proj.bias"), kvd, 1, 1);
+            CHK(N("self_attn.v_proj.bias"), kvd, 1, 1);
+        }
+        CHK(N("post_attention_layernorm.weight"), d, 1, 1);
+        CHK(N("mlp.gate_proj.weight"), f, d, 2);
+        CHK(N("mlp.up_proj.weight"), f, d, 2);
+        CHK(N("mlp.down_proj.weight"), d, f, 2);
+#undef N
+    }
+#undef CHK
+    if (!s) fprintf(out, "  %lld parameters, all tensors present with the expected shapes%s\n", (long long)params,
+                    tied ? " (lm_head tied to embeddings)" : "");
+    free(buf);
+    tl_tensor_src_close(src);
+    return s;
+}
+
+static tl_status inspect_dataset(const char *path, FILE *out, tl_error *err) {
+    tl_sft_dataset ds;
+    TL_TRY(tl_sft_open(path, 0, &ds, err));
+    int64_t *ex = calloc((size_t)ds.n_users, sizeof(int64_t)), *tok = calloc((size_t)ds.n_users, sizeof(int64_t));
+    int64_t *resp = calloc((size_t)ds.n_users, sizeof(int64_t));
+    if (!ex || !tok || !resp) {
+        free(ex), free(tok), free(resp);
+        tl_sft_free(&ds);
+        return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    }
+    int32_t maxtok = 0;
+    int64_t maxlen = 0;
+    for (int64_t i = 0; i < ds.n_examples; i++) {
+        int u = ds.user[i];
+        int64_t len = ds.offsets[i + 1] - ds.offsets[i];
+        ex[u]++, tok[u] += len, resp[u] += len - ds.prompt_len[i];
+        if (len > maxlen) maxlen = len;
+    }
+    for (int64_t t = 0; t < ds.n_tokens; t++)
+        if (ds.tokens[t] > maxtok) maxtok = ds.tokens[t];
+    fprintf(out, "dataset %s: kind sft, %d user(s), %lld example(s), %lld token(s), longest example %lld, "
+                 "largest token id %d%s\n",
+            path, ds.n_users, (long long)ds.n_examples, (long long)ds.n_tokens, (long long)maxlen, maxtok,
+            ds.user_groups ? ", with groups" : "");
+    if (ds.vocab_size_attr) fprintf(out, "vocab_size attribute: %lld\n", (long long)ds.vocab_size_attr);
+    fprintf(out, "  %-28s %-16s %9s %10s %10s\n", "user", "group", "examples", "tokens", "response");
+    for (int u = 0; u < ds.n_users; u++) {
+        if (u == 50 && ds.n_users > 51) {
+            fprintf(out, "  ... (%d more users)\n", ds.n_users - 50);
+            break;
+        }
+        fprintf(out, "  %-28.28s %-16.16s %9lld %10lld %10lld%s\n", ds.user_names[u],
+                ds.user_groups ? ds.user_groups[u] : "-", (long long)ex[u], (long long)tok[u], (long long)resp[u],
+                ex[u] ? "" : "  (no examples)");
+    }
+    free(ex), free(tok), free(resp);
+    tl_sft_free(&ds);
+    fprintf(out, "valid\n");
+    return TL_OK;
+}
+
+static tl_status inspect_checkpoint(const char *dir, FILE *out, tl_error *err) {
+    tl_config cfg;
+    TL_TRY(tl_checkpoint_read_config(dir, &cfg, err));
+    char **names = NULL;
+    int n = 0;
+    TL_TRY(tl_checkpoint_read_names(dir, &names, &n, err));
+    char state[8192];
+    snprintf(state, sizeof state, "%s/state.safetensors", dir);
+    tl_st_file *f;
+    tl_status s = tl_st_open(state, &f, err);
+    if (!s) {
+        fprintf(out, "checkpoint %s: run '%s', model %s, %d adapter(s), rank %d, alpha %g, %d tensor(s) of state\n",
+                dir, cfg.run_name, cfg.model_path, n, cfg.adapter_rank, cfg.adapter_alpha, tl_st_count(f));
+        for (int i = 0; i < n && i < 50; i++) fprintf(out, "  %s\n", names[i]);
+        if (n > 50) fprintf(out, "  ... (%d more)\n", n - 50);
+        tl_st_close(f);
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return s;
+}
+
+tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
+    struct stat st;
+    if (stat(path, &st) != 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        if (exists(path, "config.json")) return inspect_model(path, out, err);
+        if (exists(path, "COMPLETE") && exists(path, "state.safetensors")) return inspect_checkpoint(path, out, err);
+        if (exists(path, "adapter_model.safetensors")) {
+            char p[8192];
+            snprintf(p, sizeof p, "%s/adapter_model.safetensors", path);
+            return inspect_safetensors(p, out, err);
+        }
+        if (exists(path, "checkpoints")) {
+            char ck[TL_PATH_MAX];
+            int found = 0;
+            TL_TRY(tl_checkpoint_latest(path, ck, sizeof ck, &found, err));
+            if (!found) return tl_fail(err, TL_ERR_INPUT, "%s: run directory without a complete checkpoint", path);
+            fprintf(out, "run %s, latest checkpoint:\n", path);
+            return inspect_checkpoint(ck, out, err);
+        }
+        return tl_fail(err, TL_ERR_INPUT,
+                       "%s: not a model directory (no config.json), checkpoint, adapter or run directory", path);
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: %s", path, strerror(errno));
+    unsigned char magic[8] = {0};
+    size_t got = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    if (got == 8 && memcmp(magic, "\x89HDF\r\n\x1a\n", 8) == 0) return inspect_dataset(path, out, err);
+    size_t len = strlen(path);
+    if (len > 12 && strcmp(path + len - 12, ".safetensors") == 0) return inspect_safetensors(path, out, err);
+    return tl_fail(err, TL_ERR_INPUT, "%s: unknown file type (expected .safetensors, an HDF5 dataset or a directory)",
+                   path);
+}

@@ -1,0 +1,531 @@
+/* model: the Llama-family decoder (forward and backward) over the backend op table, and the LoRA pool.
+ *
+ * The base weights are frozen, so backward computes only input gradients through them and LoRA gradients per
+ * adapter segment. Activations needed by backward are kept per layer in a workspace planned once from the
+ * largest micro-batch; nothing is allocated per step. */
+#include "tl_model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../data/tl_safetensors.h"
+#include "../kernels/tl_math.h"
+
+void tl_target_dims(const tl_model_config *c, int target, int *in, int *out) {
+    int d = c->hidden_size, q = c->num_attention_heads * c->head_dim, kv = c->num_key_value_heads * c->head_dim;
+    int f = c->intermediate_size;
+    switch (target) {
+    case TL_T_Q: *in = d, *out = q; break;
+    case TL_T_K: *in = d, *out = kv; break;
+    case TL_T_V: *in = d, *out = kv; break;
+    case TL_T_O: *in = q, *out = d; break;
+    case TL_T_GATE: *in = d, *out = f; break;
+    case TL_T_UP: *in = d, *out = f; break;
+    default: *in = f, *out = d; break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Loading */
+
+typedef struct {
+    tl_tensor_src *src;
+    tl_backend *be;
+    float *host; /* staging buffer, sized for the largest tensor */
+    const char *dir;
+} tl_loader;
+
+static tl_status load_tensor(tl_loader *L, const char *name, int64_t d0, int64_t d1, int ndim, tl_act **out,
+                             size_t *count, tl_error *err) {
+    int64_t shape[2] = {d0, d1};
+    size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    TL_TRY(tl_tensor_src_read_f32(L->src, name, shape, ndim, L->host, err));
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(L->host[i]))
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' holds a non-finite value at index %zu", L->dir,
+                           name, i);
+    TL_TRY(L->be->alloc(L->be, n * L->be->act_size, (void **)out, err));
+    L->be->upload_act(L->be, *out, L->host, n);
+    *count += n;
+    return TL_OK;
+}
+
+tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err) {
+    memset(m, 0, sizeof *m);
+    m->be = be;
+    TL_TRY(tl_model_config_load(dir, &m->cfg, err));
+    const tl_model_config *c = &m->cfg;
+    int d = c->hidden_size, V = c->vocab_size, f = c->intermediate_size, hd = c->head_dim;
+    int qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;
+
+    tl_loader L = {.be = be, .dir = dir};
+    tl_status s = tl_tensor_src_open(dir, &L.src, err);
+    if (s) return s;
+    size_t biggest = (size_t)V * d;
+    size_t cand[] = {(size_t)qd * d, (size_t)f * d};
+    for (int i = 0; i < 2; i++)
+        if (cand[i] > biggest) biggest = cand[i];
+    L.host = malloc(biggest * sizeof(float));
+    m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
+    if (!L.host || !m->layers) {
+        s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory staging %zu floats", dir, biggest);
+        goto done;
+    }
+    char name[256];
+#define LOAD(nm, a, b, nd, dst)                                                 \
+    do {                                                                        \
+        s = load_tensor(&L, nm, a, b, nd, dst, &m->n_params, err);              \
+        if (s) goto done;                                                       \
+    } while (0)
+    LOAD("model.embed_tokens.weight", V, d, 2, &m->embed);
+    LOAD("model.norm.weight", d, 1, 1, &m->final_norm);
+    int has_head = tl_tensor_src_has(L.src, "lm_head.weight");
+    if (has_head && !c->tie_word_embeddings) {
+        LOAD("lm_head.weight", V, d, 2, &m->lm_head);
+    } else {
+        m->lm_head = m->embed;
+    }
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        tl_layer_weights *w = &m->layers[l];
+#define LNAME(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
+        LOAD(LNAME("input_layernorm.weight"), d, 1, 1, &w->attn_norm);
+        LOAD(LNAME("self_attn.q_proj.weight"), qd, d, 2, &w->wq);
+        LOAD(LNAME("self_attn.k_proj.weight"), kvd, d, 2, &w->wk);
+        LOAD(LNAME("self_attn.v_proj.weight"), kvd, d, 2, &w->wv);
+        LOAD(LNAME("self_attn.o_proj.weight"), d, qd, 2, &w->wo);
+        if (c->attention_bias) {
+            LOAD(LNAME("self_attn.q_proj.bias"), qd, 1, 1, &w->bq);
+            LOAD(LNAME("self_attn.k_proj.bias"), kvd, 1, 1, &w->bk);
+            LOAD(LNAME("self_attn.v_proj.bias"), kvd, 1, 1, &w->bv);
+        }
+        LOAD(LNAME("post_attention_layernorm.weight"), d, 1, 1, &w->mlp_norm);
+        LOAD(LNAME("mlp.gate_proj.weight"), f, d, 2, &w->wgate);
+        LOAD(LNAME("mlp.up_proj.weight"), f, d, 2, &w->wup);
+        LOAD(LNAME("mlp.down_proj.weight"), d, f, 2, &w->wdown);
+#undef LNAME
+    }
+#undef LOAD
+    {
+        float inv[512];
+        if (hd / 2 > 512) {
+            s = tl_fail(err, TL_ERR_INPUT, "%s/config.json: head_dim %d is larger than the supported 1024", dir, hd);
+            goto done;
+        }
+        tl_rope_inv_freq(c, inv);
+        s = be->alloc(be, (size_t)(hd / 2) * sizeof(float), (void **)&m->inv_freq, err);
+        if (s) goto done;
+        be->upload(be, m->inv_freq, inv, (size_t)(hd / 2) * sizeof(float));
+    }
+    s = be->status(be, err);
+done:
+    free(L.host);
+    tl_tensor_src_close(L.src);
+    if (s) tl_model_free(m);
+    return s;
+}
+
+void tl_model_free(tl_model *m) {
+    if (!m || !m->be) return;
+    tl_backend *be = m->be;
+    if (m->lm_head && m->lm_head != m->embed) be->free(be, m->lm_head);
+    be->free(be, m->embed);
+    be->free(be, m->final_norm);
+    be->free(be, m->inv_freq);
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+            tl_layer_weights *w = &m->layers[l];
+            tl_act *all[] = {w->attn_norm, w->wq, w->wk, w->wv, w->wo, w->bq, w->bk, w->bv,
+                             w->mlp_norm, w->wgate, w->wup, w->wdown};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free(be, all[i]);
+        }
+        free(m->layers);
+    }
+    memset(m, 0, sizeof *m);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * LoRA pool */
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
+                            float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
+                            tl_error *err) {
+    memset(p, 0, sizeof *p);
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    if (n_slots < 1) return tl_fail(err, TL_ERR_INPUT, "adapter pool: no adapters to train");
+    if (!(targets & ((1u << TL_N_TARGETS) - 1))) return tl_fail(err, TL_ERR_INPUT, "adapter.targets: empty");
+    p->n_slots = n_slots, p->rank = rank, p->n_layers = c->num_hidden_layers, p->targets = targets;
+    p->alpha = alpha, p->rslora = rslora, p->dropout = dropout;
+    p->scale = rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
+    size_t nlt = (size_t)p->n_layers * TL_N_TARGETS;
+    p->off_A = calloc(nlt, sizeof(size_t));
+    p->off_B = calloc(nlt, sizeof(size_t));
+    p->steps = calloc((size_t)n_slots, sizeof(int64_t));
+    p->names = calloc((size_t)n_slots, sizeof(char *));
+    if (!p->off_A || !p->off_B || !p->steps || !p->names) goto oom;
+    for (int t = 0; t < TL_N_TARGETS; t++) tl_target_dims(c, t, &p->in_dim[t], &p->out_dim[t]);
+    size_t P = 0;
+    for (int l = 0; l < p->n_layers; l++)
+        for (int t = 0; t < TL_N_TARGETS; t++) {
+            if (!(targets & (1u << t))) continue;
+            p->off_A[l * TL_N_TARGETS + t] = P;
+            P += (size_t)rank * p->in_dim[t];
+            p->off_B[l * TL_N_TARGETS + t] = P;
+            P += (size_t)p->out_dim[t] * rank;
+        }
+    p->P = P;
+    for (int s = 0; s < n_slots; s++) {
+        p->names[s] = strdup(names[s]);
+        if (!p->names[s]) goto oom;
+    }
+    size_t bytes = (size_t)n_slots * P * sizeof(float);
+    float **bufs[4] = {&p->params, &p->grads, &p->m, &p->v};
+    for (int i = 0; i < 4; i++) {
+        tl_status s = be->alloc(be, bytes, (void **)bufs[i], err);
+        if (s) {
+            tl_wrap(err, "adapter pool (%d adapters x %zu parameters)", n_slots, P);
+            tl_lora_pool_free(p, be);
+            return s;
+        }
+        be->zero(be, *bufs[i], bytes);
+    }
+    float *host = malloc(P * sizeof(float));
+    if (!host) goto oom;
+    for (int s = 0; s < n_slots; s++) {
+        memset(host, 0, P * sizeof(float));
+        uint64_t slot_seed = tl_mix64(seed ^ tl_mix64(fnv1a(names[s])));
+        for (int l = 0; l < p->n_layers; l++)
+            for (int t = 0; t < TL_N_TARGETS; t++) {
+                if (!(targets & (1u << t))) continue;
+                float bound = 1.0f / sqrtf((float)p->in_dim[t]);
+                float *A = host + p->off_A[l * TL_N_TARGETS + t];
+                size_t nA = (size_t)rank * p->in_dim[t];
+                uint64_t site = (uint64_t)l * TL_N_TARGETS + t;
+                for (size_t i = 0; i < nA; i++) A[i] = (2.0f * tl_uniform(slot_seed, site, i) - 1.0f) * bound;
+            }
+        be->upload(be, p->params + (size_t)s * P, host, P * sizeof(float));
+    }
+    free(host);
+    return be->status(be, err);
+oom:
+    tl_lora_pool_free(p, be);
+    return tl_fail(err, TL_ERR_RUNTIME, "adapter pool: out of host memory");
+}
+
+void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be) {
+    if (!p) return;
+    if (be) {
+        be->free(be, p->params);
+        be->free(be, p->grads);
+        be->free(be, p->m);
+        be->free(be, p->v);
+    }
+    if (p->names)
+        for (int s = 0; s < p->n_slots; s++) free(p->names[s]);
+    free(p->names);
+    free(p->off_A);
+    free(p->off_B);
+    free(p->steps);
+    memset(p, 0, sizeof *p);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Workspace: every activation that backward reads, per layer, plus backward scratch. */
+
+typedef struct {
+    tl_act *xn1, *q, *k, *v, *att, *resid_mid, *xn2, *g, *u, *hsw;
+    float *rstd1, *rstd2, *lse;
+    float *lora_h[TL_N_TARGETS]; /* [n, r] per enabled target */
+} tl_layer_acts;
+
+struct tl_workspace {
+    int max_tokens, max_seqs, chunk;
+    tl_act **resid;       /* [L + 1] residual stream at each layer's input (and the output) */
+    tl_layer_acts *layer; /* [L] */
+    tl_act *xf;           /* final normed hidden */
+    float *rstdf;
+    /* backward scratch */
+    tl_act *dresid, *dxn, *datt, *dq, *dk, *dv, *dhsw, *dg, *du;
+    /* loss */
+    float *logp, *dlogp, *ce_work;
+    /* micro-batch on the backend */
+    int32_t *tokens, *pos, *cu_seqlens, *targets;
+    uint64_t *row_seed;
+    tl_seg *segs;
+    float *h_dlogp; /* host staging */
+    size_t bytes;
+    /* every allocation, for freeing */
+    void **allocs;
+    int n_allocs, cap_allocs;
+};
+
+static tl_status ws_alloc(tl_backend *be, tl_workspace *ws, size_t bytes, void **out, tl_error *err) {
+    if (ws->n_allocs == ws->cap_allocs) {
+        int cap = ws->cap_allocs ? 2 * ws->cap_allocs : 64;
+        void **a = realloc(ws->allocs, (size_t)cap * sizeof(void *));
+        if (!a) return tl_fail(err, TL_ERR_RUNTIME, "workspace: out of host memory");
+        ws->allocs = a, ws->cap_allocs = cap;
+    }
+    if (bytes == 0) bytes = 16;
+    TL_TRY(be->alloc(be, bytes, out, err));
+    ws->allocs[ws->n_allocs++] = *out;
+    ws->bytes += bytes;
+    return TL_OK;
+}
+
+tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_tokens, int max_seqs,
+                              tl_workspace **out, tl_error *err) {
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    tl_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws) return tl_fail(err, TL_ERR_RUNTIME, "workspace: out of host memory");
+    int L = c->num_hidden_layers;
+    size_t n = (size_t)max_tokens, A = be->act_size;
+    size_t d = (size_t)c->hidden_size, f = (size_t)c->intermediate_size;
+    size_t qd = (size_t)c->num_attention_heads * c->head_dim, kvd = (size_t)c->num_key_value_heads * c->head_dim;
+    ws->max_tokens = max_tokens, ws->max_seqs = max_seqs;
+    /* Logits exist for `chunk` rows at a time: bound that matrix to about 64 MiB of fp32. */
+    long chunk = (64L << 20) / (4L * c->vocab_size);
+    ws->chunk = (int)(chunk < 1 ? 1 : chunk > max_tokens ? max_tokens : chunk);
+    ws->resid = calloc((size_t)L + 1, sizeof(tl_act *));
+    ws->layer = calloc((size_t)L, sizeof(tl_layer_acts));
+    tl_status s = TL_OK;
+    if (!ws->resid || !ws->layer) {
+        s = tl_fail(err, TL_ERR_RUNTIME, "workspace: out of host memory");
+        goto fail;
+    }
+#define AL(ptr, bytes)                                               \
+    do {                                                             \
+        s = ws_alloc(be, ws, (bytes), (void **)&(ptr), err);         \
+        if (s) goto fail;                                            \
+    } while (0)
+    for (int l = 0; l <= L; l++) AL(ws->resid[l], n * d * A);
+    for (int l = 0; l < L; l++) {
+        tl_layer_acts *a = &ws->layer[l];
+        AL(a->xn1, n * d * A);
+        AL(a->q, n * qd * A);
+        AL(a->k, n * kvd * A);
+        AL(a->v, n * kvd * A);
+        AL(a->att, n * qd * A);
+        AL(a->resid_mid, n * d * A);
+        AL(a->xn2, n * d * A);
+        AL(a->g, n * f * A);
+        AL(a->u, n * f * A);
+        AL(a->hsw, n * f * A);
+        AL(a->rstd1, n * sizeof(float));
+        AL(a->rstd2, n * sizeof(float));
+        AL(a->lse, n * (size_t)c->num_attention_heads * sizeof(float));
+        for (int t = 0; t < TL_N_TARGETS; t++)
+            if (p->targets & (1u << t)) AL(a->lora_h[t], n * (size_t)p->rank * sizeof(float));
+    }
+    AL(ws->xf, n * d * A);
+    AL(ws->rstdf, n * sizeof(float));
+    AL(ws->dresid, n * d * A);
+    AL(ws->dxn, n * d * A);
+    AL(ws->datt, n * qd * A);
+    AL(ws->dq, n * qd * A);
+    AL(ws->dk, n * kvd * A);
+    AL(ws->dv, n * kvd * A);
+    AL(ws->dhsw, n * f * A);
+    AL(ws->dg, n * f * A);
+    AL(ws->du, n * f * A);
+    AL(ws->logp, n * sizeof(float));
+    AL(ws->dlogp, n * sizeof(float));
+    AL(ws->ce_work, (size_t)ws->chunk * c->vocab_size * sizeof(float));
+    AL(ws->tokens, n * sizeof(int32_t));
+    AL(ws->pos, n * sizeof(int32_t));
+    AL(ws->targets, n * sizeof(int32_t));
+    AL(ws->row_seed, n * sizeof(uint64_t));
+    AL(ws->cu_seqlens, ((size_t)max_seqs + 1) * sizeof(int32_t));
+    AL(ws->segs, ((size_t)max_seqs + 1) * sizeof(tl_seg));
+#undef AL
+    ws->h_dlogp = malloc(n * sizeof(float));
+    if (!ws->h_dlogp) {
+        s = tl_fail(err, TL_ERR_RUNTIME, "workspace: out of host memory");
+        goto fail;
+    }
+    *out = ws;
+    return TL_OK;
+fail:
+    tl_wrap(err, "planning activations for %d tokens", max_tokens);
+    tl_workspace_free(ws, be);
+    return s;
+}
+
+void tl_workspace_free(tl_workspace *ws, tl_backend *be) {
+    if (!ws) return;
+    for (int i = 0; i < ws->n_allocs; i++) be->free(be, ws->allocs[i]);
+    free(ws->allocs);
+    free(ws->resid);
+    free(ws->layer);
+    free(ws->h_dlogp);
+    free(ws);
+}
+
+size_t tl_workspace_bytes(const tl_workspace *ws) { return ws->bytes; }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Forward and backward */
+
+static tl_status upload_mb(const tl_model *m, tl_workspace *ws, const tl_host_mb *h, tl_mb *mb, tl_error *err) {
+    tl_backend *be = m->be;
+    if (h->n_tok < 1 || h->n_tok > ws->max_tokens || h->n_seq < 1 || h->n_seq > ws->max_seqs ||
+        h->n_seg > ws->max_seqs)
+        return tl_fail(err, TL_ERR_RUNTIME,
+                       "micro-batch of %d tokens / %d sequences / %d segments exceeds the planned %d tokens / %d "
+                       "sequences",
+                       h->n_tok, h->n_seq, h->n_seg, ws->max_tokens, ws->max_seqs);
+    size_t n = (size_t)h->n_tok;
+    be->upload(be, ws->tokens, h->tokens, n * sizeof(int32_t));
+    be->upload(be, ws->pos, h->pos, n * sizeof(int32_t));
+    be->upload(be, ws->targets, h->targets, n * sizeof(int32_t));
+    be->upload(be, ws->row_seed, h->row_seed, n * sizeof(uint64_t));
+    be->upload(be, ws->cu_seqlens, h->cu_seqlens, ((size_t)h->n_seq + 1) * sizeof(int32_t));
+    be->upload(be, ws->segs, h->segs, (size_t)h->n_seg * sizeof(tl_seg));
+    *mb = (tl_mb){.n_tok = h->n_tok, .n_seq = h->n_seq, .n_seg = h->n_seg, .max_seqlen = h->max_seqlen,
+                  .h_cu_seqlens = h->cu_seqlens, .h_segs = h->segs, .tokens = ws->tokens, .pos = ws->pos,
+                  .cu_seqlens = ws->cu_seqlens, .targets = ws->targets, .row_seed = ws->row_seed,
+                  .segs = ws->segs};
+    return TL_OK;
+}
+
+static tl_status check_slots(const tl_lora_pool *p, const tl_host_mb *h, tl_error *err) {
+    for (int i = 0; i < h->n_seg; i++)
+        if (h->segs[i].slot >= p->n_slots)
+            return tl_fail(err, TL_ERR_RUNTIME, "micro-batch segment %d names adapter slot %d of a pool of %d", i,
+                           h->segs[i].slot, p->n_slots);
+    return TL_OK;
+}
+
+/* frozen projection plus its LoRA term: y = x W^T (+ b) + scale B(A(drop(x))) */
+static void proj_fwd(const tl_model *m, const tl_lora_pool *p, const tl_mb *mb, int l, int t, tl_act *y,
+                     const tl_act *x, const tl_act *W, const tl_act *bias, float *h) {
+    tl_backend *be = m->be;
+    int in = p->in_dim[t], out = p->out_dim[t];
+    be->linear_fwd(be, y, x, W, bias, mb->n_tok, in, out, 0);
+    if (p->targets & (1u << t)) {
+        size_t k = (size_t)l * TL_N_TARGETS + t;
+        be->lora_fwd(be, y, h, x, p->params + p->off_A[k], p->params + p->off_B[k], p->P, mb, in, out, p->rank,
+                     p->scale, p->dropout, (uint32_t)k);
+    }
+}
+
+/* dx (+)= dy W (+ LoRA's input gradient); LoRA parameter gradients accumulate */
+static void proj_bwd(const tl_model *m, tl_lora_pool *p, const tl_mb *mb, int l, int t, tl_act *dx,
+                     const tl_act *dy, const tl_act *x, const tl_act *W, const float *h, int accumulate) {
+    tl_backend *be = m->be;
+    int in = p->in_dim[t], out = p->out_dim[t];
+    be->linear_bwd_x(be, dx, dy, W, mb->n_tok, in, out, accumulate);
+    if (p->targets & (1u << t)) {
+        size_t k = (size_t)l * TL_N_TARGETS + t;
+        be->lora_bwd(be, dx, p->grads + p->off_A[k], p->grads + p->off_B[k], dy, x, h, p->params + p->off_A[k],
+                     p->params + p->off_B[k], p->P, mb, in, out, p->rank, p->scale, p->dropout, (uint32_t)k);
+    }
+}
+
+/* Runs embedding and every layer; leaves the final normed hidden state in ws->xf. */
+static void forward(const tl_model *m, const tl_lora_pool *p, tl_workspace *ws, const tl_mb *mb) {
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    int n = mb->n_tok, d = c->hidden_size, hd = c->head_dim, Hq = c->num_attention_heads,
+        Hkv = c->num_key_value_heads;
+    size_t nf = (size_t)n * c->intermediate_size;
+    be->embed_fwd(be, ws->resid[0], m->embed, mb->tokens, n, d);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const tl_layer_weights *w = &m->layers[l];
+        tl_layer_acts *a = &ws->layer[l];
+        tl_act *x = ws->resid[l];
+        be->rmsnorm_fwd(be, a->xn1, a->rstd1, x, w->attn_norm, n, d, c->rms_norm_eps);
+        proj_fwd(m, p, mb, l, TL_T_Q, a->q, a->xn1, w->wq, w->bq, a->lora_h[TL_T_Q]);
+        proj_fwd(m, p, mb, l, TL_T_K, a->k, a->xn1, w->wk, w->bk, a->lora_h[TL_T_K]);
+        proj_fwd(m, p, mb, l, TL_T_V, a->v, a->xn1, w->wv, w->bv, a->lora_h[TL_T_V]);
+        be->rope_fwd(be, a->q, mb->pos, m->inv_freq, n, Hq, hd);
+        be->rope_fwd(be, a->k, mb->pos, m->inv_freq, n, Hkv, hd);
+        be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, mb, Hq, Hkv, hd);
+        proj_fwd(m, p, mb, l, TL_T_O, a->resid_mid, a->att, w->wo, NULL, a->lora_h[TL_T_O]);
+        be->add(be, a->resid_mid, x, (size_t)n * d);
+        be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->resid_mid, w->mlp_norm, n, d, c->rms_norm_eps);
+        proj_fwd(m, p, mb, l, TL_T_GATE, a->g, a->xn2, w->wgate, NULL, a->lora_h[TL_T_GATE]);
+        proj_fwd(m, p, mb, l, TL_T_UP, a->u, a->xn2, w->wup, NULL, a->lora_h[TL_T_UP]);
+        be->swiglu_fwd(be, a->hsw, a->g, a->u, nf);
+        proj_fwd(m, p, mb, l, TL_T_DOWN, ws->resid[l + 1], a->hsw, w->wdown, NULL, a->lora_h[TL_T_DOWN]);
+        be->add(be, ws->resid[l + 1], a->resid_mid, (size_t)n * d);
+    }
+    be->rmsnorm_fwd(be, ws->xf, ws->rstdf, ws->resid[c->num_hidden_layers], m->final_norm, n, d, c->rms_norm_eps);
+}
+
+/* Backward from d(final normed hidden) in ws->dxn through every layer; LoRA gradients accumulate. */
+static void backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_mb *mb) {
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    int n = mb->n_tok, d = c->hidden_size, hd = c->head_dim, Hq = c->num_attention_heads,
+        Hkv = c->num_key_value_heads, L = c->num_hidden_layers;
+    size_t nf = (size_t)n * c->intermediate_size;
+    be->zero(be, ws->dresid, (size_t)n * d * be->act_size);
+    be->rmsnorm_bwd(be, ws->dresid, ws->dxn, ws->resid[L], m->final_norm, ws->rstdf, n, d);
+    for (int l = L - 1; l >= 0; l--) {
+        const tl_layer_weights *w = &m->layers[l];
+        tl_layer_acts *a = &ws->layer[l];
+        /* MLP: resid[l+1] = resid_mid + down(swiglu(gate(xn2), up(xn2))) */
+        proj_bwd(m, p, mb, l, TL_T_DOWN, ws->dhsw, ws->dresid, a->hsw, w->wdown, a->lora_h[TL_T_DOWN], 0);
+        be->swiglu_bwd(be, ws->dg, ws->du, ws->dhsw, a->g, a->u, nf);
+        proj_bwd(m, p, mb, l, TL_T_GATE, ws->dxn, ws->dg, a->xn2, w->wgate, a->lora_h[TL_T_GATE], 0);
+        proj_bwd(m, p, mb, l, TL_T_UP, ws->dxn, ws->du, a->xn2, w->wup, a->lora_h[TL_T_UP], 1);
+        be->rmsnorm_bwd(be, ws->dresid, ws->dxn, a->resid_mid, w->mlp_norm, a->rstd2, n, d);
+        /* attention: resid_mid = resid[l] + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
+        proj_bwd(m, p, mb, l, TL_T_O, ws->datt, ws->dresid, a->att, w->wo, a->lora_h[TL_T_O], 0);
+        be->attn_bwd(be, ws->dq, ws->dk, ws->dv, ws->datt, a->att, a->lse, a->q, a->k, a->v, mb, Hq, Hkv, hd);
+        be->rope_bwd(be, ws->dq, mb->pos, m->inv_freq, n, Hq, hd);
+        be->rope_bwd(be, ws->dk, mb->pos, m->inv_freq, n, Hkv, hd);
+        proj_bwd(m, p, mb, l, TL_T_Q, ws->dxn, ws->dq, a->xn1, w->wq, a->lora_h[TL_T_Q], 0);
+        proj_bwd(m, p, mb, l, TL_T_K, ws->dxn, ws->dk, a->xn1, w->wk, a->lora_h[TL_T_K], 1);
+        proj_bwd(m, p, mb, l, TL_T_V, ws->dxn, ws->dv, a->xn1, w->wv, a->lora_h[TL_T_V], 1);
+        be->rmsnorm_bwd(be, ws->dresid, ws->dxn, ws->resid[l], w->attn_norm, a->rstd1, n, d);
+    }
+}
+
+tl_status tl_model_step(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h, int train,
+                        float *logp_out, tl_error *err) {
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    tl_mb mb;
+    TL_TRY(check_slots(p, h, err));
+    TL_TRY(upload_mb(m, ws, h, &mb, err));
+    forward(m, p, ws, &mb);
+    if (train) {
+        for (int i = 0; i < h->n_tok; i++) ws->h_dlogp[i] = -h->weight[i];
+        be->upload(be, ws->dlogp, ws->h_dlogp, (size_t)h->n_tok * sizeof(float));
+    }
+    be->ce_fwd_bwd(be, ws->logp, train ? ws->dxn : NULL, ws->xf, m->lm_head, mb.targets, ws->dlogp, h->n_tok,
+                   c->hidden_size, c->vocab_size, ws->ce_work, ws->chunk);
+    if (train) backward(m, p, ws, &mb);
+    if (logp_out) be->download(be, logp_out, ws->logp, (size_t)h->n_tok * sizeof(float));
+    return be->status(be, err);
+}
+
+tl_status tl_model_logits(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h,
+                          float *logits_out, tl_error *err) {
+    tl_backend *be = m->be;
+    const tl_model_config *c = &m->cfg;
+    tl_mb mb;
+    TL_TRY(check_slots(p, h, err));
+    TL_TRY(upload_mb(m, ws, h, &mb, err));
+    forward(m, p, ws, &mb);
+    /* A test path: the full [n, V] logits matrix is allocated here, once per call. */
+    size_t nv = (size_t)h->n_tok * c->vocab_size;
+    tl_act *logits;
+    TL_TRY(be->alloc(be, nv * be->act_size, (void **)&logits, err));
+    be->linear_fwd(be, logits, ws->xf, m->lm_head, NULL, h->n_tok, c->hidden_size, c->vocab_size, 0);
+    be->download_act(be, logits_out, logits, nv);
+    tl_status s = be->status(be, err);
+    be->free(be, logits);
+    return s;
+}

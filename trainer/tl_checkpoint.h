@@ -1,0 +1,57 @@
+/* tl_checkpoint: the complete training state of a run, one directory per saved step, crash-safe.
+ *
+ * Layout (docs/export.md has it in full):
+ *   <run_dir>/checkpoints/step-<%08lld>/config.yaml          the resolved config (tl_config_write_yaml)
+ *                                       state.safetensors    params, m, v F32 [n_slots, P]; steps I64 [n_slots];
+ *                                                            cursors I64 [n_slots, 2]; global_step I64 [1];
+ *                                                            metadata format, adapter_names, rank, targets, P
+ *                                       COMPLETE             written last
+ * A checkpoint is built in "<run_dir>/checkpoints/.tmp-step-<n>-<pid>" and renamed into place, so a crash at any
+ * moment leaves either no step-<n> or a complete one. Loading restores every bit of the state, so a resumed run
+ * continues exactly as if it had not stopped. */
+#ifndef TL_CHECKPOINT_H
+#define TL_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../data/tl_batcher.h"
+#include "../kernels/tl_backend.h"
+#include "tl_config.h"
+#include "tl_model.h"
+
+#define TL_CHECKPOINT_FORMAT "tailor-checkpoint-1"
+
+/* Saves the state after `global_step` steps. cursors: [p->n_slots] (adapter i of the batcher is slot i); may be
+ * NULL, then saved as zeros. After the new checkpoint is in place, older complete checkpoints beyond the newest
+ * `keep` are removed (keep <= 0 keeps all); the one just written is never removed, even if its step is lower
+ * than others'. Leftover temporary directories of crashed saves are removed too (one process writes a run's
+ * checkpoints). Saving a step that already has a checkpoint replaces it. */
+tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
+                             int64_t global_step, const tl_cursor *cursors, int keep, tl_error *err);
+
+/* The newest complete checkpoint of run_dir: the step-<digits> directory with the largest step that holds a
+ * COMPLETE file. Temporary directories and directories without COMPLETE are ignored. *found = 0 (and TL_OK)
+ * when there is none, including when run_dir/checkpoints does not exist. */
+tl_status tl_checkpoint_latest(const char *run_dir, char *path, size_t cap, int *found, tl_error *err);
+
+/* Restores a checkpoint into an already built pool (same adapters in the same order, same rank, targets and
+ * P; TL_ERR_INPUT naming the checkpoint and the mismatch otherwise): uploads params, m, v, sets p->steps,
+ * *global_step and cursors ([p->n_slots], may be NULL). Names, sizes, dtypes, shapes and the integer state are
+ * validated before anything is changed; only an I/O error while reading the large tensors can leave the pool
+ * partly loaded (the caller must then stop). */
+tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
+                             tl_cursor *cursors, tl_error *err);
+
+/* The config the checkpoint was written with (config.yaml through tl_config_load: same strict checks). */
+tl_status tl_checkpoint_read_config(const char *ckpt_dir, tl_config *cfg, tl_error *err);
+
+/* The adapter names in slot order, so the pool can be rebuilt before loading. *names is a malloc'd array of
+ * *n malloc'd strings; free with tl_checkpoint_free_names. */
+tl_status tl_checkpoint_read_names(const char *ckpt_dir, char ***names, int *n, tl_error *err);
+void tl_checkpoint_free_names(char **names, int n);
+
+/* The global step of a checkpoint (from its state file), without loading it. */
+tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl_error *err);
+
+#endif

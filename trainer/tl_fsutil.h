@@ -1,0 +1,54 @@
+/* tl_fsutil: the few file-system operations that make tailor's outputs crash-safe.
+ *
+ * Checkpoints and exports are built under a temporary name, flushed to disk, and renamed into place, so a
+ * reader (or a resumed run) sees either the old complete state or the new complete state, never a mix. These
+ * helpers are the pieces of that recipe; every failure is one line naming the path and the errno text. */
+#ifndef TL_FSUTIL_H
+#define TL_FSUTIL_H
+
+#include <stddef.h>
+
+#include "../kernels/tl_status.h"
+
+/* out = a + "/" + b (no doubled slash when a ends in one). TL_ERR_RUNTIME if it does not fit in cap. */
+tl_status tl_path_join(char *out, size_t cap, const char *a, const char *b, tl_error *err);
+/* The directory that holds path ("." for a bare name; trailing slashes of path are ignored). */
+tl_status tl_path_parent(const char *path, char *out, size_t cap, tl_error *err);
+/* path without trailing slashes ("/" stays "/"). */
+tl_status tl_path_trim(const char *path, char *out, size_t cap, tl_error *err);
+
+int tl_path_exists(const char *path); /* anything, including a dangling symlink */
+int tl_is_dir(const char *path);      /* a directory (a symlink to one counts) */
+int tl_is_file(const char *path);     /* a regular file (a symlink to one counts) */
+
+/* mkdir -p with mode 0755. An existing directory is fine; an existing non-directory is TL_ERR_RUNTIME. */
+tl_status tl_mkdir_p(const char *path, tl_error *err);
+
+/* Writes len bytes to path atomically: a temporary file beside it is written, fsynced and renamed onto path, then
+ * the parent directory is fsynced. On failure the temporary file is removed and path is unchanged.
+ * Defined once, in data/safetensors.c (its writer needs the same steps; data/tl_safetensors.h declares it too). */
+tl_status tl_write_file_atomic(const char *path, const void *data, size_t len, tl_error *err);
+
+/* Reads a whole (small) file into a malloc'd, NUL-terminated buffer (*n excludes the NUL). Files larger than
+ * max_bytes are TL_ERR_INPUT, so a wrong path to a huge file cannot exhaust memory. */
+tl_status tl_read_file(const char *path, size_t max_bytes, char **out, size_t *n, tl_error *err);
+
+/* fsync of a regular file / a directory by path. */
+tl_status tl_fsync_path(const char *path, tl_error *err);
+tl_status tl_fsync_dir(const char *path, tl_error *err);
+
+/* rm -rf that never follows symbolic links: a link inside the tree is unlinked, never entered, so removing a
+ * directory cannot delete anything outside it. A missing path is success. */
+tl_status tl_remove_tree(const char *path, tl_error *err);
+
+/* rename(from, to), then fsync of the parent directories of to (and of from when it differs), so the rename
+ * itself is durable. */
+tl_status tl_rename_into_place(const char *from, const char *to, tl_error *err);
+
+/* Puts the complete directory tmp_dir in the place of final_dir. When final_dir does not exist, a plain
+ * rename. When it does: final_dir is renamed to "<parent>/.old-<basename>-<pid>", tmp_dir is renamed to
+ * final_dir, and the old tree is removed; if the second rename fails the old directory is renamed back. Both
+ * must be on the same file system (siblings). tmp_dir should already be fsynced (tl_fsync_dir). */
+tl_status tl_replace_dir(const char *tmp_dir, const char *final_dir, tl_error *err);
+
+#endif
