@@ -373,7 +373,8 @@ static tl_status get_double(const yaml_node_t *n, const source *s, const key_des
     TL_TRY(plain_scalar(n, s, kd, "a number", &v, err));
     char b[96];
     size_t line = node_line(n);
-    /* strtod also takes hex, "inf", "nan" and leading blanks: none of them is a plain decimal number. */
+    /* strtod also takes hex, "inf", "nan" and leading blanks: none of them is a plain decimal number. (strtod and
+     * the %g of the writer follow LC_NUMERIC; tailor never calls setlocale, so both use the C locale's '.'.) */
     int bad = isspace((unsigned char)v[0]) || strchr(v, 'x') || strchr(v, 'X');
     char *end = NULL;
     errno = 0;

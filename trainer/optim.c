@@ -3,20 +3,16 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 double tl_schedule_lr(const tl_config *c, int64_t step, int64_t total) {
     int64_t warm = c->warmup_steps;
     if (step < warm) return c->lr * (double)step / (double)(warm > 1 ? warm : 1);
     double span = (double)(total - warm > 1 ? total - warm : 1);
     double progress = (double)(step - warm) / span;
-    switch (c->schedule[0]) {
-    case 'l': /* linear */
-        return c->lr * fmax(0.0, (double)(total - step) / span);
-    case 'c': /* cosine */
-        return c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
-    default: /* constant */
-        return c->lr;
-    }
+    if (!strcmp(c->schedule, "linear")) return c->lr * fmax(0.0, (double)(total - step) / span);
+    if (!strcmp(c->schedule, "cosine")) return c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
+    return c->lr; /* constant */
 }
 
 tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, const int32_t *active, int n_active,

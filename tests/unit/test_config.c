@@ -318,7 +318,8 @@ typedef struct {
 static const bad_case BAD[] = {
     /* unknown sections and keys */
     {"unk_key.yaml", M "train:\n  lrr: 0.1 #<\n", "train.lrr", "did you mean train.lr?"},
-    {"unk_key2.yaml", M "train:\n  steps: 3\n  warmup_step: 2 #<\n", "train.warmup_step", "did you mean train.warmup_steps?"},
+    {"unk_key2.yaml", M "train:\n  steps: 3\n  warmup_step: 2 #<\n",
+     "train.warmup_step", "did you mean train.warmup_steps?"},
     {"unk_key3.yaml", M "train:\n  frobnicate: 1 #<\n", "train.frobnicate", "unknown key"},
     {"misplaced.yaml", M "train:\n  rank: 4 #<\n", "train.rank", "did you mean adapter.rank?"},
     {"unk_sec.yaml", M "trian: #<\n  lr: 0.1\n", "trian", "did you mean train?"},
@@ -356,7 +357,8 @@ static const bad_case BAD[] = {
     {"int_sign2.yaml", M "train:\n  steps: +-1 #<\n", "train.steps", "expected a decimal integer"},
     {"int_overflow.yaml", M "train:\n  steps: 99999999999999999999 #<\n", "train.steps", "out of range"},
     {"int_overflow64.yaml", M "train:\n  steps: 9223372036854775808 #<\n", "train.steps", "out of range"},
-    {"int_overflow32.yaml", M "train:\n  micro_batch_tokens: 2147483648 #<\n", "train.micro_batch_tokens", "<= 2147483647"},
+    {"int_overflow32.yaml", M "train:\n  micro_batch_tokens: 2147483648 #<\n",
+     "train.micro_batch_tokens", "<= 2147483647"},
     {"int_quoted.yaml", M "train:\n  steps: \"12\" #<\n", "train.steps", "quoted"},
     {"int_null.yaml", M "train:\n  steps: #<\n  lr: 1\n", "train.steps", "got null"},
     {"int_tilde.yaml", M "train:\n  steps: ~ #<\n", "train.steps", "got null"},
@@ -423,9 +425,12 @@ static const bad_case BAD[] = {
     {"enum_list.yaml", M "train:\n  schedule: [cosine] #<\n", "train.schedule", "got a list"},
     /* targets */
     {"targets_empty.yaml", M "adapter:\n  targets: [] #<\n", "adapter.targets", "empty"},
-    {"targets_dup.yaml", M "adapter:\n  targets: [q_proj, v_proj, q_proj] #<\n", "adapter.targets", "q_proj is listed twice"},
-    {"targets_dup_block.yaml", M "adapter:\n  targets:\n    - q_proj\n    - v_proj\n    - q_proj #<\n", "adapter.targets", "listed twice"},
-    {"targets_unknown.yaml", M "adapter:\n  targets:\n    - q_proj\n    - x_proj #<\n", "adapter.targets", "unknown target module 'x_proj'"},
+    {"targets_dup.yaml", M "adapter:\n  targets: [q_proj, v_proj, q_proj] #<\n",
+     "adapter.targets", "q_proj is listed twice"},
+    {"targets_dup_block.yaml", M "adapter:\n  targets:\n    - q_proj\n    - v_proj\n    - q_proj #<\n",
+     "adapter.targets", "listed twice"},
+    {"targets_unknown.yaml", M "adapter:\n  targets:\n    - q_proj\n    - x_proj #<\n",
+     "adapter.targets", "unknown target module 'x_proj'"},
     {"targets_single.yaml", M "adapter:\n  targets: q_proj #<\n", "adapter.targets", "[q_proj]"},
     {"targets_map.yaml", M "adapter:\n  targets: {q_proj: 1} #<\n", "adapter.targets", "got a mapping"},
     {"targets_nested.yaml", M "adapter:\n  targets: [[q_proj]] #<\n", "adapter.targets", "got a list"},
@@ -433,8 +438,10 @@ static const bad_case BAD[] = {
     {"targets_null_item.yaml", M "adapter:\n  targets:\n    - q_proj\n    - #<\n", "adapter.targets", "got null"},
     {"targets_alllinear_in_list.yaml", M "adapter:\n  targets: [all-linear] #<\n", "adapter.targets", "unknown target"},
     /* cross-key rule and the required key */
-    {"cross.yaml", M "data:\n  max_seq_len: 1024\ntrain:\n  micro_batch_tokens: 512 #<\n", "train.micro_batch_tokens", "data.max_seq_len (1024"},
-    {"cross_default_mbt.yaml", M "data:\n  max_seq_len: 8192 #<\n", "data.max_seq_len", "train.micro_batch_tokens (4096)"},
+    {"cross.yaml", M "data:\n  max_seq_len: 1024\ntrain:\n  micro_batch_tokens: 512 #<\n",
+     "train.micro_batch_tokens", "data.max_seq_len (1024"},
+    {"cross_default_mbt.yaml", M "data:\n  max_seq_len: 8192 #<\n",
+     "data.max_seq_len", "train.micro_batch_tokens (4096)"},
     {"empty.yaml", "", "model.path", "required"},
     {"no_model.yaml", "train:\n  lr: 0.1\n", "model.path", "required"},
     {"comments_only.yaml", "# nothing\n\n", "model.path", "required"},
@@ -804,7 +811,9 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    g_rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    /* Fresh values each run; TL_TEST_SEED=<printed seed> replays a failing run. */
+    const char *env_seed = getenv("TL_TEST_SEED");
+    g_rng = env_seed ? strtoull(env_seed, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     uint64_t seed = g_rng;
     test_target_names();
     test_full_and_defaults();
