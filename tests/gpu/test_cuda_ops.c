@@ -525,8 +525,9 @@ static void test_attn_case(T *t, int hd) {
 }
 
 static void test_attn(T *t) {
-    const int hds[4] = {64, 128, 16, 8};
-    for (int i = 0; i < 4; i++) test_attn_case(t, hds[i]);
+    /* the two fast-path head dims, small ones (padded to 16; 6 also takes the unvectorized loads), the largest */
+    const int hds[6] = {64, 128, 16, 8, 6, 256};
+    for (int i = 0; i < 6; i++) test_attn_case(t, hds[i]);
 }
 
 /* ---- LM head + cross-entropy ---- */
