@@ -4,26 +4,33 @@
 # rank 8 on all seven projections, one micro-batch of 4 x 256 tokens. Prints tokens/s and peak RSS of each and
 # the ratios tailor/torch. Each side runs in its own process (peak RSS = that process's ru_maxrss).
 #
-#   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--build DIR] [--model DIR]
+#   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--seqs S] [--seq-len T]
+#                        [--omp-wait passive|active|unset] [--build DIR] [--model DIR]
 #
 # --adapters 4 (default): one adapter per sequence, mixed in one batch; --adapters 1: one shared adapter.
 # The model is written once by tl_bench --make-model (about 540 MB, default /tmp/tailor_bench_smollm2_135m).
 # The build directory (default ./build, or $TL_BUILD) must hold tl_bench; it is built there if missing.
+# --omp-wait sets OMP_WAIT_POLICY for both (default passive): tailor and this torch both run libgomp next to
+# OpenBLAS's own pthread pool, and spinning OpenMP workers starve the BLAS threads whenever the cores are
+# shared (with 2 threads on a busy 2-core machine, steps were 7-25x slower); "unset" leaves the environment.
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-threads=2 adapters=4 steps=5 warmup=2
+threads=2 adapters=4 steps=5 warmup=2 seqs=4 seq_len=256 omp_wait=passive
 build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;
     --adapters) adapters=${2:?}; shift 2 ;;
     --steps) steps=${2:?}; shift 2 ;;
     --warmup) warmup=${2:?}; shift 2 ;;
+    --seqs) seqs=${2:?}; shift 2 ;;
+    --seq-len) seq_len=${2:?}; shift 2 ;;
+    --omp-wait) omp_wait=${2:?}; shift 2 ;;
     --build) build=${2:?}; shift 2 ;;
     --model) model=${2:?}; shift 2 ;;
     -h|--help) usage ;;
@@ -42,30 +49,40 @@ if [ ! -f "$model/model.safetensors" ] || [ ! -f "$model/config.json" ]; then
 fi
 
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-common=(--model "$model" --threads "$threads" --adapters "$adapters" --warmup "$warmup" --steps "$steps")
+if [ "$omp_wait" != unset ]; then export OMP_WAIT_POLICY=$omp_wait; fi
+common=(--model "$model" --threads "$threads" --adapters "$adapters" --warmup "$warmup" --steps "$steps"
+        --seqs "$seqs" --seq-len "$seq_len")
 log=$(mktemp -d /tmp/tl_bench_cpu.XXXXXX)
 trap 'rm -rf "$log"' EXIT
 
-echo "== tailor ($threads threads, $adapters adapter(s))"
+load_before=$(cut -d' ' -f1 /proc/loadavg)
+echo "== tailor ($threads threads, $adapters adapter(s)); load average $load_before"
 "$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
 echo "== torch ($threads threads, $adapters adapter(s))"
 "$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
 
 get() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-for k in tokens_per_s peak_rss_mb rss_after_load_mb loss0; do
+load_after=$(cut -d' ' -f1 /proc/loadavg)
+for k in tokens_per_s tokens_per_s_mean peak_rss_mb rss_after_load_mb loss0; do
   eval "tl_$k=\$(get \"\$log/tailor.txt\" $k)"
   eval "pt_$k=\$(get \"\$log/torch.txt\" $k)"
 done
 
 echo
-echo "LoRA SFT step, SmolLM2-135M shape, 4 x 256 tokens, rank 8 x 7 targets, $adapters adapter(s), $threads threads"
+echo "LoRA SFT step, SmolLM2-135M shape, $seqs x $seq_len tokens, rank 8 x 7 targets, $adapters adapter(s)," \
+  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
-    -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" 'BEGIN {
+    -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" \
+    -v am="$tl_tokens_per_s_mean" -v bm="$pt_tokens_per_s_mean" -v la="$load_before" -v lb="$load_after" \
+    -v thr="$threads" 'BEGIN {
   printf "%-26s %14s %14s %16s\n", "", "tailor", "torch", "tailor/torch"
-  printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s", a, b, a / b
+  printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s (median step)", a, b, a / b
+  printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s (mean)", am, bm, am / bm
   printf "%-26s %14.0f %14.0f %16.2f\n", "peak RSS (MiB)", c, d, c / d
   printf "%-26s %14.0f %14.0f %16.2f\n", "RSS after model load (MiB)", e, f, e / f
   printf "%-26s %14.6f %14.6f\n", "first-step loss", g, h
   rel = (g - h) / h; if (rel < 0) rel = -rel
+  if (la + 0 > 0.5 || lb + 0 > thr + 0.5)
+    printf "note: load average %s before, %s after: other processes shared the CPU, timings are noisy\n", la, lb
   if (rel > 1e-3) { printf "WARNING: first-step losses differ by %.2g (relative): not the same computation\n", rel; exit 1 }
 }'

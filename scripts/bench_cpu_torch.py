@@ -12,6 +12,7 @@ on adapter k mod A, packed by adapter. Prints a final "RESULT key=value ..." lin
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -42,6 +43,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     a = ap.parse_args()
+    if a.steps < 1:
+        sys.exit("--steps must be >= 1")
     if a.adapters > a.seqs:
         sys.exit(f"--adapters {a.adapters} exceeds --seqs {a.seqs}")
     torch.set_num_threads(a.threads)
@@ -70,7 +73,7 @@ def main():
     print(f"torch {torch.__version__}: {a.threads} threads, {cfg.num_hidden_layers} layers, {n_tok} tokens in {S} "
           f"sequences, {a.adapters} adapter(s), rank {a.rank}, "
           f"{sum(p.numel() for p in lora.parameters(0))} LoRA params per adapter; load {t_load:.1f} s")
-    timed, loss0, loss = 0.0, None, None
+    timed, loss0, loss, times = 0.0, None, None, []
     for step in range(a.warmup + a.steps):
         ts = time.perf_counter()
         logits = model.forward(tokens, slots=slots, lora=lora)[:, :-1]
@@ -90,11 +93,14 @@ def main():
             loss0 = loss
         if step >= a.warmup:
             timed += dt
+            times.append(dt)
         print(f"torch: step {step}{' (warmup)' if step < a.warmup else ''} {dt:.3f} s  loss {loss:.6f}  "
               f"grad-norm[0] {float(norms[0]):.4g}", flush=True)
         del logits, ce, per_seq, total
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(f"RESULT impl=torch tokens_per_s={n_tok * a.steps / timed:.2f} step_s={timed / a.steps:.4f} "
+    med = statistics.median(times)  # robust to a step slowed by other processes on a shared machine
+    print(f"RESULT impl=torch tokens_per_s={n_tok / med:.2f} tokens_per_s_mean={n_tok * a.steps / timed:.2f} "
+          f"step_s_median={med:.4f} "
           f"peak_rss_mb={peak:.1f} rss_after_load_mb={rss_load:.1f} rss_after_import_mb={rss_import:.1f} "
           f"loss0={loss0:.6f} loss_last={loss:.6f} threads={a.threads} adapters={a.adapters} tokens={n_tok}")
 

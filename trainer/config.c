@@ -56,6 +56,7 @@ static const char *const KEY_CHOICES[] = {"user", "group", "global", NULL};
 static const char *const TASK_CHOICES[] = {"sft", NULL};
 static const char *const BACKEND_CHOICES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const SCHEDULE_CHOICES[] = {"constant", "linear", "cosine", NULL};
+static const char *const PREF_LOSS_CHOICES[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
 
 #define F(field) offsetof(tl_config, field)
 #define STR(name, field) {name, K_STR, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
@@ -76,10 +77,18 @@ static const key_desc KEYS[] = {
     {"adapter.targets", K_TARGETS, F(adapter_targets), 0, 0, 0, 0, 0, 0, NULL},
     ENUM("adapter.key", adapter_key, KEY_CHOICES),
     {"adapter.rslora", K_BOOL, F(adapter_rslora), 0, 0, 0, 0, 0, 0, NULL},
+    OPTSTR("adapter.init_from", adapter_init_from),
     OPTSTR("data.train", data_train),
     OPTSTR("data.eval", data_eval),
     INT("data.max_seq_len", data_max_seq_len, 2, INT_MAX),
     ENUM("task.type", task_type, TASK_CHOICES),
+    DBL("task.beta", task_beta, 0, 0, D_LO_OPEN),
+    ENUM("task.loss", task_loss, PREF_LOSS_CHOICES),
+    DBL("task.label_smoothing", task_label_smoothing, 0, 0.5, D_HAS_HI | D_HI_OPEN),
+    DBL("task.gamma", task_gamma, 0, 0, 0),
+    DBL("task.sft_weight", task_sft_weight, 0, 0, 0),
+    {"task.precompute_ref", K_BOOL, F(task_precompute_ref), 0, 0, 0, 0, 0, 0, NULL},
+    DBL("task.center_rewards", task_center_rewards, 0, 0, 0),
     ENUM("train.backend", backend, BACKEND_CHOICES),
     INT("train.threads", threads, 0, INT_MAX),
     I64("train.steps", steps, 1),
@@ -129,6 +138,9 @@ void tl_config_defaults(tl_config *c) {
     c->adapter_rslora = 0;
     c->data_max_seq_len = 512;
     snprintf(c->task_type, sizeof c->task_type, "sft");
+    c->task_beta = 0.1;
+    snprintf(c->task_loss, sizeof c->task_loss, "sigmoid");
+    c->task_gamma = 0.5;
     snprintf(c->backend, sizeof c->backend, "auto");
     c->threads = 0;
     c->steps = 100;

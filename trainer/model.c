@@ -261,6 +261,9 @@ struct tl_workspace {
     uint64_t *row_seed;
     tl_seg *segs;
     float *h_dlogp; /* host staging */
+    tl_seg *h_segs_base; /* host scratch: the micro-batch's segments with every slot set to -1 */
+    tl_mb mb;            /* the micro-batch of the last forward, as the ops see it */
+    int have_fwd;
     size_t bytes;
     /* every allocation, for freeing */
     void **allocs;
@@ -348,7 +351,8 @@ tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_
     AL(ws->segs, ((size_t)max_seqs + 1) * sizeof(tl_seg));
 #undef AL
     ws->h_dlogp = malloc(n * sizeof(float));
-    if (!ws->h_dlogp) {
+    ws->h_segs_base = malloc(((size_t)max_seqs + 1) * sizeof(tl_seg));
+    if (!ws->h_dlogp || !ws->h_segs_base) {
         s = tl_fail(err, TL_ERR_RUNTIME, "workspace: out of host memory");
         goto fail;
     }
@@ -367,6 +371,7 @@ void tl_workspace_free(tl_workspace *ws, tl_backend *be) {
     free(ws->resid);
     free(ws->layer);
     free(ws->h_dlogp);
+    free(ws->h_segs_base);
     free(ws);
 }
 
@@ -375,7 +380,8 @@ size_t tl_workspace_bytes(const tl_workspace *ws) { return ws->bytes; }
 /* ------------------------------------------------------------------------------------------------------------
  * Forward and backward */
 
-static tl_status upload_mb(const tl_model *m, tl_workspace *ws, const tl_host_mb *h, tl_mb *mb, tl_error *err) {
+static tl_status upload_mb(const tl_model *m, tl_workspace *ws, const tl_host_mb *h, int base_only, tl_mb *mb,
+                           tl_error *err) {
     tl_backend *be = m->be;
     if (h->n_tok < 1 || h->n_tok > ws->max_tokens || h->n_seq < 1 || h->n_seq > ws->max_seqs ||
         h->n_seg > ws->max_seqs)
@@ -389,9 +395,14 @@ static tl_status upload_mb(const tl_model *m, tl_workspace *ws, const tl_host_mb
     be->upload(be, ws->targets, h->targets, n * sizeof(int32_t));
     be->upload(be, ws->row_seed, h->row_seed, n * sizeof(uint64_t));
     be->upload(be, ws->cu_seqlens, h->cu_seqlens, ((size_t)h->n_seq + 1) * sizeof(int32_t));
-    be->upload(be, ws->segs, h->segs, (size_t)h->n_seg * sizeof(tl_seg));
+    const tl_seg *segs = h->segs;
+    if (base_only) {
+        for (int i = 0; i < h->n_seg; i++) ws->h_segs_base[i] = (tl_seg){h->segs[i].row0, h->segs[i].row1, -1};
+        segs = ws->h_segs_base;
+    }
+    be->upload(be, ws->segs, segs, (size_t)h->n_seg * sizeof(tl_seg));
     *mb = (tl_mb){.n_tok = h->n_tok, .n_seq = h->n_seq, .n_seg = h->n_seg, .max_seqlen = h->max_seqlen,
-                  .h_cu_seqlens = h->cu_seqlens, .h_segs = h->segs, .tokens = ws->tokens, .pos = ws->pos,
+                  .h_cu_seqlens = h->cu_seqlens, .h_segs = segs, .tokens = ws->tokens, .pos = ws->pos,
                   .cu_seqlens = ws->cu_seqlens, .targets = ws->targets, .row_seed = ws->row_seed,
                   .segs = ws->segs};
     return TL_OK;
@@ -492,33 +503,82 @@ static void backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const
     }
 }
 
-tl_status tl_model_step(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h, int train,
+tl_status tl_model_forward(const tl_model *m, const tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h,
+                           int base_only, tl_error *err) {
+    ws->have_fwd = 0;
+    TL_TRY(check_slots(p, h, err));
+    TL_TRY(upload_mb(m, ws, h, base_only, &ws->mb, err));
+    forward(m, p, ws, &ws->mb);
+    ws->have_fwd = 1;
+    return TL_OK;
+}
+
+static tl_status need_forward(const tl_workspace *ws, const char *what, tl_error *err) {
+    return ws->have_fwd ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "%s called without a forward pass", what);
+}
+
+tl_status tl_model_logp(const tl_model *m, tl_workspace *ws, const tl_host_mb *h, const float *dlogp,
                         float *logp_out, tl_error *err) {
     tl_backend *be = m->be;
     const tl_model_config *c = &m->cfg;
-    tl_mb mb;
-    TL_TRY(check_slots(p, h, err));
-    TL_TRY(upload_mb(m, ws, h, &mb, err));
-    forward(m, p, ws, &mb);
-    if (train) {
-        for (int i = 0; i < h->n_tok; i++) ws->h_dlogp[i] = -h->weight[i];
-        be->upload(be, ws->dlogp, ws->h_dlogp, (size_t)h->n_tok * sizeof(float));
-    }
-    be->ce_fwd_bwd(be, ws->logp, train ? ws->dxn : NULL, ws->xf, m->lm_head, mb.targets, ws->dlogp, h->n_tok,
+    TL_TRY(need_forward(ws, "tl_model_logp", err));
+    if (dlogp) be->upload(be, ws->dlogp, dlogp, (size_t)h->n_tok * sizeof(float));
+    be->ce_fwd_bwd(be, ws->logp, dlogp ? ws->dxn : NULL, ws->xf, m->lm_head, ws->mb.targets, ws->dlogp, h->n_tok,
                    c->hidden_size, c->vocab_size, ws->ce_work, ws->chunk);
-    if (train) backward(m, p, ws, &mb);
     if (logp_out) be->download(be, logp_out, ws->logp, (size_t)h->n_tok * sizeof(float));
     return be->status(be, err);
+}
+
+tl_status tl_model_hidden_rows(const tl_model *m, tl_workspace *ws, const int32_t *rows, int n_rows, float *out,
+                               tl_error *err) {
+    tl_backend *be = m->be;
+    size_t d = (size_t)m->cfg.hidden_size;
+    TL_TRY(need_forward(ws, "tl_model_hidden_rows", err));
+    for (int i = 0; i < n_rows; i++) {
+        if (rows[i] < 0 || rows[i] >= ws->mb.n_tok)
+            return tl_fail(err, TL_ERR_RUNTIME, "hidden row %d outside the micro-batch of %d rows", rows[i],
+                           ws->mb.n_tok);
+        be->download_act(be, out + i * d, (const char *)ws->xf + (size_t)rows[i] * d * be->act_size, d);
+    }
+    return be->status(be, err);
+}
+
+tl_status tl_model_set_dhidden_rows(const tl_model *m, tl_workspace *ws, const int32_t *rows, int n_rows,
+                                    const float *g, tl_error *err) {
+    tl_backend *be = m->be;
+    size_t d = (size_t)m->cfg.hidden_size;
+    TL_TRY(need_forward(ws, "tl_model_set_dhidden_rows", err));
+    be->zero(be, ws->dxn, (size_t)ws->mb.n_tok * d * be->act_size);
+    for (int i = 0; i < n_rows; i++) {
+        if (rows[i] < 0 || rows[i] >= ws->mb.n_tok)
+            return tl_fail(err, TL_ERR_RUNTIME, "hidden row %d outside the micro-batch of %d rows", rows[i],
+                           ws->mb.n_tok);
+        be->upload_act(be, (char *)ws->dxn + (size_t)rows[i] * d * be->act_size, g + i * d, d);
+    }
+    return be->status(be, err);
+}
+
+tl_status tl_model_backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_error *err) {
+    TL_TRY(need_forward(ws, "tl_model_backward", err));
+    backward(m, p, ws, &ws->mb);
+    return m->be->status(m->be, err);
+}
+
+tl_status tl_model_step(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h, int train,
+                        float *logp_out, tl_error *err) {
+    TL_TRY(tl_model_forward(m, p, ws, h, 0, err));
+    if (train)
+        for (int i = 0; i < h->n_tok; i++) ws->h_dlogp[i] = -h->weight[i];
+    TL_TRY(tl_model_logp(m, ws, h, train ? ws->h_dlogp : NULL, logp_out, err));
+    if (train) TL_TRY(tl_model_backward(m, p, ws, err));
+    return TL_OK;
 }
 
 tl_status tl_model_logits(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *h,
                           float *logits_out, tl_error *err) {
     tl_backend *be = m->be;
     const tl_model_config *c = &m->cfg;
-    tl_mb mb;
-    TL_TRY(check_slots(p, h, err));
-    TL_TRY(upload_mb(m, ws, h, &mb, err));
-    forward(m, p, ws, &mb);
+    TL_TRY(tl_model_forward(m, p, ws, h, 0, err));
     /* A test path: the full [n, V] logits matrix is allocated here, once per call. */
     size_t nv = (size_t)h->n_tok * c->vocab_size;
     tl_act *logits;

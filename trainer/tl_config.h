@@ -35,12 +35,20 @@ typedef struct {
     uint32_t adapter_targets;     /* bitmask; default q_proj,k_proj,v_proj,o_proj */
     char adapter_key[16];         /* user | group | global; default user */
     int adapter_rslora;           /* default false */
+    char adapter_init_from[TL_PATH_MAX]; /* "" (fresh init) | a PEFT dir | a run's adapters/ dir */
     /* data */
     char data_train[TL_PATH_MAX]; /* "" when absent; tailor train requires it */
     char data_eval[TL_PATH_MAX];  /* optional ("" when absent) */
     int data_max_seq_len;         /* default 512 */
     /* task */
-    char task_type[16];           /* sft (default); dpo and reward come later */
+    char task_type[16];           /* sft (default) | dpo | reward */
+    double task_beta;             /* dpo: default 0.1, > 0 */
+    char task_loss[16];           /* dpo: sigmoid (default) | ipo | hinge | robust | simpo */
+    double task_label_smoothing;  /* dpo: default 0, [0, 0.5) */
+    double task_gamma;            /* simpo margin: default 0.5, >= 0 */
+    double task_sft_weight;       /* dpo: weight of the SFT loss on the chosen response, default 0 */
+    int task_precompute_ref;      /* dpo: cache reference log-probabilities per pair, default false */
+    double task_center_rewards;   /* reward: coefficient of mean((r_c + r_r)^2), default 0 */
     /* train */
     char backend[16];             /* auto (default) | cpu | cuda */
     int threads;                  /* 0 = all cores */

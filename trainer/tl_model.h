@@ -69,6 +69,25 @@ size_t tl_workspace_bytes(const tl_workspace *ws);
  * gradients of each segment's slot accumulate into p->grads with dL/dlogp[i] = -weight[i]. */
 tl_status tl_model_step(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *mb, int train,
                         float *logp_out, tl_error *err);
+/* The same step in pieces, for losses that need sequence-level quantities before the backward pass (DPO,
+ * reward models). tl_model_forward runs every layer and keeps the activations; base_only runs every segment as
+ * the bare base model (the DPO reference), else segment slots index pool p (the trained pool, or a frozen
+ * reference pool of the same layout). Then either tl_model_logp (log p(target) per row; with dlogp it also
+ * sets the gradient into the final hidden state, dL/dlogp[i] = dlogp[i]) or tl_model_hidden_rows +
+ * tl_model_set_dhidden_rows (a head on chosen rows' final hidden states), then tl_model_backward accumulates
+ * LoRA gradients into p->grads. */
+tl_status tl_model_forward(const tl_model *m, const tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *mb,
+                           int base_only, tl_error *err);
+tl_status tl_model_logp(const tl_model *m, tl_workspace *ws, const tl_host_mb *mb, const float *dlogp,
+                        float *logp_out, tl_error *err);
+/* final normed hidden states of rows[] (host out [n_rows, d]) */
+tl_status tl_model_hidden_rows(const tl_model *m, tl_workspace *ws, const int32_t *rows, int n_rows, float *out,
+                               tl_error *err);
+/* the gradient into the final hidden state: g [n_rows, d] at rows[], zero elsewhere */
+tl_status tl_model_set_dhidden_rows(const tl_model *m, tl_workspace *ws, const int32_t *rows, int n_rows,
+                                    const float *g, tl_error *err);
+tl_status tl_model_backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_error *err);
+
 /* Forward only, logits of every row: logits_out (host) [n_tok, V]. For tests and small inputs. */
 tl_status tl_model_logits(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_host_mb *mb,
                           float *logits_out, tl_error *err);

@@ -127,6 +127,11 @@ done:
     return s;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static long rss_kb(const char *field) {
     FILE *f = fopen("/proc/self/status", "r");
     if (!f) return -1;
@@ -247,6 +252,8 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
 
     size_t gbytes = (size_t)o->adapters * c->p.P * sizeof(float);
     double timed = 0.0, loss0 = 0.0, loss_last = 0.0;
+    double *times = malloc((size_t)o->steps * sizeof(double));
+    if (!times) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
     printf("tailor: backend %s, %d threads, %d layers, %d tokens in %d sequences, %d adapter(s), rank %d, "
            "%zu LoRA params per adapter; load %.1f s, workspace %.0f MiB\n",
            c->be->name, o->threads, c->m.cfg.num_hidden_layers, c->mb.n_tok, c->mb.n_seq, o->adapters, o->rank,
@@ -254,25 +261,32 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
     for (int step = 0; step < o->warmup + o->steps; step++) {
         double ts = now_s();
         c->be->zero(c->be, c->p.grads, gbytes);
-        TL_TRY(tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err));
-        TL_TRY(tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, err));
+        tl_status s = tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err);
+        if (!s) s = tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, err);
+        if (s) {
+            free(times);
+            return s;
+        }
         double dt = now_s() - ts;
         double loss = 0.0;
         for (int i = 0; i < c->mb.n_tok; i++) loss -= (double)c->mb.weight[i] * (double)c->logp[i];
         if (step == 0) loss0 = loss;
         loss_last = loss;
-        if (step >= o->warmup) timed += dt;
+        if (step >= o->warmup) timed += dt, times[step - o->warmup] = dt;
         printf("tailor: step %d%s %.3f s  loss %.6f  grad-norm[0] %.4g\n", step, step < o->warmup ? " (warmup)" : "",
                dt, loss, gnorm[0]);
         fflush(stdout);
     }
+    /* the median step is robust to a step slowed by other processes on a shared machine */
+    qsort(times, (size_t)o->steps, sizeof(double), cmp_double);
+    double med = o->steps % 2 ? times[o->steps / 2] : 0.5 * (times[o->steps / 2 - 1] + times[o->steps / 2]);
+    free(times);
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return tl_fail(err, TL_ERR_RUNTIME, "getrusage failed");
-    double tps = o->steps > 0 ? (double)c->mb.n_tok * o->steps / timed : 0.0;
-    printf("RESULT impl=tailor tokens_per_s=%.2f step_s=%.4f peak_rss_mb=%.1f rss_after_load_mb=%.1f "
-           "loss0=%.6f loss_last=%.6f threads=%d adapters=%d tokens=%d\n",
-           tps, o->steps > 0 ? timed / o->steps : 0.0, (double)ru.ru_maxrss / 1024.0, (double)rss_load / 1024.0,
-           loss0, loss_last, o->threads, o->adapters, c->mb.n_tok);
+    printf("RESULT impl=tailor tokens_per_s=%.2f tokens_per_s_mean=%.2f step_s_median=%.4f peak_rss_mb=%.1f "
+           "rss_after_load_mb=%.1f loss0=%.6f loss_last=%.6f threads=%d adapters=%d tokens=%d\n",
+           (double)c->mb.n_tok / med, (double)c->mb.n_tok * o->steps / timed, med, (double)ru.ru_maxrss / 1024.0,
+           (double)rss_load / 1024.0, loss0, loss_last, o->threads, o->adapters, c->mb.n_tok);
     return TL_OK;
 }
 
