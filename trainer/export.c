@@ -131,6 +131,11 @@ static tl_status check_pool_layout(const tl_lora_pool *p, tl_error *err) {
                                tl_target_names[t]);
             off += r * (size_t)(p->in_dim[t] + p->out_dim[t]);
         }
+    if (p->head_dim > 0) { /* reward models: the score head follows the matrices */
+        if (p->off_head != off)
+            return tl_fail(err, TL_ERR_RUNTIME, "adapter pool: score head at %zu, expected %zu", p->off_head, off);
+        off += (size_t)p->head_dim;
+    }
     if (off != p->P)
         return tl_fail(err, TL_ERR_RUNTIME, "adapter pool: P = %zu but the matrices take %zu floats", p->P, off);
     return TL_OK;
@@ -155,7 +160,8 @@ static char *adapter_config_json(const tl_lora_pool *p, double alpha, double dro
     if (!o) return NULL;
     int ok = 1;
     ok &= cJSON_AddStringToObject(o, "peft_type", "LORA") != NULL;
-    ok &= cJSON_AddStringToObject(o, "task_type", "CAUSAL_LM") != NULL;
+    /* A reward model is a sequence classifier with one label: PEFT saves its head under modules_to_save. */
+    ok &= cJSON_AddStringToObject(o, "task_type", p->head_dim > 0 ? "SEQ_CLS" : "CAUSAL_LM") != NULL;
     ok &= cJSON_AddNumberToObject(o, "r", p->rank) != NULL;
     ok &= cJSON_AddNumberToObject(o, "lora_alpha", alpha) != NULL;
     ok &= cJSON_AddNumberToObject(o, "lora_dropout", dropout) != NULL;
@@ -176,7 +182,13 @@ static char *adapter_config_json(const tl_lora_pool *p, double alpha, double dro
     ok &= cJSON_AddFalseToObject(o, "fan_in_fan_out") != NULL;
     ok &= cJSON_AddTrueToObject(o, "inference_mode") != NULL;
     ok &= cJSON_AddTrueToObject(o, "init_lora_weights") != NULL;
-    ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    if (p->head_dim > 0) {
+        cJSON *mts = cJSON_AddArrayToObject(o, "modules_to_save");
+        cJSON *sc = cJSON_CreateString("score");
+        ok &= mts != NULL && sc != NULL && cJSON_AddItemToArray(mts, sc);
+    } else {
+        ok &= cJSON_AddNullToObject(o, "modules_to_save") != NULL;
+    }
     ok &= cJSON_AddNullToObject(o, "revision") != NULL;
     ok &= cJSON_AddFalseToObject(o, "use_dora") != NULL;
     ok &= cJSON_AddNullToObject(o, "layers_to_transform") != NULL;
@@ -226,6 +238,10 @@ static tl_status write_adapter(const tl_lora_pool *p, const float *w, const char
             if (s == TL_OK) s = tl_peft_key(l, t, 'B', key, sizeof key, err);
             if (s == TL_OK) s = tl_st_writer_add_f32(wr, key, shB, 2, w + p->off_B[i], err);
         }
+    if (s == TL_OK && p->head_dim > 0) {
+        int64_t sh[2] = {1, p->head_dim}; /* score: Linear(hidden, num_labels = 1, bias = False) */
+        s = tl_st_writer_add_f32(wr, "base_model.model.score.weight", sh, 2, w + p->off_head, err);
+    }
     if (s == TL_OK) s = tl_st_writer_meta(wr, "format", "pt", err);
     if (s == TL_OK) s = tl_st_writer_meta(wr, "tailor_adapter_name", name, err);
     if (s == TL_OK) s = tl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);

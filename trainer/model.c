@@ -157,6 +157,12 @@ static uint64_t fnv1a(const char *s) {
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
                             float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
                             tl_error *err) {
+    return tl_lora_pool_init_head(p, m, n_slots, names, rank, alpha, rslora, dropout, targets, seed, 0, err);
+}
+
+tl_status tl_lora_pool_init_head(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
+                                 float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
+                                 int with_head, tl_error *err) {
     memset(p, 0, sizeof *p);
     tl_backend *be = m->be;
     const tl_model_config *c = &m->cfg;
@@ -181,6 +187,11 @@ tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, cha
             p->off_B[l * TL_N_TARGETS + t] = P;
             P += (size_t)p->out_dim[t] * rank;
         }
+    if (with_head) {
+        p->off_head = P;
+        p->head_dim = c->hidden_size;
+        P += (size_t)c->hidden_size;
+    }
     p->P = P;
     for (int s = 0; s < n_slots; s++) {
         p->names[s] = strdup(names[s]);
@@ -211,6 +222,10 @@ tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, cha
                 uint64_t site = (uint64_t)l * TL_N_TARGETS + t;
                 for (size_t i = 0; i < nA; i++) A[i] = (2.0f * tl_uniform(slot_seed, site, i) - 1.0f) * bound;
             }
+        for (int i = 0; i < p->head_dim; i++) { /* Box-Muller: normal(0, 0.02) */
+            float u1 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i), u2 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i + 1);
+            host[p->off_head + i] = 0.02f * sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.2831853f * u2);
+        }
         be->upload(be, p->params + (size_t)s * P, host, P * sizeof(float));
     }
     free(host);

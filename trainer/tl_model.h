@@ -43,6 +43,8 @@ typedef struct {
     float alpha, scale, dropout;
     int rslora;
     size_t P;
+    size_t off_head; /* reward models: the score head w [d] of each slot at this offset; 0 when there is none */
+    int head_dim;    /* d when there is a score head, else 0 */
     size_t *off_A, *off_B; /* [n_layers * TL_N_TARGETS], offsets inside a slot block (unused targets: 0) */
     int in_dim[TL_N_TARGETS], out_dim[TL_N_TARGETS];
     float *params, *grads, *m, *v; /* backend memory, n_slots * P each */
@@ -55,6 +57,12 @@ typedef struct {
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
                             float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
                             tl_error *err);
+/* The same with a per-adapter scalar score head (reward models, HF LlamaForSequenceClassification's `score`,
+ * initialized normal(0, 0.02) as HF does) at the end of each slot's block, trained and saved with the LoRA
+ * parameters. */
+tl_status tl_lora_pool_init_head(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
+                                 float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
+                                 int with_head, tl_error *err);
 void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be);
 
 /* Activation buffers for micro-batches of up to max_tokens rows, allocated once. */
