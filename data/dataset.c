@@ -1,5 +1,7 @@
 /* dataset: opens an HDF5 SFT dataset (schema in docs/data-format.md), reads every array into memory and
- * validates all of it before returning, so the batcher and trainer can index it without further checks.
+ * validates all of it before returning, so the batcher and trainer can index it without further checks. The
+ * reading and checking pieces common to every kind (root attributes, users table, typed arrays, offsets,
+ * token ranges) are exported through tl_dataset.h for the preference reader (pref_dataset.c).
  *
  * HDF5 prints its own error stack by default; that is switched off for the duration of the open (and the
  * caller's setting restored) so every failure reaches the user as one line "<file>: <object>: <problem>". */
@@ -12,11 +14,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
-typedef struct {
+struct tl_h5_reader {
     const char *path;
     hid_t file;
-    tl_error *err;
-} rd_ctx;
+    tl_error *err; /* where the static helpers report; set by each exported entry point */
+    H5E_auto2_t old_fn;
+    void *old_data;
+    int restore;
+};
+typedef struct tl_h5_reader rd_ctx;
 
 /* A short human name of an HDF5 type for "expected ..." messages. */
 static void type_name(hid_t t, char *buf, size_t n) {
@@ -40,8 +46,9 @@ static void type_name(hid_t t, char *buf, size_t n) {
     }
 }
 
-/* Whether `name` (an absolute path of at most two levels) exists as a link, checking the parent group first:
- * H5Lexists fails rather than answering 0 when an intermediate group is missing. */
+/* Whether the absolute path `name` exists as a link, checking its parent first: H5Lexists fails rather than
+ * answering 0 when an intermediate group is missing, so a failure on the parent also means "missing" (that
+ * covers any depth, e.g. /pref/chosen/tokens without /pref). */
 static int link_exists(hid_t file, const char *name) {
     char parent[256];
     const char *slash = strrchr(name, '/');
@@ -341,7 +348,8 @@ static int cmp_str_ptr(const void *x, const void *y) {
     return strcmp(*(char *const *)x, *(char *const *)y);
 }
 
-static tl_status check_root(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
+static tl_status check_root(rd_ctx *c, const char *want_kind, int model_vocab, int64_t *vocab_size_attr) {
+    *vocab_size_attr = 0;
     int present;
     int64_t fmt = 0;
     TL_TRY(read_int_attr(c, "tailor_format", &fmt, &present));
@@ -351,11 +359,12 @@ static tl_status check_root(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
                        "format 1)", c->path, (long long)fmt);
     char *kind = NULL;
     TL_TRY(read_str_attr(c, "kind", &kind, &present));
-    if (!present) return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: missing, expected \"sft\"", c->path);
-    int is_sft = strcmp(kind, "sft") == 0;
+    if (!present)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: missing, expected \"%s\"", c->path, want_kind);
     tl_status st = TL_OK;
-    if (!is_sft)
-        st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: \"%.64s\", expected \"sft\"", c->path, kind);
+    if (strcmp(kind, want_kind) != 0)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute kind: \"%.64s\", expected \"%s\"", c->path, kind,
+                     want_kind);
     free(kind);
     TL_TRY(st);
     int64_t vs = 0;
@@ -367,25 +376,31 @@ static tl_status check_root(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
         if (model_vocab > 0 && vs > model_vocab)
             return tl_fail(c->err, TL_ERR_INPUT, "%s: attribute vocab_size: %lld exceeds the model's vocabulary "
                            "size %d", c->path, (long long)vs, model_vocab);
-        ds->vocab_size_attr = vs;
+        *vocab_size_attr = vs;
     }
     return TL_OK;
 }
 
-static tl_status check_users(rd_ctx *c, tl_sft_dataset *ds) {
+static tl_status check_users(rd_ctx *c, int *n_users, char ***names, char ***groups) {
+    *n_users = 0;
+    *names = *groups = NULL;
     int64_t nu = 0;
-    TL_TRY(read_string_1d(c, "/users/name", &ds->user_names, &nu));
-    if (nu > 0x7fffffff) return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: %lld users, at most 2^31-1",
-                                        c->path, (long long)nu);
-    ds->n_users = (int)nu;
+    char **nm = NULL;
+    TL_TRY(read_string_1d(c, "/users/name", &nm, &nu));
+    if (nu > 0x7fffffff) {
+        tl_free_strings(nm, nu);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: %lld users, at most 2^31-1", c->path, (long long)nu);
+    }
+    *names = nm;
+    *n_users = (int)nu;
     if (nu == 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: no users", c->path);
-    for (int u = 0; u < ds->n_users; u++)
-        if (ds->user_names[u][0] == '\0')
+    for (int u = 0; u < *n_users; u++)
+        if (nm[u][0] == '\0')
             return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/name: user %d has an empty name", c->path, u);
     /* Duplicates would make two users share one adapter name (and export directory): sort copies to find them. */
     char **sorted = malloc((size_t)nu * sizeof *sorted);
     if (!sorted) return tl_fail(c->err, TL_ERR_RUNTIME, "%s: /users/name: out of memory", c->path);
-    memcpy(sorted, ds->user_names, (size_t)nu * sizeof *sorted);
+    memcpy(sorted, nm, (size_t)nu * sizeof *sorted);
     qsort(sorted, (size_t)nu, sizeof *sorted, cmp_str_ptr);
     tl_status st = TL_OK;
     for (int64_t i = 1; i < nu; i++)
@@ -398,12 +413,17 @@ static tl_status check_users(rd_ctx *c, tl_sft_dataset *ds) {
     TL_TRY(st);
     if (link_exists(c->file, "/users/group")) {
         int64_t ng = 0;
-        TL_TRY(read_string_1d(c, "/users/group", &ds->user_groups, &ng));
-        if (ng != nu)
+        char **gr = NULL;
+        st = read_string_1d(c, "/users/group", &gr, &ng);
+        if (st == TL_OK && ng != nu) {
+            tl_free_strings(gr, ng);
             return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/group: length %lld, expected %lld (the length of "
                            "/users/name)", c->path, (long long)ng, (long long)nu);
-        for (int u = 0; u < ds->n_users; u++)
-            if (ds->user_groups[u][0] == '\0')
+        }
+        TL_TRY(st);
+        *groups = gr;
+        for (int u = 0; u < *n_users; u++)
+            if (gr[u][0] == '\0')
                 return tl_fail(c->err, TL_ERR_INPUT, "%s: /users/group: user %d has an empty group name", c->path,
                                u);
     }
@@ -412,15 +432,10 @@ static tl_status check_users(rd_ctx *c, tl_sft_dataset *ds) {
 
 static tl_status check_sft(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
     int64_t nt = 0, no = 0, np = 0, nus = 0;
-    void *buf;
-    TL_TRY(read_int_1d(c, "/sft/tokens", 4, &buf, &nt));
-    ds->tokens = buf;
-    TL_TRY(read_int_1d(c, "/sft/offsets", 8, &buf, &no));
-    ds->offsets = buf;
-    TL_TRY(read_int_1d(c, "/sft/prompt_len", 4, &buf, &np));
-    ds->prompt_len = buf;
-    TL_TRY(read_int_1d(c, "/sft/user", 4, &buf, &nus));
-    ds->user = buf;
+    TL_TRY(tl_h5_read_i32(c, "/sft/tokens", &ds->tokens, &nt, c->err));
+    TL_TRY(tl_h5_read_i64(c, "/sft/offsets", &ds->offsets, &no, c->err));
+    TL_TRY(tl_h5_read_i32(c, "/sft/prompt_len", &ds->prompt_len, &np, c->err));
+    TL_TRY(tl_h5_read_i32(c, "/sft/user", &ds->user, &nus, c->err));
     ds->n_tokens = nt;
     if (no == 0)
         return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: no elements, expected N+1 (at least 1)", c->path);
@@ -433,54 +448,23 @@ static tl_status check_sft(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
     if (nus != n)
         return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/user: length %lld, expected %lld (one per example, "
                        "/sft/offsets has %lld)", c->path, (long long)nus, (long long)n, (long long)no);
-    const int64_t *off = ds->offsets;
-    if (off[0] != 0)
-        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: offsets[0] = %lld, expected 0", c->path,
-                       (long long)off[0]);
-    for (int64_t i = 0; i < n; i++)
-        if (off[i + 1] < off[i])
-            return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: decreasing at index %lld (%lld < %lld)", c->path,
-                           (long long)(i + 1), (long long)off[i + 1], (long long)off[i]);
-    if (off[n] != nt)
-        return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/offsets: last offset %lld, expected %lld (the length of "
-                       "/sft/tokens)", c->path, (long long)off[n], (long long)nt);
+    TL_TRY(tl_check_offsets(c->path, "/sft/offsets", ds->offsets, n, "/sft/tokens", nt, c->err));
     for (int64_t i = 0; i < n; i++) {
-        int64_t len = off[i + 1] - off[i];
+        int64_t len = ds->offsets[i + 1] - ds->offsets[i];
         int32_t p = ds->prompt_len[i];
         if (p < 0 || p > len)
             return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/prompt_len: example %lld has prompt_len %d, expected 0 "
                            "<= prompt_len <= %lld (its length)", c->path, (long long)i, (int)p, (long long)len);
-        int32_t u = ds->user[i];
-        if (u < 0 || u >= ds->n_users)
-            return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/user: example %lld has user %d, expected 0 <= user < %d",
-                           c->path, (long long)i, (int)u, ds->n_users);
     }
-    int64_t limit = model_vocab > 0 ? model_vocab : INT64_MAX;
-    if (ds->vocab_size_attr > 0 && ds->vocab_size_attr < limit) limit = ds->vocab_size_attr;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t t = off[i]; t < off[i + 1]; t++) {
-            int32_t tok = ds->tokens[t];
-            if (tok < 0)
-                return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/tokens: example %lld position %lld: token %d is "
-                               "negative", c->path, (long long)i, (long long)(t - off[i]), (int)tok);
-            if (tok >= limit) {
-                int by_model = model_vocab > 0 && limit == model_vocab;
-                return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/tokens: example %lld position %lld: token %d, "
-                               "expected < %lld (%s)", c->path, (long long)i, (long long)(t - off[i]), (int)tok,
-                               (long long)limit, by_model ? "the model's vocabulary size" : "attribute vocab_size");
-            }
-        }
-    return TL_OK;
+    TL_TRY(tl_check_user_range(c->path, "/sft/user", "example", ds->user, n, ds->n_users, c->err));
+    return tl_check_tokens(c->path, "/sft/tokens", "example", ds->tokens, ds->offsets, n, model_vocab,
+                           ds->vocab_size_attr, c->err);
 }
 
 void tl_sft_free(tl_sft_dataset *ds) {
     if (!ds) return;
-    if (ds->user_names)
-        for (int u = 0; u < ds->n_users; u++) free(ds->user_names[u]);
-    if (ds->user_groups)
-        for (int u = 0; u < ds->n_users; u++) free(ds->user_groups[u]);
-    free(ds->user_names);
-    free(ds->user_groups);
+    tl_free_strings(ds->user_names, ds->n_users);
+    tl_free_strings(ds->user_groups, ds->n_users);
     free(ds->tokens);
     free(ds->offsets);
     free(ds->prompt_len);
@@ -491,6 +475,24 @@ void tl_sft_free(tl_sft_dataset *ds) {
 
 tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
     memset(out, 0, sizeof *out);
+    tl_h5_reader *r = NULL;
+    TL_TRY(tl_h5_reader_open(path, &r, err));
+    tl_status st = TL_OK;
+    out->path = strdup(path);
+    if (!out->path) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    if (st == TL_OK) st = tl_h5_read_root(r, "sft", model_vocab, &out->vocab_size_attr, err);
+    if (st == TL_OK) st = tl_h5_read_users(r, &out->n_users, &out->user_names, &out->user_groups, err);
+    if (st == TL_OK) st = check_sft(r, out, model_vocab);
+    st = tl_h5_reader_close(r, st, err);
+    if (st != TL_OK) tl_sft_free(out);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Building blocks shared with the other kinds' readers (tl_dataset.h) */
+
+tl_status tl_h5_reader_open(const char *path, tl_h5_reader **out, tl_error *err) {
+    *out = NULL;
     /* fopen first: HDF5's own answer for a missing or unreadable file does not say which. */
     struct stat sb;
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
@@ -498,37 +500,123 @@ tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl
     FILE *f = fopen(path, "rb");
     if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     fclose(f);
-
-    H5E_auto2_t old_fn = NULL;
-    void *old_data = NULL;
-    int restore = H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data) >= 0;
+    tl_h5_reader *r = calloc(1, sizeof *r);
+    if (!r) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    r->path = path;
+    r->file = H5I_INVALID_HID;
+    r->err = err;
+    r->restore = H5Eget_auto2(H5E_DEFAULT, &r->old_fn, &r->old_data) >= 0;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-
     tl_status st = TL_OK;
-    rd_ctx c = {path, H5I_INVALID_HID, err};
-    htri_t is = H5Fis_hdf5(path);
-    if (is <= 0) {
+    if (H5Fis_hdf5(path) <= 0) {
         st = tl_fail(err, TL_ERR_INPUT, "%s: not an HDF5 file", path);
-        goto done;
+    } else {
+        r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (r->file < 0) st = tl_fail(err, TL_ERR_INPUT, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
     }
-    c.file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (c.file < 0) {
-        st = tl_fail(err, TL_ERR_INPUT, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
-        goto done;
-    }
-    out->path = strdup(path);
-    if (!out->path) {
-        st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-        goto done;
-    }
-    st = check_root(&c, out, model_vocab);
-    if (st == TL_OK) st = check_users(&c, out);
-    if (st == TL_OK) st = check_sft(&c, out, model_vocab);
+    if (st != TL_OK) return tl_h5_reader_close(r, st, err);
+    *out = r;
+    return TL_OK;
+}
 
-done:
-    if (c.file >= 0 && H5Fclose(c.file) < 0 && st == TL_OK)
-        st = tl_fail(err, TL_ERR_RUNTIME, "%s: closing the file failed", path);
-    if (restore) H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
-    if (st != TL_OK) tl_sft_free(out);
+tl_status tl_h5_reader_close(tl_h5_reader *r, tl_status st, tl_error *err) {
+    if (!r) return st;
+    if (r->file >= 0 && H5Fclose(r->file) < 0 && st == TL_OK)
+        st = tl_fail(err, TL_ERR_RUNTIME, "%s: closing the file failed", r->path);
+    if (r->restore) H5Eset_auto2(H5E_DEFAULT, r->old_fn, r->old_data);
+    free(r);
     return st;
+}
+
+tl_status tl_h5_read_root(tl_h5_reader *r, const char *kind, int model_vocab, int64_t *vocab_size_attr,
+                          tl_error *err) {
+    r->err = err;
+    return check_root(r, kind, model_vocab, vocab_size_attr);
+}
+
+tl_status tl_h5_read_users(tl_h5_reader *r, int *n_users, char ***names, char ***groups, tl_error *err) {
+    r->err = err;
+    return check_users(r, n_users, names, groups);
+}
+
+void tl_free_strings(char **s, int64_t n) {
+    if (!s) return;
+    for (int64_t i = 0; i < n; i++) free(s[i]);
+    free(s);
+}
+
+tl_status tl_h5_read_i32(tl_h5_reader *r, const char *name, int32_t **out, int64_t *len, tl_error *err) {
+    r->err = err;
+    void *buf = NULL;
+    tl_status st = read_int_1d(r, name, 4, &buf, len);
+    *out = buf;
+    return st;
+}
+
+tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64_t *len, tl_error *err) {
+    r->err = err;
+    void *buf = NULL;
+    tl_status st = read_int_1d(r, name, 8, &buf, len);
+    *out = buf;
+    return st;
+}
+
+tl_status tl_check_offsets(const char *path, const char *name, const int64_t *off, int64_t n,
+                           const char *tokens_name, int64_t n_tokens, tl_error *err) {
+    if (off[0] != 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s: offsets[0] = %lld, expected 0", path, name, (long long)off[0]);
+    for (int64_t i = 0; i < n; i++)
+        if (off[i + 1] < off[i])
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: decreasing at index %lld (%lld < %lld)", path, name,
+                           (long long)(i + 1), (long long)off[i + 1], (long long)off[i]);
+    if (off[n] != n_tokens)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s: last offset %lld, expected %lld (the length of %s)", path, name,
+                       (long long)off[n], (long long)n_tokens, tokens_name);
+    return TL_OK;
+}
+
+tl_status tl_check_user_range(const char *path, const char *name, const char *item, const int32_t *user, int64_t n,
+                              int n_users, tl_error *err) {
+    for (int64_t i = 0; i < n; i++)
+        if (user[i] < 0 || user[i] >= n_users)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: %s %lld has user %d, expected 0 <= user < %d", path, name,
+                           item, (long long)i, (int)user[i], n_users);
+    return TL_OK;
+}
+
+tl_status tl_check_tokens(const char *path, const char *name, const char *item, const int32_t *tokens,
+                          const int64_t *off, int64_t n, int model_vocab, int64_t vocab_size_attr, tl_error *err) {
+    int64_t limit = model_vocab > 0 ? model_vocab : INT64_MAX;
+    if (vocab_size_attr > 0 && vocab_size_attr < limit) limit = vocab_size_attr;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = off[i]; t < off[i + 1]; t++) {
+            int32_t tok = tokens[t];
+            if (tok < 0)
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s: %s %lld position %lld: token %d is negative", path, name,
+                               item, (long long)i, (long long)(t - off[i]), (int)tok);
+            if (tok >= limit) {
+                int by_model = model_vocab > 0 && limit == model_vocab;
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s: %s %lld position %lld: token %d, expected < %lld (%s)",
+                               path, name, item, (long long)i, (long long)(t - off[i]), (int)tok, (long long)limit,
+                               by_model ? "the model's vocabulary size" : "attribute vocab_size");
+            }
+        }
+    return TL_OK;
+}
+
+tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err) {
+    if (cap) kind[0] = '\0';
+    tl_h5_reader *r = NULL;
+    TL_TRY(tl_h5_reader_open(path, &r, err));
+    int present = 0;
+    char *k = NULL;
+    tl_status st = read_str_attr(r, "kind", &k, &present);
+    if (st == TL_OK && !present)
+        st = tl_fail(err, TL_ERR_INPUT, "%s: attribute kind: missing, expected \"sft\" or \"preference\"", path);
+    if (st == TL_OK && strlen(k) >= cap)
+        st = tl_fail(err, TL_ERR_INPUT, "%s: attribute kind: \"%.64s\" is longer than %zu bytes, not a known kind",
+                     path, k, cap ? cap - 1 : 0);
+    if (st == TL_OK) memcpy(kind, k, strlen(k) + 1);
+    free(k);
+    return tl_h5_reader_close(r, st, err);
 }

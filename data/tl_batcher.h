@@ -52,6 +52,13 @@ typedef struct {
  * dataset without /users/group is TL_ERR_INPUT. */
 tl_status tl_adapter_map_build(const tl_sft_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
                                tl_adapter_map *out, tl_error *err);
+/* The same from the parts every dataset kind has: the users table (groups may be NULL) and the user of each of
+ * n_examples items (examples, or preference pairs). `path` names the file in messages. A user index out of
+ * [0, n_users) is TL_ERR_INPUT. */
+tl_status tl_adapter_map_build_users(const char *path, int n_users, char *const *user_names,
+                                     char *const *user_groups, int64_t n_examples, const int32_t *user,
+                                     tl_adapter_key key, char *const *names, int n_names, tl_adapter_map *out,
+                                     tl_error *err);
 void tl_adapter_map_free(tl_adapter_map *m);
 
 typedef struct {
@@ -71,7 +78,7 @@ typedef struct {
     int32_t *adapter;   /* [n_tok] adapter index of each row */
     uint64_t *row_seed; /* [n_tok] */
     tl_seg *segs;       /* slot = adapter index */
-    int64_t *example;   /* [n_seq] dataset example index of each sequence */
+    int64_t *example;   /* [n_seq] dataset example index of each sequence (preference data: its pair index) */
 } tl_host_mb;
 
 typedef struct {
@@ -109,5 +116,57 @@ tl_status tl_eval_iter_init(const tl_sft_dataset *ds, const tl_adapter_map *map,
  * each example's own adapter. */
 tl_status tl_eval_iter_next(tl_eval_iter *it, int force_slot, tl_host_mb **out, int *done, tl_error *err);
 void tl_eval_iter_free(tl_eval_iter *it);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * The engine under the batcher and the eval iterator, shared with the preference batcher (tl_pref.h); the
+ * trainer uses the typed APIs instead. It works on units: an SFT example (one sequence) or a preference pair
+ * (two sequences: chosen, then rejected). Everything above applies per unit: the map lists units, streams
+ * shuffle units, examples_per_adapter counts units; each sequence of a unit is truncated by the policy above;
+ * a unit is packed whole (its sequences adjacent, in one micro-batch) and an adapter's chunks never split a
+ * unit; a unit with a sequence that has no trained token is skipped (its stream position is still consumed).
+ * Row seeds: sequence s = j * seqs_per_unit + role of the adapter's step (j the unit's index among the
+ * adapter's units of this step, role the sequence's index in its unit) gets mix(mix(row_key ^ adapter_step)
+ * ^ s); in eval, mix(row_key ^ (unit * seqs_per_unit + role)); row pos gets mix(that ^ pos). With one
+ * sequence per unit these are exactly the SFT seeds above. */
+
+/* One sequence before truncation: a prompt, then a response; the two need not be adjacent in memory. */
+typedef struct {
+    const int32_t *prompt, *response;
+    int64_t n_prompt, n_response;
+} tl_seq_src;
+
+typedef enum {
+    TL_WEIGHT_TOKEN_MEAN = 0, /* target_count[a] = trained rows of adapter a in the step, weight 1/target_count */
+    TL_WEIGHT_ONE = 1         /* target_count[a] = units of adapter a in the step, weight 1 per trained row (the
+                                 loss weighs whole sequences itself) */
+} tl_unit_weighting;
+
+typedef struct {
+    const char *path; /* the dataset's file, for messages (may be NULL) */
+    const void *data; /* handed to get; must outlive the batcher or iterator */
+    int64_t n_units;  /* the map's entries must lie in [0, n_units) */
+    int seqs_per_unit; /* 1 or 2; seqs_per_unit * max_seq_len <= micro_batch_tokens is required */
+    tl_unit_weighting weighting;
+    void (*get)(const void *data, int64_t unit, tl_seq_src *out); /* fills out[0 .. seqs_per_unit) */
+} tl_unit_source;
+
+/* Where a packed unit landed. */
+typedef struct {
+    int64_t unit;         /* dataset example or pair index */
+    int32_t adapter;
+    int32_t mb;           /* micro-batch index in the step (always 0 in eval) */
+    int32_t seq;          /* index of the unit's first sequence in that micro-batch; the others follow it */
+    int32_t n_targets[2]; /* trained rows of each of its sequences ([1] = 0 for one-sequence units) */
+} tl_unit_place;
+
+tl_status tl_batcher_init_units(const tl_unit_source *src, const tl_adapter_map *map, const tl_batcher_opts *opts,
+                                tl_batcher **out, tl_error *err);
+/* The units packed by the last tl_batcher_next, in packing order (ascending micro-batch and sequence), and the
+ * number of units it skipped for having a sequence without trained tokens. Valid until the next call. */
+const tl_unit_place *tl_batcher_units(const tl_batcher *b, int64_t *n_units, int64_t *n_skipped);
+tl_status tl_eval_iter_init_units(const tl_unit_source *src, const tl_adapter_map *map, int micro_batch_tokens,
+                                  int max_seq_len, tl_eval_iter **out, tl_error *err);
+/* The units of the micro-batch returned by the last tl_eval_iter_next. */
+const tl_unit_place *tl_eval_iter_units(const tl_eval_iter *it, int64_t *n_units);
 
 #endif

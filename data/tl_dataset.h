@@ -11,6 +11,7 @@
 #ifndef TL_DATASET_H
 #define TL_DATASET_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../kernels/tl_status.h"
@@ -31,5 +32,48 @@ typedef struct {
 /* model_vocab <= 0 skips the vocabulary check (tailor inspect without a model). */
 tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err);
 void tl_sft_free(tl_sft_dataset *ds);
+
+/* The root attribute `kind` of a tailor HDF5 file ("sft", "preference", ...), copied into kind[cap], so a
+ * caller can pick the reader (tl_sft_open or tl_pref_open in tl_pref.h) before opening the file. Only the
+ * attribute is read; the reader of that kind validates the rest. A file that cannot be opened, is not HDF5,
+ * has no string `kind` or one of cap bytes or more is TL_ERR_INPUT. */
+tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err);
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Building blocks of the readers of each kind (tl_sft_open in dataset.c, tl_pref_open in pref_dataset.c), so
+ * the schema rules common to all kinds are written and checked once. The trainer needs none of this. Every
+ * message has the form "<file>: <dataset or attribute>: <problem>". */
+
+typedef struct tl_h5_reader tl_h5_reader;
+
+/* Checks that path is a readable file (not a directory) in HDF5 format and opens it read-only. HDF5's own error
+ * printing is off from here until tl_h5_reader_close, which restores the caller's setting. `path` must outlive
+ * the reader. */
+tl_status tl_h5_reader_open(const char *path, tl_h5_reader **out, tl_error *err);
+/* Closes and frees r (NULL is allowed) and returns st; a failure to close when st is TL_OK is TL_ERR_RUNTIME. */
+tl_status tl_h5_reader_close(tl_h5_reader *r, tl_status st, tl_error *err);
+/* Root attributes: tailor_format = 1, kind = `kind`, optional vocab_size > 0 and <= model_vocab (when
+ * model_vocab > 0); *vocab_size_attr = 0 when that attribute is absent. */
+tl_status tl_h5_read_root(tl_h5_reader *r, const char *kind, int model_vocab, int64_t *vocab_size_attr,
+                          tl_error *err);
+/* /users/name (unique, non-empty, UTF-8) and the optional /users/group (one non-empty name per user; *groups =
+ * NULL when absent). Whatever was read is left in the outputs even on failure: free with tl_free_strings. */
+tl_status tl_h5_read_users(tl_h5_reader *r, int *n_users, char ***names, char ***groups, tl_error *err);
+void tl_free_strings(char **s, int64_t n); /* frees s[0..n) and s; NULL is allowed */
+/* A rank-1 dataset of exactly int32 / int64 (either byte order), read whole into a new malloc'd array. */
+tl_status tl_h5_read_i32(tl_h5_reader *r, const char *name, int32_t **out, int64_t *len, tl_error *err);
+tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64_t *len, tl_error *err);
+
+/* An offsets array off[0..n] (n >= 0 items) into a token array of n_tokens: off[0] = 0, never decreasing,
+ * off[n] = n_tokens. `name` and `tokens_name` are the datasets named in the messages. */
+tl_status tl_check_offsets(const char *path, const char *name, const int64_t *off, int64_t n,
+                           const char *tokens_name, int64_t n_tokens, tl_error *err);
+/* 0 <= user[i] < n_users for every i < n; a message names `item` i ("example 3", "pair 3"). */
+tl_status tl_check_user_range(const char *path, const char *name, const char *item, const int32_t *user, int64_t n,
+                              int n_users, tl_error *err);
+/* Every token of items 0..n-1 (item i is tokens[off[i] : off[i+1]]) is >= 0, < model_vocab when that is > 0 and
+ * < vocab_size_attr when that is > 0; a message names the item and the position in it. */
+tl_status tl_check_tokens(const char *path, const char *name, const char *item, const int32_t *tokens,
+                          const int64_t *off, int64_t n, int model_vocab, int64_t vocab_size_attr, tl_error *err);
 
 #endif

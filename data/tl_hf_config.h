@@ -24,6 +24,12 @@ typedef struct {
     int attention_bias;      /* q/k/v biases: Qwen2 always; llama when attention_bias is true */
 } tl_model_config;
 
+/* Llama with attention_bias = true has a bias on o_proj too (transformers' LlamaAttention); Qwen2's biases are on
+ * q/k/v only. */
+static inline int tl_model_has_o_bias(const tl_model_config *c) {
+    return c->attention_bias && c->model_type[0] && !(c->model_type[0] == 'q' && c->model_type[1] == 'w');
+}
+
 /* Reads <dir>/config.json. Defaults as transformers' config classes: num_key_value_heads = heads, head_dim =
  * hidden / heads, rms_norm_eps 1e-6, rope_theta 10000, tie_word_embeddings false, max_position_embeddings
  * 2048 (llama) / 131072 (mistral) / 32768 (qwen2). RoPE from rope_theta + rope_scaling, or transformers-v5

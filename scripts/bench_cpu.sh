@@ -21,7 +21,7 @@ build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;

@@ -103,6 +103,7 @@ static tl_status inspect_model(const char *dir, FILE *out, tl_error *err) {
             CHK(N("self_attn.k_proj.bias"), kvd, 1, 1);
             CHK(N("self_attn.v_proj.bias"), kvd, 1, 1);
         }
+        if (tl_model_has_o_bias(&c)) CHK(N("self_attn.o_proj.bias"), d, 1, 1);
         CHK(N("post_attention_layernorm.weight"), d, 1, 1);
         CHK(N("mlp.gate_proj.weight"), f, d, 2);
         CHK(N("mlp.up_proj.weight"), f, d, 2);

@@ -100,6 +100,7 @@ tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *
             LOAD(LNAME("self_attn.k_proj.bias"), kvd, 1, 1, &w->bk);
             LOAD(LNAME("self_attn.v_proj.bias"), kvd, 1, 1, &w->bv);
         }
+        if (tl_model_has_o_bias(c)) LOAD(LNAME("self_attn.o_proj.bias"), d, 1, 1, &w->bo);
         LOAD(LNAME("post_attention_layernorm.weight"), d, 1, 1, &w->mlp_norm);
         LOAD(LNAME("mlp.gate_proj.weight"), f, d, 2, &w->wgate);
         LOAD(LNAME("mlp.up_proj.weight"), f, d, 2, &w->wup);
@@ -136,7 +137,7 @@ void tl_model_free(tl_model *m) {
     if (m->layers) {
         for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
             tl_layer_weights *w = &m->layers[l];
-            tl_act *all[] = {w->attn_norm, w->wq, w->wk, w->wv, w->wo, w->bq, w->bk, w->bv,
+            tl_act *all[] = {w->attn_norm, w->wq, w->wk, w->wv, w->wo, w->bq, w->bk, w->bv, w->bo,
                              w->mlp_norm, w->wgate, w->wup, w->wdown};
             for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free(be, all[i]);
         }
@@ -476,7 +477,7 @@ static void forward(const tl_model *m, const tl_lora_pool *p, tl_workspace *ws, 
         be->rope_fwd(be, a->q, mb->pos, m->inv_freq, n, Hq, hd);
         be->rope_fwd(be, a->k, mb->pos, m->inv_freq, n, Hkv, hd);
         be->attn_fwd(be, a->att, a->lse, a->q, a->k, a->v, mb, Hq, Hkv, hd);
-        proj_fwd(m, p, mb, l, TL_T_O, a->resid_mid, a->att, w->wo, NULL, a->lora_h[TL_T_O]);
+        proj_fwd(m, p, mb, l, TL_T_O, a->resid_mid, a->att, w->wo, w->bo, a->lora_h[TL_T_O]);
         be->add(be, a->resid_mid, x, (size_t)n * d);
         be->rmsnorm_fwd(be, a->xn2, a->rstd2, a->resid_mid, w->mlp_norm, n, d, c->rms_norm_eps);
         proj_fwd(m, p, mb, l, TL_T_GATE, a->g, a->xn2, w->wgate, NULL, a->lora_h[TL_T_GATE]);

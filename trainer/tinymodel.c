@@ -76,6 +76,7 @@ static int tensor_list(const tl_model_config *c, tm_tensor *out) {
         L("self_attn.v_proj.weight", kv, d);
         if (c->attention_bias) L("self_attn.v_proj.bias", kv, 0);
         L("self_attn.o_proj.weight", d, q);
+        if (tl_model_has_o_bias(c)) L("self_attn.o_proj.bias", d, 0);
         L("post_attention_layernorm.weight", d, 0);
         L("mlp.gate_proj.weight", f, d);
         L("mlp.up_proj.weight", f, d);

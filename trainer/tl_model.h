@@ -13,7 +13,7 @@
 #include "tl_config.h"
 
 typedef struct {
-    tl_act *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv; /* biases NULL unless attention_bias */
+    tl_act *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv, *bo; /* biases NULL unless attention_bias */
     tl_act *mlp_norm, *wgate, *wup, *wdown;
 } tl_layer_weights;
 

@@ -14,12 +14,17 @@
 
 #include "../data/tl_batcher.h"
 #include "../data/tl_dataset.h"
+#include "../data/tl_pref.h"
 #include "tl_checkpoint.h"
 #include "tl_eval.h"
 #include "tl_export.h"
 #include "tl_fsutil.h"
 #include "tl_model.h"
 #include "tl_optim.h"
+#include "tl_pref_eval.h"
+#include "tl_pref_step.h"
+
+#include <cjson/cJSON.h>
 
 static double now_s(void) {
     struct timespec ts;
@@ -32,66 +37,171 @@ static tl_adapter_key parse_key(const char *k) {
 }
 
 /* Everything a command holds open; tl_session_close releases whatever was opened. */
+typedef enum { TL_TASK_SFT, TL_TASK_DPO, TL_TASK_REWARD } tl_task;
+
 typedef struct {
+    tl_task task;
     tl_backend *be;
     tl_model model;
     int model_loaded;
-    tl_sft_dataset train, eval;
+    tl_sft_dataset train, eval;     /* sft */
     int have_train, have_eval;
+    tl_pref_dataset ptrain, peval;  /* dpo, reward */
+    int have_ptrain, have_peval;
     tl_adapter_map map;
     int have_map;
     tl_lora_pool pool;
     int have_pool;
+    tl_lora_pool ref; /* dpo with adapter.init_from: the frozen starting adapters, the reference policy */
+    int have_ref;
     tl_workspace *ws;
     tl_batcher *batcher;
+    tl_pref_batcher *pbatcher;
+    tl_pref_scratch *psc;
+    tl_pref_opts popts;
 } tl_session;
+
+static tl_task task_of(const tl_config *cfg) {
+    return !strcmp(cfg->task_type, "dpo") ? TL_TASK_DPO : !strcmp(cfg->task_type, "reward") ? TL_TASK_REWARD
+                                                                                          : TL_TASK_SFT;
+}
 
 static void tl_session_close(tl_session *S) {
     if (S->batcher) tl_batcher_free(S->batcher);
+    if (S->pbatcher) tl_pref_batcher_free(S->pbatcher);
+    tl_pref_scratch_free(S->psc);
     if (S->ws) tl_workspace_free(S->ws, S->be);
     if (S->have_pool) tl_lora_pool_free(&S->pool, S->be);
+    if (S->have_ref) tl_lora_pool_free(&S->ref, S->be);
     if (S->have_map) tl_adapter_map_free(&S->map);
     if (S->have_train) tl_sft_free(&S->train);
     if (S->have_eval) tl_sft_free(&S->eval);
+    if (S->have_ptrain) tl_pref_free(&S->ptrain);
+    if (S->have_peval) tl_pref_free(&S->peval);
     if (S->model_loaded) tl_model_free(&S->model);
     if (S->be) S->be->destroy(S->be);
     memset(S, 0, sizeof *S);
 }
 
+/* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
+static tl_status check_kind(const char *key, const char *path, tl_task task, tl_error *err) {
+    char kind[32];
+    TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
+    const char *want = task == TL_TASK_SFT ? "sft" : "preference";
+    if (strcmp(kind, want) != 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
+                       task == TL_TASK_SFT ? "sft" : task == TL_TASK_DPO ? "dpo" : "reward", want);
+    return TL_OK;
+}
+
 /* Backend, model and the datasets the command needs, all validated. */
 static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train, int need_eval, tl_error *err) {
-    if (strcmp(cfg->task_type, "sft") != 0)
-        return tl_fail(err, TL_ERR_INPUT, "task.type: '%s' is not implemented yet (supported: sft)", cfg->task_type);
+    S->task = task_of(cfg);
     if (!cfg->model_path[0]) return tl_fail(err, TL_ERR_INPUT, "model.path: required");
     if (need_train && !cfg->data_train[0]) return tl_fail(err, TL_ERR_INPUT, "data.train: required for training");
     if (need_eval && !cfg->data_eval[0]) return tl_fail(err, TL_ERR_INPUT, "data.eval: required for tailor eval");
+    if (S->task == TL_TASK_DPO) {
+        TL_TRY(tl_pref_kind_parse(cfg->task_loss, &S->popts.kind, err));
+        S->popts.beta = cfg->task_beta, S->popts.label_smoothing = cfg->task_label_smoothing;
+        S->popts.gamma = cfg->task_gamma, S->popts.sft_weight = cfg->task_sft_weight;
+        TL_TRY(tl_pref_opts_check(&S->popts, err));
+    }
+    int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
+    if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
+    if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
     TL_TRY(tl_backend_open(cfg->backend, cfg->threads, &S->be, err));
     TL_TRY(tl_model_load(cfg->model_path, S->be, &S->model, err));
     S->model_loaded = 1;
     int V = S->model.cfg.vocab_size;
-    if (need_train) {
-        TL_TRY(tl_sft_open(cfg->data_train, V, &S->train, err));
-        S->have_train = 1;
-    }
-    if (cfg->data_eval[0] && (need_eval || need_train)) {
-        TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
-        S->have_eval = 1;
+    if (S->task == TL_TASK_SFT) {
+        if (open_train) {
+            TL_TRY(tl_sft_open(cfg->data_train, V, &S->train, err));
+            S->have_train = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
+            S->have_eval = 1;
+        }
+    } else {
+        if (open_train) {
+            TL_TRY(tl_pref_open(cfg->data_train, V, &S->ptrain, err));
+            S->have_ptrain = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_pref_open(cfg->data_eval, V, &S->peval, err));
+            S->have_peval = 1;
+        }
+        if (2 * cfg->data_max_seq_len > cfg->micro_batch_tokens)
+            return tl_fail(err, TL_ERR_INPUT,
+                           "train.micro_batch_tokens (%d) must hold a whole pair: at least 2 x data.max_seq_len (%d)",
+                           cfg->micro_batch_tokens, cfg->data_max_seq_len);
     }
     return TL_OK;
 }
 
-static void warn_empty_users(const tl_ui *ui, const tl_sft_dataset *ds, const tl_adapter_map *map,
-                             tl_adapter_key key) {
+/* adapter.init_from: one PEFT directory for every adapter, or a run's adapters/ directory (index.json) from
+ * which each adapter starts from the one of the same name. */
+static tl_status load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
+    char idx[TL_PATH_MAX + 16];
+    snprintf(idx, sizeof idx, "%s/index.json", from);
+    if (!tl_is_file(idx)) {
+        for (int s = 0; s < p->n_slots; s++) TL_TRY(tl_peft_load(from, p, be, s, err));
+        return TL_OK;
+    }
+    char *text = NULL;
+    size_t n = 0;
+    TL_TRY(tl_read_file(idx, 64u << 20, &text, &n, err));
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    free(text);
+    const cJSON *arr = root ? cJSON_GetObjectItemCaseSensitive(root, "adapters") : NULL;
+    tl_status st = cJSON_IsArray(arr) ? TL_OK
+                                      : tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s: expected {\"adapters\": [...]}", idx);
+    for (int s = 0; !st && s < p->n_slots; s++) {
+        const cJSON *it, *dir = NULL;
+        cJSON_ArrayForEach(it, arr) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
+            if (cJSON_IsString(nm) && !strcmp(nm->valuestring, p->names[s])) dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
+        }
+        if (!cJSON_IsString(dir)) {
+            st = tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", idx, p->names[s]);
+            break;
+        }
+        char path[TL_PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", from, dir->valuestring);
+        st = tl_peft_load(path, p, be, s, err);
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+/* The trained pool (with a score head for reward models), started from adapter.init_from when set; for DPO the
+ * started adapters are also kept frozen as the reference policy, as TRL does with PEFT. */
+static tl_status make_pools(tl_session *S, const tl_config *cfg, char *const *names, int n, tl_error *err) {
+    TL_TRY(tl_lora_pool_init_head(&S->pool, &S->model, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
+                                  cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
+                                  S->task == TL_TASK_REWARD, err));
+    S->have_pool = 1;
+    if (!cfg->adapter_init_from[0]) return TL_OK;
+    TL_TRY(load_init_from(&S->pool, S->be, cfg->adapter_init_from, err));
+    if (S->task != TL_TASK_DPO) return TL_OK;
+    /* the reference runs without dropout, as TRL's reference model is in eval mode */
+    TL_TRY(tl_lora_pool_init(&S->ref, &S->model, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
+                             cfg->adapter_rslora, 0.0f, cfg->adapter_targets, cfg->seed, err));
+    S->have_ref = 1;
+    return load_init_from(&S->ref, S->be, cfg->adapter_init_from, err);
+}
+
+static void warn_empty_users(const tl_ui *ui, const char *path, int n_users, char *const *user_names,
+                             const tl_adapter_map *map, tl_adapter_key key) {
     if (!map->n_empty || key != TL_KEY_USER) {
         if (map->n_empty)
-            fprintf(ui->log, "warning: %s: %d adapter(s) have no examples and are skipped\n", ds->path,
-                    map->n_empty);
+            fprintf(ui->log, "warning: %s: %d adapter(s) have no examples and are skipped\n", path, map->n_empty);
         return;
     }
-    fprintf(ui->log, "warning: %s: %d user(s) have no examples and are skipped:", ds->path, map->n_empty);
+    fprintf(ui->log, "warning: %s: %d user(s) have no examples and are skipped:", path, map->n_empty);
     int shown = 0;
-    for (int u = 0; u < ds->n_users && shown < 5; u++)
-        if (map->user_adapter[u] < 0) fprintf(ui->log, "%s '%s'", shown++ ? "," : "", ds->user_names[u]);
+    for (int u = 0; u < n_users && shown < 5; u++)
+        if (map->user_adapter[u] < 0) fprintf(ui->log, "%s '%s'", shown++ ? "," : "", user_names[u]);
     fprintf(ui->log, "%s\n", map->n_empty > shown ? ", ..." : "");
 }
 
@@ -154,23 +264,136 @@ static void fmt_eta(char *buf, size_t cap, double s) {
         snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
 }
 
-static tl_status run_eval(tl_session *S, const tl_config *cfg, int with_base, int with_cross, tl_eval_result *res,
-                          tl_error *err) {
-    return tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, parse_key(cfg->adapter_key), cfg->micro_batch_tokens,
-                       cfg->data_max_seq_len, with_base, with_cross, res, err);
+static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cfg) {
+    return (tl_pref_eval_opts){.reward = S->task == TL_TASK_REWARD, .opts = S->popts,
+                               .center_rewards = cfg->task_center_rewards, .ref = S->have_ref ? &S->ref : NULL};
+}
+
+/* Evaluates on data.eval. Writes eval.json and prints the table when `final`, else appends one record to
+ * metrics.jsonl (metrics may be NULL) and prints one line. */
+static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, FILE *metrics, int64_t step,
+                          int final, tl_error *err) {
+    char path[TL_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
+    tl_adapter_key key = parse_key(cfg->adapter_key);
+    int cross = final && S->pool.n_slots <= TL_EVAL_CROSS_MAX;
+    tl_status s;
+    if (S->task == TL_TASK_SFT) {
+        tl_eval_result r;
+        TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
+                           1, cross, &r, err));
+        double l, b;
+        int64_t t;
+        tl_eval_totals(&r, &l, &b, &t);
+        if (final) {
+            s = tl_eval_write_json(&r, &S->pool, path, step, err);
+            if (!s) {
+                fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
+                tl_eval_print(&r, &S->pool, ui->out);
+            }
+        } else {
+            if (metrics)
+                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_base_loss\": %.6f, \"eval_tokens\": %lld}\n",
+                        (long long)step, l, b, (long long)t), fflush(metrics);
+            if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
+            s = TL_OK;
+        }
+        tl_eval_result_free(&r);
+        return s;
+    }
+    tl_pref_eval_opts o = pref_eval_opts(S, cfg);
+    tl_pref_eval_result r;
+    TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->psc, &S->peval, key, cfg->micro_batch_tokens,
+                            cfg->data_max_seq_len, &o, cross, &r, err));
+    tl_pref_stats all;
+    tl_pref_stats_init(&all);
+    for (int a = 0; a < r.n; a++) tl_pref_stats_merge(&all, &r.own[a]);
+    double mean[TL_PREF_N_METRICS];
+    tl_pref_stats_mean(&all, mean);
+    if (final) {
+        s = tl_pref_eval_write_json(&r, &S->pool, path, step, err);
+        if (!s) {
+            fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
+                    cfg->data_eval);
+            tl_pref_eval_print(&r, &S->pool, ui->out);
+        }
+    } else {
+        if (metrics)
+            fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_accuracy\": %.6f, \"eval_margin\": %.6f}\n",
+                    (long long)step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
+                    mean[TL_PREF_M_REWARDS_MARGINS]), fflush(metrics);
+        if (!ui->quiet)
+            fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
+                    mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
+        s = TL_OK;
+    }
+    tl_pref_eval_result_free(&r);
+    return s;
 }
 
 static tl_status workspace_for(tl_session *S, const tl_config *cfg, tl_error *err) {
     /* a sequence holds at least one token, so a micro-batch holds at most micro_batch_tokens sequences */
-    return tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err);
+    TL_TRY(tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err));
+    if (S->task == TL_TASK_SFT) return TL_OK;
+    return tl_pref_scratch_create(cfg->micro_batch_tokens, cfg->micro_batch_tokens, S->model.cfg.hidden_size,
+                                  &S->psc, err);
+}
+
+/* Reference log-prob cache (task.precompute_ref): two sums per dataset pair, NaN until first computed. The
+ * reference is frozen, so a pair's values never change; after a resume they are simply computed again. */
+typedef struct {
+    double *v;
+    double *in, *out; /* per micro-batch staging, [2 * max pairs] */
+} tl_ref_cache;
+
+/* One training step's micro-batches for DPO or reward models; per-adapter stats into st[]. */
+static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_step *PS, tl_ref_cache *rc,
+                           int32_t *buf, double *wbuf, tl_pref_stats *st, tl_error *err) {
+    const tl_step_batch *B = PS->batch;
+    int64_t k0 = 0;
+    for (int mbi = 0; mbi < B->n_mb; mbi++) {
+        int64_t k1 = k0;
+        while (k1 < PS->n_pairs && PS->pairs[k1].mb == mbi) k1++;
+        int n = (int)(k1 - k0);
+        int32_t *sc_c = buf, *sc_r = buf + n, *ad = buf + 2 * n;
+        int cached = rc->v != NULL;
+        for (int k = 0; k < n; k++) {
+            const tl_pref_pair *pp = &PS->pairs[k0 + k];
+            sc_c[k] = pp->chosen, sc_r[k] = pp->rejected, ad[k] = pp->adapter;
+            wbuf[k] = 1.0 / (double)B->target_count[pp->adapter];
+            if (rc->v) {
+                rc->in[2 * k] = rc->v[2 * pp->pair], rc->in[2 * k + 1] = rc->v[2 * pp->pair + 1];
+                if (isnan(rc->in[2 * k]) || isnan(rc->in[2 * k + 1])) cached = 0;
+            }
+        }
+        tl_pair_set ps = {.n = n, .seq_c = sc_c, .seq_r = sc_r, .adapter = ad, .weight = wbuf,
+                          .ref_in = cached ? rc->in : NULL, .ref_out = rc->v && !cached ? rc->out : NULL};
+        tl_pref_acc acc = {.stats = st};
+        if (S->task == TL_TASK_DPO)
+            TL_TRY(tl_dpo_microbatch(&S->model, &S->pool, S->have_ref ? &S->ref : NULL, S->ws, S->psc, &B->mb[mbi],
+                                     &ps, &S->popts, 1, &acc, err));
+        else
+            TL_TRY(tl_reward_microbatch(&S->model, &S->pool, S->ws, S->psc, &B->mb[mbi], &ps, cfg->task_center_rewards,
+                                        1, &acc, err));
+        if (ps.ref_out)
+            for (int k = 0; k < n; k++) {
+                int64_t pi = PS->pairs[k0 + k].pair;
+                rc->v[2 * pi] = rc->out[2 * k], rc->v[2 * pi + 1] = rc->out[2 * k + 1];
+            }
+        k0 = k1;
+    }
+    return TL_OK;
 }
 
 tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     tl_session S;
     memset(&S, 0, sizeof S);
     int64_t *total_steps = NULL;
-    double *aloss = NULL;
+    double *aloss = NULL, *wbuf = NULL;
     float *logp = NULL, *gnorm = NULL, *lrs = NULL;
+    int32_t *pbuf = NULL;
+    tl_pref_stats *pst = NULL;
+    tl_ref_cache rc = {0};
     tl_metrics M = {0};
     tl_status s;
 #define CHECK(x)            \
@@ -180,9 +403,27 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     } while (0)
     CHECK(open_inputs(&S, cfg, 1, 0, err));
     tl_adapter_key key = parse_key(cfg->adapter_key);
-    CHECK(tl_adapter_map_build(&S.train, key, NULL, 0, &S.map, err));
-    S.have_map = 1;
-    warn_empty_users(ui, &S.train, &S.map, key);
+    int pref = S.task != TL_TASK_SFT;
+    if (pref) {
+        CHECK(tl_adapter_map_build_pref(&S.ptrain, key, NULL, 0, &S.map, err));
+        S.have_map = 1;
+        warn_empty_users(ui, S.ptrain.path, S.ptrain.n_users, S.ptrain.user_names, &S.map, key);
+    } else {
+        CHECK(tl_adapter_map_build(&S.train, key, NULL, 0, &S.map, err));
+        S.have_map = 1;
+        warn_empty_users(ui, S.train.path, S.train.n_users, S.train.user_names, &S.map, key);
+    }
+    tl_batcher_opts bo = {.examples_per_adapter = cfg->examples_per_adapter,
+                          .adapters_per_step = cfg->adapters_per_step,
+                          .micro_batch_tokens = cfg->micro_batch_tokens,
+                          .max_seq_len = cfg->data_max_seq_len,
+                          .seed = cfg->seed};
+    if (pref)
+        CHECK(tl_pref_batcher_init(&S.ptrain, &S.map, &bo, &S.pbatcher, err));
+    else
+        CHECK(tl_batcher_init(&S.train, &S.map, &bo, &S.batcher, err));
+    CHECK(make_pools(&S, cfg, S.map.names, S.map.n_adapters, err));
+    tl_cursor *cursors = pref ? tl_pref_batcher_cursors(S.pbatcher) : tl_batcher_cursors(S.batcher);
 
     /* Inputs are valid: from here on the run directory may be written. */
     CHECK(tl_mkdir_p(cfg->output_dir, err));
@@ -194,16 +435,6 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         tl_config_write_yaml(cfg, f);
         if (fclose(f)) CHECK(tl_fail(err, TL_ERR_RUNTIME, "%s: write failed", path));
     }
-    CHECK(tl_lora_pool_init(&S.pool, &S.model, S.map.n_adapters, S.map.names, cfg->adapter_rank,
-                            (float)cfg->adapter_alpha, cfg->adapter_rslora, (float)cfg->adapter_dropout,
-                            cfg->adapter_targets, cfg->seed, err));
-    S.have_pool = 1;
-    tl_batcher_opts bo = {.examples_per_adapter = cfg->examples_per_adapter,
-                          .adapters_per_step = cfg->adapters_per_step,
-                          .micro_batch_tokens = cfg->micro_batch_tokens,
-                          .max_seq_len = cfg->data_max_seq_len,
-                          .seed = cfg->seed};
-    CHECK(tl_batcher_init(&S.train, &S.map, &bo, &S.batcher, err));
 
     int64_t start = 0;
     char ckpt[TL_PATH_MAX];
@@ -215,7 +446,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         found = 1;
     }
     if (found) {
-        CHECK(tl_checkpoint_load(ckpt, &S.pool, S.be, &start, tl_batcher_cursors(S.batcher), err));
+        CHECK(tl_checkpoint_load(ckpt, &S.pool, S.be, &start, cursors, err));
         fprintf(ui->out, "resuming from %s (step %lld)\n", ckpt, (long long)start);
     }
     CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
@@ -228,35 +459,65 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     lrs = calloc((size_t)n, sizeof(float));
     logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
     if (!aloss || !gnorm || !lrs || !logp) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+    if (pref) {
+        size_t maxp = (size_t)cfg->micro_batch_tokens; /* pairs per micro-batch, generously */
+        pst = calloc((size_t)n, sizeof *pst);
+        pbuf = malloc(3 * maxp * sizeof(int32_t));
+        wbuf = malloc(maxp * sizeof(double));
+        if (!pst || !pbuf || !wbuf) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+        if (S.task == TL_TASK_DPO && cfg->task_precompute_ref && tl_pref_needs_reference(S.popts.kind)) {
+            rc.v = malloc(2 * (size_t)S.ptrain.n_pairs * sizeof(double));
+            rc.in = malloc(2 * maxp * sizeof(double));
+            rc.out = malloc(2 * maxp * sizeof(double));
+            if (!rc.v || !rc.in || !rc.out) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory for the reference cache"));
+            for (int64_t i = 0; i < 2 * S.ptrain.n_pairs; i++) rc.v[i] = NAN;
+        }
+    }
 
     fprintf(ui->out,
-            "tailor: %s backend, model %s (%d layers, hidden %d, vocab %d), %d adapter(s) of rank %d, "
+            "tailor: %s on the %s backend, model %s (%d layers, hidden %d, vocab %d), %d adapter(s) of rank %d, "
             "%lld trainable parameters each; activations %.1f MiB\n",
-            S.be->name, cfg->model_path, S.model.cfg.num_hidden_layers, S.model.cfg.hidden_size,
+            cfg->task_type, S.be->name, cfg->model_path, S.model.cfg.num_hidden_layers, S.model.cfg.hidden_size,
             S.model.cfg.vocab_size, n, cfg->adapter_rank, (long long)S.pool.P,
             (double)tl_workspace_bytes(S.ws) / (1 << 20));
 
     /* Fault injection for the resume test: die by SIGKILL right after this global step, as a crash would. */
     const char *kill_env = getenv("TAILOR_FAULT_KILL_AFTER_STEP");
     int64_t kill_after = kill_env ? atoll(kill_env) : -1;
-    double base_eval = NAN;
     double t0 = now_s(), t_last = t0;
     int64_t tok_since = 0, truncated = 0;
     int64_t last_ckpt = found ? start : -1;
     for (int64_t step = start; step < cfg->steps; step++) {
         tl_step_batch *B = NULL;
-        tl_batcher_set_adapter_steps(S.batcher, S.pool.steps);
-        CHECK(tl_batcher_next(S.batcher, step, &B, err));
+        tl_pref_step *PS = NULL;
+        if (pref) {
+            tl_pref_batcher_set_adapter_steps(S.pbatcher, S.pool.steps);
+            CHECK(tl_pref_batcher_next(S.pbatcher, step, &PS, err));
+            B = PS->batch;
+        } else {
+            tl_batcher_set_adapter_steps(S.batcher, S.pool.steps);
+            CHECK(tl_batcher_next(S.batcher, step, &B, err));
+        }
         for (int i = 0; i < B->n_active; i++) {
             int a = B->active[i];
             aloss[a] = 0;
+            if (pst) tl_pref_stats_init(&pst[a]);
             S.be->zero(S.be, S.pool.grads + (size_t)a * S.pool.P, S.pool.P * sizeof(float));
         }
-        for (int k = 0; k < B->n_mb; k++) {
-            tl_host_mb *mb = &B->mb[k];
-            CHECK(tl_model_step(&S.model, &S.pool, S.ws, mb, 1, logp, err));
-            for (int i = 0; i < mb->n_tok; i++)
-                if (mb->targets[i] >= 0) aloss[mb->adapter[i]] -= (double)mb->weight[i] * logp[i];
+        if (pref) {
+            CHECK(pref_step(&S, cfg, PS, &rc, pbuf, wbuf, pst, err));
+            for (int i = 0; i < B->n_active; i++) {
+                double mean[TL_PREF_N_METRICS];
+                tl_pref_stats_mean(&pst[B->active[i]], mean);
+                aloss[B->active[i]] = mean[TL_PREF_M_LOSS];
+            }
+        } else {
+            for (int k = 0; k < B->n_mb; k++) {
+                tl_host_mb *mb = &B->mb[k];
+                CHECK(tl_model_step(&S.model, &S.pool, S.ws, mb, 1, logp, err));
+                for (int i = 0; i < mb->n_tok; i++)
+                    if (mb->targets[i] >= 0) aloss[mb->adapter[i]] -= (double)mb->weight[i] * logp[i];
+            }
         }
         CHECK(tl_optim_step(&S.pool, S.be, cfg, B->active, B->n_active, total_steps, gnorm, lrs, err));
         tok_since += B->n_tokens;
@@ -267,18 +528,28 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         if (log_now) {
             double loss = 0, gn = 0, lr = 0;
             int cnt = 0;
+            tl_pref_stats all;
+            tl_pref_stats_init(&all);
             for (int i = 0; i < B->n_active; i++) {
                 int a = B->active[i];
                 if (B->target_count[a] == 0) continue;
                 loss += aloss[a], gn += gnorm[i], lr += lrs[i], cnt++;
+                if (pst) tl_pref_stats_merge(&all, &pst[a]);
             }
             if (cnt) loss /= cnt, gn /= cnt, lr /= cnt;
             double t = now_s(), tps = (double)tok_since / fmax(t - t_last, 1e-9);
             fprintf(M.f,
                     "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld}\n",
+                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
                     (long long)done_steps, loss, lr, gn, (long long)B->n_tokens, tps, t - t0, cnt,
                     (long long)truncated);
+            if (pst) { /* TRL's batch means over the step's pairs */
+                double mean[TL_PREF_N_METRICS];
+                tl_pref_stats_mean(&all, mean);
+                for (int k = 1; k < TL_PREF_N_METRICS; k++)
+                    if (isfinite(mean[k])) fprintf(M.f, ", \"%s\": %.6f", tl_pref_metric_names[k], mean[k]);
+            }
+            fputs("}\n", M.f);
             fflush(M.f);
             char eta[32];
             fmt_eta(eta, sizeof eta, (t - t0) / (double)(done_steps - start) * (double)(cfg->steps - done_steps));
@@ -294,25 +565,14 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
             t_last = t, tok_since = 0;
         }
         if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
-            CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, done_steps, tl_batcher_cursors(S.batcher),
-                                     cfg->keep_checkpoints, err));
+            CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, done_steps, cursors, cfg->keep_checkpoints,
+                                     err));
             last_ckpt = done_steps;
         }
-        if (S.have_eval && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 && done_steps < cfg->steps) {
-            tl_eval_result r;
-            CHECK(run_eval(&S, cfg, !isfinite(base_eval), 0, &r, err));
-            double l, b;
-            int64_t t;
-            tl_eval_totals(&r, &l, &b, &t);
-            if (!isfinite(base_eval)) base_eval = b;
-            fprintf(M.f, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_base_loss\": %.6f, \"eval_tokens\": %lld}\n",
-                    (long long)done_steps, l, base_eval, (long long)t);
-            fflush(M.f);
+        if ((S.have_eval || S.have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
+            done_steps < cfg->steps) {
             if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            if (!ui->quiet)
-                fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)done_steps, l,
-                        base_eval);
-            tl_eval_result_free(&r);
+            CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err));
         }
         if (done_steps == kill_after) {
             fflush(NULL);
@@ -325,8 +585,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
                          "dropped from the left)\n",
                 (long long)truncated, cfg->data_max_seq_len);
     if (last_ckpt != cfg->steps)
-        CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, cfg->steps, tl_batcher_cursors(S.batcher),
-                                 cfg->keep_checkpoints, err));
+        CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, cfg->steps, cursors, cfg->keep_checkpoints, err));
     {
         char adir[TL_PATH_MAX + 16];
         snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
@@ -334,20 +593,9 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         CHECK(tl_export_pool(&S.pool, S.be, cfg, cfg->model_path, adir, &written, err));
         fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
     }
-    if (S.have_eval) {
-        tl_eval_result r;
-        CHECK(run_eval(&S, cfg, 1, S.pool.n_slots <= TL_EVAL_CROSS_MAX, &r, err));
-        char path[TL_PATH_MAX + 16];
-        snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
-        s = tl_eval_write_json(&r, &S.pool, path, cfg->steps, err);
-        if (!s) {
-            fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
-            tl_eval_print(&r, &S.pool, ui->out);
-        }
-        tl_eval_result_free(&r);
-        if (s) goto done;
-    }
-    fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/)\n", cfg->output_dir);
+    if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
+    fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
+            S.have_eval || S.have_peval ? ", eval.json" : "");
     s = TL_OK;
 done:
 #undef CHECK
@@ -357,6 +605,12 @@ done:
     free(gnorm);
     free(lrs);
     free(logp);
+    free(pst);
+    free(pbuf);
+    free(wbuf);
+    free(rc.v);
+    free(rc.in);
+    free(rc.out);
     tl_session_close(&S);
     return s;
 }
@@ -367,9 +621,9 @@ static tl_status open_checkpoint_pool(tl_session *S, const tl_config *cfg, const
     char **names = NULL;
     int n = 0;
     TL_TRY(tl_checkpoint_read_names(ckpt, &names, &n, err));
-    tl_status s = tl_lora_pool_init(&S->pool, &S->model, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
-                                    cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
-                                    err);
+    tl_status s = tl_lora_pool_init_head(&S->pool, &S->model, n, names, cfg->adapter_rank,
+                                         (float)cfg->adapter_alpha, cfg->adapter_rslora, (float)cfg->adapter_dropout,
+                                         cfg->adapter_targets, cfg->seed, task_of(cfg) == TL_TASK_REWARD, err);
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     if (s) return s;
@@ -404,23 +658,21 @@ tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     tl_status s;
     char ckpt[TL_PATH_MAX];
     int64_t step = 0;
-    tl_eval_result r = {0};
     s = open_inputs(&S, cfg, 0, 1, err);
     if (!s) s = find_checkpoint(cfg->output_dir, ckpt, sizeof ckpt, err);
     if (!s) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
-    if (!s) s = workspace_for(&S, cfg, err);
-    if (!s) s = run_eval(&S, cfg, 1, S.pool.n_slots <= TL_EVAL_CROSS_MAX, &r, err);
-    if (!s) {
-        char path[TL_PATH_MAX + 16];
-        snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
-        s = tl_eval_write_json(&r, &S.pool, path, step, err);
-        if (!s) {
-            fprintf(ui->out, "eval of %s (step %lld) on %s:\n", ckpt, (long long)step, cfg->data_eval);
-            tl_eval_print(&r, &S.pool, ui->out);
-            fprintf(ui->out, "wrote %s\n", path);
-        }
-        tl_eval_result_free(&r);
+    if (!s && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
+        s = tl_lora_pool_init(&S.ref, &S.model, S.pool.n_slots, S.pool.names, cfg->adapter_rank,
+                              (float)cfg->adapter_alpha, cfg->adapter_rslora, 0.0f, cfg->adapter_targets, cfg->seed,
+                              err);
+        if (!s) S.have_ref = 1, s = load_init_from(&S.ref, S.be, cfg->adapter_init_from, err);
     }
+    if (!s) s = workspace_for(&S, cfg, err);
+    if (!s) {
+        fprintf(ui->out, "eval of %s (step %lld)\n", ckpt, (long long)step);
+        s = run_eval(&S, cfg, ui, NULL, step, 1, err);
+    }
+    if (!s) fprintf(ui->out, "wrote %s/eval.json\n", cfg->output_dir);
     tl_session_close(&S);
     return s;
 }

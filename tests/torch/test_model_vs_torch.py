@@ -56,6 +56,9 @@ CASES = [
                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
      dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
      [(12, 4, 0), (2, 0, 0), (10, 0, 1), (4, 2, -1), (11, 3, 2)]),
+    ("llama_attention_bias", base_config(attention_bias=True),  # q/k/v and o_proj biases, as LlamaAttention
+     dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
+     [(6, 2, 0), (3, 0, 1), (7, 3, 2), (4, 1, -1)]),
     ("head_dim_12", base_config(head_dim=12, num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=3),
      dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
      [(5, 0, 0), (2, 0, 1), (8, 3, 1), (6, 2, 2), (3, 1, -1)]),

@@ -57,9 +57,11 @@ static int expected_tensors(const tl_model_config *c, expect_t *out) {
                    {"self_attn.v_proj.weight", kv, d, 0}, {"self_attn.o_proj.weight", d, q, 0},
                    {"mlp.gate_proj.weight", f, d, 0},     {"mlp.up_proj.weight", f, d, 0},
                    {"mlp.down_proj.weight", d, f, 0},     {"self_attn.q_proj.bias", q, 0, 1},
-                   {"self_attn.k_proj.bias", kv, 0, 1},   {"self_attn.v_proj.bias", kv, 0, 1}};
+                   {"self_attn.k_proj.bias", kv, 0, 1},   {"self_attn.v_proj.bias", kv, 0, 1},
+                   {"self_attn.o_proj.bias", d, 0, 2}};
         for (size_t i = 0; i < sizeof per / sizeof per[0]; i++) {
             if (per[i].bias_only && !c->attention_bias) continue;
+            if (per[i].bias_only == 2 && !tl_model_has_o_bias(c)) continue; /* Llama's o_proj bias, not Qwen2's */
             snprintf(nm, sizeof nm, "model.layers.%d.%s", l, per[i].s);
             E(nm, per[i].a, per[i].b);
         }

@@ -1,0 +1,156 @@
+/* pref_eval: held-out preference accuracy and loss per adapter, and the cross matrix (see tl_pref_eval.h). */
+#include "tl_pref_eval.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "tl_fsutil.h"
+
+/* One pass over every pair of the map's adapters with segments forced to force_slot (-2: own adapter). */
+static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
+                      const tl_pref_dataset *ds, const tl_adapter_map *map, int mbt, int msl,
+                      const tl_pref_eval_opts *o, int force_slot, tl_pref_stats *by_owner, tl_error *err) {
+    tl_pref_eval_iter *it = NULL;
+    TL_TRY(tl_pref_eval_iter_init(ds, map, mbt, msl, &it, err));
+    int cap = 0;
+    int32_t *buf = NULL;
+    tl_status s = TL_OK;
+    for (;;) {
+        tl_pref_eval_batch *eb = NULL;
+        int done = 0;
+        s = tl_pref_eval_iter_next(it, force_slot, &eb, &done, err);
+        if (s || done) break;
+        int n = (int)eb->n_pairs;
+        if (n > cap) {
+            int32_t *nb = realloc(buf, (size_t)n * 3 * sizeof(int32_t));
+            if (!nb) {
+                s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+                break;
+            }
+            buf = nb, cap = n;
+        }
+        int32_t *sc_c = buf, *sc_r = buf + n, *owner = buf + 2 * n;
+        for (int k = 0; k < n; k++)
+            sc_c[k] = eb->pairs[k].chosen, sc_r[k] = eb->pairs[k].rejected, owner[k] = eb->pairs[k].adapter;
+        tl_pair_set ps = {.n = n, .seq_c = sc_c, .seq_r = sc_r, .adapter = owner};
+        tl_pref_acc acc = {.stats = by_owner};
+        /* the stats are keyed by the pairs' owners; the segments carry the slot actually evaluated */
+        s = o->reward ? tl_reward_microbatch(m, p, ws, sc, eb->mb, &ps, o->center_rewards, 0, &acc, err)
+                      : tl_dpo_microbatch(m, p, o->ref, ws, sc, eb->mb, &ps, &o->opts, 0, &acc, err);
+        if (s) break;
+    }
+    free(buf);
+    tl_pref_eval_iter_free(it);
+    return s;
+}
+
+tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
+                           const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
+                           const tl_pref_eval_opts *o, int with_cross, tl_pref_eval_result *res, tl_error *err) {
+    memset(res, 0, sizeof *res);
+    int n = p->n_slots;
+    tl_adapter_map map;
+    TL_TRY(tl_adapter_map_build_pref(ds, key, p->names, n, &map, err));
+    res->n = n;
+    res->own = calloc((size_t)n, sizeof *res->own);
+    tl_pref_stats *tmp = calloc((size_t)n, sizeof *tmp);
+    tl_status s = TL_OK;
+    if (!res->own || !tmp) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    for (int a = 0; !s && a < n; a++) tl_pref_stats_init(&res->own[a]);
+    if (!s) s = pass(m, p, ws, sc, ds, &map, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
+    if (!s && with_cross) {
+        res->cross_acc = calloc((size_t)n * n, sizeof(double));
+        if (!res->cross_acc) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+        for (int a = 0; !s && a < n; a++) {
+            for (int b = 0; b < n; b++) tl_pref_stats_init(&tmp[b]);
+            s = pass(m, p, ws, sc, ds, &map, micro_batch_tokens, max_seq_len, o, a, tmp, err);
+            for (int b = 0; !s && b < n; b++) {
+                double mean[TL_PREF_N_METRICS];
+                tl_pref_stats_mean(&tmp[b], mean);
+                res->cross_acc[(size_t)a * n + b] = mean[TL_PREF_M_REWARDS_ACCURACIES];
+            }
+        }
+    }
+    free(tmp);
+    tl_adapter_map_free(&map);
+    if (s) tl_pref_eval_result_free(res);
+    return s;
+}
+
+void tl_pref_eval_result_free(tl_pref_eval_result *r) {
+    free(r->own);
+    free(r->cross_acc);
+    memset(r, 0, sizeof *r);
+}
+
+void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FILE *f) {
+    fprintf(f, "%-24s %6s %9s %9s %9s\n", "adapter", "pairs", "loss", "accuracy", "margin");
+    tl_pref_stats all;
+    tl_pref_stats_init(&all);
+    for (int a = 0; a < r->n; a++) {
+        double mean[TL_PREF_N_METRICS];
+        tl_pref_stats_mean(&r->own[a], mean);
+        tl_pref_stats_merge(&all, &r->own[a]);
+        fprintf(f, "%-24.24s %6lld %9.4f %9.4f %9.4f\n", p->names[a], (long long)r->own[a].n, mean[TL_PREF_M_LOSS],
+                mean[TL_PREF_M_REWARDS_ACCURACIES], mean[TL_PREF_M_REWARDS_MARGINS]);
+    }
+    double mean[TL_PREF_N_METRICS];
+    tl_pref_stats_mean(&all, mean);
+    fprintf(f, "%-24s %6lld %9.4f %9.4f %9.4f\n", "(all pairs)", (long long)all.n, mean[TL_PREF_M_LOSS],
+            mean[TL_PREF_M_REWARDS_ACCURACIES], mean[TL_PREF_M_REWARDS_MARGINS]);
+    if (r->cross_acc && r->n <= 12) {
+        fprintf(f, "cross accuracy (row: adapter, column: whose pairs):\n%-16s", "");
+        for (int b = 0; b < r->n; b++) fprintf(f, " %8.8s", p->names[b]);
+        fputc('\n', f);
+        for (int a = 0; a < r->n; a++) {
+            fprintf(f, "%-16.16s", p->names[a]);
+            for (int b = 0; b < r->n; b++) fprintf(f, " %8.3f", r->cross_acc[(size_t)a * r->n + b]);
+            fputc('\n', f);
+        }
+    }
+}
+
+static cJSON *num_or_null(double x) { return isfinite(x) ? cJSON_CreateNumber(x) : cJSON_CreateNull(); }
+
+static void add_metrics(cJSON *o, const tl_pref_stats *s) {
+    double mean[TL_PREF_N_METRICS];
+    tl_pref_stats_mean(s, mean);
+    cJSON_AddNumberToObject(o, "pairs", (double)s->n);
+    for (int k = 0; k < TL_PREF_N_METRICS; k++) cJSON_AddItemToObject(o, tl_pref_metric_names[k], num_or_null(mean[k]));
+}
+
+tl_status tl_pref_eval_write_json(const tl_pref_eval_result *r, const tl_lora_pool *p, const char *path,
+                                  int64_t step, tl_error *err) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "step", (double)step);
+    tl_pref_stats all;
+    tl_pref_stats_init(&all);
+    cJSON *arr = cJSON_AddArrayToObject(root, "adapters");
+    for (int a = 0; a < r->n; a++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "name", p->names[a]);
+        add_metrics(o, &r->own[a]);
+        cJSON_AddItemToArray(arr, o);
+        tl_pref_stats_merge(&all, &r->own[a]);
+    }
+    add_metrics(root, &all);
+    if (r->cross_acc) {
+        cJSON *cr = cJSON_AddObjectToObject(root, "cross");
+        cJSON_AddStringToObject(cr, "meaning", "accuracy[a][b]: adapter a on the pairs of adapter b's users");
+        cJSON *rows = cJSON_AddArrayToObject(cr, "accuracy");
+        for (int a = 0; a < r->n; a++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int b = 0; b < r->n; b++) cJSON_AddItemToArray(row, num_or_null(r->cross_acc[(size_t)a * r->n + b]));
+            cJSON_AddItemToArray(rows, row);
+        }
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory formatting JSON", path);
+    tl_status s = tl_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    return s;
+}

@@ -1,0 +1,33 @@
+/* tl_pref_eval: held-out evaluation of preference adapters (DPO policies or reward models): per adapter, the
+ * loss and TRL's reward metrics on its own users' pairs, where rewards/accuracies is the held-out preference
+ * accuracy; and, for small pools, the cross matrix of accuracies (every adapter on every adapter's users). */
+#ifndef TL_PREF_EVAL_H
+#define TL_PREF_EVAL_H
+
+#include <stdio.h>
+
+#include "../data/tl_pref.h"
+#include "tl_pref_step.h"
+
+typedef struct {
+    int n;
+    tl_pref_stats *own; /* [n] each adapter on its own users' pairs */
+    double *cross_acc;  /* [n * n] or NULL: accuracy of adapter a on adapter b's users' pairs */
+} tl_pref_eval_result;
+
+typedef struct {
+    int reward;              /* 1: reward model (score head), 0: DPO policy */
+    tl_pref_opts opts;       /* DPO loss */
+    double center_rewards;   /* reward model */
+    const tl_lora_pool *ref; /* DPO reference pool, NULL: the base model */
+} tl_pref_eval_opts;
+
+tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
+                           const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
+                           const tl_pref_eval_opts *o, int with_cross, tl_pref_eval_result *res, tl_error *err);
+void tl_pref_eval_result_free(tl_pref_eval_result *r);
+void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FILE *f);
+tl_status tl_pref_eval_write_json(const tl_pref_eval_result *r, const tl_lora_pool *p, const char *path,
+                                  int64_t step, tl_error *err);
+
+#endif
