@@ -74,6 +74,30 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
             }
         }
     }
+    if (!s && key != TL_KEY_USER) {
+        /* users as the unit: one pass per adapter, keeping only the users whose adapter it is */
+        tl_adapter_map umap;
+        s = tl_adapter_map_build_pref(ds, TL_KEY_USER, NULL, 0, &umap, err);
+        if (!s) {
+            res->n_users = ds->n_users;
+            res->user_names = (const char *const *)ds->user_names;
+            res->user_groups = (const char *const *)ds->user_groups;
+            res->by_user = calloc((size_t)ds->n_users, sizeof *res->by_user);
+            tl_pref_stats *ust = calloc((size_t)umap.n_adapters + 1, sizeof *ust);
+            if (!res->by_user || !ust) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+            for (int u = 0; !s && u < ds->n_users; u++) tl_pref_stats_init(&res->by_user[u]);
+            for (int a = 0; !s && a < n; a++) {
+                for (int b = 0; b < umap.n_adapters; b++) tl_pref_stats_init(&ust[b]);
+                s = pass(m, p, ws, sc, ds, &umap, micro_batch_tokens, max_seq_len, o, a, ust, err);
+                for (int u = 0; !s && u < ds->n_users; u++) {
+                    int ua = umap.user_adapter[u];
+                    if (ua >= 0 && map.user_adapter[u] == a) res->by_user[u] = ust[ua];
+                }
+            }
+            free(ust);
+            tl_adapter_map_free(&umap);
+        }
+    }
     free(tmp);
     tl_adapter_map_free(&map);
     if (s) tl_pref_eval_result_free(res);
@@ -83,6 +107,7 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
 void tl_pref_eval_result_free(tl_pref_eval_result *r) {
     free(r->own);
     free(r->cross_acc);
+    free(r->by_user);
     memset(r, 0, sizeof *r);
 }
 
@@ -101,6 +126,16 @@ void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FIL
     tl_pref_stats_mean(&all, mean);
     fprintf(f, "%-24s %6lld %9.4f %9.4f %9.4f\n", "(all pairs)", (long long)all.n, mean[TL_PREF_M_LOSS],
             mean[TL_PREF_M_REWARDS_ACCURACIES], mean[TL_PREF_M_REWARDS_MARGINS]);
+    if (r->by_user) {
+        fprintf(f, "per user (each under its %s adapter):\n%-24s %-12s %6s %9s\n", r->n == 1 ? "shared" : "group's",
+                "user", "group", "pairs", "accuracy");
+        for (int u = 0; u < r->n_users && u < 50; u++) {
+            double um[TL_PREF_N_METRICS];
+            tl_pref_stats_mean(&r->by_user[u], um);
+            fprintf(f, "%-24.24s %-12.12s %6lld %9.4f\n", r->user_names[u], r->user_groups ? r->user_groups[u] : "-",
+                    (long long)r->by_user[u].n, um[TL_PREF_M_REWARDS_ACCURACIES]);
+        }
+    }
     if (r->cross_acc && r->n <= 12) {
         fprintf(f, "cross accuracy (row: adapter, column: whose pairs):\n%-16s", "");
         for (int b = 0; b < r->n; b++) fprintf(f, " %8.8s", p->names[b]);
@@ -145,6 +180,16 @@ tl_status tl_pref_eval_write_json(const tl_pref_eval_result *r, const tl_lora_po
             cJSON *row = cJSON_CreateArray();
             for (int b = 0; b < r->n; b++) cJSON_AddItemToArray(row, num_or_null(r->cross_acc[(size_t)a * r->n + b]));
             cJSON_AddItemToArray(rows, row);
+        }
+    }
+    if (r->by_user) {
+        cJSON *us = cJSON_AddArrayToObject(root, "users");
+        for (int u = 0; u < r->n_users; u++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "name", r->user_names[u]);
+            if (r->user_groups) cJSON_AddStringToObject(o, "group", r->user_groups[u]);
+            add_metrics(o, &r->by_user[u]);
+            cJSON_AddItemToArray(us, o);
         }
     }
     char *text = cJSON_Print(root);

@@ -13,6 +13,12 @@ typedef struct {
     int n;
     tl_pref_stats *own; /* [n] each adapter on its own users' pairs */
     double *cross_acc;  /* [n * n] or NULL: accuracy of adapter a on adapter b's users' pairs */
+    /* When adapters are shared (adapter.key group or global): each user's pairs under that user's adapter, so
+     * that a shared adapter that serves one group and fails another shows it. NULL for adapter.key user. */
+    int n_users;
+    tl_pref_stats *by_user;          /* [n_users] */
+    const char *const *user_names;   /* [n_users], borrowed from the dataset */
+    const char *const *user_groups;  /* [n_users] or NULL */
 } tl_pref_eval_result;
 
 typedef struct {

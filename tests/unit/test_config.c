@@ -417,8 +417,8 @@ static const bad_case BAD[] = {
     /* enums */
     {"key_bad.yaml", M "adapter:\n  key: users #<\n", "adapter.key", "did you mean user?"},
     {"key_bad2.yaml", M "adapter:\n  key: everyone #<\n", "adapter.key", "user, group or global"},
-    {"task_dpo.yaml", M "task:\n  type: dpo #<\n", "task.type", "dpo is not implemented yet"},
-    {"task_reward.yaml", M "task:\n  type: reward #<\n", "task.type", "reward is not implemented yet"},
+    {"task_loss_bad.yaml", M "task:\n  loss: kto #<\n", "task.loss", "sigmoid"},
+    {"task_ls_bad.yaml", M "task:\n  label_smoothing: 0.5 #<\n", "task.label_smoothing", "0.5"},
     {"task_bad.yaml", M "task:\n  type: pretrain #<\n", "task.type", "expected sft"},
     {"backend_bad.yaml", M "train:\n  backend: gpu #<\n", "train.backend", "auto, cpu or cuda"},
     {"schedule_bad.yaml", M "train:\n  schedule: cosin #<\n", "train.schedule", "did you mean cosine?"},
@@ -583,7 +583,7 @@ static void test_overrides(void) {
         {"model.path=", "model.path", "got null"},
         {"adapter.rank=0", "adapter.rank", "1 <= adapter.rank <= 1024"},
         {"train.steps=010", "train.steps", "leading zero"},
-        {"task.type=dpo", "task.type", "dpo is not implemented yet"},
+        {"task.type=ppo", "task.type", "sft, dpo or reward"},
         {"train.micro_batch_tokens=16", "train.micro_batch_tokens", "data.max_seq_len (128"},
         {"data.max_seq_len=2048", "data.max_seq_len", "train.micro_batch_tokens (1024"},
     };
