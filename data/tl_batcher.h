@@ -86,7 +86,8 @@ typedef struct {
     tl_host_mb *mb;        /* [capacity] micro-batches of this step */
     int n_active;
     int32_t *active;       /* [n_active] adapter indices trained this step (target_count > 0), ascending */
-    int64_t *target_count; /* [n_adapters] trained rows per adapter in this step (0 when inactive) */
+    int64_t *target_count; /* [n_adapters] trained rows per adapter in this step (0 when inactive); preference
+                              batches (tl_pref.h): pairs per adapter */
     int64_t n_tokens;      /* tokens in the step */
     int64_t n_truncated;   /* sequences truncated to max_seq_len in this step */
 } tl_step_batch;
