@@ -94,7 +94,7 @@ if [ "$FULL" = 0 ]; then
     t0=$(date +%s)
     D="$BUILD/direct"
     mkdir -p "$D"
-    CFLAGS="-std=c11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Werror -fopenmp -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DTL_HAVE_CUDA=1 -I."
+    CFLAGS="-std=c11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Werror -fopenmp -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DTL_HAVE_CUDA=1 -I."
     BLAS_LIB="-lopenblas"
     EXTRA_C=()
     if [ -n "${TL_GPU_CBLAS_STANDIN:-}" ] ||

@@ -121,7 +121,19 @@ static int cmd_make_model(int argc, char **argv) {
     return 0;
 }
 
+/* OpenMP threads that spin while waiting starve OpenBLAS's own threads whenever cores are shared: measured on the
+ * 2-core development machine, a 64-token training step took 9.4 s with spinning workers and 0.74 s with passive
+ * ones. libgomp reads OMP_WAIT_POLICY when it loads, before main, so when the user has not chosen a policy we set
+ * PASSIVE and re-execute once. */
+static void prefer_passive_omp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    /* exec failed (no /proc): run on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_omp(argv);
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
