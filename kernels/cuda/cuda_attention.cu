@@ -119,7 +119,7 @@ static __global__ void __launch_bounds__(AT_THREADS)
                     const int32_t *cu, int Hq, int Hkv, int hd, int hp, int t, float scale, int vec) {
     extern __shared__ __align__(128) unsigned char tl_smem[];
     int seq = blockIdx.z, h = blockIdx.y, s0 = cu[seq], L = cu[seq + 1] - s0;
-    int q0 = blockIdx.x * t;
+    int q0 = (gridDim.x - 1 - blockIdx.x) * t; /* the last (longest-running) query tiles start first */
     if (q0 >= L) return;
     int kvh = h / (Hq / Hkv);
     smem_plan pl = plan_fwd(t, hp);
@@ -283,7 +283,7 @@ static __global__ void __launch_bounds__(AT_THREADS)
                    float scale, int vec) {
     extern __shared__ __align__(128) unsigned char tl_smem[];
     int seq = blockIdx.z, h = blockIdx.y, s0 = cu[seq], L = cu[seq + 1] - s0;
-    int q0 = blockIdx.x * t;
+    int q0 = (gridDim.x - 1 - blockIdx.x) * t; /* the last (longest-running) query tiles start first */
     if (q0 >= L) return;
     int kvh = h / (Hq / Hkv);
     smem_plan pl = plan_dq(t, hp);

@@ -4,7 +4,8 @@ CASES="config_unknown_key config_misspelled_key config_wrong_type config_out_of_
 config_bad_override model_missing_dir model_no_config_json model_unknown_arch st_truncated_header st_bad_offsets
 st_shape_mismatch data_missing_file data_missing_dataset data_wrong_dtype data_decreasing_offsets
 data_token_out_of_vocab data_user_out_of_range data_prompt_len_gt_length data_empty cli_unknown_command
-cli_bad_override_syntax"
+cli_bad_override_syntax pref_missing_group pref_offsets_mismatch pref_user_out_of_range pref_empty_chosen
+pref_empty_rejected pref_kind_mismatch pref_pair_too_long"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -16,6 +17,11 @@ MODEL="$T/model" DATA="$T/good.h5" CFG="$T/c.yaml"
 args=()
 
 bad_data() { "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" "$1" "$T/bad.h5"; args=("data.train=$T/bad.h5"); }
+# a preference file with one defect, trained with task.type=dpo
+bad_pref() {
+  "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_pref_h5.py" "$1" "$T/bad.h5"
+  args=("data.train=$T/bad.h5" "task.type=dpo" "data.max_seq_len=48" "train.micro_batch_tokens=512")
+}
 # st_patch: rewrite model.safetensors' header with a Python expression applied to the parsed JSON (h), or cut it
 st_patch() {
   "$TL_PYTHON" - "$T/model/model.safetensors" "$1" <<'PY'
@@ -58,6 +64,13 @@ case $case_name in
     [ $rc -eq 2 ] && [ "$(wc -l <"$T/err")" -eq 1 ] && grep -q frobnicate "$T/err" || die "unknown command: rc $rc"
     echo ok; exit 0 ;;
   cli_bad_override_syntax) args=("train.steps"); expect="train.steps" ;;
+  pref_missing_group) bad_pref missing_group; args+=("adapter.key=group"); expect="/users/group" ;;
+  pref_offsets_mismatch) bad_pref offsets_mismatch; expect="/pref/rejected/offsets" ;;
+  pref_user_out_of_range) bad_pref user_out_of_range; expect="/pref/user" ;;
+  pref_empty_chosen) bad_pref empty_chosen; expect="chosen" ;;
+  pref_empty_rejected) bad_pref empty_rejected; expect="rejected" ;;
+  pref_kind_mismatch) args=("task.type=dpo"); expect="preference" ;;   # an SFT file for a DPO run
+  pref_pair_too_long) bad_pref good; args+=("data.max_seq_len=300"); expect="micro_batch_tokens" ;;
   *) die "unknown case $case_name" ;;
 esac
 
