@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# run_emu: runs tests/gpu/test_cuda_ops with the CUDA backend's kernels and host code executed on the CPU by a
+# small emulator, for checking kernel logic where no GPU exists. Not a ctest (about a minute to build and a
+# minute to run on 2 cores); run it after changing kernels/cuda/.
+#
+#   tests/gpu/emu/run_emu.sh [BUILD_DIR]        (default build-emu)
+#   env: TL_EMU_ORDER=0|1|2  order of the emulated threads between barriers: forward, reverse, shuffled (a
+#                            missing __syncthreads shows up as a difference between orders)
+#        TL_EMU_OPTIN=BYTES  the device's shared-memory opt-in limit (default 232448, H100/H200; 166912 = A100)
+#        TL_EMU_SANITIZE=1   build with AddressSanitizer + UBSan (slower)
+#
+# How it works: every CUDA thread is a ucontext fiber; __syncthreads / __syncwarp / shuffles are barriers of the
+# block's or warp's fibers; blocks run one after another; WMMA fragments are emulated per lane (each lane holds
+# the whole tile, loads and stores are warp barriers); the CUDA runtime and cublasGemmEx are plain host code;
+# device memory is host memory filled with NaN bytes; the real cuda_bf16.h does the bf16 conversions. It checks
+# WMMA alignment rules, launch limits and the shared memory opt-in. It cannot see races between threads that a
+# real GPU would interleave differently within a barrier interval (vary TL_EMU_ORDER), nor timing.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+B=${1:-$ROOT/build-emu}
+E=$ROOT/tests/gpu/emu
+CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
+SAN=""
+[ -n "${TL_EMU_SANITIZE:-}" ] && SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+mkdir -p "$B/gen" "$B/obj"
+rm -f "$B"/obj/*.o
+CXXF="-std=c++17 -O1 -g -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unused-parameter -Wno-unknown-pragmas
+      -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -I$E/include -I$CUDA_INC -I$ROOT -I$ROOT/kernels/cuda
+      -include $E/emu_device.h $SAN"
+CF="-std=c11 -O1 -g -fopenmp -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DTL_HAVE_CUDA=1 -I$ROOT
+    -I$ROOT/tests/gpu/support $SAN"
+pids=()
+for f in "$ROOT"/kernels/cuda/*.cu; do
+    b=$(basename "$f" .cu)
+    python3 "$E/transform.py" "$f" "$B/gen/$b.cpp"
+    g++ $CXXF -c "$B/gen/$b.cpp" -o "$B/obj/$b.o" &
+    pids+=($!)
+done
+g++ -std=c++17 -O1 -g -I"$CUDA_INC" $SAN -c "$E/emu_runtime.cpp" -o "$B/obj/emu_runtime.o" &
+pids+=($!)
+# the CPU reference with the plain sgemm of tests/gpu/support (no OpenBLAS needed)
+for f in "$ROOT"/kernels/cpu/*.c "$ROOT"/kernels/tl_status.c "$ROOT"/tests/gpu/support/cblas_naive.c \
+    "$ROOT"/tests/gpu/test_cuda_ops.c; do
+    gcc $CF -c "$f" -o "$B/obj/c_$(basename "$f" .c).o" &
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+g++ $SAN -fopenmp "$B"/obj/*.o -o "$B/test_cuda_ops_emu" -lm
+echo "run_emu: built $B/test_cuda_ops_emu; running"
+# leak checking would report the emulator's fiber stacks, which live until exit
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} "$B/test_cuda_ops_emu"
