@@ -145,6 +145,8 @@ tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err);
 #ifdef TL_HAVE_CUDA
 tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err);
 int tl_cuda_device_count(void);
+/* bytes currently allocated by a CUDA backend and the peak since its creation */
+void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak);
 #endif
 
 #endif

@@ -594,6 +594,14 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
     }
     if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
+#ifdef TL_HAVE_CUDA
+    if (!strcmp(S.be->name, "cuda")) {
+        size_t now_b = 0, peak_b = 0;
+        tl_cuda_mem_stats(S.be, &now_b, &peak_b);
+        fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
+                (double)tl_workspace_bytes(S.ws) / (1 << 20), (double)peak_b / (1 << 20));
+    }
+#endif
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
             S.have_eval || S.have_peval ? ", eval.json" : "");
     s = TL_OK;

@@ -22,14 +22,7 @@ extern "C" {
 #include "../tl_backend.h"
 #include "../tl_status.h"
 }
-/* tl_math.h writes `static inline TL_HD` and defines TL_HD as `__host__ __device__ __forceinline__` under nvcc;
- * __forceinline__ already carries `inline`, which nvcc rejects as a duplicate specifier. Until the header
- * drops it, include it with __forceinline__ reduced to the always_inline attribute. */
-#pragma push_macro("__forceinline__")
-#undef __forceinline__
-#define __forceinline__ __attribute__((always_inline))
 #include "../tl_math.h"
-#pragma pop_macro("__forceinline__")
 
 typedef __nv_bfloat16 tl_bf16;
 

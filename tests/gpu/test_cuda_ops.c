@@ -13,9 +13,6 @@
 
 #include "kernels/tl_backend.h"
 
-/* defined in kernels/cuda/cuda_backend.cu */
-void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak);
-
 #define TOL_BF16 1e-2
 #define TOL_F32 1e-5
 

@@ -1,6 +1,6 @@
 // Emulated nvcuda::wmma for running the CUDA backend's kernels on the CPU (fiber emulator).
-// Every emulated thread of a warp holds a full copy of each fragment; collective semantics are preserved
-// because all lanes call with the same arguments. Alignment rules of the real API are asserted.
+// Every emulated thread of a warp holds a full copy of each fragment; loads and stores are warp barriers, so the
+// lanes act collectively as on the GPU. The alignment rules of the real API are asserted.
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
