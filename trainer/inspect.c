@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "../data/tl_dataset.h"
+#include "../data/tl_pref.h"
 #include "../data/tl_hf_config.h"
 #include "../data/tl_safetensors.h"
 #include "tl_checkpoint.h"
@@ -159,6 +160,30 @@ static tl_status inspect_dataset(const char *path, FILE *out, tl_error *err) {
     return TL_OK;
 }
 
+static tl_status inspect_pref(const char *path, FILE *out, tl_error *err) {
+    tl_pref_dataset ds;
+    TL_TRY(tl_pref_open(path, 0, &ds, err));
+    int64_t *pairs = calloc((size_t)ds.n_users, sizeof(int64_t));
+    if (!pairs) {
+        tl_pref_free(&ds);
+        return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    }
+    for (int64_t i = 0; i < ds.n_pairs; i++) pairs[ds.user[i]]++;
+    fprintf(out, "dataset %s: kind preference, %d user(s), %lld pair(s), tokens: %lld prompt, %lld chosen, %lld "
+                 "rejected%s\n",
+            path, ds.n_users, (long long)ds.n_pairs, (long long)ds.prompt.n_tokens, (long long)ds.chosen.n_tokens,
+            (long long)ds.rejected.n_tokens, ds.user_groups ? ", with groups" : "");
+    fprintf(out, "  %-28s %-16s %9s\n", "user", "group", "pairs");
+    for (int u = 0; u < ds.n_users && u < 50; u++)
+        fprintf(out, "  %-28.28s %-16.16s %9lld%s\n", ds.user_names[u], ds.user_groups ? ds.user_groups[u] : "-",
+                (long long)pairs[u], pairs[u] ? "" : "  (no pairs)");
+    if (ds.n_users > 50) fprintf(out, "  ... (%d more users)\n", ds.n_users - 50);
+    free(pairs);
+    tl_pref_free(&ds);
+    fprintf(out, "valid\n");
+    return TL_OK;
+}
+
 static tl_status inspect_checkpoint(const char *dir, FILE *out, tl_error *err) {
     tl_config cfg;
     TL_TRY(tl_checkpoint_read_config(dir, &cfg, err));
@@ -208,7 +233,11 @@ tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
     unsigned char magic[8] = {0};
     size_t got = fread(magic, 1, sizeof magic, f);
     fclose(f);
-    if (got == 8 && memcmp(magic, "\x89HDF\r\n\x1a\n", 8) == 0) return inspect_dataset(path, out, err);
+    if (got == 8 && memcmp(magic, "\x89HDF\r\n\x1a\n", 8) == 0) {
+        char kind[32];
+        TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
+        return strcmp(kind, "preference") == 0 ? inspect_pref(path, out, err) : inspect_dataset(path, out, err);
+    }
     size_t len = strlen(path);
     if (len > 12 && strcmp(path + len - 12, ".safetensors") == 0) return inspect_safetensors(path, out, err);
     return tl_fail(err, TL_ERR_INPUT, "%s: unknown file type (expected .safetensors, an HDF5 dataset or a directory)",

@@ -1,26 +1,85 @@
 /* cpu_attention: causal grouped-query attention over the packed sequences of a micro-batch, CPU backend.
  *
- * Forward: one online-softmax pass per (query row, query head), no score buffer. Backward: the standard
- * recomputation from lse. P_ij = exp(s_ij - lse_i) with s_ij = scale q_i.k_j, D_i = dout_i.out_i,
- * dS_ij = P_ij (dout_i.v_j - D_i); dQ_i = scale sum_j dS_ij k_j; dK_j = scale sum_i dS_ij q_i; dV_j = sum_i P_ij
- * dout_i. dQ is computed per (row, query head) and dK/dV per (row, kv head), summing the group's query heads in
- * a fixed order, so every output element has one writer: no races, no atomics, deterministic. */
+ * Block-wise, on sgemm (as FlashAttention, with OpenBLAS for the tiles). A block is BM query rows of one query
+ * head against a block of at most kb keys of its kv head; its scores S = scale Q K^T and probabilities P live in
+ * the calling thread's slice of the backend scratch, so no op allocates and long sequences only make more key
+ * blocks. Forward: online softmax over the key blocks (usually one: the whole causal prefix), O accumulated
+ * unnormalised in `out` and divided by the row sum at the end; lse = max + log(sum). Backward recomputes
+ * P = exp(S - lse) per tile: dV += P^T dO, dP = dO V^T, dS = P (dP - D) with D_i = dO_i . O_i,
+ * dQ (+)= scale dS K, dK += scale dS^T Q.
+ *
+ * Parallel over (sequence, query block, kv head) in the forward and (sequence, kv head) in the backward: each
+ * task writes only its own rows of out / lse, or of dq and the kv head's rows of dk / dv, summing in a fixed
+ * order, so there are no races and results are bit-identical from run to run (for a given thread count, which
+ * sets the key block length). Reductions over a row use explicit 16-lane partial sums, so that vectorisation
+ * never depends on where the row sits in memory. OpenBLAS runs single-threaded inside the OpenMP team (its
+ * thread count is set to 1 for the op and restored after) so the BLAS pool never oversubscribes the cores. */
 #include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
 
-#include "../tl_math.h"
 #include "cpu_internal.h"
 
-/* index of the sequence holding row i: the last s with cu[s] <= i */
-static int seq_of(const int32_t *cu, int n_seq, int i) {
-    int lo = 0, hi = n_seq - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (cu[mid] <= i)
-            lo = mid;
-        else
-            hi = mid - 1;
+enum {
+    BM = 64,      /* query rows per block */
+    KB_MAX = 512, /* keys per block at most; less when the scratch slice of a thread is smaller */
+    KB_MIN = 16,  /* below this the team shrinks instead, so that each thread keeps a useful slice */
+    LANES = 16    /* partial sums per row reduction; also the row stride granularity of the tiles */
+};
+
+typedef struct {
+    int nthr, kb;  /* team size and key block length */
+    size_t slice;  /* scratch floats per thread (a multiple of LANES: every slice is 64-byte aligned) */
+} attn_plan;
+
+/* per-thread slice: S/P [BM, kb], dP [BM, kb], and four row vectors of BM */
+static size_t slice_floats(int kb) { return (size_t)2 * BM * kb + 4 * BM; }
+
+static attn_plan plan_for(tl_backend *be) {
+    tl_cpu_ctx *c = tl_cpu(be);
+    attn_plan p = {c->threads, KB_MAX, 0};
+    size_t per = c->scratch_n / (size_t)p.nthr;
+    if (per < slice_floats(KB_MIN)) {
+        p.nthr = (int)(c->scratch_n / slice_floats(KB_MIN));
+        if (p.nthr < 1) p.nthr = 1;
+        per = slice_floats(KB_MIN);
     }
-    return lo;
+    size_t kb = (per - 4 * BM) / (2 * BM) / LANES * LANES;
+    p.kb = kb < KB_MAX ? (int)kb : KB_MAX;
+    p.slice = slice_floats(p.kb);
+    return p;
+}
+
+static int check_args(tl_backend *be, const char *op, int Hq, int Hkv, int hd) {
+    if (Hq <= 0 || Hkv <= 0 || hd <= 0 || Hq % Hkv != 0 || hd > 4096) {
+        tl_cpu_fail(be, "%s: bad heads Hq = %d, Hkv = %d, hd = %d (expected Hq a multiple of Hkv, hd <= 4096)", op,
+                    Hq, Hkv, hd);
+        return 0;
+    }
+    if (tl_cpu(be)->scratch_n < slice_floats(KB_MIN)) {
+        tl_cpu_fail(be, "%s: the scratch holds %zu floats, fewer than the %zu one thread needs", op,
+                    tl_cpu(be)->scratch_n, slice_floats(KB_MIN));
+        return 0;
+    }
+    return 1;
+}
+
+static int max_seqlen(const int32_t *cu, int n_seq) {
+    int m = 0;
+    for (int s = 0; s < n_seq; s++)
+        if (cu[s + 1] - cu[s] > m) m = cu[s + 1] - cu[s];
+    return m;
+}
+
+/* OpenBLAS's pthread pool has one global thread count: 1 while an OpenMP team calls sgemm from each thread. */
+static int blas_single_begin(void) {
+    int saved = openblas_get_num_threads();
+    if (saved != 1) openblas_set_num_threads(1);
+    return saved;
+}
+static void blas_single_end(int saved) {
+    if (saved != 1) openblas_set_num_threads(saved);
 }
 
 static inline float dotf(const float *a, const float *b, int n) {
@@ -30,114 +89,214 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-static int check_heads(tl_backend *be, const char *op, int Hq, int Hkv, int hd) {
-    if (Hq <= 0 || Hkv <= 0 || hd <= 0 || Hq % Hkv != 0 || hd > 4096) {
-        tl_cpu_fail(be, "%s: bad heads Hq = %d, Hkv = %d, hd = %d (expected Hq a multiple of Hkv, hd <= 4096)", op,
-                    Hq, Hkv, hd);
-        return 0;
+/* exp(x) for x in [-88, 88], in plain arithmetic so that loops over it vectorise (Cephes expf: x = n ln2 + r,
+ * |r| <= ln2/2, degree-6 polynomial; relative error about 2e-7). x below about -87.7 gives +0 (the exponent field
+ * becomes 0); NaN stays NaN. Callers clamp x first, in a loop of their own: a clamp inside the same loop turns
+ * into branches that stop the vectoriser. */
+static inline float fast_expf(float x) {
+    union {
+        float f;
+        uint32_t u;
+    } t, e;
+    t.f = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: the low mantissa bits hold round(x log2 e) */
+    float n = t.f - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * (r * r) + r + 1.0f;
+    e.u = (t.u - 0x4B400000u + 127u) << 23; /* 2^n */
+    return y * e.f;
+}
+
+/* max of x[0 .. n), n >= 1 */
+static float row_max(const float *x, int n) {
+    float lane[LANES];
+    for (int t = 0; t < LANES; t++) lane[t] = -INFINITY;
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+#pragma omp simd
+        for (int t = 0; t < LANES; t++) lane[t] = x[j + t] > lane[t] ? x[j + t] : lane[t];
     }
-    return 1;
+    float m = -INFINITY;
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (int t = 0; t < LANES; t++) m = lane[t] > m ? lane[t] : m;
+    return m;
+}
+
+/* x[j] = exp(x[j] - sub) for j < cnt and 0 for cnt <= j < n; returns the sum of the exponentials */
+static float row_exp(float *x, int cnt, int n, float sub) {
+#pragma omp simd
+    for (int j = 0; j < cnt; j++) {
+        float d = x[j] - sub;
+        d = d < -88.0f ? -88.0f : d;
+        x[j] = d > 88.0f ? 88.0f : d;
+    }
+    float lane[LANES];
+    for (int t = 0; t < LANES; t++) lane[t] = 0.0f;
+    int j = 0;
+    for (; j + LANES <= cnt; j += LANES) {
+#pragma omp simd
+        for (int t = 0; t < LANES; t++) {
+            float e = fast_expf(x[j + t]);
+            x[j + t] = e;
+            lane[t] += e;
+        }
+    }
+    float s = 0.0f;
+    for (; j < cnt; j++) {
+        x[j] = fast_expf(x[j]);
+        s += x[j];
+    }
+    for (; j < n; j++) x[j] = 0.0f;
+    for (int t = 0; t < LANES; t++) s += lane[t];
+    return s;
+}
+
+static inline void scale_row(float *x, int n, float a) {
+#pragma omp simd
+    for (int t = 0; t < n; t++) x[t] *= a;
+}
+
+/* Forward of query rows [r0, r1) of query head h against keys [s0, r1) of kv head g (causal prefix). */
+static void fwd_block(float *out, float *lse, const float *q, const float *k, const float *v, int s0, int r0, int r1,
+                      int h, int g, int Hq, int Hkv, int hd, float scale, int kb, float *ws) {
+    size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
+    int m = r1 - r0;
+    float *S = ws, *mx = ws + (size_t)2 * BM * kb, *sum = mx + BM;
+    const float *qb = q + (size_t)r0 * qs + (size_t)h * hd;
+    float *ob = out + (size_t)r0 * qs + (size_t)h * hd;
+    for (int a = 0; a < m; a++) {
+        mx[a] = -INFINITY;
+        sum[a] = 0.0f;
+    }
+    for (int c0 = s0; c0 < r1; c0 += kb) {
+        int nk = r1 - c0 < kb ? r1 - c0 : kb, ld = (nk + LANES - 1) / LANES * LANES, first = c0 == s0;
+        const float *kc = k + (size_t)c0 * ks + (size_t)g * hd, *vc = v + (size_t)c0 * ks + (size_t)g * hd;
+        tl_cpu_sgemm(0, 1, m, nk, hd, scale, qb, (int)qs, kc, (int)ks, 0.0f, S, ld);
+        for (int a = 0; a < m; a++) {
+            float *sa = S + (size_t)a * ld;
+            int cnt = r0 + a - c0 + 1; /* keys j <= row */
+            if (cnt > nk) cnt = nk;
+            if (cnt <= 0) { /* the whole block is in this row's future */
+                memset(sa, 0, (size_t)nk * sizeof(float));
+                continue;
+            }
+            float mb = row_max(sa, cnt), mn = mb > mx[a] ? mb : mx[a];
+            float corr = first ? 0.0f : expf(mx[a] - mn);
+            sum[a] = sum[a] * corr + row_exp(sa, cnt, nk, mn);
+            mx[a] = mn;
+            if (!first && corr != 1.0f) scale_row(ob + (size_t)a * qs, hd, corr);
+        }
+        tl_cpu_sgemm(0, 0, m, hd, nk, 1.0f, S, ld, vc, (int)ks, first ? 0.0f : 1.0f, ob, (int)qs);
+    }
+    for (int a = 0; a < m; a++) {
+        scale_row(ob + (size_t)a * qs, hd, 1.0f / sum[a]);
+        lse[(size_t)(r0 + a) * Hq + h] = mx[a] + logf(sum[a]);
+    }
 }
 
 void tl_cpu_attn_fwd(tl_backend *be, tl_act *out_, float *lse, const tl_act *q_, const tl_act *k_, const tl_act *v_,
                      const tl_mb *mb, int Hq, int Hkv, int hd) {
-    if (!check_heads(be, "attn_fwd", Hq, Hkv, hd)) return;
+    if (!check_args(be, "attn_fwd", Hq, Hkv, hd)) return;
     float *out = out_;
     const float *q = q_, *k = k_, *v = v_;
     const int32_t *cu = mb->h_cu_seqlens;
-    int n = mb->n_tok, n_seq = mb->n_seq, group = Hq / Hkv;
-    size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
+    int n_seq = mb->n_seq, group = Hq / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
-    long items = (long)n * Hq;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(tl_cpu(be)->threads)
-    for (long it = 0; it < items; it++) {
-        int i = (int)(it / Hq), h = (int)(it % Hq), g = h / group;
-        int s0 = cu[seq_of(cu, n_seq, i)];
-        const float *qi = q + i * qs + (size_t)h * hd;
-        float acc[hd];
-        for (int t = 0; t < hd; t++) acc[t] = 0.0f;
-        float m = -INFINITY, l = 0.0f;
-        for (int j = s0; j <= i; j++) {
-            const float *kj = k + j * ks + (size_t)g * hd, *vj = v + j * ks + (size_t)g * hd;
-            float w, c = tl_softmax_push(&m, &l, dotf(qi, kj, hd) * scale, &w);
-            if (c != 1.0f) {
-#pragma omp simd
-                for (int t = 0; t < hd; t++) acc[t] *= c;
-            }
-#pragma omp simd
-            for (int t = 0; t < hd; t++) acc[t] += w * vj[t];
+    attn_plan p = plan_for(be);
+    float *scratch = tl_cpu(be)->scratch;
+    int nb = (max_seqlen(cu, n_seq) + BM - 1) / BM;
+    long per_b = (long)n_seq * Hkv, items = per_b * nb;
+    int saved = blas_single_begin();
+    /* the last query blocks (the longest causal prefixes) are handed out first */
+#pragma omp parallel num_threads(p.nthr) if (items > 1)
+    {
+        float *ws = scratch + (size_t)omp_get_thread_num() * p.slice;
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
+            int b = nb - 1 - (int)(it / per_b), s = (int)(it % per_b / Hkv), g = (int)(it % Hkv);
+            int s0 = cu[s], r0 = s0 + b * BM;
+            if (r0 >= cu[s + 1]) continue;
+            int r1 = r0 + BM < cu[s + 1] ? r0 + BM : cu[s + 1];
+            for (int h = g * group; h < (g + 1) * group; h++)
+                fwd_block(out, lse, q, k, v, s0, r0, r1, h, g, Hq, Hkv, hd, scale, p.kb, ws);
         }
-        float *oi = out + i * qs + (size_t)h * hd, inv = 1.0f / l;
-        for (int t = 0; t < hd; t++) oi[t] = acc[t] * inv;
-        lse[it] = m + logf(l);
+    }
+    blas_single_end(saved);
+}
+
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *out, *lse, *q, *k, *v;
+    int Hq, Hkv, hd, kb;
+    float scale;
+} bwd_args;
+
+/* Backward of query rows [r0, r1) of query head h over keys [s0, r1) of kv head g: dq rows written, dk / dv rows
+ * of the keys accumulated. */
+static void bwd_block(const bwd_args *A, int s0, int r0, int r1, int h, int g, float *ws) {
+    size_t qs = (size_t)A->Hq * A->hd, ks = (size_t)A->Hkv * A->hd;
+    int m = r1 - r0, hd = A->hd, kb = A->kb;
+    float *P = ws, *dP = ws + (size_t)BM * kb, *D = dP + (size_t)BM * kb, *L = D + BM;
+    size_t qo = (size_t)r0 * qs + (size_t)h * hd;
+    const float *qb = A->q + qo, *gb = A->dout + qo;
+    float *dqb = A->dq + qo;
+    for (int a = 0; a < m; a++) {
+        D[a] = dotf(gb + (size_t)a * qs, A->out + qo + (size_t)a * qs, hd);
+        L[a] = A->lse[(size_t)(r0 + a) * A->Hq + h];
+    }
+    for (int c0 = s0; c0 < r1; c0 += kb) {
+        int nk = r1 - c0 < kb ? r1 - c0 : kb, ld = (nk + LANES - 1) / LANES * LANES;
+        size_t ko = (size_t)c0 * ks + (size_t)g * hd;
+        const float *kc = A->k + ko, *vc = A->v + ko;
+        tl_cpu_sgemm(0, 1, m, nk, hd, A->scale, qb, (int)qs, kc, (int)ks, 0.0f, P, ld);
+        for (int a = 0; a < m; a++) {
+            int cnt = r0 + a - c0 + 1;
+            row_exp(P + (size_t)a * ld, cnt < 0 ? 0 : (cnt > nk ? nk : cnt), nk, L[a]);
+        }
+        tl_cpu_sgemm(1, 0, nk, hd, m, 1.0f, P, ld, gb, (int)qs, 1.0f, A->dv + ko, (int)ks);
+        tl_cpu_sgemm(0, 1, m, nk, hd, 1.0f, gb, (int)qs, vc, (int)ks, 0.0f, dP, ld);
+        for (int a = 0; a < m; a++) {
+            float *pa = P + (size_t)a * ld, *da = dP + (size_t)a * ld, Da = D[a];
+#pragma omp simd
+            for (int j = 0; j < nk; j++) da[j] = pa[j] * (da[j] - Da);
+        }
+        tl_cpu_sgemm(0, 0, m, hd, nk, A->scale, dP, ld, kc, (int)ks, c0 == s0 ? 0.0f : 1.0f, dqb, (int)qs);
+        tl_cpu_sgemm(1, 0, nk, hd, m, A->scale, dP, ld, qb, (int)qs, 1.0f, A->dk + ko, (int)ks);
     }
 }
 
 void tl_cpu_attn_bwd(tl_backend *be, tl_act *dq_, tl_act *dk_, tl_act *dv_, const tl_act *dout_, const tl_act *out_,
                      const float *lse, const tl_act *q_, const tl_act *k_, const tl_act *v_, const tl_mb *mb, int Hq,
                      int Hkv, int hd) {
-    if (!check_heads(be, "attn_bwd", Hq, Hkv, hd)) return;
-    float *dq = dq_, *dk = dk_, *dv = dv_;
-    const float *dout = dout_, *out = out_, *q = q_, *k = k_, *v = v_;
+    if (!check_args(be, "attn_bwd", Hq, Hkv, hd)) return;
     const int32_t *cu = mb->h_cu_seqlens;
-    int n = mb->n_tok, n_seq = mb->n_seq, group = Hq / Hkv, nthr = tl_cpu(be)->threads;
-    size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
-    float scale = 1.0f / sqrtf((float)hd);
-    long qitems = (long)n * Hq, kitems = (long)n * Hkv;
-
-    /* Pass 1: D[i, h] = dout_i . out_i, parked in dq[i, h, 0]. dq is only written in pass 3, where each
-     * (row, head) reads its own D before overwriting it, so the op needs no scratch of size n. */
-#pragma omp parallel for num_threads(nthr) if (qitems * hd > 4096)
-    for (long it = 0; it < qitems; it++) {
-        size_t o = (size_t)(it / Hq) * qs + (size_t)(it % Hq) * hd;
-        dq[o] = dotf(dout + o, out + o, hd);
-    }
-
-    /* Pass 2: dK, dV per (row j, kv head g), over the later rows i of j's sequence and the group's heads. */
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nthr)
-    for (long it = 0; it < kitems; it++) {
-        int j = (int)(it / Hkv), g = (int)(it % Hkv);
-        int s1 = cu[seq_of(cu, n_seq, j) + 1];
-        const float *kj = k + j * ks + (size_t)g * hd, *vj = v + j * ks + (size_t)g * hd;
-        float dka[hd], dva[hd];
-        for (int t = 0; t < hd; t++) dka[t] = dva[t] = 0.0f;
-        for (int h = g * group; h < (g + 1) * group; h++) {
-            for (int i = j; i < s1; i++) {
-                size_t o = i * qs + (size_t)h * hd;
-                const float *qi = q + o, *gi = dout + o;
-                float p = expf(dotf(qi, kj, hd) * scale - lse[(size_t)i * Hq + h]);
-                float ds = p * (dotf(gi, vj, hd) - dq[o]) * scale;
-#pragma omp simd
-                for (int t = 0; t < hd; t++) {
-                    dva[t] += p * gi[t];
-                    dka[t] += ds * qi[t];
-                }
+    int n_seq = mb->n_seq, group = Hq / Hkv;
+    attn_plan p = plan_for(be);
+    bwd_args A = {dq_, dk_, dv_, dout_, out_, lse, q_, k_, v_, Hq, Hkv, hd, p.kb, 1.0f / sqrtf((float)hd)};
+    float *scratch = tl_cpu(be)->scratch;
+    size_t ks = (size_t)Hkv * hd;
+    long items = (long)n_seq * Hkv;
+    int saved = blas_single_begin();
+#pragma omp parallel num_threads(p.nthr) if (items > 1)
+    {
+        float *ws = scratch + (size_t)omp_get_thread_num() * p.slice;
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
+            int s = (int)(it / Hkv), g = (int)(it % Hkv), s0 = cu[s], s1 = cu[s + 1];
+            for (int j = s0; j < s1; j++) {
+                memset(A.dk + (size_t)j * ks + (size_t)g * hd, 0, (size_t)hd * sizeof(float));
+                memset(A.dv + (size_t)j * ks + (size_t)g * hd, 0, (size_t)hd * sizeof(float));
             }
-        }
-        float *dkj = dk + j * ks + (size_t)g * hd, *dvj = dv + j * ks + (size_t)g * hd;
-        for (int t = 0; t < hd; t++) {
-            dkj[t] = dka[t];
-            dvj[t] = dva[t];
+            for (int h = g * group; h < (g + 1) * group; h++)
+                for (int r0 = s0; r0 < s1; r0 += BM)
+                    bwd_block(&A, s0, r0, r0 + BM < s1 ? r0 + BM : s1, h, g, ws);
         }
     }
-
-    /* Pass 3: dQ per (row i, query head h), over the earlier rows j of i's sequence. */
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nthr)
-    for (long it = 0; it < qitems; it++) {
-        int i = (int)(it / Hq), h = (int)(it % Hq), g = h / group;
-        int s0 = cu[seq_of(cu, n_seq, i)];
-        size_t o = i * qs + (size_t)h * hd;
-        const float *qi = q + o, *gi = dout + o;
-        float D = dq[o], li = lse[it];
-        float acc[hd];
-        for (int t = 0; t < hd; t++) acc[t] = 0.0f;
-        for (int j = s0; j <= i; j++) {
-            const float *kj = k + j * ks + (size_t)g * hd, *vj = v + j * ks + (size_t)g * hd;
-            float p = expf(dotf(qi, kj, hd) * scale - li);
-            float ds = p * (dotf(gi, vj, hd) - D) * scale;
-#pragma omp simd
-            for (int t = 0; t < hd; t++) acc[t] += ds * kj[t];
-        }
-        for (int t = 0; t < hd; t++) dq[o + t] = acc[t];
-    }
+    blas_single_end(saved);
 }

@@ -39,6 +39,8 @@ for p in "$T/model" "$T/model/model.safetensors" "$T/train.h5" "$T/run" "$T/run/
   "$TAILOR_BIN" inspect "$p" >"$T/inspect.out" 2>&1 || { cat "$T/inspect.out"; die "inspect $p failed"; }
 done
 "$TAILOR_BIN" inspect "$T/train.h5" | grep -q "4 user(s)" || die "inspect dataset summary"
+"$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_pref_h5.py" good "$T/pref.h5"
+"$TAILOR_BIN" inspect "$T/pref.h5" | grep -q "kind preference, 3 user(s), 6 pair(s)" || die "inspect preference summary"
 set +e
 "$TAILOR_BIN" inspect "$T/c.yaml" 2>"$T/err"; rc=$?
 set -e
