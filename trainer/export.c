@@ -153,7 +153,9 @@ static double float_decimal(float f) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
-/* adapter_config.json as PEFT's LoraConfig writes it (fields that matter for loading), plus the true name. */
+/* adapter_config.json as PEFT's LoraConfig writes it. No field of our own: PEFT passes every key to
+ * LoraConfig(**kwargs) and refuses unknown ones, so the true name lives in index.json and in the safetensors
+ * metadata. */
 static char *adapter_config_json(const tl_lora_pool *p, double alpha, double dropout, const char *base_model,
                                  const char *name) {
     cJSON *o = cJSON_CreateObject();
@@ -195,7 +197,6 @@ static char *adapter_config_json(const tl_lora_pool *p, double alpha, double dro
     ok &= cJSON_AddNullToObject(o, "layers_pattern") != NULL;
     ok &= cJSON_AddObjectToObject(o, "rank_pattern") != NULL;
     ok &= cJSON_AddObjectToObject(o, "alpha_pattern") != NULL;
-    ok &= cJSON_AddStringToObject(o, "tailor_adapter_name", name) != NULL;
     char *text = ok ? cJSON_Print(o) : NULL;
     cJSON_Delete(o);
     return text;

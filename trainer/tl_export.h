@@ -2,7 +2,7 @@
  *
  * Layout (docs/export.md has it in full):
  *   <out_dir>/index.json                         {"adapters": [{"name", "dir", "steps"}, ...]} in slot order
- *   <out_dir>/<dir>/adapter_config.json          PEFT LoraConfig, plus "tailor_adapter_name"
+ *   <out_dir>/<dir>/adapter_config.json          PEFT LoraConfig (only PEFT's own keys: PEFT refuses others)
  *   <out_dir>/<dir>/adapter_model.safetensors    F32, keys base_model.model.model.layers.L.{self_attn,mlp}.
  *                                                <target>.lora_{A,B}.weight, A [r, in], B [out, r]
  * <dir> is the adapter's name made safe for a file system (tl_safe_dirname), made unique. The whole tree is

@@ -234,8 +234,8 @@ static void check_adapter_dir(const tl_lora_pool *p, int s, const char *dir, con
         CHECK(jstr(c, "bias") && !strcmp(jstr(c, "bias"), "none"), "bias");
         CHECK(jstr(c, "base_model_name_or_path") && !strcmp(jstr(c, "base_model_name_or_path"), base_model),
               "base_model_name_or_path");
-        CHECK(jstr(c, "tailor_adapter_name") && !strcmp(jstr(c, "tailor_adapter_name"), p->names[s]),
-              "tailor_adapter_name of slot %d", s);
+        CHECK(!cJSON_GetObjectItemCaseSensitive(c, "tailor_adapter_name"),
+              "slot %d: adapter_config.json must hold only PEFT's keys (PEFT refuses others)", s);
         const cJSON *it = cJSON_GetObjectItemCaseSensitive(c, "r");
         CHECK(cJSON_IsNumber(it) && it->valuedouble == p->rank, "r");
         it = cJSON_GetObjectItemCaseSensitive(c, "lora_alpha");
