@@ -7,6 +7,7 @@
 
 #include "data/tl_hf_config.h"
 #include "trainer/tl_config.h"
+#include "trainer/tl_data_build.h"
 #include "trainer/tl_inspect.h"
 #include "trainer/tl_tinymodel.h"
 #include "trainer/tl_train.h"
@@ -21,6 +22,8 @@ static const char *usage =
     "  eval CONFIG [key=value ...]        per-adapter loss/perplexity on data.eval vs. the base model\n"
     "  export RUN_OR_CHECKPOINT [--out DIR]  write HF PEFT adapter directories\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
+    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]\n"
+    "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
     "  make-model DIR [options]           write a random Llama-family model in HF layout (tests, demos)\n"
     "      --vocab N --hidden N --layers N --heads N --kv-heads N --ffn N --head-dim N\n"
     "      --tie --bias --bf16 --shards N --seed N\n"
@@ -73,6 +76,32 @@ static int cmd_export(int argc, char **argv) {
     tl_error err = {0};
     tl_ui ui = make_ui();
     if (tl_export_cmd(src, out, &ui, &err)) return fail(&err);
+    return 0;
+}
+
+static int cmd_data(int argc, char **argv) {
+    if (argc < 1 || strcmp(argv[0], "build") != 0)
+        return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]'", "data");
+    const char *in = NULL, *out = NULL, *model = NULL, *kind = "sft";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--kind")) {
+            if (i + 1 >= argc) return usage_error("data build: %s needs a value", argv[i]);
+            if (!strcmp(argv[i], "--model")) model = argv[++i];
+            else kind = argv[++i];
+        } else if (argv[i][0] == '-') {
+            return usage_error("data build: unknown option '%s'", argv[i]);
+        } else if (!in) {
+            in = argv[i];
+        } else if (!out) {
+            out = argv[i];
+        } else {
+            return usage_error("data build: unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!in || !out) return usage_error("data build: %s", "needs IN.jsonl and OUT.h5");
+    if (!model) return usage_error("data build: %s", "needs --model DIR (its tokenizer.json)");
+    tl_error err = {0};
+    if (tl_data_build(in, out, model, kind, stdout, &err)) return fail(&err);
     return 0;
 }
 
@@ -143,6 +172,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return cmd_train_or_eval(argc - 2, argv + 2, 1);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(cmd, "make-model")) return cmd_make_model(argc - 2, argv + 2);
+    if (!strcmp(cmd, "data")) return cmd_data(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) {
         if (argc != 3) return usage_error("%s needs exactly one PATH", "inspect");
         tl_error err = {0};

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../data/tl_gguf.h"
 #include "../data/tl_safetensors.h"
 #include "../kernels/tl_math.h"
 
@@ -30,8 +31,15 @@ void tl_target_dims(const tl_model_config *c, int target, int *in, int *out) {
 /* ------------------------------------------------------------------------------------------------------------
  * Loading */
 
+static int is_gguf_path(const char *p) {
+    size_t n = strlen(p);
+    return n > 5 && !strcmp(p + n - 5, ".gguf");
+}
+
+/* Weights come from an HF directory (safetensors) or a GGUF file; both give HF names and HF shapes. */
 typedef struct {
     tl_tensor_src *src;
+    tl_gguf *gguf;
     tl_backend *be;
     float *host; /* staging buffer, sized for the largest tensor */
     const char *dir;
@@ -41,7 +49,10 @@ static tl_status load_tensor(tl_loader *L, const char *name, int64_t d0, int64_t
                              size_t *count, tl_error *err) {
     int64_t shape[2] = {d0, d1};
     size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    TL_TRY(tl_tensor_src_read_f32(L->src, name, shape, ndim, L->host, err));
+    if (L->gguf)
+        TL_TRY(tl_gguf_read_hf_tensor(L->gguf, name, shape, ndim, L->host, err));
+    else
+        TL_TRY(tl_tensor_src_read_f32(L->src, name, shape, ndim, L->host, err));
     for (size_t i = 0; i < n; i++)
         if (!isfinite(L->host[i]))
             return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' holds a non-finite value at index %zu", L->dir,
@@ -55,13 +66,22 @@ static tl_status load_tensor(tl_loader *L, const char *name, int64_t d0, int64_t
 tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err) {
     memset(m, 0, sizeof *m);
     m->be = be;
-    TL_TRY(tl_model_config_load(dir, &m->cfg, err));
+    tl_loader L = {.be = be, .dir = dir};
+    if (is_gguf_path(dir)) {
+        TL_TRY(tl_gguf_open(dir, &L.gguf, err));
+        tl_status gs = tl_gguf_model_config(L.gguf, &m->cfg, err);
+        if (gs) {
+            tl_gguf_close(L.gguf);
+            return gs;
+        }
+    } else {
+        TL_TRY(tl_model_config_load(dir, &m->cfg, err));
+    }
     const tl_model_config *c = &m->cfg;
     int d = c->hidden_size, V = c->vocab_size, f = c->intermediate_size, hd = c->head_dim;
     int qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;
 
-    tl_loader L = {.be = be, .dir = dir};
-    tl_status s = tl_tensor_src_open(dir, &L.src, err);
+    tl_status s = L.gguf ? TL_OK : tl_tensor_src_open(dir, &L.src, err);
     if (s) return s;
     size_t biggest = (size_t)V * d;
     size_t cand[] = {(size_t)qd * d, (size_t)f * d};
@@ -81,7 +101,7 @@ tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *
     } while (0)
     LOAD("model.embed_tokens.weight", V, d, 2, &m->embed);
     LOAD("model.norm.weight", d, 1, 1, &m->final_norm);
-    int has_head = tl_tensor_src_has(L.src, "lm_head.weight");
+    int has_head = L.gguf ? tl_gguf_has_hf_tensor(L.gguf, "lm_head.weight") : tl_tensor_src_has(L.src, "lm_head.weight");
     if (has_head && !c->tie_word_embeddings) {
         LOAD("lm_head.weight", V, d, 2, &m->lm_head);
     } else {
@@ -123,7 +143,17 @@ tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *
 done:
     free(L.host);
     tl_tensor_src_close(L.src);
+    if (L.gguf) tl_gguf_close(L.gguf);
     if (s) tl_model_free(m);
+    return s;
+}
+
+tl_status tl_model_config_from(const char *path, tl_model_config *cfg, tl_error *err) {
+    if (!is_gguf_path(path)) return tl_model_config_load(path, cfg, err);
+    tl_gguf *g;
+    TL_TRY(tl_gguf_open(path, &g, err));
+    tl_status s = tl_gguf_model_config(g, cfg, err);
+    tl_gguf_close(g);
     return s;
 }
 

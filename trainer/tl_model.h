@@ -28,9 +28,12 @@ typedef struct {
     size_t n_params;
 } tl_model;
 
-/* Loads config.json and the safetensors weights of an HF model directory onto the backend. */
+/* Loads a model onto the backend: an HF directory (config.json + safetensors) or a llama GGUF file (path ending
+ * in .gguf; config from its metadata, tensors dequantized and Q/K rows put back in HF order). */
 tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err);
 void tl_model_free(tl_model *m);
+/* Only the configuration of a model path (HF directory or .gguf file), without loading weights. */
+tl_status tl_model_config_from(const char *path, tl_model_config *cfg, tl_error *err);
 /* in and out features of a target module (TL_T_*) */
 void tl_target_dims(const tl_model_config *c, int target, int *in, int *out);
 

@@ -693,11 +693,11 @@ tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_u
     int64_t step = 0;
     TL_TRY(find_checkpoint(run_or_ckpt, ckpt, sizeof ckpt, err));
     TL_TRY(tl_checkpoint_read_config(ckpt, &cfg, err));
-    /* The pool needs only the model's shapes: read config.json, keep the weights on disk. */
+    /* The pool needs only the model's shapes: read its configuration, keep the weights on disk. */
     tl_status s = tl_backend_cpu_create(1, &S.be, err);
     if (!s) {
         S.model.be = S.be;
-        s = tl_model_config_load(cfg.model_path, &S.model.cfg, err);
+        s = tl_model_config_from(cfg.model_path, &S.model.cfg, err);
     }
     if (!s) s = open_checkpoint_pool(&S, &cfg, ckpt, &step, err);
     if (!s) {

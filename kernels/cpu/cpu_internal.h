@@ -2,8 +2,8 @@
  *
  * The CPU backend is fp32 throughout (tl_act is float), parallel with OpenMP over rows / heads / sequences,
  * and uses OpenBLAS sgemm for dense products. Ops never allocate: the one scratch buffer an op may need (LoRA
- * row blocks) is allocated once at create time and never grown; ops that would need more record a sticky
- * failure that be->status() reports. */
+ * row blocks, per-thread attention tiles) is allocated once at create time and never grown; ops that would need
+ * more record a sticky failure that be->status() reports. */
 #ifndef TL_CPU_INTERNAL_H
 #define TL_CPU_INTERNAL_H
 
@@ -14,7 +14,8 @@
 
 #include "../tl_backend.h"
 
-/* Scratch for LoRA row blocks: 2M floats (8 MiB) fits blocks of >= 64 rows up to in = 16384 with dropout. */
+/* Scratch: 2M floats (8 MiB) fits LoRA blocks of >= 64 rows up to in = 16384 with dropout, and full-size
+ * attention tiles (64 query rows x 512 keys, twice) for up to 31 threads; more threads get shorter key blocks. */
 #define TL_CPU_SCRATCH_FLOATS ((size_t)1 << 21)
 
 typedef struct {

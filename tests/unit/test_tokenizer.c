@@ -1,0 +1,210 @@
+/* Unit tests of data/tokenizer.c and data/tokenizer_pretok.c without Python: the hand-written regex splits on
+ * cases whose HF result is known, UTF-8 decoding of invalid input, BPE merge order, added tokens, decode, BOS,
+ * ChatML, and refusals of bad tokenizer.json files and GGUF arrays. tests/torch/test_tokenizer_vs_hf.py compares
+ * ids with HF tokenizers on real text. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "data/tl_tokenizer.h"
+
+static int failures = 0;
+#define CHECK(cond, ...)                                         \
+    do {                                                         \
+        if (!(cond)) {                                           \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fputc('\n', stderr);                                 \
+            failures++;                                          \
+        }                                                        \
+    } while (0)
+
+/* Splits s with regex re into pieces joined by '|' (the regexes cover every character, so no gaps). */
+static void split(tl_pretok_regex re, const char *s, char *out) {
+    size_t n = strlen(s), p = 0, o = 0;
+    while (p < n) {
+        size_t m = tl_pretok_match(re, (const uint8_t *)s, n, p);
+        if (m == 0) m = 1, out[o++] = '!';
+        if (p) out[o++] = '|';
+        memcpy(out + o, s + p, m);
+        o += m, p += m;
+    }
+    out[o] = '\0';
+}
+
+static void check_split(tl_pretok_regex re, const char *s, const char *want) {
+    char got[512];
+    split(re, s, got);
+    CHECK(strcmp(got, want) == 0, "regex %d on \"%s\": got \"%s\", want \"%s\"", (int)re, s, got, want);
+}
+
+static char *write_tmp(const char *json) {
+    char *path = malloc(64);
+    strcpy(path, "/tmp/tl_tok_unit_XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0 || write(fd, json, strlen(json)) != (ssize_t)strlen(json) || close(fd) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(1);
+    }
+    return path;
+}
+
+/* Byte-level vocabulary: printable ASCII, "Ġ" (space), "ÿ" (byte 0xFF), merges h e, he l, l l, Ġ h (ranks 0-3), so
+ * "hello" is h e -> he, then he l -> hel (rank 1) wins over l l (rank 2): hel l o. */
+static const char *TOK_JSON_FMT =
+    "{\"added_tokens\": [{\"id\": 100, \"content\": \"<|im_start|>\", \"special\": true, \"normalized\": false},"
+    " {\"id\": 101, \"content\": \"<|im_end|>\", \"special\": true, \"normalized\": false},"
+    " {\"id\": 102, \"content\": \"<|im_end|>X\", \"special\": true, \"normalized\": false}],"
+    " \"normalizer\": null,"
+    " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\", \"individual_digits\": true},"
+    "   {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}]},"
+    " \"post_processor\": null, \"decoder\": {\"type\": \"ByteLevel\"},"
+    " \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"vocab\": {%s},"
+    "  \"merges\": [\"h e\", [\"he\", \"l\"], \"l l\", \"Ġ h\"]}}";
+
+int main(void) {
+    /* ---- regexes (expected splits are HF tokenizers' own, checked by hand with the Python package) ---- */
+    check_split(TL_RE_GPT2, "Hello world", "Hello| world");
+    check_split(TL_RE_GPT2, "it's DON'T", "it|'s| DON|'|T");
+    check_split(TL_RE_GPT2, "a   b", "a|  | b");
+    check_split(TL_RE_GPT2, "x  ", "x|  ");
+    check_split(TL_RE_GPT2, "12345 67", "12345| 67");
+    check_split(TL_RE_GPT2, "a\n\nb", "a|\n|\n|b");
+    check_split(TL_RE_GPT2, "f(x) ?!", "f|(|x|)| ?!");
+    check_split(TL_RE_LLAMA3, "DON'T it's", "DON|'T| it|'s");
+    check_split(TL_RE_LLAMA3, "1234567", "123|456|7");
+    check_split(TL_RE_QWEN2, "1234", "1|2|3|4");
+    check_split(TL_RE_LLAMA3, "a\r\n\r\nb", "a|\r\n\r\n|b");
+    check_split(TL_RE_LLAMA3, "x  \n  y", "x|  \n| | y");
+    check_split(TL_RE_LLAMA3, "(hello) ...\n", "(hello|)| ...\n");
+    check_split(TL_RE_LLAMA3, "\thi", "\thi");
+
+    /* ---- UTF-8 and classes ---- */
+    uint32_t cp;
+    const uint8_t inv[] = {0xC3, 0x28, 0xED, 0xA0, 0x80, 0xE2, 0x82, 0xAC};
+    CHECK(tl_utf8_next(inv, 8, 0, &cp) == 1 && cp == TL_UC_INVALID_BASE + 0xC3, "bad lead byte");
+    CHECK(tl_utf8_next(inv, 8, 2, &cp) == 1 && cp == TL_UC_INVALID_BASE + 0xED, "surrogate accepted");
+    CHECK(tl_utf8_next(inv, 8, 5, &cp) == 3 && cp == 0x20AC, "euro sign");
+    CHECK(tl_utf8_next(inv, 7, 5, &cp) == 1, "truncated sequence accepted");
+    CHECK(tl_unicode_class(0x4E2D) == TL_UC_LETTER && tl_unicode_class(0x0663) == TL_UC_NUMBER &&
+              tl_unicode_class(0x3000) == TL_UC_SPACE && tl_unicode_class(0x1F600) == TL_UC_OTHER &&
+              tl_unicode_class(0x1C) == TL_UC_OTHER && tl_unicode_class(0x85) == TL_UC_SPACE,
+          "unicode classes");
+
+    /* ---- a small tokenizer ---- */
+    char vocab[8192];
+    size_t o = 0;
+    int id = 0;
+    for (int c = '!'; c <= '~'; c++) {
+        if (c == '"' || c == '\\')
+            o += (size_t)sprintf(vocab + o, "\"\\%c\": %d, ", c, id++);
+        else
+            o += (size_t)sprintf(vocab + o, "\"%c\": %d, ", c, id++);
+    }
+    o += (size_t)sprintf(vocab + o, "\"\xc4\xa0\": %d, \"he\": %d, \"hel\": %d, \"ll\": %d, \"\xc4\xa0h\": %d, \"\xc3\xbf\": %d",
+                         id, id + 1, id + 2, id + 3, id + 4, id + 5);
+    int sp = id, he = id + 1, hel = id + 2, sph = id + 4, ff = id + 5;
+    char json[16384];
+    snprintf(json, sizeof json, TOK_JSON_FMT, vocab);
+    char *path = write_tmp(json);
+    tl_tokenizer *t = NULL;
+    tl_error err = {0};
+    CHECK(tl_tokenizer_load_json(path, &t, &err) == TL_OK, "load: %s", err.msg);
+    if (t) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        /* "hello": h e -> he (rank 0) before l l (rank 2), then he l -> hel (rank 1): hel l o */
+        const char *txt = "hello hx<|im_end|>X<|im_end|> 12\xff";
+        CHECK(tl_tokenizer_encode(t, txt, strlen(txt), 0, &ids, &n, &err) == TL_OK, "encode: %s", err.msg);
+        int32_t want[] = {hel, 'l' - '!', 'o' - '!', sph, 'x' - '!', 102, 101, sp, '1' - '!', '2' - '!', ff};
+        CHECK(n == sizeof want / sizeof want[0] && memcmp(ids, want, sizeof want) == 0, "ids of \"%s\" (n=%zu)", txt, n);
+        char *back = NULL;
+        size_t blen = 0;
+        CHECK(tl_tokenizer_decode(t, ids, n, &back, &blen, &err) == TL_OK && blen == strlen(txt) &&
+                  memcmp(back, txt, blen) == 0,
+              "decode round trip");
+        free(back);
+        free(ids);
+        CHECK(tl_tokenizer_token_id(t, "<|im_end|>") == 101 && tl_tokenizer_token_id(t, "he") == he &&
+                  tl_tokenizer_token_id(t, "nope") == -1,
+              "token_id");
+        int32_t badid = 55555;
+        CHECK(tl_tokenizer_decode(t, &badid, 1, &back, &blen, &err) == TL_ERR_INPUT && strstr(err.msg, "55555"),
+              "decode of an unknown id: %s", err.msg);
+        CHECK(tl_tokenizer_encode(t, "a", 1, TL_TOK_ADD_BOS, &ids, &n, &err) == TL_ERR_INPUT, "BOS without one");
+        CHECK(tl_tokenizer_set_bos_id(t, 100, &err) == TL_OK, "set bos");
+        CHECK(tl_tokenizer_encode(t, "", 0, TL_TOK_ADD_BOS, &ids, &n, &err) == TL_OK && n == 1 && ids[0] == 100,
+              "BOS alone");
+        free(ids);
+        tl_tokenizer_free(t);
+    }
+    unlink(path);
+    free(path);
+
+    /* ---- bad files ---- */
+    const char *bad[][2] = {
+        {"{\"pre_tokenizer\": null}", "model"},
+        {"{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", "model.type"},
+        {"{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "model.type"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a q\"]}}", "model.merges[0]"},
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}, \"decoder\": {\"type\": \"ByteLevel\"}}", "pre_tokenizer.type"},
+        {"not json", "not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *p = write_tmp(bad[i][0]);
+        tl_tokenizer *b = NULL;
+        tl_status st = tl_tokenizer_load_json(p, &b, &err);
+        CHECK(st == TL_ERR_INPUT && b == NULL && strstr(err.msg, p) && strstr(err.msg, bad[i][1]),
+              "bad file %zu: status %d, message \"%s\" should name %s", i, (int)st, err.msg, bad[i][1]);
+        tl_tokenizer_free(b);
+        unlink(p);
+        free(p);
+    }
+
+    /* ---- GGUF arrays ---- */
+    const char *toks[] = {"a", "b", "ab", "<|im_end|>"};
+    const char *mer[] = {"a b"};
+    const int32_t types[] = {1, 1, 1, TL_TOKTYPE_CONTROL};
+    tl_tokenizer *g = NULL;
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "qwen2", toks, 4, mer, 1, types, -1, &g, &err) == TL_OK, "gguf: %s", err.msg);
+    if (g) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK(tl_tokenizer_encode(g, "ab<|im_end|>ba", 14, 0, &ids, &n, &err) == TL_OK && n == 4 && ids[0] == 2 &&
+                  ids[1] == 3 && ids[2] == 1 && ids[3] == 0,
+              "gguf encode");
+        free(ids);
+        tl_tokenizer_free(g);
+    }
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "llama", "qwen2", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
+              strstr(err.msg, "tokenizer.ggml.model"),
+          "gguf model llama (SentencePiece) refused: %s", err.msg);
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "falcon", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
+              strstr(err.msg, "tokenizer.ggml.pre"),
+          "unknown pre refused: %s", err.msg);
+    const char *mer_bad[] = {"a zz"};
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks, 4, mer_bad, 1, NULL, -1, &g, &err) == TL_ERR_INPUT &&
+              strstr(err.msg, "merges[0]"),
+          "bad merge refused: %s", err.msg);
+
+    /* ---- ChatML ---- */
+    tl_chat_msg msgs[] = {{"user", "Hi"}, {"assistant", "Hello!\n"}};
+    char *out = NULL;
+    size_t len = 0;
+    CHECK(tl_chat_render(msgs, 2, 1, &out, &len, &err) == TL_OK &&
+              strcmp(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!\n<|im_end|>\n"
+                          "<|im_start|>assistant\n") == 0 && len == strlen(out),
+          "chat render: %s", out ? out : "(null)");
+    free(out);
+    tl_chat_msg bad_msg[] = {{NULL, "x"}};
+    CHECK(tl_chat_render(bad_msg, 1, 0, &out, &len, &err) == TL_ERR_INPUT && strstr(err.msg, "messages[0]"),
+          "chat without role");
+
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
+    printf("test_tokenizer: OK\n");
+    return 0;
+}

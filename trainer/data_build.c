@@ -1,0 +1,352 @@
+/* data_build: JSONL -> tokenized HDF5 dataset (see tl_data_build.h). */
+#include "tl_data_build.h"
+
+#include <errno.h>
+#include <hdf5.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "../data/tl_model_tokenizer.h"
+#include "tl_config.h"
+
+/* a growable int32 or int64 array */
+typedef struct {
+    void *p;
+    size_t n, cap, elem;
+} vec;
+
+static int vec_push(vec *v, const void *x, size_t count) {
+    if (v->n + count > v->cap) {
+        size_t cap = v->cap ? v->cap : 1024;
+        while (cap < v->n + count) cap *= 2;
+        void *q = realloc(v->p, cap * v->elem);
+        if (!q) return -1;
+        v->p = q, v->cap = cap;
+    }
+    memcpy((char *)v->p + v->n * v->elem, x, count * v->elem);
+    v->n += count;
+    return 0;
+}
+
+/* One token run (prompt, response, chosen, rejected): tokens and offsets. */
+typedef struct {
+    vec tok, off;
+} run;
+
+typedef struct {
+    int n_users, cap;
+    char **names, **groups;
+    int64_t *examples, *tokens;
+} users;
+
+static int user_index(users *u, const char *name, const char *group) {
+    for (int i = 0; i < u->n_users; i++)
+        if (!strcmp(u->names[i], name)) return i;
+    if (u->n_users == u->cap) {
+        int cap = u->cap ? 2 * u->cap : 64;
+        char **nm = realloc(u->names, (size_t)cap * sizeof *nm), **gr = realloc(u->groups, (size_t)cap * sizeof *gr);
+        if (nm) u->names = nm;
+        if (gr) u->groups = gr;
+        int64_t *ex = realloc(u->examples, (size_t)cap * sizeof *ex), *tk = realloc(u->tokens, (size_t)cap * sizeof *tk);
+        if (ex) u->examples = ex;
+        if (tk) u->tokens = tk;
+        if (!nm || !gr || !ex || !tk) return -1;
+        u->cap = cap;
+    }
+    u->names[u->n_users] = strdup(name);
+    u->groups[u->n_users] = group ? strdup(group) : NULL;
+    u->examples[u->n_users] = 0, u->tokens[u->n_users] = 0;
+    if (!u->names[u->n_users] || (group && !u->groups[u->n_users])) return -1;
+    return u->n_users++;
+}
+
+static const char *get_str(const cJSON *row, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(row, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+typedef struct {
+    const char *in;
+    long line;
+    tl_error *err;
+} ctx;
+
+static tl_status row_fail(ctx *c, const char *fmt, const char *what) {
+    char msg[512];
+    snprintf(msg, sizeof msg, fmt, what);
+    return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s", c->in, c->line, msg);
+}
+
+/* Tokenizes text and appends it as one run entry. */
+static tl_status add_text(ctx *c, const tl_tokenizer *tk, const char *text, run *r, int64_t *count) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    TL_TRY(tl_tokenizer_encode(tk, text, strlen(text), 0, &ids, &n, c->err));
+    int64_t end = (int64_t)(r->tok.n + n);
+    int bad = vec_push(&r->tok, ids, n) || vec_push(&r->off, &end, 1);
+    free(ids);
+    if (bad) return tl_fail(c->err, TL_ERR_RUNTIME, "%s:%ld: out of memory", c->in, c->line);
+    *count += (int64_t)n;
+    return TL_OK;
+}
+
+/* SFT from chat messages: prompt = the messages before the last rendered + generation prompt; response = the
+ * last (assistant) message's content + "<|im_end|>\n". */
+static tl_status chat_prompt_response(ctx *c, const cJSON *msgs, char **prompt, char **response) {
+    int n = cJSON_GetArraySize(msgs);
+    if (n < 1) return row_fail(c, "%s: needs at least one message", "messages");
+    tl_chat_msg *m = calloc((size_t)n, sizeof *m);
+    if (!m) return tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, msgs) {
+        m[i].role = get_str(it, "role"), m[i].content = get_str(it, "content");
+        if (!m[i].role || !m[i].content) {
+            free(m);
+            char what[64];
+            snprintf(what, sizeof what, "messages[%d]", i);
+            return row_fail(c, "%s: expected an object with string fields role and content", what);
+        }
+        i++;
+    }
+    if (strcmp(m[n - 1].role, "assistant") != 0) {
+        free(m);
+        return row_fail(c, "%s: the last message must be the assistant's (the response to train on)", "messages");
+    }
+    if (!m[n - 1].content[0]) {
+        free(m);
+        return row_fail(c, "%s: the assistant's last message is empty", "messages");
+    }
+    size_t len;
+    tl_status s = tl_chat_render(m, (size_t)n - 1, 1, prompt, &len, c->err);
+    if (!s) {
+        size_t k = strlen(m[n - 1].content);
+        *response = malloc(k + 16);
+        if (!*response) s = tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+        else snprintf(*response, k + 16, "%s<|im_end|>\n", m[n - 1].content);
+    }
+    free(m);
+    return s;
+}
+
+static hid_t vlen_str_type(void) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t >= 0 && (H5Tset_size(t, H5T_VARIABLE) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0)) {
+        H5Tclose(t);
+        return -1;
+    }
+    return t;
+}
+
+static int write_ds(hid_t file, const char *name, hid_t mem_type, hid_t file_type, size_t n, const void *data) {
+    hsize_t dims[1] = {n};
+    hid_t sp = H5Screate_simple(1, dims, NULL);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    if (sp < 0 || lcpl < 0 || H5Pset_create_intermediate_group(lcpl, 1) < 0) return -1;
+    hid_t ds = H5Dcreate2(file, name, file_type, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = ds < 0 || (n > 0 && H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0);
+    if (ds >= 0) H5Dclose(ds);
+    H5Sclose(sp);
+    H5Pclose(lcpl);
+    return rc ? -1 : 0;
+}
+
+static int write_attr_int(hid_t file, const char *name, int64_t v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(file, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &v) < 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return rc ? -1 : 0;
+}
+
+static int write_attr_str(hid_t file, const char *name, const char *v) {
+    hid_t t = vlen_str_type(), sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(file, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = a < 0 || H5Awrite(a, t, &v) < 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return rc ? -1 : 0;
+}
+
+static tl_status write_h5(const char *path, int pref, const users *u, run *runs, int n_runs, const vec *user_of,
+                          int64_t vocab, tl_error *err) {
+    H5E_auto2_t old_fn;
+    void *old_data;
+    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    int bad = 0;
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t st = vlen_str_type();
+    bad |= f < 0 || st < 0;
+    if (!bad) {
+        bad |= write_attr_int(f, "tailor_format", 1);
+        bad |= write_attr_str(f, "kind", pref ? "preference" : "sft");
+        bad |= write_attr_int(f, "vocab_size", vocab);
+        bad |= write_ds(f, "/users/name", st, st, (size_t)u->n_users, u->names);
+        if (u->n_users && u->groups[0]) bad |= write_ds(f, "/users/group", st, st, (size_t)u->n_users, u->groups);
+        static const char *const pref_names[3] = {"prompt", "chosen", "rejected"};
+        char nm[64];
+        for (int r = 0; r < n_runs && !bad; r++) {
+            if (pref) {
+                snprintf(nm, sizeof nm, "/pref/%s/tokens", pref_names[r]);
+                bad |= write_ds(f, nm, H5T_NATIVE_INT32, H5T_STD_I32LE, runs[r].tok.n, runs[r].tok.p);
+                snprintf(nm, sizeof nm, "/pref/%s/offsets", pref_names[r]);
+                bad |= write_ds(f, nm, H5T_NATIVE_INT64, H5T_STD_I64LE, runs[r].off.n, runs[r].off.p);
+            }
+        }
+        if (pref) {
+            bad |= write_ds(f, "/pref/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
+        } else {
+            /* sft: one token array; prompt_len from the prompt run, offsets over prompt+response */
+            bad |= write_ds(f, "/sft/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[0].tok.n, runs[0].tok.p);
+            bad |= write_ds(f, "/sft/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[0].off.n, runs[0].off.p);
+            bad |= write_ds(f, "/sft/prompt_len", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[1].tok.n, runs[1].tok.p);
+            bad |= write_ds(f, "/sft/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
+        }
+    }
+    if (st >= 0) H5Tclose(st);
+    if (f >= 0 && H5Fclose(f) < 0) bad = 1;
+    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
+    return bad ? tl_fail(err, TL_ERR_RUNTIME, "%s: writing the HDF5 file failed", path) : TL_OK;
+}
+
+tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
+                        tl_error *err) {
+    int pref;
+    if (!strcmp(kind, "sft")) pref = 0;
+    else if (!strcmp(kind, "preference")) pref = 1;
+    else return tl_fail(err, TL_ERR_INPUT, "--kind: '%s' is not a dataset kind (expected sft or preference)", kind);
+    tl_tokenizer *tk = NULL;
+    TL_TRY(tl_tokenizer_for_model(model, &tk, err));
+    FILE *f = fopen(in, "r");
+    if (!f) {
+        tl_tokenizer_free(tk);
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s", in, strerror(errno));
+    }
+    /* sft: run 0 = whole sequences (prompt + response), run 1's tok = prompt lengths; preference: 3 runs */
+    run runs[3];
+    for (int r = 0; r < 3; r++) {
+        runs[r].tok = (vec){.elem = sizeof(int32_t)};
+        runs[r].off = (vec){.elem = sizeof(int64_t)};
+        int64_t zero = 0;
+        vec_push(&runs[r].off, &zero, 1);
+    }
+    vec user_of = {.elem = sizeof(int32_t)};
+    users u = {0};
+    ctx c = {.in = in, .line = 0, .err = err};
+    tl_status s = TL_OK;
+    char *line = NULL;
+    size_t cap = 0;
+    int any_group = -1; /* unknown until the first row */
+    while (!s && getline(&line, &cap, f) != -1) {
+        c.line++;
+        const char *p = line;
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+        if (!*p) continue;
+        cJSON *row = cJSON_Parse(line);
+        if (!row || !cJSON_IsObject(row)) {
+            cJSON_Delete(row);
+            s = row_fail(&c, "%s", "not a JSON object");
+            break;
+        }
+        const char *user = get_str(row, "user"), *group = get_str(row, "group");
+        char *prompt_alloc = NULL, *resp_alloc = NULL;
+        const char *texts[3] = {0};
+        if (!user || !user[0]) s = row_fail(&c, "%s: expected a non-empty string", "user");
+        else if (cJSON_GetObjectItemCaseSensitive(row, "group") && !group)
+            s = row_fail(&c, "%s: expected a string", "group");
+        else if ((any_group == 1 && !group) || (any_group == 0 && group))
+            s = row_fail(&c, "%s: either every row has a group or none does", "group");
+        if (!s) any_group = group != NULL;
+        if (!s && pref) {
+            static const char *const keys[3] = {"prompt", "chosen", "rejected"};
+            for (int r = 0; r < 3 && !s; r++) {
+                texts[r] = get_str(row, keys[r]);
+                if (!texts[r]) s = row_fail(&c, "%s: expected a string", keys[r]);
+                else if (r > 0 && !texts[r][0]) s = row_fail(&c, "%s: empty response", keys[r]);
+            }
+        } else if (!s) {
+            const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
+            if (msgs) {
+                if (!cJSON_IsArray(msgs)) s = row_fail(&c, "%s: expected an array of messages", "messages");
+                else s = chat_prompt_response(&c, msgs, &prompt_alloc, &resp_alloc);
+                texts[0] = prompt_alloc, texts[1] = resp_alloc;
+            } else {
+                texts[0] = get_str(row, "prompt"), texts[1] = get_str(row, "response");
+                if (!texts[0]) s = row_fail(&c, "%s: expected a string (or give \"messages\")", "prompt");
+                else if (!texts[1]) s = row_fail(&c, "%s: expected a string", "response");
+                else if (!texts[1][0]) s = row_fail(&c, "%s: empty response", "response");
+            }
+        }
+        int ui = -1;
+        if (!s) {
+            ui = user_index(&u, user, group);
+            if (ui < 0) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+            else if ((group && (!u.groups[ui] || strcmp(u.groups[ui], group))))
+                s = row_fail(&c, "group: user '%s' appears with two different groups", user);
+        }
+        if (!s) {
+            int64_t ntok = 0;
+            if (pref) {
+                for (int r = 0; r < 3 && !s; r++) s = add_text(&c, tk, texts[r], &runs[r], &ntok);
+            } else {
+                /* tokenize prompt and response separately; the sequence is their concatenation */
+                int64_t before = ntok;
+                s = add_text(&c, tk, texts[0], &runs[2], &ntok); /* scratch run for the prompt */
+                int32_t plen = (int32_t)(ntok - before);
+                if (!s) s = add_text(&c, tk, texts[1], &runs[2], &ntok);
+                if (!s) {
+                    /* move the two scratch entries into run 0 as one sequence */
+                    int64_t *off = runs[2].off.p;
+                    size_t n2 = runs[2].off.n;
+                    int64_t start = off[n2 - 3], end = off[n2 - 1];
+                    int32_t *tok = runs[2].tok.p;
+                    int64_t seq_end = (int64_t)runs[0].tok.n + (end - start);
+                    if (end - start > INT32_MAX || vec_push(&runs[0].tok, tok + start, (size_t)(end - start)) ||
+                        vec_push(&runs[0].off, &seq_end, 1) || vec_push(&runs[1].tok, &plen, 1))
+                        s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+                    runs[2].tok.n = (size_t)start, runs[2].off.n = n2 - 2;
+                }
+            }
+            if (!s) {
+                int32_t u32 = ui;
+                if (vec_push(&user_of, &u32, 1)) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+                u.examples[ui]++, u.tokens[ui] += ntok;
+            }
+        }
+        free(prompt_alloc);
+        free(resp_alloc);
+        cJSON_Delete(row);
+    }
+    free(line);
+    if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
+    fclose(f);
+    if (!s && user_of.n == 0) s = tl_fail(err, TL_ERR_INPUT, "%s: no examples (the file has no non-blank line)", in);
+    if (!s) {
+        char tmp[TL_PATH_MAX + 64];
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
+        s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
+        if (!s && rename(tmp, out) != 0)
+            s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));
+        if (s) unlink(tmp);
+    }
+    if (!s && report) {
+        fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, pref ? "pairs" : "examples",
+                u.n_users, kind);
+        fprintf(report, "  %-28s %9s %10s\n", "user", pref ? "pairs" : "examples", "tokens");
+        for (int i = 0; i < u.n_users; i++)
+            fprintf(report, "  %-28.28s %9lld %10lld\n", u.names[i], (long long)u.examples[i], (long long)u.tokens[i]);
+    }
+    for (int r = 0; r < 3; r++) free(runs[r].tok.p), free(runs[r].off.p);
+    free(user_of.p);
+    for (int i = 0; i < u.n_users; i++) free(u.names[i]), free(u.groups[i]);
+    free(u.names), free(u.groups), free(u.examples), free(u.tokens);
+    tl_tokenizer_free(tk);
+    return s;
+}
