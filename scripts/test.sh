@@ -17,4 +17,7 @@ echo "== unit tests under ASan + UBSan"
   ctest --output-on-failure -L unit -j2 --timeout 300) || status=1
 echo "== full suite"
 (cd build && ctest --output-on-failure -j2 --timeout 900) || status=1
+echo "== quickstart (shortened)"
+QUICKSTART_STEPS=${QUICKSTART_STEPS:-6} scripts/quickstart.sh >quickstart-ci.log 2>&1 || { cat quickstart-ci.log; status=1; }
+tail -n 6 quickstart-ci.log
 exit $status

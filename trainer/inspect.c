@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "../data/tl_dataset.h"
+#include "../data/tl_gguf.h"
 #include "../data/tl_pref.h"
 #include "../data/tl_hf_config.h"
 #include "../data/tl_safetensors.h"
@@ -116,6 +117,52 @@ static tl_status inspect_model(const char *dir, FILE *out, tl_error *err) {
                     tied ? " (lm_head tied to embeddings)" : "");
     free(buf);
     tl_tensor_src_close(src);
+    return s;
+}
+
+/* A GGUF model: its configuration, tensor types, and every HF tensor read (dequantized) once. */
+static tl_status inspect_gguf(const char *path, FILE *out, tl_error *err) {
+    tl_gguf *g;
+    TL_TRY(tl_gguf_open(path, &g, err));
+    tl_model_config c;
+    tl_status s = tl_gguf_model_config(g, &c, err);
+    if (s) {
+        tl_gguf_close(g);
+        return s;
+    }
+    int counts[64] = {0};
+    for (int i = 0; i < tl_gguf_n_tensors(g); i++) {
+        uint32_t t = tl_gguf_tensor_at(g, i)->type;
+        if (t < 64) counts[t]++;
+    }
+    fprintf(out, "gguf %s: llama, %d tensors (", path, tl_gguf_n_tensors(g));
+    int first = 1;
+    for (uint32_t t = 0; t < 64; t++)
+        if (counts[t]) fprintf(out, "%s%d %s", first ? "" : ", ", counts[t], tl_gguf_type_name(t)), first = 0;
+    fprintf(out, ")\n  vocab %d, hidden %d, ffn %d, layers %d, heads %d, kv heads %d, head_dim %d, rope_theta %g, "
+                 "tied embeddings: %s\n",
+            c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+            c.num_key_value_heads, c.head_dim, (double)c.rope_theta, c.tie_word_embeddings ? "yes" : "no");
+    int64_t params = 0;
+    size_t cap = 0;
+    float *buf = NULL;
+    for (int i = 0; !s && i < tl_gguf_n_tensors(g); i++) {
+        const char *gname = tl_gguf_tensor_at(g, i)->name;
+        int64_t n = tl_gguf_tensor_numel(tl_gguf_tensor_at(g, i));
+        if ((size_t)n > cap) {
+            float *nb = realloc(buf, (size_t)n * sizeof(float));
+            if (!nb) {
+                s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+                break;
+            }
+            buf = nb, cap = (size_t)n;
+        }
+        s = tl_gguf_read_f32(g, gname, buf, n, err);
+        params += n;
+    }
+    free(buf);
+    if (!s) fprintf(out, "  %lld parameters, every tensor readable\n", (long long)params);
+    tl_gguf_close(g);
     return s;
 }
 
@@ -239,6 +286,7 @@ tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
         return strcmp(kind, "preference") == 0 ? inspect_pref(path, out, err) : inspect_dataset(path, out, err);
     }
     size_t len = strlen(path);
+    if (len > 5 && strcmp(path + len - 5, ".gguf") == 0) return inspect_gguf(path, out, err);
     if (len > 12 && strcmp(path + len - 12, ".safetensors") == 0) return inspect_safetensors(path, out, err);
     return tl_fail(err, TL_ERR_INPUT, "%s: unknown file type (expected .safetensors, an HDF5 dataset or a directory)",
                    path);
