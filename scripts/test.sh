@@ -11,6 +11,9 @@ echo "== sanitizer build (unit tests under ASan + UBSan)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)"
 
+# the default model, for the tests that check it against transformers (they skip when it could not be fetched)
+scripts/get_model.sh >/dev/null || echo "test: could not fetch the default model; its tests will be skipped"
+
 status=0
 echo "== unit tests under ASan + UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
