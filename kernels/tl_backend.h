@@ -136,6 +136,19 @@ struct tl_backend {
     /* AdamW on each listed slot with g scaled by gscale; betas, eps, weight decay shared (host array hs) */
     void (*adamw)(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
                   const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd);
+
+    /* ---- KV-cache decoding (tailor generate, docs/generate.md) ----
+     * A cache kc / vc is [n_cache_seqs, max_ctx, Hkv * hd] (tl_act): entry (s, t) holds the post-RoPE key (the
+     * value) of token t of cache sequence s. seq[n], pos[n] (backend int32) give each batch row's cache sequence
+     * and position; 0 <= pos[i] < max_ctx is the caller's to guarantee (the CPU backend checks it). */
+    /* kc[seq[i], pos[i], :] = k[i, :] and vc[seq[i], pos[i], :] = v[i, :]; k, v [n, Hkv * hd] */
+    void (*kv_store)(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
+                     const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
+    /* out[i] = softmax(q_i K^T / sqrt(hd)) V over entries [0, pos[i]] of cache sequence seq[i] (the row's own
+     * key and value must already be stored), per query head, query head h reading kv head h / (Hq / Hkv);
+     * q, out [n, Hq * hd] */
+    void (*attn_kv)(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
+                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
 };
 
 /* Backends. name: "cpu", "cuda" or "auto" (cuda when a GPU is present and the build has it, else cpu).

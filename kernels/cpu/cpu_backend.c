@@ -9,6 +9,12 @@
 
 #include "cpu_internal.h"
 
+/* cpu_decode.c (KV-cache decoding ops) */
+void tl_cpu_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
+                     const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
+void tl_cpu_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
+                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
+
 void tl_cpu_fail(tl_backend *be, const char *fmt, ...) {
     tl_cpu_ctx *c = tl_cpu(be);
     if (c->failed) return;
@@ -123,6 +129,8 @@ tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
     be->ce_fwd_bwd = tl_cpu_ce_fwd_bwd;
     be->grad_sqnorm = tl_cpu_grad_sqnorm;
     be->adamw = tl_cpu_adamw;
+    be->kv_store = tl_cpu_kv_store;
+    be->attn_kv = tl_cpu_attn_kv;
     *out = be;
     return TL_OK;
 }

@@ -1,27 +1,22 @@
 /* Test helpers shared by the unit tests of modules that move an adapter pool between a backend and files
- * (export, checkpoint): a failure counter with CHECK, a host-memory backend double whose upload/download are
- * memcpy (it counts transfers and can inject a status() failure, as a real backend reports one), and a small
- * xorshift RNG. Header-only: each test is one translation unit. */
+ * (export, checkpoint): CHECK from tl_check.h, a host-memory backend double whose upload/download are
+ * memcpy (it counts transfers and can inject a status() failure, as a real backend reports one), a small
+ * xorshift RNG, hand-made adapter pools in that backend's memory, and an aborting snprintf for paths.
+ * Header-only: each test is one translation unit. */
 #ifndef TL_TEST_HOST_H
 #define TL_TEST_HOST_H
 
+#include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/tl_backend.h"
+#include "trainer/tl_model.h"
+#include "tests/lib/tl_check.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-            failures++;                                          \
-        }                                                        \
-    } while (0)
 
 /* ---- host-memory backend double ---- */
 
@@ -74,6 +69,67 @@ static uint64_t rng_next(void) {
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
     return rng_state * 2685821657736338717ull;
+}
+
+/* ---- hand-made adapter pools ---- */
+
+/* A pool of n_slots adapters with layers x enabled targets of in[t] x out[t] matrices, every element of params,
+ * grads and both Adam moments drawn from value(), slot step counts from step(), names copied. */
+static void host_make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank, int n_layers,
+                           uint32_t targets, float alpha, int rslora, float dropout, const int *in, const int *out,
+                           float (*value)(void), int64_t (*step)(void)) {
+    memset(p, 0, sizeof *p);
+    p->n_slots = n_slots, p->rank = rank, p->n_layers = n_layers, p->targets = targets;
+    p->alpha = alpha, p->rslora = rslora, p->dropout = dropout;
+    p->scale = rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
+    p->off_A = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
+    p->off_B = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
+    size_t off = 0;
+    for (int t = 0; t < TL_N_TARGETS; t++) p->in_dim[t] = in[t], p->out_dim[t] = out[t];
+    for (int l = 0; l < n_layers; l++)
+        for (int t = 0; t < TL_N_TARGETS; t++) {
+            if (!(targets & (1u << t))) continue;
+            p->off_A[l * TL_N_TARGETS + t] = off;
+            off += (size_t)rank * (size_t)in[t];
+            p->off_B[l * TL_N_TARGETS + t] = off;
+            off += (size_t)rank * (size_t)out[t];
+        }
+    p->P = off;
+    size_t n = (size_t)n_slots * off;
+    float **bufs[4] = {&p->params, &p->grads, &p->m, &p->v};
+    tl_error err;
+    for (int k = 0; k < 4; k++) {
+        if (be->alloc(be, n * sizeof(float), (void **)bufs[k], &err) != TL_OK) abort();
+        for (size_t i = 0; i < n; i++) (*bufs[k])[i] = value();
+    }
+    p->steps = calloc((size_t)n_slots, sizeof(int64_t));
+    p->names = calloc((size_t)n_slots, sizeof(char *));
+    for (int s = 0; s < n_slots; s++) {
+        p->steps[s] = step();
+        p->names[s] = strdup(names[s]);
+    }
+}
+
+static void free_pool(tl_lora_pool *p, tl_backend *be) {
+    be->free(be, p->params), be->free(be, p->grads), be->free(be, p->m), be->free(be, p->v);
+    for (int s = 0; s < p->n_slots; s++) free(p->names[s]);
+    free(p->names), free(p->steps), free(p->off_A), free(p->off_B);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- paths ---- */
+
+/* snprintf for paths: a truncated path would make a test check the wrong file, so it aborts instead. */
+static void xpath(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void xpath(char *dst, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(dst, cap, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= cap) {
+        fprintf(stderr, "FAIL: test path too long\n");
+        abort();
+    }
 }
 
 #endif

@@ -21,6 +21,7 @@
 
 #include "data/tl_safetensors.h"
 #include "trainer/tl_model.h"
+#include "tests/lib/tl_tool_io.h"
 
 typedef struct {
     tl_st_file *in;
@@ -53,52 +54,6 @@ static void ctx_free(dump_ctx *c) {
     if (c->names)
         for (int s = 0; s < c->n_slots; s++) free(c->names[s]);
     free(c->names);
-}
-
-/* A 1-D I32 tensor of IN into a fresh array; *n receives its length (checked against want when want >= 0). */
-static tl_status read_i32(tl_st_file *f, const char *name, int64_t want, int32_t **out, int64_t *n,
-                          tl_error *err) {
-    const tl_st_tensor *t = tl_st_find(f, name);
-    if (!t) return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' is missing", tl_st_path(f), name);
-    if (t->dtype != TL_DT_I32 || t->ndim != 1)
-        return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' must be a 1-D I32 tensor", tl_st_path(f), name);
-    if (want >= 0 && t->shape[0] != want)
-        return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' has %lld elements, expected %lld", tl_st_path(f), name,
-                       (long long)t->shape[0], (long long)want);
-    *n = t->shape[0];
-    *out = malloc((size_t)(*n > 0 ? *n : 1) * sizeof(int32_t));
-    if (!*out) return tl_fail(err, TL_ERR_RUNTIME, "out of memory reading '%s'", name);
-    return tl_st_read_bytes(f, name, *out, (uint64_t)*n * sizeof(int32_t), err);
-}
-
-static tl_status meta_num(tl_st_file *f, const char *key, double *v, tl_error *err) {
-    const char *s = tl_st_metadata(f, key);
-    char *end = NULL;
-    if (!s) return tl_fail(err, TL_ERR_INPUT, "%s: metadata '%s' is missing", tl_st_path(f), key);
-    *v = strtod(s, &end);
-    if (end == s || *end)
-        return tl_fail(err, TL_ERR_INPUT, "%s: metadata '%s' = '%s' is not a number", tl_st_path(f), key, s);
-    return TL_OK;
-}
-
-static tl_status parse_targets(tl_st_file *f, uint32_t *mask, tl_error *err) {
-    const char *s = tl_st_metadata(f, "targets");
-    if (!s) return tl_fail(err, TL_ERR_INPUT, "%s: metadata 'targets' is missing", tl_st_path(f));
-    *mask = 0;
-    while (*s) {
-        const char *e = strchr(s, ',');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        int found = -1;
-        for (int t = 0; t < TL_N_TARGETS; t++)
-            if (strlen(tl_target_names[t]) == len && !strncmp(tl_target_names[t], s, len)) found = t;
-        if (found < 0)
-            return tl_fail(err, TL_ERR_INPUT, "%s: metadata 'targets': unknown module '%.*s'", tl_st_path(f),
-                           (int)len, s);
-        *mask |= 1u << found;
-        s += len + (e ? 1 : 0);
-    }
-    if (!*mask) return tl_fail(err, TL_ERR_INPUT, "%s: metadata 'targets' is empty", tl_st_path(f));
-    return TL_OK;
 }
 
 /* Builds the host micro-batch from tokens / cu_seqlens / seq_slot / prompt_len (batcher rules). */

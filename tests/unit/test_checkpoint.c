@@ -42,44 +42,11 @@ static float rng_float(void) {
 static const int DIM_IN[TL_N_TARGETS] = {12, 12, 12, 12, 12, 12, 20};
 static const int DIM_OUT[TL_N_TARGETS] = {12, 4, 4, 12, 20, 20, 12};
 
+static int64_t step_count(void) { return (int64_t)(rng_next() >> 22); /* beyond float precision */ }
+
 static void make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank, int n_layers,
                       uint32_t targets, const int *in) {
-    memset(p, 0, sizeof *p);
-    p->n_slots = n_slots, p->rank = rank, p->n_layers = n_layers, p->targets = targets;
-    p->alpha = 8.0f, p->rslora = 0, p->dropout = 0.0f, p->scale = 8.0f / (float)rank;
-    p->off_A = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
-    p->off_B = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
-    size_t off = 0;
-    for (int t = 0; t < TL_N_TARGETS; t++) p->in_dim[t] = in[t], p->out_dim[t] = DIM_OUT[t];
-    for (int l = 0; l < n_layers; l++)
-        for (int t = 0; t < TL_N_TARGETS; t++) {
-            if (!(targets & (1u << t))) continue;
-            p->off_A[l * TL_N_TARGETS + t] = off;
-            off += (size_t)rank * (size_t)in[t];
-            p->off_B[l * TL_N_TARGETS + t] = off;
-            off += (size_t)rank * (size_t)DIM_OUT[t];
-        }
-    p->P = off;
-    size_t n = (size_t)n_slots * off;
-    float **bufs[4] = {&p->params, &p->grads, &p->m, &p->v};
-    tl_error err;
-    for (int k = 0; k < 4; k++) {
-        if (be->alloc(be, n * sizeof(float), (void **)bufs[k], &err) != TL_OK) abort();
-        for (size_t i = 0; i < n; i++) (*bufs[k])[i] = rng_float();
-    }
-    p->steps = calloc((size_t)n_slots, sizeof(int64_t));
-    p->names = calloc((size_t)n_slots, sizeof(char *));
-    for (int s = 0; s < n_slots; s++) {
-        p->steps[s] = (int64_t)(rng_next() >> 22); /* beyond float precision */
-        p->names[s] = strdup(names[s]);
-    }
-}
-
-static void free_pool(tl_lora_pool *p, tl_backend *be) {
-    be->free(be, p->params), be->free(be, p->grads), be->free(be, p->m), be->free(be, p->v);
-    for (int s = 0; s < p->n_slots; s++) free(p->names[s]);
-    free(p->names), free(p->steps), free(p->off_A), free(p->off_B);
-    memset(p, 0, sizeof *p);
+    host_make_pool(p, be, n_slots, names, rank, n_layers, targets, 8.0f, 0, 0.0f, in, DIM_OUT, rng_float, step_count);
 }
 
 static void poison(tl_lora_pool *p) {
@@ -96,19 +63,6 @@ static int same_state(const tl_lora_pool *a, const tl_lora_pool *b) {
 }
 
 /* ---- helpers ---- */
-
-/* snprintf for paths: a truncated path would make a test check the wrong file, so it aborts instead. */
-static void xpath(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void xpath(char *dst, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(dst, cap, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= cap) {
-        fprintf(stderr, "FAIL: test path too long\n");
-        abort();
-    }
-}
 
 /* The entries of dir, sorted, joined by spaces ("" when empty, "(missing)" when dir cannot be listed). */
 static void listing(const char *dir, char *out, size_t cap) {
@@ -501,12 +455,7 @@ int main(void) {
     tl_error err;
     if (tl_remove_tree(root, &err) != TL_OK) {
         fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
-        failures++;
+        g_fail++;
     }
-    if (failures) {
-        fprintf(stderr, "%d failure(s) (TL_TEST_SEED=%llu)\n", failures, (unsigned long long)seed);
-        return 1;
-    }
-    printf("test_checkpoint: ok\n");
-    return 0;
+    return tl_check_done_seed("test_checkpoint", (unsigned long long)seed);
 }

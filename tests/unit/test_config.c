@@ -15,29 +15,11 @@
 #include <unistd.h>
 
 #include "trainer/tl_config.h"
-
-static int g_fail = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            g_fail++;                                            \
-        }                                                        \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_rng_splitmix.h"
 
 static char g_dir[256];
 
-static uint64_t g_rng;
-static uint64_t rnd(void) {
-    g_rng += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = g_rng;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
 static double rnd_unit(void) { return (double)(rnd() >> 11) * 0x1.0p-53; } /* [0, 1) */
 
 /* Writes text to g_dir/name; returns the path in a static buffer (one of a few, so two can be live). */

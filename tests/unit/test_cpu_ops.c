@@ -652,6 +652,60 @@ static void test_attention(const int *lens, int n_seq, int Hq, int Hkv, int hd) 
     release_all();
 }
 
+/* Long sequences reach the blocked paths of the attention (several 64-row query blocks, key blocks of up to 512
+ * with the online softmax): forward against the float64 reference, backward by directional finite differences
+ * (d/dt L(x + t u) for a random direction u per input, which costs two reference evaluations instead of one
+ * per element). */
+static void test_attention_long(const int *lens, int n_seq, int Hq, int Hkv, int hd) {
+    char name[160];
+    int32_t *cu = host_b((size_t)(n_seq + 1) * sizeof(int32_t));
+    int maxlen = 0;
+    for (int s = 0; s < n_seq; s++) {
+        cu[s + 1] = cu[s] + lens[s];
+        if (lens[s] > maxlen) maxlen = lens[s];
+    }
+    int n = cu[n_seq];
+    tl_mb mb;
+    memset(&mb, 0, sizeof mb);
+    mb.n_tok = n, mb.n_seq = n_seq, mb.max_seqlen = maxlen, mb.h_cu_seqlens = cu, mb.cu_seqlens = cu;
+    size_t nq = (size_t)n * Hq * hd, nk = (size_t)n * Hkv * hd;
+    float *q = dev_rand(nq, -1.5, 1.5), *k = dev_rand(nk, -1.5, 1.5), *v = dev_rand(nk, -1, 1);
+    float *out = dev_f(nq), *lse = dev_f((size_t)n * Hq);
+    g_be->attn_fwd(g_be, out, lse, q, k, v, &mb, Hq, Hkv, hd);
+    attn_ctx c = {to_d(q, nq), to_d(k, nk), to_d(v, nk), NULL, cu, n_seq, n, Hq, Hkv, hd};
+    double *oref = host_d(nq), *lref = host_d((size_t)n * Hq);
+    ref_attn(oref, lref, &c);
+    snprintf(name, sizeof name, "attn_fwd long out n=%d seqs=%d (max %d)", n, n_seq, maxlen);
+    check(name, relerr(out, oref, nq), TOL_FWD);
+    snprintf(name, sizeof name, "attn_fwd long lse n=%d seqs=%d (max %d)", n, n_seq, maxlen);
+    check(name, relerr(lse, lref, (size_t)n * Hq), TOL_FWD);
+
+    float *R = dev_rand(nq, -1, 1), *dq = dev_f(nq), *dk = dev_f(nk), *dv = dev_f(nk);
+    g_be->attn_bwd(g_be, dq, dk, dv, R, out, lse, q, k, v, &mb, Hq, Hkv, hd);
+    c.R = to_d(R, nq);
+    struct {
+        const char *what;
+        double *x;
+        const float *g;
+        size_t len;
+    } in[3] = {{"dq", c.q, dq, nq}, {"dk", c.k, dk, nk}, {"dv", c.v, dv, nk}};
+    for (int t = 0; t < 3; t++) {
+        double *u = to_d(dev_rand(in[t].len, -1, 1), in[t].len), *x0 = host_d(in[t].len);
+        memcpy(x0, in[t].x, in[t].len * sizeof(double));
+        const double step = 1e-4;
+        for (size_t i = 0; i < in[t].len; i++) in[t].x[i] = x0[i] + step * u[i];
+        double lp = attn_loss(&c);
+        for (size_t i = 0; i < in[t].len; i++) in[t].x[i] = x0[i] - step * u[i];
+        double lm = attn_loss(&c);
+        memcpy(in[t].x, x0, in[t].len * sizeof(double));
+        double fd = (lp - lm) / (2 * step), an = 0, scale = 0;
+        for (size_t i = 0; i < in[t].len; i++) an += (double)in[t].g[i] * u[i], scale += fabs((double)in[t].g[i] * u[i]);
+        snprintf(name, sizeof name, "attn_bwd long %s directional derivative n=%d (max %d)", in[t].what, n, maxlen);
+        check(name, fabs(an - fd) / (scale > 0 ? scale : 1), TOL_BWD);
+    }
+    release_all();
+}
+
 /* ======================================================================================= cross-entropy */
 
 typedef struct {
@@ -907,6 +961,9 @@ int main(void) {
         test_attention(lens2, 3, 2, 2, 16);
         test_attention(lens3, 3, 4, 4, 8);
         test_attention(lens1, 4, 4, 1, 16);
+        const int long1[4] = {65, 1, 130, 600}, long2[1] = {1100};
+        test_attention_long(long1, 4, 4, 2, 16);
+        test_attention_long(long2, 1, 2, 1, 8);
     }
     test_ce(13, 9, 50, 4);
     test_ce(13, 9, 50, 13);

@@ -10,33 +10,13 @@
 #include <unistd.h>
 
 #include "data/tl_dataset.h"
-
-static int g_fail = 0;
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, "\n");                                    \
-            g_fail++;                                                 \
-        }                                                             \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_h5_fixture.h"
+#include "tests/lib/tl_rng_splitmix.h"
 
 static char g_dir[256];
 
-/* ---- a tiny deterministic generator so each run uses fresh but reproducible-on-failure content ---- */
-static uint64_t g_rng;
-static uint64_t rnd(void) {
-    g_rng += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = g_rng;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
-
 /* ---- file description: every field a malformed case may change ---- */
-enum { STR_FIXED_NULLPAD, STR_FIXED_NULLTERM, STR_FIXED_SPACEPAD, STR_VLEN };
 enum {
     OMIT_TOKENS = 1,
     OMIT_OFFSETS = 2,
@@ -100,107 +80,33 @@ static void random_spec(spec *s, int vocab) {
     s->user_type = H5T_STD_I32LE;
 }
 
-static int write_ds(hid_t file, const char *name, hid_t ftype, hid_t mtype, const void *data, int64_t n, int rank2) {
-    hsize_t dims[2] = {(hsize_t)n, 1}; /* rank 2: [n, 1], same elements, wrong shape */
-    hid_t sp = H5Screate_simple(rank2 ? 2 : 1, dims, NULL);
-    hid_t d = H5Dcreate2(file, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = sp >= 0 && d >= 0 && (n == 0 || H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0);
-    if (d >= 0) H5Dclose(d);
-    if (sp >= 0) H5Sclose(sp);
-    return ok;
-}
-
-/* Writes n strings in the given style. Fixed-length styles write the raw bytes (the text then NULs) with
- * the file's own padding so the bytes on disk are exactly those. */
-static int write_strings(hid_t loc, const char *name, char (*strs)[32], int n, int style, int fixed_size) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    int ok;
-    hsize_t dims[1] = {(hsize_t)n};
-    hid_t sp = H5Screate_simple(1, dims, NULL);
-    if (style == STR_VLEN) {
-        H5Tset_size(t, H5T_VARIABLE);
-        const char *ptrs[8];
-        for (int i = 0; i < n; i++) ptrs[i] = strs[i];
-        hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs) >= 0;
-        if (d >= 0) H5Dclose(d);
-    } else {
-        H5Tset_size(t, (size_t)fixed_size);
-        H5Tset_strpad(t, style == STR_FIXED_NULLPAD    ? H5T_STR_NULLPAD
-                         : style == STR_FIXED_NULLTERM ? H5T_STR_NULLTERM
-                                                       : H5T_STR_SPACEPAD);
-        char *buf = calloc((size_t)n, (size_t)fixed_size);
-        for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * (size_t)fixed_size, strs[i], strlen(strs[i]));
-        hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0;
-        if (d >= 0) H5Dclose(d);
-        free(buf);
-    }
-    H5Sclose(sp);
-    H5Tclose(t);
-    return ok;
-}
-
-static int write_attr_int(hid_t loc, const char *name, hid_t ftype, int64_t v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return ok;
-}
-
-static int write_attr_str(hid_t loc, const char *name, const char *v, int vlen) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    hid_t sp = H5Screate(H5S_SCALAR);
-    int ok;
-    if (vlen) {
-        H5Tset_size(t, H5T_VARIABLE);
-        hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-        ok = a >= 0 && H5Awrite(a, t, &v) >= 0;
-        if (a >= 0) H5Aclose(a);
-    } else {
-        H5Tset_size(t, strlen(v) + 3); /* room for NUL padding, which the reader must strip */
-        H5Tset_strpad(t, H5T_STR_NULLPAD);
-        char buf[64] = {0};
-        memcpy(buf, v, strlen(v));
-        hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-        ok = a >= 0 && H5Awrite(a, t, buf) >= 0;
-        if (a >= 0) H5Aclose(a);
-    }
-    H5Sclose(sp);
-    H5Tclose(t);
-    return ok;
-}
-
 static int g_file_no = 0;
 static void write_spec(const spec *s, char *path, size_t n) {
     snprintf(path, n, "%s/f%03d.h5", g_dir, g_file_no++);
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     int ok = f >= 0;
-    if (ok && !(s->omit & OMIT_FORMAT)) ok = write_attr_int(f, "tailor_format", s->fmt_type, s->fmt);
-    if (ok && !(s->omit & OMIT_KIND)) ok = write_attr_str(f, "kind", s->kind, s->kind_vlen);
-    if (ok && s->vocab_attr) ok = write_attr_int(f, "vocab_size", H5T_STD_I64LE, s->vocab_attr);
+    if (ok && !(s->omit & OMIT_FORMAT)) ok = h5_write_attr_int(f, "tailor_format", s->fmt_type, s->fmt);
+    if (ok && !(s->omit & OMIT_KIND)) ok = h5_write_attr_str(f, "kind", s->kind, s->kind_vlen);
+    if (ok && s->vocab_attr) ok = h5_write_attr_int(f, "vocab_size", H5T_STD_I64LE, s->vocab_attr);
     hid_t gu = H5Gcreate2(f, "/users", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     ok = ok && gu >= 0;
     if (ok && !(s->omit & OMIT_NAMES))
-        ok = write_strings(f, "/users/name", (char (*)[32])s->names, s->n_users, s->names_style,
+        ok = h5_write_strings(f, H5P_DEFAULT, "/users/name", (char (*)[32])s->names, s->n_users, s->names_style,
                            s->names_fixed_size);
     if (ok && s->has_groups)
-        ok = write_strings(f, "/users/group", (char (*)[32])s->groups, s->n_users, STR_VLEN, 0);
+        ok = h5_write_strings(f, H5P_DEFAULT, "/users/group", (char (*)[32])s->groups, s->n_users, STR_VLEN, 0);
     if (gu >= 0) H5Gclose(gu);
     if (!(s->omit & OMIT_SFT_GROUP)) {
         hid_t gs = H5Gcreate2(f, "/sft", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         ok = ok && gs >= 0;
         if (ok && !(s->omit & OMIT_TOKENS))
-            ok = write_ds(f, "/sft/tokens", s->tok_type, H5T_NATIVE_INT32, s->tokens, s->n_tok, s->tok_rank2);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/tokens", s->tok_type, H5T_NATIVE_INT32, s->tokens, s->n_tok, s->tok_rank2);
         if (ok && !(s->omit & OMIT_OFFSETS))
-            ok = write_ds(f, "/sft/offsets", s->off_type, H5T_NATIVE_INT64, s->offsets, s->n_off, 0);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/offsets", s->off_type, H5T_NATIVE_INT64, s->offsets, s->n_off, 0);
         if (ok && !(s->omit & OMIT_PROMPT))
-            ok = write_ds(f, "/sft/prompt_len", s->prompt_type, H5T_NATIVE_INT32, s->prompt, s->n_prompt, 0);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/prompt_len", s->prompt_type, H5T_NATIVE_INT32, s->prompt, s->n_prompt, 0);
         if (ok && !(s->omit & OMIT_USER))
-            ok = write_ds(f, "/sft/user", s->user_type, H5T_NATIVE_INT32, s->user, s->n_user, 0);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/user", s->user_type, H5T_NATIVE_INT32, s->user, s->n_user, 0);
         if (gs >= 0) H5Gclose(gs);
     }
     if (f >= 0) H5Fclose(f);
@@ -485,10 +391,5 @@ int main(void) {
     snprintf(p, sizeof p, "%s/not_hdf5.h5", g_dir);
     remove(p);
     rmdir(g_dir);
-    if (g_fail) {
-        fprintf(stderr, "test_dataset: %d failure(s)\n", g_fail);
-        return 1;
-    }
-    printf("test_dataset: all passed\n");
-    return 0;
+    return tl_check_done("test_dataset");
 }

@@ -37,61 +37,15 @@ static float rng_float(void) {
 static const int DIM_IN[TL_N_TARGETS] = {12, 12, 12, 12, 12, 12, 20};
 static const int DIM_OUT[TL_N_TARGETS] = {12, 4, 4, 12, 20, 20, 12};
 
+static int64_t step_count(void) { return (int64_t)(rng_next() % 100000); }
+
 static void make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank, int n_layers,
                       uint32_t targets, float alpha, int rslora, const int *in, const int *out) {
-    memset(p, 0, sizeof *p);
-    p->n_slots = n_slots, p->rank = rank, p->n_layers = n_layers, p->targets = targets;
-    p->alpha = alpha, p->rslora = rslora, p->dropout = 0.05f;
-    p->scale = rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
-    p->off_A = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
-    p->off_B = calloc((size_t)n_layers * TL_N_TARGETS, sizeof(size_t));
-    size_t off = 0;
-    for (int t = 0; t < TL_N_TARGETS; t++) p->in_dim[t] = in[t], p->out_dim[t] = out[t];
-    for (int l = 0; l < n_layers; l++)
-        for (int t = 0; t < TL_N_TARGETS; t++) {
-            if (!(targets & (1u << t))) continue;
-            p->off_A[l * TL_N_TARGETS + t] = off;
-            off += (size_t)rank * (size_t)in[t];
-            p->off_B[l * TL_N_TARGETS + t] = off;
-            off += (size_t)rank * (size_t)out[t];
-        }
-    p->P = off;
-    size_t n = (size_t)n_slots * off;
-    float **bufs[4] = {&p->params, &p->grads, &p->m, &p->v};
-    tl_error err;
-    for (int k = 0; k < 4; k++) {
-        if (be->alloc(be, n * sizeof(float), (void **)bufs[k], &err) != TL_OK) abort();
-        for (size_t i = 0; i < n; i++) (*bufs[k])[i] = rng_float();
-    }
-    p->steps = calloc((size_t)n_slots, sizeof(int64_t));
-    p->names = calloc((size_t)n_slots, sizeof(char *));
-    for (int s = 0; s < n_slots; s++) {
-        p->steps[s] = (int64_t)(rng_next() % 100000);
-        p->names[s] = strdup(names[s]);
-    }
-}
-
-static void free_pool(tl_lora_pool *p, tl_backend *be) {
-    be->free(be, p->params), be->free(be, p->grads), be->free(be, p->m), be->free(be, p->v);
-    for (int s = 0; s < p->n_slots; s++) free(p->names[s]);
-    free(p->names), free(p->steps), free(p->off_A), free(p->off_B);
-    memset(p, 0, sizeof *p);
+    host_make_pool(p, be, n_slots, names, rank, n_layers, targets, alpha, rslora, 0.05f, in, out, rng_float,
+                   step_count);
 }
 
 /* ---- helpers ---- */
-
-/* snprintf for paths: a truncated path would make a test check the wrong file, so it aborts instead. */
-static void xpath(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void xpath(char *dst, size_t cap, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(dst, cap, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= cap) {
-        fprintf(stderr, "FAIL: test path too long\n");
-        abort();
-    }
-}
 
 static unsigned fnv(const char *s) {
     unsigned h = 2166136261u;
@@ -532,12 +486,7 @@ int main(void) {
     test_peft_load(r2);
     if (tl_remove_tree(root, &err) != TL_OK) {
         fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
-        failures++;
+        g_fail++;
     }
-    if (failures) {
-        fprintf(stderr, "%d failure(s) (TL_TEST_SEED=%llu)\n", failures, (unsigned long long)seed);
-        return 1;
-    }
-    printf("test_export: ok\n");
-    return 0;
+    return tl_check_done_seed("test_export", (unsigned long long)seed);
 }

@@ -14,33 +14,10 @@
 #include <unistd.h>
 
 #include "data/tl_gguf.h"
-
-static int g_fail;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-            g_fail++;                                                             \
-        }                                                                         \
-    } while (0)
-#define CHECK_OK(s, e)                                                                       \
-    do {                                                                                     \
-        if ((s) != TL_OK) {                                                                  \
-            fprintf(stderr, "%s:%d: unexpected error: %s\n", __FILE__, __LINE__, (e).msg); \
-            g_fail++;                                                                        \
-        }                                                                                    \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_rng_xorshift.h"
 
 static char g_path[512];
-static uint64_t g_rng;
-
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 4.0 - 2.0); }
 
 static void expect_input_err(tl_status s, const tl_error *e, const char *sub, int line) {
     if (s != TL_ERR_INPUT) {
@@ -653,10 +630,5 @@ int main(void) {
     test_model();
     test_corrupt();
     unlink(g_path);
-    if (g_fail) {
-        fprintf(stderr, "test_gguf: %d failures (rng seed %" PRIu64 ")\n", g_fail, seed);
-        return 1;
-    }
-    printf("test_gguf: ok\n");
-    return 0;
+    return tl_check_done_seed("test_gguf", seed);
 }

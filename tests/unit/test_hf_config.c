@@ -12,15 +12,8 @@
 #include <unistd.h>
 
 #include "data/tl_hf_config.h"
+#include "tests/lib/tl_check.h"
 
-static int g_fail;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-            g_fail++;                                                             \
-        }                                                                         \
-    } while (0)
 
 static char g_dir[512];
 
@@ -401,10 +394,5 @@ int main(void) {
     snprintf(p, sizeof p, "%s/config.json", g_dir);
     unlink(p);
     rmdir(g_dir);
-    if (g_fail) {
-        fprintf(stderr, "test_hf_config: %d failures\n", g_fail);
-        return 1;
-    }
-    printf("test_hf_config: ok\n");
-    return 0;
+    return tl_check_done("test_hf_config");
 }

@@ -7,17 +7,8 @@
 
 #include "kernels/tl_backend.h"
 #include "trainer/tl_optim.h"
+#include "tests/lib/tl_check.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                  \
-    do {                                                  \
-        if (!(cond)) {                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                 \
-            fputc('\n', stderr);                          \
-            failures++;                                   \
-        }                                                 \
-    } while (0)
 
 static void test_schedules(void) {
     tl_config c;
@@ -56,7 +47,7 @@ static void test_isolated_step(void) {
     tl_error err = {0};
     if (tl_backend_cpu_create(1, &be, &err)) {
         fprintf(stderr, "FAIL: cpu backend: %s\n", err.msg);
-        failures++;
+        g_fail++;
         return;
     }
     tl_config c;
@@ -101,10 +92,5 @@ static void test_isolated_step(void) {
 int main(void) {
     test_schedules();
     test_isolated_step();
-    if (failures) {
-        fprintf(stderr, "%d failure(s)\n", failures);
-        return 1;
-    }
-    printf("test_optim: ok\n");
-    return 0;
+    return tl_check_done("test_optim");
 }

@@ -13,42 +13,13 @@
 
 #include "data/tl_pref.h"
 #include "kernels/tl_math.h"
-
-static int g_fail = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            g_fail++;                                            \
-        }                                                        \
-    } while (0)
-#define REQUIRE_OK(expr)                                                                        \
-    do {                                                                                        \
-        tl_error e_ = {0};                                                                      \
-        tl_error *err = &e_;                                                                    \
-        tl_status s_ = (expr);                                                                  \
-        if (s_ != TL_OK) {                                                                      \
-            fprintf(stderr, "FATAL %s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, e_.msg); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "tests/lib/tl_batch_ref.h"
+#include "tests/lib/tl_check.h"
 
 static uint64_t g_rng;
 static uint64_t rnd(void) { return tl_mix64(g_rng++ * 0x9e3779b97f4a7c15ULL); }
 static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
 
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) exit(1);
-    return p;
-}
-static char *xstrdup(const char *s) {
-    char *d = strdup(s);
-    if (!d) exit(1);
-    return d;
-}
 
 static const char *k_names[] = {"alice", "bob", "carol", "dave", "eve", "frank", "gina", "hal", "ivy", "jon"};
 enum { P_PROMPT, P_CHOSEN, P_REJECTED };
@@ -118,28 +89,6 @@ static void pds_random(tl_pref_dataset *ds, int U, const char *const *names, con
 
 /* ------------------------------------------------------------------------------------------------------------
  * Reference model of the specification (docs/data-format.md) */
-
-static uint64_t ref_fnv1a(const char *s) {
-    uint64_t h = 14695981039346656037ULL;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
-static void ref_perm(uint64_t seed, const char *name, int64_t epoch, const int64_t *ex, int64_t n, int64_t *out) {
-    memcpy(out, ex, (size_t)n * sizeof *out);
-    uint64_t key = tl_mix64(tl_mix64(seed ^ 0x73747265616d5f31ULL) ^ ref_fnv1a(name));
-    uint64_t st = tl_mix64(key ^ tl_mix64((uint64_t)epoch));
-    for (int64_t i = n - 1; i > 0; i--) {
-        uint64_t m = (uint64_t)i + 1, r;
-        do {
-            r = tl_mix64(st);
-            st += 0x9e3779b97f4a7c15ULL;
-        } while (r < (0 - m) % m);
-        int64_t j = (int64_t)(r % m), t = out[i];
-        out[i] = out[j];
-        out[j] = t;
-    }
-}
 
 /* Training row seed of sequence s (= 2j + role) of an adapter's step. */
 static uint64_t ref_row_seed(uint64_t seed, const char *name, int64_t astep, int s, int pos) {
@@ -951,10 +900,5 @@ int main(void) {
     test_cursors();
     test_map_and_options();
     test_stress();
-    if (g_fail) {
-        fprintf(stderr, "test_pref_batcher: %d failure(s)\n", g_fail);
-        return 1;
-    }
-    printf("test_pref_batcher: all passed\n");
-    return 0;
+    return tl_check_done("test_pref_batcher");
 }

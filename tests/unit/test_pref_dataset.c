@@ -12,28 +12,11 @@
 #include <unistd.h>
 
 #include "data/tl_pref.h"
-
-static int g_fail = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            g_fail++;                                            \
-        }                                                        \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_h5_fixture.h"
+#include "tests/lib/tl_rng_splitmix.h"
 
 static char g_dir[256];
-static uint64_t g_rng;
-static uint64_t rnd(void) {
-    g_rng += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = g_rng;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
 
 /* ---- file description: every field a malformed case may change ---- */
 enum { D_PTOK, D_POFF, D_CTOK, D_COFF, D_RTOK, D_ROFF, D_USER, N_D };
@@ -114,80 +97,25 @@ static void base_spec(spec *s) {
     for (int i = 0; i < 6; i++) s->user[i] = i % 3;
 }
 
-static int write_ds(hid_t file, hid_t lcpl, const char *name, hid_t ftype, hid_t mtype, const void *data, int64_t n) {
-    hsize_t dims[1] = {(hsize_t)n};
-    hid_t sp = H5Screate_simple(1, dims, NULL);
-    hid_t d = H5Dcreate2(file, name, ftype, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = sp >= 0 && d >= 0 && (n == 0 || H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0);
-    if (d >= 0) H5Dclose(d);
-    if (sp >= 0) H5Sclose(sp);
-    return ok;
-}
-
-/* Names as variable-length UTF-8, groups as fixed-length NUL-padded strings: both forms go through the reader. */
-static int write_strings(hid_t file, hid_t lcpl, const char *name, char (*strs)[32], int n, int vlen) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hsize_t dims[1] = {(hsize_t)n};
-    hid_t sp = H5Screate_simple(1, dims, NULL);
-    int ok;
-    if (vlen) {
-        H5Tset_size(t, H5T_VARIABLE);
-        const char *ptrs[8];
-        for (int i = 0; i < n; i++) ptrs[i] = strs[i];
-        hid_t d = H5Dcreate2(file, name, t, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs) >= 0;
-        if (d >= 0) H5Dclose(d);
-    } else {
-        H5Tset_size(t, 32);
-        H5Tset_strpad(t, H5T_STR_NULLPAD);
-        hid_t d = H5Dcreate2(file, name, t, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-        ok = d >= 0 && H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, strs) >= 0;
-        if (d >= 0) H5Dclose(d);
-    }
-    H5Sclose(sp);
-    H5Tclose(t);
-    return ok;
-}
-
-static int write_attr_int(hid_t loc, const char *name, int64_t v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, &v) >= 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return ok;
-}
-
-static int write_attr_str(hid_t loc, const char *name, const char *v) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, t, &v) >= 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return ok;
-}
-
 static int g_file_no = 0;
 static void write_spec(const spec *s, char *path, size_t n) {
     snprintf(path, n, "%s/p%03d.h5", g_dir, g_file_no++);
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     int ok = f >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0;
-    if (ok && !s->omit_fmt) ok = write_attr_int(f, "tailor_format", s->fmt);
-    if (ok && !s->omit_kind) ok = s->kind_is_int ? write_attr_int(f, "kind", 7) : write_attr_str(f, "kind", s->kind);
-    if (ok && s->vocab_attr) ok = write_attr_int(f, "vocab_size", s->vocab_attr);
-    if (ok && !s->omit_names) ok = write_strings(f, lcpl, "/users/name", (char (*)[32])s->names, s->n_users, 1);
-    if (ok && s->has_groups) ok = write_strings(f, lcpl, "/users/group", (char (*)[32])s->groups, s->n_groups, 0);
+    if (ok && !s->omit_fmt) ok = h5_write_attr_int(f, "tailor_format", H5T_STD_I64LE, s->fmt);
+    if (ok && !s->omit_kind) ok = s->kind_is_int ? h5_write_attr_int(f, "kind", H5T_STD_I64LE, 7)
+                                                 : h5_write_attr_str(f, "kind", s->kind, 1);
+    if (ok && s->vocab_attr) ok = h5_write_attr_int(f, "vocab_size", H5T_STD_I64LE, s->vocab_attr);
+    if (ok && !s->omit_names) ok = h5_write_strings(f, lcpl, "/users/name", (char (*)[32])s->names, s->n_users, STR_VLEN, 0);
+    if (ok && s->has_groups) ok = h5_write_strings(f, lcpl, "/users/group", (char (*)[32])s->groups, s->n_groups,
+                                                  STR_FIXED_NULLPAD, 32);
     for (int d = 0; d < N_D && ok && !s->omit_pref; d++) {
         if (s->omit & (1u << d)) continue;
         const void *data = d == D_USER ? (const void *)s->user : d % 2 == 0 ? (const void *)s->tok[d / 2]
                                                                             : (const void *)s->off[d / 2];
         hid_t mt = d == D_USER || d % 2 == 0 ? H5T_NATIVE_INT32 : H5T_NATIVE_INT64;
-        ok = write_ds(f, lcpl, k_ds[d], s->type[d], mt, data, s->n[d]);
+        ok = h5_write_ds(f, lcpl, k_ds[d], s->type[d], mt, data, s->n[d], 0);
     }
     if (lcpl >= 0) H5Pclose(lcpl);
     if (f >= 0) H5Fclose(f);
@@ -536,10 +464,5 @@ int main(void) {
         remove(p);
     }
     rmdir(g_dir);
-    if (g_fail) {
-        fprintf(stderr, "test_pref_dataset: %d failure(s)\n", g_fail);
-        return 1;
-    }
-    printf("test_pref_dataset: all passed\n");
-    return 0;
+    return tl_check_done("test_pref_dataset");
 }

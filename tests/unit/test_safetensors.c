@@ -15,33 +15,11 @@
 #include <unistd.h>
 
 #include "data/tl_safetensors.h"
-
-static int g_fail;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-            g_fail++;                                                             \
-        }                                                                         \
-    } while (0)
-#define CHECK_OK(s, e)                                                                         \
-    do {                                                                                       \
-        if ((s) != TL_OK) {                                                                    \
-            fprintf(stderr, "%s:%d: unexpected error: %s\n", __FILE__, __LINE__, (e).msg);   \
-            g_fail++;                                                                          \
-        }                                                                                      \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_fs_fixture.h"
+#include "tests/lib/tl_rng_xorshift.h"
 
 static char g_dir[512];
-static uint64_t g_rng;
-
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 4.0 - 2.0); }
 
 /* An expected failure: code TL_ERR_INPUT and every given substring in the one-line message. */
 static void expect_input_err(tl_status s, const tl_error *e, const char *what, const char *sub1, const char *sub2,
@@ -92,21 +70,6 @@ static int count_entries(const char *dir, const char *sub) {
         if (strstr(e->d_name, sub)) n++;
     closedir(d);
     return n;
-}
-
-static void rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char sub[1024];
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            rm_rf(sub);
-        }
-        closedir(d);
-    }
-    remove(path);
 }
 
 /* ------------------------------------------------------------------------------------------- round trip */
@@ -601,10 +564,5 @@ int main(void) {
     test_corrupt();
     test_model_dirs();
     rm_rf(g_dir);
-    if (g_fail) {
-        fprintf(stderr, "test_safetensors: %d failures (rng seed %" PRIu64 ")\n", g_fail, seed);
-        return 1;
-    }
-    printf("test_safetensors: ok\n");
-    return 0;
+    return tl_check_done_seed("test_safetensors", seed);
 }

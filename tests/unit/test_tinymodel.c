@@ -15,15 +15,8 @@
 
 #include "data/tl_safetensors.h"
 #include "trainer/tl_tinymodel.h"
-
-static int g_fail;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-            g_fail++;                                                             \
-        }                                                                         \
-    } while (0)
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_fs_fixture.h"
 
 static char g_dir[512];
 
@@ -269,21 +262,6 @@ static void test_relayout(const tl_model_config *cfg) {
     CHECK(exists(dir, "model.safetensors") && !exists(dir, "model.safetensors.index.json"));
 }
 
-static void rm_rf(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char sub[1024];
-            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-            rm_rf(sub);
-        }
-        closedir(d);
-    }
-    remove(path);
-}
-
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     snprintf(g_dir, sizeof g_dir, "%s/tl_tiny_XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -311,10 +289,5 @@ int main(void) {
     run_case("one_per_shard", &c, seed + 2, 0, 11);
     test_errors();
     rm_rf(g_dir);
-    if (g_fail) {
-        fprintf(stderr, "test_tinymodel: %d failures (seed %llu)\n", g_fail, (unsigned long long)seed);
-        return 1;
-    }
-    printf("test_tinymodel: ok\n");
-    return 0;
+    return tl_check_done_seed("test_tinymodel", (unsigned long long)seed);
 }

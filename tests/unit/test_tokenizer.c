@@ -8,17 +8,8 @@
 #include <unistd.h>
 
 #include "data/tl_tokenizer.h"
+#include "tests/lib/tl_check.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-            failures++;                                          \
-        }                                                        \
-    } while (0)
 
 /* Splits s with regex re into pieces joined by '|' (the regexes cover every character, so no gaps). */
 static void split(tl_pretok_regex re, const char *s, char *out) {
@@ -201,10 +192,5 @@ int main(void) {
     CHECK(tl_chat_render(bad_msg, 1, 0, &out, &len, &err) == TL_ERR_INPUT && strstr(err.msg, "messages[0]"),
           "chat without role");
 
-    if (failures) {
-        fprintf(stderr, "%d failure(s)\n", failures);
-        return 1;
-    }
-    printf("test_tokenizer: OK\n");
-    return 0;
+    return tl_check_done("test_tokenizer");
 }
