@@ -100,11 +100,13 @@ static void write_spec(const spec *s, char *path, size_t n) {
         hid_t gs = H5Gcreate2(f, "/sft", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         ok = ok && gs >= 0;
         if (ok && !(s->omit & OMIT_TOKENS))
-            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/tokens", s->tok_type, H5T_NATIVE_INT32, s->tokens, s->n_tok, s->tok_rank2);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/tokens", s->tok_type, H5T_NATIVE_INT32, s->tokens, s->n_tok,
+                             s->tok_rank2);
         if (ok && !(s->omit & OMIT_OFFSETS))
             ok = h5_write_ds(f, H5P_DEFAULT, "/sft/offsets", s->off_type, H5T_NATIVE_INT64, s->offsets, s->n_off, 0);
         if (ok && !(s->omit & OMIT_PROMPT))
-            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/prompt_len", s->prompt_type, H5T_NATIVE_INT32, s->prompt, s->n_prompt, 0);
+            ok = h5_write_ds(f, H5P_DEFAULT, "/sft/prompt_len", s->prompt_type, H5T_NATIVE_INT32, s->prompt, s->n_prompt,
+                             0);
         if (ok && !(s->omit & OMIT_USER))
             ok = h5_write_ds(f, H5P_DEFAULT, "/sft/user", s->user_type, H5T_NATIVE_INT32, s->user, s->n_user, 0);
         if (gs >= 0) H5Gclose(gs);

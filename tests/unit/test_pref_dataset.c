@@ -107,7 +107,8 @@ static void write_spec(const spec *s, char *path, size_t n) {
     if (ok && !s->omit_kind) ok = s->kind_is_int ? h5_write_attr_int(f, "kind", H5T_STD_I64LE, 7)
                                                  : h5_write_attr_str(f, "kind", s->kind, 1);
     if (ok && s->vocab_attr) ok = h5_write_attr_int(f, "vocab_size", H5T_STD_I64LE, s->vocab_attr);
-    if (ok && !s->omit_names) ok = h5_write_strings(f, lcpl, "/users/name", (char (*)[32])s->names, s->n_users, STR_VLEN, 0);
+    if (ok && !s->omit_names)
+        ok = h5_write_strings(f, lcpl, "/users/name", (char (*)[32])s->names, s->n_users, STR_VLEN, 0);
     if (ok && s->has_groups) ok = h5_write_strings(f, lcpl, "/users/group", (char (*)[32])s->groups, s->n_groups,
                                                   STR_FIXED_NULLPAD, 32);
     for (int d = 0; d < N_D && ok && !s->omit_pref; d++) {
