@@ -260,6 +260,12 @@ static int setup(tl_cuda_ctx *c, int device) {
     return tl_cuda_attn_setup(c);
 }
 
+/* cuda_decode.cu (KV-cache decoding ops) */
+void tl_cuda_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
+                      const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
+void tl_cuda_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
+                     const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
+
 extern "C" tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err) {
     *out = NULL;
     int count = tl_cuda_device_count();
@@ -312,6 +318,8 @@ extern "C" tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_err
     be->ce_fwd_bwd = tl_cuda_ce_fwd_bwd;
     be->grad_sqnorm = tl_cuda_grad_sqnorm;
     be->adamw = tl_cuda_adamw;
+    be->kv_store = tl_cuda_kv_store;
+    be->attn_kv = tl_cuda_attn_kv;
     *out = be;
     return TL_OK;
 }

@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 void openblas_set_num_threads(int n) { (void)n; }
+int openblas_get_num_threads(void) { return 1; } /* this sgemm is single-threaded */
 
 void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M, int N, int K,
                  float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
