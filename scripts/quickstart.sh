@@ -27,6 +27,7 @@ echo "  metrics.jsonl      training curve (one JSON object per logged step)"
 echo "  eval.json          per-user loss and perplexity with and without the adapter, and the cross matrix"
 echo "  adapters/<user>/   HF PEFT adapters (adapter_config.json + adapter_model.safetensors) for SmolLM2-135M-Instruct"
 echo "  checkpoints/       resumable state"
+"$TAILOR" report runs/quickstart >/dev/null && echo "  report.html        curves, the adapter x user heatmap and the tables: runs/quickstart/report.html"
 "$PY" - <<'PY'
 import json, math, sys
 ev = json.load(open("runs/quickstart/eval.json"))

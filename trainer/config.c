@@ -81,6 +81,7 @@ static const key_desc KEYS[] = {
     OPTSTR("data.train", data_train),
     OPTSTR("data.eval", data_eval),
     INT("data.max_seq_len", data_max_seq_len, 2, INT_MAX),
+    INT("data.eval_generate", data_eval_generate, 0, 4096),
     ENUM("task.type", task_type, TASK_CHOICES),
     DBL("task.beta", task_beta, 0, 0, D_LO_OPEN),
     ENUM("task.loss", task_loss, PREF_LOSS_CHOICES),

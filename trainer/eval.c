@@ -125,6 +125,13 @@ void tl_eval_print(const tl_eval_result *r, const tl_lora_pool *p, FILE *f) {
     tl_eval_totals(r, &l, &b, &t);
     fprintf(f, "%-24s %8s %8lld %9.4f %10.3f %9.4f %10.3f\n", "(all, token-weighted)", "", (long long)t, l, exp(l), b,
             exp(b));
+    if (r->rouge1) {
+        fprintf(f, "generation (greedy answers vs reference responses):\n%-24s %9s %9s %11s %11s\n", "adapter", "rouge1",
+                "rougeL", "base_rouge1", "base_rougeL");
+        for (int a = 0; a < r->n; a++)
+            fprintf(f, "%-24.24s %9.4f %9.4f %11.4f %11.4f\n", p->names[a], r->rouge1[a], r->rougeL[a],
+                    r->base_rouge1[a], r->base_rougeL[a]);
+    }
     if (r->cross && r->n <= 12) {
         fprintf(f, "cross loss (row: adapter, column: whose data; * marks the row's best):\n%-16s", "");
         for (int b2 = 0; b2 < r->n; b2++) fprintf(f, " %10.10s", p->names[b2]);
@@ -167,6 +174,12 @@ tl_status tl_eval_write_json(const tl_eval_result *r, const tl_lora_pool *p, con
         cJSON_AddItemToObject(o, "ppl", num_or_null(exp(r->loss[a])));
         cJSON_AddItemToObject(o, "base_loss", num_or_null(r->base_loss[a]));
         cJSON_AddItemToObject(o, "base_ppl", num_or_null(exp(r->base_loss[a])));
+        if (r->rouge1) {
+            cJSON_AddItemToObject(o, "rouge1", num_or_null(r->rouge1[a]));
+            cJSON_AddItemToObject(o, "rougeL", num_or_null(r->rougeL[a]));
+            cJSON_AddItemToObject(o, "base_rouge1", num_or_null(r->base_rouge1[a]));
+            cJSON_AddItemToObject(o, "base_rougeL", num_or_null(r->base_rougeL[a]));
+        }
         cJSON_AddItemToArray(arr, o);
     }
     if (r->cross) {

@@ -9,6 +9,7 @@
 #include "trainer/tl_config.h"
 #include "trainer/tl_data_build.h"
 #include "trainer/tl_generate.h"
+#include "trainer/tl_report.h"
 #include "trainer/tl_inspect.h"
 #include "trainer/tl_tinymodel.h"
 #include "trainer/tl_train.h"
@@ -25,6 +26,7 @@ static const char *usage =
     "  generate --model PATH (--adapter DIR ... | --run DIR --user NAME ... | --run DIR --all-users) [--base]\n"
     "           --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
     "                                     KV-cache decoding with one or many adapters side by side\n"
+    "  report RUN_DIR [--out FILE]         self-contained HTML page: curves, adapter x user heatmap, eval tables\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
     "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]\n"
     "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
@@ -178,6 +180,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "make-model")) return cmd_make_model(argc - 2, argv + 2);
     if (!strcmp(cmd, "data")) return cmd_data(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return tl_generate_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "report")) return tl_report_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) {
         if (argc != 3) return usage_error("%s needs exactly one PATH", "inspect");
         tl_error err = {0};

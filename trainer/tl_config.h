@@ -40,6 +40,7 @@ typedef struct {
     char data_train[TL_PATH_MAX]; /* "" when absent; tailor train requires it */
     char data_eval[TL_PATH_MAX];  /* optional ("" when absent) */
     int data_max_seq_len;         /* default 512 */
+    int data_eval_generate;       /* sft eval: greedy answers of up to this many tokens scored by ROUGE; 0 = off */
     /* task */
     char task_type[16];           /* sft (default) | dpo | reward */
     double task_beta;             /* dpo: default 0.1, > 0 */

@@ -13,6 +13,9 @@ typedef struct {
     int64_t *examples, *tokens; /* target tokens per adapter */
     double *loss, *base_loss;   /* mean CE per target token, with the adapter and with the bare base model */
     double *cross; /* [n * n] or NULL: cross[a * n + b] = adapter a's loss on adapter b's users' examples */
+    /* Generation metrics (data.eval_generate > 0), borrowed from a tl_eval_rouge_result, or NULL: mean ROUGE-1 /
+     * ROUGE-L F of greedy answers vs the reference responses, with the adapter and with the base model. */
+    const double *rouge1, *rougeL, *base_rouge1, *base_rougeL;
 } tl_eval_result;
 
 /* Pools up to this size get the cross matrix in tailor eval (it costs one pass over the data per adapter). */

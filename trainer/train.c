@@ -23,6 +23,8 @@
 #include "tl_optim.h"
 #include "tl_pref_eval.h"
 #include "tl_pref_step.h"
+#include "tl_rouge.h"
+#include "../data/tl_model_tokenizer.h"
 
 #include <cjson/cJSON.h>
 
@@ -282,6 +284,28 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
         tl_eval_result r;
         TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
                            1, cross, &r, err));
+        tl_eval_rouge_result rr = {0};
+        if (final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
+            tl_tokenizer *tok = NULL;
+            tl_adapter_map map;
+            s = tl_tokenizer_for_model(cfg->model_path, &tok, err);
+            if (!s) {
+                s = tl_adapter_map_build(&S->eval, key, S->pool.names, S->pool.n_slots, &map, err);
+                if (!s) {
+                    if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
+                                            cfg->data_eval_generate);
+                    s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
+                                      NULL, &rr, err);
+                    tl_adapter_map_free(&map);
+                }
+                tl_tokenizer_free(tok);
+            }
+            if (s) {
+                tl_eval_result_free(&r);
+                return s;
+            }
+            r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1, r.base_rougeL = rr.base_rougeL;
+        }
         double l, b;
         int64_t t;
         tl_eval_totals(&r, &l, &b, &t);
@@ -299,6 +323,7 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
             s = TL_OK;
         }
         tl_eval_result_free(&r);
+        tl_eval_rouge_result_free(&rr);
         return s;
     }
     tl_pref_eval_opts o = pref_eval_opts(S, cfg);
