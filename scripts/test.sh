@@ -11,6 +11,13 @@ echo "== sanitizer build (unit tests under ASan + UBSan)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)"
 
+# a headless browser for the report test (Debian's chromium)
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 ||
+    echo "test: could not install chromium; the browser check of the report test will be skipped"
+fi
+
 # the default model, for the tests that check it against transformers (they skip when it could not be fetched)
 scripts/get_model.sh >/dev/null || echo "test: could not fetch the default model; its tests will be skipped"
 
