@@ -377,7 +377,7 @@ static tl_status heatmap(sbuf *b, const char *path, const cJSON *adapters, const
             else
                 sb_printf(b, ": %s n/a</title></rect>\n", what);
             if (have && cs >= 40)
-                sb_printf(b, "<text class=\"val\" x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"%s\">%.3g</text>\n",
+                sb_printf(b, "<text class=\"val\" x=\"%d\" y=\"%d\" text-anchor=\"middle\" style=\"fill:%s\">%.3g</text>\n",
                           label + u * cs + cs / 2, label + a * cs + cs / 2 + 4, t > 0.55 ? "#fff" : "#000",
                           v->valuedouble);
         }
