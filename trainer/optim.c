@@ -2,7 +2,6 @@
 #include "tl_optim.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 double tl_schedule_lr(const tl_config *c, int64_t step, int64_t total) {
@@ -16,17 +15,14 @@ double tl_schedule_lr(const tl_config *c, int64_t step, int64_t total) {
 }
 
 tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, const int32_t *active, int n_active,
-                        const int64_t *total_steps, float *grad_norm, float *lr, tl_error *err) {
+                        const int64_t *total_steps, float *grad_norm, float *lr, tl_adam_slot *hs, tl_error *err) {
     if (n_active == 0) return TL_OK;
-    tl_adam_slot *hs = malloc((size_t)n_active * sizeof *hs);
-    if (!hs) return tl_fail(err, TL_ERR_RUNTIME, "optimizer: out of host memory");
     be->grad_sqnorm(be, grad_norm, p->grads, p->P, p->P, active, n_active);
     for (int i = 0; i < n_active; i++) {
         int s = active[i];
         float norm = sqrtf(grad_norm[i]);
         grad_norm[i] = norm;
         if (!isfinite(norm)) {
-            free(hs);
             return tl_fail(err, TL_ERR_RUNTIME, "adapter '%s': gradient norm is not finite (lr too high?)",
                            p->names[s]);
         }
@@ -47,6 +43,5 @@ tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, con
     be->adamw(be, p->params, p->m, p->v, p->grads, p->P, p->P, hs, n_active, (float)c->beta1, (float)c->beta2,
               (float)c->adam_eps, (float)c->weight_decay);
     for (int i = 0; i < n_active; i++) p->steps[active[i]]++;
-    free(hs);
     return be->status(be, err);
 }

@@ -16,8 +16,9 @@ double tl_schedule_lr(const tl_config *c, int64_t step, int64_t total);
 
 /* Clips and applies AdamW to the listed slots, then increments their step counts. total_steps[slot] is the
  * number of optimizer steps that slot takes in the whole run. grad_norm[i] and lr[i] receive the pre-clip
- * gradient norm and the learning rate used for active[i]. */
+ * gradient norm and the learning rate used for active[i]; hs is caller-owned scratch of n_active entries (the
+ * step loop allocates nothing). */
 tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, const int32_t *active, int n_active,
-                        const int64_t *total_steps, float *grad_norm, float *lr, tl_error *err);
+                        const int64_t *total_steps, float *grad_norm, float *lr, tl_adam_slot *hs, tl_error *err);
 
 #endif

@@ -416,6 +416,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     int64_t *total_steps = NULL;
     double *aloss = NULL, *wbuf = NULL;
     float *logp = NULL, *gnorm = NULL, *lrs = NULL;
+    tl_adam_slot *adam = NULL;
     int32_t *pbuf = NULL;
     tl_pref_stats *pst = NULL;
     tl_ref_cache rc = {0};
@@ -482,8 +483,9 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     aloss = calloc((size_t)n, sizeof(double));
     gnorm = calloc((size_t)n, sizeof(float));
     lrs = calloc((size_t)n, sizeof(float));
+    adam = calloc((size_t)n, sizeof *adam);
     logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
-    if (!aloss || !gnorm || !lrs || !logp) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+    if (!aloss || !gnorm || !lrs || !adam || !logp) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
     if (pref) {
         size_t maxp = (size_t)cfg->micro_batch_tokens; /* pairs per micro-batch, generously */
         pst = calloc((size_t)n, sizeof *pst);
@@ -544,7 +546,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
                     if (mb->targets[i] >= 0) aloss[mb->adapter[i]] -= (double)mb->weight[i] * logp[i];
             }
         }
-        CHECK(tl_optim_step(&S.pool, S.be, cfg, B->active, B->n_active, total_steps, gnorm, lrs, err));
+        CHECK(tl_optim_step(&S.pool, S.be, cfg, B->active, B->n_active, total_steps, gnorm, lrs, adam, err));
         tok_since += B->n_tokens;
         truncated += B->n_truncated;
 
@@ -637,6 +639,7 @@ done:
     free(aloss);
     free(gnorm);
     free(lrs);
+    free(adam);
     free(logp);
     free(pst);
     free(pbuf);

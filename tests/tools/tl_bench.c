@@ -248,6 +248,7 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
     int32_t active[64];
     int64_t total[64];
     float gnorm[64], lr[64];
+    tl_adam_slot adam[64];
     for (int a = 0; a < o->adapters; a++) active[a] = a, total[a] = o->warmup + o->steps;
 
     size_t gbytes = (size_t)o->adapters * c->p.P * sizeof(float);
@@ -262,7 +263,7 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
         double ts = now_s();
         c->be->zero(c->be, c->p.grads, gbytes);
         tl_status s = tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err);
-        if (!s) s = tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, err);
+        if (!s) s = tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, adam, err);
         if (s) {
             free(times);
             return s;

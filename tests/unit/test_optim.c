@@ -76,7 +76,8 @@ static void test_isolated_step(void) {
         int32_t active_both[2] = {0, 1}, active_one[1] = {0};
         int64_t total[2] = {10, 10};
         float gn[2], lr[2];
-        tl_status s = tl_optim_step(&p, be, &c, run ? active_one : active_both, run ? 1 : 2, total, gn, lr, &err);
+        tl_adam_slot hs[2];
+        tl_status s = tl_optim_step(&p, be, &c, run ? active_one : active_both, run ? 1 : 2, total, gn, lr, hs, &err);
         CHECK(s == TL_OK, "optim step: %s", err.msg);
         memcpy(results[run], params, sizeof results[run]);
         CHECK(steps[0] == 4, "adapter 0 step count %lld", (long long)steps[0]);
