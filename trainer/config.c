@@ -327,19 +327,27 @@ static tl_status plain_scalar(const yaml_node_t *n, const source *s, const key_d
     return TL_OK;
 }
 
+/* The shared front of the integer getters: a plain scalar in decimal, no leading zero. */
+static tl_status scan_int(const yaml_node_t *n, const source *s, const key_desc *kd, const char *expected,
+                          const char **v, int *neg, uint64_t *mag, int_parse *r, tl_error *err) {
+    TL_TRY(plain_scalar(n, s, kd, expected, v, err));
+    char b[96];
+    *r = parse_int(*v, neg, mag);
+    if (*r == INT_BAD)
+        return fail_at(err, s, node_line(n), kd->key, "expected a decimal integer, got %s", shown(*v, b, sizeof b));
+    if (*r == INT_LEADING_ZERO)
+        return fail_at(err, s, node_line(n), kd->key, "%s has a leading zero, which is ambiguous (expected a "
+                       "decimal integer such as 10)", shown(*v, b, sizeof b));
+    return TL_OK;
+}
+
 static tl_status get_int(const yaml_node_t *n, const source *s, const key_desc *kd, int64_t *out, tl_error *err) {
     const char *v = "";
-    TL_TRY(plain_scalar(n, s, kd, "an integer", &v, err));
-    char b[96];
-    size_t line = node_line(n);
     int neg;
     uint64_t mag;
-    int_parse r = parse_int(v, &neg, &mag);
-    if (r == INT_BAD)
-        return fail_at(err, s, line, kd->key, "expected a decimal integer, got %s", shown(v, b, sizeof b));
-    if (r == INT_LEADING_ZERO)
-        return fail_at(err, s, line, kd->key, "%s has a leading zero, which is ambiguous (expected a decimal "
-                       "integer such as 10)", shown(v, b, sizeof b));
+    int_parse r;
+    TL_TRY(scan_int(n, s, kd, "an integer", &v, &neg, &mag, &r, err));
+    size_t line = node_line(n);
     if (r == INT_OVERFLOW || (neg ? mag > (uint64_t)INT64_MAX + 1u : mag > (uint64_t)INT64_MAX))
         goto range;
     int64_t x = neg ? (mag == (uint64_t)INT64_MAX + 1u ? INT64_MIN : -(int64_t)mag) : (int64_t)mag;
@@ -360,17 +368,11 @@ range:
 
 static tl_status get_u64(const yaml_node_t *n, const source *s, const key_desc *kd, uint64_t *out, tl_error *err) {
     const char *v = "";
-    TL_TRY(plain_scalar(n, s, kd, "a non-negative integer", &v, err));
-    char b[96];
-    size_t line = node_line(n);
     int neg;
     uint64_t mag;
-    int_parse r = parse_int(v, &neg, &mag);
-    if (r == INT_BAD)
-        return fail_at(err, s, line, kd->key, "expected a decimal integer, got %s", shown(v, b, sizeof b));
-    if (r == INT_LEADING_ZERO)
-        return fail_at(err, s, line, kd->key, "%s has a leading zero, which is ambiguous (expected a decimal "
-                       "integer such as 10)", shown(v, b, sizeof b));
+    int_parse r;
+    TL_TRY(scan_int(n, s, kd, "a non-negative integer", &v, &neg, &mag, &r, err));
+    size_t line = node_line(n);
     if (r == INT_OVERFLOW || (neg && mag))
         return fail_at(err, s, line, kd->key, "%s is out of range (expected 0 <= %s <= %" PRIu64 ")", v, kd->key,
                        UINT64_MAX);
