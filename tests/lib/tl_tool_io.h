@@ -5,6 +5,7 @@
 #define TL_TOOL_IO_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,24 @@ static inline tl_status parse_targets(tl_st_file *f, uint32_t *mask, tl_error *e
         s += len + (e ? 1 : 0);
     }
     if (!*mask) return tl_fail(err, TL_ERR_INPUT, "%s: metadata 'targets' is empty", tl_st_path(f));
+    return TL_OK;
+}
+
+/* Adds every slot's LoRA gradients (host copy of the pool's grads) as "grad.{slot}.{layer}.{target}.A|B". */
+static inline tl_status add_lora_grads(tl_st_writer *w, const tl_lora_pool *p, const float *grads, int n_slots,
+                                       tl_error *err) {
+    char name[128];
+    for (int s = 0; s < n_slots; s++)
+        for (int l = 0; l < p->n_layers; l++)
+            for (int t = 0; t < TL_N_TARGETS; t++) {
+                if (!(p->targets & (1u << t))) continue;
+                size_t k = (size_t)l * TL_N_TARGETS + t;
+                int64_t sa[2] = {p->rank, p->in_dim[t]}, sb[2] = {p->out_dim[t], p->rank};
+                snprintf(name, sizeof name, "grad.%d.%d.%s.A", s, l, tl_target_names[t]);
+                TL_TRY(tl_st_writer_add_f32(w, name, sa, 2, grads + (size_t)s * p->P + p->off_A[k], err));
+                snprintf(name, sizeof name, "grad.%d.%d.%s.B", s, l, tl_target_names[t]);
+                TL_TRY(tl_st_writer_add_f32(w, name, sb, 2, grads + (size_t)s * p->P + p->off_B[k], err));
+            }
     return TL_OK;
 }
 

@@ -236,17 +236,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     TL_TRY(tl_st_writer_add_bytes(c->w, "targets", "I32", &n, 1, c->mb.targets, (uint64_t)n * sizeof(int32_t),
                                   err));
     TL_TRY(tl_st_writer_add_f32(c->w, "weight", &n, 1, c->mb.weight, err));
-    for (int s = 0; s < c->n_slots; s++)
-        for (int l = 0; l < L; l++)
-            for (int t = 0; t < TL_N_TARGETS; t++) {
-                if (!(targets & (1u << t))) continue;
-                size_t k = (size_t)l * TL_N_TARGETS + t;
-                int64_t sa[2] = {p->rank, p->in_dim[t]}, sb[2] = {p->out_dim[t], p->rank};
-                snprintf(name, sizeof name, "grad.%d.%d.%s.A", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_writer_add_f32(c->w, name, sa, 2, c->grads + (size_t)s * P + p->off_A[k], err));
-                snprintf(name, sizeof name, "grad.%d.%d.%s.B", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_writer_add_f32(c->w, name, sb, 2, c->grads + (size_t)s * P + p->off_B[k], err));
-            }
+    TL_TRY(add_lora_grads(c->w, p, c->grads, c->n_slots, err));
     return tl_st_writer_write(c->w, out_path, err);
 }
 

@@ -228,7 +228,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     TL_TRY(tl_model_load(model_dir, be, &c->model, err));
     c->have_model = 1;
     const tl_model_config *cfg = &c->model.cfg;
-    int V = cfg->vocab_size, L = cfg->num_hidden_layers, d = cfg->hidden_size;
+    int V = cfg->vocab_size, d = cfg->hidden_size;
     for (int64_t i = 0; i < n; i++)
         if (c->mb.tokens[i] < 0 || c->mb.tokens[i] >= V)
             return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
@@ -289,18 +289,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
         TL_TRY(tl_st_writer_add_bytes(c->w, "ref_logps", "F64", srl, 2, c->ref_logps,
                                       (uint64_t)npairs * 2 * sizeof(double), err));
     TL_TRY(tl_st_writer_add_bytes(c->w, "targets", "I32", &n, 1, c->mb.targets, (uint64_t)n * sizeof(int32_t), err));
-    char name[128];
-    for (int s = 0; s < c->n_slots; s++)
-        for (int l = 0; l < L; l++)
-            for (int t = 0; t < TL_N_TARGETS; t++) {
-                if (!(targets & (1u << t))) continue;
-                size_t k = (size_t)l * TL_N_TARGETS + t;
-                int64_t sa[2] = {p->rank, p->in_dim[t]}, sb[2] = {p->out_dim[t], p->rank};
-                snprintf(name, sizeof name, "grad.%d.%d.%s.A", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_writer_add_f32(c->w, name, sa, 2, c->grads + (size_t)s * P + p->off_A[k], err));
-                snprintf(name, sizeof name, "grad.%d.%d.%s.B", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_writer_add_f32(c->w, name, sb, 2, c->grads + (size_t)s * P + p->off_B[k], err));
-            }
+    TL_TRY(add_lora_grads(c->w, p, c->grads, c->n_slots, err));
     if (reward) {
         c->grad_head = malloc((size_t)c->n_slots * d * sizeof(float));
         if (!c->grad_head) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
