@@ -399,6 +399,7 @@ struct tl_batcher {
     int64_t **perm;                 /* [A] into perm_buf */
     int64_t *perm_buf;
     int64_t *adapter_steps; /* [A] */
+    const uint8_t *owned;   /* [A] or NULL: user_shard, only these adapters are scheduled (borrowed) */
     seq_plan *plan;         /* [seq_cap] */
     tl_unit_place *placed;  /* [unit_cap] the last step's packed units */
     int64_t n_placed, n_skipped;
@@ -553,6 +554,8 @@ tl_status tl_batcher_init_units(const tl_unit_source *src, const tl_adapter_map 
     return TL_OK;
 }
 
+void tl_batcher_set_owned(tl_batcher *b, const uint8_t *owned) { b->owned = owned; }
+
 void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps) {
     if (adapter_steps)
         memcpy(b->adapter_steps, adapter_steps, (size_t)b->A * sizeof *b->adapter_steps);
@@ -638,7 +641,7 @@ tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_e
     for (int pass = 0; pass < 2; pass++) {
         int64_t lo = pass == 0 ? 0 : s, hi = pass == 0 ? wrap : (s + K < A ? s + K : A);
         for (int64_t a = lo; a < hi; a++) {
-            if (b->map->n_examples[a] == 0) continue;
+            if (b->map->n_examples[a] == 0 || (b->owned && !b->owned[a])) continue;
             uint64_t akey = tl_mix64(b->row_key[a] ^ (uint64_t)b->adapter_steps[a]);
             for (int j = 0; j < b->o.examples_per_adapter; j++) {
                 seq_plan *sp = &b->plan[n_plan];

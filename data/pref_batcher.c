@@ -107,6 +107,8 @@ void tl_pref_batcher_set_adapter_steps(tl_pref_batcher *b, const int64_t *adapte
 
 tl_cursor *tl_pref_batcher_cursors(tl_pref_batcher *b) { return tl_batcher_cursors(b->core); }
 
+void tl_pref_batcher_set_owned(tl_pref_batcher *b, const uint8_t *owned) { tl_batcher_set_owned(b->core, owned); }
+
 /* ------------------------------------------------------------------------------------------------------------
  * Evaluation */
 

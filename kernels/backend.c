@@ -5,6 +5,10 @@
 #include "tl_backend.h"
 
 tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_error *err) {
+    return tl_backend_open_on(name, threads, 0, out, err);
+}
+
+tl_status tl_backend_open_on(const char *name, int threads, int device, tl_backend **out, tl_error *err) {
     *out = NULL;
     if (!name) name = "auto";
     /* The thread count also governs host-side OpenMP loops outside the backend (e.g. data preparation). */
@@ -12,7 +16,7 @@ tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_er
     if (strcmp(name, "cpu") == 0) return tl_backend_cpu_create(threads, out, err);
     if (strcmp(name, "cuda") == 0) {
 #ifdef TL_HAVE_CUDA
-        if (tl_cuda_device_count() > 0) return tl_backend_cuda_create(0, out, err);
+        if (tl_cuda_device_count() > 0) return tl_backend_cuda_create(device, out, err);
         return tl_fail(err, TL_ERR_INPUT, "train.backend: cuda requested but no GPU found");
 #else
         return tl_fail(err, TL_ERR_INPUT, "train.backend: cuda requested but this build has no CUDA backend");
@@ -20,7 +24,7 @@ tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_er
     }
     if (strcmp(name, "auto") == 0) {
 #ifdef TL_HAVE_CUDA
-        if (tl_cuda_device_count() > 0) return tl_backend_cuda_create(0, out, err);
+        if (tl_cuda_device_count() > 0) return tl_backend_cuda_create(device, out, err);
 #endif
         return tl_backend_cpu_create(threads, out, err);
     }

@@ -154,12 +154,16 @@ struct tl_backend {
 /* Backends. name: "cpu", "cuda" or "auto" (cuda when a GPU is present and the build has it, else cpu).
  * threads <= 0 means the OpenMP default. */
 tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_error *err);
+/* The same, on CUDA device `device` when the choice is cuda (one process per GPU: tl_dist_cuda_device). */
+tl_status tl_backend_open_on(const char *name, int threads, int device, tl_backend **out, tl_error *err);
 tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err);
 #ifdef TL_HAVE_CUDA
 tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err);
 int tl_cuda_device_count(void);
 /* bytes currently allocated by a CUDA backend and the peak since its creation */
 void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak);
+/* the backend's cudaStream_t (every op runs on it, in order), for NCCL collectives on its buffers */
+void *tl_cuda_stream(tl_backend *be);
 #endif
 
 #endif

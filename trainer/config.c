@@ -34,7 +34,8 @@ typedef enum {
     K_U64,     /* uint64_t, any */
     K_DBL,     /* finite double in the range given by dlo/dhi and the D_* flags */
     K_BOOL,    /* true | false */
-    K_TARGETS  /* list of target module names, or all-linear */
+    K_TARGETS, /* list of target module names, or all-linear */
+    K_STRLIST  /* list of strings (null or [] = empty), kept as lines: no entry may hold a newline */
 } kind;
 
 enum { D_LO_OPEN = 1, D_HAS_HI = 2, D_HI_OPEN = 4 };
@@ -49,7 +50,7 @@ typedef struct {
     const char *const *choices; /* NULL-terminated, for K_ENUM */
 } key_desc;
 
-static const char *const SECTIONS[] = {"run", "model", "adapter", "data", "task", "train"};
+static const char *const SECTIONS[] = {"run", "model", "adapter", "data", "task", "train", "dist", "cluster"};
 #define N_SECTIONS ((int)(sizeof SECTIONS / sizeof SECTIONS[0]))
 
 static const char *const KEY_CHOICES[] = {"user", "group", "global", NULL};
@@ -57,6 +58,7 @@ static const char *const TASK_CHOICES[] = {"sft", "dpo", "reward", NULL};
 static const char *const BACKEND_CHOICES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const SCHEDULE_CHOICES[] = {"constant", "linear", "cosine", NULL};
 static const char *const PREF_LOSS_CHOICES[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
+static const char *const STRATEGY_CHOICES[] = {"auto", "user_shard", "data_parallel", NULL};
 
 #define F(field) offsetof(tl_config, field)
 #define STR(name, field) {name, K_STR, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
@@ -65,6 +67,7 @@ static const char *const PREF_LOSS_CHOICES[] = {"sigmoid", "ipo", "hinge", "robu
 #define INT(name, field, lo, hi) {name, K_INT, F(field), 0, lo, hi, 0, 0, 0, NULL}
 #define I64(name, field, lo) {name, K_I64, F(field), 0, lo, INT64_MAX, 0, 0, 0, NULL}
 #define DBL(name, field, lo, hi, fl) {name, K_DBL, F(field), 0, 0, 0, lo, hi, fl, NULL}
+#define STRLIST(name, field) {name, K_STRLIST, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
 
 static const key_desc KEYS[] = {
     STR("run.name", run_name),
@@ -109,6 +112,25 @@ static const key_desc KEYS[] = {
     I64("train.checkpoint_every", checkpoint_every, 0),
     INT("train.keep_checkpoints", keep_checkpoints, 1, INT_MAX),
     STR("train.resume", resume),
+    ENUM("dist.strategy", dist_strategy, STRATEGY_CHOICES),
+    DBL("dist.timeout_s", dist_timeout_s, 0, 0, D_LO_OPEN),
+    OPTSTR("dist.rendezvous_dir", dist_rendezvous_dir),
+    INT("cluster.nodes", cluster_nodes, 1, 100000),
+    INT("cluster.gpus_per_node", cluster_gpus_per_node, 0, 1024),
+    INT("cluster.tasks_per_node", cluster_tasks_per_node, 0, 4096),
+    INT("cluster.cpus_per_task", cluster_cpus_per_task, 0, 4096),
+    OPTSTR("cluster.partition", cluster_partition),
+    OPTSTR("cluster.account", cluster_account),
+    OPTSTR("cluster.time", cluster_time),
+    OPTSTR("cluster.mem", cluster_mem),
+    OPTSTR("cluster.job_name", cluster_job_name),
+    OPTSTR("cluster.mpi", cluster_mpi),
+    INT("cluster.signal_s", cluster_signal_s, 0, 86400),
+    {"cluster.requeue", K_BOOL, F(cluster_requeue), 0, 0, 0, 0, 0, 0, NULL},
+    OPTSTR("cluster.tailor", cluster_tailor),
+    STRLIST("cluster.sbatch", cluster_sbatch),
+    STRLIST("cluster.setup", cluster_setup),
+    STRLIST("cluster.env", cluster_env),
 };
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 
@@ -158,6 +180,12 @@ void tl_config_defaults(tl_config *c) {
     c->checkpoint_every = 0;
     c->keep_checkpoints = 2;
     snprintf(c->resume, sizeof c->resume, "auto");
+    snprintf(c->dist_strategy, sizeof c->dist_strategy, "auto");
+    c->dist_timeout_s = 600.0;
+    c->cluster_nodes = 1;
+    snprintf(c->cluster_mpi, sizeof c->cluster_mpi, "pmix");
+    c->cluster_signal_s = 90;
+    c->cluster_requeue = 1;
 }
 
 /* ---- error messages ---- */
@@ -463,6 +491,38 @@ static tl_status get_targets(const yaml_document_t *doc, const yaml_node_t *n, c
     return TL_OK;
 }
 
+/* A list of strings into field (cap kd->cap) as newline-separated lines; null or [] is the empty list. */
+static tl_status get_strlist(const yaml_document_t *doc, const yaml_node_t *n, const source *s, const key_desc *kd,
+                             char *field, tl_error *err) {
+    char b[96];
+    if (is_null(n)) {
+        field[0] = 0;
+        return TL_OK;
+    }
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail_at(err, s, node_line(n), kd->key, "expected a list of strings, got %s (a single entry is written "
+                       "[...] or as a '- ' line)", describe(n, b, sizeof b));
+    size_t k = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+        const yaml_node_t *e = yaml_document_get_node((yaml_document_t *)doc, *it);
+        if (!e || e->type != YAML_SCALAR_NODE || is_null(e))
+            return fail_at(err, s, node_line(e), kd->key, "expected a string in the list, got %s",
+                           describe(e, b, sizeof b));
+        const char *v = (const char *)e->data.scalar.value;
+        size_t l = strlen(v);
+        if (l != e->data.scalar.length || memchr(v, '\n', l) || !l)
+            return fail_at(err, s, node_line(e), kd->key, "list entries must be non-empty single lines");
+        if (k + l + 2 > kd->cap)
+            return fail_at(err, s, node_line(e), kd->key, "the list is too long (at most %zu bytes in all)",
+                           kd->cap - 1);
+        memcpy(field + k, v, l);
+        k += l;
+        field[k++] = '\n';
+    }
+    field[k] = 0;
+    return TL_OK;
+}
+
 /* Sets one key from a YAML node (NULL: an empty override value), with all of that key's own checks. */
 static tl_status set_key(tl_config *c, int ki, const yaml_document_t *doc, const yaml_node_t *n, const source *s,
                          tl_error *err) {
@@ -535,6 +595,7 @@ static tl_status set_key(tl_config *c, int ki, const yaml_document_t *doc, const
         *(int *)(void *)field = !strcmp(v, "true");
         return TL_OK;
     }
+    case K_STRLIST: return get_strlist(doc, n, s, kd, field, err);
     case K_TARGETS: {
         uint32_t m = 0;
         TL_TRY(get_targets(doc, n, s, kd, &m, err));
@@ -615,7 +676,7 @@ static tl_status apply_document(tl_config *c, origin *o, const yaml_document_t *
     if (is_null(root)) return TL_OK; /* empty file: defaults */
     if (root->type != YAML_MAPPING_NODE)
         return fail_at(err, s, node_line(root), NULL, "expected a mapping of sections (run, model, adapter, data, "
-                       "task, train) at the top level, got %s", describe(root, b, sizeof b));
+                       "task, train, dist, cluster) at the top level, got %s", describe(root, b, sizeof b));
     size_t section_line[N_SECTIONS] = {0}, first_line[N_KEYS] = {0};
     for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
         const yaml_node_t *k = yaml_document_get_node((yaml_document_t *)doc, pr->key);
@@ -639,7 +700,7 @@ static tl_status apply_document(tl_config *c, origin *o, const yaml_document_t *
                                        KEYS[sug].key);
             }
             return fail_at(err, s, node_line(k), name, "unknown section%s; the sections are run, model, adapter, "
-                           "data, task and train", hint);
+                           "data, task, train, dist and cluster", hint);
         }
         if (section_line[si])
             return fail_at(err, s, node_line(k), name, "duplicate section (first at line %zu)", section_line[si]);
@@ -875,6 +936,21 @@ void tl_config_write_yaml(const tl_config *c, FILE *f) {
         case K_U64: fprintf(f, "%" PRIu64, *(const uint64_t *)(const void *)field); break;
         case K_DBL: write_double(f, *(const double *)(const void *)field); break;
         case K_BOOL: fputs(*(const int *)(const void *)field ? "true" : "false", f); break;
+        case K_STRLIST: {
+            fputc('[', f);
+            char item[4096];
+            int cnt = 0;
+            for (const char *p = field; *p;) {
+                const char *e = strchr(p, '\n');
+                size_t l = e ? (size_t)(e - p) : strlen(p);
+                snprintf(item, sizeof item, "%.*s", (int)l, p);
+                if (cnt++) fputs(", ", f);
+                write_string(f, item);
+                p += l + (e ? 1 : 0);
+            }
+            fputc(']', f);
+            break;
+        }
         case K_TARGETS: {
             uint32_t m = *(const uint32_t *)(const void *)field;
             fputc('[', f);

@@ -62,8 +62,9 @@ static int cmd_train_or_eval(int argc, char **argv, int eval) {
     tl_error err = {0};
     if (tl_config_load(argv[0], argv + 1, argc - 1, &cfg, &err)) return fail(&err);
     tl_ui ui = make_ui();
-    if ((eval ? tl_eval(&cfg, &ui, &err) : tl_train(&cfg, &ui, &err)) != TL_OK) return fail(&err);
-    return 0;
+    int stopped = 0;
+    if ((eval ? tl_eval(&cfg, &ui, &err) : tl_train(&cfg, &ui, &stopped, &err)) != TL_OK) return fail(&err);
+    return stopped ? TL_EXIT_PREEMPTED : 0;
 }
 
 static int cmd_export(int argc, char **argv) {

@@ -68,6 +68,25 @@ typedef struct {
     int64_t checkpoint_every;     /* default 0 = only at the end */
     int keep_checkpoints;         /* default 2 */
     char resume[TL_PATH_MAX];     /* auto (default) | never | path of a checkpoint directory */
+    /* dist: many processes (docs/cluster.md) */
+    char dist_strategy[16];       /* auto (default: user_shard, data_parallel for adapter.key global) |
+                                     user_shard | data_parallel */
+    double dist_timeout_s;        /* default 600: longest wait in a collective before the run aborts */
+    char dist_rendezvous_dir[TL_PATH_MAX]; /* NCCL id file rendezvous; "" = <run.output_dir>/.rendezvous */
+    /* cluster: tailor submit's sbatch script (docs/cluster.md) */
+    int cluster_nodes;            /* default 1 */
+    int cluster_gpus_per_node;    /* default 0 = a CPU job */
+    int cluster_tasks_per_node;   /* default 0 = gpus_per_node, or 1 for a CPU job */
+    int cluster_cpus_per_task;    /* default 0 = not set (Slurm's default) */
+    char cluster_partition[128], cluster_account[128], cluster_time[64], cluster_mem[64]; /* "" = not set */
+    char cluster_job_name[256];   /* "" = run.name */
+    char cluster_mpi[32];         /* srun --mpi= value, default pmix; "" = none given */
+    int cluster_signal_s;         /* default 90: USR1 this many seconds before the time limit; 0 = none */
+    int cluster_requeue;          /* default true: a preempted or signalled job requeues itself */
+    char cluster_tailor[TL_PATH_MAX]; /* tailor binary in the job; "" = this binary's absolute path */
+    char cluster_sbatch[4096];    /* extra sbatch options, one per line ("--qos=high") */
+    char cluster_setup[4096];     /* shell lines run before srun (module load ...), one per line */
+    char cluster_env[4096];       /* KEY=VALUE lines exported in the job */
 } tl_config;
 
 /* Every field at its documented default (run.name "run", run.output_dir "runs/run", model.path unset). */

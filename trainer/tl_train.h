@@ -16,7 +16,15 @@ typedef struct {
     int quiet;
 } tl_ui;
 
-tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err);
+/* Exit code of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint: "try again" (sysexits'
+ * EX_TEMPFAIL); the sbatch script of tailor submit requeues the job on it. */
+#define TL_EXIT_PREEMPTED 75
+
+/* Trains; with many processes (tl_dist.h) this is one rank of the run: ranks agree on every step, rank 0 writes
+ * the run directory. SIGTERM and SIGUSR1 make every rank finish its step, write a checkpoint and return TL_OK
+ * with *stopped = 1. When world > 1, a failure after the ranks connected is printed (one line, naming the rank)
+ * and ends every rank (tl_dist_abort): it never returns then. */
+tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error *err);
 /* Evaluates the run's latest checkpoint on data.eval (per adapter and the base model). */
 tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err);
 /* Exports the adapters of a run directory's latest checkpoint, or of a checkpoint directory, as PEFT dirs

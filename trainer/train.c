@@ -16,6 +16,8 @@
 #include "../data/tl_dataset.h"
 #include "../data/tl_pref.h"
 #include "tl_checkpoint.h"
+#include "tl_dist.h"
+#include "tl_dist_pool.h"
 #include "tl_eval.h"
 #include "tl_export.h"
 #include "tl_fsutil.h"
@@ -61,6 +63,13 @@ typedef struct {
     tl_pref_batcher *pbatcher;
     tl_pref_scratch *psc;
     tl_pref_opts popts;
+    /* many processes (tl_dist.h) */
+    tl_dist_env env;
+    tl_dist *dist;   /* NULL outside tl_train */
+    int dp;          /* dist.strategy data_parallel (else user_shard) */
+    int *owner;      /* user_shard with world > 1: [n_slots] owner rank of each adapter */
+    uint8_t *owned;  /* [n_slots] owner == this rank */
+    int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
 } tl_session;
 
 static tl_task task_of(const tl_config *cfg) {
@@ -81,6 +90,9 @@ static void tl_session_close(tl_session *S) {
     if (S->have_ptrain) tl_pref_free(&S->ptrain);
     if (S->have_peval) tl_pref_free(&S->peval);
     if (S->model_loaded) tl_model_free(&S->model);
+    free(S->owner);
+    free(S->owned);
+    tl_dist_free(S->dist);
     if (S->be) S->be->destroy(S->be);
     memset(S, 0, sizeof *S);
 }
@@ -111,7 +123,7 @@ static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train
     int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
     if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
     if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
-    TL_TRY(tl_backend_open(cfg->backend, cfg->threads, &S->be, err));
+    TL_TRY(tl_backend_open_on(cfg->backend, S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
     TL_TRY(tl_model_load(cfg->model_path, S->be, &S->model, err));
     S->model_loaded = 1;
     int V = S->model.cfg.vocab_size;
@@ -380,6 +392,11 @@ static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_st
         int64_t k1 = k0;
         while (k1 < PS->n_pairs && PS->pairs[k1].mb == mbi) k1++;
         int n = (int)(k1 - k0);
+        int world = tl_dist_world(S->dist);
+        if (S->dp && mbi % world != tl_dist_rank(S->dist)) { /* data_parallel: another rank's micro-batch */
+            k0 = k1;
+            continue;
+        }
         int32_t *sc_c = buf, *sc_r = buf + n, *ad = buf + 2 * n;
         int cached = rc->v != NULL;
         for (int k = 0; k < n; k++) {
@@ -410,25 +427,182 @@ static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_st
     return TL_OK;
 }
 
-tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
+/* SIGTERM / SIGUSR1: finish the step, checkpoint, exit TL_EXIT_PREEMPTED. A signal handler can only reach a
+ * global; this flag is the one piece of global state of the trainer. */
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+static void install_stop_handlers(struct sigaction *old_term, struct sigaction *old_usr1) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    g_stop_signal = 0;
+    sigaction(SIGTERM, &sa, old_term);
+    sigaction(SIGUSR1, &sa, old_usr1);
+}
+
+/* The tokens adapter a will train on over the run (its steps x examples per step x its mean example length,
+ * capped at max_seq_len): the cost that user_shard balances. */
+static void adapter_costs(const tl_session *S, const tl_config *cfg, const int64_t *total_steps, double *cost) {
+    for (int a = 0; a < S->map.n_adapters; a++) {
+        double len = 0;
+        int64_t n = S->map.n_examples[a];
+        for (int64_t i = 0; i < n; i++) {
+            int64_t e = S->map.examples[a][i], l;
+            if (S->task == TL_TASK_SFT)
+                l = S->train.offsets[e + 1] - S->train.offsets[e];
+            else
+                l = 2 * (S->ptrain.prompt.offsets[e + 1] - S->ptrain.prompt.offsets[e]) +
+                    (S->ptrain.chosen.offsets[e + 1] - S->ptrain.chosen.offsets[e]) +
+                    (S->ptrain.rejected.offsets[e + 1] - S->ptrain.rejected.offsets[e]);
+            if (l > (int64_t)cfg->data_max_seq_len * (S->task == TL_TASK_SFT ? 1 : 2))
+                l = (int64_t)cfg->data_max_seq_len * (S->task == TL_TASK_SFT ? 1 : 2);
+            len += (double)l;
+        }
+        cost[a] = n ? (double)total_steps[a] * cfg->examples_per_adapter * len / (double)n : 0;
+    }
+}
+
+/* pst as doubles for a sum over ranks (counts stay exact below 2^53) */
+#define PSTAT_N 9
+static void pstat_pack(const tl_pref_stats *s, double *d) {
+    d[0] = (double)s->n, d[1] = (double)s->n_logp, d[2] = s->loss, d[3] = s->reward_chosen;
+    d[4] = s->reward_rejected, d[5] = s->accuracy, d[6] = s->margin, d[7] = s->logp_chosen, d[8] = s->logp_rejected;
+}
+static void pstat_unpack(const double *d, tl_pref_stats *s) {
+    s->n = (int64_t)d[0], s->n_logp = (int64_t)d[1], s->loss = d[2], s->reward_chosen = d[3];
+    s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
+}
+
+/* What one log line reports, summed over ranks. */
+typedef struct {
+    double loss, gn, lr, cnt, tokens, tok_since, truncated;
+    tl_pref_stats all;
+} tl_log_sums;
+
+/* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
+ * (loss, preference stats), reduced per adapter first; everything else is replicated, so the scalars need no
+ * reduction. user_shard: each rank's numbers are complete for its own adapters and disjoint from the others'. */
+static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, const float *gnorm, const float *lrs,
+                          tl_pref_stats *pst, double *buf, int64_t tok_since, int64_t truncated, int64_t step,
+                          tl_log_sums *o, tl_error *err) {
+    int world = tl_dist_world(S->dist);
+    char what[64];
+    snprintf(what, sizeof what, "metrics of step %lld", (long long)step + 1);
+    if (S->dp && world > 1) {
+        int k = pst ? PSTAT_N : 1;
+        for (int i = 0; i < B->n_active; i++) {
+            if (pst)
+                pstat_pack(&pst[B->active[i]], buf + (size_t)i * k);
+            else
+                buf[i] = aloss[B->active[i]];
+        }
+        TL_TRY(tl_dist_allreduce_f64_host(S->dist, buf, (size_t)B->n_active * k, what, err));
+        for (int i = 0; i < B->n_active; i++) {
+            int a = B->active[i];
+            if (pst) {
+                pstat_unpack(buf + (size_t)i * k, &pst[a]);
+                double mean[TL_PREF_N_METRICS];
+                tl_pref_stats_mean(&pst[a], mean);
+                aloss[a] = mean[TL_PREF_M_LOSS];
+            } else {
+                aloss[a] = buf[i];
+            }
+        }
+    }
+    memset(o, 0, sizeof *o);
+    tl_pref_stats_init(&o->all);
+    for (int i = 0; i < B->n_active; i++) {
+        int a = B->active[i];
+        if (B->target_count[a] == 0) continue;
+        o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
+        if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
+    }
+    o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
+    if (S->dp || world == 1) return TL_OK;
+    double v[7 + PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
+    pstat_pack(&o->all, v + 7);
+    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + PSTAT_N, what, err));
+    o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
+    o->truncated = v[6];
+    pstat_unpack(v + 7, &o->all);
+    return TL_OK;
+}
+
+/* Everything rank 0 writes from the pool (checkpoint, evaluation, export) needs the owners' state first. */
+static tl_status gather_pool(tl_session *S, tl_cursor *cursors, tl_error *err) {
+    if (S->dp || tl_dist_world(S->dist) == 1) return TL_OK;
+    return tl_dist_pool_gather(S->dist, &S->pool, S->be, S->owner, cursors, err);
+}
+
+/* Rank 0 alone writes; the others wait for it here, so a failure on rank 0 reaches them as a failed collective
+ * and no rank runs ahead of a checkpoint. */
+static tl_status save_checkpoint(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
+                                 tl_error *err) {
+    TL_TRY(gather_pool(S, cursors, err));
+    if (tl_dist_rank(S->dist) == 0)
+        TL_TRY(tl_checkpoint_save(cfg->output_dir, cfg, &S->pool, S->be, done_steps, cursors, cfg->keep_checkpoints,
+                                  err));
+    return tl_dist_barrier(S->dist, "checkpoint written by rank 0", err);
+}
+
+/* Places this process: the CUDA device of its local rank and its share of the cores. */
+static void place_process(tl_session *S, const tl_config *cfg) {
+    S->device = 0, S->threads = cfg->threads;
+    if (S->env.world == 1) return;
+    if (cfg->threads == 0) S->threads = tl_dist_cpu_threads(&S->env);
+#ifdef TL_HAVE_CUDA
+    S->device = tl_dist_cuda_device(&S->env, tl_cuda_device_count());
+#endif
+}
+
+tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_error *err) {
     tl_session S;
     memset(&S, 0, sizeof S);
     int64_t *total_steps = NULL;
-    double *aloss = NULL, *wbuf = NULL;
+    double *aloss = NULL, *wbuf = NULL, *cost = NULL, *rbuf = NULL;
     float *logp = NULL, *gnorm = NULL, *lrs = NULL;
     tl_adam_slot *adam = NULL;
     int32_t *pbuf = NULL;
     tl_pref_stats *pst = NULL;
     tl_ref_cache rc = {0};
     tl_metrics M = {0};
+    tl_ui rui = *ui_in;
+    const tl_ui *ui = &rui;
+    FILE *devnull = NULL;
+    struct sigaction old_term, old_usr1;
+    int handlers = 0;
     tl_status s;
+    int rank = 0, world = 1;
+    *stopped = 0;
 #define CHECK(x)            \
     do {                    \
         s = (x);            \
         if (s) goto done;   \
     } while (0)
+    CHECK(tl_dist_env_detect(&S.env, err));
+    rank = S.env.rank, world = S.env.world;
+    if (rank > 0) { /* rank 0 speaks for the run; the others report only their own failures */
+        devnull = fopen("/dev/null", "w");
+        if (!devnull) CHECK(tl_fail(err, TL_ERR_RUNTIME, "rank %d: cannot open /dev/null", rank));
+        rui.out = devnull, rui.log = devnull, rui.quiet = 1, rui.is_tty = 0;
+    }
+    place_process(&S, cfg);
     CHECK(open_inputs(&S, cfg, 1, 0, err));
     tl_adapter_key key = parse_key(cfg->adapter_key);
+    S.dp = !strcmp(cfg->dist_strategy, "data_parallel") || (!strcmp(cfg->dist_strategy, "auto") && key == TL_KEY_GLOBAL);
+    {
+        char rdv[TL_PATH_MAX + 16];
+        snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
+        tl_dist_opts dopts = {.backend = S.be->name, .timeout_s = cfg->dist_timeout_s,
+                              .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
+#ifdef TL_HAVE_CUDA
+        if (!strcmp(S.be->name, "cuda")) dopts.cuda_stream = tl_cuda_stream(S.be);
+#endif
+        CHECK(tl_dist_init(&S.env, &dopts, &S.dist, err));
+    }
     int pref = S.task != TL_TASK_SFT;
     if (pref) {
         CHECK(tl_adapter_map_build_pref(&S.ptrain, key, NULL, 0, &S.map, err));
@@ -450,10 +624,29 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         CHECK(tl_batcher_init(&S.train, &S.map, &bo, &S.batcher, err));
     CHECK(make_pools(&S, cfg, S.map.names, S.map.n_adapters, err));
     tl_cursor *cursors = pref ? tl_pref_batcher_cursors(S.pbatcher) : tl_batcher_cursors(S.batcher);
+    int n = S.pool.n_slots;
+    CHECK(count_adapter_steps(cfg, n, &total_steps, err));
 
-    /* Inputs are valid: from here on the run directory may be written. */
-    CHECK(tl_mkdir_p(cfg->output_dir, err));
-    {
+    /* user_shard: each rank schedules only the adapters it owns; the round robin stays the whole pool's */
+    int owned_here = n;
+    if (world > 1 && !S.dp) {
+        S.owner = malloc((size_t)n * sizeof *S.owner);
+        S.owned = calloc((size_t)n, 1);
+        cost = malloc((size_t)n * sizeof *cost);
+        if (!S.owner || !S.owned || !cost) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+        adapter_costs(&S, cfg, total_steps, cost);
+        tl_dist_assign_owners(cost, n, world, S.owner);
+        owned_here = 0;
+        for (int a = 0; a < n; a++) owned_here += S.owned[a] = S.owner[a] == rank;
+        if (pref)
+            tl_pref_batcher_set_owned(S.pbatcher, S.owned);
+        else
+            tl_batcher_set_owned(S.batcher, S.owned);
+    }
+
+    /* Inputs are valid: from here on the run directory may be written (by rank 0). */
+    if (rank == 0) {
+        CHECK(tl_mkdir_p(cfg->output_dir, err));
         char path[TL_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
         FILE *f = fopen(path, "w");
@@ -471,21 +664,30 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         snprintf(ckpt, sizeof ckpt, "%s", cfg->resume);
         found = 1;
     }
+    if (world > 1) { /* every rank resumes from the checkpoint rank 0 found, whatever the file system shows it */
+        int64_t fs[2] = {found, 0};
+        char pathbuf[TL_PATH_MAX];
+        memcpy(pathbuf, found ? ckpt : "", found ? sizeof pathbuf : 1);
+        CHECK(tl_dist_bcast_host(S.dist, fs, sizeof fs, 0, "resume decision", err));
+        CHECK(tl_dist_bcast_host(S.dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
+        found = (int)fs[0];
+        memcpy(ckpt, pathbuf, sizeof ckpt);
+    }
     if (found) {
+        /* the whole state, whatever the number of ranks that wrote it: each rank then trains its own adapters */
         CHECK(tl_checkpoint_load(ckpt, &S.pool, S.be, &start, cursors, err));
         fprintf(ui->out, "resuming from %s (step %lld)\n", ckpt, (long long)start);
     }
-    CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
+    if (rank == 0) CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
     CHECK(workspace_for(&S, cfg, err));
-    CHECK(count_adapter_steps(cfg, S.pool.n_slots, &total_steps, err));
 
-    int n = S.pool.n_slots;
     aloss = calloc((size_t)n, sizeof(double));
     gnorm = calloc((size_t)n, sizeof(float));
     lrs = calloc((size_t)n, sizeof(float));
     adam = calloc((size_t)n, sizeof *adam);
     logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
-    if (!aloss || !gnorm || !lrs || !adam || !logp) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+    rbuf = malloc((size_t)n * PSTAT_N * sizeof(double));
+    if (!aloss || !gnorm || !lrs || !adam || !logp || !rbuf) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
     if (pref) {
         size_t maxp = (size_t)cfg->micro_batch_tokens; /* pairs per micro-batch, generously */
         pst = calloc((size_t)n, sizeof *pst);
@@ -507,14 +709,29 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
             cfg->task_type, S.be->name, cfg->model_path, S.model.cfg.num_hidden_layers, S.model.cfg.hidden_size,
             S.model.cfg.vocab_size, n, cfg->adapter_rank, (long long)S.pool.P,
             (double)tl_workspace_bytes(S.ws) / (1 << 20));
+    if (world > 1)
+        fprintf(ui->out, "%d ranks (%s, %s), strategy %s%s\n", world, S.env.source, tl_dist_transport(S.dist),
+                S.dp ? "data_parallel" : "user_shard",
+                S.dp ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
+                     : ": each rank trains its own adapters, balanced by tokens");
+    if (world > 1 && !S.dp && owned_here == 0)
+        fprintf(stderr, "tailor: warning: rank %d of %d owns no adapter (%d adapters for %d ranks): it only waits\n",
+                rank, world, n, world);
 
-    /* Fault injection for the resume test: die by SIGKILL right after this global step, as a crash would. */
+    /* Fault injection for the resume and fault tests: die by SIGKILL right after this global step, as a crash
+     * would (TAILOR_FAULT_KILL_RANK limits it to one rank). */
     const char *kill_env = getenv("TAILOR_FAULT_KILL_AFTER_STEP");
-    int64_t kill_after = kill_env ? atoll(kill_env) : -1;
+    const char *kill_rank_env = getenv("TAILOR_FAULT_KILL_RANK");
+    int64_t kill_after = kill_env && (!kill_rank_env || atoi(kill_rank_env) == rank) ? atoll(kill_env) : -1;
+    install_stop_handlers(&old_term, &old_usr1);
+    handlers = 1;
     double t0 = now_s(), t_last = t0;
     int64_t tok_since = 0, truncated = 0;
+    double truncated_all = 0;
     int64_t last_ckpt = found ? start : -1;
-    for (int64_t step = start; step < cfg->steps; step++) {
+    int stop_sig = 0;
+    int64_t step = start;
+    for (; step < cfg->steps; step++) {
         tl_step_batch *B = NULL;
         tl_pref_step *PS = NULL;
         if (pref) {
@@ -525,6 +742,10 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
             tl_batcher_set_adapter_steps(S.batcher, S.pool.steps);
             CHECK(tl_batcher_next(S.batcher, step, &B, err));
         }
+        if (S.dp && world > 1 && B->n_mb < world && step == start)
+            fprintf(ui->log, "warning: step %lld has %d micro-batch(es) for %d ranks: some ranks idle (lower "
+                    "train.micro_batch_tokens or raise train.examples_per_adapter)\n", (long long)step + 1, B->n_mb,
+                    world);
         for (int i = 0; i < B->n_active; i++) {
             int a = B->active[i];
             aloss[a] = 0;
@@ -540,12 +761,14 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
             }
         } else {
             for (int k = 0; k < B->n_mb; k++) {
+                if (S.dp && k % world != rank) continue; /* data_parallel: micro-batch k is rank k mod world's */
                 tl_host_mb *mb = &B->mb[k];
                 CHECK(tl_model_step(&S.model, &S.pool, S.ws, mb, 1, logp, err));
                 for (int i = 0; i < mb->n_tok; i++)
                     if (mb->targets[i] >= 0) aloss[mb->adapter[i]] -= (double)mb->weight[i] * logp[i];
             }
         }
+        if (S.dp) CHECK(tl_dist_pool_reduce_grads(S.dist, &S.pool, B->active, B->n_active, step, err));
         CHECK(tl_optim_step(&S.pool, S.be, cfg, B->active, B->n_active, total_steps, gnorm, lrs, adam, err));
         tok_since += B->n_tokens;
         truncated += B->n_truncated;
@@ -553,31 +776,28 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         int64_t done_steps = step + 1;
         int log_now = done_steps % cfg->log_every == 0 || done_steps == cfg->steps || step == start;
         if (log_now) {
-            double loss = 0, gn = 0, lr = 0;
-            int cnt = 0;
-            tl_pref_stats all;
-            tl_pref_stats_init(&all);
-            for (int i = 0; i < B->n_active; i++) {
-                int a = B->active[i];
-                if (B->target_count[a] == 0) continue;
-                loss += aloss[a], gn += gnorm[i], lr += lrs[i], cnt++;
-                if (pst) tl_pref_stats_merge(&all, &pst[a]);
-            }
+            tl_log_sums L;
+            CHECK(log_sums(&S, B, aloss, gnorm, lrs, pst, rbuf, tok_since, truncated, step, &L, err));
+            truncated_all = L.truncated;
+            double loss = L.loss, gn = L.gn, lr = L.lr;
+            int cnt = (int)L.cnt;
             if (cnt) loss /= cnt, gn /= cnt, lr /= cnt;
-            double t = now_s(), tps = (double)tok_since / fmax(t - t_last, 1e-9);
-            fprintf(M.f,
-                    "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens\": %lld, "
-                    "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
-                    (long long)done_steps, loss, lr, gn, (long long)B->n_tokens, tps, t - t0, cnt,
-                    (long long)truncated);
-            if (pst) { /* TRL's batch means over the step's pairs */
-                double mean[TL_PREF_N_METRICS];
-                tl_pref_stats_mean(&all, mean);
-                for (int k = 1; k < TL_PREF_N_METRICS; k++)
-                    if (isfinite(mean[k])) fprintf(M.f, ", \"%s\": %.6f", tl_pref_metric_names[k], mean[k]);
+            double t = now_s(), tps = L.tok_since / fmax(t - t_last, 1e-9);
+            if (M.f) {
+                fprintf(M.f,
+                        "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens\": %lld, "
+                        "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
+                        (long long)done_steps, loss, lr, gn, (long long)L.tokens, tps, t - t0, cnt,
+                        (long long)L.truncated);
+                if (pst) { /* TRL's batch means over the step's pairs */
+                    double mean[TL_PREF_N_METRICS];
+                    tl_pref_stats_mean(&L.all, mean);
+                    for (int k = 1; k < TL_PREF_N_METRICS; k++)
+                        if (isfinite(mean[k])) fprintf(M.f, ", \"%s\": %.6f", tl_pref_metric_names[k], mean[k]);
+                }
+                fputs("}\n", M.f);
+                fflush(M.f);
             }
-            fputs("}\n", M.f);
-            fflush(M.f);
             char eta[32];
             fmt_eta(eta, sizeof eta, (t - t0) / (double)(done_steps - start) * (double)(cfg->steps - done_steps));
             if (!ui->quiet) {
@@ -591,15 +811,33 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
             }
             t_last = t, tok_since = 0;
         }
+        /* a stop signal on any rank stops every rank after this same step */
+        stop_sig = g_stop_signal;
+        if (world > 1) {
+            char what[64];
+            snprintf(what, sizeof what, "stop vote after step %lld", (long long)done_steps);
+            CHECK(tl_dist_allreduce_max_int_host(S.dist, &stop_sig, 1, what, err));
+        }
+        if (stop_sig && done_steps < cfg->steps) {
+            if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
+            CHECK(save_checkpoint(&S, cfg, done_steps, cursors, err));
+            fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
+                    "resume (exit code %d)\n", stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
+                    (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
+            *stopped = 1;
+            s = TL_OK;
+            goto done;
+        }
         if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
-            CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, done_steps, cursors, cfg->keep_checkpoints,
-                                     err));
+            CHECK(save_checkpoint(&S, cfg, done_steps, cursors, err));
             last_ckpt = done_steps;
         }
         if ((S.have_eval || S.have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
             done_steps < cfg->steps) {
             if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err));
+            CHECK(gather_pool(&S, cursors, err));
+            if (rank == 0) CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err));
+            CHECK(tl_dist_barrier(S.dist, "evaluation on rank 0", err));
         }
         if (done_steps == kill_after) {
             fflush(NULL);
@@ -607,20 +845,21 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
         }
     }
     if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-    if (truncated)
-        fprintf(ui->log, "note: %lld sequence(s) were longer than data.max_seq_len=%d and were truncated (prompt "
+    if (truncated_all > 0)
+        fprintf(ui->log, "note: %.0f sequence(s) were longer than data.max_seq_len=%d and were truncated (prompt "
                          "dropped from the left)\n",
-                (long long)truncated, cfg->data_max_seq_len);
-    if (last_ckpt != cfg->steps)
-        CHECK(tl_checkpoint_save(cfg->output_dir, cfg, &S.pool, S.be, cfg->steps, cursors, cfg->keep_checkpoints, err));
-    {
+                truncated_all, cfg->data_max_seq_len);
+    if (last_ckpt != cfg->steps) CHECK(save_checkpoint(&S, cfg, cfg->steps, cursors, err));
+    else CHECK(gather_pool(&S, cursors, err));
+    if (rank == 0) {
         char adir[TL_PATH_MAX + 16];
         snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
         int written = 0;
         CHECK(tl_export_pool(&S.pool, S.be, cfg, cfg->model_path, adir, &written, err));
         fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
+        if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
     }
-    if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
+    CHECK(tl_dist_barrier(S.dist, "export and evaluation on rank 0", err));
 #ifdef TL_HAVE_CUDA
     if (!strcmp(S.be->name, "cuda")) {
         size_t now_b = 0, peak_b = 0;
@@ -634,7 +873,20 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     s = TL_OK;
 done:
 #undef CHECK
+    if (handlers) {
+        sigaction(SIGTERM, &old_term, NULL);
+        sigaction(SIGUSR1, &old_usr1, NULL);
+    }
+    if (s && S.dist && tl_dist_world(S.dist) > 1) {
+        /* the others may be waiting in a collective for this rank: say what failed, then end every rank */
+        if (strncmp(err->msg, "rank ", 5) == 0)
+            fprintf(stderr, "tailor: error: %s\n", err->msg);
+        else
+            fprintf(stderr, "tailor: error: rank %d of %d: %s\n", S.env.rank, S.env.world, err->msg);
+        tl_dist_abort(S.dist, s == TL_ERR_INPUT ? 2 : 1);
+    }
     if (M.f) fclose(M.f);
+    if (devnull) fclose(devnull);
     free(total_steps);
     free(aloss);
     free(gnorm);
@@ -644,6 +896,8 @@ done:
     free(pst);
     free(pbuf);
     free(wbuf);
+    free(cost);
+    free(rbuf);
     free(rc.v);
     free(rc.in);
     free(rc.out);

@@ -63,6 +63,8 @@ extern "C" void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak) {
     if (peak) *peak = c->bytes_peak;
 }
 
+extern "C" void *tl_cuda_stream(tl_backend *be) { return (void *)tl_cuda(be)->stream; }
+
 /* ---- memory ---- */
 
 static void count_alloc(tl_cuda_ctx *c, size_t bytes) {
