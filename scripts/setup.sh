@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libhdf5-dev libopenblas-dev libyaml-dev libcjson-dev
-      python3 python3-venv python3-numpy python3-h5py python3-torch)
+      python3 python3-venv python3-numpy python3-h5py python3-torch
+      libopenmpi-dev openmpi-bin libpmix-dev slurm-wlm munge)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -189,7 +189,23 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("tailor %s\n", TAILOR_VERSION);
+        printf("tailor %s (backends: cpu%s; multi-process: %s%s)\n", TAILOR_VERSION,
+#ifdef TL_HAVE_CUDA
+               ", cuda",
+#else
+               "",
+#endif
+#ifdef TL_HAVE_MPI
+               "mpi",
+#else
+               "no mpi",
+#endif
+#ifdef TL_HAVE_NCCL
+               ", nccl"
+#else
+               ""
+#endif
+        );
         return 0;
     }
     return usage_error("unknown command '%s'", cmd);

@@ -879,6 +879,8 @@ done:
     }
     if (s && S.dist && tl_dist_world(S.dist) > 1) {
         /* the others may be waiting in a collective for this rank: say what failed, then end every rank */
+        if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
+        fflush(ui->out);
         if (strncmp(err->msg, "rank ", 5) == 0)
             fprintf(stderr, "tailor: error: %s\n", err->msg);
         else

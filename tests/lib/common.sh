@@ -33,3 +33,20 @@ write_config() {
     for l in "$@"; do echo "  $l"; done
   } >"$path"
 }
+
+# need_mpi: skips the test (77) unless mpirun exists and this tailor was built with MPI
+need_mpi() {
+  command -v mpirun >/dev/null 2>&1 || { echo "SKIP: no mpirun (apt-get install openmpi-bin)"; exit 77; }
+  "$TAILOR_BIN" version | grep -q "multi-process: mpi" || { echo "SKIP: tailor was built without MPI"; exit 77; }
+}
+
+# mpirun for local tests (as root too, more processes than cores allowed, no core binding); as an array so that
+# `timeout 60 "${MPIRUN[@]}" -np 2 ...` works; mpirun_tl N ARGS... is the short form
+MPIRUN=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe --bind-to none)
+mpirun_tl() {
+  local n=$1; shift
+  "${MPIRUN[@]}" -np "$n" "$@"
+}
+
+# same_adapters DIR_A DIR_B TOL: every adapter of two adapters/ directories within TOL (0 = bit-identical)
+same_adapters() { "$TL_PYTHON" "$TAILOR_SRC/tests/lib/compare_adapters.py" "$@"; }

@@ -1,0 +1,71 @@
+# Many processes under mpirun on the CPU backend (MPI): the collectives on real values (tl_dist_check, 3 ranks);
+# user_shard with 2 ranks gives the adapters, metrics and eval of a one-process run; data_parallel (3 ranks, a
+# global adapter; and DPO with per-user adapters) agrees with one process within fp32 reassociation (1e-5).
+source "$TAILOR_SRC/tests/lib/common.sh"
+need_mpi
+# same_metrics RUN_A RUN_B: the same logged steps with the same loss, grad_norm (before clipping: a micro-batch
+# counted twice or lost shows here even where Adam would hide it in the adapters), lr and token counts; and the
+# same eval losses when both runs have eval.json
+same_metrics() {
+  "$TL_PYTHON" - "$1" "$2" <<'PY'
+import json, os, sys
+a, b = sys.argv[1], sys.argv[2]
+def recs(d):
+    return [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
+ra, rb = recs(a), recs(b)
+assert [r["step"] for r in ra] == [r["step"] for r in rb], "metrics steps differ"
+for x, y in zip(ra, rb):
+    for k in ("loss", "grad_norm", "lr"):
+        assert abs(x[k] - y[k]) <= 1e-5 * max(1, abs(x[k])), (k, x, y)
+    assert x["tokens"] == y["tokens"] and x["adapters"] == y["adapters"], (x, y)
+if os.path.exists(f"{a}/eval.json"):
+    ea, eb = json.load(open(f"{a}/eval.json")), json.load(open(f"{b}/eval.json"))
+    key = "loss" if "loss" in ea["adapters"][0] else "rewards/accuracies"
+    la = {r["name"]: r[key] for r in ea["adapters"]}
+    lb = {r["name"]: r[key] for r in eb["adapters"]}
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) <= 1e-5 for k in la), (la, lb)
+print(f"metrics agree: {a} and {b}")
+PY
+}
+
+mpirun_tl 3 "$TL_TEST_BIN/tl_dist_check" >"$T/check.out" 2>&1 || { cat "$T/check.out"; die "tl_dist_check failed"; }
+tail -1 "$T/check.out" | grep -qx ok || { cat "$T/check.out"; die "tl_dist_check did not end with ok"; }
+
+make_model "$T/model" --vocab 64 --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --seed 9
+make_data "$T/train.h5" "$T/eval.h5" --users 5 --examples-per-user 20 --eval-examples-per-user 4 --vocab 64 --seed 4
+write_config "$T/one.yaml" "$T/model" "$T/train.h5" "$T/eval.h5" "$T/one" "steps: 12" "log_every: 2" \
+  "threads: 1" "examples_per_adapter: 3" "micro_batch_tokens: 128"
+sed -i 's/^adapter: {/adapter: {dropout: 0.1, /' "$T/one.yaml"
+sed "s#$T/one#$T/two#" "$T/one.yaml" >"$T/two.yaml"
+"$TAILOR_BIN" train "$T/one.yaml" >"$T/one.out" 2>&1 || { cat "$T/one.out"; die "one-process run failed"; }
+mpirun_tl 2 "$TAILOR_BIN" train "$T/two.yaml" >"$T/two.out" 2>&1 || { cat "$T/two.out"; die "2-rank run failed"; }
+grep -q "2 ranks (openmpi, mpi), strategy user_shard" "$T/two.out" || { cat "$T/two.out"; die "no user_shard line"; }
+same_adapters "$T/one/adapters" "$T/two/adapters" 1e-5 || die "user_shard adapters differ from one process"
+same_metrics "$T/one" "$T/two"
+
+# data_parallel, one global adapter, 3 ranks, several micro-batches per step
+write_config "$T/g1.yaml" "$T/model" "$T/train.h5" "" "$T/g1" "steps: 10" "threads: 1" \
+  "examples_per_adapter: 12" "micro_batch_tokens: 64"
+sed -i 's/^adapter: {/adapter: {key: global, /' "$T/g1.yaml"
+sed "s#$T/g1#$T/g3#" "$T/g1.yaml" >"$T/g3.yaml"
+"$TAILOR_BIN" train "$T/g1.yaml" >"$T/g1.out" 2>&1 || { cat "$T/g1.out"; die "global one-process run failed"; }
+mpirun_tl 3 "$TAILOR_BIN" train "$T/g3.yaml" >"$T/g3.out" 2>&1 || { cat "$T/g3.out"; die "global 3-rank run failed"; }
+grep -q "strategy data_parallel" "$T/g3.out" || { cat "$T/g3.out"; die "a global adapter should default to data_parallel"; }
+# summing 3 ranks' partial gradients reorders fp32 additions; Adam turns near-zero gradient entries into full-size
+# updates, so after 10 steps a few elements differ by a few 1e-5 of the tensor's largest value
+same_adapters "$T/g1/adapters" "$T/g3/adapters" 1e-4 || die "data_parallel adapter differs from one process"
+same_metrics "$T/g1" "$T/g3"
+
+# DPO, per-user adapters, forced data_parallel over 2 ranks
+"$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/pref.h5" --eval-out "$T/pref_eval.h5" --users 3 \
+  --pairs-per-user 16 --eval-pairs-per-user 4 --vocab 64 --seed 6 >/dev/null
+write_config "$T/d1.yaml" "$T/model" "$T/pref.h5" "$T/pref_eval.h5" "$T/d1" "steps: 6" "threads: 1" \
+  "examples_per_adapter: 4" "micro_batch_tokens: 96" "lr: 0.005"
+echo "task: {type: dpo, beta: 0.1}" >>"$T/d1.yaml"
+sed "s#$T/d1#$T/d2#" "$T/d1.yaml" >"$T/d2.yaml"
+echo "dist: {strategy: data_parallel}" >>"$T/d2.yaml"
+"$TAILOR_BIN" train "$T/d1.yaml" >"$T/d1.out" 2>&1 || { cat "$T/d1.out"; die "DPO one-process run failed"; }
+mpirun_tl 2 "$TAILOR_BIN" train "$T/d2.yaml" >"$T/d2.out" 2>&1 || { cat "$T/d2.out"; die "DPO 2-rank run failed"; }
+same_adapters "$T/d1/adapters" "$T/d2/adapters" 1e-5 || die "DPO data_parallel adapters differ from one process"
+same_metrics "$T/d1" "$T/d2"
+echo "ok"
