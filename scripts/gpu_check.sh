@@ -9,8 +9,10 @@
 #    where the whole project cannot be configured or built (GPU images often lack the HDF5 / libyaml / cJSON /
 #    OpenBLAS development packages), it builds the GPU tests directly from kernels/ with nvcc and gcc instead
 #    (no OpenBLAS: tests/gpu/support holds a plain sgemm for the CPU reference) and runs them;
-# 3. runs scripts/bench_gpu.sh when it exists and the whole project was built;
-# 4. writes full logs under OUTDIR (at most 6 files) and prints a short table last: step, result, seconds.
+# 3. checks the NCCL transport (tests/tools/tl_dist_check cuda): one rank per GPU, bootstrapped by NCCL_COMM_ID,
+#    or a one-rank communicator (--force) on a one-GPU machine;
+# 4. runs scripts/bench_gpu.sh when it exists and the whole project was built;
+# 5. writes full logs under OUTDIR (at most 7 files) and prints a short table last: step, result, seconds.
 # A skipped GPU test counts as a failure here: this script runs only where a GPU must be usable.
 # Exit status 0 when every step passed. Sized to finish well under 8 minutes on one H200.
 set -uo pipefail
@@ -151,7 +153,35 @@ if [ "$FULL" = 0 ]; then
     done
 fi
 
-# ---- 3. the GPU benchmark, when there is one ----
+# ---- 3. the NCCL path: every collective of tl_dist.h on device buffers, one rank per GPU ----
+if [ "$FULL" = 1 ] && [ -x "$BUILD/tl_dist_check" ] && "$BUILD/tailor" version | grep -q nccl; then
+    t0=$(date +%s)
+    G=$(nvidia-smi -L | grep -c '^GPU ')
+    port=$((29500 + RANDOM % 400))
+    : >"$OUTDIR/nccl.log"
+    if [ "$G" -ge 2 ]; then
+        pids=()
+        for r in $(seq 0 $((G - 1))); do
+            RANK=$r WORLD_SIZE=$G LOCAL_RANK=$r LOCAL_WORLD_SIZE=$G NCCL_COMM_ID=127.0.0.1:$port \
+                timeout 120 "$BUILD/tl_dist_check" cuda >>"$OUTDIR/nccl.log" 2>&1 &
+            pids+=($!)
+        done
+        rc=0
+        for p in "${pids[@]}"; do wait "$p" || rc=1; done
+        what="$G ranks"
+    else
+        RANK=0 WORLD_SIZE=1 NCCL_COMM_ID=127.0.0.1:$port timeout 120 "$BUILD/tl_dist_check" cuda --force \
+            >>"$OUTDIR/nccl.log" 2>&1
+        rc=$?
+        what="1 rank, forced"
+    fi
+    if [ $rc = 0 ] && tail -1 "$OUTDIR/nccl.log" | grep -qx ok; then row "nccl collectives ($what)" "PASS" "$(elapsed "$t0")"
+    else row "nccl collectives ($what)" "FAIL (see nccl.log)" "$(elapsed "$t0")"; fi
+else
+    row "nccl collectives" "SKIPPED (needs the whole project with NCCL)" "0"
+fi
+
+# ---- 4. the GPU benchmark, when there is one ----
 if [ ! -f scripts/bench_gpu.sh ]; then
     row "bench_gpu" "SKIPPED (scripts/bench_gpu.sh absent)" "0"
 elif [ "$FULL" = 0 ]; then

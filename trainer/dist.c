@@ -275,7 +275,7 @@ tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **ou
     if (!d) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     d->rank = e->rank, d->world = e->world, d->timeout_s = o->timeout_s, d->transport = "none";
     tl_status s = TL_OK;
-    if (e->world > 1) {
+    if (e->world > 1 || o->force) {
         if (o->backend && !strcmp(o->backend, "cuda")) {
 #ifdef TL_HAVE_NCCL
             s = tl_nccl_init(d, e, o, o->cuda_stream, err);
@@ -303,7 +303,7 @@ const char *tl_dist_transport(const tl_dist *d) { return d ? d->transport : "non
 
 static tl_status reduce(tl_dist *d, void *buf, size_t n, tl_dist_dtype t, tl_dist_op op, int host, const char *what,
                         tl_error *err) {
-    if (!d || d->world == 1) return TL_OK;
+    if (!d || !strcmp(d->transport, "none")) return TL_OK;
     if (d->failed) return tl_fail(err, TL_ERR_RUNTIME, "rank %d: collective after a failed one (%s)", d->rank, what);
 #ifdef TL_HAVE_NCCL
     if (d->nccl) return tl_nccl_allreduce(d, buf, n, t, op, host, what, err);
@@ -331,7 +331,7 @@ tl_status tl_dist_allreduce_max_int_host(tl_dist *d, int *buf, size_t n, const c
 }
 
 tl_status tl_dist_bcast_host(tl_dist *d, void *buf, size_t bytes, int root, const char *what, tl_error *err) {
-    if (!d || d->world == 1) return TL_OK;
+    if (!d || !strcmp(d->transport, "none")) return TL_OK;
     if (d->failed) return tl_fail(err, TL_ERR_RUNTIME, "rank %d: collective after a failed one (%s)", d->rank, what);
 #ifdef TL_HAVE_NCCL
     if (d->nccl) return tl_nccl_bcast(d, buf, bytes, root, what, err);
@@ -345,7 +345,7 @@ tl_status tl_dist_barrier(tl_dist *d, const char *what, tl_error *err) {
 }
 
 void tl_dist_abort(tl_dist *d, int code) {
-    if (!d || d->world == 1) return;
+    if (!d || !strcmp(d->transport, "none")) return;
     fflush(NULL);
 #ifdef TL_HAVE_NCCL
     if (d->nccl) tl_nccl_abort(d);

@@ -6,7 +6,7 @@
 
 tl_status tl_dist_pool_gather(tl_dist *d, tl_lora_pool *p, tl_backend *be, const int *owner, tl_cursor *cursors,
                               tl_error *err) {
-    if (tl_dist_world(d) == 1) return TL_OK;
+    if (!strcmp(tl_dist_transport(d), "none")) return TL_OK;
     int me = tl_dist_rank(d);
     size_t P = p->P, bytes = P * sizeof(float);
     for (int s = 0; s < p->n_slots; s++) {
@@ -32,7 +32,7 @@ tl_status tl_dist_pool_gather(tl_dist *d, tl_lora_pool *p, tl_backend *be, const
 
 tl_status tl_dist_pool_reduce_grads(tl_dist *d, tl_lora_pool *p, const int32_t *active, int n_active, int64_t step,
                                     tl_error *err) {
-    if (tl_dist_world(d) == 1 || n_active == 0) return TL_OK;
+    if (!strcmp(tl_dist_transport(d), "none") || n_active == 0) return TL_OK;
     char what[96];
     snprintf(what, sizeof what, "LoRA gradients of step %lld", (long long)step + 1);
     if (n_active == p->n_slots) /* every slot active (adapters_per_step 0): one collective for the pool */

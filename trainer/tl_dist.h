@@ -59,9 +59,11 @@ typedef struct {
     double timeout_s;           /* > 0 */
     const char *rendezvous_dir; /* NCCL id file rendezvous (cuda without MPI and NCCL_COMM_ID) */
     void *cuda_stream;          /* cuda: the backend's stream (tl_cuda_stream); collectives are ordered on it */
+    int force;                  /* connect the transport even for a world of one (checks of the NCCL path on a
+                                   one-GPU machine: a one-rank NCCL communicator is valid) */
 } tl_dist_opts;
 
-/* Connects the processes of e. A world of one always succeeds without any library. A larger world without a
+/* Connects the processes of e. A world of one succeeds without any library (unless o->force). A larger world without a
  * transport built in is TL_ERR_INPUT ("this tailor was built without MPI"). For cuda, the device must already be
  * selected (cudaSetDevice) by the backend. */
 tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **out, tl_error *err);
@@ -80,7 +82,7 @@ tl_status tl_dist_bcast_host(tl_dist *d, void *buf, size_t bytes, int root, cons
 tl_status tl_dist_barrier(tl_dist *d, const char *what, tl_error *err);
 
 /* After a failure (or on any error when world > 1): tears the communicator down and ends every rank with
- * exit code `code` (MPI_Abort / ncclCommAbort). Never returns when world > 1; returns when world == 1. */
+ * exit code `code` (MPI_Abort / ncclCommAbort). Never returns when a transport is connected; returns otherwise. */
 void tl_dist_abort(tl_dist *d, int code);
 /* Clean shutdown (MPI_Finalize, ncclCommDestroy). */
 void tl_dist_free(tl_dist *d);

@@ -1,6 +1,10 @@
 /* tl_dist_check: the collectives of tl_dist.h and tl_dist_pool.h across real processes, on real values.
  *
- *   mpirun -np N tl_dist_check        (or srun --mpi=pmix -n N)
+ *   mpirun -np N tl_dist_check [cuda] [--force]     (or srun --mpi=pmix -n N ...)
+ *
+ * cpu (default): MPI. cuda: NCCL on the CUDA backend, one GPU per rank (tl_dist_cuda_device), float buffers in
+ * device memory. --force connects the transport even for one process (the NCCL path on a one-GPU machine, with
+ * NCCL_COMM_ID=127.0.0.1:PORT RANK=0 WORLD_SIZE=1).
  *
  * Every rank fills buffers with values that depend on its rank, runs each collective and compares the result
  * with the sum (or maximum) computed locally from the same formulas; sizes include a large odd one. The pool
@@ -36,22 +40,58 @@ static float val(int rank, size_t i, int salt) { return (float)((int)((i * 7919u
         }                                                                   \
     } while (0)
 
-int main(void) {
+/* f32 sums through backend memory (device memory on cuda) */
+static tl_status reduce_f32_be(tl_dist *d, tl_backend *be, float *host, size_t n, tl_error *err) {
+    float *dev = NULL;
+    TL_TRY(be->alloc(be, n * sizeof *dev, (void **)&dev, err));
+    be->upload(be, dev, host, n * sizeof *dev);
+    tl_status s = tl_dist_allreduce_f32(d, dev, n, "f32 sum", err);
+    if (!s) be->download(be, host, dev, n * sizeof *dev);
+    be->free(be, dev);
+    return s;
+}
+
+int main(int argc, char **argv) {
     tl_error err = {0};
     tl_dist_env e;
+    const char *backend = "cpu";
+    int force = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "cuda") || !strcmp(argv[i], "cpu"))
+            backend = argv[i];
+        else if (!strcmp(argv[i], "--force"))
+            force = 1;
+        else {
+            fprintf(stderr, "usage: tl_dist_check [cpu|cuda] [--force]\n");
+            return 2;
+        }
+    }
     if (tl_dist_env_detect(&e, &err)) {
         fprintf(stderr, "%s\n", err.msg);
         return 2;
     }
     g_rank = e.rank;
     tl_dist *d = NULL;
-    tl_dist_opts o = {.backend = "cpu", .timeout_s = 60};
+    tl_backend *be = NULL;
+    int device = 0;
+#ifdef TL_HAVE_CUDA
+    if (!strcmp(backend, "cuda")) device = tl_dist_cuda_device(&e, tl_cuda_device_count());
+#endif
+    if (tl_backend_open_on(backend, 1, device, &be, &err)) {
+        fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
+        return err.code == TL_ERR_INPUT ? 77 : 1; /* no GPU: skipped */
+    }
+    tl_dist_opts o = {.backend = be->name, .timeout_s = 60, .force = force};
+#ifdef TL_HAVE_CUDA
+    if (!strcmp(be->name, "cuda")) o.cuda_stream = tl_cuda_stream(be);
+#endif
     if (tl_dist_init(&e, &o, &d, &err)) {
         fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
+        be->destroy(be);
         return 1;
     }
     int W = tl_dist_world(d), R = tl_dist_rank(d);
-    if (R == 0) printf("%d ranks over %s\n", W, tl_dist_transport(d));
+    if (R == 0) printf("%d ranks over %s, %s backend\n", W, tl_dist_transport(d), be->name);
 
     size_t sizes[3] = {1, 1000, (1u << 20) + 17};
     for (int k = 0; k < 3; k++) {
@@ -59,7 +99,7 @@ int main(void) {
         float *f = malloc(n * sizeof *f);
         double *g = malloc(n * sizeof *g);
         for (size_t i = 0; i < n; i++) f[i] = val(R, i, k), g[i] = (double)val(R, i, k + 5) * 1e-3;
-        TRY(tl_dist_allreduce_f32(d, f, n, "f32 sum", &err));
+        TRY(reduce_f32_be(d, be, f, n, &err));
         TRY(tl_dist_allreduce_f64_host(d, g, n, "f64 sum", &err));
         int ok_f = 1, ok_g = 1;
         for (size_t i = 0; i < n; i++) {
@@ -91,18 +131,17 @@ int main(void) {
     report("broadcast from the last rank", !strcmp(msg, want));
     TRY(tl_dist_barrier(d, "barrier", &err));
 
-    /* pool gather and gradient reduction on the CPU backend */
-    tl_backend *be = NULL;
-    TRY(tl_backend_cpu_create(1, &be, &err));
+    /* pool gather and gradient reduction, pool in backend memory */
     tl_lora_pool p;
     memset(&p, 0, sizeof p);
     p.n_slots = 7, p.P = 1001;
-    size_t N = (size_t)p.n_slots * p.P;
-    TRY(be->alloc(be, N * sizeof(float), (void **)&p.params, &err));
-    TRY(be->alloc(be, N * sizeof(float), (void **)&p.m, &err));
-    TRY(be->alloc(be, N * sizeof(float), (void **)&p.v, &err));
-    TRY(be->alloc(be, N * sizeof(float), (void **)&p.grads, &err));
+    size_t N = (size_t)p.n_slots * p.P, NB = N * sizeof(float);
+    float *hp = malloc(NB), *hm = malloc(NB), *hv = malloc(NB), *hg = malloc(NB);
     p.steps = calloc((size_t)p.n_slots, sizeof *p.steps);
+    TRY(be->alloc(be, NB, (void **)&p.params, &err));
+    TRY(be->alloc(be, NB, (void **)&p.m, &err));
+    TRY(be->alloc(be, NB, (void **)&p.v, &err));
+    TRY(be->alloc(be, NB, (void **)&p.grads, &err));
     tl_cursor cur[7];
     int owner[7];
     for (int s = 0; s < p.n_slots; s++) {
@@ -112,24 +151,28 @@ int main(void) {
         cur[s].epoch = mine ? s : 99, cur[s].pos = mine ? 2 * s : 99;
         for (size_t i = 0; i < p.P; i++) {
             size_t j = (size_t)s * p.P + i;
-            p.params[j] = mine ? val(0, j, 1) : NAN;
-            p.m[j] = mine ? val(0, j, 2) : 1e30f;
-            p.v[j] = mine ? val(0, j, 3) : -1.0f;
-            p.grads[j] = val(R, j, 4);
+            hp[j] = mine ? val(0, j, 1) : NAN;
+            hm[j] = mine ? val(0, j, 2) : 1e30f;
+            hv[j] = mine ? val(0, j, 3) : -1.0f;
+            hg[j] = val(R, j, 4);
         }
     }
+    be->upload(be, p.params, hp, NB), be->upload(be, p.m, hm, NB), be->upload(be, p.v, hv, NB);
+    be->upload(be, p.grads, hg, NB);
     TRY(tl_dist_pool_gather(d, &p, be, owner, cur, &err));
+    be->download(be, hp, p.params, NB), be->download(be, hm, p.m, NB), be->download(be, hv, p.v, NB);
     int ok = 1;
     for (int s = 0; s < p.n_slots; s++) {
         if (p.steps[s] != 100 + s || cur[s].epoch != s || cur[s].pos != 2 * s) ok = 0;
         for (size_t i = 0; i < p.P; i++) {
             size_t j = (size_t)s * p.P + i;
-            if (p.params[j] != val(0, j, 1) || p.m[j] != val(0, j, 2) || p.v[j] != val(0, j, 3)) ok = 0;
+            if (hp[j] != val(0, j, 1) || hm[j] != val(0, j, 2) || hv[j] != val(0, j, 3)) ok = 0;
         }
     }
     report("pool gather: every slot equals its owner's state", ok);
     int32_t active[4] = {0, 2, 3, 6};
     TRY(tl_dist_pool_reduce_grads(d, &p, active, 4, 0, &err));
+    be->download(be, hg, p.grads, NB);
     ok = 1;
     for (int s = 0; s < p.n_slots; s++) {
         int act = s == 0 || s == 2 || s == 3 || s == 6;
@@ -137,16 +180,16 @@ int main(void) {
             size_t j = (size_t)s * p.P + i;
             float w = 0;
             for (int r = 0; r < W; r++) w += val(r, j, 4);
-            if (p.grads[j] != (act ? w : val(R, j, 4))) ok = 0;
+            if (hg[j] != (act ? w : val(R, j, 4))) ok = 0;
         }
     }
     report("gradient reduction: active slots summed, others untouched", ok);
     be->free(be, p.params), be->free(be, p.m), be->free(be, p.v), be->free(be, p.grads);
-    free(p.steps);
-    be->destroy(be);
+    free(p.steps), free(hp), free(hm), free(hv), free(hg);
     int bad = g_bad;
     TRY(tl_dist_allreduce_max_int_host(d, &bad, 1, "verdict", &err));
     if (R == 0) printf("%s\n", bad ? "FAIL" : "ok");
     tl_dist_free(d);
+    be->destroy(be);
     return bad ? 1 : 0;
 }
