@@ -944,12 +944,23 @@ static tl_status find_checkpoint(const char *run_or_ckpt, char *ckpt, size_t cap
     return TL_OK;
 }
 
+/* eval and export write one file tree each: many copies of them would race on it */
+static tl_status one_process_only(const char *cmd, tl_error *err) {
+    tl_dist_env e;
+    TL_TRY(tl_dist_env_detect(&e, err));
+    if (e.world > 1)
+        return tl_fail(err, TL_ERR_INPUT, "tailor %s runs as one process, but this is rank %d of %d (%s environment): "
+                       "run it without mpirun or srun", cmd, e.rank, e.world, e.source);
+    return TL_OK;
+}
+
 tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     tl_session S;
     memset(&S, 0, sizeof S);
     tl_status s;
     char ckpt[TL_PATH_MAX];
     int64_t step = 0;
+    TL_TRY(one_process_only("eval", err));
     s = open_inputs(&S, cfg, 0, 1, err);
     if (!s) s = find_checkpoint(cfg->output_dir, ckpt, sizeof ckpt, err);
     if (!s) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
@@ -975,6 +986,7 @@ tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_u
     char ckpt[TL_PATH_MAX];
     tl_config cfg;
     int64_t step = 0;
+    TL_TRY(one_process_only("export", err));
     TL_TRY(find_checkpoint(run_or_ckpt, ckpt, sizeof ckpt, err));
     TL_TRY(tl_checkpoint_read_config(ckpt, &cfg, err));
     /* The pool needs only the model's shapes: read its configuration, keep the weights on disk. */

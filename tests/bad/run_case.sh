@@ -5,7 +5,8 @@ config_bad_override model_missing_dir model_no_config_json model_unknown_arch st
 st_shape_mismatch data_missing_file data_missing_dataset data_wrong_dtype data_decreasing_offsets
 data_token_out_of_vocab data_user_out_of_range data_prompt_len_gt_length data_empty cli_unknown_command
 cli_bad_override_syntax pref_missing_group pref_offsets_mismatch pref_user_out_of_range pref_empty_chosen
-pref_empty_rejected pref_kind_mismatch pref_pair_too_long"
+pref_empty_rejected pref_kind_mismatch pref_pair_too_long dist_bad_env dist_env_without_rank dist_bad_strategy
+dist_zero_timeout cluster_env_not_list eval_as_many_processes"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -15,6 +16,8 @@ make_model "$T/model" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 -
 write_config "$T/c.yaml" "$T/model" "$T/good.h5" "" "$T/run" "steps: 2"
 MODEL="$T/model" DATA="$T/good.h5" CFG="$T/c.yaml"
 args=()
+envs=()
+cmd=train
 
 bad_data() { "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" "$1" "$T/bad.h5"; args=("data.train=$T/bad.h5"); }
 # a preference file with one defect, trained with task.type=dpo
@@ -71,11 +74,17 @@ case $case_name in
   pref_empty_rejected) bad_pref empty_rejected; expect="rejected" ;;
   pref_kind_mismatch) args=("task.type=dpo"); expect="preference" ;;   # an SFT file for a DPO run
   pref_pair_too_long) bad_pref good; args+=("data.max_seq_len=300"); expect="micro_batch_tokens" ;;
+  dist_bad_env) envs=(RANK=2 WORLD_SIZE=2); expect="RANK=2 is not below WORLD_SIZE=2" ;;
+  dist_env_without_rank) envs=(WORLD_SIZE=4); expect="RANK is not" ;;
+  dist_bad_strategy) args=("dist.strategy=sharded"); expect="dist.strategy" ;;
+  dist_zero_timeout) args=("dist.timeout_s=0"); expect="dist.timeout_s" ;;
+  cluster_env_not_list) args=("cluster.env=NCCL_DEBUG=WARN"); expect="cluster.env" ;;
+  eval_as_many_processes) cmd=eval; envs=(RANK=1 WORLD_SIZE=2); expect="runs as one process" ;;
   *) die "unknown case $case_name" ;;
 esac
 
 set +e
-"$TAILOR_BIN" train "$CFG" "${args[@]}" >"$T/out" 2>"$T/err"
+env "${envs[@]}" "$TAILOR_BIN" "$cmd" "$CFG" "${args[@]}" >"$T/out" 2>"$T/err"
 rc=$?
 set -e
 echo "exit $rc; stderr: $(cat "$T/err")"
