@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,6 +89,25 @@ static const char *config_diff(const tl_config *a, const tl_config *b) {
     N_(checkpoint_every, "train.checkpoint_every");
     N_(keep_checkpoints, "train.keep_checkpoints");
     S_(resume, "train.resume");
+    S_(dist_strategy, "dist.strategy");
+    D_(dist_timeout_s, "dist.timeout_s");
+    S_(dist_rendezvous_dir, "dist.rendezvous_dir");
+    N_(cluster_nodes, "cluster.nodes");
+    N_(cluster_gpus_per_node, "cluster.gpus_per_node");
+    N_(cluster_tasks_per_node, "cluster.tasks_per_node");
+    N_(cluster_cpus_per_task, "cluster.cpus_per_task");
+    S_(cluster_partition, "cluster.partition");
+    S_(cluster_account, "cluster.account");
+    S_(cluster_time, "cluster.time");
+    S_(cluster_mem, "cluster.mem");
+    S_(cluster_job_name, "cluster.job_name");
+    S_(cluster_mpi, "cluster.mpi");
+    N_(cluster_signal_s, "cluster.signal_s");
+    N_(cluster_requeue, "cluster.requeue");
+    S_(cluster_tailor, "cluster.tailor");
+    S_(cluster_sbatch, "cluster.sbatch");
+    S_(cluster_setup, "cluster.setup");
+    S_(cluster_env, "cluster.env");
     return NULL;
 #undef S_
 #undef N_
@@ -193,6 +213,13 @@ static void check_defaults(const tl_config *c) {
     CHECK(c->data_eval[0] == 0, "data.eval '%s'", c->data_eval);
     CHECK(c->data_max_seq_len == 512, "max_seq_len");
     CHECK(!strcmp(c->task_type, "sft"), "task");
+    CHECK(!strcmp(c->dist_strategy, "auto") && c->dist_timeout_s == 600.0 && c->dist_rendezvous_dir[0] == 0, "dist");
+    CHECK(c->cluster_nodes == 1 && c->cluster_gpus_per_node == 0 && c->cluster_tasks_per_node == 0 &&
+              c->cluster_cpus_per_task == 0 && !strcmp(c->cluster_mpi, "pmix") && c->cluster_signal_s == 90 &&
+              c->cluster_requeue == 1 && !c->cluster_partition[0] && !c->cluster_account[0] && !c->cluster_time[0] &&
+              !c->cluster_mem[0] && !c->cluster_job_name[0] && !c->cluster_tailor[0] && !c->cluster_sbatch[0] &&
+              !c->cluster_setup[0] && !c->cluster_env[0],
+          "cluster defaults");
     CHECK(!strcmp(c->backend, "auto"), "backend");
     CHECK(c->threads == 0, "threads");
     CHECK(c->steps == 100, "steps");
@@ -307,7 +334,7 @@ static const bad_case BAD[] = {
     {"unk_sec.yaml", M "trian: #<\n  lr: 0.1\n", "trian", "did you mean train?"},
     {"unk_sec2.yaml", M "frobnicate: 3 #<\n", "frobnicate", "unknown section"},
     {"bare_key.yaml", M "lr: 0.1 #<\n", "lr", "train.lr"},
-    {"cluster.yaml", M "cluster: #<\n  nodes: 2\n", "cluster", "unknown section"},
+    {"optimizer.yaml", M "optimizer: #<\n  nodes: 2\n", "optimizer", "unknown section"},
     {"dup_key.yaml", M "train:\n  lr: 0.1\n  steps: 4\n  lr: 0.2 #<\n", "train.lr", "duplicate key"},
     {"dup_sec.yaml", M "train:\n  lr: 0.1\ntrain: #<\n  steps: 3\n", "train", "duplicate section"},
     {"dup_model.yaml", M "model: #<\n  path: x\n", "model", "duplicate section"},
@@ -658,6 +685,32 @@ static void rnd_config(tl_config *c) {
     case 1: snprintf(c->resume, sizeof c->resume, "never"); break;
     default: rnd_string(c->resume, sizeof c->resume, 1);
     }
+    static const char *const strategies[] = {"auto", "user_shard", "data_parallel"};
+    snprintf(c->dist_strategy, sizeof c->dist_strategy, "%s", strategies[rnd() % 3]);
+    c->dist_timeout_s = exp(rnd_unit() * 10);
+    if (rnd() & 1) rnd_string(c->dist_rendezvous_dir, sizeof c->dist_rendezvous_dir, 1);
+    c->cluster_nodes = rnd_int(1, 100000);
+    c->cluster_gpus_per_node = rnd_int(0, 16);
+    c->cluster_tasks_per_node = rnd_int(0, 64);
+    c->cluster_cpus_per_task = rnd_int(0, 128);
+    if (rnd() & 1) rnd_string(c->cluster_partition, sizeof c->cluster_partition, 1);
+    if (rnd() & 1) rnd_string(c->cluster_time, sizeof c->cluster_time, 1);
+    if (rnd() & 1) c->cluster_mpi[0] = 0;
+    c->cluster_requeue = (int)(rnd() & 1);
+    /* string lists: entries of any characters but newlines (entries are lines) */
+    char *lists[3] = {c->cluster_sbatch, c->cluster_setup, c->cluster_env};
+    for (int l = 0; l < 3; l++) {
+        size_t k = 0;
+        int n = (int)(rnd() % 4);
+        for (int i = 0; i < n; i++) {
+            char e[64];
+            rnd_string(e, sizeof e, 1);
+            for (char *q = e; *q; q++)
+                if (*q == '\n' || *q == '\r') *q = 'n';
+            if (!e[0]) continue;
+            k += (size_t)snprintf(lists[l] + k, 4096 - k, "%s\n", e);
+        }
+    }
 }
 
 static tl_status write_and_load(const tl_config *c, const char *name, tl_config *back, tl_error *err) {
@@ -726,8 +779,10 @@ static void test_round_trip(void) {
 /* Random valid values written by hand (not by tl_config_write_yaml) load exactly. */
 static void test_random_values(void) {
     for (int it = 0; it < 100; it++) {
-        tl_config want;
+        tl_config want, dflt;
         rnd_config(&want);
+        tl_config_defaults(&dflt); /* the text below leaves the dist and cluster sections (the struct's tail) out */
+        memcpy(&want.dist_strategy, &dflt.dist_strategy, sizeof want - offsetof(tl_config, dist_strategy));
         rnd_string(want.run_name, sizeof want.run_name, 0);
         rnd_string(want.output_dir, sizeof want.output_dir, 0);
         snprintf(want.model_path, sizeof want.model_path, "m%d", it);
@@ -763,6 +818,48 @@ static void test_random_values(void) {
         CHECK(d == NULL, "random values %d differ at %s\n%s", it, d ? d : "", text);
         if (d) break;
     }
+}
+
+/* cluster.* string lists: block and flow lists, overrides, null, and what is refused */
+static void test_string_lists(void) {
+    tl_config c;
+    tl_error err = {0};
+    const char *p = write_file("lists.yaml",
+                               "model: {path: m}\n"
+                               "cluster:\n"
+                               "  sbatch:\n"
+                               "    - --qos=high\n"
+                               "    - \"--constraint=h100|a100\"\n"
+                               "  env: [NCCL_DEBUG=WARN, 'A=b c']\n"
+                               "  setup: ~\n");
+    CHECK(tl_config_load(p, NULL, 0, &c, &err) == TL_OK, "lists: %s", err.msg);
+    CHECK(!strcmp(c.cluster_sbatch, "--qos=high\n--constraint=h100|a100\n"), "sbatch '%s'", c.cluster_sbatch);
+    CHECK(!strcmp(c.cluster_env, "NCCL_DEBUG=WARN\nA=b c\n"), "env '%s'", c.cluster_env);
+    CHECK(c.cluster_setup[0] == 0, "setup should be empty");
+    char *ov[] = {"cluster.setup=[module load cuda, echo hi]", "cluster.env=[]"};
+    CHECK(tl_config_load(p, ov, 2, &c, &err) == TL_OK, "list overrides: %s", err.msg);
+    CHECK(!strcmp(c.cluster_setup, "module load cuda\necho hi\n") && c.cluster_env[0] == 0, "setup '%s' env '%s'",
+          c.cluster_setup, c.cluster_env);
+    struct { const char *ov, *want; } bad[] = {
+        {"cluster.env=NCCL_DEBUG=WARN", "expected a list of strings"},
+        {"cluster.env=[[a]]", "expected a string in the list"},
+        {"cluster.env=['']", "non-empty single lines"},
+        {"cluster.env=[~]", "expected a string in the list"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *o1[] = {(char *)bad[i].ov};
+        err = (tl_error){0};
+        tl_status st = tl_config_load(p, o1, 1, &c, &err);
+        CHECK(st == TL_ERR_INPUT && strstr(err.msg, "cluster.env") && strstr(err.msg, bad[i].want),
+              "bad list %s: status %d '%s'", bad[i].ov, (int)st, err.msg);
+    }
+    /* longer than the field: refused, not cut */
+    char big[6000] = "model: {path: m}\ncluster:\n  setup:\n";
+    for (int i = 0; i < 300; i++) strcat(big, "    - echo 0123456789\n");
+    p = write_file("lists_big.yaml", big);
+    err = (tl_error){0};
+    CHECK(tl_config_load(p, NULL, 0, &c, &err) == TL_ERR_INPUT && strstr(err.msg, "too long"), "long list: '%s'",
+          err.msg);
 }
 
 static void test_target_names(void) {
@@ -801,6 +898,7 @@ int main(void) {
     test_full_and_defaults();
     test_bad_files();
     test_overrides();
+    test_string_lists();
     test_round_trip();
     test_random_values();
     if (g_fail) {
