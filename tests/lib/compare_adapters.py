@@ -1,7 +1,8 @@
 """Compares every adapter of two exported adapter directories (RUN/adapters with index.json).
 
 usage: compare_adapters.py DIR_A DIR_B TOL
-Prints the worst relative difference per adapter (max |a - b| / max |a| over each tensor) and exits 1 when any
+Prints the worst relative difference per adapter (max |a - b| / max |a| over each tensor; the relative L2
+distance over all its tensors too, for information) and exits 1 when any
 exceeds TOL, when the adapter sets differ, or when an adapter never moved from its initialisation (all B zero).
 TOL 0 demands bit-identical tensors."""
 import json
@@ -41,7 +42,9 @@ def main():
             print(f"{name}: B matrices are all zero: the adapter never trained")
             bad = 1
         worst = max(float(np.abs(a[k] - b[k]).max() / max(float(np.abs(a[k]).max()), 1e-12)) for k in a)
-        print(f"{name}: max relative difference {worst:.3g}")
+        num = sum(float(np.square(a[k].astype(np.float64) - b[k]).sum()) for k in a)
+        den = sum(float(np.square(a[k].astype(np.float64)).sum()) for k in a)
+        print(f"{name}: max relative difference {worst:.3g} (relative L2 {np.sqrt(num / max(den, 1e-300)):.3g})")
         if worst > tol:
             bad = 1
     print("ok" if not bad else f"FAIL: difference above {tol:g}")
