@@ -62,6 +62,12 @@ static int cmp_keyref(const void *x, const void *y) {
     return (a->u > b->u) - (a->u < b->u);
 }
 
+void tl_adapter_map_keep(tl_adapter_map *m, const uint8_t *keep) {
+    if (!keep) return;
+    for (int a = 0; a < m->n_adapters; a++)
+        if (!keep[a]) m->n_examples[a] = 0;
+}
+
 void tl_adapter_map_free(tl_adapter_map *m) {
     if (!m) return;
     for (int a = 0; a < m->n_adapters; a++) {

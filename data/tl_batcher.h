@@ -60,6 +60,9 @@ tl_status tl_adapter_map_build_users(const char *path, int n_users, char *const 
                                      tl_adapter_key key, char *const *names, int n_names, tl_adapter_map *out,
                                      tl_error *err);
 void tl_adapter_map_free(tl_adapter_map *m);
+/* Evaluation split across ranks: adapters with keep[a] == 0 lose their examples (n_examples[a] = 0), so passes
+ * over the map skip them. keep NULL keeps everything. */
+void tl_adapter_map_keep(tl_adapter_map *m, const uint8_t *keep);
 
 typedef struct {
     int64_t epoch, pos;

@@ -38,11 +38,21 @@ static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
 
 tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
                       tl_adapter_key key, int micro_batch_tokens, int max_seq_len, int with_base,
-                      int with_cross, tl_eval_result *res, tl_error *err) {
+                      int with_cross, const uint8_t *only, tl_eval_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
     int n = p->n_slots;
-    tl_adapter_map map;
+    tl_adapter_map map, all;
     TL_TRY(tl_adapter_map_build(ds, key, p->names, n, &map, err));
+    tl_adapter_map_keep(&map, only);
+    memset(&all, 0, sizeof all);
+    if (with_cross && only) { /* cross rows run over every adapter's examples */
+        tl_status st = tl_adapter_map_build(ds, key, p->names, n, &all, err);
+        if (st) {
+            tl_adapter_map_free(&map);
+            return st;
+        }
+    }
+    const tl_adapter_map *cols = with_cross && only ? &all : &map;
     res->n = n;
     res->examples = calloc((size_t)n, sizeof(int64_t));
     res->tokens = calloc((size_t)n, sizeof(int64_t));
@@ -71,9 +81,10 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
             goto done;
         }
         for (int a = 0; a < n && !s; a++) {
+            if (only && !only[a]) continue; /* another rank's row: left 0 */
             double *row = res->cross + (size_t)a * n;
             memset(bcount, 0, (size_t)n * sizeof(int64_t));
-            s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
+            s = eval_pass(m, p, ws, ds, cols, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
             for (int b = 0; b < n; b++) row[b] = bcount[b] ? row[b] / (double)bcount[b] : NAN;
         }
         if (s) goto done;
@@ -82,6 +93,7 @@ done:
     free(bsum);
     free(bcount);
     tl_adapter_map_free(&map);
+    tl_adapter_map_free(&all);
     if (s) tl_eval_result_free(res);
     return s;
 }

@@ -22,10 +22,12 @@ typedef struct {
 #define TL_EVAL_CROSS_MAX 32
 
 /* Evaluates every adapter of the pool on its own users' examples of ds (users matched by adapter name through
- * adapter.key). base_loss may be skipped (with_base = 0), then it is NaN. */
+ * adapter.key). base_loss may be skipped (with_base = 0), then it is NaN. only (NULL = all): evaluate just the
+ * adapters with only[a] != 0 (one rank's share); the others come out as adapters without examples (tokens 0,
+ * NaN losses) and, with the cross matrix, as rows of zeros. */
 tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
                       tl_adapter_key key, int micro_batch_tokens, int max_seq_len, int with_base,
-                      int with_cross, tl_eval_result *res, tl_error *err);
+                      int with_cross, const uint8_t *only, tl_eval_result *res, tl_error *err);
 void tl_eval_result_free(tl_eval_result *r);
 
 /* Totals over adapters, weighted by target tokens. */

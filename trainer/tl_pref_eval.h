@@ -28,9 +28,12 @@ typedef struct {
     const tl_lora_pool *ref; /* DPO reference pool, NULL: the base model */
 } tl_pref_eval_opts;
 
+/* only (NULL = all): evaluate just the adapters with only[a] != 0 (one rank's share); the others' stats stay
+ * empty (n = 0), their cross rows 0 and their users' by_user entries empty. */
 tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                            const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
-                           const tl_pref_eval_opts *o, int with_cross, tl_pref_eval_result *res, tl_error *err);
+                           const tl_pref_eval_opts *o, int with_cross, const uint8_t *only,
+                           tl_pref_eval_result *res, tl_error *err);
 void tl_pref_eval_result_free(tl_pref_eval_result *r);
 void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FILE *f);
 tl_status tl_pref_eval_write_json(const tl_pref_eval_result *r, const tl_lora_pool *p, const char *path,

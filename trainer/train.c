@@ -69,6 +69,7 @@ typedef struct {
     int dp;          /* dist.strategy data_parallel (else user_shard) */
     int *owner;      /* user_shard with world > 1: [n_slots] owner rank of each adapter */
     uint8_t *owned;  /* [n_slots] owner == this rank */
+    uint8_t *eval_mine; /* world > 1: [n_slots] the adapters this rank evaluates */
     int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
 } tl_session;
 
@@ -92,6 +93,7 @@ static void tl_session_close(tl_session *S) {
     if (S->model_loaded) tl_model_free(&S->model);
     free(S->owner);
     free(S->owned);
+    free(S->eval_mine);
     tl_dist_free(S->dist);
     if (S->be) S->be->destroy(S->be);
     memset(S, 0, sizeof *S);
@@ -283,27 +285,69 @@ static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cf
                                .center_rewards = cfg->task_center_rewards, .ref = S->have_ref ? &S->ref : NULL};
 }
 
-/* Evaluates on data.eval. Writes eval.json and prints the table when `final`, else appends one record to
- * metrics.jsonl (metrics may be NULL) and prints one line. */
+/* pst as doubles for a sum over ranks (counts stay exact below 2^53) */
+#define PSTAT_N 9
+static void pstat_pack(const tl_pref_stats *s, double *d) {
+    d[0] = (double)s->n, d[1] = (double)s->n_logp, d[2] = s->loss, d[3] = s->reward_chosen;
+    d[4] = s->reward_rejected, d[5] = s->accuracy, d[6] = s->margin, d[7] = s->logp_chosen, d[8] = s->logp_rejected;
+}
+static void pstat_unpack(const double *d, tl_pref_stats *s) {
+    s->n = (int64_t)d[0], s->n_logp = (int64_t)d[1], s->loss = d[2], s->reward_chosen = d[3];
+    s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
+}
+
+/* Many ranks: each evaluated its share of the adapters (S->eval_mine); entries of the others are zero (set here
+ * where a pass leaves NaN), so sums over the ranks give every entry from the rank that computed it. */
+static void zero_others(const uint8_t *mine, int n, double *v) {
+    for (int a = 0; a < n; a++)
+        if (!mine[a]) v[a] = 0;
+}
+
+static tl_status merge_pref_stats(tl_dist *d, tl_pref_stats *st, int n, const char *what, tl_error *err) {
+    double *buf = malloc((size_t)n * PSTAT_N * sizeof *buf + 1);
+    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; a < n; a++) pstat_pack(&st[a], buf + (size_t)a * PSTAT_N);
+    tl_status s = tl_dist_allreduce_f64_host(d, buf, (size_t)n * PSTAT_N, what, err);
+    if (!s)
+        for (int a = 0; a < n; a++) pstat_unpack(buf + (size_t)a * PSTAT_N, &st[a]);
+    free(buf);
+    return s;
+}
+
+/* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table
+ * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
 static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, FILE *metrics, int64_t step,
                           int final, tl_error *err) {
     char path[TL_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
     tl_adapter_key key = parse_key(cfg->adapter_key);
-    int cross = final && S->pool.n_slots <= TL_EVAL_CROSS_MAX;
+    int n = S->pool.n_slots;
+    int cross = final && n <= TL_EVAL_CROSS_MAX;
+    int many = tl_dist_world(S->dist) > 1, rank0 = tl_dist_rank(S->dist) == 0;
+    const uint8_t *mine = many ? S->eval_mine : NULL;
     tl_status s;
     if (S->task == TL_TASK_SFT) {
         tl_eval_result r;
         TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
-                           1, cross, &r, err));
+                           1, cross, mine, &r, err));
         tl_eval_rouge_result rr = {0};
-        if (final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
+        s = TL_OK;
+        if (many) {
+            zero_others(mine, n, r.loss), zero_others(mine, n, r.base_loss);
+            s = tl_dist_allreduce_i64_host(S->dist, r.examples, (size_t)n, "eval example counts", err);
+            if (!s) s = tl_dist_allreduce_i64_host(S->dist, r.tokens, (size_t)n, "eval token counts", err);
+            if (!s) s = tl_dist_allreduce_f64_host(S->dist, r.loss, (size_t)n, "eval losses", err);
+            if (!s) s = tl_dist_allreduce_f64_host(S->dist, r.base_loss, (size_t)n, "eval base losses", err);
+            if (!s && r.cross) s = tl_dist_allreduce_f64_host(S->dist, r.cross, (size_t)n * n, "eval cross matrix", err);
+        }
+        if (!s && final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
             tl_tokenizer *tok = NULL;
             tl_adapter_map map;
             s = tl_tokenizer_for_model(cfg->model_path, &tok, err);
             if (!s) {
-                s = tl_adapter_map_build(&S->eval, key, S->pool.names, S->pool.n_slots, &map, err);
+                s = tl_adapter_map_build(&S->eval, key, S->pool.names, n, &map, err);
                 if (!s) {
+                    tl_adapter_map_keep(&map, mine);
                     if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
                                             cfg->data_eval_generate);
                     s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
@@ -312,16 +356,29 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
                 }
                 tl_tokenizer_free(tok);
             }
-            if (s) {
-                tl_eval_result_free(&r);
-                return s;
+            if (!s && many) {
+                double *v[4] = {rr.rouge1, rr.rougeL, rr.base_rouge1, rr.base_rougeL};
+                s = tl_dist_allreduce_i64_host(S->dist, rr.examples, (size_t)n, "ROUGE example counts", err);
+                for (int k = 0; k < 4 && !s; k++) {
+                    zero_others(mine, n, v[k]);
+                    s = tl_dist_allreduce_f64_host(S->dist, v[k], (size_t)n, "ROUGE scores", err);
+                }
             }
-            r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1, r.base_rougeL = rr.base_rougeL;
+            if (!s)
+                r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1,
+                r.base_rougeL = rr.base_rougeL;
+        }
+        if (s) {
+            tl_eval_result_free(&r);
+            tl_eval_rouge_result_free(&rr);
+            return s;
         }
         double l, b;
         int64_t t;
         tl_eval_totals(&r, &l, &b, &t);
-        if (final) {
+        if (!rank0) {
+            s = TL_OK;
+        } else if (final) {
             s = tl_eval_write_json(&r, &S->pool, path, step, err);
             if (!s) {
                 fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
@@ -341,13 +398,26 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     tl_pref_eval_opts o = pref_eval_opts(S, cfg);
     tl_pref_eval_result r;
     TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->psc, &S->peval, key, cfg->micro_batch_tokens,
-                            cfg->data_max_seq_len, &o, cross, &r, err));
+                            cfg->data_max_seq_len, &o, cross, mine, &r, err));
+    s = TL_OK;
+    if (many) {
+        s = merge_pref_stats(S->dist, r.own, n, "eval preference metrics", err);
+        if (!s && r.cross_acc)
+            s = tl_dist_allreduce_f64_host(S->dist, r.cross_acc, (size_t)n * n, "eval cross accuracies", err);
+        if (!s && r.by_user) s = merge_pref_stats(S->dist, r.by_user, r.n_users, "eval per-user metrics", err);
+    }
+    if (s) {
+        tl_pref_eval_result_free(&r);
+        return s;
+    }
     tl_pref_stats all;
     tl_pref_stats_init(&all);
     for (int a = 0; a < r.n; a++) tl_pref_stats_merge(&all, &r.own[a]);
     double mean[TL_PREF_N_METRICS];
     tl_pref_stats_mean(&all, mean);
-    if (final) {
+    if (!rank0) {
+        s = TL_OK;
+    } else if (final) {
         s = tl_pref_eval_write_json(&r, &S->pool, path, step, err);
         if (!s) {
             fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
@@ -463,17 +533,6 @@ static void adapter_costs(const tl_session *S, const tl_config *cfg, const int64
         }
         cost[a] = n ? (double)total_steps[a] * cfg->examples_per_adapter * len / (double)n : 0;
     }
-}
-
-/* pst as doubles for a sum over ranks (counts stay exact below 2^53) */
-#define PSTAT_N 9
-static void pstat_pack(const tl_pref_stats *s, double *d) {
-    d[0] = (double)s->n, d[1] = (double)s->n_logp, d[2] = s->loss, d[3] = s->reward_chosen;
-    d[4] = s->reward_rejected, d[5] = s->accuracy, d[6] = s->margin, d[7] = s->logp_chosen, d[8] = s->logp_rejected;
-}
-static void pstat_unpack(const double *d, tl_pref_stats *s) {
-    s->n = (int64_t)d[0], s->n_logp = (int64_t)d[1], s->loss = d[2], s->reward_chosen = d[3];
-    s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
 }
 
 /* What one log line reports, summed over ranks. */
@@ -642,6 +701,12 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
             tl_pref_batcher_set_owned(S.pbatcher, S.owned);
         else
             tl_batcher_set_owned(S.batcher, S.owned);
+    }
+
+    if (world > 1) { /* evaluation is split too: user_shard by owner, data_parallel round robin */
+        S.eval_mine = calloc((size_t)n, 1);
+        if (!S.eval_mine) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+        for (int a = 0; a < n; a++) S.eval_mine[a] = S.dp ? a % world == rank : S.owner[a] == rank;
     }
 
     /* Inputs are valid: from here on the run directory may be written (by rank 0). */
@@ -835,9 +900,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         if ((S.have_eval || S.have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
             done_steps < cfg->steps) {
             if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            CHECK(gather_pool(&S, cursors, err));
-            if (rank == 0) CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err));
-            CHECK(tl_dist_barrier(S.dist, "evaluation on rank 0", err));
+            CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err)); /* each rank its own adapters: no gather */
         }
         if (done_steps == kill_after) {
             fflush(NULL);
@@ -857,9 +920,9 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         int written = 0;
         CHECK(tl_export_pool(&S.pool, S.be, cfg, cfg->model_path, adir, &written, err));
         fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
-        if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
     }
-    CHECK(tl_dist_barrier(S.dist, "export and evaluation on rank 0", err));
+    CHECK(tl_dist_barrier(S.dist, "export on rank 0", err));
+    if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
 #ifdef TL_HAVE_CUDA
     if (!strcmp(S.be->name, "cuda")) {
         size_t now_b = 0, peak_b = 0;

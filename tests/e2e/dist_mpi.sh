@@ -24,6 +24,23 @@ if os.path.exists(f"{a}/eval.json"):
     la = {r["name"]: r[key] for r in ea["adapters"]}
     lb = {r["name"]: r[key] for r in eb["adapters"]}
     assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) <= 1e-5 for k in la), (la, lb)
+    ua, ub = ea.get("users"), eb.get("users")
+    assert (ua is None) == (ub is None), "one run has per-user results, the other not"
+    if ua is not None:
+        assert [u["name"] for u in ua] == [u["name"] for u in ub], "per-user results list other users"
+        for x, y in zip(ua, ub):
+            assert x["pairs"] == y["pairs"] and x["pairs"] > 0, (x, y)
+            assert abs(x["rewards/accuracies"] - y["rewards/accuracies"]) <= 1e-9, (x, y)
+    ca, cb = ea.get("cross"), eb.get("cross")
+    assert (ca is None) == (cb is None), "one run has a cross matrix, the other not"
+    if ca is not None:
+        def flat(x):
+            if isinstance(x, dict): return [v for k in sorted(x) for v in flat(x[k])]
+            if isinstance(x, list): return [v for e in x for v in flat(e)]
+            return [x] if isinstance(x, (int, float)) else []
+        xa, xb = flat(ca), flat(cb)
+        assert len(xa) == len(xb) and len(xa) > 0, "cross matrices differ in shape"
+        assert all(abs(p - q) <= 1e-5 * max(1, abs(p)) for p, q in zip(xa, xb)), "cross matrices differ"
 print(f"metrics agree: {a} and {b}")
 PY
 }
@@ -68,4 +85,17 @@ echo "dist: {strategy: data_parallel}" >>"$T/d2.yaml"
 mpirun_tl 2 "$TAILOR_BIN" train "$T/d2.yaml" >"$T/d2.out" 2>&1 || { cat "$T/d2.out"; die "DPO 2-rank run failed"; }
 same_adapters "$T/d1/adapters" "$T/d2/adapters" 1e-5 || die "DPO data_parallel adapters differ from one process"
 same_metrics "$T/d1" "$T/d2"
+
+# DPO, one adapter per group (users share adapters: eval.json has per-user results), user_shard over 2 ranks
+"$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/gpref.h5" --eval-out "$T/gpref_eval.h5" --users 4 \
+  --pairs-per-user 12 --eval-pairs-per-user 4 --vocab 64 --seed 8 >/dev/null
+write_config "$T/k1.yaml" "$T/model" "$T/gpref.h5" "$T/gpref_eval.h5" "$T/k1" "steps: 4" "threads: 1" \
+  "examples_per_adapter: 4" "micro_batch_tokens: 96" "lr: 0.005"
+sed -i 's/^adapter: {/adapter: {key: group, /' "$T/k1.yaml"
+echo "task: {type: dpo, beta: 0.1}" >>"$T/k1.yaml"
+sed "s#$T/k1#$T/k2#" "$T/k1.yaml" >"$T/k2.yaml"
+"$TAILOR_BIN" train "$T/k1.yaml" >"$T/k1.out" 2>&1 || { cat "$T/k1.out"; die "group DPO one-process run failed"; }
+mpirun_tl 2 "$TAILOR_BIN" train "$T/k2.yaml" >"$T/k2.out" 2>&1 || { cat "$T/k2.out"; die "group DPO 2-rank run failed"; }
+same_adapters "$T/k1/adapters" "$T/k2/adapters" 1e-5 || die "group DPO adapters differ from one process"
+same_metrics "$T/k1" "$T/k2"
 echo "ok"
