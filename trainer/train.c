@@ -641,6 +641,9 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         s = (x);            \
         if (s) goto done;   \
     } while (0)
+    /* from the start: a preemption during setup still ends in a checkpoint after the first step */
+    install_stop_handlers(&old_term, &old_usr1);
+    handlers = 1;
     CHECK(tl_dist_env_detect(&S.env, err));
     rank = S.env.rank, world = S.env.world;
     if (rank > 0) { /* rank 0 speaks for the run; the others report only their own failures */
@@ -788,8 +791,6 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
     const char *kill_env = getenv("TAILOR_FAULT_KILL_AFTER_STEP");
     const char *kill_rank_env = getenv("TAILOR_FAULT_KILL_RANK");
     int64_t kill_after = kill_env && (!kill_rank_env || atoi(kill_rank_env) == rank) ? atoll(kill_env) : -1;
-    install_stop_handlers(&old_term, &old_usr1);
-    handlers = 1;
     double t0 = now_s(), t_last = t0;
     int64_t tok_since = 0, truncated = 0;
     double truncated_all = 0;

@@ -48,54 +48,45 @@ PY
 mpirun_tl 3 "$TL_TEST_BIN/tl_dist_check" >"$T/check.out" 2>&1 || { cat "$T/check.out"; die "tl_dist_check failed"; }
 tail -1 "$T/check.out" | grep -qx ok || { cat "$T/check.out"; die "tl_dist_check did not end with ok"; }
 
+# vs_one A NP B TOL [EXTRA_YAML]: config $T/A.yaml trained as one process and, as run B (with EXTRA_YAML appended),
+# under NP ranks; then the same adapters (within TOL) and the same metrics and eval
+vs_one() {
+  local a=$1 np=$2 b=$3 tol=$4 extra=${5:-}
+  sed "s#$T/$a\b#$T/$b#" "$T/$a.yaml" >"$T/$b.yaml"
+  [ -z "$extra" ] || echo "$extra" >>"$T/$b.yaml"
+  "$TAILOR_BIN" train "$T/$a.yaml" >"$T/$a.out" 2>&1 || { cat "$T/$a.out"; die "one-process run $a failed"; }
+  mpirun_tl "$np" "$TAILOR_BIN" train "$T/$b.yaml" >"$T/$b.out" 2>&1 || { cat "$T/$b.out"; die "$np-rank run $b failed"; }
+  same_adapters "$T/$a/adapters" "$T/$b/adapters" "$tol" || die "$b: adapters differ from the one-process run $a"
+  same_metrics "$T/$a" "$T/$b"
+}
+
 make_model "$T/model" --vocab 64 --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --seed 9
 make_data "$T/train.h5" "$T/eval.h5" --users 5 --examples-per-user 20 --eval-examples-per-user 4 --vocab 64 --seed 4
+"$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/pref.h5" --eval-out "$T/pref_eval.h5" --users 4 \
+  --pairs-per-user 12 --eval-pairs-per-user 4 --vocab 64 --seed 8 >/dev/null
+
+# user_shard (per-user adapters, dropout on), 2 ranks
 write_config "$T/one.yaml" "$T/model" "$T/train.h5" "$T/eval.h5" "$T/one" "steps: 12" "log_every: 2" \
   "threads: 1" "examples_per_adapter: 3" "micro_batch_tokens: 128"
 sed -i 's/^adapter: {/adapter: {dropout: 0.1, /' "$T/one.yaml"
-sed "s#$T/one#$T/two#" "$T/one.yaml" >"$T/two.yaml"
-"$TAILOR_BIN" train "$T/one.yaml" >"$T/one.out" 2>&1 || { cat "$T/one.out"; die "one-process run failed"; }
-mpirun_tl 2 "$TAILOR_BIN" train "$T/two.yaml" >"$T/two.out" 2>&1 || { cat "$T/two.out"; die "2-rank run failed"; }
+vs_one one 2 two 1e-5
 grep -q "2 ranks (openmpi, mpi), strategy user_shard" "$T/two.out" || { cat "$T/two.out"; die "no user_shard line"; }
-same_adapters "$T/one/adapters" "$T/two/adapters" 1e-5 || die "user_shard adapters differ from one process"
-same_metrics "$T/one" "$T/two"
 
-# data_parallel, one global adapter, 3 ranks, several micro-batches per step
+# data_parallel, one global adapter, 3 ranks, several micro-batches per step. Summing 3 ranks' partial gradients
+# reorders fp32 additions; Adam turns near-zero gradient entries into full-size updates, so after 10 steps a few
+# elements differ by a few 1e-5 of their tensor's largest value
 write_config "$T/g1.yaml" "$T/model" "$T/train.h5" "" "$T/g1" "steps: 10" "threads: 1" \
   "examples_per_adapter: 12" "micro_batch_tokens: 64"
 sed -i 's/^adapter: {/adapter: {key: global, /' "$T/g1.yaml"
-sed "s#$T/g1#$T/g3#" "$T/g1.yaml" >"$T/g3.yaml"
-"$TAILOR_BIN" train "$T/g1.yaml" >"$T/g1.out" 2>&1 || { cat "$T/g1.out"; die "global one-process run failed"; }
-mpirun_tl 3 "$TAILOR_BIN" train "$T/g3.yaml" >"$T/g3.out" 2>&1 || { cat "$T/g3.out"; die "global 3-rank run failed"; }
+vs_one g1 3 g3 1e-4
 grep -q "strategy data_parallel" "$T/g3.out" || { cat "$T/g3.out"; die "a global adapter should default to data_parallel"; }
-# summing 3 ranks' partial gradients reorders fp32 additions; Adam turns near-zero gradient entries into full-size
-# updates, so after 10 steps a few elements differ by a few 1e-5 of the tensor's largest value
-same_adapters "$T/g1/adapters" "$T/g3/adapters" 1e-4 || die "data_parallel adapter differs from one process"
-same_metrics "$T/g1" "$T/g3"
 
-# DPO, per-user adapters, forced data_parallel over 2 ranks
-"$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/pref.h5" --eval-out "$T/pref_eval.h5" --users 3 \
-  --pairs-per-user 16 --eval-pairs-per-user 4 --vocab 64 --seed 6 >/dev/null
+# DPO with per-user adapters, forced data_parallel over 2 ranks; then one adapter per group (users share
+# adapters: eval.json has per-user results) under user_shard
 write_config "$T/d1.yaml" "$T/model" "$T/pref.h5" "$T/pref_eval.h5" "$T/d1" "steps: 6" "threads: 1" \
   "examples_per_adapter: 4" "micro_batch_tokens: 96" "lr: 0.005"
 echo "task: {type: dpo, beta: 0.1}" >>"$T/d1.yaml"
-sed "s#$T/d1#$T/d2#" "$T/d1.yaml" >"$T/d2.yaml"
-echo "dist: {strategy: data_parallel}" >>"$T/d2.yaml"
-"$TAILOR_BIN" train "$T/d1.yaml" >"$T/d1.out" 2>&1 || { cat "$T/d1.out"; die "DPO one-process run failed"; }
-mpirun_tl 2 "$TAILOR_BIN" train "$T/d2.yaml" >"$T/d2.out" 2>&1 || { cat "$T/d2.out"; die "DPO 2-rank run failed"; }
-same_adapters "$T/d1/adapters" "$T/d2/adapters" 1e-5 || die "DPO data_parallel adapters differ from one process"
-same_metrics "$T/d1" "$T/d2"
-
-# DPO, one adapter per group (users share adapters: eval.json has per-user results), user_shard over 2 ranks
-"$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/gpref.h5" --eval-out "$T/gpref_eval.h5" --users 4 \
-  --pairs-per-user 12 --eval-pairs-per-user 4 --vocab 64 --seed 8 >/dev/null
-write_config "$T/k1.yaml" "$T/model" "$T/gpref.h5" "$T/gpref_eval.h5" "$T/k1" "steps: 4" "threads: 1" \
-  "examples_per_adapter: 4" "micro_batch_tokens: 96" "lr: 0.005"
-sed -i 's/^adapter: {/adapter: {key: group, /' "$T/k1.yaml"
-echo "task: {type: dpo, beta: 0.1}" >>"$T/k1.yaml"
-sed "s#$T/k1#$T/k2#" "$T/k1.yaml" >"$T/k2.yaml"
-"$TAILOR_BIN" train "$T/k1.yaml" >"$T/k1.out" 2>&1 || { cat "$T/k1.out"; die "group DPO one-process run failed"; }
-mpirun_tl 2 "$TAILOR_BIN" train "$T/k2.yaml" >"$T/k2.out" 2>&1 || { cat "$T/k2.out"; die "group DPO 2-rank run failed"; }
-same_adapters "$T/k1/adapters" "$T/k2/adapters" 1e-5 || die "group DPO adapters differ from one process"
-same_metrics "$T/k1" "$T/k2"
+vs_one d1 2 d2 1e-5 "dist: {strategy: data_parallel}"
+sed "s#$T/d1\b#$T/k1#; s/^adapter: {/adapter: {key: group, /" "$T/d1.yaml" >"$T/k1.yaml"
+vs_one k1 2 k2 1e-5
 echo "ok"
