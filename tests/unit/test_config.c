@@ -854,8 +854,8 @@ static void test_string_lists(void) {
               "bad list %s: status %d '%s'", bad[i].ov, (int)st, err.msg);
     }
     /* longer than the field: refused, not cut */
-    char big[8192] = "model: {path: m}\ncluster:\n  setup:\n";
-    for (int i = 0; i < 250; i++) strcat(big, "    - echo 0123456789\n"); /* 5750 bytes > 4096 */
+    char big[10000] = "model: {path: m}\ncluster:\n  setup:\n";
+    for (int i = 0; i < 300; i++) strcat(big, "    - echo 0123456789\n"); /* 300 x 16 bytes stored > 4096 */
     p = write_file("lists_big.yaml", big);
     err = (tl_error){0};
     CHECK(tl_config_load(p, NULL, 0, &c, &err) == TL_ERR_INPUT && strstr(err.msg, "too long"), "long list: '%s'",
