@@ -611,7 +611,7 @@ static tl_status save_checkpoint(tl_session *S, const tl_config *cfg, int64_t do
 static void place_process(tl_session *S, const tl_config *cfg) {
     S->device = 0, S->threads = cfg->threads;
     if (S->env.world == 1) return;
-    if (cfg->threads == 0) S->threads = tl_dist_cpu_threads(&S->env);
+    if (cfg->threads == 0 && !getenv("OMP_NUM_THREADS")) S->threads = tl_dist_cpu_threads(&S->env);
 #ifdef TL_HAVE_CUDA
     S->device = tl_dist_cuda_device(&S->env, tl_cuda_device_count());
 #endif
