@@ -137,28 +137,37 @@ int tl_dist_cpu_threads(const tl_dist_env *e) {
 
 /* ---- adapter ownership ---- */
 
+typedef struct {
+    double cost;
+    int idx;
+} cost_idx;
+
+static int by_cost_desc(const void *x, const void *y) {
+    const cost_idx *a = x, *b = y;
+    if (a->cost != b->cost) return a->cost > b->cost ? -1 : 1;
+    return (a->idx > b->idx) - (a->idx < b->idx);
+}
+
 void tl_dist_assign_owners(const double *cost, int n, int world, int *owner) {
-    /* selection by decreasing cost without a sort buffer: n is at most a few thousand adapters, and this runs once */
-    double load_small[64];
-    double *load = world <= 64 ? load_small : calloc((size_t)world, sizeof *load);
-    int heap_load = load != load_small;
-    if (!load) { /* out of memory: a deterministic round robin is still a valid assignment */
+    cost_idx *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+    double *load = calloc((size_t)world, sizeof *load);
+    if (!order || !load) { /* out of memory: a deterministic round robin is still a valid assignment */
         for (int a = 0; a < n; a++) owner[a] = a % world;
+        free(order);
+        free(load);
         return;
     }
-    for (int r = 0; r < world; r++) load[r] = 0;
-    for (int a = 0; a < n; a++) owner[a] = -1;
+    for (int a = 0; a < n; a++) order[a] = (cost_idx){cost[a] > 0 ? cost[a] : 0, a};
+    qsort(order, (size_t)n, sizeof *order, by_cost_desc);
     for (int k = 0; k < n; k++) {
-        int best = -1;
-        for (int a = 0; a < n; a++)
-            if (owner[a] < 0 && (best < 0 || cost[a] > cost[best])) best = a;
-        int r = 0;
+        int r = 0; /* the least loaded rank; a scan, as world is small next to n */
         for (int q = 1; q < world; q++)
             if (load[q] < load[r]) r = q;
-        owner[best] = r;
-        load[r] += cost[best] > 0 ? cost[best] : 0;
+        owner[order[k].idx] = r;
+        load[r] += order[k].cost;
     }
-    if (heap_load) free(load);
+    free(order);
+    free(load);
 }
 
 /* ---- MPI ---- */
