@@ -10,6 +10,7 @@
 #include "trainer/tl_data_build.h"
 #include "trainer/tl_generate.h"
 #include "trainer/tl_report.h"
+#include "trainer/tl_submit.h"
 #include "trainer/tl_inspect.h"
 #include "trainer/tl_tinymodel.h"
 #include "trainer/tl_train.h"
@@ -20,13 +21,16 @@ static const char *usage =
     "usage: tailor <command> [args]\n"
     "\n"
     "commands:\n"
-    "  train CONFIG [key=value ...]       train one LoRA adapter per user (or group, or one global)\n"
+    "  train CONFIG [key=value ...]       train one LoRA adapter per user (or group, or one global); as many\n"
+    "                                     processes under mpirun or srun (docs/cluster.md)\n"
     "  eval CONFIG [key=value ...]        per-adapter loss/perplexity on data.eval vs. the base model\n"
     "  export RUN_OR_CHECKPOINT [--out DIR]  write HF PEFT adapter directories\n"
     "  generate --model PATH (--adapter DIR ... | --run DIR --user NAME ... | --run DIR --all-users) [--base]\n"
     "           --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
     "                                     KV-cache decoding with one or many adapters side by side\n"
     "  report RUN_DIR [--out FILE]         self-contained HTML page: curves, adapter x user heatmap, eval tables\n"
+    "  submit CONFIG [--dry-run] [key=value ...]\n"
+    "                                     write the run's Slurm job script (docs/cluster.md) and sbatch it\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
     "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]\n"
     "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
@@ -182,6 +186,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "data")) return cmd_data(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return tl_generate_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "report")) return tl_report_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "submit")) return tl_submit_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) {
         if (argc != 3) return usage_error("%s needs exactly one PATH", "inspect");
         tl_error err = {0};
