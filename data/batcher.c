@@ -405,7 +405,9 @@ struct tl_batcher {
     int64_t **perm;                 /* [A] into perm_buf */
     int64_t *perm_buf;
     int64_t *adapter_steps; /* [A] */
-    const uint8_t *owned;   /* [A] or NULL: user_shard, only these adapters are scheduled (borrowed) */
+    const int32_t *gidx;    /* [A] or NULL: adapter a is adapter gidx[a] of a pool of n_global (user_shard: one
+                               rank's share, ascending); the round robin runs over that pool (borrowed) */
+    int n_global;
     seq_plan *plan;         /* [seq_cap] */
     tl_unit_place *placed;  /* [unit_cap] the last step's packed units */
     int64_t n_placed, n_skipped;
@@ -560,7 +562,14 @@ tl_status tl_batcher_init_units(const tl_unit_source *src, const tl_adapter_map 
     return TL_OK;
 }
 
-void tl_batcher_set_owned(tl_batcher *b, const uint8_t *owned) { b->owned = owned; }
+tl_status tl_batcher_set_global(tl_batcher *b, const int32_t *gidx, int n_global, tl_error *err) {
+    for (int a = 0; a < b->A; a++)
+        if (gidx && (gidx[a] < 0 || gidx[a] >= n_global || (a > 0 && gidx[a] <= gidx[a - 1])))
+            return tl_fail(err, TL_ERR_RUNTIME, "batcher: global index %d of adapter %d is not ascending in [0, %d)",
+                           gidx[a], a, n_global);
+    b->gidx = gidx, b->n_global = n_global;
+    return TL_OK;
+}
 
 void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps) {
     if (adapter_steps)
@@ -618,6 +627,29 @@ static void step_mb_start(tl_batcher *b, int m, int64_t rows, int64_t seqs, int6
     mb_reset(mb);
 }
 
+/* Draws adapter a's examples of this step from its stream into the plan (tl_batcher_next's round robin). */
+static void plan_adapter(tl_batcher *b, tl_step_batch *sb, int a, int64_t *n_plan) {
+    const int spu = b->spu;
+    if (b->map->n_examples[a] == 0) return;
+    uint64_t akey = tl_mix64(b->row_key[a] ^ (uint64_t)b->adapter_steps[a]);
+    for (int j = 0; j < b->o.examples_per_adapter; j++) {
+        seq_plan *sp = &b->plan[*n_plan];
+        int64_t u = stream_take(b, a);
+        sb->n_truncated += plan_unit(&b->src, u, (int32_t)a, b->o.max_seq_len, sp);
+        *n_plan += spu;
+        for (int r = 0; r < spu; r++) sp[r].seed = tl_mix64(akey ^ ((uint64_t)j * (uint64_t)spu + (uint64_t)r));
+        if (!sp[0].keep) {
+            b->n_skipped++;
+            continue;
+        }
+        if (b->src.weighting == TL_WEIGHT_ONE)
+            sb->target_count[a]++;
+        else
+            for (int r = 0; r < spu; r++) sb->target_count[a] += sp[r].n_targets;
+    }
+    if (sb->target_count[a] > 0) sb->active[sb->n_active++] = (int32_t)a;
+}
+
 tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_error *err) {
     *out = NULL;
     const char *who = b->spu == 2 ? "preference batcher" : "batcher";
@@ -640,32 +672,21 @@ tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_e
     b->n_placed = 0;
     b->n_skipped = 0;
 
-    /* Round robin: adapters (t*k + i) mod A for i < k are one or two ascending runs; visit them ascending. */
-    int64_t s = K == A ? 0 : (int64_t)(((uint64_t)(step % A) * (uint64_t)K) % (uint64_t)A);
-    int64_t wrap = s + K > A ? s + K - A : 0; /* adapters [0, wrap) come first, then [s, min(s+K, A)) */
+    /* Round robin: adapters (t*k + i) mod A for i < k are one or two ascending runs; visit them ascending. With
+     * a global pool (user_shard) the window is the pool's, and this batcher's adapters inside it take part. */
     int64_t n_plan = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        int64_t lo = pass == 0 ? 0 : s, hi = pass == 0 ? wrap : (s + K < A ? s + K : A);
-        for (int64_t a = lo; a < hi; a++) {
-            if (b->map->n_examples[a] == 0 || (b->owned && !b->owned[a])) continue;
-            uint64_t akey = tl_mix64(b->row_key[a] ^ (uint64_t)b->adapter_steps[a]);
-            for (int j = 0; j < b->o.examples_per_adapter; j++) {
-                seq_plan *sp = &b->plan[n_plan];
-                int64_t u = stream_take(b, (int)a);
-                sb->n_truncated += plan_unit(&b->src, u, (int32_t)a, b->o.max_seq_len, sp);
-                n_plan += spu;
-                for (int r = 0; r < spu; r++)
-                    sp[r].seed = tl_mix64(akey ^ ((uint64_t)j * (uint64_t)spu + (uint64_t)r));
-                if (!sp[0].keep) {
-                    b->n_skipped++;
-                    continue;
-                }
-                if (b->src.weighting == TL_WEIGHT_ONE)
-                    sb->target_count[a]++;
-                else
-                    for (int r = 0; r < spu; r++) sb->target_count[a] += sp[r].n_targets;
-            }
-            if (sb->target_count[a] > 0) sb->active[sb->n_active++] = (int32_t)a;
+    if (b->gidx) {
+        const int64_t NG = b->n_global, aps = b->o.adapters_per_step;
+        const int64_t KG = (aps == 0 || aps >= NG) ? NG : aps;
+        const int64_t sg = KG == NG ? 0 : (int64_t)(((uint64_t)(step % NG) * (uint64_t)KG) % (uint64_t)NG);
+        for (int a = 0; a < A; a++)
+            if (((b->gidx[a] - sg) % NG + NG) % NG < KG) plan_adapter(b, sb, a, &n_plan);
+    } else {
+        int64_t s = K == A ? 0 : (int64_t)(((uint64_t)(step % A) * (uint64_t)K) % (uint64_t)A);
+        int64_t wrap = s + K > A ? s + K - A : 0; /* adapters [0, wrap) come first, then [s, min(s+K, A)) */
+        for (int pass = 0; pass < 2; pass++) {
+            int64_t lo = pass == 0 ? 0 : s, hi = pass == 0 ? wrap : (s + K < A ? s + K : A);
+            for (int64_t a = lo; a < hi; a++) plan_adapter(b, sb, (int)a, &n_plan);
         }
     }
 

@@ -107,7 +107,9 @@ void tl_pref_batcher_set_adapter_steps(tl_pref_batcher *b, const int64_t *adapte
 
 tl_cursor *tl_pref_batcher_cursors(tl_pref_batcher *b) { return tl_batcher_cursors(b->core); }
 
-void tl_pref_batcher_set_owned(tl_pref_batcher *b, const uint8_t *owned) { tl_batcher_set_owned(b->core, owned); }
+tl_status tl_pref_batcher_set_global(tl_pref_batcher *b, const int32_t *gidx, int n_global, tl_error *err) {
+    return tl_batcher_set_global(b->core, gidx, n_global, err);
+}
 
 /* ------------------------------------------------------------------------------------------------------------
  * Evaluation */

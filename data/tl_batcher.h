@@ -108,11 +108,12 @@ tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_e
 /* Per-adapter adapter step counts are kept by the trainer; the batcher only needs it for row seeds. */
 void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps);
 tl_cursor *tl_batcher_cursors(tl_batcher *b); /* [n_adapters], read/write (checkpoint save/restore) */
-/* Many processes, dist.strategy user_shard: only adapters with owned[a] != 0 are scheduled; the others take
- * no example, keep their cursor and are never active, while the round robin over the whole pool is unchanged,
- * so an owned adapter's steps are exactly those of a one-process run. owned is borrowed (it must outlive the
- * batcher); NULL (the default) schedules every adapter. */
-void tl_batcher_set_owned(tl_batcher *b, const uint8_t *owned);
+/* Many processes, dist.strategy user_shard: this batcher's adapters are one rank's share of a pool of n_global
+ * adapters, adapter a being adapter gidx[a] of that pool (ascending). The round robin of adapters_per_step then
+ * runs over the whole pool and this batcher's adapters take part when the window covers them, so an adapter's
+ * steps are exactly those of a one-process run. gidx is borrowed (it must outlive the batcher); NULL (the
+ * default) schedules over this batcher's own adapters. TL_ERR_RUNTIME when gidx is not ascending in range. */
+tl_status tl_batcher_set_global(tl_batcher *b, const int32_t *gidx, int n_global, tl_error *err);
 
 /* Evaluation batches: every example of the listed adapters exactly once (adapters in map order, each one's
  * examples in dataset order), truncated and packed the same way, with weights 1 per trained row; examples with

@@ -95,7 +95,8 @@ void tl_pref_batcher_free(tl_pref_batcher *b);
 tl_status tl_pref_batcher_next(tl_pref_batcher *b, int64_t step, tl_pref_step **out, tl_error *err);
 void tl_pref_batcher_set_adapter_steps(tl_pref_batcher *b, const int64_t *adapter_steps);
 tl_cursor *tl_pref_batcher_cursors(tl_pref_batcher *b); /* [n_adapters], read/write (checkpoints) */
-void tl_pref_batcher_set_owned(tl_pref_batcher *b, const uint8_t *owned); /* as tl_batcher_set_owned */
+/* as tl_batcher_set_global */
+tl_status tl_pref_batcher_set_global(tl_pref_batcher *b, const int32_t *gidx, int n_global, tl_error *err);
 
 /* Evaluation: every pair of the map's adapters exactly once (adapters in map order, each one's pairs in dataset
  * order), truncated and packed the same way (pairs whole, chosen first), trained rows weighted 1; pairs that

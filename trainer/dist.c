@@ -151,23 +151,25 @@ static int by_cost_desc(const void *x, const void *y) {
 void tl_dist_assign_owners(const double *cost, int n, int world, int *owner) {
     cost_idx *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
     double *load = calloc((size_t)world, sizeof *load);
-    if (!order || !load) { /* out of memory: a deterministic round robin is still a valid assignment */
+    int *count = calloc((size_t)world, sizeof *count);
+    if (!order || !load || !count) { /* out of memory: a deterministic round robin is still a valid assignment */
         for (int a = 0; a < n; a++) owner[a] = a % world;
-        free(order);
-        free(load);
+        free(order), free(load), free(count);
         return;
     }
     for (int a = 0; a < n; a++) order[a] = (cost_idx){cost[a] > 0 ? cost[a] : 0, a};
     qsort(order, (size_t)n, sizeof *order, by_cost_desc);
     for (int k = 0; k < n; k++) {
-        int r = 0; /* the least loaded rank; a scan, as world is small next to n */
+        /* the least loaded rank, then the one with fewest adapters (so zero costs still spread: with n >= world
+         * every rank owns at least one adapter), then the lowest; a scan, as world is small next to n */
+        int r = 0;
         for (int q = 1; q < world; q++)
-            if (load[q] < load[r]) r = q;
+            if (load[q] < load[r] || (load[q] == load[r] && count[q] < count[r])) r = q;
         owner[order[k].idx] = r;
         load[r] += order[k].cost;
+        count[r]++;
     }
-    free(order);
-    free(load);
+    free(order), free(load), free(count);
 }
 
 /* ---- MPI ---- */
@@ -328,6 +330,9 @@ static tl_status reduce(tl_dist *d, void *buf, size_t n, tl_dist_dtype t, tl_dis
 
 tl_status tl_dist_allreduce_f32(tl_dist *d, float *buf, size_t n, const char *what, tl_error *err) {
     return reduce(d, buf, n, TL_DT_F32, TL_DOP_SUM, 0, what, err);
+}
+tl_status tl_dist_allreduce_f32_host(tl_dist *d, float *buf, size_t n, const char *what, tl_error *err) {
+    return reduce(d, buf, n, TL_DT_F32, TL_DOP_SUM, 1, what, err);
 }
 tl_status tl_dist_allreduce_f64_host(tl_dist *d, double *buf, size_t n, const char *what, tl_error *err) {
     return reduce(d, buf, n, TL_DT_F64, TL_DOP_SUM, 1, what, err);

@@ -38,28 +38,30 @@ static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
 
 tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
                       tl_adapter_key key, int micro_batch_tokens, int max_seq_len, int with_base,
-                      int with_cross, const uint8_t *only, tl_eval_result *res, tl_error *err) {
+                      int with_cross, const tl_eval_part *part, tl_eval_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
     int n = p->n_slots;
+    const uint8_t *only = part ? part->only : NULL;
+    char *const *cnames = part && part->cols ? part->cols : p->names;
+    int nc = part && part->cols ? part->n_cols : n;
     tl_adapter_map map, all;
     TL_TRY(tl_adapter_map_build(ds, key, p->names, n, &map, err));
     tl_adapter_map_keep(&map, only);
     memset(&all, 0, sizeof all);
-    if (with_cross && only) { /* cross rows run over every adapter's examples */
-        tl_status st = tl_adapter_map_build(ds, key, p->names, n, &all, err);
+    if (with_cross) { /* the columns: every listed adapter's users */
+        tl_status st = tl_adapter_map_build(ds, key, cnames, nc, &all, err);
         if (st) {
             tl_adapter_map_free(&map);
             return st;
         }
     }
-    const tl_adapter_map *cols = with_cross && only ? &all : &map;
-    res->n = n;
+    res->n = n, res->n_cols = nc;
     res->examples = calloc((size_t)n, sizeof(int64_t));
     res->tokens = calloc((size_t)n, sizeof(int64_t));
     res->loss = calloc((size_t)n, sizeof(double));
     res->base_loss = calloc((size_t)n, sizeof(double));
-    double *bsum = calloc((size_t)n, sizeof(double));
-    int64_t *bcount = calloc((size_t)n, sizeof(int64_t));
+    double *bsum = calloc((size_t)(n > nc ? n : nc), sizeof(double));
+    int64_t *bcount = calloc((size_t)(n > nc ? n : nc), sizeof(int64_t));
     tl_status s = TL_OK;
     if (!res->examples || !res->tokens || !res->loss || !res->base_loss || !bsum || !bcount) {
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
@@ -75,17 +77,17 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
         res->base_loss[a] = with_base && bcount[a] ? bsum[a] / (double)bcount[a] : NAN;
     }
     if (with_cross) {
-        res->cross = calloc((size_t)n * n, sizeof(double));
+        res->cross = calloc((size_t)n * nc, sizeof(double));
         if (!res->cross) {
             s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
             goto done;
         }
         for (int a = 0; a < n && !s; a++) {
             if (only && !only[a]) continue; /* another rank's row: left 0 */
-            double *row = res->cross + (size_t)a * n;
-            memset(bcount, 0, (size_t)n * sizeof(int64_t));
-            s = eval_pass(m, p, ws, ds, cols, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
-            for (int b = 0; b < n; b++) row[b] = bcount[b] ? row[b] / (double)bcount[b] : NAN;
+            double *row = res->cross + (size_t)a * nc;
+            memset(bcount, 0, (size_t)nc * sizeof(int64_t));
+            s = eval_pass(m, p, ws, ds, &all, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
+            for (int b = 0; b < nc; b++) row[b] = bcount[b] ? row[b] / (double)bcount[b] : NAN;
         }
         if (s) goto done;
     }

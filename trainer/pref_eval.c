@@ -49,39 +49,37 @@ static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_p
 
 tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                            const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
-                           const tl_pref_eval_opts *o, int with_cross, const uint8_t *only, tl_pref_eval_result *res,
-                           tl_error *err) {
+                           const tl_pref_eval_opts *o, int with_cross, const tl_eval_part *part,
+                           tl_pref_eval_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
     int n = p->n_slots;
-    tl_adapter_map map, mine;
-    TL_TRY(tl_adapter_map_build_pref(ds, key, p->names, n, &map, err));
+    const uint8_t *only = part ? part->only : NULL;
+    char *const *cnames = part && part->cols ? part->cols : p->names;
+    int nc = part && part->cols ? part->n_cols : n;
+    tl_adapter_map map, mine, cols;
     memset(&mine, 0, sizeof mine);
-    if (only) {
-        tl_status st = tl_adapter_map_build_pref(ds, key, p->names, n, &mine, err);
-        if (st) {
-            tl_adapter_map_free(&map);
-            return st;
-        }
-        tl_adapter_map_keep(&mine, only);
-    }
-    res->n = n;
-    res->own = calloc((size_t)n, sizeof *res->own);
-    tl_pref_stats *tmp = calloc((size_t)n, sizeof *tmp);
-    tl_status s = TL_OK;
-    if (!res->own || !tmp) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    memset(&cols, 0, sizeof cols);
+    TL_TRY(tl_adapter_map_build_pref(ds, key, p->names, n, &map, err));
+    tl_status s = tl_adapter_map_build_pref(ds, key, p->names, n, &mine, err);
+    if (!s) tl_adapter_map_keep(&mine, only);
+    if (!s && with_cross) s = tl_adapter_map_build_pref(ds, key, cnames, nc, &cols, err);
+    res->n = n, res->n_cols = nc;
+    res->own = s ? NULL : calloc((size_t)n, sizeof *res->own);
+    tl_pref_stats *tmp = s ? NULL : calloc((size_t)nc, sizeof *tmp);
+    if (!s && (!res->own || !tmp)) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     for (int a = 0; !s && a < n; a++) tl_pref_stats_init(&res->own[a]);
-    if (!s) s = pass(m, p, ws, sc, ds, only ? &mine : &map, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
+    if (!s) s = pass(m, p, ws, sc, ds, &mine, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
     if (!s && with_cross) {
-        res->cross_acc = calloc((size_t)n * n, sizeof(double));
+        res->cross_acc = calloc((size_t)n * nc, sizeof(double));
         if (!res->cross_acc) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
         for (int a = 0; !s && a < n; a++) {
             if (only && !only[a]) continue; /* another rank's row: left 0 */
-            for (int b = 0; b < n; b++) tl_pref_stats_init(&tmp[b]);
-            s = pass(m, p, ws, sc, ds, &map, micro_batch_tokens, max_seq_len, o, a, tmp, err);
-            for (int b = 0; !s && b < n; b++) {
+            for (int b = 0; b < nc; b++) tl_pref_stats_init(&tmp[b]);
+            s = pass(m, p, ws, sc, ds, &cols, micro_batch_tokens, max_seq_len, o, a, tmp, err);
+            for (int b = 0; !s && b < nc; b++) {
                 double mean[TL_PREF_N_METRICS];
                 tl_pref_stats_mean(&tmp[b], mean);
-                res->cross_acc[(size_t)a * n + b] = mean[TL_PREF_M_REWARDS_ACCURACIES];
+                res->cross_acc[(size_t)a * nc + b] = mean[TL_PREF_M_REWARDS_ACCURACIES];
             }
         }
     }
@@ -113,6 +111,7 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
     free(tmp);
     tl_adapter_map_free(&map);
     tl_adapter_map_free(&mine);
+    tl_adapter_map_free(&cols);
     if (s) tl_pref_eval_result_free(res);
     return s;
 }

@@ -48,8 +48,9 @@ int tl_dist_cuda_device(const tl_dist_env *e, int n_visible);
 int tl_dist_cpu_threads(const tl_dist_env *e);
 
 /* dist.strategy user_shard: each adapter's owner rank, balanced by cost (the tokens each adapter will train on):
- * adapters by decreasing cost (ties by index) each go to the least loaded rank (ties: the lowest rank), the
- * longest-processing-time rule, deterministic so every rank computes the same owners. */
+ * adapters by decreasing cost (ties by index) each go to the least loaded rank (ties: the rank with fewest
+ * adapters, then the lowest), the longest-processing-time rule, deterministic so every rank computes the same
+ * owners. With n >= world every rank owns at least one adapter, even when costs are zero. */
 void tl_dist_assign_owners(const double *cost, int n, int world, int *owner);
 
 typedef struct tl_dist tl_dist;
@@ -73,6 +74,7 @@ const char *tl_dist_transport(const tl_dist *d); /* "none", "mpi" or "nccl" */
 
 /* In-place sums over all ranks. what names the collective in errors ("gradients of step 12"). */
 tl_status tl_dist_allreduce_f32(tl_dist *d, float *buf, size_t n, const char *what, tl_error *err);
+tl_status tl_dist_allreduce_f32_host(tl_dist *d, float *buf, size_t n, const char *what, tl_error *err);
 tl_status tl_dist_allreduce_f64_host(tl_dist *d, double *buf, size_t n, const char *what, tl_error *err);
 tl_status tl_dist_allreduce_i64_host(tl_dist *d, int64_t *buf, size_t n, const char *what, tl_error *err);
 /* In-place maximum of ints (stop votes). */

@@ -1,10 +1,13 @@
-/* tl_dist_pool: the adapter pool across ranks — gathering owned adapters, reducing gradients.
+/* tl_dist_pool: the adapter pool across ranks.
  *
- * Every rank holds the whole pool (all slots). Under user_shard a rank trains only the slots it owns, so the
- * others' copies go stale; tl_dist_pool_gather makes every rank's pool (parameters, Adam moments, step counts and
- * data cursors) equal to the owners' before a checkpoint, an evaluation or the export. Under data_parallel every
- * rank trains every active slot on a share of the step's micro-batches; tl_dist_pool_reduce_grads sums each
- * active slot's gradient over the ranks (a slot's sum never mixes in another slot's numbers). */
+ * data_parallel: every rank holds every adapter; tl_dist_pool_reduce_grads sums each active slot's gradient over
+ * the ranks (a slot's sum never mixes in another slot's numbers).
+ *
+ * user_shard: each rank's pool holds only the adapters it owns (a "local pool": local slot a is adapter gidx[a]
+ * of the run, gidx ascending). What needs every adapter at once — a checkpoint, the exported adapters, a resume
+ * from a checkpoint — goes through a view: the whole run's state in host memory, in the run's adapter order,
+ * with the layout of a local pool. tl_dist_pool_collect builds it on one rank from everybody's local pools;
+ * tl_pool_view_scatter hands each rank its own rows of a view (a checkpoint loaded on the host). */
 #ifndef TL_DIST_POOL_H
 #define TL_DIST_POOL_H
 
@@ -12,13 +15,32 @@
 #include "tl_dist.h"
 #include "tl_model.h"
 
-/* owner[s]: the rank that owns slot s. cursors [n_slots] or NULL. Non-owned slots are zeroed here and the pool
- * summed over ranks, so the result is each owner's state exactly (x + 0 = x). */
-tl_status tl_dist_pool_gather(tl_dist *d, tl_lora_pool *p, tl_backend *be, const int *owner, tl_cursor *cursors,
-                              tl_error *err);
-
 /* Sums the gradients of the active slots over all ranks, in place. step names the collective in errors. */
 tl_status tl_dist_pool_reduce_grads(tl_dist *d, tl_lora_pool *p, const int32_t *active, int n_active, int64_t step,
                                     tl_error *err);
+
+typedef struct {
+    tl_backend *cpu;    /* the view's memory: a CPU backend (host memory), so checkpoint and export code reads it */
+    tl_lora_pool pool;  /* n_slots adapters; params, m, v, steps owned here; layout arrays and names borrowed */
+    tl_cursor *cursors; /* [n_slots] data cursors */
+} tl_pool_view;
+
+/* An empty view (zeros) of n adapters named names[n] (borrowed), with the layout of `layout`. */
+tl_status tl_pool_view_create(const tl_lora_pool *layout, char *const *names, int n, tl_pool_view *v, tl_error *err);
+void tl_pool_view_free(tl_pool_view *v);
+
+/* Collective. Every rank passes its local pool (backend be; local slot a is adapter gidx[a] of n_global) and its
+ * cursors [local n_slots]; rank `root` gets the whole state in *v (created here, names[n_global] borrowed); the
+ * others' *v stays empty (zeroed). Parameters, Adam moments, step counts and cursors travel as sums in which only
+ * the owner contributes, so the view holds each owner's numbers exactly. Moves n_global x 3 x P floats in
+ * chunks of at most 64 MiB. */
+tl_status tl_dist_pool_collect(tl_dist *d, const tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
+                               const tl_cursor *cursors, char *const *names, int n_global, int root, tl_pool_view *v,
+                               tl_error *err);
+
+/* This rank's rows of a view into its local pool: parameters, Adam moments, step counts and (when cursors is
+ * not NULL) data cursors of adapters gidx[a]. */
+tl_status tl_pool_view_scatter(const tl_pool_view *v, tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
+                               tl_cursor *cursors, tl_error *err);
 
 #endif

@@ -7,12 +7,14 @@
 #include <stdio.h>
 
 #include "../data/tl_pref.h"
+#include "tl_eval.h"
 #include "tl_pref_step.h"
 
 typedef struct {
     int n;
     tl_pref_stats *own; /* [n] each adapter on its own users' pairs */
-    double *cross_acc;  /* [n * n] or NULL: accuracy of adapter a on adapter b's users' pairs */
+    double *cross_acc;  /* [n * n_cols] or NULL: accuracy of adapter a on adapter b's users' pairs */
+    int n_cols;
     /* When adapters are shared (adapter.key group or global): each user's pairs under that user's adapter, so
      * that a shared adapter that serves one group and fails another shows it. NULL for adapter.key user. */
     int n_users;
@@ -28,11 +30,12 @@ typedef struct {
     const tl_lora_pool *ref; /* DPO reference pool, NULL: the base model */
 } tl_pref_eval_opts;
 
-/* only (NULL = all): evaluate just the adapters with only[a] != 0 (one rank's share); the others' stats stay
- * empty (n = 0), their cross rows 0 and their users' by_user entries empty. */
+/* part (NULL: everything; tl_eval.h): only the adapters part->only marks (the others' stats stay empty, n = 0,
+ * their cross rows 0 and their users' by_user entries empty); cross columns over part->cols when given. The
+ * cross matrix is [n, n_cols]. */
 tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                            const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
-                           const tl_pref_eval_opts *o, int with_cross, const uint8_t *only,
+                           const tl_pref_eval_opts *o, int with_cross, const tl_eval_part *part,
                            tl_pref_eval_result *res, tl_error *err);
 void tl_pref_eval_result_free(tl_pref_eval_result *r);
 void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FILE *f);

@@ -67,9 +67,15 @@ typedef struct {
     tl_dist_env env;
     tl_dist *dist;   /* NULL outside tl_train */
     int dp;          /* dist.strategy data_parallel (else user_shard) */
-    int *owner;      /* user_shard with world > 1: [n_slots] owner rank of each adapter */
-    uint8_t *owned;  /* [n_slots] owner == this rank */
-    uint8_t *eval_mine; /* world > 1: [n_slots] the adapters this rank evaluates */
+    /* user_shard with world > 1 ("local pool"): the pool, batcher and optimizer hold this rank's adapters only;
+     * local slot a is adapter gidx[a] of the run's n_global adapters (map: all of them, lmap: this rank's) */
+    int lp;
+    int n_global;
+    int *owner;          /* [n_global] owner rank of each adapter */
+    int32_t *gidx;       /* [pool.n_slots] */
+    tl_adapter_map lmap;
+    int have_lmap;
+    uint8_t *eval_mine;  /* data_parallel with world > 1: [n_slots] the adapters this rank evaluates */
     int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
 } tl_session;
 
@@ -92,8 +98,9 @@ static void tl_session_close(tl_session *S) {
     if (S->have_peval) tl_pref_free(&S->peval);
     if (S->model_loaded) tl_model_free(&S->model);
     free(S->owner);
-    free(S->owned);
+    free(S->gidx);
     free(S->eval_mine);
+    if (S->have_lmap) tl_adapter_map_free(&S->lmap);
     tl_dist_free(S->dist);
     if (S->be) S->be->destroy(S->be);
     memset(S, 0, sizeof *S);
@@ -296,21 +303,60 @@ static void pstat_unpack(const double *d, tl_pref_stats *s) {
     s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
 }
 
-/* Many ranks: each evaluated its share of the adapters (S->eval_mine); entries of the others are zero (set here
- * where a pass leaves NaN), so sums over the ranks give every entry from the rank that computed it. */
-static void zero_others(const uint8_t *mine, int n, double *v) {
-    for (int a = 0; a < n; a++)
-        if (!mine[a]) v[a] = 0;
+/* Many ranks: each evaluated its share of the adapters. A merge scatters each rank's entries into arrays over
+ * the whole run's adapters (zero elsewhere) and sums them over the ranks, so every entry comes from the rank
+ * that computed it, bit for bit (x + 0 = x). */
+typedef struct {
+    tl_dist *d;
+    int n, nG;           /* entries on this rank, entries of the run */
+    const int32_t *gi;   /* [n] global index of each entry (local pool), NULL: the identity (n == nG) */
+    const uint8_t *mine; /* [n] entries this rank computed, NULL: all */
+} tl_merge;
+
+static tl_status merge_f64(const tl_merge *M, double **v, int k, const char *what, tl_error *err) {
+    double *g = calloc((size_t)M->nG * k + 1, sizeof *g);
+    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; a < M->n; a++)
+        if (!M->mine || M->mine[a])
+            memcpy(g + (size_t)(M->gi ? M->gi[a] : a) * k, *v + (size_t)a * k, (size_t)k * sizeof *g);
+    tl_status s = tl_dist_allreduce_f64_host(M->d, g, (size_t)M->nG * k, what, err);
+    if (s) {
+        free(g);
+        return s;
+    }
+    free(*v);
+    *v = g;
+    return TL_OK;
 }
 
-static tl_status merge_pref_stats(tl_dist *d, tl_pref_stats *st, int n, const char *what, tl_error *err) {
-    double *buf = malloc((size_t)n * PSTAT_N * sizeof *buf + 1);
-    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    for (int a = 0; a < n; a++) pstat_pack(&st[a], buf + (size_t)a * PSTAT_N);
-    tl_status s = tl_dist_allreduce_f64_host(d, buf, (size_t)n * PSTAT_N, what, err);
-    if (!s)
-        for (int a = 0; a < n; a++) pstat_unpack(buf + (size_t)a * PSTAT_N, &st[a]);
+static tl_status merge_i64(const tl_merge *M, int64_t **v, const char *what, tl_error *err) {
+    int64_t *g = calloc((size_t)M->nG + 1, sizeof *g);
+    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; a < M->n; a++)
+        if (!M->mine || M->mine[a]) g[M->gi ? M->gi[a] : a] = (*v)[a];
+    tl_status s = tl_dist_allreduce_i64_host(M->d, g, (size_t)M->nG, what, err);
+    if (s) {
+        free(g);
+        return s;
+    }
+    free(*v);
+    *v = g;
+    return TL_OK;
+}
+
+static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const char *what, tl_error *err) {
+    double *buf = malloc((size_t)M->n * PSTAT_N * sizeof *buf + 1);
+    tl_pref_stats *out = calloc((size_t)M->nG + 1, sizeof *out);
+    tl_status s = buf && out ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; !s && a < M->n; a++) pstat_pack(&(*st)[a], buf + (size_t)a * PSTAT_N);
+    if (!s) s = merge_f64(M, &buf, PSTAT_N, what, err);
+    if (!s) {
+        for (int a = 0; a < M->nG; a++) pstat_unpack(buf + (size_t)a * PSTAT_N, &out[a]);
+        free(*st);
+        *st = out, out = NULL;
+    }
     free(buf);
+    free(out);
     return s;
 }
 
@@ -322,23 +368,28 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
     tl_adapter_key key = parse_key(cfg->adapter_key);
     int n = S->pool.n_slots;
-    int cross = final && n <= TL_EVAL_CROSS_MAX;
     int many = tl_dist_world(S->dist) > 1, rank0 = tl_dist_rank(S->dist) == 0;
-    const uint8_t *mine = many ? S->eval_mine : NULL;
+    tl_merge M = {.d = S->dist, .n = n, .nG = S->lp ? S->n_global : n, .gi = S->lp ? S->gidx : NULL,
+                  .mine = S->lp ? NULL : S->eval_mine};
+    tl_eval_part part = {.only = M.mine, .cols = S->lp ? S->map.names : NULL, .n_cols = S->lp ? S->n_global : 0};
+    const tl_eval_part *pp = many ? &part : NULL;
+    int cross = final && M.nG <= TL_EVAL_CROSS_MAX;
+    tl_lora_pool names = S->pool; /* for the table and eval.json: every adapter of the run by name */
+    if (S->lp) names.n_slots = S->n_global, names.names = S->map.names;
     tl_status s;
     if (S->task == TL_TASK_SFT) {
         tl_eval_result r;
         TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
-                           1, cross, mine, &r, err));
+                           1, cross, pp, &r, err));
         tl_eval_rouge_result rr = {0};
         s = TL_OK;
         if (many) {
-            zero_others(mine, n, r.loss), zero_others(mine, n, r.base_loss);
-            s = tl_dist_allreduce_i64_host(S->dist, r.examples, (size_t)n, "eval example counts", err);
-            if (!s) s = tl_dist_allreduce_i64_host(S->dist, r.tokens, (size_t)n, "eval token counts", err);
-            if (!s) s = tl_dist_allreduce_f64_host(S->dist, r.loss, (size_t)n, "eval losses", err);
-            if (!s) s = tl_dist_allreduce_f64_host(S->dist, r.base_loss, (size_t)n, "eval base losses", err);
-            if (!s && r.cross) s = tl_dist_allreduce_f64_host(S->dist, r.cross, (size_t)n * n, "eval cross matrix", err);
+            s = merge_i64(&M, &r.examples, "eval example counts", err);
+            if (!s) s = merge_i64(&M, &r.tokens, "eval token counts", err);
+            if (!s) s = merge_f64(&M, &r.loss, 1, "eval losses", err);
+            if (!s) s = merge_f64(&M, &r.base_loss, 1, "eval base losses", err);
+            if (!s && r.cross) s = merge_f64(&M, &r.cross, r.n_cols, "eval cross matrix", err);
+            r.n = r.n_cols = M.nG;
         }
         if (!s && final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
             tl_tokenizer *tok = NULL;
@@ -347,7 +398,7 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
             if (!s) {
                 s = tl_adapter_map_build(&S->eval, key, S->pool.names, n, &map, err);
                 if (!s) {
-                    tl_adapter_map_keep(&map, mine);
+                    tl_adapter_map_keep(&map, M.mine);
                     if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
                                             cfg->data_eval_generate);
                     s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
@@ -357,12 +408,10 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
                 tl_tokenizer_free(tok);
             }
             if (!s && many) {
-                double *v[4] = {rr.rouge1, rr.rougeL, rr.base_rouge1, rr.base_rougeL};
-                s = tl_dist_allreduce_i64_host(S->dist, rr.examples, (size_t)n, "ROUGE example counts", err);
-                for (int k = 0; k < 4 && !s; k++) {
-                    zero_others(mine, n, v[k]);
-                    s = tl_dist_allreduce_f64_host(S->dist, v[k], (size_t)n, "ROUGE scores", err);
-                }
+                double **v[4] = {&rr.rouge1, &rr.rougeL, &rr.base_rouge1, &rr.base_rougeL};
+                s = merge_i64(&M, &rr.examples, "ROUGE example counts", err);
+                for (int k = 0; k < 4 && !s; k++) s = merge_f64(&M, v[k], 1, "ROUGE scores", err);
+                rr.n = M.nG;
             }
             if (!s)
                 r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1,
@@ -379,10 +428,10 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
         if (!rank0) {
             s = TL_OK;
         } else if (final) {
-            s = tl_eval_write_json(&r, &S->pool, path, step, err);
+            s = tl_eval_write_json(&r, &names, path, step, err);
             if (!s) {
                 fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
-                tl_eval_print(&r, &S->pool, ui->out);
+                tl_eval_print(&r, &names, ui->out);
             }
         } else {
             if (metrics)
@@ -398,13 +447,16 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     tl_pref_eval_opts o = pref_eval_opts(S, cfg);
     tl_pref_eval_result r;
     TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->psc, &S->peval, key, cfg->micro_batch_tokens,
-                            cfg->data_max_seq_len, &o, cross, mine, &r, err));
+                            cfg->data_max_seq_len, &o, cross, pp, &r, err));
     s = TL_OK;
     if (many) {
-        s = merge_pref_stats(S->dist, r.own, n, "eval preference metrics", err);
-        if (!s && r.cross_acc)
-            s = tl_dist_allreduce_f64_host(S->dist, r.cross_acc, (size_t)n * n, "eval cross accuracies", err);
-        if (!s && r.by_user) s = merge_pref_stats(S->dist, r.by_user, r.n_users, "eval per-user metrics", err);
+        s = merge_pref_stats(&M, &r.own, "eval preference metrics", err);
+        if (!s && r.cross_acc) s = merge_f64(&M, &r.cross_acc, r.n_cols, "eval cross accuracies", err);
+        if (!s && r.by_user) { /* users, not adapters: each user's entry is empty but on its adapter's rank */
+            tl_merge U = {.d = S->dist, .n = r.n_users, .nG = r.n_users};
+            s = merge_pref_stats(&U, &r.by_user, "eval per-user metrics", err);
+        }
+        r.n = r.n_cols = M.nG;
     }
     if (s) {
         tl_pref_eval_result_free(&r);
@@ -418,11 +470,11 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     if (!rank0) {
         s = TL_OK;
     } else if (final) {
-        s = tl_pref_eval_write_json(&r, &S->pool, path, step, err);
+        s = tl_pref_eval_write_json(&r, &names, path, step, err);
         if (!s) {
             fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
                     cfg->data_eval);
-            tl_pref_eval_print(&r, &S->pool, ui->out);
+            tl_pref_eval_print(&r, &names, ui->out);
         }
     } else {
         if (metrics)
@@ -590,21 +642,48 @@ static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, 
     return TL_OK;
 }
 
-/* Everything rank 0 writes from the pool (checkpoint, evaluation, export) needs the owners' state first. */
-static tl_status gather_pool(tl_session *S, tl_cursor *cursors, tl_error *err) {
-    if (S->dp || tl_dist_world(S->dist) == 1) return TL_OK;
-    return tl_dist_pool_gather(S->dist, &S->pool, S->be, S->owner, cursors, err);
+/* Rank 0 alone writes checkpoints and the export. With a local pool (user_shard) they are written from a view
+ * of the whole run collected from every rank first; otherwise from rank 0's own pool (data_parallel keeps every
+ * rank's pool identical). The ranks then meet, so a failure on rank 0 reaches the others as a failed
+ * collective and no rank runs ahead of a checkpoint. */
+static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
+                                int checkpoint, int export_adapters, const tl_ui *ui, tl_error *err) {
+    int rank0 = tl_dist_rank(S->dist) == 0;
+    tl_pool_view v;
+    memset(&v, 0, sizeof v);
+    const tl_lora_pool *p = &S->pool;
+    tl_backend *be = S->be;
+    const tl_cursor *cur = cursors;
+    if (S->lp) {
+        TL_TRY(tl_dist_pool_collect(S->dist, &S->pool, S->be, S->gidx, cursors, S->map.names, S->n_global, 0, &v,
+                                    err));
+        p = &v.pool, be = v.cpu, cur = v.cursors;
+    }
+    tl_status s = TL_OK;
+    if (rank0 && checkpoint)
+        s = tl_checkpoint_save(cfg->output_dir, cfg, p, be, done_steps, cur, cfg->keep_checkpoints, err);
+    if (rank0 && export_adapters && !s) {
+        char adir[TL_PATH_MAX + 16];
+        snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
+        int written = 0;
+        s = tl_export_pool(p, be, cfg, cfg->model_path, adir, &written, err);
+        if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
+    }
+    tl_pool_view_free(&v);
+    TL_TRY(s);
+    return tl_dist_barrier(S->dist, export_adapters ? "export by rank 0" : "checkpoint written by rank 0", err);
 }
 
-/* Rank 0 alone writes; the others wait for it here, so a failure on rank 0 reaches them as a failed collective
- * and no rank runs ahead of a checkpoint. */
-static tl_status save_checkpoint(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
-                                 tl_error *err) {
-    TL_TRY(gather_pool(S, cursors, err));
-    if (tl_dist_rank(S->dist) == 0)
-        TL_TRY(tl_checkpoint_save(cfg->output_dir, cfg, &S->pool, S->be, done_steps, cursors, cfg->keep_checkpoints,
-                                  err));
-    return tl_dist_barrier(S->dist, "checkpoint written by rank 0", err);
+/* Resume: the checkpoint holds the whole run, whatever the number of ranks that wrote it. A local pool takes
+ * its own rows of it (loaded on the host first). */
+static tl_status load_run_state(tl_session *S, const char *ckpt, int64_t *start, tl_cursor *cursors, tl_error *err) {
+    if (!S->lp) return tl_checkpoint_load(ckpt, &S->pool, S->be, start, cursors, err);
+    tl_pool_view v;
+    TL_TRY(tl_pool_view_create(&S->pool, S->map.names, S->n_global, &v, err));
+    tl_status s = tl_checkpoint_load(ckpt, &v.pool, v.cpu, start, v.cursors, err);
+    if (!s) s = tl_pool_view_scatter(&v, &S->pool, S->be, S->gidx, cursors, err);
+    tl_pool_view_free(&v);
+    return s;
 }
 
 /* Places this process: the CUDA device of its local rank and its share of the cores. */
@@ -675,41 +754,62 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         S.have_map = 1;
         warn_empty_users(ui, S.train.path, S.train.n_users, S.train.user_names, &S.map, key);
     }
+    CHECK(count_adapter_steps(cfg, S.map.n_adapters, &total_steps, err));
+    S.n_global = S.map.n_adapters;
+
+    /* user_shard over many ranks: each rank owns a share of the adapters (balanced by the tokens each will train
+     * on) and its pool, batcher and optimizer hold those only; the round robin stays the whole run's */
+    S.lp = world > 1 && !S.dp;
+    const tl_adapter_map *tmap = &S.map;
+    if (S.lp) {
+        int NG = S.n_global;
+        if (NG < world)
+            CHECK(tl_fail(err, TL_ERR_INPUT, "dist.strategy user_shard: %d ranks for %d adapter(s), so a rank would "
+                          "own none: run at most %d ranks, or set dist.strategy: data_parallel", world, NG, NG));
+        S.owner = malloc((size_t)NG * sizeof *S.owner);
+        S.gidx = malloc((size_t)NG * sizeof *S.gidx);
+        cost = malloc((size_t)NG * sizeof *cost);
+        char **lnames = malloc((size_t)NG * sizeof *lnames);
+        if (!S.owner || !S.gidx || !cost || !lnames) {
+            free(lnames);
+            CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
+        }
+        adapter_costs(&S, cfg, total_steps, cost);
+        tl_dist_assign_owners(cost, NG, world, S.owner);
+        int nl = 0;
+        for (int g = 0; g < NG; g++)
+            if (S.owner[g] == rank) S.gidx[nl] = g, lnames[nl] = S.map.names[g], total_steps[nl] = total_steps[g], nl++;
+        if (nl == 0) { /* cannot happen with NG >= world (tl_dist_assign_owners); a pool of none would mean all */
+            free(lnames);
+            CHECK(tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", rank, world));
+        }
+        s = pref ? tl_adapter_map_build_pref(&S.ptrain, key, lnames, nl, &S.lmap, err)
+                 : tl_adapter_map_build(&S.train, key, lnames, nl, &S.lmap, err);
+        free(lnames);
+        if (s) goto done;
+        S.have_lmap = 1;
+        tmap = &S.lmap;
+    }
     tl_batcher_opts bo = {.examples_per_adapter = cfg->examples_per_adapter,
                           .adapters_per_step = cfg->adapters_per_step,
                           .micro_batch_tokens = cfg->micro_batch_tokens,
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
-    if (pref)
-        CHECK(tl_pref_batcher_init(&S.ptrain, &S.map, &bo, &S.pbatcher, err));
-    else
-        CHECK(tl_batcher_init(&S.train, &S.map, &bo, &S.batcher, err));
-    CHECK(make_pools(&S, cfg, S.map.names, S.map.n_adapters, err));
+    if (pref) {
+        CHECK(tl_pref_batcher_init(&S.ptrain, tmap, &bo, &S.pbatcher, err));
+        if (S.lp) CHECK(tl_pref_batcher_set_global(S.pbatcher, S.gidx, S.n_global, err));
+    } else {
+        CHECK(tl_batcher_init(&S.train, tmap, &bo, &S.batcher, err));
+        if (S.lp) CHECK(tl_batcher_set_global(S.batcher, S.gidx, S.n_global, err));
+    }
+    CHECK(make_pools(&S, cfg, tmap->names, tmap->n_adapters, err));
     tl_cursor *cursors = pref ? tl_pref_batcher_cursors(S.pbatcher) : tl_batcher_cursors(S.batcher);
     int n = S.pool.n_slots;
-    CHECK(count_adapter_steps(cfg, n, &total_steps, err));
 
-    /* user_shard: each rank schedules only the adapters it owns; the round robin stays the whole pool's */
-    int owned_here = n;
-    if (world > 1 && !S.dp) {
-        S.owner = malloc((size_t)n * sizeof *S.owner);
-        S.owned = calloc((size_t)n, 1);
-        cost = malloc((size_t)n * sizeof *cost);
-        if (!S.owner || !S.owned || !cost) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-        adapter_costs(&S, cfg, total_steps, cost);
-        tl_dist_assign_owners(cost, n, world, S.owner);
-        owned_here = 0;
-        for (int a = 0; a < n; a++) owned_here += S.owned[a] = S.owner[a] == rank;
-        if (pref)
-            tl_pref_batcher_set_owned(S.pbatcher, S.owned);
-        else
-            tl_batcher_set_owned(S.batcher, S.owned);
-    }
-
-    if (world > 1) { /* evaluation is split too: user_shard by owner, data_parallel round robin */
+    if (world > 1 && S.dp) { /* evaluation is split too: round robin over the replicated pool */
         S.eval_mine = calloc((size_t)n, 1);
         if (!S.eval_mine) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-        for (int a = 0; a < n; a++) S.eval_mine[a] = S.dp ? a % world == rank : S.owner[a] == rank;
+        for (int a = 0; a < n; a++) S.eval_mine[a] = a % world == rank;
     }
 
     /* Inputs are valid: from here on the run directory may be written (by rank 0). */
@@ -735,15 +835,15 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
     if (world > 1) { /* every rank resumes from the checkpoint rank 0 found, whatever the file system shows it */
         int64_t fs[2] = {found, 0};
         char pathbuf[TL_PATH_MAX];
-        memcpy(pathbuf, found ? ckpt : "", found ? sizeof pathbuf : 1);
+        memset(pathbuf, 0, sizeof pathbuf);
+        if (found) snprintf(pathbuf, sizeof pathbuf, "%s", ckpt);
         CHECK(tl_dist_bcast_host(S.dist, fs, sizeof fs, 0, "resume decision", err));
         CHECK(tl_dist_bcast_host(S.dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
         found = (int)fs[0];
         memcpy(ckpt, pathbuf, sizeof ckpt);
     }
     if (found) {
-        /* the whole state, whatever the number of ranks that wrote it: each rank then trains its own adapters */
-        CHECK(tl_checkpoint_load(ckpt, &S.pool, S.be, &start, cursors, err));
+        CHECK(load_run_state(&S, ckpt, &start, cursors, err));
         fprintf(ui->out, "resuming from %s (step %lld)\n", ckpt, (long long)start);
     }
     if (rank == 0) CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
@@ -782,9 +882,6 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
                 S.dp ? "data_parallel" : "user_shard",
                 S.dp ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
                      : ": each rank trains its own adapters, balanced by tokens");
-    if (world > 1 && !S.dp && owned_here == 0)
-        fprintf(stderr, "tailor: warning: rank %d of %d owns no adapter (%d adapters for %d ranks): it only waits\n",
-                rank, world, n, world);
 
     /* Fault injection for the resume and fault tests: die by SIGKILL right after this global step, as a crash
      * would (TAILOR_FAULT_KILL_RANK limits it to one rank). */
@@ -886,7 +983,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         }
         if (stop_sig && done_steps < cfg->steps) {
             if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            CHECK(save_checkpoint(&S, cfg, done_steps, cursors, err));
+            CHECK(save_run_state(&S, cfg, done_steps, cursors, 1, 0, ui, err));
             fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
                     "resume (exit code %d)\n", stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
                     (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
@@ -895,7 +992,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
             goto done;
         }
         if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
-            CHECK(save_checkpoint(&S, cfg, done_steps, cursors, err));
+            CHECK(save_run_state(&S, cfg, done_steps, cursors, 1, 0, ui, err));
             last_ckpt = done_steps;
         }
         if ((S.have_eval || S.have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
@@ -913,16 +1010,8 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         fprintf(ui->log, "note: %.0f sequence(s) were longer than data.max_seq_len=%d and were truncated (prompt "
                          "dropped from the left)\n",
                 truncated_all, cfg->data_max_seq_len);
-    if (last_ckpt != cfg->steps) CHECK(save_checkpoint(&S, cfg, cfg->steps, cursors, err));
-    else CHECK(gather_pool(&S, cursors, err));
-    if (rank == 0) {
-        char adir[TL_PATH_MAX + 16];
-        snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
-        int written = 0;
-        CHECK(tl_export_pool(&S.pool, S.be, cfg, cfg->model_path, adir, &written, err));
-        fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
-    }
-    CHECK(tl_dist_barrier(S.dist, "export on rank 0", err));
+    /* the final checkpoint (unless the last step just wrote one) and the exported adapters, in one collection */
+    CHECK(save_run_state(&S, cfg, cfg->steps, cursors, last_ckpt != cfg->steps, 1, ui, err));
     if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
 #ifdef TL_HAVE_CUDA
     if (!strcmp(S.be->name, "cuda")) {

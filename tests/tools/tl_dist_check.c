@@ -8,9 +8,10 @@
  *
  * Every rank fills buffers with values that depend on its rank, runs each collective and compares the result
  * with the sum (or maximum) computed locally from the same formulas; sizes include a large odd one. The pool
- * checks build a small pool on the CPU backend: after tl_dist_pool_gather every slot holds exactly its owner's
- * parameters, moments, step count and cursor; tl_dist_pool_reduce_grads sums the active slots' gradients and
- * leaves the others alone. Prints one line per check on rank 0 and exits non-zero on any mismatch. */
+ * checks: tl_dist_pool_reduce_grads sums the active slots' gradients of a replicated pool and leaves the others
+ * alone; with local pools (each rank a share of 11 adapters), tl_dist_pool_collect gives the root a view holding
+ * every owner's parameters, moments, step counts and cursors exactly, and tl_pool_view_scatter gives every rank
+ * its own rows of a view. Prints one line per check on rank 0 and exits non-zero on any mismatch. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -131,49 +132,19 @@ int main(int argc, char **argv) {
     report("broadcast from the last rank", !strcmp(msg, want));
     TRY(tl_dist_barrier(d, "barrier", &err));
 
-    /* pool gather and gradient reduction, pool in backend memory */
+    /* gradient reduction over a replicated pool (data_parallel), in backend memory */
     tl_lora_pool p;
     memset(&p, 0, sizeof p);
     p.n_slots = 7, p.P = 1001;
     size_t N = (size_t)p.n_slots * p.P, NB = N * sizeof(float);
-    float *hp = malloc(NB), *hm = malloc(NB), *hv = malloc(NB), *hg = malloc(NB);
-    p.steps = calloc((size_t)p.n_slots, sizeof *p.steps);
-    TRY(be->alloc(be, NB, (void **)&p.params, &err));
-    TRY(be->alloc(be, NB, (void **)&p.m, &err));
-    TRY(be->alloc(be, NB, (void **)&p.v, &err));
+    float *hg = malloc(NB);
     TRY(be->alloc(be, NB, (void **)&p.grads, &err));
-    tl_cursor cur[7];
-    int owner[7];
-    for (int s = 0; s < p.n_slots; s++) {
-        owner[s] = (s * 5 + 1) % W;
-        int mine = owner[s] == R;
-        p.steps[s] = mine ? 100 + s : -3; /* stale values elsewhere must not leak into the result */
-        cur[s].epoch = mine ? s : 99, cur[s].pos = mine ? 2 * s : 99;
-        for (size_t i = 0; i < p.P; i++) {
-            size_t j = (size_t)s * p.P + i;
-            hp[j] = mine ? val(0, j, 1) : NAN;
-            hm[j] = mine ? val(0, j, 2) : 1e30f;
-            hv[j] = mine ? val(0, j, 3) : -1.0f;
-            hg[j] = val(R, j, 4);
-        }
-    }
-    be->upload(be, p.params, hp, NB), be->upload(be, p.m, hm, NB), be->upload(be, p.v, hv, NB);
+    for (size_t j = 0; j < N; j++) hg[j] = val(R, j, 4);
     be->upload(be, p.grads, hg, NB);
-    TRY(tl_dist_pool_gather(d, &p, be, owner, cur, &err));
-    be->download(be, hp, p.params, NB), be->download(be, hm, p.m, NB), be->download(be, hv, p.v, NB);
-    int ok = 1;
-    for (int s = 0; s < p.n_slots; s++) {
-        if (p.steps[s] != 100 + s || cur[s].epoch != s || cur[s].pos != 2 * s) ok = 0;
-        for (size_t i = 0; i < p.P; i++) {
-            size_t j = (size_t)s * p.P + i;
-            if (hp[j] != val(0, j, 1) || hm[j] != val(0, j, 2) || hv[j] != val(0, j, 3)) ok = 0;
-        }
-    }
-    report("pool gather: every slot equals its owner's state", ok);
     int32_t active[4] = {0, 2, 3, 6};
     TRY(tl_dist_pool_reduce_grads(d, &p, active, 4, 0, &err));
     be->download(be, hg, p.grads, NB);
-    ok = 1;
+    int ok = 1;
     for (int s = 0; s < p.n_slots; s++) {
         int act = s == 0 || s == 2 || s == 3 || s == 6;
         for (size_t i = 0; i < p.P; i++) {
@@ -184,8 +155,79 @@ int main(int argc, char **argv) {
         }
     }
     report("gradient reduction: active slots summed, others untouched", ok);
-    be->free(be, p.params), be->free(be, p.m), be->free(be, p.v), be->free(be, p.grads);
-    free(p.steps), free(hp), free(hm), free(hv), free(hg);
+    be->free(be, p.grads);
+    free(hg);
+
+    /* local pools (user_shard): global adapter g lives on rank (g * 5 + 1) mod W; collect onto the last rank, then
+     * scatter a view back into every rank's own rows */
+    enum { NG = 11 };
+    size_t P = 1001;
+    int32_t gidx[NG];
+    char *names[NG], namebuf[NG][8];
+    int nl = 0;
+    for (int g = 0; g < NG; g++) {
+        snprintf(namebuf[g], sizeof namebuf[g], "u%d", g);
+        names[g] = namebuf[g];
+        if ((g * 5 + 1) % W == R) gidx[nl++] = g;
+    }
+    tl_lora_pool lp;
+    memset(&lp, 0, sizeof lp);
+    lp.n_slots = nl, lp.P = P, lp.names = names; /* names unused by collect beyond the view */
+    size_t LB = (size_t)(nl ? nl : 1) * P * sizeof(float);
+    float *hl = malloc(LB);
+    lp.steps = calloc((size_t)nl + 1, sizeof *lp.steps);
+    tl_cursor lcur[NG];
+    float **lbufs[3] = {&lp.params, &lp.m, &lp.v};
+    for (int k = 0; k < 3; k++) {
+        TRY(be->alloc(be, LB, (void **)lbufs[k], &err));
+        for (int a = 0; a < nl; a++)
+            for (size_t i = 0; i < P; i++) hl[(size_t)a * P + i] = val(0, (size_t)gidx[a] * P + i, 1 + k);
+        be->upload(be, *lbufs[k], hl, LB);
+    }
+    for (int a = 0; a < nl; a++) {
+        lp.steps[a] = 100 + gidx[a];
+        lcur[a].epoch = gidx[a], lcur[a].pos = 2 * gidx[a];
+    }
+    tl_pool_view v;
+    TRY(tl_dist_pool_collect(d, &lp, be, gidx, lcur, names, NG, W - 1, &v, &err));
+    if (R == W - 1) {
+        ok = v.pool.n_slots == NG && v.pool.names == names;
+        const float *vb[3] = {v.pool.params, v.pool.m, v.pool.v};
+        for (int g = 0; ok && g < NG; g++) {
+            if (v.pool.steps[g] != 100 + g || v.cursors[g].epoch != g || v.cursors[g].pos != 2 * g) ok = 0;
+            for (int k = 0; k < 3; k++)
+                for (size_t i = 0; i < P; i++)
+                    if (vb[k][(size_t)g * P + i] != val(0, (size_t)g * P + i, 1 + k)) ok = 0;
+        }
+        report("collect: the root's view holds every owner's state", ok);
+    } else {
+        report("collect: no view on the other ranks", v.pool.params == NULL && v.cpu == NULL);
+    }
+    tl_pool_view_free(&v);
+    /* scatter: a view with other values (as a loaded checkpoint) into the local pools */
+    TRY(tl_pool_view_create(&lp, names, NG, &v, &err));
+    float *vb[3] = {v.pool.params, v.pool.m, v.pool.v};
+    for (int g = 0; g < NG; g++) {
+        v.pool.steps[g] = 7 * g, v.cursors[g].epoch = 3 * g, v.cursors[g].pos = g + 1;
+        for (int k = 0; k < 3; k++)
+            for (size_t i = 0; i < P; i++) vb[k][(size_t)g * P + i] = val(0, (size_t)g * P + i, 7 + k);
+    }
+    memset(lcur, 0xff, sizeof lcur);
+    TRY(tl_pool_view_scatter(&v, &lp, be, gidx, lcur, &err));
+    ok = 1;
+    for (int k = 0; k < 3; k++) {
+        be->download(be, hl, *lbufs[k], LB);
+        for (int a = 0; a < nl; a++)
+            for (size_t i = 0; i < P; i++)
+                if (hl[(size_t)a * P + i] != val(0, (size_t)gidx[a] * P + i, 7 + k)) ok = 0;
+    }
+    for (int a = 0; a < nl; a++)
+        if (lp.steps[a] != 7 * gidx[a] || lcur[a].epoch != 3 * gidx[a] || lcur[a].pos != gidx[a] + 1) ok = 0;
+    report("scatter: each rank gets its own adapters' rows of a view", ok);
+    tl_pool_view_free(&v);
+    for (int k = 0; k < 3; k++) be->free(be, *lbufs[k]);
+    free(lp.steps);
+    free(hl);
     int bad = g_bad;
     TRY(tl_dist_allreduce_max_int_host(d, &bad, 1, "verdict", &err));
     if (R == 0) printf("%s\n", bad ? "FAIL" : "ok");

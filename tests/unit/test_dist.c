@@ -104,6 +104,14 @@ static void test_owners(void) {
     int want[5] = {0, 1, 1, 0, 1};
     CHECK(!memcmp(own, want, sizeof want), "owners %d %d %d %d %d, want 0 1 1 0 1", own[0], own[1], own[2], own[3],
           own[4]);
+    /* zero costs (adapters the round robin never reaches in a short run) still spread over the ranks */
+    double z[5] = {0, 0, 0, 0, 0};
+    int zo[5], seen[3] = {0};
+    tl_dist_assign_owners(z, 5, 3, zo);
+    for (int a = 0; a < 5; a++)
+        if (zo[a] >= 0 && zo[a] < 3) seen[zo[a]]++;
+    CHECK(seen[0] == 2 && seen[1] == 2 && seen[2] == 1, "zero costs: %d %d %d adapters per rank", seen[0], seen[1],
+          seen[2]);
     /* random costs: everyone owned, loads within one adapter's cost of each other, deterministic */
     unsigned long long seed = (unsigned long long)time(NULL);
     srand((unsigned)seed);
@@ -122,6 +130,12 @@ static void test_owners(void) {
             else load[o1[a]] += cost[a];
         }
         CHECK(ok, "trial %d: an owner out of [0, %d)", trial, world);
+        if (n >= world) {
+            int per[17] = {0}, empty = 0;
+            for (int a = 0; a < n; a++) per[o1[a]]++;
+            for (int r = 0; r < world; r++) empty += per[r] == 0;
+            CHECK(!empty, "trial %d (n %d, world %d): %d rank(s) own nothing", trial, n, world, empty);
+        }
         double lo = load[0], hi = load[0];
         for (int r = 1; r < world; r++) lo = load[r] < lo ? load[r] : lo, hi = load[r] > hi ? load[r] : hi;
         CHECK(hi - lo <= cmax, "trial %d (n %d, world %d): loads %g..%g differ by more than the largest cost %g",
