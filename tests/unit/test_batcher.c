@@ -613,6 +613,86 @@ static void test_round_robin(void) {
     tl_sft_free(&ds);
 }
 
+
+/* One rank's share of the adapters (user_shard): a batcher over a map of just those adapters, told their global
+ * indices, schedules and fills each of them exactly as the batcher over the whole pool does. */
+static void test_global_schedule(void) {
+    tl_sft_dataset ds;
+    ds_random(&ds, 7, k_names, NULL, 120, 3, 14);
+    for (int64_t i = 0; i < 7; i++) ds.user[i] = (int32_t)i;
+    tl_adapter_map all, part;
+    REQUIRE_OK(tl_adapter_map_build(&ds, TL_KEY_USER, NULL, 0, &all, err));
+    int32_t gidx[7];
+    char *names[7];
+    int nl = 0;
+    for (int g = 0; g < all.n_adapters; g++)
+        if (g % 3 != 1) gidx[nl] = g, names[nl++] = all.names[g]; /* adapters 0, 2, 3, 5, 6 */
+    REQUIRE_OK(tl_adapter_map_build(&ds, TL_KEY_USER, names, nl, &part, err));
+    int aps_cases[3] = {3, 0, 4};
+    sig *s1 = malloc(sizeof *s1), *s2 = malloc(sizeof *s2);
+    for (int c = 0; c < 3; c++) {
+        tl_batcher_opts o = {.examples_per_adapter = 2, .adapters_per_step = aps_cases[c], .micro_batch_tokens = 48,
+                             .max_seq_len = 16, .seed = rnd()};
+        tl_batcher *bw, *bp;
+        REQUIRE_OK(tl_batcher_init(&ds, &all, &o, &bw, err));
+        REQUIRE_OK(tl_batcher_init(&ds, &part, &o, &bp, err));
+        REQUIRE_OK(tl_batcher_set_global(bp, gidx, all.n_adapters, err));
+        int64_t stw[7] = {0}, stp[7] = {0};
+        for (int64_t t = 0; t < 9; t++) {
+            tl_batcher_set_adapter_steps(bw, stw);
+            tl_batcher_set_adapter_steps(bp, stp);
+            tl_step_batch *bwb, *bpb;
+            REQUIRE_OK(tl_batcher_next(bw, t, &bwb, err));
+            int active_w[7] = {0};
+            for (int i = 0; i < bwb->n_active; i++) active_w[bwb->active[i]] = 1;
+            int nexp = 0;
+            for (int a = 0; a < nl; a++) nexp += active_w[gidx[a]];
+            REQUIRE_OK(tl_batcher_next(bp, t, &bpb, err));
+            CHECK(bpb->n_active == nexp, "global schedule (aps %d) step %lld: %d active, expected %d", aps_cases[c],
+                  (long long)t, bpb->n_active, nexp);
+            for (int i = 0; i < bpb->n_active; i++) {
+                int a = bpb->active[i], g = gidx[a];
+                CHECK(active_w[g], "global schedule step %lld: adapter %d active here, not in the whole pool",
+                      (long long)t, g);
+                s1->n = s2->n = 0;
+                adapter_signature(bwb, g, s1);
+                adapter_signature(bpb, a, s2);
+                CHECK(s1->n > 0 && s1->n == s2->n && !memcmp(s1->v, s2->v, (size_t)s1->n * 8),
+                      "global schedule step %lld: adapter %d's sequences differ", (long long)t, g);
+                CHECK(bwb->target_count[g] == bpb->target_count[a], "target counts of adapter %d", g);
+                stp[a]++, stw[g]++;
+            }
+            for (int i = 0; i < bwb->n_active; i++) {
+                int g = bwb->active[i], mine = 0;
+                for (int a = 0; a < nl; a++) mine |= gidx[a] == g;
+                if (!mine) stw[g]++;
+            }
+            for (int a = 0; a < nl; a++)
+                CHECK(tl_batcher_cursors(bp)[a].pos == tl_batcher_cursors(bw)[gidx[a]].pos &&
+                          tl_batcher_cursors(bp)[a].epoch == tl_batcher_cursors(bw)[gidx[a]].epoch,
+                      "global schedule: cursor of adapter %d", gidx[a]);
+        }
+        tl_batcher_free(bw);
+        tl_batcher_free(bp);
+    }
+    /* a global index out of order is refused */
+    tl_batcher_opts o = {.examples_per_adapter = 1, .micro_batch_tokens = 48, .max_seq_len = 16};
+    tl_batcher *bp;
+    REQUIRE_OK(tl_batcher_init(&ds, &part, &o, &bp, err));
+    int32_t bad[7] = {0, 3, 2, 5, 6};
+    tl_error e = {0};
+    CHECK(tl_batcher_set_global(bp, bad, 7, &e) == TL_ERR_RUNTIME && strstr(e.msg, "ascending"),
+          "descending global indices accepted");
+    int32_t out[7] = {0, 2, 3, 5, 7};
+    CHECK(tl_batcher_set_global(bp, out, 7, &e) == TL_ERR_RUNTIME, "a global index past the pool accepted");
+    tl_batcher_free(bp);
+    free(s1);
+    free(s2);
+    tl_adapter_map_free(&all);
+    tl_adapter_map_free(&part);
+    tl_sft_free(&ds);
+}
+
 /* Copies what identifies a step's content, to compare two runs. */
 static void step_signature(const tl_step_batch *sb, sig *s) {
     s->n = 0;
@@ -977,6 +1057,7 @@ int main(void) {
     test_isolation();
     test_truncation_and_targets();
     test_round_robin();
+    test_global_schedule();
     test_epochs_and_cursors();
     test_eval();
     test_map_keys();
