@@ -91,15 +91,20 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
     if (P != 0 && ns > SIZE_MAX / sizeof(float) / P)
         return tl_fail(err, TL_ERR_RUNTIME, "%s: %zu slots x %zu parameters overflow", path, ns, P);
     size_t nf = ns * P;
-    float *w[3] = {malloc(nf * sizeof(float) + 1), malloc(nf * sizeof(float) + 1), malloc(nf * sizeof(float) + 1)};
+    /* the CPU backend's memory is host memory: the writer references it as it is (no copy of the state) */
+    int host = !strcmp(be->name, "cpu");
+    float *w[3] = {NULL, NULL, NULL};
+    for (int k = 0; k < 3 && !host; k++) w[k] = malloc(nf * sizeof(float) + 1);
+    const float *src[3] = {p->params, p->m, p->v}, *out[3] = {w[0], w[1], w[2]};
     unsigned char *ints = malloc((ns * 3 + 1) * 8);
     char *names = names_json(p), *targets = targets_json(p->targets);
     tl_st_writer *wr = tl_st_writer_new();
     tl_status s = TL_OK;
-    if (!w[0] || !w[1] || !w[2] || !ints || !names || !targets || !wr)
+    if ((!host && (!w[0] || !w[1] || !w[2])) || !ints || !names || !targets || !wr)
         s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for %zu x %zu adapter state", path, ns, P);
-    if (s == TL_OK) {
-        const float *src[3] = {p->params, p->m, p->v};
+    if (s == TL_OK && host) {
+        for (int k = 0; k < 3; k++) out[k] = src[k];
+    } else if (s == TL_OK) {
         for (int k = 0; k < 3; k++) be->download(be, w[k], src[k], nf * sizeof(float));
         s = be->status ? be->status(be, err) : TL_OK;
     }
@@ -113,7 +118,7 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
         put_i64le(gs, global_step);
         int64_t sh2[2] = {(int64_t)ns, (int64_t)P}, shs[1] = {(int64_t)ns}, shc[2] = {(int64_t)ns, 2}, sh1[1] = {1};
         const char *tn[3] = {"params", "m", "v"};
-        for (int k = 0; k < 3 && s == TL_OK; k++) s = tl_st_writer_add_f32(wr, tn[k], sh2, 2, w[k], err);
+        for (int k = 0; k < 3 && s == TL_OK; k++) s = tl_st_writer_add_f32(wr, tn[k], sh2, 2, out[k], err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "steps", "I64", shs, 1, steps, ns * 8, err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "cursors", "I64", shc, 2, cur, ns * 16, err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "global_step", "I64", sh1, 1, gs, 8, err);
