@@ -69,22 +69,6 @@ static char *targets_json(uint32_t targets) {
 
 /* ---- saving ---- */
 
-static tl_status write_config(const char *path, const tl_config *cfg, tl_error *err) {
-    char *text = NULL;
-    size_t n = 0;
-    FILE *f = open_memstream(&text, &n);
-    if (!f) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    tl_config_write_yaml(cfg, f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad || !text) {
-        free(text);
-        return tl_fail(err, TL_ERR_RUNTIME, "%s: could not format the configuration", path);
-    }
-    tl_status s = tl_write_file_atomic(path, text, n, err);
-    free(text);
-    return s;
-}
-
 static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend *be, int64_t global_step,
                              const tl_cursor *cursors, tl_error *err) {
     size_t ns = (size_t)p->n_slots, P = p->P;
@@ -261,7 +245,7 @@ tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl
     if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
 
     tl_status s = tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err);
-    if (s == TL_OK) s = write_config(path, cfg, err);
+    if (s == TL_OK) s = tl_config_write_file(cfg, path, err);
     if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, STATE_FILE, err);
     if (s == TL_OK) s = write_state(path, p, be, global_step, cursors, err);
     if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err);

@@ -6,6 +6,8 @@
  * silently ignored: unknown keys, duplicates, wrong types and out-of-range values are all errors. */
 #include "tl_config.h"
 
+#include "tl_fsutil.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -962,4 +964,20 @@ void tl_config_write_yaml(const tl_config *c, FILE *f) {
         }
         fputc('\n', f);
     }
+}
+
+tl_status tl_config_write_file(const tl_config *c, const char *path, tl_error *err) {
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (!f) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    tl_config_write_yaml(c, f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || !text) {
+        free(text);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: could not format the configuration", path);
+    }
+    tl_status s = tl_write_file_atomic(path, text, n, err);
+    free(text);
+    return s;
 }

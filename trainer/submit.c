@@ -473,22 +473,6 @@ static tl_status preflight(const tl_config *c, const tl_submit_paths *p, tl_erro
     return TL_OK;
 }
 
-static tl_status write_config_file(const tl_config *c, const char *path, tl_error *err) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    tl_config_write_yaml(c, f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        free(buf);
-        return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    }
-    tl_status s = tl_write_file_atomic(path, buf, len, err);
-    free(buf);
-    return s;
-}
-
 /* Reads what is ready on fd into buf (at most cap - 1 bytes kept, the rest drained); 0 at end of file. */
 static int drain(int fd, char *buf, size_t cap, size_t *n) {
     char tmp[4096];
@@ -633,7 +617,7 @@ int tl_submit_main(int argc, char **argv) {
         snprintf(dir, sizeof dir, "%s/submit", p.run_dir);
         s = tl_mkdir_p(dir, &err);
     }
-    if (!s) s = write_config_file(&job, p.config, &err);
+    if (!s) s = tl_config_write_file(&job, p.config, &err);
     if (!s) s = tl_write_file_atomic(p.script, script, strlen(script), &err);
     free(script);
     if (!s) s = run_sbatch(sbatch, p.script, job_id, sizeof job_id, &err);

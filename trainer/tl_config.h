@@ -99,5 +99,7 @@ tl_status tl_config_load(const char *path, char *const *overrides, int n_overrid
 /* Writes the resolved configuration (every key) as YAML that tl_config_load reads back to the same values,
  * doubles bit for bit. The caller checks the stream (ferror / fclose). */
 void tl_config_write_yaml(const tl_config *c, FILE *f);
+/* The same into a file, atomically (tl_write_file_atomic): a crash leaves the old file or the new one. */
+tl_status tl_config_write_file(const tl_config *c, const char *path, tl_error *err);
 
 #endif

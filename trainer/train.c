@@ -817,10 +817,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         CHECK(tl_mkdir_p(cfg->output_dir, err));
         char path[TL_PATH_MAX + 32];
         snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
-        FILE *f = fopen(path, "w");
-        if (!f) CHECK(tl_fail(err, TL_ERR_RUNTIME, "%s: cannot write: %s", path, strerror(errno)));
-        tl_config_write_yaml(cfg, f);
-        if (fclose(f)) CHECK(tl_fail(err, TL_ERR_RUNTIME, "%s: write failed", path));
+        CHECK(tl_config_write_file(cfg, path, err));
     }
 
     int64_t start = 0;
