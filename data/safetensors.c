@@ -508,6 +508,16 @@ tl_status tl_st_read_bytes(tl_st_file *f, const char *name, void *dst, uint64_t 
     return pread_full(f->fd, dst, nbytes, f->data_start + t->begin, f->path, err);
 }
 
+tl_status tl_st_read_range(tl_st_file *f, const char *name, uint64_t offset, void *dst, uint64_t nbytes,
+                           tl_error *err) {
+    const tl_st_tensor *t;
+    TL_TRY(find_or_fail(f, name, &t, err));
+    if (offset > t->end - t->begin || nbytes > t->end - t->begin - offset)
+        return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' holds %" PRIu64 " bytes: bytes [%" PRIu64 ", %" PRIu64
+                       ") are outside it", f->path, name, t->end - t->begin, offset, offset + nbytes);
+    return pread_full(f->fd, dst, nbytes, f->data_start + t->begin + offset, f->path, err);
+}
+
 /* Shared by the file and the model-directory readers; `from` says where the expected shape came from. */
 static tl_status read_f32(tl_st_file *f, const char *name, const int64_t *shape, int ndim, float *dst,
                           const char *from, tl_error *err) {

@@ -41,6 +41,10 @@ tl_status tl_st_read_f32(tl_st_file *f, const char *name, const int64_t *shape, 
 /* Copies a tensor's raw little-endian bytes (any dtype, e.g. I64 checkpoint state) into dst; nbytes must equal
  * the tensor's size, else TL_ERR_INPUT. */
 tl_status tl_st_read_bytes(tl_st_file *f, const char *name, void *dst, uint64_t nbytes, tl_error *err);
+/* Raw bytes [offset, offset + nbytes) of a tensor (rows of a large tensor, without reading it whole);
+ * TL_ERR_INPUT when the range leaves the tensor. */
+tl_status tl_st_read_range(tl_st_file *f, const char *name, uint64_t offset, void *dst, uint64_t nbytes,
+                           tl_error *err);
 const char *tl_st_path(const tl_st_file *f);
 /* Bytes per element of a safetensors dtype name ("F32" -> 4); 0 when unknown. */
 unsigned tl_st_dtype_size(const char *dtype_name);

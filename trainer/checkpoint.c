@@ -395,18 +395,19 @@ static tl_status check_meta_int(tl_st_file *f, const char *key, long long want, 
 }
 
 /* Checks everything that must agree between the checkpoint and the pool, before any state is touched. */
-static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, tl_error *err) {
+/* run_names[n_run]: the run's adapters, which must be the checkpoint's, in its order; p gives the layout. */
+static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, char *const *run_names, int n_run,
+                                  tl_error *err) {
     const char *path = tl_st_path(f);
     char **names;
     int n;
     TL_TRY(parse_names(f, &names, &n, err));
     tl_status s = TL_OK;
-    if (n != p->n_slots)
-        s = tl_fail(err, TL_ERR_INPUT, "%s: %d adapters in the checkpoint, %d in the run", path, n, p->n_slots);
+    if (n != n_run) s = tl_fail(err, TL_ERR_INPUT, "%s: %d adapters in the checkpoint, %d in the run", path, n, n_run);
     for (int i = 0; s == TL_OK && i < n; i++)
-        if (strcmp(names[i], p->names[i]) != 0)
+        if (strcmp(names[i], run_names[i]) != 0)
             s = tl_fail(err, TL_ERR_INPUT, "%s: adapter %d is '%s' in the checkpoint, '%s' in the run", path, i,
-                        names[i], p->names[i]);
+                        names[i], run_names[i]);
     tl_checkpoint_free_names(names, n);
     TL_TRY(s);
     TL_TRY(check_meta_int(f, "rank", p->rank, err));
@@ -434,7 +435,7 @@ static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, tl_error
         return s;
     }
 
-    int64_t ns = p->n_slots, sh2[2] = {ns, (int64_t)p->P}, shs[1] = {ns}, shc[2] = {ns, 2}, sh1[1] = {1};
+    int64_t ns = n_run, sh2[2] = {ns, (int64_t)p->P}, shs[1] = {ns}, shc[2] = {ns, 2}, sh1[1] = {1};
     TL_TRY(expect_tensor(f, "params", TL_DT_F32, "F32", sh2, 2, err));
     TL_TRY(expect_tensor(f, "m", TL_DT_F32, "F32", sh2, 2, err));
     TL_TRY(expect_tensor(f, "v", TL_DT_F32, "F32", sh2, 2, err));
@@ -450,7 +451,7 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
         return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: adapter pool without state (%d slots)", p->n_slots);
     tl_st_file *f = NULL;
     TL_TRY(open_state(ckpt_dir, &f, err));
-    tl_status s = check_compatible(f, p, err);
+    tl_status s = check_compatible(f, p, p->names, p->n_slots, err);
     size_t ns = (size_t)p->n_slots, nf = ns * p->P;
     int64_t *ints = NULL;
     float *w = NULL;
@@ -480,6 +481,47 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
             }
         }
         if (global_step) *global_step = ints[ns * 3];
+    }
+    free(ints);
+    free(w);
+    tl_st_close(f);
+    return s;
+}
+
+tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, char *const *run_names,
+                                  int n_run, const int32_t *rows, int64_t *global_step, tl_cursor *cursors,
+                                  tl_error *err) {
+    if (p->n_slots <= 0 || !p->params || !p->m || !p->v || !p->steps)
+        return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: adapter pool without state (%d slots)", p->n_slots);
+    for (int a = 0; a < p->n_slots; a++)
+        if (rows[a] < 0 || rows[a] >= n_run || (p->names && strcmp(p->names[a], run_names[rows[a]]) != 0))
+            return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: slot %d is not adapter %d of the run", a, rows[a]);
+    tl_st_file *f = NULL;
+    TL_TRY(open_state(ckpt_dir, &f, err));
+    tl_status s = check_compatible(f, p, run_names, n_run, err);
+    size_t nr = (size_t)n_run, P = p->P;
+    int64_t *ints = s ? NULL : malloc((nr * 3 + 1) * sizeof *ints);
+    float *w = s ? NULL : malloc(P * sizeof *w + 1);
+    if (!s && (!ints || !w)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
+    if (s == TL_OK) s = read_i64(f, "steps", ints, nr, err);
+    if (s == TL_OK) s = read_i64(f, "cursors", ints + nr, nr * 2, err);
+    if (s == TL_OK) s = read_i64(f, "global_step", ints + nr * 3, 1, err);
+    /* only this pool's rows of the large tensors: F32 [n_run, P], checked above */
+    const char *tn[3] = {"params", "m", "v"};
+    float *dst[3] = {p->params, p->m, p->v};
+    for (int k = 0; k < 3 && s == TL_OK; k++)
+        for (int a = 0; a < p->n_slots && s == TL_OK; a++) {
+            s = tl_st_read_range(f, tn[k], (uint64_t)rows[a] * P * sizeof(float), w, P * sizeof(float), err);
+            if (s == TL_OK) be->upload(be, dst[k] + (size_t)a * P, w, P * sizeof(float));
+        }
+    if (s == TL_OK && be->status) s = be->status(be, err);
+    if (s == TL_OK) {
+        for (int a = 0; a < p->n_slots; a++) {
+            size_t r = (size_t)rows[a];
+            p->steps[a] = ints[r];
+            if (cursors) cursors[a].epoch = ints[nr + 2 * r], cursors[a].pos = ints[nr + 2 * r + 1];
+        }
+        if (global_step) *global_step = ints[nr * 3];
     }
     free(ints);
     free(w);

@@ -109,20 +109,3 @@ tl_status tl_dist_pool_collect(tl_dist *d, const tl_lora_pool *local, tl_backend
     free(ints);
     return s;
 }
-
-tl_status tl_pool_view_scatter(const tl_pool_view *v, tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
-                               tl_cursor *cursors, tl_error *err) {
-    size_t P = local->P;
-    if (P != v->pool.P) return tl_fail(err, TL_ERR_RUNTIME, "view of %zu parameters per adapter, pool of %zu", v->pool.P, P);
-    const float *src[3] = {v->pool.params, v->pool.m, v->pool.v};
-    float *dst[3] = {local->params, local->m, local->v};
-    for (int a = 0; a < local->n_slots; a++) {
-        int g = gidx[a];
-        if (g < 0 || g >= v->pool.n_slots)
-            return tl_fail(err, TL_ERR_RUNTIME, "adapter %d of the run is outside the view (%d)", g, v->pool.n_slots);
-        for (int k = 0; k < 3; k++) be->upload(be, dst[k] + (size_t)a * P, src[k] + (size_t)g * P, P * sizeof(float));
-        local->steps[a] = v->pool.steps[g];
-        if (cursors) cursors[a] = v->cursors[g];
-    }
-    return be->status ? be->status(be, err) : TL_OK;
-}

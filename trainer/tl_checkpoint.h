@@ -43,6 +43,14 @@ tl_status tl_checkpoint_latest(const char *run_dir, char *path, size_t cap, int 
 tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
                              tl_cursor *cursors, tl_error *err);
 
+/* The same for a pool that holds some of the run's adapters (one rank's share under user_shard): the
+ * checkpoint must hold the run's adapters run_names[n_run] in that order (with p's rank, targets and P); slot a
+ * of p receives row rows[a] (p->names[a] must be run_names[rows[a]]), reading only those rows of the large
+ * tensors, so a rank's memory holds its own share. cursors: [p->n_slots] or NULL. */
+tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, char *const *run_names,
+                                  int n_run, const int32_t *rows, int64_t *global_step, tl_cursor *cursors,
+                                  tl_error *err);
+
 /* The config the checkpoint was written with (config.yaml through tl_config_load: same strict checks). */
 tl_status tl_checkpoint_read_config(const char *ckpt_dir, tl_config *cfg, tl_error *err);
 

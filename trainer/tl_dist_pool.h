@@ -4,10 +4,10 @@
  * the ranks (a slot's sum never mixes in another slot's numbers).
  *
  * user_shard: each rank's pool holds only the adapters it owns (a "local pool": local slot a is adapter gidx[a]
- * of the run, gidx ascending). What needs every adapter at once — a checkpoint, the exported adapters, a resume
- * from a checkpoint — goes through a view: the whole run's state in host memory, in the run's adapter order,
- * with the layout of a local pool. tl_dist_pool_collect builds it on one rank from everybody's local pools;
- * tl_pool_view_scatter hands each rank its own rows of a view (a checkpoint loaded on the host). */
+ * of the run, gidx ascending). What needs every adapter at once — a checkpoint, the exported adapters
+ * — goes through a view: the whole run's state in host memory, in the run's adapter order, with the layout of
+ * a local pool; tl_dist_pool_collect builds it on one rank from everybody's local pools. (A resume reads each
+ * rank's rows straight from the checkpoint: tl_checkpoint_load_rows.) */
 #ifndef TL_DIST_POOL_H
 #define TL_DIST_POOL_H
 
@@ -37,10 +37,5 @@ void tl_pool_view_free(tl_pool_view *v);
 tl_status tl_dist_pool_collect(tl_dist *d, const tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
                                const tl_cursor *cursors, char *const *names, int n_global, int root, tl_pool_view *v,
                                tl_error *err);
-
-/* This rank's rows of a view into its local pool: parameters, Adam moments, step counts and (when cursors is
- * not NULL) data cursors of adapters gidx[a]. */
-tl_status tl_pool_view_scatter(const tl_pool_view *v, tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
-                               tl_cursor *cursors, tl_error *err);
 
 #endif

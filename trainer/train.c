@@ -674,16 +674,11 @@ static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t don
     return tl_dist_barrier(S->dist, export_adapters ? "export by rank 0" : "checkpoint written by rank 0", err);
 }
 
-/* Resume: the checkpoint holds the whole run, whatever the number of ranks that wrote it. A local pool takes
- * its own rows of it (loaded on the host first). */
+/* Resume: the checkpoint holds the whole run, whatever the number of ranks that wrote it; a local pool reads
+ * only its own adapters' rows. */
 static tl_status load_run_state(tl_session *S, const char *ckpt, int64_t *start, tl_cursor *cursors, tl_error *err) {
     if (!S->lp) return tl_checkpoint_load(ckpt, &S->pool, S->be, start, cursors, err);
-    tl_pool_view v;
-    TL_TRY(tl_pool_view_create(&S->pool, S->map.names, S->n_global, &v, err));
-    tl_status s = tl_checkpoint_load(ckpt, &v.pool, v.cpu, start, v.cursors, err);
-    if (!s) s = tl_pool_view_scatter(&v, &S->pool, S->be, S->gidx, cursors, err);
-    tl_pool_view_free(&v);
-    return s;
+    return tl_checkpoint_load_rows(ckpt, &S->pool, S->be, S->map.names, S->n_global, S->gidx, start, cursors, err);
 }
 
 /* Places this process: the CUDA device of its local rank and its share of the cores. */

@@ -430,6 +430,50 @@ static void test_mismatch(const char *run) {
     free_pool(&p, &be);
 }
 
+/* One rank's share (user_shard): tl_checkpoint_load_rows fills a smaller pool with chosen rows of a checkpoint
+ * of the whole run, exactly, reading only those rows; wrong rows or another run's adapters are refused. */
+static void test_load_rows(const char *run) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    tl_lora_pool p, q;
+    make_pool(&p, &be, 4, NAMES, 4, 2, TARGETS, DIM_IN);
+    tl_config cfg;
+    make_cfg(&cfg, &p);
+    tl_cursor cur[4], got[2];
+    for (int i = 0; i < 4; i++) cur[i].epoch = (int64_t)(rng_next() >> 30), cur[i].pos = (int64_t)(rng_next() >> 20);
+    tl_error err = {0};
+    int64_t gstep = 7 + (int64_t)(rng_next() % 100), back = -1;
+    CHECK(tl_checkpoint_save(run, &cfg, &p, &be, gstep, cur, 2, &err) == TL_OK, "save: %s", err.msg);
+    char dir[TL_PATH_MAX];
+    xpath(dir, sizeof dir, "%s/checkpoints/step-%08lld", run, (long long)gstep);
+    char *mine[2] = {NAMES[1], NAMES[3]};
+    int32_t rows[2] = {1, 3};
+    make_pool(&q, &be, 2, mine, 4, 2, TARGETS, DIM_IN);
+    poison(&q);
+    got[0].epoch = got[1].epoch = got[0].pos = got[1].pos = -5;
+    CHECK(tl_checkpoint_load_rows(dir, &q, &be, NAMES, 4, rows, &back, got, &err) == TL_OK, "load rows: %s", err.msg);
+    int ok = back == gstep;
+    for (int a = 0; a < 2; a++) {
+        size_t P = p.P, r = (size_t)rows[a];
+        ok &= !memcmp(q.params + a * P, p.params + r * P, P * sizeof(float)) &&
+              !memcmp(q.m + a * P, p.m + r * P, P * sizeof(float)) && !memcmp(q.v + a * P, p.v + r * P, P * sizeof(float));
+        ok &= q.steps[a] == p.steps[r] && got[a].epoch == cur[r].epoch && got[a].pos == cur[r].pos;
+    }
+    CHECK(ok, "load rows: slots 0 and 1 must hold rows 1 and 3 of the checkpoint exactly");
+    int32_t wrong[2] = {2, 3}; /* slot 0 is bob, row 2 is not */
+    CHECK(tl_checkpoint_load_rows(dir, &q, &be, NAMES, 4, wrong, &back, got, &err) == TL_ERR_RUNTIME,
+          "rows that name other adapters must be refused");
+    char *other[4] = {NAMES[1], NAMES[0], NAMES[2], NAMES[3]};
+    int32_t r2[2] = {0, 3};
+    err = (tl_error){0};
+    CHECK(tl_checkpoint_load_rows(dir, &q, &be, other, 4, r2, &back, got, &err) == TL_ERR_INPUT &&
+              strstr(err.msg, "in the checkpoint"),
+          "another order of the run's adapters must be refused: '%s'", err.msg);
+    free_pool(&q, &be);
+    free_pool(&p, &be);
+}
+
 int main(void) {
     rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
     const char *env = getenv("TL_TEST_SEED");
@@ -444,14 +488,16 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    char r1[TL_PATH_MAX + 8], r2[TL_PATH_MAX + 8], r3[TL_PATH_MAX + 8];
+    char r1[TL_PATH_MAX + 8], r2[TL_PATH_MAX + 8], r3[TL_PATH_MAX + 8], r4[TL_PATH_MAX + 8];
     xpath(r1, sizeof r1, "%s/run1", root);
     xpath(r2, sizeof r2, "%s/run2", root);
     xpath(r3, sizeof r3, "%s/run3", root);
+    xpath(r4, sizeof r4, "%s/run4", root);
     test_fsutil(root);
     test_round_trip(r1);
     test_keep_and_latest(r2);
     test_mismatch(r3);
+    test_load_rows(r4);
     tl_error err;
     if (tl_remove_tree(root, &err) != TL_OK) {
         fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
