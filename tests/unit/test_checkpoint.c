@@ -180,20 +180,26 @@ static void test_fsutil(const char *root) {
 static char *NAMES[4] = {"alice", "bob", "\xe5\x90\x8d\xe5\x89\x8d", "x/y \"q\""};
 static const uint32_t TARGETS = (1u << TL_T_Q) | (1u << TL_T_K) | (1u << TL_T_V) | (1u << TL_T_O) | (1u << TL_T_UP);
 
+/* The four-adapter pool of NAMES with random state and cursors, saved as a checkpoint of run at step gstep. */
+static void saved_pool(const char *run, tl_backend *be, tl_lora_pool *p, tl_config *cfg, tl_cursor cur[4],
+                       int64_t gstep) {
+    make_pool(p, be, 4, NAMES, 4, 2, TARGETS, DIM_IN);
+    make_cfg(cfg, p);
+    for (int i = 0; i < 4; i++) cur[i].epoch = (int64_t)(rng_next() >> 30), cur[i].pos = (int64_t)(rng_next() >> 20);
+    tl_error err = {0};
+    CHECK(tl_checkpoint_save(run, cfg, p, be, gstep, cur, 2, &err) == TL_OK, "save: %s", err.msg);
+}
+
 static void test_round_trip(const char *run) {
     tl_backend be;
     host_ctx hc;
     host_backend(&be, &hc);
     tl_lora_pool p, q;
-    make_pool(&p, &be, 4, NAMES, 4, 2, TARGETS, DIM_IN);
     tl_config cfg;
-    make_cfg(&cfg, &p);
     tl_cursor cur[4], got[4];
-    for (int i = 0; i < 4; i++) cur[i].epoch = (int64_t)(rng_next() >> 30), cur[i].pos = (int64_t)(rng_next() >> 20);
     tl_error err = {0};
     int64_t gstep = 100 + (int64_t)(rng_next() % 1000);
-
-    CHECK(tl_checkpoint_save(run, &cfg, &p, &be, gstep, cur, 2, &err) == TL_OK, "save: %s", err.msg);
+    saved_pool(run, &be, &p, &cfg, cur, gstep);
     CHECK(hc.downloads >= 3, "save must read the state through the backend");
     char dir[TL_PATH_MAX], ls[1024], latest[TL_PATH_MAX];
     xpath(dir, sizeof dir, "%s/checkpoints/step-%08lld", run, (long long)gstep);
@@ -437,14 +443,11 @@ static void test_load_rows(const char *run) {
     host_ctx hc;
     host_backend(&be, &hc);
     tl_lora_pool p, q;
-    make_pool(&p, &be, 4, NAMES, 4, 2, TARGETS, DIM_IN);
     tl_config cfg;
-    make_cfg(&cfg, &p);
     tl_cursor cur[4], got[2];
-    for (int i = 0; i < 4; i++) cur[i].epoch = (int64_t)(rng_next() >> 30), cur[i].pos = (int64_t)(rng_next() >> 20);
     tl_error err = {0};
     int64_t gstep = 7 + (int64_t)(rng_next() % 100), back = -1;
-    CHECK(tl_checkpoint_save(run, &cfg, &p, &be, gstep, cur, 2, &err) == TL_OK, "save: %s", err.msg);
+    saved_pool(run, &be, &p, &cfg, cur, gstep);
     char dir[TL_PATH_MAX];
     xpath(dir, sizeof dir, "%s/checkpoints/step-%08lld", run, (long long)gstep);
     char *mine[2] = {NAMES[1], NAMES[3]};
