@@ -804,6 +804,9 @@ typedef struct {
     int64_t shape[TL_ST_MAX_DIMS];
     const void *data;
     uint64_t nbytes;
+    tl_st_produce_fn produce; /* streamed tensors: data comes from here, chunk bytes at a time */
+    void *ctx;
+    uint64_t chunk;
 } wr_tensor;
 
 struct tl_st_writer {
@@ -883,6 +886,17 @@ tl_status tl_st_writer_add_f32(tl_st_writer *w, const char *name, const int64_t 
     if (!ok || numel > UINT64_MAX / 4)
         return tl_fail(err, TL_ERR_RUNTIME, "safetensors writer: tensor '%s': invalid shape", name ? name : "?");
     return tl_st_writer_add_bytes(w, name, "F32", shape, ndim, data, numel * 4, err);
+}
+
+tl_status tl_st_writer_add_stream(tl_st_writer *w, const char *name, const char *dtype_name, const int64_t *shape,
+                                  int ndim, uint64_t nbytes, tl_st_produce_fn produce, void *ctx, uint64_t chunk,
+                                  tl_error *err) {
+    static const unsigned char placeholder; /* add_bytes wants data for a non-empty tensor; it is never read */
+    if (!produce || chunk == 0) return tl_fail(err, TL_ERR_RUNTIME, "safetensors writer: '%s': no producer", name);
+    TL_TRY(tl_st_writer_add_bytes(w, name, dtype_name, shape, ndim, &placeholder, nbytes, err));
+    wr_tensor *t = &w->t[w->n - 1];
+    t->data = NULL, t->produce = produce, t->ctx = ctx, t->chunk = chunk;
+    return TL_OK;
 }
 
 tl_status tl_st_writer_meta(tl_st_writer *w, const char *key, const char *value, tl_error *err) {
@@ -965,6 +979,9 @@ static void sb_json_string(sbuf *b, const char *s) {
 typedef struct {
     const void *p;
     uint64_t n;
+    tl_st_produce_fn produce; /* when set, the n bytes come from produce, chunk at a time */
+    void *ctx;
+    uint64_t chunk;
 } wr_piece;
 
 static tl_status write_all(int fd, const void *data, uint64_t n, const char *path, tl_error *err) {
@@ -994,7 +1011,21 @@ static tl_status write_pieces_atomic(const char *path, const wr_piece *pc, int n
         return s;
     }
     tl_status st = TL_OK;
-    for (int i = 0; i < npc && st == TL_OK; i++) st = write_all(fd, pc[i].p, pc[i].n, tmp, err);
+    for (int i = 0; i < npc && st == TL_OK; i++) {
+        if (!pc[i].produce) {
+            st = write_all(fd, pc[i].p, pc[i].n, tmp, err);
+            continue;
+        }
+        uint64_t cap = pc[i].chunk < pc[i].n ? pc[i].chunk : pc[i].n;
+        void *buf = malloc(cap ? cap : 1);
+        if (!buf) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for a %" PRIu64 "-byte chunk", tmp, cap);
+        for (uint64_t off = 0; st == TL_OK && off < pc[i].n; off += cap) {
+            uint64_t m = pc[i].n - off < cap ? pc[i].n - off : cap;
+            st = pc[i].produce(pc[i].ctx, off, buf, m, err);
+            if (st == TL_OK) st = write_all(fd, buf, m, tmp, err);
+        }
+        free(buf);
+    }
     if (st == TL_OK && fsync(fd) != 0) st = tl_fail(err, TL_ERR_RUNTIME, "%s: fsync failed: %s", tmp, strerror(errno));
     if (close(fd) != 0 && st == TL_OK)
         st = tl_fail(err, TL_ERR_RUNTIME, "%s: close failed: %s", tmp, strerror(errno));
@@ -1029,7 +1060,7 @@ static tl_status write_pieces_atomic(const char *path, const wr_piece *pc, int n
 }
 
 tl_status tl_write_file_atomic(const char *path, const void *data, size_t len, tl_error *err) {
-    wr_piece p = {data, len};
+    wr_piece p = {data, len, NULL, NULL, 0};
     return write_pieces_atomic(path, &p, 1, err);
 }
 
@@ -1080,9 +1111,10 @@ tl_status tl_st_writer_write(tl_st_writer *w, const char *path, tl_error *err) {
         free(b.p);
         return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
     }
-    pc[0] = (wr_piece){lenb, 8};
-    pc[1] = (wr_piece){b.p, b.n};
-    for (int i = 0; i < w->n; i++) pc[i + 2] = (wr_piece){w->t[i].data, w->t[i].nbytes};
+    pc[0] = (wr_piece){lenb, 8, NULL, NULL, 0};
+    pc[1] = (wr_piece){b.p, b.n, NULL, NULL, 0};
+    for (int i = 0; i < w->n; i++)
+        pc[i + 2] = (wr_piece){w->t[i].data, w->t[i].nbytes, w->t[i].produce, w->t[i].ctx, w->t[i].chunk};
     tl_status st = write_pieces_atomic(path, pc, w->n + 2, err);
     free(pc);
     free(b.p);

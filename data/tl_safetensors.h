@@ -77,6 +77,14 @@ tl_status tl_st_writer_add_f32(tl_st_writer *w, const char *name, const int64_t 
 tl_status tl_st_writer_add_bytes(tl_st_writer *w, const char *name, const char *dtype_name, const int64_t *shape,
                                  int ndim, const void *data, uint64_t nbytes, tl_error *err);
 tl_status tl_st_writer_meta(tl_st_writer *w, const char *key, const char *value, tl_error *err);
+/* A tensor whose bytes are produced while the file is written, in order, chunk bytes at a time (the last
+ * chunk may be shorter): produce(ctx, offset, dst, n) fills dst with bytes [offset, offset + n). So a tensor
+ * larger than memory, or gathered from other processes, never needs to exist whole. A producer's error stops
+ * the write (nothing is left at path). */
+typedef tl_status (*tl_st_produce_fn)(void *ctx, uint64_t offset, void *dst, uint64_t n, tl_error *err);
+tl_status tl_st_writer_add_stream(tl_st_writer *w, const char *name, const char *dtype_name, const int64_t *shape,
+                                  int ndim, uint64_t nbytes, tl_st_produce_fn produce, void *ctx, uint64_t chunk,
+                                  tl_error *err);
 tl_status tl_st_writer_write(tl_st_writer *w, const char *path, tl_error *err);
 void tl_st_writer_free(tl_st_writer *w);
 

@@ -69,29 +69,49 @@ static char *targets_json(uint32_t targets) {
 
 /* ---- saving ---- */
 
-static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend *be, int64_t global_step,
-                             const tl_cursor *cursors, tl_error *err) {
+typedef struct {
+    const tl_state_reader *rd;
+    int k;
+} stream_ctx;
+
+static tl_status produce_state(void *ctx, uint64_t offset, void *dst, uint64_t n, tl_error *err) {
+    const stream_ctx *c = ctx;
+    return c->rd->read(c->rd->ctx, c->k, (size_t)(offset / sizeof(float)), dst, (size_t)(n / sizeof(float)), err);
+}
+
+typedef struct {
+    const tl_lora_pool *p;
+    tl_backend *be;
+} backend_reader;
+
+static tl_status read_backend(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err) {
+    const backend_reader *b = ctx;
+    const float *src = k == 0 ? b->p->params : k == 1 ? b->p->m : b->p->v;
+    b->be->download(b->be, dst, src + first, n * sizeof(float));
+    return b->be->status ? b->be->status(b->be, err) : TL_OK;
+}
+
+/* The state file. params, m and v come from rd when given, streamed chunk by chunk; else from p's backend: CPU
+ * backend memory is host memory and is written as it is, other backends are streamed through downloads, so no
+ * host copy of the whole state is ever made. */
+static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd,
+                             int64_t global_step, const tl_cursor *cursors, tl_error *err) {
     size_t ns = (size_t)p->n_slots, P = p->P;
     if (P != 0 && ns > SIZE_MAX / sizeof(float) / P)
         return tl_fail(err, TL_ERR_RUNTIME, "%s: %zu slots x %zu parameters overflow", path, ns, P);
     size_t nf = ns * P;
-    /* the CPU backend's memory is host memory: the writer references it as it is (no copy of the state) */
-    int host = !strcmp(be->name, "cpu");
-    float *w[3] = {NULL, NULL, NULL};
-    for (int k = 0; k < 3 && !host; k++) w[k] = malloc(nf * sizeof(float) + 1);
-    const float *src[3] = {p->params, p->m, p->v}, *out[3] = {w[0], w[1], w[2]};
+    int host = !rd && be && !strcmp(be->name, "cpu");
+    backend_reader br = {p, be};
+    tl_state_reader brd = {read_backend, &br};
+    if (!rd && !host) rd = &brd;
+    stream_ctx sc[3] = {{rd, 0}, {rd, 1}, {rd, 2}};
+    const float *src[3] = {p->params, p->m, p->v};
     unsigned char *ints = malloc((ns * 3 + 1) * 8);
     char *names = names_json(p), *targets = targets_json(p->targets);
     tl_st_writer *wr = tl_st_writer_new();
     tl_status s = TL_OK;
-    if ((!host && (!w[0] || !w[1] || !w[2])) || !ints || !names || !targets || !wr)
+    if (!ints || !names || !targets || !wr)
         s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for %zu x %zu adapter state", path, ns, P);
-    if (s == TL_OK && host) {
-        for (int k = 0; k < 3; k++) out[k] = src[k];
-    } else if (s == TL_OK) {
-        for (int k = 0; k < 3; k++) be->download(be, w[k], src[k], nf * sizeof(float));
-        s = be->status ? be->status(be, err) : TL_OK;
-    }
     if (s == TL_OK) {
         unsigned char *steps = ints, *cur = ints + ns * 8, *gs = ints + ns * 24;
         for (size_t i = 0; i < ns; i++) {
@@ -102,7 +122,10 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
         put_i64le(gs, global_step);
         int64_t sh2[2] = {(int64_t)ns, (int64_t)P}, shs[1] = {(int64_t)ns}, shc[2] = {(int64_t)ns, 2}, sh1[1] = {1};
         const char *tn[3] = {"params", "m", "v"};
-        for (int k = 0; k < 3 && s == TL_OK; k++) s = tl_st_writer_add_f32(wr, tn[k], sh2, 2, out[k], err);
+        for (int k = 0; k < 3 && s == TL_OK; k++)
+            s = host ? tl_st_writer_add_f32(wr, tn[k], sh2, 2, src[k], err)
+                     : tl_st_writer_add_stream(wr, tn[k], "F32", sh2, 2, (uint64_t)nf * sizeof(float), produce_state,
+                                               &sc[k], (uint64_t)tl_state_chunk_floats(P) * sizeof(float), err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "steps", "I64", shs, 1, steps, ns * 8, err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "cursors", "I64", shc, 2, cur, ns * 16, err);
         if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "global_step", "I64", sh1, 1, gs, 8, err);
@@ -122,7 +145,6 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
     cJSON_free(names);
     cJSON_free(targets);
     free(ints);
-    for (int k = 0; k < 3; k++) free(w[k]);
     return s;
 }
 
@@ -229,10 +251,26 @@ static tl_status prune(const char *ckdir, const char *just_written, int keep, tl
     return s;
 }
 
+static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
+                      const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+                      tl_error *err);
+
 tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
                              int64_t global_step, const tl_cursor *cursors, int keep, tl_error *err) {
+    return save(run_dir, cfg, p, be, NULL, global_step, cursors, keep, err);
+}
+
+tl_status tl_checkpoint_save_from(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p,
+                                  const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+                                  tl_error *err) {
+    return save(run_dir, cfg, p, NULL, rd, global_step, cursors, keep, err);
+}
+
+static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
+                      const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+                      tl_error *err) {
     if (global_step < 0) return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: negative step %lld", (long long)global_step);
-    if (p->n_slots <= 0 || !p->params || !p->m || !p->v || !p->steps || !p->names)
+    if (p->n_slots <= 0 || (!rd && (!p->params || !p->m || !p->v)) || !p->steps || !p->names)
         return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: adapter pool without state (%d slots)", p->n_slots);
     char ckdir[TL_PATH_MAX], name[64], tmpname[96], fin[TL_PATH_MAX], tmp[TL_PATH_MAX], path[TL_PATH_MAX];
     TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
@@ -247,7 +285,7 @@ tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl
     tl_status s = tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err);
     if (s == TL_OK) s = tl_config_write_file(cfg, path, err);
     if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, STATE_FILE, err);
-    if (s == TL_OK) s = write_state(path, p, be, global_step, cursors, err);
+    if (s == TL_OK) s = write_state(path, p, be, rd, global_step, cursors, err);
     if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err);
     if (s == TL_OK) {
         char text[96];

@@ -21,91 +21,70 @@ tl_status tl_dist_pool_reduce_grads(tl_dist *d, tl_lora_pool *p, const int32_t *
     return TL_OK;
 }
 
-void tl_pool_view_free(tl_pool_view *v) {
-    if (v->cpu) {
-        if (v->pool.params) v->cpu->free(v->cpu, v->pool.params);
-        if (v->pool.m) v->cpu->free(v->cpu, v->pool.m);
-        if (v->pool.v) v->cpu->free(v->cpu, v->pool.v);
-        v->cpu->destroy(v->cpu);
-    }
-    free(v->pool.steps);
-    free(v->cursors);
-    memset(v, 0, sizeof *v);
+tl_status tl_dist_collect_init(tl_dist_collector *c, tl_dist *d, const tl_lora_pool *local, tl_backend *be,
+                               const int32_t *gidx, int n_global, tl_error *err) {
+    memset(c, 0, sizeof *c);
+    c->d = d, c->local = local, c->be = be, c->n_global = n_global;
+    c->ginv = malloc(((size_t)n_global + 1) * sizeof *c->ginv);
+    if (!c->ginv) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int g = 0; g < n_global; g++) c->ginv[g] = -1;
+    for (int a = 0; a < local->n_slots; a++) c->ginv[gidx[a]] = a;
+    return TL_OK;
 }
 
-tl_status tl_pool_view_create(const tl_lora_pool *layout, char *const *names, int n, tl_pool_view *v, tl_error *err) {
-    memset(v, 0, sizeof *v);
-    TL_TRY(tl_backend_cpu_create(1, &v->cpu, err));
-    v->pool = *layout;
-    v->pool.n_slots = n;
-    v->pool.names = (char **)names;
-    v->pool.params = v->pool.grads = v->pool.m = v->pool.v = NULL;
-    v->pool.steps = calloc((size_t)n + 1, sizeof *v->pool.steps);
-    v->cursors = calloc((size_t)n + 1, sizeof *v->cursors);
-    size_t bytes = (size_t)n * layout->P * sizeof(float);
-    tl_status s = v->pool.steps && v->cursors ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    float **bufs[3] = {&v->pool.params, &v->pool.m, &v->pool.v};
-    for (int k = 0; k < 3 && !s; k++) {
-        s = v->cpu->alloc(v->cpu, bytes, (void **)bufs[k], err);
-        if (!s) memset(*bufs[k], 0, bytes);
+void tl_dist_collect_free(tl_dist_collector *c) {
+    free(c->ginv);
+    memset(c, 0, sizeof *c);
+}
+
+/* Floats [first, first + n) of tensor k over the run's [n_global * P] layout, into dst on every rank. */
+static tl_status collect_rows(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err) {
+    tl_dist_collector *c = ctx;
+    size_t P = c->local->P;
+    const float *src = k == 0 ? c->local->params : k == 1 ? c->local->m : c->local->v;
+    memset(dst, 0, n * sizeof *dst);
+    for (size_t g = first / P; g * P < first + n && g < (size_t)c->n_global; g++) {
+        int a = c->ginv[g];
+        if (a < 0) continue;
+        size_t lo = g * P > first ? g * P : first, hi = (g + 1) * P < first + n ? (g + 1) * P : first + n;
+        c->be->download(c->be, dst + (lo - first), src + (size_t)a * P + (lo - g * P), (hi - lo) * sizeof *dst);
     }
-    if (s) tl_pool_view_free(v);
+    if (c->be->status) TL_TRY(c->be->status(c->be, err));
+    return tl_dist_allreduce_f32_host(c->d, dst, n, k == 0 ? "collect of adapter parameters" : "collect of Adam moments",
+                                      err);
+}
+
+tl_state_reader tl_dist_collect_reader(tl_dist_collector *c) { return (tl_state_reader){collect_rows, c}; }
+
+tl_status tl_dist_collect_ints(tl_dist_collector *c, const tl_cursor *local_cursors, int64_t *steps,
+                               tl_cursor *cursors, tl_error *err) {
+    size_t nG = (size_t)c->n_global;
+    int64_t *ints = calloc(3 * nG + 1, sizeof *ints);
+    if (!ints) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (size_t g = 0; g < nG; g++) {
+        int a = c->ginv[g];
+        if (a < 0) continue;
+        ints[g] = c->local->steps[a];
+        if (local_cursors) ints[nG + 2 * g] = local_cursors[a].epoch, ints[nG + 2 * g + 1] = local_cursors[a].pos;
+    }
+    tl_status s = tl_dist_allreduce_i64_host(c->d, ints, 3 * nG, "collect of step counts and cursors", err);
+    for (size_t g = 0; !s && g < nG; g++) {
+        steps[g] = ints[g];
+        cursors[g].epoch = ints[nG + 2 * g], cursors[g].pos = ints[nG + 2 * g + 1];
+    }
+    free(ints);
     return s;
 }
 
-tl_status tl_dist_pool_collect(tl_dist *d, const tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
-                               const tl_cursor *cursors, char *const *names, int n_global, int root, tl_pool_view *v,
-                               tl_error *err) {
-    memset(v, 0, sizeof *v);
-    int me = tl_dist_rank(d);
-    size_t P = local->P, per = 3 * P;
-    size_t chunk = ((size_t)16 << 20) / (per ? per : 1); /* slots per collective: 64 MiB of floats */
-    if (chunk < 1) chunk = 1;
-    if (chunk > (size_t)n_global) chunk = (size_t)n_global;
-    int *ginv = malloc(((size_t)n_global + 1) * sizeof *ginv);
-    float *buf = malloc(chunk * per * sizeof *buf + 1);
-    int64_t *ints = calloc(3 * (size_t)n_global + 1, sizeof *ints);
-    tl_status s = ginv && buf && ints ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    if (!s && me == root) s = tl_pool_view_create(local, names, n_global, v, err);
-    if (!s) {
-        for (int g = 0; g < n_global; g++) ginv[g] = -1;
-        for (int a = 0; a < local->n_slots; a++) ginv[gidx[a]] = a;
-    }
-    const float *src[3] = {local->params, local->m, local->v};
-    for (size_t g0 = 0; !s && g0 < (size_t)n_global; g0 += chunk) {
-        size_t g1 = g0 + chunk < (size_t)n_global ? g0 + chunk : (size_t)n_global;
-        memset(buf, 0, (g1 - g0) * per * sizeof *buf);
-        for (size_t g = g0; g < g1; g++) {
-            int a = ginv[g];
-            if (a < 0) continue;
-            for (int k = 0; k < 3; k++)
-                be->download(be, buf + (g - g0) * per + (size_t)k * P, src[k] + (size_t)a * P, P * sizeof(float));
-        }
-        if (be->status) s = be->status(be, err);
-        if (!s) s = tl_dist_allreduce_f32_host(d, buf, (g1 - g0) * per, "collect of adapter state", err);
-        if (!s && me == root) {
-            float *dst[3] = {v->pool.params, v->pool.m, v->pool.v};
-            for (size_t g = g0; g < g1; g++)
-                for (int k = 0; k < 3; k++)
-                    memcpy(dst[k] + g * P, buf + (g - g0) * per + (size_t)k * P, P * sizeof(float));
-        }
-    }
-    if (!s) {
-        for (int a = 0; a < local->n_slots; a++) {
-            size_t g = (size_t)gidx[a];
-            ints[g] = local->steps[a];
-            if (cursors) ints[n_global + 2 * g] = cursors[a].epoch, ints[n_global + 2 * g + 1] = cursors[a].pos;
-        }
-        s = tl_dist_allreduce_i64_host(d, ints, 3 * (size_t)n_global, "collect of step counts and cursors", err);
-    }
-    if (!s && me == root)
-        for (int g = 0; g < n_global; g++) {
-            v->pool.steps[g] = ints[g];
-            v->cursors[g].epoch = ints[n_global + 2 * g], v->cursors[g].pos = ints[n_global + 2 * g + 1];
-        }
-    if (s) tl_pool_view_free(v);
-    free(ginv);
+tl_status tl_dist_collect_serve(tl_dist_collector *c, int export, tl_error *err) {
+    size_t P = c->local->P, total = (size_t)c->n_global * P;
+    size_t chunk = export ? P : tl_state_chunk_floats(P);
+    float *buf = malloc((chunk < total ? chunk : total) * sizeof *buf + 1);
+    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    tl_status s = TL_OK;
+    for (int k = 0; k < (export ? 1 : 3) && !s; k++)
+        for (size_t first = 0; first < total && !s; first += chunk)
+            s = collect_rows(c, k, first, buf, total - first < chunk ? total - first : chunk, err);
     free(buf);
-    free(ints);
     return s;
 }

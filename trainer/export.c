@@ -338,8 +338,8 @@ static tl_status check_replaceable(const char *out_dir, tl_error *err) {
 }
 
 /* Builds the whole export tree in tmp. */
-static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, double alpha, double dropout,
-                            const char *base_model, const char *tmp, char **dirs, tl_error *err) {
+static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, double alpha,
+                            double dropout, const char *base_model, const char *tmp, char **dirs, tl_error *err) {
     float *w = malloc((p->P ? p->P : 1) * sizeof *w);
     cJSON *index = cJSON_CreateObject();
     cJSON *list = index ? cJSON_AddArrayToObject(index, "adapters") : NULL;
@@ -355,8 +355,12 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, double alpha,
         if (s == TL_OK && mkdir(dir, 0755) != 0)
             s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create directory: %s", dir, strerror(errno));
         if (s != TL_OK) break;
-        be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
-        s = be->status ? be->status(be, err) : TL_OK;
+        if (rd) {
+            s = rd->read(rd->ctx, 0, (size_t)i * p->P, w, p->P, err);
+        } else {
+            be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
+            s = be->status ? be->status(be, err) : TL_OK;
+        }
         if (s == TL_OK) s = write_adapter(p, w, p->names[i], alpha, dropout, base_model, dir, err);
         if (s != TL_OK) {
             tl_wrap(err, "exporting adapter '%s'", p->names[i]);
@@ -381,8 +385,21 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, double alpha,
     return s;
 }
 
+static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, const tl_config *cfg,
+                             const char *base_model, const char *out_dir, int *n_written, tl_error *err);
+
 tl_status tl_export_pool(const tl_lora_pool *p, tl_backend *be, const tl_config *cfg, const char *base_model,
                          const char *out_dir, int *n_written, tl_error *err) {
+    return export_pool(p, be, NULL, cfg, base_model, out_dir, n_written, err);
+}
+
+tl_status tl_export_pool_from(const tl_lora_pool *p, const tl_state_reader *rd, const tl_config *cfg,
+                              const char *base_model, const char *out_dir, int *n_written, tl_error *err) {
+    return export_pool(p, NULL, rd, cfg, base_model, out_dir, n_written, err);
+}
+
+static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, const tl_config *cfg,
+                             const char *base_model, const char *out_dir, int *n_written, tl_error *err) {
     if (n_written) *n_written = 0;
     if (!out_dir || !*out_dir) return tl_fail(err, TL_ERR_INPUT, "export: empty output directory");
     TL_TRY(check_pool_layout(p, err));
@@ -419,7 +436,7 @@ tl_status tl_export_pool(const tl_lora_pool *p, tl_backend *be, const tl_config 
 
     char **dirs = calloc((size_t)p->n_slots + 1, sizeof *dirs);
     tl_status s = dirs ? assign_dirs(p, dirs, err) : tl_fail(err, TL_ERR_RUNTIME, "export: out of memory");
-    if (s == TL_OK) s = build_tree(p, be, alpha, dropout, base_model, tmp, dirs, err);
+    if (s == TL_OK) s = build_tree(p, be, rd, alpha, dropout, base_model, tmp, dirs, err);
     if (s == TL_OK) s = tl_replace_dir(tmp, fin, err);
     if (s != TL_OK) {
         tl_error ignored;

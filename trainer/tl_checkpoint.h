@@ -30,6 +30,13 @@
 tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
                              int64_t global_step, const tl_cursor *cursors, int keep, tl_error *err);
 
+/* The same with params, m and v read through rd (tl_model.h) while the state file is written, not from p's
+ * memory: p gives the layout, names, steps and n_slots (its params, m, v may be NULL). For a many-process run,
+ * where rank 0 writes the whole run's state gathered from the ranks chunk by chunk. */
+tl_status tl_checkpoint_save_from(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p,
+                                  const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+                                  tl_error *err);
+
 /* The newest complete checkpoint of run_dir: the step-<digits> directory with the largest step that holds a
  * COMPLETE file. Temporary directories and directories without COMPLETE are ignored. *found = 0 (and TL_OK)
  * when there is none, including when run_dir/checkpoints does not exist. */

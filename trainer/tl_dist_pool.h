@@ -4,10 +4,9 @@
  * the ranks (a slot's sum never mixes in another slot's numbers).
  *
  * user_shard: each rank's pool holds only the adapters it owns (a "local pool": local slot a is adapter gidx[a]
- * of the run, gidx ascending). What needs every adapter at once — a checkpoint, the exported adapters
- * — goes through a view: the whole run's state in host memory, in the run's adapter order, with the layout of
- * a local pool; tl_dist_pool_collect builds it on one rank from everybody's local pools. (A resume reads each
- * rank's rows straight from the checkpoint: tl_checkpoint_load_rows.) */
+ * of the run, gidx ascending). A checkpoint or the exported adapters need every adapter: rank 0 writes them
+ * while the collector below brings the rows in. (A resume reads each rank's rows straight from the checkpoint:
+ * tl_checkpoint_load_rows.) */
 #ifndef TL_DIST_POOL_H
 #define TL_DIST_POOL_H
 
@@ -19,23 +18,30 @@
 tl_status tl_dist_pool_reduce_grads(tl_dist *d, tl_lora_pool *p, const int32_t *active, int n_active, int64_t step,
                                     tl_error *err);
 
+/* Collecting the whole run's state from local pools, for rank `root` to write a checkpoint or an export while
+ * the rows arrive (tl_checkpoint_save_from, tl_export_pool_from). Every rank builds a collector over its local
+ * pool; rank root hands tl_dist_collect_reader's reader to the writer, and every other rank runs the matching
+ * tl_dist_collect_serve, which takes part in the same collectives in the same order. A row travels as a sum to
+ * which only its owner contributes, so root receives each owner's numbers exactly. No rank holds more than one
+ * chunk (about 64 MiB) of the others' state. */
 typedef struct {
-    tl_backend *cpu;    /* the view's memory: a CPU backend (host memory), so checkpoint and export code reads it */
-    tl_lora_pool pool;  /* n_slots adapters; params, m, v, steps owned here; layout arrays and names borrowed */
-    tl_cursor *cursors; /* [n_slots] data cursors */
-} tl_pool_view;
+    tl_dist *d;
+    const tl_lora_pool *local;
+    tl_backend *be;
+    int n_global;
+    int *ginv; /* [n_global] local slot of each adapter of the run, -1 when another rank owns it */
+} tl_dist_collector;
 
-/* An empty view (zeros) of n adapters named names[n] (borrowed), with the layout of `layout`. */
-tl_status tl_pool_view_create(const tl_lora_pool *layout, char *const *names, int n, tl_pool_view *v, tl_error *err);
-void tl_pool_view_free(tl_pool_view *v);
-
-/* Collective. Every rank passes its local pool (backend be; local slot a is adapter gidx[a] of n_global) and its
- * cursors [local n_slots]; rank `root` gets the whole state in *v (created here, names[n_global] borrowed); the
- * others' *v stays empty (zeroed). Parameters, Adam moments, step counts and cursors travel as sums in which only
- * the owner contributes, so the view holds each owner's numbers exactly. Moves n_global x 3 x P floats in
- * chunks of at most 64 MiB. */
-tl_status tl_dist_pool_collect(tl_dist *d, const tl_lora_pool *local, tl_backend *be, const int32_t *gidx,
-                               const tl_cursor *cursors, char *const *names, int n_global, int root, tl_pool_view *v,
-                               tl_error *err);
+tl_status tl_dist_collect_init(tl_dist_collector *c, tl_dist *d, const tl_lora_pool *local, tl_backend *be,
+                               const int32_t *gidx, int n_global, tl_error *err);
+void tl_dist_collect_free(tl_dist_collector *c);
+/* The reader root gives to the writer (tl_model.h). */
+tl_state_reader tl_dist_collect_reader(tl_dist_collector *c);
+/* Collective: step counts and cursors of every adapter of the run (n_global each), on every rank. */
+tl_status tl_dist_collect_ints(tl_dist_collector *c, const tl_cursor *local_cursors, int64_t *steps,
+                               tl_cursor *cursors, tl_error *err);
+/* The other ranks' side of a checkpoint's state (export = 0: params, m, v in chunks) or of an export
+ * (export = 1: params, one adapter at a time). */
+tl_status tl_dist_collect_serve(tl_dist_collector *c, int export, tl_error *err);
 
 #endif

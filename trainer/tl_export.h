@@ -46,6 +46,11 @@ unsigned tl_fnv1a32(const char *s);
 tl_status tl_export_pool(const tl_lora_pool *p, tl_backend *be, const tl_config *cfg, const char *base_model,
                          const char *out_dir, int *n_written, tl_error *err);
 
+/* The same with each adapter's parameters read through rd (tl_model.h; k = 0, one adapter at a time, in slot
+ * order) instead of p's memory: p gives the layout, names and steps. For many-process runs. */
+tl_status tl_export_pool_from(const tl_lora_pool *p, const tl_state_reader *rd, const tl_config *cfg,
+                              const char *base_model, const char *out_dir, int *n_written, tl_error *err);
+
 /* The PEFT key of a LoRA matrix: which = 'A' or 'B'. TL_ERR_RUNTIME if it does not fit. */
 tl_status tl_peft_key(int layer, int target, char which, char *out, size_t cap, tl_error *err);
 

@@ -55,6 +55,22 @@ typedef struct {
     char **names;                  /* host, [n_slots] adapter names */
 } tl_lora_pool;
 
+/* Where a checkpoint or an export reads a pool's state from when it is not the pool's own backend memory (one
+ * rank's share of a many-process run, gathered while the file is written): read(ctx, k, first, dst, n) fills
+ * dst with floats [first, first + n) of params (k = 0), m (1) or v (2), counted over the [n_slots * P] layout.
+ * Readers are called in order: a checkpoint asks k = 0, 1, 2, each from 0 up in pieces of
+ * tl_state_chunk_floats(P) floats (the last shorter); an export asks k = 0 one adapter (P floats) at a time. */
+typedef struct {
+    tl_status (*read)(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err);
+    void *ctx;
+} tl_state_reader;
+
+/* A whole number of adapters' worth of floats, about 64 MiB (at least one adapter). */
+static inline size_t tl_state_chunk_floats(size_t P) {
+    size_t rows = ((size_t)16 << 20) / (P ? P : 1);
+    return (rows ? rows : 1) * (P ? P : 1);
+}
+
 /* PEFT initialization: A kaiming-uniform (a = sqrt(5), bound 1/sqrt(in)), B = 0. Each slot's A comes from an
  * RNG seeded by (seed, the slot's name), so an adapter's start never depends on the others in the pool. */
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,

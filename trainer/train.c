@@ -642,35 +642,48 @@ static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, 
     return TL_OK;
 }
 
-/* Rank 0 alone writes checkpoints and the export. With a local pool (user_shard) they are written from a view
- * of the whole run collected from every rank first; otherwise from rank 0's own pool (data_parallel keeps every
- * rank's pool identical). The ranks then meet, so a failure on rank 0 reaches the others as a failed
- * collective and no rank runs ahead of a checkpoint. */
+/* Rank 0 alone writes checkpoints and the export. With a local pool (user_shard) it writes them while the
+ * owners' rows arrive through collectives (tl_dist_collect_*: the other ranks serve the same sequence);
+ * otherwise from its own pool (data_parallel keeps every rank's pool identical). The ranks then meet, so a
+ * failure on rank 0 reaches the others as a failed collective and no rank runs ahead of a checkpoint. */
 static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
                                 int checkpoint, int export_adapters, const tl_ui *ui, tl_error *err) {
     int rank0 = tl_dist_rank(S->dist) == 0;
-    tl_pool_view v;
-    memset(&v, 0, sizeof v);
-    const tl_lora_pool *p = &S->pool;
-    tl_backend *be = S->be;
-    const tl_cursor *cur = cursors;
-    if (S->lp) {
-        TL_TRY(tl_dist_pool_collect(S->dist, &S->pool, S->be, S->gidx, cursors, S->map.names, S->n_global, 0, &v,
-                                    err));
-        p = &v.pool, be = v.cpu, cur = v.cursors;
-    }
+    char adir[TL_PATH_MAX + 16];
+    snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
+    int written = 0;
     tl_status s = TL_OK;
-    if (rank0 && checkpoint)
-        s = tl_checkpoint_save(cfg->output_dir, cfg, p, be, done_steps, cur, cfg->keep_checkpoints, err);
-    if (rank0 && export_adapters && !s) {
-        char adir[TL_PATH_MAX + 16];
-        snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
-        int written = 0;
-        s = tl_export_pool(p, be, cfg, cfg->model_path, adir, &written, err);
-        if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
+    if (!S->lp) {
+        if (rank0 && checkpoint)
+            s = tl_checkpoint_save(cfg->output_dir, cfg, &S->pool, S->be, done_steps, cursors, cfg->keep_checkpoints,
+                                   err);
+        if (rank0 && export_adapters && !s) s = tl_export_pool(&S->pool, S->be, cfg, cfg->model_path, adir, &written, err);
+    } else {
+        int nG = S->n_global;
+        tl_dist_collector c;
+        TL_TRY(tl_dist_collect_init(&c, S->dist, &S->pool, S->be, S->gidx, nG, err));
+        int64_t *steps = calloc((size_t)nG + 1, sizeof *steps);
+        tl_cursor *cur = calloc((size_t)nG + 1, sizeof *cur);
+        s = steps && cur ? tl_dist_collect_ints(&c, cursors, steps, cur, err)
+                         : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+        /* the whole run's layout, names and step counts; its rows come from the reader */
+        tl_lora_pool run = S->pool;
+        run.n_slots = nG, run.names = S->map.names, run.steps = steps;
+        run.params = run.grads = run.m = run.v = NULL;
+        tl_state_reader rd = tl_dist_collect_reader(&c);
+        if (!s && checkpoint)
+            s = rank0 ? tl_checkpoint_save_from(cfg->output_dir, cfg, &run, &rd, done_steps, cur,
+                                                cfg->keep_checkpoints, err)
+                      : tl_dist_collect_serve(&c, 0, err);
+        if (!s && export_adapters)
+            s = rank0 ? tl_export_pool_from(&run, &rd, cfg, cfg->model_path, adir, &written, err)
+                      : tl_dist_collect_serve(&c, 1, err);
+        free(steps);
+        free(cur);
+        tl_dist_collect_free(&c);
     }
-    tl_pool_view_free(&v);
     TL_TRY(s);
+    if (rank0 && export_adapters) fprintf(ui->out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
     return tl_dist_barrier(S->dist, export_adapters ? "export by rank 0" : "checkpoint written by rank 0", err);
 }
 

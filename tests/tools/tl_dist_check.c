@@ -9,8 +9,9 @@
  * Every rank fills buffers with values that depend on its rank, runs each collective and compares the result
  * with the sum (or maximum) computed locally from the same formulas; sizes include a large odd one. The pool
  * checks: tl_dist_pool_reduce_grads sums the active slots' gradients of a replicated pool and leaves the others
- * alone; with local pools (each rank a share of 11 adapters), tl_dist_pool_collect gives the root a view holding
- * every owner's parameters, moments, step counts and cursors exactly. Prints one line per check on rank 0 and exits non-zero on any mismatch. */
+ * alone; with local pools (each rank a share of 11 adapters), the collector gives every rank the step counts
+ * and cursors, and the root every owner's parameters and moments exactly, in a checkpoint's order and in an
+ * export's, while the other ranks serve. Prints one line per check on rank 0 and exits non-zero on any mismatch. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -157,7 +158,7 @@ int main(int argc, char **argv) {
     be->free(be, p.grads);
     free(hg);
 
-    /* local pools (user_shard): global adapter g lives on rank (g * 5 + 1) mod W; collect onto the last rank */
+    /* local pools (user_shard): global adapter g lives on rank (g * 5 + 1) mod W; collected by the last rank */
     enum { NG = 11 };
     size_t P = 1001;
     int32_t gidx[NG];
@@ -186,22 +187,38 @@ int main(int argc, char **argv) {
         lp.steps[a] = 100 + gidx[a];
         lcur[a].epoch = gidx[a], lcur[a].pos = 2 * gidx[a];
     }
-    tl_pool_view v;
-    TRY(tl_dist_pool_collect(d, &lp, be, gidx, lcur, names, NG, W - 1, &v, &err));
-    if (R == W - 1) {
-        ok = v.pool.n_slots == NG && v.pool.names == names;
-        const float *vb[3] = {v.pool.params, v.pool.m, v.pool.v};
-        for (int g = 0; ok && g < NG; g++) {
-            if (v.pool.steps[g] != 100 + g || v.cursors[g].epoch != g || v.cursors[g].pos != 2 * g) ok = 0;
-            for (int k = 0; k < 3; k++)
-                for (size_t i = 0; i < P; i++)
-                    if (vb[k][(size_t)g * P + i] != val(0, (size_t)g * P + i, 1 + k)) ok = 0;
+    tl_dist_collector c;
+    TRY(tl_dist_collect_init(&c, d, &lp, be, gidx, NG, &err));
+    int64_t gsteps[NG];
+    tl_cursor gcur[NG];
+    TRY(tl_dist_collect_ints(&c, lcur, gsteps, gcur, &err));
+    ok = 1;
+    for (int g = 0; g < NG; g++)
+        if (gsteps[g] != 100 + g || gcur[g].epoch != g || gcur[g].pos != 2 * g) ok = 0;
+    report("collect: every rank gets every adapter's step count and cursor", ok);
+    /* a checkpoint's order (params, m, v in chunks of tl_state_chunk_floats) on the root, the
+     * matching serve elsewhere; then an export's (params, one adapter at a time) */
+    size_t total = (size_t)NG * P, chunk = tl_state_chunk_floats(P);
+    float *got = malloc(total * sizeof *got);
+    tl_state_reader rd = tl_dist_collect_reader(&c);
+    for (int pass = 0; pass < 2; pass++) {
+        size_t step = pass == 0 ? chunk : P;
+        if (R == W - 1) {
+            ok = 1;
+            for (int k = 0; k < (pass == 0 ? 3 : 1); k++) {
+                for (size_t first = 0; first < total; first += step)
+                    TRY(rd.read(rd.ctx, k, first, got + first, total - first < step ? total - first : step, &err));
+                for (size_t j = 0; j < total; j++)
+                    if (got[j] != val(0, j, 1 + k)) ok = 0;
+            }
+            report(pass == 0 ? "collect: the root reads every owner's params, m and v" :
+                               "collect: the root reads every adapter's params in export order", ok);
+        } else {
+            TRY(tl_dist_collect_serve(&c, pass, &err));
         }
-        report("collect: the root's view holds every owner's state", ok);
-    } else {
-        report("collect: no view on the other ranks", v.pool.params == NULL && v.cpu == NULL);
     }
-    tl_pool_view_free(&v);
+    free(got);
+    tl_dist_collect_free(&c);
     for (int k = 0; k < 3; k++) be->free(be, *lbufs[k]);
     free(lp.steps);
     free(hl);
