@@ -547,6 +547,81 @@ static void test_model_dirs(void) {
     CHECK(src == NULL);
 }
 
+/* Streamed tensors: bytes produced chunk by chunk while the file is written give the same file as the data in
+ * memory; the producer sees every offset once, in order; a producer's error leaves no file behind. */
+typedef struct {
+    const unsigned char *src;
+    uint64_t next;
+    int calls, fail_at;
+} producer;
+
+static tl_status produce(void *ctx, uint64_t off, void *dst, uint64_t n, tl_error *err) {
+    producer *p = ctx;
+    if (off != p->next) return tl_fail(err, TL_ERR_RUNTIME, "offset %" PRIu64 " out of order", off);
+    if (++p->calls == p->fail_at) return tl_fail(err, TL_ERR_RUNTIME, "producer failed on purpose");
+    memcpy(dst, p->src + off, n);
+    p->next = off + n;
+    return TL_OK;
+}
+
+static int read_all(const char *path, unsigned char **out, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *out = malloc((size_t)len + 1);
+    *n = fread(*out, 1, (size_t)len, f);
+    fclose(f);
+    return *n == (size_t)len;
+}
+
+static void test_stream(void) {
+    enum { N = 1237 }; /* floats: not a multiple of the chunk */
+    float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    for (int i = 0; i < N; i++) a[i] = rndf(), b[i] = -a[i] / 3.0f;
+    int64_t shape[2] = {N, 1};
+    char p1[600], p2[600], p3[600];
+    path_in(p1, sizeof p1, "mem.safetensors");
+    path_in(p2, sizeof p2, "stream.safetensors");
+    path_in(p3, sizeof p3, "failed.safetensors");
+    tl_error err = {0};
+    tl_st_writer *w = tl_st_writer_new();
+    CHECK_OK(tl_st_writer_add_f32(w, "a", shape, 2, a, &err), err);
+    CHECK_OK(tl_st_writer_add_f32(w, "b", shape, 2, b, &err), err);
+    CHECK_OK(tl_st_writer_meta(w, "k", "v", &err), err);
+    CHECK_OK(tl_st_writer_write(w, p1, &err), err);
+    tl_st_writer_free(w);
+    producer pa = {(const unsigned char *)a, 0, 0, 0};
+    w = tl_st_writer_new();
+    CHECK_OK(tl_st_writer_add_stream(w, "a", "F32", shape, 2, N * 4, produce, &pa, 400, &err), err);
+    CHECK_OK(tl_st_writer_add_f32(w, "b", shape, 2, b, &err), err);
+    CHECK_OK(tl_st_writer_meta(w, "k", "v", &err), err);
+    CHECK_OK(tl_st_writer_write(w, p2, &err), err);
+    tl_st_writer_free(w);
+    CHECK(pa.calls == (N * 4 + 399) / 400 && pa.next == N * 4, "producer: %d calls, reached byte %" PRIu64, pa.calls,
+          pa.next);
+    unsigned char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    CHECK(read_all(p1, &x, &nx) && read_all(p2, &y, &ny) && nx == ny && !memcmp(x, y, nx),
+          "a streamed tensor must give the same file (%zu vs %zu bytes)", nx, ny);
+    free(x), free(y);
+    producer pf = {(const unsigned char *)a, 0, 0, 3};
+    w = tl_st_writer_new();
+    CHECK_OK(tl_st_writer_add_stream(w, "a", "F32", shape, 2, N * 4, produce, &pf, 400, &err), err);
+    err = (tl_error){0};
+    CHECK(tl_st_writer_write(w, p3, &err) == TL_ERR_RUNTIME && strstr(err.msg, "on purpose"), "failed producer: '%s'",
+          err.msg);
+    tl_st_writer_free(w);
+    CHECK(access(p3, F_OK) != 0 && count_entries(g_dir, "failed.safetensors") == 0,
+          "a failed stream must leave nothing behind");
+    w = tl_st_writer_new();
+    CHECK(tl_st_writer_add_stream(w, "a", "F32", shape, 2, N * 4 + 4, produce, &pf, 400, &err) == TL_ERR_RUNTIME,
+          "a stream whose size does not match the shape must be refused");
+    tl_st_writer_free(w);
+    free(a), free(b);
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     snprintf(g_dir, sizeof g_dir, "%s/tl_st_XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -563,6 +638,7 @@ int main(void) {
     test_handbuilt_dtypes();
     test_corrupt();
     test_model_dirs();
+    test_stream();
     rm_rf(g_dir);
     return tl_check_done_seed("test_safetensors", seed);
 }
