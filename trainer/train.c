@@ -742,16 +742,6 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
     CHECK(open_inputs(&S, cfg, 1, 0, err));
     tl_adapter_key key = parse_key(cfg->adapter_key);
     S.dp = !strcmp(cfg->dist_strategy, "data_parallel") || (!strcmp(cfg->dist_strategy, "auto") && key == TL_KEY_GLOBAL);
-    {
-        char rdv[TL_PATH_MAX + 16];
-        snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
-        tl_dist_opts dopts = {.backend = S.be->name, .timeout_s = cfg->dist_timeout_s,
-                              .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
-#ifdef TL_HAVE_CUDA
-        if (!strcmp(S.be->name, "cuda")) dopts.cuda_stream = tl_cuda_stream(S.be);
-#endif
-        CHECK(tl_dist_init(&S.env, &dopts, &S.dist, err));
-    }
     int pref = S.task != TL_TASK_SFT;
     if (pref) {
         CHECK(tl_adapter_map_build_pref(&S.ptrain, key, NULL, 0, &S.map, err));
@@ -820,7 +810,19 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         for (int a = 0; a < n; a++) S.eval_mine[a] = a % world == rank;
     }
 
-    /* Inputs are valid: from here on the run directory may be written (by rank 0). */
+    /* Inputs are valid: connect the ranks (the NCCL id file may create <run>/.rendezvous), then rank 0 may write
+     * the run directory. */
+    {
+        char rdv[TL_PATH_MAX + 16];
+        snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
+        tl_dist_opts dopts = {.backend = S.be->name, .timeout_s = cfg->dist_timeout_s,
+                              .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
+#ifdef TL_HAVE_CUDA
+        if (!strcmp(S.be->name, "cuda")) dopts.cuda_stream = tl_cuda_stream(S.be);
+#endif
+        CHECK(tl_dist_init(&S.env, &dopts, &S.dist, err));
+    }
+
     if (rank == 0) {
         CHECK(tl_mkdir_p(cfg->output_dir, err));
         char path[TL_PATH_MAX + 32];
