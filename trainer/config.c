@@ -941,14 +941,9 @@ void tl_config_write_yaml(const tl_config *c, FILE *f) {
         case K_STRLIST: {
             fputc('[', f);
             char item[4096];
-            int cnt = 0;
-            for (const char *p = field; *p;) {
-                const char *e = strchr(p, '\n');
-                size_t l = e ? (size_t)(e - p) : strlen(p);
-                snprintf(item, sizeof item, "%.*s", (int)l, p);
-                if (cnt++) fputs(", ", f);
+            for (int e = 0; tl_config_list_item(field, e, item, sizeof item); e++) {
+                if (e) fputs(", ", f);
                 write_string(f, item);
-                p += l + (e ? 1 : 0);
             }
             fputc(']', f);
             break;
@@ -980,4 +975,20 @@ tl_status tl_config_write_file(const tl_config *c, const char *path, tl_error *e
     tl_status s = tl_write_file_atomic(path, text, n, err);
     free(text);
     return s;
+}
+
+int tl_config_list_item(const char *list, int i, char *buf, size_t cap) {
+    const char *p = list;
+    for (int k = 0; *p; k++) {
+        const char *e = strchr(p, '\n');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (k == i) {
+            if (l >= cap) l = cap - 1;
+            memcpy(buf, p, l);
+            buf[l] = 0;
+            return 1;
+        }
+        p += l + (e ? 1 : 0);
+    }
+    return 0;
 }

@@ -85,23 +85,6 @@ static const char *shown(const char *v, char *buf, size_t cap) {
     return buf;
 }
 
-/* Entry i (0-based) of a newline-separated list into buf; 0 when there is no such entry. */
-static int list_entry(const char *list, int i, char *buf, size_t cap) {
-    const char *p = list;
-    for (int k = 0; *p; k++) {
-        const char *e = strchr(p, '\n');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (k == i) {
-            if (l >= cap) l = cap - 1;
-            memcpy(buf, p, l);
-            buf[l] = 0;
-            return 1;
-        }
-        p += l + (e ? 1 : 0);
-    }
-    return 0;
-}
-
 /* sbatch options tailor writes itself, and the key that sets each. */
 static const struct {
     const char *opt, *use;
@@ -198,13 +181,13 @@ tl_status tl_submit_check(const tl_config *c, tl_error *err) {
     if (!c->cluster_job_name[0] && has_control(c->run_name, 0))
         return tl_fail(err, TL_ERR_INPUT, "run.name: '%s' contains a control character (it names the Slurm job; set "
                        "cluster.job_name)", shown(c->run_name, b, sizeof b));
-    for (int i = 0; list_entry(c->cluster_sbatch, i, line, sizeof line); i++)
+    for (int i = 0; tl_config_list_item(c->cluster_sbatch, i, line, sizeof line); i++)
         TL_TRY(check_sbatch_line(line, i, err));
-    for (int i = 0; list_entry(c->cluster_setup, i, line, sizeof line); i++)
+    for (int i = 0; tl_config_list_item(c->cluster_setup, i, line, sizeof line); i++)
         if (has_control(line, 1))
             return tl_fail(err, TL_ERR_INPUT, "cluster.setup entry %d ('%s'): contains a control character", i + 1,
                            shown(line, b, sizeof b));
-    for (int i = 0; list_entry(c->cluster_env, i, line, sizeof line); i++) TL_TRY(check_env_line(line, i, err));
+    for (int i = 0; tl_config_list_item(c->cluster_env, i, line, sizeof line); i++) TL_TRY(check_env_line(line, i, err));
     if (!strcmp(c->resume, "never") && c->cluster_requeue)
         return tl_fail(err, TL_ERR_INPUT, "train.resume: never together with cluster.requeue true: a requeued job "
                        "would start the run over (use train.resume auto, or cluster.requeue false)");
@@ -365,15 +348,15 @@ tl_status tl_submit_script(const tl_config *c, const tl_submit_paths *p, char **
         sbatch_opt(f, "signal", num);
     }
     if (c->cluster_requeue) fputs("#SBATCH --requeue\n", f);
-    for (int i = 0; list_entry(c->cluster_sbatch, i, line, sizeof line); i++) fprintf(f, "#SBATCH %s\n", line);
+    for (int i = 0; tl_config_list_item(c->cluster_sbatch, i, line, sizeof line); i++) fprintf(f, "#SBATCH %s\n", line);
     fputs("\nset -u\n", f);
     if (c->cluster_setup[0]) {
         fputs("\n# cluster.setup\n", f);
-        for (int i = 0; list_entry(c->cluster_setup, i, line, sizeof line); i++) fprintf(f, "%s\n", line);
+        for (int i = 0; tl_config_list_item(c->cluster_setup, i, line, sizeof line); i++) fprintf(f, "%s\n", line);
     }
     if (c->cluster_env[0]) {
         fputs("\n# cluster.env\n", f);
-        for (int i = 0; list_entry(c->cluster_env, i, line, sizeof line); i++) {
+        for (int i = 0; tl_config_list_item(c->cluster_env, i, line, sizeof line); i++) {
             char *eq = strchr(line, '=');
             if (!eq) continue; /* refused by tl_submit_check */
             *eq = 0;

@@ -84,7 +84,7 @@ typedef struct {
     int cluster_signal_s;         /* default 90: USR1 this many seconds before the time limit; 0 = none */
     int cluster_requeue;          /* default true: a preempted or signalled job requeues itself */
     char cluster_tailor[TL_PATH_MAX]; /* tailor binary in the job; "" = this binary's absolute path */
-    char cluster_sbatch[4096];    /* extra sbatch options, one per line ("--qos=high") */
+    char cluster_sbatch[4096];    /* extra sbatch options, one per line ("--qos=high"); tl_config_list_item */
     char cluster_setup[4096];     /* shell lines run before srun (module load ...), one per line */
     char cluster_env[4096];       /* KEY=VALUE lines exported in the job */
 } tl_config;
@@ -99,6 +99,9 @@ tl_status tl_config_load(const char *path, char *const *overrides, int n_overrid
 /* Writes the resolved configuration (every key) as YAML that tl_config_load reads back to the same values,
  * doubles bit for bit. The caller checks the stream (ferror / fclose). */
 void tl_config_write_yaml(const tl_config *c, FILE *f);
+/* Entry i (0-based) of a string-list field (cluster.sbatch, cluster.setup, cluster.env: entries are lines) into
+ * buf, cut to cap - 1 bytes; 0 when there is no such entry. */
+int tl_config_list_item(const char *list, int i, char *buf, size_t cap);
 /* The same into a file, atomically (tl_write_file_atomic): a crash leaves the old file or the new one. */
 tl_status tl_config_write_file(const tl_config *c, const char *path, tl_error *err);
 
