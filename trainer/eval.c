@@ -48,13 +48,16 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
     TL_TRY(tl_adapter_map_build(ds, key, p->names, n, &map, err));
     tl_adapter_map_keep(&map, only);
     memset(&all, 0, sizeof all);
-    if (with_cross) { /* the columns: every listed adapter's users */
+    /* the cross matrix's columns: every listed adapter's users; the pool's own map when nothing was left out */
+    int own_cols = !only && cnames == p->names;
+    if (with_cross && !own_cols) {
         tl_status st = tl_adapter_map_build(ds, key, cnames, nc, &all, err);
         if (st) {
             tl_adapter_map_free(&map);
             return st;
         }
     }
+    const tl_adapter_map *cols = own_cols ? &map : &all;
     res->n = n, res->n_cols = nc;
     res->examples = calloc((size_t)n, sizeof(int64_t));
     res->tokens = calloc((size_t)n, sizeof(int64_t));
@@ -86,7 +89,7 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
             if (only && !only[a]) continue; /* another rank's row: left 0 */
             double *row = res->cross + (size_t)a * nc;
             memset(bcount, 0, (size_t)nc * sizeof(int64_t));
-            s = eval_pass(m, p, ws, ds, &all, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
+            s = eval_pass(m, p, ws, ds, cols, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
             for (int b = 0; b < nc; b++) row[b] = bcount[b] ? row[b] / (double)bcount[b] : NAN;
         }
         if (s) goto done;

@@ -60,22 +60,28 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
     memset(&mine, 0, sizeof mine);
     memset(&cols, 0, sizeof cols);
     TL_TRY(tl_adapter_map_build_pref(ds, key, p->names, n, &map, err));
-    tl_status s = tl_adapter_map_build_pref(ds, key, p->names, n, &mine, err);
-    if (!s) tl_adapter_map_keep(&mine, only);
-    if (!s && with_cross) s = tl_adapter_map_build_pref(ds, key, cnames, nc, &cols, err);
+    /* a rank's own pairs, and the cross matrix's columns, are the pool's map unless a part says otherwise */
+    tl_status s = TL_OK;
+    if (only) {
+        s = tl_adapter_map_build_pref(ds, key, p->names, n, &mine, err);
+        if (!s) tl_adapter_map_keep(&mine, only);
+    }
+    int own_cols = cnames == p->names;
+    if (!s && with_cross && !own_cols) s = tl_adapter_map_build_pref(ds, key, cnames, nc, &cols, err);
+    const tl_adapter_map *own = only ? &mine : &map, *colmap = own_cols ? &map : &cols;
     res->n = n, res->n_cols = nc;
     res->own = s ? NULL : calloc((size_t)n, sizeof *res->own);
     tl_pref_stats *tmp = s ? NULL : calloc((size_t)nc, sizeof *tmp);
     if (!s && (!res->own || !tmp)) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     for (int a = 0; !s && a < n; a++) tl_pref_stats_init(&res->own[a]);
-    if (!s) s = pass(m, p, ws, sc, ds, &mine, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
+    if (!s) s = pass(m, p, ws, sc, ds, own, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
     if (!s && with_cross) {
         res->cross_acc = calloc((size_t)n * nc, sizeof(double));
         if (!res->cross_acc) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
         for (int a = 0; !s && a < n; a++) {
             if (only && !only[a]) continue; /* another rank's row: left 0 */
             for (int b = 0; b < nc; b++) tl_pref_stats_init(&tmp[b]);
-            s = pass(m, p, ws, sc, ds, &cols, micro_batch_tokens, max_seq_len, o, a, tmp, err);
+            s = pass(m, p, ws, sc, ds, colmap, micro_batch_tokens, max_seq_len, o, a, tmp, err);
             for (int b = 0; !s && b < nc; b++) {
                 double mean[TL_PREF_N_METRICS];
                 tl_pref_stats_mean(&tmp[b], mean);

@@ -71,7 +71,6 @@ typedef struct {
      * local slot a is adapter gidx[a] of the run's n_global adapters (map: all of them, lmap: this rank's) */
     int lp;
     int n_global;
-    int *owner;          /* [n_global] owner rank of each adapter */
     int32_t *gidx;       /* [pool.n_slots] */
     tl_adapter_map lmap;
     int have_lmap;
@@ -97,7 +96,6 @@ static void tl_session_close(tl_session *S) {
     if (S->have_ptrain) tl_pref_free(&S->ptrain);
     if (S->have_peval) tl_pref_free(&S->peval);
     if (S->model_loaded) tl_model_free(&S->model);
-    free(S->owner);
     free(S->gidx);
     free(S->eval_mine);
     if (S->have_lmap) tl_adapter_map_free(&S->lmap);
@@ -764,19 +762,21 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         if (NG < world)
             CHECK(tl_fail(err, TL_ERR_INPUT, "dist.strategy user_shard: %d ranks for %d adapter(s), so a rank would "
                           "own none: run at most %d ranks, or set dist.strategy: data_parallel", world, NG, NG));
-        S.owner = malloc((size_t)NG * sizeof *S.owner);
+        /* owners are needed only here: this rank's share is S.gidx */
+        int *owner = malloc((size_t)NG * sizeof *owner);
         S.gidx = malloc((size_t)NG * sizeof *S.gidx);
         cost = malloc((size_t)NG * sizeof *cost);
         char **lnames = malloc((size_t)NG * sizeof *lnames);
-        if (!S.owner || !S.gidx || !cost || !lnames) {
-            free(lnames);
+        if (!owner || !S.gidx || !cost || !lnames) {
+            free(owner), free(lnames);
             CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
         }
         adapter_costs(&S, cfg, total_steps, cost);
-        tl_dist_assign_owners(cost, NG, world, S.owner);
+        tl_dist_assign_owners(cost, NG, world, owner);
         int nl = 0;
         for (int g = 0; g < NG; g++)
-            if (S.owner[g] == rank) S.gidx[nl] = g, lnames[nl] = S.map.names[g], total_steps[nl] = total_steps[g], nl++;
+            if (owner[g] == rank) S.gidx[nl] = g, lnames[nl] = S.map.names[g], total_steps[nl] = total_steps[g], nl++;
+        free(owner);
         if (nl == 0) { /* cannot happen with NG >= world (tl_dist_assign_owners); a pool of none would mean all */
             free(lnames);
             CHECK(tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", rank, world));
