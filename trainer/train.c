@@ -496,6 +496,11 @@ static tl_status workspace_for(tl_session *S, const tl_config *cfg, tl_error *er
                                   &S->psc, err);
 }
 
+/* data_parallel deals a step's micro-batches round robin: micro-batch k is rank k mod world's. */
+static int runs_microbatch(const tl_session *S, int k) {
+    return !S->dp || k % tl_dist_world(S->dist) == tl_dist_rank(S->dist);
+}
+
 /* Reference log-prob cache (task.precompute_ref): two sums per dataset pair, NaN until first computed. The
  * reference is frozen, so a pair's values never change; after a resume they are simply computed again. */
 typedef struct {
@@ -512,8 +517,7 @@ static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_st
         int64_t k1 = k0;
         while (k1 < PS->n_pairs && PS->pairs[k1].mb == mbi) k1++;
         int n = (int)(k1 - k0);
-        int world = tl_dist_world(S->dist);
-        if (S->dp && mbi % world != tl_dist_rank(S->dist)) { /* data_parallel: another rank's micro-batch */
+        if (!runs_microbatch(S, mbi)) {
             k0 = k1;
             continue;
         }
@@ -773,6 +777,8 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         }
         adapter_costs(&S, cfg, total_steps, cost);
         tl_dist_assign_owners(cost, NG, world, owner);
+        free(cost);
+        cost = NULL;
         int nl = 0;
         for (int g = 0; g < NG; g++)
             if (owner[g] == rank) S.gidx[nl] = g, lnames[nl] = S.map.names[g], total_steps[nl] = total_steps[g], nl++;
@@ -931,7 +937,7 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
             }
         } else {
             for (int k = 0; k < B->n_mb; k++) {
-                if (S.dp && k % world != rank) continue; /* data_parallel: micro-batch k is rank k mod world's */
+                if (!runs_microbatch(&S, k)) continue;
                 tl_host_mb *mb = &B->mb[k];
                 CHECK(tl_model_step(&S.model, &S.pool, S.ws, mb, 1, logp, err));
                 for (int i = 0; i < mb->n_tok; i++)
