@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "../data/tl_model_tokenizer.h"
+#include "../kernels/tl_text.h"
 #include "tl_config.h"
 
 /* a growable int32 or int64 array */
@@ -340,8 +341,9 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, pref ? "pairs" : "examples",
                 u.n_users, kind);
         fprintf(report, "  %-28s %9s %10s\n", "user", pref ? "pairs" : "examples", "tokens");
+        char nb[TL_ESC_CAP]; /* user names from the JSONL: shown escaped (tl_text.h) */
         for (int i = 0; i < u.n_users; i++)
-            fprintf(report, "  %-28.28s %9lld %10lld\n", u.names[i], (long long)u.examples[i], (long long)u.tokens[i]);
+            fprintf(report, "  %-28.28s %9lld %10lld\n", tl_escape(nb, sizeof nb, u.names[i]), (long long)u.examples[i], (long long)u.tokens[i]);
     }
     for (int r = 0; r < 3; r++) free(runs[r].tok.p), free(runs[r].off.p);
     free(user_of.p);

@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 
 #include "tl_fsutil.h"
+#include "kernels/tl_text.h"
 
 static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
                            const tl_adapter_map *map, int mbt, int max_seq_len, int force_slot, double *sum,
@@ -129,12 +130,13 @@ void tl_eval_totals(const tl_eval_result *r, double *loss, double *base_loss, in
 void tl_eval_print(const tl_eval_result *r, const tl_lora_pool *p, FILE *f) {
     fprintf(f, "%-24s %8s %8s %9s %10s %9s %10s\n", "adapter", "examples", "tokens", "loss", "ppl", "base_loss",
             "base_ppl");
+    char nb[TL_ESC_CAP]; /* adapter names come from the data: shown escaped (tl_text.h) */
     for (int a = 0; a < r->n; a++) {
         if (!r->tokens[a]) {
-            fprintf(f, "%-24.24s %8s %8s %9s %10s %9s %10s\n", p->names[a], "0", "0", "-", "-", "-", "-");
+            fprintf(f, "%-24.24s %8s %8s %9s %10s %9s %10s\n", tl_escape(nb, sizeof nb, p->names[a]), "0", "0", "-", "-", "-", "-");
             continue;
         }
-        fprintf(f, "%-24.24s %8lld %8lld %9.4f %10.3f %9.4f %10.3f\n", p->names[a], (long long)r->examples[a],
+        fprintf(f, "%-24.24s %8lld %8lld %9.4f %10.3f %9.4f %10.3f\n", tl_escape(nb, sizeof nb, p->names[a]), (long long)r->examples[a],
                 (long long)r->tokens[a], r->loss[a], exp(r->loss[a]), r->base_loss[a], exp(r->base_loss[a]));
     }
     double l, b;
@@ -146,15 +148,15 @@ void tl_eval_print(const tl_eval_result *r, const tl_lora_pool *p, FILE *f) {
         fprintf(f, "generation (greedy answers vs reference responses):\n%-24s %9s %9s %11s %11s\n", "adapter", "rouge1",
                 "rougeL", "base_rouge1", "base_rougeL");
         for (int a = 0; a < r->n; a++)
-            fprintf(f, "%-24.24s %9.4f %9.4f %11.4f %11.4f\n", p->names[a], r->rouge1[a], r->rougeL[a],
+            fprintf(f, "%-24.24s %9.4f %9.4f %11.4f %11.4f\n", tl_escape(nb, sizeof nb, p->names[a]), r->rouge1[a], r->rougeL[a],
                     r->base_rouge1[a], r->base_rougeL[a]);
     }
     if (r->cross && r->n <= 12) {
         fprintf(f, "cross loss (row: adapter, column: whose data; * marks the row's best):\n%-16s", "");
-        for (int b2 = 0; b2 < r->n; b2++) fprintf(f, " %10.10s", p->names[b2]);
+        for (int b2 = 0; b2 < r->n; b2++) fprintf(f, " %10.10s", tl_escape(nb, sizeof nb, p->names[b2]));
         fputc('\n', f);
         for (int a = 0; a < r->n; a++) {
-            fprintf(f, "%-16.16s", p->names[a]);
+            fprintf(f, "%-16.16s", tl_escape(nb, sizeof nb, p->names[a]));
             int best = -1;
             for (int b2 = 0; b2 < r->n; b2++) {
                 double x = r->cross[(size_t)a * r->n + b2];

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "../data/tl_model_tokenizer.h"
+#include "../kernels/tl_text.h"
 #include "tl_export.h"
 
 struct tl_decoder {
@@ -505,20 +506,37 @@ static int gen_fail(const tl_error *e) {
 }
 
 static int gen_usage_error(const char *msg, const char *arg) {
+    char b[TL_ESC_CAP];
     fprintf(stderr, "tailor: error: generate: %s%s%s (run 'tailor generate --help' for usage)\n", msg,
-            arg ? " " : "", arg ? arg : "");
+            arg ? " " : "", arg ? tl_escape(b, sizeof b, arg) : "");
     return 2;
 }
 
-static int parse_num(const char *flag, const char *v, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (!*v || *end || errno || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "tailor: error: generate: %s: expected a number in [%g, %g], got '%s'\n", flag, lo, hi, v);
+/* Option values go through the strict parsers of tl_text.h: "1e3", "12abc" or 2^64 for an integer option and
+ * "nan" or "inf" for a float one are refused, naming the option, never truncated. */
+static int parse_int_opt(const char *flag, const char *v, int64_t lo, int64_t hi, int *out) {
+    tl_error e = {0};
+    char what[64];
+    int64_t x;
+    snprintf(what, sizeof what, "generate: %s", flag);
+    if (tl_parse_i64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_float_opt(const char *flag, const char *v, double lo, double hi, int open_lo, float *out) {
+    tl_error e = {0};
+    char what[64];
+    double x;
+    snprintf(what, sizeof what, "generate: %s", flag);
+    if (tl_parse_f64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
+    if (open_lo && !(x > lo)) {
+        char b[96];
+        fprintf(stderr, "tailor: error: generate: %s: expected a number in (%g, %g], got '%s'\n", flag, lo, hi,
+                tl_escape(b, sizeof b, v));
         return 2;
     }
-    *out = x;
+    *out = (float)x;
     return 0;
 }
 
@@ -641,7 +659,8 @@ static tl_status run_generate(gen_args *g, tl_error *err) {
             char *out_text;
             size_t len;
             if ((s = tl_tokenizer_decode(tok, ans[i].out, (size_t)ans[i].n_out, &out_text, &len, err)) != TL_OK) break;
-            int bad = printf("=== %s ===\n", ans[i].name) < 0 || fwrite(out_text, 1, len, stdout) != len ||
+            char nb[TL_ESC_CAP]; /* a user or adapter name from the run: shown escaped (tl_text.h) */
+            int bad = printf("=== %s ===\n", tl_escape(nb, sizeof nb, ans[i].name)) < 0 || fwrite(out_text, 1, len, stdout) != len ||
                       fputc('\n', stdout) == EOF;
             free(out_text);
             if (bad) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
@@ -683,28 +702,21 @@ int tl_generate_main(int argc, char **argv) {
         if (!known) { rc = gen_usage_error("unknown argument", a); break; }
         if (i + 1 >= argc) { rc = gen_usage_error("needs a value:", a); break; }
         const char *v = argv[++i];
-        double x;
         if (!strcmp(a, "--model")) g.model = v;
         else if (!strcmp(a, "--adapter")) g.adapters[g.n_adapters++] = (char *)v;
         else if (!strcmp(a, "--run")) g.run = v;
         else if (!strcmp(a, "--user")) g.users[g.n_users++] = (char *)v;
         else if (!strcmp(a, "--prompt")) g.prompt = v;
         else if (!strcmp(a, "--backend")) g.backend = v;
-        else if (!strcmp(a, "--max-new-tokens")) {
-            if (!(rc = parse_num(a, v, 0, 1 << 24, &x)) && x != (int)x) rc = gen_usage_error("--max-new-tokens: expected an integer, got", v);
-            g.o.max_new = (int)x;
-        } else if (!strcmp(a, "--threads")) {
-            if (!(rc = parse_num(a, v, 0, 4096, &x)) && x != (int)x) rc = gen_usage_error("--threads: expected an integer, got", v);
-            g.threads = (int)x;
-        } else if (!strcmp(a, "--temperature")) {
-            rc = parse_num(a, v, 0, 1e6, &x);
-            g.o.temperature = (float)x;
-        } else if (!strcmp(a, "--top-p")) {
-            if (!(rc = parse_num(a, v, 0, 1, &x)) && !(x > 0)) rc = gen_usage_error("--top-p: expected > 0, got", v);
-            g.o.top_p = (float)x;
-        } else {
-            if (!(rc = parse_num(a, v, 0, 18446744073709551615.0, &x)) && x != floor(x)) rc = gen_usage_error("--seed: expected an integer, got", v);
-            g.o.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--max-new-tokens")) rc = parse_int_opt(a, v, 0, 1 << 24, &g.o.max_new);
+        else if (!strcmp(a, "--threads")) rc = parse_int_opt(a, v, 0, 4096, &g.threads);
+        else if (!strcmp(a, "--temperature")) rc = parse_float_opt(a, v, 0, 1e6, 0, &g.o.temperature);
+        else if (!strcmp(a, "--top-p")) rc = parse_float_opt(a, v, 0, 1, 1, &g.o.top_p);
+        else {
+            tl_error e = {0};
+            uint64_t seed;
+            if (tl_parse_u64("generate: --seed", v, 0, UINT64_MAX, &seed, &e) != TL_OK) rc = gen_fail(&e);
+            else g.o.seed = seed;
         }
     }
     if (rc) goto out;

@@ -11,6 +11,7 @@
 #include "../data/tl_pref.h"
 #include "../data/tl_hf_config.h"
 #include "../data/tl_safetensors.h"
+#include "../kernels/tl_text.h"
 #include "tl_checkpoint.h"
 #include "tl_config.h"
 
@@ -32,6 +33,7 @@ static tl_status inspect_safetensors(const char *path, FILE *out, tl_error *err)
     TL_TRY(tl_st_open(path, &f, err));
     int n = tl_st_count(f);
     int64_t total = 0;
+    char nb[TL_ESC_CAP]; /* names and metadata from the file: shown escaped (tl_text.h) */
     fprintf(out, "safetensors %s: %d tensor(s)\n", path, n);
     for (int i = 0; i < n; i++) {
         const tl_st_tensor *t = tl_st_get(f, i);
@@ -39,7 +41,7 @@ static tl_status inspect_safetensors(const char *path, FILE *out, tl_error *err)
         for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
         total += numel;
         if (i < 40 || i == n - 1) {
-            fprintf(out, "  %-64s %-5s ", t->name, t->dtype_name);
+            fprintf(out, "  %-64s %-5s ", tl_escape(nb, sizeof nb, t->name), t->dtype_name);
             print_shape(out, t);
             fputc('\n', out);
         } else if (i == 40) {
@@ -50,7 +52,7 @@ static tl_status inspect_safetensors(const char *path, FILE *out, tl_error *err)
     const char *keys[] = {"format", "tailor_adapter_name"};
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         const char *v = tl_st_metadata(f, keys[k]);
-        if (v) fprintf(out, "metadata %s: %s\n", keys[k], v);
+        if (v) fprintf(out, "metadata %s: %s\n", keys[k], tl_escape(nb, sizeof nb, v));
     }
     tl_st_close(f);
     return TL_OK;
@@ -192,13 +194,14 @@ static tl_status inspect_dataset(const char *path, FILE *out, tl_error *err) {
             ds.user_groups ? ", with groups" : "");
     if (ds.vocab_size_attr) fprintf(out, "vocab_size attribute: %lld\n", (long long)ds.vocab_size_attr);
     fprintf(out, "  %-28s %-16s %9s %10s %10s\n", "user", "group", "examples", "tokens", "response");
+    char nb[TL_ESC_CAP], gb[TL_ESC_CAP]; /* user and group names from the file: shown escaped (tl_text.h) */
     for (int u = 0; u < ds.n_users; u++) {
         if (u == 50 && ds.n_users > 51) {
             fprintf(out, "  ... (%d more users)\n", ds.n_users - 50);
             break;
         }
-        fprintf(out, "  %-28.28s %-16.16s %9lld %10lld %10lld%s\n", ds.user_names[u],
-                ds.user_groups ? ds.user_groups[u] : "-", (long long)ex[u], (long long)tok[u], (long long)resp[u],
+        fprintf(out, "  %-28.28s %-16.16s %9lld %10lld %10lld%s\n", tl_escape(nb, sizeof nb, ds.user_names[u]),
+                tl_escape(gb, sizeof gb, ds.user_groups ? ds.user_groups[u] : "-"), (long long)ex[u], (long long)tok[u], (long long)resp[u],
                 ex[u] ? "" : "  (no examples)");
     }
     free(ex), free(tok), free(resp);
@@ -221,8 +224,10 @@ static tl_status inspect_pref(const char *path, FILE *out, tl_error *err) {
             path, ds.n_users, (long long)ds.n_pairs, (long long)ds.prompt.n_tokens, (long long)ds.chosen.n_tokens,
             (long long)ds.rejected.n_tokens, ds.user_groups ? ", with groups" : "");
     fprintf(out, "  %-28s %-16s %9s\n", "user", "group", "pairs");
+    char nb[TL_ESC_CAP], gb[TL_ESC_CAP]; /* user and group names from the file: shown escaped (tl_text.h) */
     for (int u = 0; u < ds.n_users && u < 50; u++)
-        fprintf(out, "  %-28.28s %-16.16s %9lld%s\n", ds.user_names[u], ds.user_groups ? ds.user_groups[u] : "-",
+        fprintf(out, "  %-28.28s %-16.16s %9lld%s\n", tl_escape(nb, sizeof nb, ds.user_names[u]),
+                tl_escape(gb, sizeof gb, ds.user_groups ? ds.user_groups[u] : "-"),
                 (long long)pairs[u], pairs[u] ? "" : "  (no pairs)");
     if (ds.n_users > 50) fprintf(out, "  ... (%d more users)\n", ds.n_users - 50);
     free(pairs);
@@ -242,9 +247,11 @@ static tl_status inspect_checkpoint(const char *dir, FILE *out, tl_error *err) {
     tl_st_file *f;
     tl_status s = tl_st_open(state, &f, err);
     if (!s) {
+        char nb[TL_ESC_CAP], mb[TL_ESC_CAP]; /* names from the checkpoint: shown escaped (tl_text.h) */
         fprintf(out, "checkpoint %s: run '%s', model %s, %d adapter(s), rank %d, alpha %g, %d tensor(s) of state\n",
-                dir, cfg.run_name, cfg.model_path, n, cfg.adapter_rank, cfg.adapter_alpha, tl_st_count(f));
-        for (int i = 0; i < n && i < 50; i++) fprintf(out, "  %s\n", names[i]);
+                dir, tl_escape(nb, sizeof nb, cfg.run_name), tl_escape(mb, sizeof mb, cfg.model_path), n,
+                cfg.adapter_rank, cfg.adapter_alpha, tl_st_count(f));
+        for (int i = 0; i < n && i < 50; i++) fprintf(out, "  %s\n", tl_escape(nb, sizeof nb, names[i]));
         if (n > 50) fprintf(out, "  ... (%d more)\n", n - 50);
         tl_st_close(f);
     }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "data/tl_hf_config.h"
+#include "kernels/tl_text.h"
 #include "trainer/tl_config.h"
 #include "trainer/tl_data_build.h"
 #include "trainer/tl_generate.h"
@@ -47,8 +48,9 @@ static int fail(const tl_error *e) {
 }
 
 static int usage_error(const char *fmt, const char *arg) {
+    char b[TL_ESC_CAP]; /* the argument as typed may hold control characters: shown escaped (tl_text.h) */
     fprintf(stderr, "tailor: error: ");
-    fprintf(stderr, fmt, arg);
+    fprintf(stderr, fmt, tl_escape(b, sizeof b, arg));
     fprintf(stderr, " (run 'tailor help' for usage)\n");
     return 2;
 }
@@ -116,14 +118,14 @@ static int cmd_data(int argc, char **argv) {
     return 0;
 }
 
+/* the one strict integer reader (tl_text.h): "1e3", "12abc" and values out of [lo, hi] are refused */
 static int parse_int_arg(const char *flag, const char *v, long lo, long hi, long *out) {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (!*v || *end || x < lo || x > hi) {
-        fprintf(stderr, "tailor: error: make-model %s: expected an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, v);
-        return 2;
-    }
-    *out = x;
+    tl_error err = {0};
+    char what[64];
+    int64_t x;
+    snprintf(what, sizeof what, "make-model %s", flag);
+    if (tl_parse_i64(what, v, lo, hi, &x, &err) != TL_OK) return fail(&err);
+    *out = (long)x;
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 
 #include "tl_fsutil.h"
+#include "kernels/tl_text.h"
 
 /* One pass over every pair of the map's adapters with segments forced to force_slot (-2: own adapter). */
 static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
@@ -133,11 +134,12 @@ void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FIL
     fprintf(f, "%-24s %6s %9s %9s %9s\n", "adapter", "pairs", "loss", "accuracy", "margin");
     tl_pref_stats all;
     tl_pref_stats_init(&all);
+    char nb[TL_ESC_CAP], gb[TL_ESC_CAP]; /* user, group and adapter names come from the data: shown escaped */
     for (int a = 0; a < r->n; a++) {
         double mean[TL_PREF_N_METRICS];
         tl_pref_stats_mean(&r->own[a], mean);
         tl_pref_stats_merge(&all, &r->own[a]);
-        fprintf(f, "%-24.24s %6lld %9.4f %9.4f %9.4f\n", p->names[a], (long long)r->own[a].n, mean[TL_PREF_M_LOSS],
+        fprintf(f, "%-24.24s %6lld %9.4f %9.4f %9.4f\n", tl_escape(nb, sizeof nb, p->names[a]), (long long)r->own[a].n, mean[TL_PREF_M_LOSS],
                 mean[TL_PREF_M_REWARDS_ACCURACIES], mean[TL_PREF_M_REWARDS_MARGINS]);
     }
     double mean[TL_PREF_N_METRICS];
@@ -150,16 +152,17 @@ void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FIL
         for (int u = 0; u < r->n_users && u < 50; u++) {
             double um[TL_PREF_N_METRICS];
             tl_pref_stats_mean(&r->by_user[u], um);
-            fprintf(f, "%-24.24s %-12.12s %6lld %9.4f\n", r->user_names[u], r->user_groups ? r->user_groups[u] : "-",
+            fprintf(f, "%-24.24s %-12.12s %6lld %9.4f\n", tl_escape(nb, sizeof nb, r->user_names[u]),
+                    tl_escape(gb, sizeof gb, r->user_groups ? r->user_groups[u] : "-"),
                     (long long)r->by_user[u].n, um[TL_PREF_M_REWARDS_ACCURACIES]);
         }
     }
     if (r->cross_acc && r->n <= 12) {
         fprintf(f, "cross accuracy (row: adapter, column: whose pairs):\n%-16s", "");
-        for (int b = 0; b < r->n; b++) fprintf(f, " %8.8s", p->names[b]);
+        for (int b = 0; b < r->n; b++) fprintf(f, " %8.8s", tl_escape(nb, sizeof nb, p->names[b]));
         fputc('\n', f);
         for (int a = 0; a < r->n; a++) {
-            fprintf(f, "%-16.16s", p->names[a]);
+            fprintf(f, "%-16.16s", tl_escape(nb, sizeof nb, p->names[a]));
             for (int b = 0; b < r->n; b++) fprintf(f, " %8.3f", r->cross_acc[(size_t)a * r->n + b]);
             fputc('\n', f);
         }

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "../data/tl_batcher.h"
+#include "../kernels/tl_text.h"
 #include "../data/tl_dataset.h"
 #include "../data/tl_pref.h"
 #include "tl_checkpoint.h"
@@ -221,8 +222,10 @@ static void warn_empty_users(const tl_ui *ui, const char *path, int n_users, cha
     }
     fprintf(ui->log, "warning: %s: %d user(s) have no examples and are skipped:", path, map->n_empty);
     int shown = 0;
+    char nb[TL_ESC_CAP]; /* a user name from the data may hold terminal escapes (tl_text.h) */
     for (int u = 0; u < n_users && shown < 5; u++)
-        if (map->user_adapter[u] < 0) fprintf(ui->log, "%s '%s'", shown++ ? "," : "", user_names[u]);
+        if (map->user_adapter[u] < 0)
+            fprintf(ui->log, "%s '%s'", shown++ ? "," : "", tl_escape(nb, sizeof nb, user_names[u]));
     fprintf(ui->log, "%s\n", map->n_empty > shown ? ", ..." : "");
 }
 
