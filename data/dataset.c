@@ -21,6 +21,8 @@ struct tl_h5_reader {
     H5E_auto2_t old_fn;
     void *old_data;
     int restore;
+    int64_t file_size;  /* st_size when opened: the bound of every declared size */
+    hsize_t userblock;  /* bytes before the HDF5 data (addresses are relative to its end) */
 };
 typedef struct tl_h5_reader rd_ctx;
 
@@ -46,28 +48,130 @@ static void type_name(hid_t t, char *buf, size_t n) {
     }
 }
 
-/* Whether the absolute path `name` exists as a link, checking its parent first: H5Lexists fails rather than
- * answering 0 when an intermediate group is missing, so a failure on the parent also means "missing" (that
- * covers any depth, e.g. /pref/chosen/tokens without /pref). */
-static int link_exists(hid_t file, const char *name) {
-    char parent[256];
-    const char *slash = strrchr(name, '/');
-    if (slash && slash != name) {
-        size_t len = (size_t)(slash - name);
-        if (len >= sizeof parent) return 0;
-        memcpy(parent, name, len);
-        parent[len] = '\0';
-        if (H5Lexists(file, parent, H5P_DEFAULT) <= 0) return 0;
+/* Whether the absolute path `name` exists, walking it one component at a time ("/sft", then "/sft/tokens") and
+ * requiring each existing component to be a hard link: a soft link could point anywhere in the file and an
+ * external link (or a user-defined one) into another file, and libhdf5 follows both silently on open, so the
+ * walk stops at the first link that is not hard, before anything traverses it. A missing component means
+ * "missing" (H5Lexists would fail rather than answer 0 on a missing parent, and would traverse the parents). */
+static tl_status find_object(rd_ctx *c, const char *name, int *exists) {
+    *exists = 0;
+    char prefix[256];
+    size_t n = strlen(name);
+    if (n >= sizeof prefix || name[0] != '/') return TL_OK;
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && name[i] != '/') continue;
+        memcpy(prefix, name, i);
+        prefix[i] = '\0';
+        if (H5Lexists(c->file, prefix, H5P_DEFAULT) <= 0) return TL_OK;
+        H5L_info_t li;
+        if (H5Lget_info(c->file, prefix, &li, H5P_DEFAULT) < 0)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its link", c->path, prefix);
+        if (li.type == H5L_TYPE_SOFT)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: is a soft link, expected the object itself (a hard link)",
+                           c->path, prefix);
+        if (li.type != H5L_TYPE_HARD)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: is an external or user-defined link (data in another "
+                           "file), expected the object itself stored in this file", c->path, prefix);
     }
-    return H5Lexists(file, name, H5P_DEFAULT) > 0;
+    *exists = 1;
+    return TL_OK;
 }
 
-/* Opens a rank-1 dataset and returns it with its length. */
-static tl_status open_1d(rd_ctx *c, const char *name, hid_t *dset, int64_t *len) {
+/* The storage of an opened dataset must lie inside this file and be readable by the filters tailor trusts:
+ * contiguous or chunked layout (not compact, not virtual: a virtual dataset maps other files), no external
+ * storage, and on chunked data only the deflate, shuffle and fletcher32 filters (any other one, e.g. h5py's
+ * lzf or a plugin, is refused by name rather than failing or loading a plugin at read time). *deflated says
+ * whether deflate is among them (the size check then allows for compression). */
+static tl_status check_layout(rd_ctx *c, const char *name, hid_t d, int *deflated) {
+    *deflated = 0;
+    hid_t dcpl = H5Dget_create_plist(d);
+    if (dcpl < 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its storage properties", c->path, name);
+    tl_status st = TL_OK;
+    H5D_layout_t lay = H5Pget_layout(dcpl);
+    int n_ext = H5Pget_external_count(dcpl);
+    if (lay == H5D_VIRTUAL)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: virtual dataset (maps data of other files), expected contiguous "
+                     "or chunked storage in this file", c->path, name);
+    else if (lay == H5D_COMPACT)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: compact layout, expected contiguous or chunked storage",
+                     c->path, name);
+    else if (lay != H5D_CONTIGUOUS && lay != H5D_CHUNKED)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: unknown storage layout %d, expected contiguous or chunked",
+                     c->path, name, (int)lay);
+    else if (n_ext != 0)
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: external storage (data kept in %d other file(s)), expected the "
+                     "data stored in this file", c->path, name, n_ext);
+    int nf = st == TL_OK && lay == H5D_CHUNKED ? H5Pget_nfilters(dcpl) : 0;
+    if (nf < 0) st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its filter pipeline", c->path, name);
+    for (int i = 0; i < nf && st == TL_OK; i++) {
+        unsigned flags = 0, cfg = 0;
+        size_t n_cd = 0;
+        char fname[64] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_cd, NULL, sizeof fname, fname, &cfg);
+        fname[sizeof fname - 1] = '\0';
+        if (id == H5Z_FILTER_DEFLATE) *deflated = 1;
+        else if (id != H5Z_FILTER_SHUFFLE && id != H5Z_FILTER_FLETCHER32)
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: filter %d (\"%.40s\") is not supported, expected only deflate "
+                         "(gzip), shuffle or fletcher32", c->path, name, (int)id, fname);
+    }
+    H5Pclose(dcpl);
+    return st;
+}
+
+/* Before allocating for n elements of `width` bytes, checks that the file really holds them: a few-KB file may
+ * declare any length, and libhdf5 reads unallocated storage as fill values, so the declared size alone would
+ * make tailor allocate whatever it says. Contiguous data must be allocated, in full, inside the file (its
+ * address range ends before the file does). Chunked data must have its chunks stored: the bytes stored for
+ * it (the sum of its chunks, H5Dget_storage_size) must not exceed the file's size and must cover the declared
+ * bytes, or 1/1032 of them when deflate is on (1032:1 is the most deflate can compress). Anything else is
+ * TL_ERR_INPUT naming the dataset with the declared and the stored bytes. */
+static tl_status check_size(rd_ctx *c, const char *name, hid_t d, int64_t n, size_t width, int deflated) {
+    if (n == 0) return TL_OK;
+    if (width == 0 || (uint64_t)n > (uint64_t)INT64_MAX / width)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: %lld elements of %zu bytes is too large", c->path, name,
+                       (long long)n, width);
+    uint64_t declared = (uint64_t)n * width, fsize = (uint64_t)c->file_size;
+    uint64_t stored = (uint64_t)H5Dget_storage_size(d);
+    hid_t dcpl = H5Dget_create_plist(d);
+    H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (lay == H5D_CONTIGUOUS) {
+        haddr_t off = H5Dget_offset(d);
+        if (off == HADDR_UNDEF || stored < declared)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: declares %llu bytes (%lld elements of %zu) but the file "
+                           "stores %llu for it, expected all of its data in the file", c->path, name,
+                           (unsigned long long)declared, (long long)n, width, (unsigned long long)stored);
+        uint64_t base = (uint64_t)c->userblock;
+        if ((uint64_t)off > fsize || base > fsize - (uint64_t)off || declared > fsize - (uint64_t)off - base)
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: declares %llu bytes at offset %llu but the file has only "
+                           "%llu bytes", c->path, name, (unsigned long long)declared, (unsigned long long)off,
+                           (unsigned long long)fsize);
+        return TL_OK;
+    }
+    if (lay != H5D_CHUNKED) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its layout", c->path, name);
+    const uint64_t ratio = deflated ? 1032 : 1;
+    if (stored > fsize || stored < declared / ratio + (declared % ratio != 0))
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: declares %llu bytes (%lld elements of %zu) but the file "
+                       "stores %llu for it (file size %llu%s), expected its chunks stored in the file", c->path,
+                       name, (unsigned long long)declared, (long long)n, width, (unsigned long long)stored,
+                       (unsigned long long)fsize, deflated ? ", deflate expands at most 1032 times" : "");
+    return TL_OK;
+}
+
+/* Opens a rank-1 dataset (a hard link with trusted storage: find_object, check_layout) and returns it with its
+ * length and whether it is deflated. */
+static tl_status open_1d(rd_ctx *c, const char *name, hid_t *dset, int64_t *len, int *deflated) {
     *dset = H5I_INVALID_HID;
-    if (!link_exists(c->file, name)) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: missing dataset", c->path, name);
+    int exists = 0;
+    TL_TRY(find_object(c, name, &exists));
+    if (!exists) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: missing dataset", c->path, name);
     hid_t d = H5Dopen2(c->file, name, H5P_DEFAULT);
     if (d < 0) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: not a dataset", c->path, name);
+    tl_status lst = check_layout(c, name, d, deflated);
+    if (lst != TL_OK) {
+        H5Dclose(d);
+        return lst;
+    }
     hid_t s = H5Dget_space(d);
     if (s < 0) {
         H5Dclose(d);
@@ -95,7 +199,8 @@ static tl_status open_1d(rd_ctx *c, const char *name, hid_t *dset, int64_t *len)
 static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **out, int64_t *len) {
     *out = NULL;
     hid_t d;
-    TL_TRY(open_1d(c, name, &d, len));
+    int deflated = 0;
+    TL_TRY(open_1d(c, name, &d, len, &deflated));
     hid_t t = H5Dget_type(d);
     if (t < 0) {
         H5Dclose(d);
@@ -108,6 +213,11 @@ static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **o
     if (!good) {
         H5Dclose(d);
         return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: dtype %s, expected int%zu", c->path, name, tn, width * 8);
+    }
+    tl_status sst = check_size(c, name, d, *len, width, deflated);
+    if (sst != TL_OK) {
+        H5Dclose(d);
+        return sst;
     }
     size_t n = (size_t)*len;
     void *buf = malloc((n ? n : 1) * width);
@@ -263,18 +373,20 @@ static tl_status read_strings(rd_ctx *c, const char *what, hid_t obj, int is_att
 static tl_status read_string_1d(rd_ctx *c, const char *name, char ***out, int64_t *len) {
     *out = NULL;
     hid_t d;
-    TL_TRY(open_1d(c, name, &d, len));
+    int deflated = 0;
+    TL_TRY(open_1d(c, name, &d, len, &deflated));
     size_t n = (size_t)*len;
-    char **arr = calloc(n ? n : 1, sizeof *arr);
     hid_t t = H5Dget_type(d);
     hid_t s = H5Dget_space(d);
+    char **arr = NULL;
     tl_status st;
-    if (!arr)
-        st = tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, name);
-    else if (t < 0 || s < 0)
+    if (t < 0 || s < 0)
         st = tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its dtype", c->path, name);
-    else
-        st = read_strings(c, name, d, 0, t, s, n, arr);
+    else /* a stored string is at least its size in the file (a fixed string, or a variable one's heap id) */
+        st = check_size(c, name, d, *len, H5Tget_size(t), deflated);
+    if (st == TL_OK && !(arr = calloc(n ? n : 1, sizeof *arr)))
+        st = tl_fail(c->err, TL_ERR_RUNTIME, "%s: %s: out of memory", c->path, name);
+    if (st == TL_OK) st = read_strings(c, name, d, 0, t, s, n, arr);
     if (t >= 0) H5Tclose(t);
     if (s >= 0) H5Sclose(s);
     H5Dclose(d);
@@ -411,7 +523,9 @@ static tl_status check_users(rd_ctx *c, int *n_users, char ***names, char ***gro
         }
     free(sorted);
     TL_TRY(st);
-    if (link_exists(c->file, "/users/group")) {
+    int has_group = 0;
+    TL_TRY(find_object(c, "/users/group", &has_group));
+    if (has_group) {
         int64_t ng = 0;
         char **gr = NULL;
         st = read_string_1d(c, "/users/group", &gr, &ng);
@@ -499,10 +613,15 @@ tl_status tl_h5_reader_open(const char *path, tl_h5_reader **out, tl_error *err)
         return tl_fail(err, TL_ERR_INPUT, "%s: is a directory, expected an HDF5 file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    struct stat fs;
+    int stat_ok = fstat(fileno(f), &fs) == 0;
     fclose(f);
+    if (!stat_ok) return tl_fail(err, TL_ERR_INPUT, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(fs.st_mode)) return tl_fail(err, TL_ERR_INPUT, "%s: not a regular file, expected an HDF5 file", path);
     tl_h5_reader *r = calloc(1, sizeof *r);
     if (!r) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
     r->path = path;
+    r->file_size = (int64_t)fs.st_size;
     r->file = H5I_INVALID_HID;
     r->err = err;
     r->restore = H5Eget_auto2(H5E_DEFAULT, &r->old_fn, &r->old_data) >= 0;
@@ -513,6 +632,12 @@ tl_status tl_h5_reader_open(const char *path, tl_h5_reader **out, tl_error *err)
     } else {
         r->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (r->file < 0) st = tl_fail(err, TL_ERR_INPUT, "%s: cannot open as HDF5 (corrupt or truncated file)", path);
+    }
+    if (st == TL_OK) {
+        hid_t fcpl = H5Fget_create_plist(r->file);
+        if (fcpl < 0 || H5Pget_userblock(fcpl, &r->userblock) < 0)
+            st = tl_fail(err, TL_ERR_INPUT, "%s: cannot read the file's creation properties", path);
+        if (fcpl >= 0) H5Pclose(fcpl);
     }
     if (st != TL_OK) return tl_h5_reader_close(r, st, err);
     *out = r;

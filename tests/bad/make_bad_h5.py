@@ -2,7 +2,21 @@
 """Writes an SFT dataset with one specific defect, for the bad-input tests: make_bad_h5.py KIND OUT.
 
 KIND is one of: good, missing_dataset, wrong_dtype, decreasing_offsets, token_out_of_vocab, user_out_of_range,
-prompt_len_gt_length, empty, user_without_examples."""
+prompt_len_gt_length, empty, user_without_examples, and (tests/bad/hdf5.sh) these, each otherwise valid so that
+only the named defect can make tailor refuse it:
+  soft_link          /sft/tokens is a soft link to /data/tokens (which holds the right tokens)
+  external_link      /sft/tokens is an external link to OUT.ext.h5:/tokens (written too, valid)
+  group_ext_link     /sft is an external link to OUT.ext.h5:/sft, a complete sft group
+  external_storage   /sft/tokens keeps its bytes in the raw file OUT.raw (external storage)
+  virtual            /sft/tokens is a virtual dataset mapping OUT.ext.h5:/tokens
+  compact            /sft/prompt_len uses the compact layout
+  huge_chunked       /sft/tokens declares 2^32 int32 in chunks that are never written (a few-KB file)
+  huge_contiguous    /users/name declares 2^31 strings, contiguous and never written
+  huge_deflate       /sft/offsets declares 2^30 int64, deflated, only its first chunk written
+  lzf_filter         /sft/user compressed with h5py's lzf filter (not known to libhdf5)
+  nothing_trainable  every example is all prompt (prompt_len = length): no token to train on
+"""
+import os
 import sys
 
 import h5py
@@ -30,15 +44,65 @@ elif kind == "empty":
     toks = np.zeros(0, np.int32); offs = np.zeros(1, np.int64); pl = np.zeros(0, np.int32); us = np.zeros(0, np.int32)
 elif kind == "user_without_examples":
     names.append("dan")
-elif kind not in ("good", "missing_dataset", "wrong_dtype"):
+elif kind == "nothing_trainable":
+    pl = np.array(lens, dtype=np.int32)
+elif kind not in ("good", "missing_dataset", "wrong_dtype", "soft_link", "external_link", "group_ext_link",
+                  "external_storage", "virtual", "compact", "huge_chunked", "huge_contiguous", "huge_deflate",
+                  "lzf_filter"):
     sys.exit(f"unknown kind {kind}")
+
+ext = out + ".ext.h5"
+if kind in ("external_link", "group_ext_link", "virtual"):
+    with h5py.File(ext, "w") as g:
+        g.create_dataset("tokens", data=toks)
+        g.create_dataset("sft/tokens", data=toks)
+        g.create_dataset("sft/offsets", data=offs)
+        g.create_dataset("sft/prompt_len", data=pl)
+        g.create_dataset("sft/user", data=us)
 
 with h5py.File(out, "w") as f:
     f.attrs["tailor_format"] = 1
     f.attrs["kind"] = "sft"
-    f.create_dataset("users/name", data=np.array(names, dtype=h5py.string_dtype()))
-    f.create_dataset("sft/tokens", data=toks.astype(np.float32) if kind == "wrong_dtype" else toks)
-    f.create_dataset("sft/offsets", data=offs)
-    if kind != "missing_dataset":
+    str_t = h5py.string_dtype()
+    if kind == "huge_contiguous":
+        f.create_dataset("users/name", shape=(2**31,), dtype=str_t)
+    else:
+        f.create_dataset("users/name", data=np.array(names, dtype=str_t))
+    if kind == "group_ext_link":
+        f["sft"] = h5py.ExternalLink(os.path.basename(ext), "/sft")
+        sys.exit(0)
+    if kind == "soft_link":
+        f.create_dataset("data/tokens", data=toks)
+        f["sft/tokens"] = h5py.SoftLink("/data/tokens")
+    elif kind == "external_link":
+        f["sft/tokens"] = h5py.ExternalLink(os.path.basename(ext), "/tokens")
+    elif kind == "external_storage":
+        raw = out + ".raw"
+        toks.astype("<i4").tofile(raw)
+        f.create_dataset("sft/tokens", shape=toks.shape, dtype="<i4", external=[(os.path.basename(raw), 0, toks.nbytes)])
+    elif kind == "virtual":
+        layout = h5py.VirtualLayout(shape=toks.shape, dtype=np.int32)
+        layout[:] = h5py.VirtualSource(os.path.basename(ext), "tokens", shape=toks.shape)
+        f.create_virtual_dataset("sft/tokens", layout)
+    elif kind == "huge_chunked":
+        f.create_dataset("sft/tokens", shape=(2**32,), dtype=np.int32, chunks=(1024,))
+    else:
+        f.create_dataset("sft/tokens", data=toks.astype(np.float32) if kind == "wrong_dtype" else toks)
+    if kind == "huge_deflate":
+        d = f.create_dataset("sft/offsets", shape=(2**30,), dtype=np.int64, chunks=(4096,), compression="gzip")
+        d[: len(offs)] = offs
+    else:
+        f.create_dataset("sft/offsets", data=offs)
+    if kind == "compact":
+        sid = h5py.h5s.create_simple(pl.shape)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        grp = f["sft"]
+        dsid = h5py.h5d.create(grp.id, b"prompt_len", h5py.h5t.STD_I32LE, sid, dcpl=dcpl)
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, pl)
+    elif kind != "missing_dataset":
         f.create_dataset("sft/prompt_len", data=pl)
-    f.create_dataset("sft/user", data=us)
+    if kind == "lzf_filter":
+        f.create_dataset("sft/user", data=us, chunks=(3,), compression="lzf")
+    else:
+        f.create_dataset("sft/user", data=us)
