@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "../data/tl_safetensors.h"
+#include "../kernels/tl_text.h"
 #include "tl_fsutil.h"
 
 #define STATE_FILE "state.safetensors"
@@ -332,10 +334,12 @@ static tl_status open_state(const char *ckpt_dir, tl_st_file **f, tl_error *err)
     TL_TRY(tl_st_open(path, f, err));
     const char *fmt = tl_st_metadata(*f, "format");
     if (!fmt || strcmp(fmt, TL_CHECKPOINT_FORMAT) != 0) {
+        /* fmt lives in the file's metadata: the message is built before the file is closed */
+        tl_status s = tl_fail(err, TL_ERR_INPUT, "%s: metadata format is '%.64s', expected '%s'", path,
+                              fmt ? fmt : "(none)", TL_CHECKPOINT_FORMAT);
         tl_st_close(*f);
         *f = NULL;
-        return tl_fail(err, TL_ERR_INPUT, "%s: metadata format is '%s', expected '%s'", path, fmt ? fmt : "(none)",
-                       TL_CHECKPOINT_FORMAT);
+        return s;
     }
     return TL_OK;
 }
@@ -406,29 +410,55 @@ static tl_status expect_tensor(tl_st_file *f, const char *name, tl_dtype dt, con
     return TL_OK;
 }
 
+/* Every integer of the state (steps, cursors, global_step) is in [0, TL_CHECKPOINT_INT_MAX]: counts that a run
+ * can reach, exact as a double (metrics.jsonl and index.json carry them as JSON numbers). */
 static tl_status read_i64(tl_st_file *f, const char *name, int64_t *dst, size_t n, tl_error *err) {
     unsigned char *buf = malloc(n * 8 + 1);
     if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", tl_st_path(f));
     tl_status s = tl_st_read_bytes(f, name, buf, (uint64_t)n * 8, err);
     for (size_t i = 0; s == TL_OK && i < n; i++) {
         dst[i] = get_i64le(buf + 8 * i);
-        if (dst[i] < 0) s = tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s'[%zu] = %lld, expected >= 0", tl_st_path(f),
-                                    name, i, (long long)dst[i]);
+        if (dst[i] < 0 || dst[i] > TL_CHECKPOINT_INT_MAX)
+            s = tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s'[%zu] = %lld, expected an integer in [0, 2^53]",
+                        tl_st_path(f), name, i, (long long)dst[i]);
     }
     free(buf);
     return s;
 }
 
+/* ints = steps [ns], cursors [ns, 2], global_step [1], each read by read_i64: an adapter cannot have taken more
+ * steps than the run. */
+static tl_status check_steps(tl_st_file *f, const int64_t *ints, size_t ns, tl_error *err) {
+    int64_t gs = ints[ns * 3];
+    for (size_t i = 0; i < ns; i++)
+        if (ints[i] > gs)
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'steps'[%zu] = %lld, more than global_step %lld",
+                           tl_st_path(f), i, (long long)ints[i], (long long)gs);
+    return TL_OK;
+}
+
+/* n floats of tensor `name` (rows [row0, ...) of width P) are finite; v, Adam's second moment, is also >= 0. */
+static tl_status check_finite(tl_st_file *f, const char *name, const float *w, size_t n, size_t row0, size_t P,
+                              tl_error *err) {
+    int moment2 = strcmp(name, "v") == 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(w[i]) || (moment2 && w[i] < 0))
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' [adapter %zu, element %zu] is %g, expected a finite "
+                           "number%s", tl_st_path(f), name, row0 + i / P, i % P, (double)w[i],
+                           moment2 ? " >= 0" : "");
+    return TL_OK;
+}
+
 static tl_status check_meta_int(tl_st_file *f, const char *key, long long want, tl_error *err) {
     const char *v = tl_st_metadata(f, key);
-    char *end = NULL;
-    errno = 0;
-    long long got = v ? strtoll(v, &end, 10) : 0;
-    if (!v || errno || end == v || *end != '\0')
-        return tl_fail(err, TL_ERR_INPUT, "%s: metadata %s: expected an integer", tl_st_path(f), key);
+    char what[TL_PATH_MAX + 64];
+    snprintf(what, sizeof what, "%s: metadata %s", tl_st_path(f), key);
+    int64_t got = 0;
+    if (!v) return tl_fail(err, TL_ERR_INPUT, "%s: expected an integer", what);
+    TL_TRY(tl_parse_i64(what, v, 0, INT64_MAX, &got, err));
     if (got != want)
-        return tl_fail(err, TL_ERR_INPUT, "%s: %s is %lld in the checkpoint, %lld in the run", tl_st_path(f), key, got,
-                       want);
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s is %lld in the checkpoint, %lld in the run", tl_st_path(f), key,
+                       (long long)got, want);
     return TL_OK;
 }
 
@@ -502,11 +532,13 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
     if (s == TL_OK) s = read_i64(f, "steps", ints, ns, err);
     if (s == TL_OK) s = read_i64(f, "cursors", ints + ns, ns * 2, err);
     if (s == TL_OK) s = read_i64(f, "global_step", ints + ns * 3, 1, err);
+    if (s == TL_OK) s = check_steps(f, ints, ns, err);
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
     int64_t sh2[2] = {(int64_t)ns, (int64_t)p->P};
     for (int k = 0; k < 3 && s == TL_OK; k++) {
         s = tl_st_read_f32(f, tn[k], sh2, 2, w, err);
+        if (s == TL_OK) s = check_finite(f, tn[k], w, nf, 0, p->P, err);
         if (s == TL_OK) be->upload(be, dst[k], w, nf * sizeof *w);
     }
     if (s == TL_OK && be->status) s = be->status(be, err);
@@ -544,12 +576,14 @@ tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_back
     if (s == TL_OK) s = read_i64(f, "steps", ints, nr, err);
     if (s == TL_OK) s = read_i64(f, "cursors", ints + nr, nr * 2, err);
     if (s == TL_OK) s = read_i64(f, "global_step", ints + nr * 3, 1, err);
+    if (s == TL_OK) s = check_steps(f, ints, nr, err);
     /* only this pool's rows of the large tensors: F32 [n_run, P], checked above */
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
     for (int k = 0; k < 3 && s == TL_OK; k++)
         for (int a = 0; a < p->n_slots && s == TL_OK; a++) {
             s = tl_st_read_range(f, tn[k], (uint64_t)rows[a] * P * sizeof(float), w, P * sizeof(float), err);
+            if (s == TL_OK) s = check_finite(f, tn[k], w, P, (size_t)rows[a], P, err);
             if (s == TL_OK) be->upload(be, dst[k] + (size_t)a * P, w, P * sizeof(float));
         }
     if (s == TL_OK && be->status) s = be->status(be, err);

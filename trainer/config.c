@@ -96,7 +96,7 @@ static const key_desc KEYS[] = {
     {"task.precompute_ref", K_BOOL, F(task_precompute_ref), 0, 0, 0, 0, 0, 0, NULL},
     DBL("task.center_rewards", task_center_rewards, 0, 0, 0),
     ENUM("train.backend", backend, BACKEND_CHOICES),
-    INT("train.threads", threads, 0, INT_MAX),
+    INT("train.threads", threads, 0, TL_MAX_THREADS),
     I64("train.steps", steps, 1),
     INT("train.examples_per_adapter", examples_per_adapter, 1, INT_MAX),
     INT("train.adapters_per_step", adapters_per_step, 0, INT_MAX),
@@ -842,6 +842,25 @@ static tl_status finish(tl_config *c, const origin *o, const char *path, tl_erro
     }
     if (!o[k_out].set) snprintf(c->output_dir, sizeof c->output_dir, "runs/%s", c->run_name);
     return TL_OK;
+}
+
+tl_status tl_config_check_thread_env(tl_error *err) {
+    const char *v = getenv("OMP_NUM_THREADS");
+    if (!v) return TL_OK;
+    const char *p = v;
+    for (;;) {
+        long n = 0;
+        int digits = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (n <= TL_MAX_THREADS) n = n * 10 + (*p - '0');
+            p++, digits++;
+        }
+        if (!digits || n < 1 || n > TL_MAX_THREADS) break;
+        if (*p == '\0') return TL_OK;
+        if (*p++ != ',') break;
+    }
+    return tl_fail(err, TL_ERR_INPUT, "OMP_NUM_THREADS=%.40s: expected thread counts in [1, %d] separated by commas",
+                   v, TL_MAX_THREADS);
 }
 
 tl_status tl_config_load(const char *path, char *const *overrides, int n_overrides, tl_config *c, tl_error *err) {

@@ -181,6 +181,10 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    {
+        tl_error err = {0}; /* before any OpenMP team is built: an absurd count overflows libgomp's stack */
+        if (tl_config_check_thread_env(&err)) return fail(&err);
+    }
     if (!strcmp(cmd, "train")) return cmd_train_or_eval(argc - 2, argv + 2, 0);
     if (!strcmp(cmd, "eval")) return cmd_train_or_eval(argc - 2, argv + 2, 1);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);

@@ -21,6 +21,8 @@
 #include "tl_model.h"
 
 #define TL_CHECKPOINT_FORMAT "tailor-checkpoint-1"
+/* The largest step count, cursor or epoch a checkpoint may hold (2^53: exact as a JSON number). */
+#define TL_CHECKPOINT_INT_MAX ((int64_t)1 << 53)
 
 /* Saves the state after `global_step` steps. cursors: [p->n_slots] (adapter i of the batcher is slot i); may be
  * NULL, then saved as zeros. After the new checkpoint is in place, older complete checkpoints beyond the newest
@@ -45,8 +47,8 @@ tl_status tl_checkpoint_latest(const char *run_dir, char *path, size_t cap, int 
 /* Restores a checkpoint into an already built pool (same adapters in the same order, same rank, targets and
  * P; TL_ERR_INPUT naming the checkpoint and the mismatch otherwise): uploads params, m, v, sets p->steps,
  * *global_step and cursors ([p->n_slots], may be NULL). Names, sizes, dtypes, shapes and the integer state are
- * validated before anything is changed; only an I/O error while reading the large tensors can leave the pool
- * partly loaded (the caller must then stop). */
+ * validated before anything is changed; only an I/O error or a non-finite value (TL_ERR_INPUT, naming the tensor)
+ * met while reading the large tensors can leave the pool partly loaded (the caller must then stop). */
 tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
                              tl_cursor *cursors, tl_error *err);
 

@@ -52,7 +52,7 @@ typedef struct {
     double task_center_rewards;   /* reward: coefficient of mean((r_c + r_r)^2), default 0 */
     /* train */
     char backend[16];             /* auto (default) | cpu | cuda */
-    int threads;                  /* 0 = all cores */
+    int threads;                  /* 0 = all cores; at most TL_MAX_THREADS */
     int64_t steps;                /* default 100, >= 1 */
     int examples_per_adapter;     /* default 4, >= 1 */
     int adapters_per_step;        /* default 0 = all */
@@ -96,6 +96,13 @@ void tl_config_defaults(tl_config *c);
  * to path's basename without its extension ("run" without a file), run.output_dir to "runs/<run.name>".
  * Paths are kept as written (relative to the current directory). *c is written only on success. */
 tl_status tl_config_load(const char *path, char *const *overrides, int n_overrides, tl_config *c, tl_error *err);
+
+/* The most CPU threads a process may ask for (train.threads, OMP_NUM_THREADS). OpenMP builds its team with
+ * per-thread records on the stack of the thread that starts it, so an absurd count overflows that stack. */
+#define TL_MAX_THREADS 1024
+/* OMP_NUM_THREADS, when set, must be a list of integers in [1, TL_MAX_THREADS] separated by commas (as OpenMP
+ * reads it); anything else is TL_ERR_INPUT naming the variable. Called before the first parallel region. */
+tl_status tl_config_check_thread_env(tl_error *err);
 /* Writes the resolved configuration (every key) as YAML that tl_config_load reads back to the same values,
  * doubles bit for bit. The caller checks the stream (ferror / fclose). */
 void tl_config_write_yaml(const tl_config *c, FILE *f);
