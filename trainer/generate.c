@@ -709,7 +709,7 @@ int tl_generate_main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) g.prompt = v;
         else if (!strcmp(a, "--backend")) g.backend = v;
         else if (!strcmp(a, "--max-new-tokens")) rc = parse_int_opt(a, v, 0, 1 << 24, &g.o.max_new);
-        else if (!strcmp(a, "--threads")) rc = parse_int_opt(a, v, 0, 4096, &g.threads);
+        else if (!strcmp(a, "--threads")) rc = parse_int_opt(a, v, 0, 1024, &g.threads); /* TL_MAX_THREADS */
         else if (!strcmp(a, "--temperature")) rc = parse_float_opt(a, v, 0, 1e6, 0, &g.o.temperature);
         else if (!strcmp(a, "--top-p")) rc = parse_float_opt(a, v, 0, 1, 1, &g.o.top_p);
         else {
