@@ -109,18 +109,9 @@ static const struct {
 };
 #define N_OWN_OPTS ((int)(sizeof OWN_OPTS / sizeof OWN_OPTS[0]))
 
-static tl_status check_sbatch_line(const char *line, int i, tl_error *err) {
+/* Refuses --name (as given, nl bytes) when it is, or abbreviates, an option tailor writes itself. */
+static tl_status check_reserved(const char *name, size_t nl, const char *line, int i, tl_error *err) {
     char b[80];
-    if (has_control(line, 1))
-        return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): contains a control character", i + 1,
-                       shown(line, b, sizeof b));
-    size_t nl = 0;
-    if (line[0] == '-' && line[1] == '-')
-        while (line[2 + nl] && line[2 + nl] != '=' && !isspace((unsigned char)line[2 + nl])) nl++;
-    if (nl == 0)
-        return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): expected an sbatch long option such as "
-                       "--qos=high (starting with --)", i + 1, shown(line, b, sizeof b));
-    const char *name = line + 2;
     for (int pass = 0; pass < 2; pass++)
         for (int k = 0; k < N_OWN_OPTS; k++) {
             size_t ol = strlen(OWN_OPTS[k].opt);
@@ -134,8 +125,53 @@ static tl_status check_sbatch_line(const char *line, int i, tl_error *err) {
     return TL_OK;
 }
 
+/* length of the option name at p (letters, digits, inner '-') */
+static size_t opt_name_len(const char *p) {
+    size_t n = 0;
+    while (isalnum((unsigned char)p[n]) || (p[n] == '-' && n > 0)) n++;
+    return n;
+}
+
+static tl_status check_sbatch_line(const char *line, int i, tl_error *err) {
+    char b[80];
+    if (has_control(line, 1))
+        return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): contains a control character", i + 1,
+                       shown(line, b, sizeof b));
+    /* Every word that looks like a long option is held against the reserved list first, so that a second option
+     * smuggled into one entry ("--qos=high --time=9:00") is named for what it would override. */
+    for (const char *p = line; *p;) {
+        while (isspace((unsigned char)*p)) p++;
+        const char *w = p;
+        while (*p && !isspace((unsigned char)*p)) p++;
+        if (w[0] == '-' && w[1] == '-') {
+            size_t wl = opt_name_len(w + 2);
+            if (wl) TL_TRY(check_reserved(w + 2, wl, line, i, err));
+        }
+    }
+    /* One entry is exactly one option: --name or --name=value. sbatch's #SBATCH parser splits a line at blanks and
+     * honours quotes, so "--qos high" or "--qos=high -t 9:00" would be two options; the value is written quoted. */
+    size_t nl = line[0] == '-' && line[1] == '-' ? opt_name_len(line + 2) : 0;
+    if (nl == 0)
+        return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): expected an sbatch long option such as "
+                       "--qos=high (starting with --)", i + 1, shown(line, b, sizeof b));
+    if (line[2 + nl] != 0 && line[2 + nl] != '=')
+        return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): expected exactly one option, --name or "
+                       "--name=value (the name of letters, digits and -, then '=' before the value)", i + 1,
+                       shown(line, b, sizeof b));
+    if (line[2 + nl] == '=')
+        for (const char *q = line + 3 + nl; *q; q++)
+            if (isspace((unsigned char)*q) && q[1] == '-')
+                return tl_fail(err, TL_ERR_INPUT, "cluster.sbatch entry %d ('%s'): expected exactly one option per "
+                               "entry (write each option as its own list item)", i + 1, shown(line, b, sizeof b));
+    return TL_OK;
+}
+
 static tl_status check_env_line(const char *line, int i, tl_error *err) {
     char b[80];
+    /* one entry, one export line: the value is quoted, but a line break would still split the script's text */
+    if (has_control(line, 1))
+        return tl_fail(err, TL_ERR_INPUT, "cluster.env entry %d ('%s'): contains a control character", i + 1,
+                       shown(line, b, sizeof b));
     const char *eq = strchr(line, '=');
     if (!eq)
         return tl_fail(err, TL_ERR_INPUT, "cluster.env entry %d ('%s'): expected KEY=VALUE", i + 1,
@@ -348,7 +384,16 @@ tl_status tl_submit_script(const tl_config *c, const tl_submit_paths *p, char **
         sbatch_opt(f, "signal", num);
     }
     if (c->cluster_requeue) fputs("#SBATCH --requeue\n", f);
-    for (int i = 0; tl_config_list_item(c->cluster_sbatch, i, line, sizeof line); i++) fprintf(f, "#SBATCH %s\n", line);
+    for (int i = 0; tl_config_list_item(c->cluster_sbatch, i, line, sizeof line); i++) {
+        /* checked by tl_submit_check: --name[=value]; the value quoted so that it stays one word for sbatch */
+        char *eq = strchr(line, '=');
+        if (!eq) {
+            fprintf(f, "#SBATCH %s\n", line);
+            continue;
+        }
+        *eq = 0;
+        sbatch_opt(f, line + 2, eq + 1);
+    }
     fputs("\nset -u\n", f);
     if (c->cluster_setup[0]) {
         fputs("\n# cluster.setup\n", f);

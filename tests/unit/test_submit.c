@@ -61,6 +61,19 @@ static void test_checks(void) {
         {{"cluster.sbatch=[--qos=high, --exclusive, --mem-per-cpu=4G, --gpus-per-task=1, --time-min=10]"}, NULL},
         {{"cluster.sbatch=[\"--comment=a\\tb\"]"}, NULL},
         {{"cluster.sbatch=[\"--comment=a\\rb\"]"}, "cluster.sbatch"},
+        /* one entry is one option: a second one smuggled in is refused, and named when it is reserved */
+        {{"cluster.sbatch=[--qos=high --time=9:00]"}, "cluster.time"},
+        {{"cluster.sbatch=[--qos=high --ntasks=64]"}, "cluster.tasks_per_node"},
+        {{"cluster.sbatch=[\"--qos=high\\t--nodes=64\"]"}, "cluster.nodes"},
+        {{"cluster.sbatch=[--qos=high -t 9:00]"}, "cluster.sbatch entry 1"},
+        {{"cluster.sbatch=[--qos high]"}, "cluster.sbatch entry 1"},
+        {{"cluster.sbatch=[--exclusive, --qos=a -N 4]"}, "cluster.sbatch entry 2"},
+        {{"cluster.sbatch=[\"--qos='high' --x\"]"}, "cluster.sbatch entry 1"},
+        {{"cluster.sbatch=[\"--comment=x\\r--time=5\"]"}, "cluster.sbatch entry 1"},
+        {{"cluster.sbatch=[\"--qos=\\\"a\\\"\"]"}, NULL},
+        {{"cluster.sbatch=[--qos=a;b]"}, NULL},
+        {{"cluster.sbatch=[--comment=two words]"}, NULL},
+        {{"cluster.env=[\"X=a\\x1bb\"]"}, "cluster.env entry 1"},
         {{"cluster.setup=[\"module load x\\x01\"]"}, "cluster.setup"},
         {{"cluster.partition=\"gpu\\n\""}, "cluster.partition"},
         {{"train.resume=never"}, "train.resume"},
@@ -325,6 +338,12 @@ static void test_quoting(void) {
         snprintf(c.cluster_job_name, sizeof c.cluster_job_name, "%s", name);
         snprintf(c.cluster_partition, sizeof c.cluster_partition, "%s", part);
         snprintf(c.cluster_env, sizeof c.cluster_env, "A=1\nK=%s\n", val);
+        /* a cluster.sbatch value is one argument to sbatch whatever it holds (no blank followed by '-') */
+        char sval[200];
+        snprintf(sval, sizeof sval, "%s", part);
+        for (char *q = sval; *q; q++)
+            if (q[1] == '-') *q = *q == ' ' ? '_' : *q;
+        snprintf(c.cluster_sbatch, sizeof c.cluster_sbatch, "--comment=%s\n", sval);
         tl_submit_paths p;
         CHECK_OK(tl_submit_paths_resolve(&c, "/w", "/t", &p, &err), err);
         CHECK_OK(tl_submit_check(&c, &err), err);
@@ -345,6 +364,9 @@ static void test_quoting(void) {
         l = find_line(s, "#SBATCH --partition=");
         CHECK(l && !strcmp(sbatch_arg(l, got), c.cluster_partition), "partition '%s' read by sbatch as '%s'",
               c.cluster_partition, got);
+        l = find_line(s, "#SBATCH --comment=");
+        CHECK(l && !strcmp(sbatch_arg(l, got), sval), "cluster.sbatch value '%s' read by sbatch as '%s'", sval,
+              l ? got : "(no line)");
         l = find_line(s, "export K=");
         CHECK(l && bash_word(l, got) && !strcmp(got, val), "env value '%s' read by bash as '%s'", val,
               l ? got : "(no line)");
