@@ -571,8 +571,17 @@ static tl_status check_sft(rd_ctx *c, tl_sft_dataset *ds, int model_vocab) {
                            "<= prompt_len <= %lld (its length)", c->path, (long long)i, (int)p, (long long)len);
     }
     TL_TRY(tl_check_user_range(c->path, "/sft/user", "example", ds->user, n, ds->n_users, c->err));
-    return tl_check_tokens(c->path, "/sft/tokens", "example", ds->tokens, ds->offsets, n, model_vocab,
-                           ds->vocab_size_attr, c->err);
+    TL_TRY(tl_check_tokens(c->path, "/sft/tokens", "example", ds->tokens, ds->offsets, n, model_vocab,
+                           ds->vocab_size_attr, c->err));
+    /* A token is trained when it is a response token at position >= 1 (tl_batcher.h); truncation to any
+     * max_seq_len >= 2 keeps at least one such token, so this holds for every run. A file where no example has
+     * one would "train" nothing and export untouched adapters; single users without one stay allowed. */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t len = ds->offsets[i + 1] - ds->offsets[i];
+        if (len - ds->prompt_len[i] >= 1 && len >= 2) return TL_OK;
+    }
+    return tl_fail(c->err, TL_ERR_INPUT, "%s: /sft/prompt_len: no example has a token to train on (each is all "
+                   "prompt or shorter than 2 tokens), expected at least one example with a response", c->path);
 }
 
 void tl_sft_free(tl_sft_dataset *ds) {

@@ -61,7 +61,16 @@ static tl_status read_pairs(tl_h5_reader *r, tl_pref_dataset *ds, int model_voca
         TL_TRY(tl_check_tokens(path, tok_name[k], "pair", p->tokens, p->offsets, n, model_vocab, ds->vocab_size_attr,
                                err));
     }
-    return TL_OK;
+    /* A pair trains when both its sequences (prompt + response) have a trained token, i.e. at least 2 tokens
+     * (responses are non-empty, checked above); truncation keeps that (tl_pref.h). If no pair does, every pair
+     * would be skipped and the run would export untouched adapters. */
+    const int64_t *po = ds->prompt.offsets, *co = ds->chosen.offsets, *ro = ds->rejected.offsets;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t p = po[i + 1] - po[i];
+        if (p + co[i + 1] - co[i] >= 2 && p + ro[i + 1] - ro[i] >= 2) return TL_OK;
+    }
+    return tl_fail(err, TL_ERR_INPUT, "%s: /pref/prompt/offsets: no pair has a token to train on (each has an empty "
+                   "prompt and a 1-token response), expected at least one pair with 2 or more tokens per side", path);
 }
 
 void tl_pref_free(tl_pref_dataset *ds) {

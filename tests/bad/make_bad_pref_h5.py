@@ -10,13 +10,18 @@ KIND (and what tailor must report, exit code 2, one line naming the file):
   user_out_of_range  /pref/user of pair 4 is 7 with 3 users -> "/pref/user: pair 4 has user 7 ..."
   empty_chosen       pair 2's chosen response has no token -> "/pref/chosen/offsets: pair 2 has an empty chosen ..."
   empty_rejected     pair 3's rejected response has no token -> "/pref/rejected/offsets: pair 3 has an empty ..."
+  nothing_trainable  every prompt empty and every response 1 token: no pair has a token to train on
+                     -> "/pref/prompt/offsets: no pair has a token to train on ..."
+  external_users     /users/name is an external link to OUT.ext.h5:/name (a valid names array)
+                     -> "/users/name: is an external or user-defined link ..."
 """
 import sys
 
 import h5py
 import numpy as np
 
-KINDS = ("good", "missing_group", "offsets_mismatch", "user_out_of_range", "empty_chosen", "empty_rejected")
+KINDS = ("good", "missing_group", "offsets_mismatch", "user_out_of_range", "empty_chosen", "empty_rejected",
+         "nothing_trainable", "external_users")
 
 
 def main(argv):
@@ -38,12 +43,19 @@ def main(argv):
         lens["rejected"][3] = 0
     elif kind == "user_out_of_range":
         users[4] = 7
+    elif kind == "nothing_trainable":
+        lens = {"prompt": [0] * 6, "chosen": [1] * 6, "rejected": [1] * 6}
 
     with h5py.File(out, "w") as f:
         f.attrs["tailor_format"] = 1
         f.attrs["kind"] = "preference"
         s = h5py.string_dtype("utf-8")
-        f.create_dataset("users/name", data=np.array(names, dtype=object), dtype=s)
+        if kind == "external_users":
+            with h5py.File(out + ".ext.h5", "w") as g:
+                g.create_dataset("name", data=np.array(names, dtype=object), dtype=s)
+            f["users/name"] = h5py.ExternalLink(out.rsplit("/", 1)[-1] + ".ext.h5", "/name")
+        else:
+            f.create_dataset("users/name", data=np.array(names, dtype=object), dtype=s)
         if kind != "missing_group":
             f.create_dataset("users/group", data=np.array(groups, dtype=object), dtype=s)
         for part, ln in lens.items():
