@@ -253,3 +253,9 @@ tl_status tl_replace_dir(const char *tmp_dir, const char *final_dir, tl_error *e
     TL_TRY(tl_fsync_dir(parent, err));
     return tl_remove_tree(old, err);
 }
+
+int tl_json_int(double d, int64_t lo, int64_t hi, int64_t *out) {
+    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return 0;
+    *out = (int64_t)d;
+    return 1;
+}

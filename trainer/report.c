@@ -16,6 +16,9 @@
 #include "tl_fsutil.h"
 
 #define REPORT_MAX_INPUT ((size_t)1 << 30)
+#define REPORT_MAX_STEP ((int64_t)1 << 53) /* steps are exact in a double up to here */
+#define REPORT_MAX_VALUE 1e300             /* |metric| bound: chart ranges stay finite */
+#define REPORT_MAX_TICKS 64                /* grid lines per axis, whatever the data */
 
 /* ---- growing output buffer; an allocation failure is remembered and reported once at the end ---- */
 typedef struct {
@@ -163,14 +166,17 @@ static tl_status read_metrics(const char *path, series *s, size_t *records, tl_e
             } else if (!cJSON_IsObject(o) || !cJSON_IsNumber(step)) {
                 st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: expected a JSON object with a numeric \"step\"", path,
                              line_no);
+            } else if (!tl_json_int(step->valuedouble, 0, REPORT_MAX_STEP, &(int64_t){0})) {
+                st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"step\" is %g, expected an integer in [0, 2^53]", path,
+                             line_no, step->valuedouble);
             } else {
                 (*records)++;
                 for (int k = 0; k < S_COUNT && st == TL_OK; k++) {
                     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, series_key[k]);
                     if (!v || cJSON_IsNull(v)) continue;
-                    if (!cJSON_IsNumber(v))
-                        st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"%s\" is not a number", path, line_no,
-                                     series_key[k]);
+                    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > REPORT_MAX_VALUE)
+                        st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"%s\" is not a finite number of magnitude "
+                                     "<= 1e300 (or null)", path, line_no, series_key[k]);
                     else if (series_push(&s[k], step->valuedouble, v->valuedouble))
                         st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
                 }
@@ -215,13 +221,19 @@ static void chart(sbuf *b, const series *s, const char *key, const char *title) 
     sb_printf(b, "<text class=\"title\" x=\"%.0f\" y=\"18\">", L);
     sb_esc(b, title);
     sb_puts(b, "</text>\n<g class=\"grid\">\n");
-    for (double v = y0; v <= y1 + ys * 0.5; v += ys) {
+    /* ticks by count, never by adding a step that may vanish next to a huge value */
+    double nyt = (y1 - y0) / ys, nxt0 = ceil(x0 / xs), nxt = floor((x1 + xs * 1e-9) / xs) - nxt0;
+    int ny = isfinite(nyt) && nyt >= 0 ? (int)fmin(REPORT_MAX_TICKS, floor(nyt + 0.5)) : 0;
+    int nx = isfinite(nxt) && nxt >= 0 ? (int)fmin(REPORT_MAX_TICKS, nxt) : -1;
+    for (int i = 0; i <= ny; i++) {
+        double v = y0 + i * ys;
         double y = PY(v);
         sb_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
                      "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
                   L, y, W - R, y, L - 6, y + 4, fabs(v) < ys * 1e-9 ? 0.0 : v);
     }
-    for (double v = ceil(x0 / xs) * xs; v <= x1 + xs * 1e-9; v += xs) {
+    for (int i = 0; i <= nx; i++) {
+        double v = (nxt0 + i) * xs;
         double x = PX(v);
         sb_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
                      "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.6g</text>\n",

@@ -7,6 +7,7 @@
 #define TL_FSUTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../kernels/tl_status.h"
 
@@ -50,5 +51,10 @@ tl_status tl_rename_into_place(const char *from, const char *to, tl_error *err);
  * final_dir, and the old tree is removed; if the second rename fails the old directory is renamed back. Both
  * must be on the same file system (siblings). tmp_dir should already be fsynced (tl_fsync_dir). */
 tl_status tl_replace_dir(const char *tmp_dir, const char *final_dir, tl_error *err);
+
+/* A number read from a JSON file (cJSON's valuedouble) that claims to be an integer: 1 and *out = d when d is
+ * exactly integral and in [lo, hi] (bounds within +-2^53, where doubles are exact), else 0 (NaN, +-inf, 2.5,
+ * 2^62 and -1 for lo = 0 are all refused, never truncated). */
+int tl_json_int(double d, int64_t lo, int64_t hi, int64_t *out);
 
 #endif

@@ -249,6 +249,14 @@ typedef struct {
     FILE *f;
 } tl_metrics;
 
+/* A number for metrics.jsonl: NaN and infinities (a diverged run) become null, as JSON has no other spelling
+ * for them and tailor report reads null as "no value". buf: 48 bytes. */
+static const char *jnum(char *buf, const char *fmt, double v) {
+    if (!isfinite(v)) return "null";
+    snprintf(buf, 48, fmt, v);
+    return buf;
+}
+
 /* Opens metrics.jsonl for appending; on resume drops records past the resumed step so the file tells one story. */
 static tl_status metrics_open(tl_metrics *M, const char *run_dir, int64_t keep_upto, tl_error *err) {
     char path[TL_PATH_MAX + 32];
@@ -435,9 +443,10 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
                 tl_eval_print(&r, &names, ui->out);
             }
         } else {
+            char j[2][48];
             if (metrics)
-                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_base_loss\": %.6f, \"eval_tokens\": %lld}\n",
-                        (long long)step, l, b, (long long)t), fflush(metrics);
+                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %s, \"eval_base_loss\": %s, \"eval_tokens\": %lld}\n",
+                        (long long)step, jnum(j[0], "%.6f", l), jnum(j[1], "%.6f", b), (long long)t), fflush(metrics);
             if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
             s = TL_OK;
         }
@@ -478,10 +487,12 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
             tl_pref_eval_print(&r, &names, ui->out);
         }
     } else {
+        char j[3][48];
         if (metrics)
-            fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %.6f, \"eval_accuracy\": %.6f, \"eval_margin\": %.6f}\n",
-                    (long long)step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
-                    mean[TL_PREF_M_REWARDS_MARGINS]), fflush(metrics);
+            fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %s, \"eval_accuracy\": %s, \"eval_margin\": %s}\n",
+                    (long long)step, jnum(j[0], "%.6f", mean[TL_PREF_M_LOSS]),
+                    jnum(j[1], "%.6f", mean[TL_PREF_M_REWARDS_ACCURACIES]),
+                    jnum(j[2], "%.6f", mean[TL_PREF_M_REWARDS_MARGINS])), fflush(metrics);
         if (!ui->quiet)
             fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
                     mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
@@ -963,10 +974,12 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
             if (cnt) loss /= cnt, gn /= cnt, lr /= cnt;
             double t = now_s(), tps = L.tok_since / fmax(t - t_last, 1e-9);
             if (M.f) {
+                char j[4][48];
                 fprintf(M.f,
-                        "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens\": %lld, "
-                        "\"tokens_per_s\": %.1f, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
-                        (long long)done_steps, loss, lr, gn, (long long)L.tokens, tps, t - t0, cnt,
+                        "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tokens\": %lld, "
+                        "\"tokens_per_s\": %s, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
+                        (long long)done_steps, jnum(j[0], "%.6f", loss), jnum(j[1], "%.6g", lr),
+                        jnum(j[2], "%.6f", gn), (long long)L.tokens, jnum(j[3], "%.1f", tps), t - t0, cnt,
                         (long long)L.truncated);
                 if (pst) { /* TRL's batch means over the step's pairs */
                     double mean[TL_PREF_N_METRICS];
