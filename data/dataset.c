@@ -8,11 +8,17 @@
 #include "tl_dataset.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 struct tl_h5_reader {
     const char *path;
@@ -596,7 +602,7 @@ void tl_sft_free(tl_sft_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
-tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
+static tl_status sft_open_direct(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
     memset(out, 0, sizeof *out);
     tl_h5_reader *r = NULL;
     TL_TRY(tl_h5_reader_open(path, &r, err));
@@ -609,6 +615,145 @@ tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl
     st = tl_h5_reader_close(r, st, err);
     if (st != TL_OK) tl_sft_free(out);
     return st;
+}
+
+static tl_status sft_job(const char *path, void *arg, tl_error *err) {
+    tl_sft_dataset ds;
+    tl_status st = sft_open_direct(path, *(const int *)arg, &ds, err);
+    if (st == TL_OK) tl_sft_free(&ds);
+    return st;
+}
+
+tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    TL_TRY(tl_h5_isolated(path, sft_job, &model_vocab, err));
+    return sft_open_direct(path, model_vocab, out, err);
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Isolation: libhdf5 trusts a file's metadata; a corrupt B-tree, heap or object header can make it read out
+ * of bounds, abort on an assertion or loop forever, and none of that can be caught in-process. So every open
+ * first runs the whole validation (open, read and check everything, exactly what the caller will run) in a
+ * forked child with a time limit, and turns a crash or a hang there into one line naming the file; only then
+ * does the caller read the file in its own process. The child inherits an initialised libhdf5 with no file
+ * open (readers close theirs), uses nothing but HDF5 and malloc (never MPI, CUDA, OpenMP or stdio: its stdout
+ * and stderr go to /dev/null), reports through a pipe in one write of less than PIPE_BUF and ends with _exit,
+ * so no atexit handler (HDF5's, LSan's, MPI's) and no inherited stdio buffer runs twice. Under AddressSanitizer
+ * a crash in the child ends in an exit status, not a signal: any end without a complete report is a crash. */
+
+#define ISO_MAGIC 0x74683566u /* "th5f" */
+
+typedef struct {
+    uint32_t magic;
+    int32_t code;
+    char msg[sizeof(((tl_error *)0)->msg)];
+} iso_report;
+
+/* An optional integer environment variable in [lo, hi]; anything else is TL_ERR_INPUT naming it. */
+static tl_status env_long(const char *name, long lo, long hi, long dflt, long *out, tl_error *err) {
+    *out = dflt;
+    const char *v = getenv(name);
+    if (!v || !*v) return TL_OK;
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return tl_fail(err, TL_ERR_INPUT, "environment %s: \"%.40s\", expected an integer in [%ld, %ld]", name, v, lo,
+                       hi);
+    *out = x;
+    return TL_OK;
+}
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *err) {
+    long on = 1, limit = 0;
+    TL_TRY(env_long("TAILOR_HDF5_ISOLATE", 0, 1, 1, &on, err));
+    if (!on) return TL_OK;
+    /* default: 60 s plus 1 s per 16 MiB, far above what a sound file needs (reading runs at GB/s) */
+    struct stat sb;
+    long dflt = 60 + (stat(path, &sb) == 0 && sb.st_size > 0 ? (long)(sb.st_size >> 24) : 0);
+    TL_TRY(env_long("TAILOR_HDF5_TIMEOUT_S", 1, 1000000, dflt, &limit, err));
+    int fds[2];
+    if (pipe(fds) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create a pipe: %s", path, strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot start the process that checks it: %s", path, strerror(e));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        int dn = open("/dev/null", O_WRONLY);
+        if (dn >= 0) {
+            dup2(dn, STDOUT_FILENO);
+            dup2(dn, STDERR_FILENO);
+            if (dn > STDERR_FILENO) close(dn);
+        }
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        static iso_report rep; /* static: no large frame on the child's stack */
+        tl_error e;
+        memset(&e, 0, sizeof e);
+        rep.code = (int32_t)job(path, arg, &e);
+        rep.magic = ISO_MAGIC;
+        memcpy(rep.msg, e.msg, sizeof rep.msg);
+        rep.msg[sizeof rep.msg - 1] = '\0';
+        const char *p = (const char *)&rep;
+        size_t left = sizeof rep;
+        while (left > 0) {
+            ssize_t w = write(fds[1], p, left);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) _exit(3);
+            p += w;
+            left -= (size_t)w;
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    iso_report rep;
+    size_t got = 0;
+    int timed_out = 0;
+    const double deadline = mono_s() + (double)limit;
+    while (got < sizeof rep) {
+        double left = deadline - mono_s();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pf = {.fd = fds[0], .events = POLLIN};
+        int pr = poll(&pf, 1, left > 1e6 ? 1000000000 : (int)(left * 1000.0) + 1);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr < 0) break;
+        if (pr == 0) continue; /* the deadline is checked at the top */
+        ssize_t r = read(fds[0], (char *)&rep + got, sizeof rep - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break; /* EOF: the child ended */
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    if (timed_out) kill(pid, SIGKILL);
+    int wst = 0;
+    pid_t w;
+    do w = waitpid(pid, &wst, 0);
+    while (w < 0 && errno == EINTR);
+    if (got == sizeof rep && rep.magic == ISO_MAGIC) {
+        if (rep.code == TL_OK) return TL_OK;
+        rep.msg[sizeof rep.msg - 1] = '\0';
+        return tl_fail(err, rep.code == TL_ERR_INPUT ? TL_ERR_INPUT : TL_ERR_RUNTIME, "%s", rep.msg);
+    }
+    if (timed_out)
+        return tl_fail(err, TL_ERR_INPUT, "%s: libhdf5 hung reading it (no result in %ld s, TAILOR_HDF5_TIMEOUT_S): "
+                       "the file is corrupt", path, limit);
+    if (w == pid && WIFSIGNALED(wst))
+        return tl_fail(err, TL_ERR_INPUT, "%s: libhdf5 crashed reading it (signal %d, %s): the file is corrupt", path,
+                       WTERMSIG(wst), strsignal(WTERMSIG(wst)));
+    return tl_fail(err, TL_ERR_INPUT, "%s: libhdf5 crashed reading it (the checking process ended with status %d "
+                   "and no result): the file is corrupt", path, w == pid && WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
 }
 
 /* ------------------------------------------------------------------------------------------------------------
@@ -738,7 +883,7 @@ tl_status tl_check_tokens(const char *path, const char *name, const char *item, 
     return TL_OK;
 }
 
-tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err) {
+static tl_status kind_direct(const char *path, char *kind, size_t cap, tl_error *err) {
     if (cap) kind[0] = '\0';
     tl_h5_reader *r = NULL;
     TL_TRY(tl_h5_reader_open(path, &r, err));
@@ -753,4 +898,21 @@ tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err) {
     if (st == TL_OK) memcpy(kind, k, strlen(k) + 1);
     free(k);
     return tl_h5_reader_close(r, st, err);
+}
+
+typedef struct {
+    char *kind;
+    size_t cap;
+} kind_arg;
+
+static tl_status kind_job(const char *path, void *arg, tl_error *err) {
+    kind_arg *k = arg;
+    return kind_direct(path, k->kind, k->cap, err);
+}
+
+tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err) {
+    if (cap) kind[0] = '\0';
+    kind_arg k = {kind, cap};
+    TL_TRY(tl_h5_isolated(path, kind_job, &k, err));
+    return kind_direct(path, kind, cap, err);
 }

@@ -86,7 +86,7 @@ void tl_pref_free(tl_pref_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
-tl_status tl_pref_open(const char *path, int model_vocab, tl_pref_dataset *out, tl_error *err) {
+static tl_status pref_open_direct(const char *path, int model_vocab, tl_pref_dataset *out, tl_error *err) {
     memset(out, 0, sizeof *out);
     tl_h5_reader *r = NULL;
     TL_TRY(tl_h5_reader_open(path, &r, err));
@@ -99,4 +99,19 @@ tl_status tl_pref_open(const char *path, int model_vocab, tl_pref_dataset *out, 
     st = tl_h5_reader_close(r, st, err);
     if (st != TL_OK) tl_pref_free(out);
     return st;
+}
+
+static tl_status pref_job(const char *path, void *arg, tl_error *err) {
+    tl_pref_dataset ds;
+    tl_status st = pref_open_direct(path, *(const int *)arg, &ds, err);
+    if (st == TL_OK) tl_pref_free(&ds);
+    return st;
+}
+
+/* First the whole open in a separate process (tl_h5_isolated: a crash or hang of libhdf5 on a corrupt file
+ * becomes one error line), then in this one. */
+tl_status tl_pref_open(const char *path, int model_vocab, tl_pref_dataset *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    TL_TRY(tl_h5_isolated(path, pref_job, &model_vocab, err));
+    return pref_open_direct(path, model_vocab, out, err);
 }

@@ -46,6 +46,17 @@ tl_status tl_h5_kind(const char *path, char *kind, size_t cap, tl_error *err);
 
 typedef struct tl_h5_reader tl_h5_reader;
 
+/* Runs job(path, arg, err) in a forked child process (its stdout/stderr on /dev/null, HDF5 error printing off)
+ * and returns its status and message; a child that crashes (a signal, or an exit without reporting, as under
+ * AddressSanitizer) or runs longer than the limit (killed) is TL_ERR_INPUT "<file>: libhdf5 crashed|hung
+ * reading it ...: the file is corrupt". The child's results are discarded: the caller runs the job again in
+ * its own process once this returns TL_OK. Environment: TAILOR_HDF5_ISOLATE=0 skips the child (trusted files;
+ * returns TL_OK at once), TAILOR_HDF5_TIMEOUT_S sets the limit (default 60 s + 1 s per 16 MiB of file); a
+ * malformed value is TL_ERR_INPUT naming the variable. tl_sft_open, tl_pref_open and tl_h5_kind all use it.
+ * The job must touch nothing but the file, HDF5 and memory (no MPI, CUDA, OpenMP or stdio). */
+typedef tl_status (*tl_h5_job)(const char *path, void *arg, tl_error *err);
+tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *err);
+
 /* Checks that path is a readable file (not a directory) in HDF5 format and opens it read-only. HDF5's own error
  * printing is off from here until tl_h5_reader_close, which restores the caller's setting. `path` must outlive
  * the reader. */
