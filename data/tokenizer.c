@@ -229,8 +229,17 @@ static char *bytelevel_decode(const char *s, size_t n, const int16_t *inv, size_
     return out;
 }
 
+/* The names of the vocabulary, added-token and merge fields in the source, for error messages: a tokenizer read
+ * from GGUF metadata reports GGUF keys, not tokenizer.json's. */
+typedef struct {
+    const char *vocab, *added, *merges;
+    int added_by_id; /* index added-token messages by token id (GGUF: the index into tokenizer.ggml.tokens) */
+} tok_fields;
+static const tok_fields JSON_FIELDS = {"model.vocab", "added_tokens", "model.merges", 0};
+static const tok_fields GGUF_FIELDS = {"tokenizer.ggml.tokens", "tokenizer.ggml.tokens", "tokenizer.ggml.merges", 1};
+
 /* Takes ownership of strings (all the const char* inputs point into it). */
-static tl_status build(const char *what, char *strings, const vocab_in *vocab, size_t n_vocab, const merge_in *merges,
+static tl_status build(const char *what, const tok_fields *f, char *strings, const vocab_in *vocab, size_t n_vocab, const merge_in *merges,
                        size_t n_merges, const added_in *added, size_t n_added, tl_tokenizer **out, tl_error *err) {
     tl_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
@@ -242,15 +251,15 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
     t->bos_id = -1;
     int32_t max_id = -1;
     for (size_t i = 0; i < n_vocab; i++) {
-        if (vocab[i].id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: model.vocab: negative id %d for token \"%s\"", what, vocab[i].id, vocab[i].s));
+        if (vocab[i].id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: negative id %d for token \"%s\"", what, f->vocab, vocab[i].id, vocab[i].s));
         if (vocab[i].id > max_id) max_id = vocab[i].id;
     }
     for (size_t i = 0; i < n_added; i++) {
-        if (added[i].id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: added_tokens[%zu]: negative id %d", what, i, added[i].id));
-        if (added[i].content[0] == '\0') return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: added_tokens[%zu]: empty content", what, i));
+        if (added[i].id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s[%zu]: negative id %d", what, f->added, f->added_by_id ? (size_t)added[i].id : i, added[i].id));
+        if (added[i].content[0] == '\0') return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s[%zu]: empty content", what, f->added, f->added_by_id ? (size_t)added[i].id : i));
         if (added[i].id > max_id) max_id = added[i].id;
     }
-    if (max_id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: model.vocab: empty vocabulary", what));
+    if (max_id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: empty vocabulary", what, f->vocab));
     t->n_ids = (size_t)max_id + 1;
     t->id_str = calloc(t->n_ids, sizeof *t->id_str);
     t->id_str_len = calloc(t->n_ids, sizeof *t->id_str_len);
@@ -270,9 +279,9 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
     for (size_t i = 0; i < n_vocab; i++) {
         size_t len = strlen(vocab[i].s);
         smap_slot *s = smap_find(&t->vocab, vocab[i].s, len);
-        if (s->key) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: model.vocab: token \"%s\" appears twice", what, vocab[i].s));
+        if (s->key) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: token \"%s\" appears twice", what, f->vocab, vocab[i].s));
         int32_t id = vocab[i].id;
-        if (t->id_str[id]) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: model.vocab: id %d given to \"%s\" and \"%s\"", what, id, t->id_str[id], vocab[i].s));
+        if (t->id_str[id]) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: id %d given to \"%s\" and \"%s\"", what, f->vocab, id, t->id_str[id], vocab[i].s));
         *s = (smap_slot){vocab[i].s, len, id};
         t->vocab.n++;
         t->id_str[id] = vocab[i].s;
@@ -290,7 +299,7 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
         size_t len = strlen(added[i].content);
         int32_t id = added[i].id;
         smap_slot *s = smap_find(&t->added_map, added[i].content, len);
-        if (s->key) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: added_tokens[%zu]: content \"%s\" appears twice", what, i, added[i].content));
+        if (s->key) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s[%zu]: content \"%s\" appears twice", what, f->added, f->added_by_id ? (size_t)added[i].id : i, added[i].content));
         *s = (smap_slot){added[i].content, len, id};
         t->added_map.n++;
         t->added[i] = (added_tok){added[i].content, len, id, added[i].normalized};
@@ -312,7 +321,7 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
         int32_t a = smap_get(&t->vocab, merges[i].left, merges[i].left_len);
         int32_t b = smap_get(&t->vocab, merges[i].right, merges[i].right_len);
         if (a < 0 || b < 0)
-            return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: model.merges[%zu]: token \"%s\" is not in the vocabulary", what, i, a < 0 ? merges[i].left : merges[i].right));
+            return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s[%zu]: token \"%s\" is not in the vocabulary", what, f->merges, i, a < 0 ? merges[i].left : merges[i].right));
         size_t n = merges[i].left_len + merges[i].right_len;
         char *cat = malloc(n + 1);
         if (!cat) return fail_free(t, tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", what));
@@ -320,7 +329,7 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
         memcpy(cat + merges[i].left_len, merges[i].right, merges[i].right_len);
         int32_t c = smap_get(&t->vocab, cat, n);
         if (c < 0) {
-            tl_fail(err, TL_ERR_INPUT, "%s: model.merges[%zu]: merged token \"%.*s\" is not in the vocabulary", what, i, (int)(n > 200 ? 200 : n), cat);
+            tl_fail(err, TL_ERR_INPUT, "%s: %s[%zu]: merged token \"%.*s\" is not in the vocabulary", what, f->merges, i, (int)(n > 200 ? 200 : n), cat);
             free(cat);
             return fail_free(t, TL_ERR_INPUT);
         }
@@ -336,6 +345,9 @@ static tl_status build(const char *what, char *strings, const vocab_in *vocab, s
 }
 
 /* ---- tokenizer.json ---- */
+
+/* an integral double within int32 (the cast alone is undefined for values out of range: 2^32+5 became 5) */
+static int is_int32(double x) { return x >= -2147483648.0 && x <= 2147483647.0 && x == (double)(int32_t)x; }
 
 static tl_status read_file(const char *path, char **out, tl_error *err) {
     FILE *f = fopen(path, "rb");
@@ -587,7 +599,7 @@ tl_status tl_tokenizer_load_json(const char *path, tl_tokenizer **out, tl_error 
     }
     size_t pos = 0, i = 0;
     cJSON_ArrayForEach(it, vocab) {
-        if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int32_t)it->valuedouble) {
+        if (!cJSON_IsNumber(it) || !is_int32(it->valuedouble)) {
             st = tl_fail(err, TL_ERR_INPUT, "%s: model.vocab[\"%s\"]: expected an integer id", path, it->string);
             goto done;
         }
@@ -623,7 +635,7 @@ tl_status tl_tokenizer_load_json(const char *path, tl_tokenizer **out, tl_error 
     if (na) cJSON_ArrayForEach(it, added) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "content");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!cJSON_IsString(c) || !cJSON_IsNumber(id) || id->valuedouble != (double)(int32_t)id->valuedouble) {
+        if (!cJSON_IsString(c) || !cJSON_IsNumber(id) || !is_int32(id->valuedouble)) {
             st = tl_fail(err, TL_ERR_INPUT, "%s: added_tokens[%zu]: expected string content and integer id", path, i);
             goto done;
         }
@@ -645,7 +657,7 @@ tl_status tl_tokenizer_load_json(const char *path, tl_tokenizer **out, tl_error 
     }
     char *a = arena;
     arena = NULL;
-    st = build(path, a, vin, nv, min, nm, ain, na, &t, err);
+    st = build(path, &JSON_FIELDS, a, vin, nv, min, nm, ain, na, &t, err);
     if (st != TL_OK) goto done;
     t->ignore_merges = im;
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
@@ -733,7 +745,7 @@ tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const cha
         min[i].right = arena_put(arena, &pos, sp + 1, min[i].right_len);
     }
     tl_tokenizer *t = NULL;
-    st = build(what, arena, vin, nv, min, n_merges, ain, na, &t, err);
+    st = build(what, &GGUF_FIELDS, arena, vin, nv, min, n_merges, ain, na, &t, err);
     arena = NULL;
     if (st != TL_OK) goto fail;
     memcpy(t->steps, steps, sizeof steps);

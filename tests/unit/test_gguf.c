@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "data/tl_gguf.h"
+#include "data/tl_model_tokenizer.h"
 #include "tests/lib/tl_check.h"
 #include "tests/lib/tl_rng_xorshift.h"
 
@@ -619,6 +620,61 @@ static void test_corrupt(void) {
     free(good.p), free(kv.p);
 }
 
+/* ------------------------------------------------------------------------------------------ tokenizer ids */
+
+/* A GGUF tokenizer's integers must fit what they name: a token id of 2^32 + 1 (1, a valid id, once truncated to int32) or one
+ * past the vocabulary, a token type outside 0..6, are refused naming the key and the file. */
+static void test_tokenizer_ints(void) {
+    static const struct {
+        const char *key;
+        uint32_t type; /* TL_GGUF_U64 / I32 / U32 scalar, or TL_GGUF_ARRAY for token_type */
+        int64_t v;
+        const char *want; /* NULL: loads */
+    } cases[] = {
+        {"tokenizer.ggml.bos_token_id", TL_GGUF_U64, (int64_t)((1ULL << 32) + 1), "tokenizer.ggml.bos_token_id"},
+        {"tokenizer.ggml.bos_token_id", TL_GGUF_U64, (int64_t)((1ULL << 32) + 5), "tokenizer.ggml.bos_token_id"},
+        {"tokenizer.ggml.bos_token_id", TL_GGUF_U32, 3, "tokenizer.ggml.bos_token_id"},
+        {"tokenizer.ggml.bos_token_id", TL_GGUF_I32, -2, "tokenizer.ggml.bos_token_id"},
+        {"tokenizer.ggml.bos_token_id", TL_GGUF_U32, 2, NULL},
+        {"tokenizer.ggml.eos_token_id", TL_GGUF_U64, (int64_t)((1ULL << 32) + 1), "tokenizer.ggml.eos_token_id"},
+        {"tokenizer.ggml.padding_token_id", TL_GGUF_U32, 99, "tokenizer.ggml.padding_token_id"},
+        {"tokenizer.ggml.eos_token_id", TL_GGUF_U32, 1, NULL},
+        {"tokenizer.ggml.token_type", TL_GGUF_ARRAY, 7, "tokenizer.ggml.token_type"},
+        {"tokenizer.ggml.token_type", TL_GGUF_ARRAY, (int64_t)((1ULL << 32) + 1), "tokenizer.ggml.token_type"},
+        {"tokenizer.ggml.token_type", TL_GGUF_ARRAY, 1, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        buf kv = {0};
+        int nkv = 0;
+        kv_str(&kv, "tokenizer.ggml.model", "gpt2"), nkv++;
+        kv_head(&kv, "tokenizer.ggml.tokens", TL_GGUF_ARRAY), u32(&kv, TL_GGUF_STRING), u64(&kv, 3), nkv++;
+        str(&kv, "a"), str(&kv, "b"), str(&kv, "ab");
+        kv_head(&kv, "tokenizer.ggml.merges", TL_GGUF_ARRAY), u32(&kv, TL_GGUF_STRING), u64(&kv, 1), nkv++;
+        str(&kv, "a b");
+        if (cases[i].type == TL_GGUF_ARRAY) {
+            kv_head(&kv, cases[i].key, TL_GGUF_ARRAY), u32(&kv, TL_GGUF_I64), u64(&kv, 3), nkv++;
+            u64(&kv, 1), u64(&kv, (uint64_t)cases[i].v), u64(&kv, 1);
+        } else {
+            kv_head(&kv, cases[i].key, cases[i].type), nkv++;
+            if (cases[i].type == TL_GGUF_U64) u64(&kv, (uint64_t)cases[i].v);
+            else u32(&kv, (uint32_t)cases[i].v);
+        }
+        buf b = make_file(3, &kv, nkv, NULL, 0, 32);
+        write_file(&b);
+        tl_tokenizer *t = NULL;
+        tl_error e = {0};
+        tl_status s = tl_tokenizer_for_model(g_path, &t, &e);
+        if (!cases[i].want) {
+            CHECK(s == TL_OK, "case %zu (%s): %s", i, cases[i].key, e.msg);
+        } else {
+            expect_input_err(s, &e, cases[i].want, __LINE__);
+            CHECK(t == NULL, "case %zu: a tokenizer came back", i);
+        }
+        tl_tokenizer_free(t);
+        free(b.p), free(kv.p);
+    }
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     snprintf(g_path, sizeof g_path, "%s/tl_gguf_test_%ld.gguf", tmp && *tmp ? tmp : "/tmp", (long)getpid());
@@ -629,6 +685,7 @@ int main(void) {
     test_dequant();
     test_model();
     test_corrupt();
+    test_tokenizer_ints();
     unlink(g_path);
     return tl_check_done_seed("test_gguf", seed);
 }

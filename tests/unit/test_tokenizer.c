@@ -178,6 +178,22 @@ int main(void) {
     CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks, 4, mer_bad, 1, NULL, -1, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "merges[0]"),
           "bad merge refused: %s", err.msg);
+    /* a tokenizer from GGUF metadata names the GGUF keys, never tokenizer.json's fields */
+    const char *mer_unknown[] = {"a q"};
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks, 4, mer_unknown, 1, NULL, -1, &g, &err) ==
+                  TL_ERR_INPUT &&
+              strstr(err.msg, "x.gguf: tokenizer.ggml.merges[0]") && !strstr(err.msg, "model."),
+          "unknown merge token: %s", err.msg);
+    const char *toks_dup[] = {"a", "b", "a", "ab"};
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks_dup, 4, mer, 1, NULL, -1, &g, &err) ==
+                  TL_ERR_INPUT &&
+              strstr(err.msg, "x.gguf: tokenizer.ggml.tokens") && !strstr(err.msg, "model.vocab"),
+          "duplicate token: %s", err.msg);
+    const char *toks_empty_added[] = {"a", "b", "ab", ""};
+    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks_empty_added, 4, mer, 1, types, -1, &g, &err) ==
+                  TL_ERR_INPUT &&
+              strstr(err.msg, "tokenizer.ggml.tokens[3]") && !strstr(err.msg, "added_tokens"),
+          "empty control token: %s", err.msg);
 
     /* ---- ChatML ---- */
     tl_chat_msg msgs[] = {{"user", "Hi"}, {"assistant", "Hello!\n"}};
