@@ -892,7 +892,7 @@ static void test_plumbing(void) {
         check("second cpu backend", 1, 0);
         return;
     }
-    float x[4] = {1, 2, 3, 4}, W[8] = {1, 0, 0, 1, 1, 1, 0, 0}, logp[2], work[4];
+    float x[4] = {1, 2, 3, 4}, W[8] = {1, 0, 0, 1, 1, 1, 0, 0}, logp[2], work[2 * 4]; /* work [chunk, V] */
     int32_t t[2] = {1, 9};
     be2->ce_fwd_bwd(be2, logp, NULL, x, W, t, NULL, 2, 2, 4, work, 2);
     tl_status s1 = be2->status(be2, &err), s2 = be2->status(be2, &err);
