@@ -517,7 +517,7 @@ static int gen_usage_error(const char *msg, const char *arg) {
 static int parse_int_opt(const char *flag, const char *v, int64_t lo, int64_t hi, int *out) {
     tl_error e = {0};
     char what[64];
-    int64_t x;
+    int64_t x = 0; /* set by tl_parse_i64 on success, the only path that reads it */
     snprintf(what, sizeof what, "generate: %s", flag);
     if (tl_parse_i64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
     *out = (int)x;
@@ -527,7 +527,7 @@ static int parse_int_opt(const char *flag, const char *v, int64_t lo, int64_t hi
 static int parse_float_opt(const char *flag, const char *v, double lo, double hi, int open_lo, float *out) {
     tl_error e = {0};
     char what[64];
-    double x;
+    double x = 0.0; /* set by tl_parse_f64 on success, the only path that reads it */
     snprintf(what, sizeof what, "generate: %s", flag);
     if (tl_parse_f64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
     if (open_lo && !(x > lo)) {
@@ -714,7 +714,7 @@ int tl_generate_main(int argc, char **argv) {
         else if (!strcmp(a, "--top-p")) rc = parse_float_opt(a, v, 0, 1, 1, &g.o.top_p);
         else {
             tl_error e = {0};
-            uint64_t seed;
+            uint64_t seed = 0; /* set by tl_parse_u64 on success */
             if (tl_parse_u64("generate: --seed", v, 0, UINT64_MAX, &seed, &e) != TL_OK) rc = gen_fail(&e);
             else g.o.seed = seed;
         }

@@ -122,7 +122,7 @@ static int cmd_data(int argc, char **argv) {
 static int parse_int_arg(const char *flag, const char *v, long lo, long hi, long *out) {
     tl_error err = {0};
     char what[64];
-    int64_t x;
+    int64_t x = 0; /* set by tl_parse_i64 on success, the only path that reads it */
     snprintf(what, sizeof what, "make-model %s", flag);
     if (tl_parse_i64(what, v, lo, hi, &x, &err) != TL_OK) return fail(&err);
     *out = (long)x;
