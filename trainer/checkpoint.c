@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../data/tl_safetensors.h"
@@ -426,26 +427,13 @@ static tl_status read_i64(tl_st_file *f, const char *name, int64_t *dst, size_t 
     return s;
 }
 
-/* ints = steps [ns], cursors [ns, 2], global_step [1], each read by read_i64: an adapter cannot have taken more
- * steps than the run. */
-static tl_status check_steps(tl_st_file *f, const int64_t *ints, size_t ns, tl_error *err) {
-    int64_t gs = ints[ns * 3];
-    for (size_t i = 0; i < ns; i++)
-        if (ints[i] > gs)
-            return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'steps'[%zu] = %lld, more than global_step %lld",
-                           tl_st_path(f), i, (long long)ints[i], (long long)gs);
-    return TL_OK;
-}
-
-/* n floats of tensor `name` (rows [row0, ...) of width P) are finite; v, Adam's second moment, is also >= 0. */
+/* n floats of tensor `name` (rows [row0, ...) of width P) are all finite: a NaN or Inf would train on silently. */
 static tl_status check_finite(tl_st_file *f, const char *name, const float *w, size_t n, size_t row0, size_t P,
                               tl_error *err) {
-    int moment2 = strcmp(name, "v") == 0;
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(w[i]) || (moment2 && w[i] < 0))
+        if (!isfinite(w[i]))
             return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' [adapter %zu, element %zu] is %g, expected a finite "
-                           "number%s", tl_st_path(f), name, row0 + i / P, i % P, (double)w[i],
-                           moment2 ? " >= 0" : "");
+                           "number", tl_st_path(f), name, row0 + i / P, i % P, (double)w[i]);
     return TL_OK;
 }
 
@@ -532,7 +520,6 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
     if (s == TL_OK) s = read_i64(f, "steps", ints, ns, err);
     if (s == TL_OK) s = read_i64(f, "cursors", ints + ns, ns * 2, err);
     if (s == TL_OK) s = read_i64(f, "global_step", ints + ns * 3, 1, err);
-    if (s == TL_OK) s = check_steps(f, ints, ns, err);
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
     int64_t sh2[2] = {(int64_t)ns, (int64_t)p->P};
@@ -576,7 +563,6 @@ tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_back
     if (s == TL_OK) s = read_i64(f, "steps", ints, nr, err);
     if (s == TL_OK) s = read_i64(f, "cursors", ints + nr, nr * 2, err);
     if (s == TL_OK) s = read_i64(f, "global_step", ints + nr * 3, 1, err);
-    if (s == TL_OK) s = check_steps(f, ints, nr, err);
     /* only this pool's rows of the large tensors: F32 [n_run, P], checked above */
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
@@ -626,4 +612,81 @@ tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl
     if (s == TL_OK) s = read_i64(f, "global_step", global_step, 1, err);
     tl_st_close(f);
     return s;
+}
+
+/* ---- setting an earlier run aside ---- */
+
+static const char *const RUN_OUTPUTS[] = {"checkpoints", "adapters", "metrics.jsonl", "eval.json", "report.html",
+                                          "config.yaml"};
+#define N_RUN_OUTPUTS ((int)(sizeof RUN_OUTPUTS / sizeof RUN_OUTPUTS[0]))
+
+/* Creates <run_dir>/previous/.tmp-<stamp>-<pid> and names the final <run_dir>/previous/<stamp>[-k] that is free. */
+static tl_status aside_dirs(const char *run_dir, char *tmp, char *fin, size_t cap, tl_error *err) {
+    char prev[TL_PATH_MAX], stamp[32], name[64];
+    TL_TRY(tl_path_join(prev, sizeof prev, run_dir, "previous", err));
+    TL_TRY(tl_mkdir_p(prev, err));
+    time_t now = time(NULL);
+    struct tm tm;
+    if (!gmtime_r(&now, &tm) || !strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm))
+        snprintf(stamp, sizeof stamp, "%lld", (long long)now);
+    for (int k = 1;; k++) {
+        if (k == 1) snprintf(name, sizeof name, "%s", stamp);
+        else snprintf(name, sizeof name, "%s-%d", stamp, k);
+        TL_TRY(tl_path_join(fin, cap, prev, name, err));
+        if (!tl_path_exists(fin)) break;
+        if (k == 1000) return tl_fail(err, TL_ERR_RUNTIME, "%s: 1000 earlier runs set aside this second", prev);
+    }
+    snprintf(name, sizeof name, ".tmp-%s-%ld", stamp, (long)getpid());
+    TL_TRY(tl_path_join(tmp, cap, prev, name, err));
+    TL_TRY(tl_remove_tree(tmp, err)); /* a leftover of a crashed process with our pid: ours */
+    if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
+    return TL_OK;
+}
+
+tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_t cap, int *moved, tl_error *err) {
+    *moved = 0;
+    char from[TL_PATH_MAX], to[TL_PATH_MAX], tmp[TL_PATH_MAX], ckdir[TL_PATH_MAX];
+    ck_entry *v = NULL;
+    int n = 0, any = 0;
+    TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
+    if (after >= 0) {
+        TL_TRY(list_checkpoints(ckdir, &v, &n, 0, err));
+        for (int i = 0; i < n; i++) any |= v[i].step > after;
+    } else {
+        for (int i = 0; i < 4; i++) { /* outputs of a run; config.yaml and report.html alone are not one */
+            TL_TRY(tl_path_join(from, sizeof from, run_dir, RUN_OUTPUTS[i], err));
+            any |= tl_path_exists(from);
+        }
+    }
+    if (!any) {
+        free(v);
+        return TL_OK;
+    }
+    tl_status s = aside_dirs(run_dir, tmp, dest, cap, err);
+    if (!s && after >= 0) { /* only the checkpoints past `after` */
+        s = tl_path_join(to, sizeof to, tmp, "checkpoints", err);
+        if (!s && mkdir(to, 0755) != 0) s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", to, strerror(errno));
+        for (int i = 0; !s && i < n; i++) {
+            if (v[i].step <= after) continue;
+            char t2[TL_PATH_MAX];
+            s = tl_path_join(from, sizeof from, ckdir, v[i].name, err);
+            if (!s) s = tl_path_join(t2, sizeof t2, to, v[i].name, err);
+            if (!s && rename(from, t2) != 0)
+                s = tl_fail(err, TL_ERR_RUNTIME, "cannot move %s to %s: %s", from, t2, strerror(errno));
+        }
+    }
+    for (int i = 0; !s && after < 0 && i < N_RUN_OUTPUTS; i++) {
+        s = tl_path_join(from, sizeof from, run_dir, RUN_OUTPUTS[i], err);
+        if (!s) s = tl_path_join(to, sizeof to, tmp, RUN_OUTPUTS[i], err);
+        if (!s && tl_path_exists(from) && rename(from, to) != 0)
+            s = tl_fail(err, TL_ERR_RUNTIME, "cannot move %s to %s: %s", from, to, strerror(errno));
+    }
+    free(v);
+    /* on failure what was moved stays in tmp, nothing is lost; the message names the place */
+    if (!s) s = tl_fsync_dir(tmp, err);
+    if (!s) s = tl_rename_into_place(tmp, dest, err);
+    if (!s) s = tl_fsync_dir(run_dir, err);
+    if (s) return tl_wrap(err, "setting the earlier run of %s aside (into %s)", run_dir, tmp);
+    *moved = 1;
+    return TL_OK;
 }

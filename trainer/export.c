@@ -310,30 +310,100 @@ static tl_status assign_dirs(const tl_lora_pool *p, char **dirs, tl_error *err) 
     return s;
 }
 
-/* An existing out_dir may be replaced only if it is an earlier export (has index.json) or empty. */
+/* An existing out_dir may be replaced only if it is empty, or is an earlier tailor export: its index.json (a
+ * regular file) carries "format": TL_EXPORT_FORMAT and every entry of out_dir is index.json or an adapter folder
+ * that index.json lists. Anything else is refused, so replacing never deletes what tailor did not write. */
 static tl_status check_replaceable(const char *out_dir, tl_error *err) {
     struct stat st;
-    if (lstat(out_dir, &st) != 0) return TL_OK;
+    if (lstat(out_dir, &st) != 0) {
+        if (errno == ENOENT) return TL_OK;
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot stat: %s", out_dir, strerror(errno));
+    }
     if (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode))
         return tl_fail(err, TL_ERR_INPUT, "%s: export directory exists and is not a directory; refusing to replace it",
                        out_dir);
     char idx[TL_PATH_MAX];
     TL_TRY(tl_path_join(idx, sizeof idx, out_dir, "index.json", err));
-    if (tl_is_file(idx)) return TL_OK;
-    DIR *d = opendir(out_dir);
-    if (!d) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot list: %s", out_dir, strerror(errno));
-    int empty = 1;
+    cJSON *index = NULL;
+    const char *why = NULL;
+    if (lstat(idx, &st) == 0) {
+        char *text = NULL;
+        size_t n = 0;
+        if (!S_ISREG(st.st_mode)) {
+            why = "index.json is not a regular file";
+        } else if (tl_read_file(idx, 64u << 20, &text, &n, err) != TL_OK) {
+            why = "index.json cannot be read";
+        } else {
+            index = cJSON_ParseWithLength(text, n);
+            free(text);
+            const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(index, "format");
+            if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, TL_EXPORT_FORMAT) != 0 ||
+                !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(index, "adapters")))
+                why = "its index.json has no \"format\": \"" TL_EXPORT_FORMAT "\" and \"adapters\" list";
+        }
+    }
+    DIR *d = why ? NULL : opendir(out_dir);
+    if (!why && !d) {
+        cJSON_Delete(index);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot list: %s", out_dir, strerror(errno));
+    }
+    char stranger[TL_SAFE_DIRNAME_MAX + 32] = "";
     struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-            empty = 0;
+    while (d && (e = readdir(d))) {
+        const char *nm = e->d_name;
+        if (!strcmp(nm, ".") || !strcmp(nm, "..") || (index && !strcmp(nm, "index.json"))) continue;
+        int listed = 0;
+        const cJSON *it, *list = cJSON_GetObjectItemCaseSensitive(index, "adapters");
+        cJSON_ArrayForEach(it, list) {
+            const cJSON *dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
+            if (cJSON_IsString(dir) && tl_plain_name(dir->valuestring) && !strcmp(dir->valuestring, nm)) listed = 1;
+        }
+        char sub[TL_PATH_MAX];
+        if (listed && (tl_path_join(sub, sizeof sub, out_dir, nm, err) != TL_OK || lstat(sub, &st) != 0 ||
+                       !S_ISDIR(st.st_mode)))
+            listed = 0;
+        if (!listed) {
+            snprintf(stranger, sizeof stranger, "%.*s", TL_SAFE_DIRNAME_MAX + 16, nm);
             break;
         }
-    closedir(d);
-    if (!empty)
-        return tl_fail(err, TL_ERR_INPUT,
-                       "%s: exists, is not empty and holds no index.json (not a tailor export); refusing to replace it",
-                       out_dir);
+    }
+    if (d) closedir(d);
+    cJSON_Delete(index);
+    if (why)
+        return tl_fail(err, TL_ERR_INPUT, "%s: exists and is not a tailor export (%s); refusing to replace it",
+                       out_dir, why);
+    if (stranger[0])
+        return tl_fail(err, TL_ERR_INPUT, "%s: exists and holds '%s', which is not part of a tailor export (an "
+                       "index.json with \"format\": \"" TL_EXPORT_FORMAT "\" listing it); refusing to replace it",
+                       out_dir, stranger);
+    return TL_OK;
+}
+
+/* The tensor of the pool layout that holds float i of a slot, as its PEFT key. */
+static void tensor_of(const tl_lora_pool *p, size_t i, char *out, size_t cap) {
+    snprintf(out, cap, "(offset %zu)", i);
+    for (int l = 0; l < p->n_layers; l++)
+        for (int t = 0; t < TL_N_TARGETS; t++) {
+            if (!(p->targets & (1u << t))) continue;
+            size_t k = (size_t)l * TL_N_TARGETS + (size_t)t, r = (size_t)p->rank;
+            if (i >= p->off_A[k] && i < p->off_B[k] + (size_t)p->out_dim[t] * r) {
+                tl_error ignored;
+                (void)tl_peft_key(l, t, i < p->off_B[k] ? 'A' : 'B', out, cap, &ignored);
+                return;
+            }
+        }
+    if (p->head_dim > 0 && i >= p->off_head) snprintf(out, cap, "base_model.model.score.weight");
+}
+
+/* Every parameter of one slot is finite (a NaN or Inf would be served silently). */
+static tl_status check_finite_slot(const tl_lora_pool *p, const float *w, const char *what, tl_error *err) {
+    for (size_t i = 0; i < p->P; i++)
+        if (!isfinite(w[i])) {
+            char key[160];
+            tensor_of(p, i, key, sizeof key);
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor %s holds %g, expected finite numbers", what, key,
+                           (double)w[i]);
+        }
     return TL_OK;
 }
 
@@ -342,7 +412,8 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_stat
                             double dropout, const char *base_model, const char *tmp, char **dirs, tl_error *err) {
     float *w = malloc((p->P ? p->P : 1) * sizeof *w);
     cJSON *index = cJSON_CreateObject();
-    cJSON *list = index ? cJSON_AddArrayToObject(index, "adapters") : NULL;
+    cJSON *list = index && cJSON_AddStringToObject(index, "format", TL_EXPORT_FORMAT)
+                      ? cJSON_AddArrayToObject(index, "adapters") : NULL;
     if (!w || !index || !list) {
         free(w);
         cJSON_Delete(index);
@@ -360,6 +431,12 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_stat
         } else {
             be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
             s = be->status ? be->status(be, err) : TL_OK;
+        }
+        if (s == TL_OK) {
+            char what[TL_PATH_MAX];
+            snprintf(what, sizeof what, "export: adapter '%.200s'", p->names[i]);
+            s = check_finite_slot(p, w, what, err);
+            if (s != TL_OK) break;
         }
         if (s == TL_OK) s = write_adapter(p, w, p->names[i], alpha, dropout, base_model, dir, err);
         if (s != TL_OK) {
@@ -426,13 +503,18 @@ static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_sta
     char fin[TL_PATH_MAX], parent[TL_PATH_MAX], tmp[TL_PATH_MAX];
     TL_TRY(tl_path_trim(out_dir, fin, sizeof fin, err));
     if (strcmp(fin, "/") == 0) return tl_fail(err, TL_ERR_INPUT, "export: refusing to export into /");
-    int k = snprintf(tmp, sizeof tmp, "%s.tmp-%ld", fin, (long)getpid());
+    int k = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", fin);
     if (k < 0 || (size_t)k >= sizeof tmp) return tl_fail(err, TL_ERR_INPUT, "%s: path too long", fin);
     TL_TRY(check_replaceable(fin, err));
     TL_TRY(tl_path_parent(fin, parent, sizeof parent, err));
     TL_TRY(tl_mkdir_p(parent, err));
-    TL_TRY(tl_remove_tree(tmp, err)); /* left by an earlier crash of a process with our pid */
-    if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
+    /* a new sibling of a fresh name: nothing that exists is ever removed to make room for it */
+    if (!mkdtemp(tmp)) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
+    if (chmod(tmp, 0755) != 0) {
+        int e = errno;
+        (void)rmdir(tmp);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot chmod: %s", tmp, strerror(e));
+    }
 
     char **dirs = calloc((size_t)p->n_slots + 1, sizeof *dirs);
     tl_status s = dirs ? assign_dirs(p, dirs, err) : tl_fail(err, TL_ERR_RUNTIME, "export: out of memory");
@@ -572,6 +654,7 @@ tl_status tl_peft_load(const char *dir, tl_lora_pool *p, tl_backend *be, int slo
         return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for %zu parameters", path, p->P);
     }
     s = read_peft_tensors(path, f, p, w, err);
+    if (s == TL_OK) s = check_finite_slot(p, w, path, err);
     tl_st_close(f);
     if (s == TL_OK) {
         size_t off = (size_t)slot * p->P;

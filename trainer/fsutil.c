@@ -235,10 +235,15 @@ tl_status tl_replace_dir(const char *tmp_dir, const char *final_dir, tl_error *e
     const char *base = strrchr(fin, '/');
     base = base ? base + 1 : fin;
     char oldname[512];
-    int k = snprintf(oldname, sizeof oldname, ".old-%s-%ld", base, (long)getpid());
-    if (k < 0 || (size_t)k >= sizeof oldname) return tl_fail(err, TL_ERR_RUNTIME, "%s: name too long", fin);
-    TL_TRY(tl_path_join(old, sizeof old, parent, oldname, err));
-    TL_TRY(tl_remove_tree(old, err)); /* a leftover of an earlier crash of a process with our pid */
+    /* a free name: an existing one (a leftover of a crash, or anything else) is never removed here */
+    for (int n = 0;; n++) {
+        int k = n ? snprintf(oldname, sizeof oldname, ".old-%s-%ld-%d", base, (long)getpid(), n)
+                  : snprintf(oldname, sizeof oldname, ".old-%s-%ld", base, (long)getpid());
+        if (k < 0 || (size_t)k >= sizeof oldname) return tl_fail(err, TL_ERR_RUNTIME, "%s: name too long", fin);
+        TL_TRY(tl_path_join(old, sizeof old, parent, oldname, err));
+        if (!tl_path_exists(old)) break;
+        if (n == 1000) return tl_fail(err, TL_ERR_RUNTIME, "%s: no free name to move it aside", fin);
+    }
 
     if (rename(fin, old) != 0)
         return tl_fail(err, TL_ERR_RUNTIME, "cannot move %s aside to %s: %s", fin, old, strerror(errno));
@@ -258,4 +263,26 @@ int tl_json_int(double d, int64_t lo, int64_t hi, int64_t *out) {
     if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return 0;
     *out = (int64_t)d;
     return 1;
+}
+
+int tl_plain_name(const char *name) {
+    return name && name[0] && name[0] != '.' && !strchr(name, '/') && strlen(name) < 256;
+}
+
+tl_status tl_path_inside(const char *root, const char *path, const char *what, tl_error *err) {
+    char *r = realpath(root, NULL);
+    if (!r) return tl_fail(err, TL_ERR_INPUT, "%s: %s: cannot resolve: %s", what, root, strerror(errno));
+    char *q = realpath(path, NULL);
+    if (!q) {
+        int e = errno;
+        free(r);
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s: cannot resolve: %s", what, path, strerror(e));
+    }
+    size_t n = strlen(r);
+    int inside = strncmp(q, r, n) == 0 && (q[n] == '/' || (n == 1 && r[0] == '/')) && q[n] != '\0';
+    tl_status s = inside ? TL_OK
+                         : tl_fail(err, TL_ERR_INPUT, "%s: %s resolves to %s, outside %s", what, path, q, r);
+    free(r);
+    free(q);
+    return s;
 }

@@ -71,4 +71,13 @@ void tl_checkpoint_free_names(char **names, int n);
 /* The global step of a checkpoint (from its state file), without loading it. */
 tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl_error *err);
 
+/* Sets the outputs of an earlier run aside, so that export, eval and a later resume never take them for the
+ * current run's, and nothing is deleted. after < 0 (train.resume: never): checkpoints/, adapters/, metrics.jsonl,
+ * eval.json, report.html and config.yaml of run_dir, when any of the first four exists; after >= 0 (a resume
+ * from a given checkpoint at step `after`): the complete checkpoints of run_dir past that step. They are moved
+ * (rename, same file system) into a folder built as <run_dir>/previous/.tmp-<stamp>-<pid> and renamed to
+ * <run_dir>/previous/<UTC stamp YYYYMMDDTHHMMSSZ>[-k] (its path in dest), so a crash leaves them whole in the
+ * temporary folder. *moved = 0 when there was nothing to move. */
+tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_t cap, int *moved, tl_error *err);
+
 #endif

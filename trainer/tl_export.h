@@ -18,6 +18,9 @@
 
 /* Longest name tl_safe_dirname produces; a buffer of TL_SAFE_DIRNAME_MAX + 1 bytes always suffices. */
 #define TL_SAFE_DIRNAME_MAX 100
+/* index.json's "format": the mark of a tailor export. Only a directory that is empty, or whose index.json carries
+ * this mark and which holds nothing but index.json and the adapter folders it lists, is ever replaced. */
+#define TL_EXPORT_FORMAT "tailor-export-1"
 
 /* A directory name from an arbitrary user name (any bytes):
  *   1. every byte outside [A-Za-z0-9._-] becomes '_' (a multi-byte UTF-8 letter becomes several '_');
@@ -40,9 +43,11 @@ unsigned tl_fnv1a32(const char *s);
  * cfg may be NULL; when given, its adapter rank/targets/rslora/alpha/dropout must agree with the pool
  * (TL_ERR_INPUT otherwise) and its exact decimal alpha and dropout are the ones written. base_model NULL means
  * cfg->model_path. Adapter names must be valid UTF-8 (JSON requires it); TL_ERR_INPUT otherwise.
- * out_dir is replaced as a whole: built in "<out_dir>.tmp-<pid>", fsynced, then swapped in (tl_replace_dir).
- * An existing out_dir is replaced only when it is empty or holds an index.json (an earlier export); anything
- * else is TL_ERR_INPUT, so a mistyped path never deletes unrelated data. *n_written (may be NULL) = n_slots. */
+ * out_dir is replaced as a whole: built in a new "<out_dir>.tmp-XXXXXX" (mkdtemp), fsynced, then swapped in
+ * (tl_replace_dir). An existing out_dir is replaced only when it is empty or is an earlier tailor export (see
+ * TL_EXPORT_FORMAT); anything else is TL_ERR_INPUT naming it, so a mistyped path never deletes unrelated data.
+ * Every parameter must be finite (TL_ERR_INPUT naming the adapter and the tensor otherwise, nothing written).
+ * *n_written (may be NULL) = n_slots. */
 tl_status tl_export_pool(const tl_lora_pool *p, tl_backend *be, const tl_config *cfg, const char *base_model,
                          const char *out_dir, int *n_written, tl_error *err);
 

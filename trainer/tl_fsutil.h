@@ -47,10 +47,19 @@ tl_status tl_remove_tree(const char *path, tl_error *err);
 tl_status tl_rename_into_place(const char *from, const char *to, tl_error *err);
 
 /* Puts the complete directory tmp_dir in the place of final_dir. When final_dir does not exist, a plain
- * rename. When it does: final_dir is renamed to "<parent>/.old-<basename>-<pid>", tmp_dir is renamed to
+ * rename. When it does: final_dir is renamed to "<parent>/.old-<basename>-<pid>[-n]" (the first
+ * name that does not exist: nothing existing is removed to make room), tmp_dir is renamed to
  * final_dir, and the old tree is removed; if the second rename fails the old directory is renamed back. Both
  * must be on the same file system (siblings). tmp_dir should already be fsynced (tl_fsync_dir). */
 tl_status tl_replace_dir(const char *tmp_dir, const char *final_dir, tl_error *err);
+
+/* name is one plain folder entry: not empty, no '/', shorter than 256 bytes, no leading '.' (so neither "." nor
+ * "..", nor hidden or temporary names). For names read from metadata (index.json "dir"). */
+int tl_plain_name(const char *name);
+
+/* path, resolved with realpath (every symlink followed), lies inside the folder root (also resolved):
+ * TL_ERR_INPUT naming `what` when it resolves elsewhere or does not exist. */
+tl_status tl_path_inside(const char *root, const char *path, const char *what, tl_error *err);
 
 /* A number read from a JSON file (cJSON's valuedouble) that claims to be an integer: 1 and *out = d when d is
  * exactly integral and in [lo, hi] (bounds within +-2^53, where doubles are exact), else 0 (NaN, +-inf, 2.5,

@@ -165,7 +165,7 @@ static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train
  * which each adapter starts from the one of the same name. */
 static tl_status load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
     char idx[TL_PATH_MAX + 16];
-    snprintf(idx, sizeof idx, "%s/index.json", from);
+    TL_TRY(tl_path_join(idx, sizeof idx, from, "index.json", err));
     if (!tl_is_file(idx)) {
         for (int s = 0; s < p->n_slots; s++) TL_TRY(tl_peft_load(from, p, be, s, err));
         return TL_OK;
@@ -188,9 +188,17 @@ static tl_status load_init_from(tl_lora_pool *p, tl_backend *be, const char *fro
             st = tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", idx, p->names[s]);
             break;
         }
-        char path[TL_PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", from, dir->valuestring);
-        st = tl_peft_load(path, p, be, s, err);
+        /* the entry is metadata: it names a folder inside `from`, never a path elsewhere (nor a symlink out) */
+        char path[TL_PATH_MAX + 256], what[TL_PATH_MAX + 64];
+        snprintf(what, sizeof what, "adapter.init_from: %s: adapter '%.200s': dir", idx, p->names[s]);
+        if (!tl_plain_name(dir->valuestring)) {
+            st = tl_fail(err, TL_ERR_INPUT, "%s '%.200s': expected a folder name inside %s (no '/', no leading '.')",
+                         what, dir->valuestring, from);
+            break;
+        }
+        st = tl_path_join(path, sizeof path, from, dir->valuestring, err);
+        if (!st) st = tl_path_inside(from, path, what, err);
+        if (!st) st = tl_peft_load(path, p, be, s, err);
     }
     cJSON_Delete(root);
     return st;
@@ -843,6 +851,16 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         CHECK(tl_dist_init(&S.env, &dopts, &S.dist, err));
     }
 
+    if (rank == 0 && !strcmp(cfg->resume, "never")) {
+        /* a fresh run: the earlier run's checkpoints, adapters and metrics go aside, so that export, eval and a
+         * later resume cannot take them for this run's (its checkpoints of later steps would otherwise win) */
+        char aside[TL_PATH_MAX];
+        int moved = 0;
+        CHECK(tl_run_set_aside(cfg->output_dir, -1, aside, sizeof aside, &moved, err));
+        if (moved)
+            fprintf(ui->log, "note: train.resume is never: the earlier run's outputs in %s were moved to %s/\n",
+                    cfg->output_dir, aside);
+    }
     if (rank == 0) {
         CHECK(tl_mkdir_p(cfg->output_dir, err));
         char path[TL_PATH_MAX + 32];
@@ -871,7 +889,20 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
     }
     if (found) {
         CHECK(load_run_state(&S, ckpt, &start, cursors, err));
+        if (start > cfg->steps)
+            CHECK(tl_fail(err, TL_ERR_INPUT, "train.resume: %s is at step %lld, beyond train.steps = %lld (raise "
+                          "train.steps, or set train.resume: never to start over)", ckpt, (long long)start,
+                          (long long)cfg->steps));
         fprintf(ui->out, "resuming from %s (step %lld)\n", ckpt, (long long)start);
+        if (rank == 0 && strcmp(cfg->resume, "auto") != 0) {
+            /* a given checkpoint: this run directory's checkpoints of later steps are another history */
+            char aside[TL_PATH_MAX];
+            int moved = 0;
+            CHECK(tl_run_set_aside(cfg->output_dir, start, aside, sizeof aside, &moved, err));
+            if (moved)
+                fprintf(ui->log, "note: checkpoints of %s past step %lld were moved to %s/checkpoints/\n",
+                        cfg->output_dir, (long long)start, aside);
+        }
     }
     if (rank == 0) CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
     CHECK(workspace_for(&S, cfg, err));
@@ -1179,17 +1210,27 @@ tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_u
     }
     if (!s) s = open_checkpoint_pool(&S, &cfg, ckpt, &step, err);
     if (!s) {
-        /* default: the adapters/ directory of the run the checkpoint belongs to (<run>/checkpoints/step-N) */
-        char dflt[TL_PATH_MAX + 32];
+        /* default: the adapters/ directory of the run the checkpoint belongs to: <run>/adapters for a run, and for
+         * <run>/checkpoints/step-N, found by name (not by "..", which a symlinked checkpoint would lead elsewhere);
+         * a checkpoint outside a run's checkpoints/ folder has no run: --out is needed */
+        char dflt[TL_PATH_MAX + 32], parent[TL_PATH_MAX], run[TL_PATH_MAX];
         if (!out_dir) {
-            if (strcmp(ckpt, run_or_ckpt) == 0)
-                snprintf(dflt, sizeof dflt, "%s/../../adapters", ckpt);
-            else
-                snprintf(dflt, sizeof dflt, "%s/adapters", run_or_ckpt);
+            if (strcmp(ckpt, run_or_ckpt) == 0) {
+                s = tl_path_parent(ckpt, parent, sizeof parent, err);
+                const char *base = strrchr(parent, '/');
+                base = base ? base + 1 : parent;
+                if (!s && strcmp(base, "checkpoints") != 0)
+                    s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
+                                "directory to export into: give --out DIR", ckpt);
+                if (!s) s = tl_path_parent(parent, run, sizeof run, err);
+            } else {
+                s = tl_path_trim(run_or_ckpt, run, sizeof run, err);
+            }
+            if (!s) s = tl_path_join(dflt, sizeof dflt, run, "adapters", err);
             out_dir = dflt;
         }
         int written = 0;
-        s = tl_export_pool(&S.pool, S.be, &cfg, cfg.model_path, out_dir, &written, err);
+        if (!s) s = tl_export_pool(&S.pool, S.be, &cfg, cfg.model_path, out_dir, &written, err);
         if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) from %s (step %lld) to %s/\n", written, ckpt,
                         (long long)step, out_dir);
     }

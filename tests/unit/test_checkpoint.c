@@ -30,7 +30,7 @@ static float rng_float(void) {
     case 0: return -0.0f;
     case 1: return 1e-40f; /* subnormal */
     case 2:
-        bits = 0x7fc12345u; /* a NaN with a payload */
+        bits = 0x7f7fffffu; /* FLT_MAX (a NaN is refused at load: the state must be finite) */
         memcpy(&f, &bits, 4);
         return f;
     default: return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);

@@ -405,7 +405,7 @@ static const bad_case BAD[] = {
     {"dropout1.yaml", M "adapter:\n  dropout: 1 #<\n", "adapter.dropout", "0 <= adapter.dropout < 1"},
     {"dropout_neg.yaml", M "adapter:\n  dropout: -0.1 #<\n", "adapter.dropout", "out of range"},
     {"msl1.yaml", M "data:\n  max_seq_len: 1 #<\n", "data.max_seq_len", "data.max_seq_len >= 2"},
-    {"threads_neg.yaml", M "train:\n  threads: -1 #<\n", "train.threads", "train.threads >= 0"},
+    {"threads_neg.yaml", M "train:\n  threads: -1 #<\n", "train.threads", "0 <= train.threads <= 1024"},
     {"steps0.yaml", M "train:\n  steps: 0 #<\n", "train.steps", "train.steps >= 1"},
     {"epa0.yaml", M "train:\n  examples_per_adapter: 0 #<\n", "train.examples_per_adapter", ">= 1"},
     {"aps_neg.yaml", M "train:\n  adapters_per_step: -1 #<\n", "train.adapters_per_step", ">= 0"},
