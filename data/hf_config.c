@@ -61,6 +61,22 @@ static const char *kind(const cJSON *v) {
 
 static const cJSON *field(const cJSON *obj, const char *name) { return cJSON_GetObjectItemCaseSensitive(obj, name); }
 
+/* Sane limits of the model's dimensions, checked before anything is sized from them (tl_model_config_check): far
+ * above every released Llama-family model (vocabularies reach 262144, hidden 16384, ffn 53248, 126 layers, 128
+ * heads, head_dim 256, contexts 10M), and low enough that every product the loader and the workspace form (vocab x
+ * hidden, ffn x hidden, heads x head_dim x hidden) fits comfortably in 64 bits. 0: not a dimension. */
+static int dim_limit(const char *name) {
+    static const struct {
+        const char *name;
+        int limit;
+    } lim[] = {{"vocab_size", 1 << 24},      {"hidden_size", 1 << 16},         {"intermediate_size", 1 << 20},
+               {"num_hidden_layers", 1024},   {"num_attention_heads", 1024},    {"num_key_value_heads", 1024},
+               {"head_dim", 1024},            {"max_position_embeddings", 1 << 26}};
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+        if (!strcmp(lim[i].name, name)) return lim[i].limit;
+    return 0;
+}
+
 /* An integer field. Absent: *out = def when !required. null counts as absent only when null_ok. */
 static tl_status get_int(const char *path, const cJSON *obj, const char *name, const char *key, int required,
                          int null_ok, int def, int *out, tl_error *err) {
@@ -73,8 +89,13 @@ static tl_status get_int(const char *path, const cJSON *obj, const char *name, c
     if (!cJSON_IsNumber(v))
         return tl_fail(err, TL_ERR_INPUT, "%s: field '%s' must be an integer, got %s", path, key, kind(v));
     double d = v->valuedouble;
-    if (floor(d) != d || d < (double)INT_MIN || d > (double)INT_MAX)
+    if (floor(d) != d)
         return tl_fail(err, TL_ERR_INPUT, "%s: field '%s' must be an integer, got %g", path, key, d);
+    if (d > (double)INT_MAX && dim_limit(key) > 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s %.0f is above the supported limit %d", path, key, d, dim_limit(key));
+    if (d < (double)INT_MIN || d > (double)INT_MAX)
+        return tl_fail(err, TL_ERR_INPUT, "%s: field '%s': %.0f is out of range (expected an integer in [%d, %d])", path,
+                       key, d, INT_MIN, INT_MAX);
     *out = (int)d;
     return TL_OK;
 }
@@ -317,6 +338,12 @@ tl_status tl_model_config_check(const tl_model_config *c, const char *what, tl_e
                {"max_position_embeddings", c->max_position_embeddings}};
     for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
         if (pos[i].v <= 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s must be positive, got %d", what, pos[i].name, pos[i].v);
+    /* a declared hidden_size of 2^30 is refused here, naming the field and its limit, not reported later as an
+     * allocation failure */
+    for (size_t i = 0; i < sizeof pos / sizeof pos[0]; i++)
+        if (pos[i].v > dim_limit(pos[i].name))
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s %d is above the supported limit %d", what, pos[i].name,
+                           pos[i].v, dim_limit(pos[i].name));
     if (c->num_attention_heads % c->num_key_value_heads != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: num_attention_heads %d is not divisible by num_key_value_heads %d", what,
                        c->num_attention_heads, c->num_key_value_heads);

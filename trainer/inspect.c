@@ -10,10 +10,12 @@
 #include "../data/tl_gguf.h"
 #include "../data/tl_pref.h"
 #include "../data/tl_hf_config.h"
+#include "../data/tl_model_tokenizer.h"
 #include "../data/tl_safetensors.h"
 #include "../kernels/tl_text.h"
 #include "tl_checkpoint.h"
 #include "tl_config.h"
+#include "tl_model.h"
 
 static int exists(const char *dir, const char *name) {
     char p[8192];
@@ -58,11 +60,34 @@ static tl_status inspect_safetensors(const char *path, FILE *out, tl_error *err)
     return TL_OK;
 }
 
+/* A model's tokenizer (tokenizer.json beside an HF model, tokenizer.ggml.* in a GGUF file), when it has one:
+ * generate and data build refuse a broken one, so inspect does too. */
+static tl_status check_tokenizer(const char *path, FILE *out, tl_error *err) {
+    size_t len = strlen(path);
+    int gguf = len > 5 && !strcmp(path + len - 5, ".gguf");
+    if (gguf) {
+        tl_gguf *g;
+        TL_TRY(tl_gguf_open(path, &g, err));
+        int has = tl_gguf_find_key(g, "tokenizer.ggml.model") >= 0 || tl_gguf_find_key(g, "tokenizer.ggml.tokens") >= 0;
+        tl_gguf_close(g);
+        if (!has) {
+            fprintf(out, "  no tokenizer in the metadata\n");
+            return TL_OK;
+        }
+    } else if (!exists(path, "tokenizer.json")) {
+        fprintf(out, "  no tokenizer.json\n");
+        return TL_OK;
+    }
+    tl_tokenizer *t = NULL;
+    TL_TRY(tl_tokenizer_for_model(path, &t, err));
+    fprintf(out, "  tokenizer: %s, valid\n", gguf ? "tokenizer.ggml.*" : "tokenizer.json");
+    tl_tokenizer_free(t);
+    return TL_OK;
+}
+
 static tl_status inspect_model(const char *dir, FILE *out, tl_error *err) {
     tl_model_config c;
     TL_TRY(tl_model_config_load(dir, &c, err));
-    tl_tensor_src *src;
-    TL_TRY(tl_tensor_src_open(dir, &src, err));
     fprintf(out, "model %s: %s (%s)\n", dir, c.arch, c.model_type);
     fprintf(out, "  vocab %d, hidden %d, ffn %d, layers %d, heads %d, kv heads %d, head_dim %d\n", c.vocab_size,
             c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
@@ -73,52 +98,15 @@ static tl_status inspect_model(const char *dir, FILE *out, tl_error *err) {
             c.rope_type == TL_ROPE_LLAMA3 ? "llama3" : c.rope_type == TL_ROPE_LINEAR ? "linear" : "no",
             (double)c.rms_norm_eps, c.max_position_embeddings, c.tie_word_embeddings ? "yes" : "no",
             c.attention_bias ? "yes" : "no");
-    /* Validate every tensor's presence and shape the way tl_model_load would, reading through a scratch. */
-    int d = c.hidden_size, V = c.vocab_size, f = c.intermediate_size, hd = c.head_dim;
-    int qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
-    size_t big = (size_t)V * d;
-    if ((size_t)f * d > big) big = (size_t)f * d;
-    if ((size_t)qd * d > big) big = (size_t)qd * d;
-    float *buf = malloc(big * sizeof(float));
-    tl_status s = buf ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    /* the same reading as tl_model_load (config, presence, shapes, dtypes, finite values): inspect never calls
+     * valid a model that train refuses */
     int64_t params = 0;
-    char name[256];
-#define CHK(nm, a, b, nd)                                                             \
-    do {                                                                              \
-        if (!s) {                                                                     \
-            int64_t sh[2] = {(a), (b)};                                               \
-            s = tl_tensor_src_read_f32(src, (nm), sh, (nd), buf, err);                \
-            params += (int64_t)(a) * ((nd) == 2 ? (b) : 1);                           \
-        }                                                                             \
-    } while (0)
-    CHK("model.embed_tokens.weight", V, d, 2);
-    CHK("model.norm.weight", d, 1, 1);
-    int tied = c.tie_word_embeddings || !tl_tensor_src_has(src, "lm_head.weight");
-    if (!tied) CHK("lm_head.weight", V, d, 2);
-    for (int l = 0; l < c.num_hidden_layers && !s; l++) {
-#define N(x) (snprintf(name, sizeof name, "model.layers.%d.%s", l, x), name)
-        CHK(N("input_layernorm.weight"), d, 1, 1);
-        CHK(N("self_attn.q_proj.weight"), qd, d, 2);
-        CHK(N("self_attn.k_proj.weight"), kvd, d, 2);
-        CHK(N("self_attn.v_proj.weight"), kvd, d, 2);
-        CHK(N("self_attn.o_proj.weight"), d, qd, 2);
-        if (c.attention_bias) {
-            CHK(N("self_attn.q_proj.bias"), qd, 1, 1);
-            CHK(N("self_attn.k_proj.bias"), kvd, 1, 1);
-            CHK(N("self_attn.v_proj.bias"), kvd, 1, 1);
-        }
-        if (tl_model_has_o_bias(&c)) CHK(N("self_attn.o_proj.bias"), d, 1, 1);
-        CHK(N("post_attention_layernorm.weight"), d, 1, 1);
-        CHK(N("mlp.gate_proj.weight"), f, d, 2);
-        CHK(N("mlp.up_proj.weight"), f, d, 2);
-        CHK(N("mlp.down_proj.weight"), d, f, 2);
-#undef N
-    }
-#undef CHK
-    if (!s) fprintf(out, "  %lld parameters, all tensors present with the expected shapes%s\n", (long long)params,
-                    tied ? " (lm_head tied to embeddings)" : "");
-    free(buf);
-    tl_tensor_src_close(src);
+    int tied = 0;
+    tl_status s = tl_model_validate(dir, &c, &params, &tied, err);
+    if (!s) s = check_tokenizer(dir, out, err);
+    if (!s) fprintf(out, "  %lld parameters, all tensors present with the expected shapes and finite values%s\n",
+                    (long long)params, tied ? " (lm_head tied to embeddings)" : "");
+    if (!s) fprintf(out, "valid\n");
     return s;
 }
 
@@ -145,26 +133,15 @@ static tl_status inspect_gguf(const char *path, FILE *out, tl_error *err) {
                  "tied embeddings: %s\n",
             c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
             c.num_key_value_heads, c.head_dim, (double)c.rope_theta, c.tie_word_embeddings ? "yes" : "no");
-    int64_t params = 0;
-    size_t cap = 0;
-    float *buf = NULL;
-    for (int i = 0; !s && i < tl_gguf_n_tensors(g); i++) {
-        const char *gname = tl_gguf_tensor_at(g, i)->name;
-        int64_t n = tl_gguf_tensor_numel(tl_gguf_tensor_at(g, i));
-        if ((size_t)n > cap) {
-            float *nb = realloc(buf, (size_t)n * sizeof(float));
-            if (!nb) {
-                s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-                break;
-            }
-            buf = nb, cap = (size_t)n;
-        }
-        s = tl_gguf_read_f32(g, gname, buf, n, err);
-        params += n;
-    }
-    free(buf);
-    if (!s) fprintf(out, "  %lld parameters, every tensor readable\n", (long long)params);
     tl_gguf_close(g);
+    /* the same reading as tl_model_load: every tensor the model uses, its shape and finite values */
+    int64_t params = 0;
+    int tied = 0;
+    s = tl_model_validate(path, &c, &params, &tied, err);
+    if (!s) s = check_tokenizer(path, out, err);
+    if (!s) fprintf(out, "  %lld parameters, all tensors present with the expected shapes and finite values%s\n",
+                    (long long)params, tied ? " (output tied to token_embd)" : "");
+    if (!s) fprintf(out, "valid\n");
     return s;
 }
 

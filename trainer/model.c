@@ -40,30 +40,122 @@ static int is_gguf_path(const char *p) {
 typedef struct {
     tl_tensor_src *src;
     tl_gguf *gguf;
-    tl_backend *be;
-    float *host; /* staging buffer, sized for the largest tensor */
+    tl_backend *be; /* NULL: validate only (tl_model_validate), nothing is uploaded */
+    float *host;    /* staging buffer, sized for the largest tensor */
     const char *dir;
 } tl_loader;
 
-static tl_status load_tensor(tl_loader *L, const char *name, int64_t d0, int64_t d1, int ndim, tl_act **out,
-                             size_t *count, tl_error *err) {
-    int64_t shape[2] = {d0, d1};
-    size_t n = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    if (L->gguf)
-        TL_TRY(tl_gguf_read_hf_tensor(L->gguf, name, shape, ndim, L->host, err));
-    else
-        TL_TRY(tl_tensor_src_read_f32(L->src, name, shape, ndim, L->host, err));
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(L->host[i]))
-            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' holds a non-finite value at index %zu", L->dir,
-                           name, i);
-    TL_TRY(L->be->alloc(L->be, n * L->be->act_size, (void **)out, err));
-    L->be->upload_act(L->be, *out, L->host, n);
-    *count += n;
+/* One weight tensor the model reads: its HF name, its shape from the config, and where it goes. */
+typedef struct {
+    char name[96];
+    int64_t shape[2];
+    int nd;
+    tl_act **dst; /* NULL when only validating */
+} wspec;
+
+/* Every weight tensor of a model with config c, in load order (lm_head only when it is its own tensor);
+ * dst points into m when m is given. n_layers <= 1024 (tl_model_config_check), so the list is small. */
+static tl_status weight_specs(const tl_model_config *c, int own_head, tl_model *m, wspec **out, int *n_out,
+                              tl_error *err) {
+    const int64_t d = c->hidden_size, V = c->vocab_size, f = c->intermediate_size, hd = c->head_dim;
+    const int64_t qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;
+    wspec *w = malloc(((size_t)c->num_hidden_layers * 13 + 3) * sizeof *w);
+    if (!w) return tl_fail(err, TL_ERR_RUNTIME, "out of memory listing the model's tensors");
+    int n = 0;
+#define ADD(nm_fmt, lay, a, b, ndim, dstp)                                                        \
+    do {                                                                                          \
+        snprintf(w[n].name, sizeof w[n].name, nm_fmt, lay);                                       \
+        w[n].shape[0] = (a), w[n].shape[1] = (b), w[n].nd = (ndim), w[n].dst = m ? (dstp) : NULL; \
+        n++;                                                                                      \
+    } while (0)
+    ADD("model.embed_tokens.weight%.0d", 0, V, d, 2, &m->embed);
+    ADD("model.norm.weight%.0d", 0, d, 1, 1, &m->final_norm);
+    if (own_head) ADD("lm_head.weight%.0d", 0, V, d, 2, &m->lm_head);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        tl_layer_weights *lw = m ? &m->layers[l] : NULL;
+        ADD("model.layers.%d.input_layernorm.weight", l, d, 1, 1, &lw->attn_norm);
+        ADD("model.layers.%d.self_attn.q_proj.weight", l, qd, d, 2, &lw->wq);
+        ADD("model.layers.%d.self_attn.k_proj.weight", l, kvd, d, 2, &lw->wk);
+        ADD("model.layers.%d.self_attn.v_proj.weight", l, kvd, d, 2, &lw->wv);
+        ADD("model.layers.%d.self_attn.o_proj.weight", l, d, qd, 2, &lw->wo);
+        if (c->attention_bias) {
+            ADD("model.layers.%d.self_attn.q_proj.bias", l, qd, 1, 1, &lw->bq);
+            ADD("model.layers.%d.self_attn.k_proj.bias", l, kvd, 1, 1, &lw->bk);
+            ADD("model.layers.%d.self_attn.v_proj.bias", l, kvd, 1, 1, &lw->bv);
+        }
+        if (tl_model_has_o_bias(c)) ADD("model.layers.%d.self_attn.o_proj.bias", l, d, 1, 1, &lw->bo);
+        ADD("model.layers.%d.post_attention_layernorm.weight", l, d, 1, 1, &lw->mlp_norm);
+        ADD("model.layers.%d.mlp.gate_proj.weight", l, f, d, 2, &lw->wgate);
+        ADD("model.layers.%d.mlp.up_proj.weight", l, f, d, 2, &lw->wup);
+        ADD("model.layers.%d.mlp.down_proj.weight", l, d, f, 2, &lw->wdown);
+    }
+#undef ADD
+    *out = w, *n_out = n;
     return TL_OK;
 }
 
-tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err) {
+/* Every tensor present with its configured shape, checked on the headers before anything is allocated: a config
+ * declaring absurd sizes is refused here, naming the tensor, instead of failing an allocation. *biggest gets the
+ * largest element count, which the file then holds. */
+static tl_status check_specs(const tl_loader *L, const wspec *w, int n, size_t *biggest, tl_error *err) {
+    const char *from = L->gguf ? "the GGUF metadata" : "config.json";
+    *biggest = 1;
+    for (int i = 0; i < n; i++) {
+        int64_t sh[8] = {0};
+        int nd = 0, found;
+        if (L->gguf) {
+            found = tl_gguf_hf_shape(L->gguf, w[i].name, sh, &nd);
+        } else {
+            const tl_st_tensor *t = tl_tensor_src_find(L->src, w[i].name);
+            found = t != NULL;
+            if (t) {
+                nd = t->ndim > 8 ? 8 : t->ndim;
+                for (int k = 0; k < nd; k++) sh[k] = t->shape[k];
+            }
+        }
+        if (!found)
+            return tl_fail(err, TL_ERR_INPUT, "%s: model has no tensor '%s' (expected from %s)", L->dir, w[i].name,
+                           from);
+        int same = nd == w[i].nd;
+        for (int k = 0; same && k < nd; k++) same = sh[k] == w[i].shape[k];
+        if (!same) {
+            char a[160] = "", b[64];
+            size_t la = 0;
+            for (int k = 0; k < nd && la < sizeof a; k++)
+                la += (size_t)snprintf(a + la, sizeof a - la, "%s%lld", k ? ", " : "", (long long)sh[k]);
+            if (w[i].nd == 2)
+                snprintf(b, sizeof b, "%lld, %lld", (long long)w[i].shape[0], (long long)w[i].shape[1]);
+            else
+                snprintf(b, sizeof b, "%lld", (long long)w[i].shape[0]);
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' has shape [%s], expected [%s] (from %s)", L->dir,
+                           w[i].name, a, b, from);
+        }
+        size_t numel = (size_t)w[i].shape[0] * (size_t)(w[i].nd == 2 ? w[i].shape[1] : 1);
+        if (numel > *biggest) *biggest = numel;
+    }
+    return TL_OK;
+}
+
+static tl_status load_tensor(tl_loader *L, const wspec *w, size_t *count, tl_error *err) {
+    size_t n = (size_t)w->shape[0] * (size_t)(w->nd == 2 ? w->shape[1] : 1);
+    if (L->gguf)
+        TL_TRY(tl_gguf_read_hf_tensor(L->gguf, w->name, w->shape, w->nd, L->host, err));
+    else
+        TL_TRY(tl_tensor_src_read_f32(L->src, w->name, w->shape, w->nd, L->host, err));
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(L->host[i]))
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' holds a non-finite value at index %zu", L->dir,
+                           w->name, i);
+    *count += n;
+    if (!L->be) return TL_OK;
+    TL_TRY(L->be->alloc(L->be, n * L->be->act_size, (void **)w->dst, err));
+    L->be->upload_act(L->be, *w->dst, L->host, n);
+    return TL_OK;
+}
+
+/* The one reading of a model: config, every tensor's presence and shape, then every value (finite). With a
+ * backend the weights are uploaded into m; without one (validation) m only receives the config and counts. */
+static tl_status read_model(const char *dir, tl_backend *be, tl_model *m, int *tied, tl_error *err) {
     memset(m, 0, sizeof *m);
     m->be = be;
     tl_loader L = {.be = be, .dir = dir};
@@ -78,57 +170,33 @@ tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *
         TL_TRY(tl_model_config_load(dir, &m->cfg, err));
     }
     const tl_model_config *c = &m->cfg;
-    int d = c->hidden_size, V = c->vocab_size, f = c->intermediate_size, hd = c->head_dim;
-    int qd = c->num_attention_heads * hd, kvd = c->num_key_value_heads * hd;
-
+    const int hd = c->head_dim;
+    wspec *w = NULL;
+    int n_w = 0;
     tl_status s = L.gguf ? TL_OK : tl_tensor_src_open(dir, &L.src, err);
     if (s) return s;
-    size_t biggest = (size_t)V * d;
-    size_t cand[] = {(size_t)qd * d, (size_t)f * d};
-    for (int i = 0; i < 2; i++)
-        if (cand[i] > biggest) biggest = cand[i];
+    int has_head = L.gguf ? tl_gguf_has_hf_tensor(L.gguf, "lm_head.weight") : tl_tensor_src_has(L.src, "lm_head.weight");
+    int own_head = has_head && !c->tie_word_embeddings;
+    if (tied) *tied = !own_head;
+    if (be) {
+        m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
+        if (!m->layers) {
+            s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", dir);
+            goto done;
+        }
+    }
+    size_t biggest = 0;
+    if ((s = weight_specs(c, own_head, be ? m : NULL, &w, &n_w, err)) != TL_OK) goto done;
+    if ((s = check_specs(&L, w, n_w, &biggest, err)) != TL_OK) goto done;
     L.host = malloc(biggest * sizeof(float));
-    m->layers = calloc((size_t)c->num_hidden_layers, sizeof *m->layers);
-    if (!L.host || !m->layers) {
+    if (!L.host) {
         s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory staging %zu floats", dir, biggest);
         goto done;
     }
-    char name[256];
-#define LOAD(nm, a, b, nd, dst)                                                 \
-    do {                                                                        \
-        s = load_tensor(&L, nm, a, b, nd, dst, &m->n_params, err);              \
-        if (s) goto done;                                                       \
-    } while (0)
-    LOAD("model.embed_tokens.weight", V, d, 2, &m->embed);
-    LOAD("model.norm.weight", d, 1, 1, &m->final_norm);
-    int has_head = L.gguf ? tl_gguf_has_hf_tensor(L.gguf, "lm_head.weight") : tl_tensor_src_has(L.src, "lm_head.weight");
-    if (has_head && !c->tie_word_embeddings) {
-        LOAD("lm_head.weight", V, d, 2, &m->lm_head);
-    } else {
-        m->lm_head = m->embed;
-    }
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        tl_layer_weights *w = &m->layers[l];
-#define LNAME(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
-        LOAD(LNAME("input_layernorm.weight"), d, 1, 1, &w->attn_norm);
-        LOAD(LNAME("self_attn.q_proj.weight"), qd, d, 2, &w->wq);
-        LOAD(LNAME("self_attn.k_proj.weight"), kvd, d, 2, &w->wk);
-        LOAD(LNAME("self_attn.v_proj.weight"), kvd, d, 2, &w->wv);
-        LOAD(LNAME("self_attn.o_proj.weight"), d, qd, 2, &w->wo);
-        if (c->attention_bias) {
-            LOAD(LNAME("self_attn.q_proj.bias"), qd, 1, 1, &w->bq);
-            LOAD(LNAME("self_attn.k_proj.bias"), kvd, 1, 1, &w->bk);
-            LOAD(LNAME("self_attn.v_proj.bias"), kvd, 1, 1, &w->bv);
-        }
-        if (tl_model_has_o_bias(c)) LOAD(LNAME("self_attn.o_proj.bias"), d, 1, 1, &w->bo);
-        LOAD(LNAME("post_attention_layernorm.weight"), d, 1, 1, &w->mlp_norm);
-        LOAD(LNAME("mlp.gate_proj.weight"), f, d, 2, &w->wgate);
-        LOAD(LNAME("mlp.up_proj.weight"), f, d, 2, &w->wup);
-        LOAD(LNAME("mlp.down_proj.weight"), d, f, 2, &w->wdown);
-#undef LNAME
-    }
-#undef LOAD
-    {
+    for (int i = 0; i < n_w && !s; i++) s = load_tensor(&L, &w[i], &m->n_params, err);
+    if (s) goto done;
+    if (be) {
+        if (!own_head) m->lm_head = m->embed;
         float inv[512];
         if (hd / 2 > 512) {
             s = tl_fail(err, TL_ERR_INPUT, "%s/config.json: head_dim %d is larger than the supported 1024", dir, hd);
@@ -138,14 +206,27 @@ tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *
         s = be->alloc(be, (size_t)(hd / 2) * sizeof(float), (void **)&m->inv_freq, err);
         if (s) goto done;
         be->upload(be, m->inv_freq, inv, (size_t)(hd / 2) * sizeof(float));
+        s = be->status(be, err);
     }
-    s = be->status(be, err);
 done:
+    free(w);
     free(L.host);
     tl_tensor_src_close(L.src);
     if (L.gguf) tl_gguf_close(L.gguf);
-    if (s) tl_model_free(m);
+    if (s && be) tl_model_free(m);
     return s;
+}
+
+tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err) {
+    return read_model(dir, be, m, NULL, err);
+}
+
+tl_status tl_model_validate(const char *path, tl_model_config *cfg, int64_t *n_params, int *tied, tl_error *err) {
+    tl_model m;
+    TL_TRY(read_model(path, NULL, &m, tied, err));
+    *cfg = m.cfg;
+    *n_params = (int64_t)m.n_params;
+    return TL_OK;
 }
 
 tl_status tl_model_config_from(const char *path, tl_model_config *cfg, tl_error *err) {

@@ -31,6 +31,10 @@ typedef struct {
 /* Loads a model onto the backend: an HF directory (config.json + safetensors) or a llama GGUF file (path ending
  * in .gguf; config from its metadata, tensors dequantized and Q/K rows put back in HF order). */
 tl_status tl_model_load(const char *dir, tl_backend *be, tl_model *m, tl_error *err);
+/* Runs every check tl_model_load runs (config, each tensor's presence, shape, dtype and finite values), reading
+ * through one host buffer and uploading nothing: `tailor inspect` calls it so that it never calls valid a model
+ * that train, eval or generate refuse. *tied: the lm_head is the embedding. */
+tl_status tl_model_validate(const char *path, tl_model_config *cfg, int64_t *n_params, int *tied, tl_error *err);
 void tl_model_free(tl_model *m);
 /* Only the configuration of a model path (HF directory or .gguf file), without loading weights. */
 tl_status tl_model_config_from(const char *path, tl_model_config *cfg, tl_error *err);
