@@ -133,9 +133,10 @@ struct tl_backend {
     /* out_host[i] = sum of squares of g[slots[i] * slot_stride .. + P) (slots, out_host: host memory) */
     void (*grad_sqnorm)(tl_backend *be, float *out_host, const float *g, size_t slot_stride, size_t P,
                         const int32_t *slots, int nslots);
-    /* AdamW on each listed slot with g scaled by gscale; betas, eps, weight decay shared (host array hs) */
+    /* AdamW on each listed slot with g scaled by gscale; betas, eps, weight decay shared (host array hs). The
+     * betas are double: 1 - b1 and 1 - b2 are computed in double and rounded once (tl_adamw_update). */
     void (*adamw)(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
-                  const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd);
+                  const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd);
 
     /* ---- KV-cache decoding (tailor generate, docs/generate.md) ----
      * A cache kc / vc is [n_cache_seqs, max_ctx, Hkv * hd] (tl_act): entry (s, t) holds the post-RoPE key (the

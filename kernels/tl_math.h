@@ -45,12 +45,15 @@ static inline TL_HD float tl_rmsnorm_dx(float gw, float x, float rstd, float c) 
 
 /* ---- AdamW (decoupled weight decay, as torch.optim.AdamW) ----
  * p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
- * p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), with bc1 = 1 - b1^t, bc2 = 1 - b2^t. */
+ * p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), with bc1 = 1 - b1^t, bc2 = 1 - b2^t.
+ * omb1 = 1 - b1 and omb2 = 1 - b2 come from the caller computed in double from the double betas and rounded once
+ * (torch computes them in Python floats): in float32, 1 - 0.999f is 1.3e-5 (relative) below 0.001, which makes
+ * the second moment that much too small. bc1 and bc2 likewise are computed in double. */
 static inline TL_HD void tl_adamw_update(float *p, float *m, float *v, float g, float lr, float b1, float b2,
-                                         float eps, float wd, float bc1, float bc2) {
+                                         float omb1, float omb2, float eps, float wd, float bc1, float bc2) {
     float pv = *p * (1.0f - lr * wd);
-    float mv = b1 * *m + (1.0f - b1) * g;
-    float vv = b2 * *v + (1.0f - b2) * g * g;
+    float mv = b1 * *m + omb1 * g;
+    float vv = b2 * *v + omb2 * g * g;
     *m = mv;
     *v = vv;
     *p = pv - lr * (mv / bc1) / (sqrtf(vv / bc2) + eps);

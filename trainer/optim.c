@@ -40,7 +40,7 @@ tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, con
                                .bc2 = (float)(1.0 - pow(c->beta2, (double)t)),
                                .gscale = gscale};
     }
-    be->adamw(be, p->params, p->m, p->v, p->grads, p->P, p->P, hs, n_active, (float)c->beta1, (float)c->beta2,
+    be->adamw(be, p->params, p->m, p->v, p->grads, p->P, p->P, hs, n_active, c->beta1, c->beta2,
               (float)c->adam_eps, (float)c->weight_decay);
     for (int i = 0; i < n_active; i++) p->steps[active[i]]++;
     return be->status(be, err);

@@ -88,6 +88,6 @@ void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x,
 void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t slot_stride, size_t P,
                         const int32_t *slots, int nslots);
 void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
-                  const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd);
+                  const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd);
 
 #endif

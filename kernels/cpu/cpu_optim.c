@@ -29,8 +29,9 @@ void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t 
 }
 
 void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
-                  const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd) {
+                  const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd) {
     int nthr = tl_cpu(be)->threads;
+    const float b1f = (float)b1, b2f = (float)b2, omb1 = (float)(1.0 - b1), omb2 = (float)(1.0 - b2);
     for (int s = 0; s < nslots; s++) {
         tl_adam_slot a = hs[s];
         size_t off = (size_t)a.slot * slot_stride;
@@ -38,6 +39,7 @@ void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, 
         const float *gs = g + off;
 #pragma omp parallel for num_threads(nthr) if (P > 16384)
         for (size_t i = 0; i < P; i++)
-            tl_adamw_update(&ps[i], &ms[i], &vs[i], gs[i] * a.gscale, a.lr, b1, b2, eps, wd, a.bc1, a.bc2);
+            tl_adamw_update(&ps[i], &ms[i], &vs[i], gs[i] * a.gscale, a.lr, b1f, b2f, omb1, omb2, eps, wd, a.bc1,
+                            a.bc2);
     }
 }

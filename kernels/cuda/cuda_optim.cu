@@ -76,13 +76,14 @@ void tl_cuda_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t
 
 /* AdamW on element range of every listed slot; grid (blocks over P, nslots) */
 static __global__ void adamw_kernel(float *p, float *m, float *v, const float *g, size_t stride, size_t P,
-                                    const tl_adam_slot *hs, float b1, float b2, float eps, float wd) {
+                                    const tl_adam_slot *hs, float b1, float b2, float omb1, float omb2, float eps,
+                                    float wd) {
     tl_adam_slot s = hs[blockIdx.y];
     size_t off = (size_t)s.slot * stride, step = (size_t)gridDim.x * blockDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < P; i += step) {
         size_t j = off + i;
         float pj = p[j], mj = m[j], vj = v[j];
-        tl_adamw_update(&pj, &mj, &vj, g[j] * s.gscale, s.lr, b1, b2, eps, wd, s.bc1, s.bc2);
+        tl_adamw_update(&pj, &mj, &vj, g[j] * s.gscale, s.lr, b1, b2, omb1, omb2, eps, wd, s.bc1, s.bc2);
         p[j] = pj;
         m[j] = mj;
         v[j] = vj;
@@ -90,8 +91,9 @@ static __global__ void adamw_kernel(float *p, float *m, float *v, const float *g
 }
 
 void tl_cuda_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
-                   const tl_adam_slot *hs, int nslots, float b1, float b2, float eps, float wd) {
+                   const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd) {
     tl_cuda_ctx *c = tl_cuda(be);
+    const float omb1 = (float)(1.0 - b1), omb2 = (float)(1.0 - b2); /* in double: tl_adamw_update */
     if (c->failed || nslots <= 0 || P == 0) return;
     tl_adam_slot *dslots = (tl_adam_slot *)c->slotbuf;
     unsigned bx = tl_cuda_blocks(P, OPT_THREADS * 4, 1024);
@@ -102,8 +104,8 @@ void tl_cuda_adamw(tl_backend *be, float *p, float *m, float *v, const float *g,
                                            c->stream),
                         "adamw (slots %d..%d)", i0, i0 + k))
             return;
-        adamw_kernel<<<dim3(bx, (unsigned)k), OPT_THREADS, 0, c->stream>>>(p, m, v, g, slot_stride, P, dslots, b1, b2,
-                                                                           eps, wd);
+        adamw_kernel<<<dim3(bx, (unsigned)k), OPT_THREADS, 0, c->stream>>>(p, m, v, g, slot_stride, P, dslots,
+                                                                           (float)b1, (float)b2, omb1, omb2, eps, wd);
         if (!tl_cuda_ok(c, cudaGetLastError(), "adamw (P=%zu, nslots=%d)", P, k)) return;
     }
 }

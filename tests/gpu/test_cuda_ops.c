@@ -596,8 +596,8 @@ static void test_optim(T *t) {
     buf v = mk(t, F32, poola, vh);
     free(vh);
     tl_adam_slot hs[3] = {{3, 1e-2f, 0.1f, 0.001f, 1.0f}, {0, 3e-3f, 0.5f, 0.2f, 0.5f}, {4, 1e-3f, 0.9f, 0.9f, 0.25f}};
-    t->cpu->adamw(t->cpu, p.c, mm.c, v.c, ga.c, sa, Pa, hs, 3, 0.9f, 0.999f, 1e-8f, 0.01f);
-    t->gpu->adamw(t->gpu, p.g, mm.g, v.g, ga.g, sa, Pa, hs, 3, 0.9f, 0.999f, 1e-8f, 0.01f);
+    t->cpu->adamw(t->cpu, p.c, mm.c, v.c, ga.c, sa, Pa, hs, 3, 0.9, 0.999, 1e-8f, 0.01f);
+    t->gpu->adamw(t->gpu, p.g, mm.g, v.g, ga.g, sa, Pa, hs, 3, 0.9, 0.999, 1e-8f, 0.01f);
     compare(t, "adamw p (slots {3,0,4} of 5)", &p, TOL_F32);
     compare(t, "adamw m", &mm, TOL_F32);
     compare(t, "adamw v", &v, TOL_F32);
