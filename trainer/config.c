@@ -847,20 +847,26 @@ static tl_status finish(tl_config *c, const origin *o, const char *path, tl_erro
 tl_status tl_config_check_thread_env(tl_error *err) {
     const char *v = getenv("OMP_NUM_THREADS");
     if (!v) return TL_OK;
-    const char *p = v;
-    for (;;) {
+    /* A value OpenMP cannot read it ignores itself (with its own warning): only a readable list with a count
+     * above the maximum is refused, as OpenMP would build that team. */
+    int too_many = 0;
+    for (const char *p = v;;) {
+        while (*p == ' ' || *p == '\t') p++;
         long n = 0;
         int digits = 0;
         while (*p >= '0' && *p <= '9') {
             if (n <= TL_MAX_THREADS) n = n * 10 + (*p - '0');
             p++, digits++;
         }
-        if (!digits || n < 1 || n > TL_MAX_THREADS) break;
-        if (*p == '\0') return TL_OK;
-        if (*p++ != ',') break;
+        while (*p == ' ' || *p == '\t') p++;
+        if (!digits) return TL_OK;
+        too_many |= n > TL_MAX_THREADS;
+        if (*p == '\0') break;
+        if (*p++ != ',') return TL_OK;
     }
-    return tl_fail(err, TL_ERR_INPUT, "OMP_NUM_THREADS=%.40s: expected thread counts in [1, %d] separated by commas",
-                   v, TL_MAX_THREADS);
+    if (!too_many) return TL_OK;
+    return tl_fail(err, TL_ERR_INPUT, "OMP_NUM_THREADS=%.40s: expected thread counts of at most %d", v,
+                   TL_MAX_THREADS);
 }
 
 tl_status tl_config_load(const char *path, char *const *overrides, int n_overrides, tl_config *c, tl_error *err) {

@@ -100,8 +100,9 @@ tl_status tl_config_load(const char *path, char *const *overrides, int n_overrid
 /* The most CPU threads a process may ask for (train.threads, OMP_NUM_THREADS). OpenMP builds its team with
  * per-thread records on the stack of the thread that starts it, so an absurd count overflows that stack. */
 #define TL_MAX_THREADS 1024
-/* OMP_NUM_THREADS, when set, must be a list of integers in [1, TL_MAX_THREADS] separated by commas (as OpenMP
- * reads it); anything else is TL_ERR_INPUT naming the variable. Called before the first parallel region. */
+/* OMP_NUM_THREADS, when OpenMP can read it (integers separated by commas), must not ask for more than
+ * TL_MAX_THREADS threads at any level: TL_ERR_INPUT naming the variable otherwise. A value OpenMP cannot read it
+ * ignores itself, with its own warning. Called before the first parallel region. */
 tl_status tl_config_check_thread_env(tl_error *err);
 /* Writes the resolved configuration (every key) as YAML that tl_config_load reads back to the same values,
  * doubles bit for bit. The caller checks the stream (ferror / fclose). */
