@@ -244,7 +244,7 @@ static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **o
 }
 
 /* Checks that s[0..len) is well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
-static int utf8_valid(const unsigned char *s, size_t len) {
+int tl_utf8_valid(const unsigned char *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         unsigned char b = s[i];
@@ -292,7 +292,7 @@ static tl_status own_string(rd_ctx *c, const char *what, int64_t index, const ch
             return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: string %lld contains a NUL byte", c->path, what,
                            (long long)index);
     }
-    if (!utf8_valid((const unsigned char *)raw, len))
+    if (!tl_utf8_valid((const unsigned char *)raw, len))
         return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: string %lld is not valid UTF-8", c->path, what,
                        (long long)index);
     char *s = malloc(len + 1);

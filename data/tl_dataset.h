@@ -71,6 +71,9 @@ tl_status tl_h5_read_root(tl_h5_reader *r, const char *kind, int model_vocab, in
  * NULL when absent). Whatever was read is left in the outputs even on failure: free with tl_free_strings. */
 tl_status tl_h5_read_users(tl_h5_reader *r, int *n_users, char ***names, char ***groups, tl_error *err);
 void tl_free_strings(char **s, int64_t n); /* frees s[0..n) and s; NULL is allowed */
+/* 1 when s[0..len) is well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF): the rule for every
+ * name in a dataset, also applied by `tailor data build` to what it writes. */
+int tl_utf8_valid(const unsigned char *s, size_t len);
 /* A rank-1 dataset of exactly int32 / int64 (either byte order), read whole into a new malloc'd array. */
 tl_status tl_h5_read_i32(tl_h5_reader *r, const char *name, int32_t **out, int64_t *len, tl_error *err);
 tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64_t *len, tl_error *err);

@@ -1,4 +1,12 @@
-/* data_build: JSONL -> tokenized HDF5 dataset (see tl_data_build.h). */
+/* data_build: JSONL -> tokenized HDF5 dataset (see tl_data_build.h).
+ *
+ * Every row is checked before anything is tokenized, so that what is written is exactly what the JSON says and
+ * what `tailor train` accepts: a line with a raw NUL byte, text after the JSON value, a "\u0000" escape in any
+ * string (cJSON would silently cut the string there), a string or key that is not valid UTF-8 (the rule of
+ * tl_utf8_valid, which the dataset reader applies to names), a key given twice in one object (cJSON would take
+ * the first) and an empty user or group name are each refused with "<file>:<line>: <field>: <problem>". The
+ * output is written under a fresh temporary name next to OUT and renamed into place, so OUT is either the
+ * complete new file or untouched, and nothing is left behind on error. */
 #include "tl_data_build.h"
 
 #include <errno.h>
@@ -10,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "../data/tl_dataset.h"
 #include "../data/tl_model_tokenizer.h"
 #include "../kernels/tl_text.h"
 #include "tl_config.h"
@@ -28,7 +37,7 @@ static int vec_push(vec *v, const void *x, size_t count) {
         if (!q) return -1;
         v->p = q, v->cap = cap;
     }
-    memcpy((char *)v->p + v->n * v->elem, x, count * v->elem);
+    if (count) memcpy((char *)v->p + v->n * v->elem, x, count * v->elem); /* x may be NULL when count is 0 */
     v->n += count;
     return 0;
 }
@@ -80,6 +89,161 @@ static tl_status row_fail(ctx *c, const char *fmt, const char *what) {
     char msg[512];
     snprintf(msg, sizeof msg, fmt, what);
     return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s", c->in, c->line, msg);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Row checks beyond what cJSON does */
+
+#define PATH_DEPTH 32 /* nesting tracked by name in messages; deeper levels are shown as "..." */
+
+typedef struct {
+    int is_obj;
+    long idx;
+    char key[48];
+} frame;
+
+/* The path of a value ("prompt", "messages[1].content") from the frames of its enclosing containers. */
+static void frame_path(const frame *st, size_t depth, char *out, size_t cap) {
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < depth && n + 1 < cap; i++) {
+        int w;
+        if (i >= PATH_DEPTH) w = snprintf(out + n, cap - n, "...");
+        else if (st[i].is_obj) w = snprintf(out + n, cap - n, "%s%s", i ? "." : "", st[i].key);
+        else w = snprintf(out + n, cap - n, "[%ld]", st[i].idx);
+        if (w < 0 || (size_t)w >= cap - n) break;
+        n += (size_t)w;
+        if (i >= PATH_DEPTH) break;
+    }
+}
+
+/* Finds a "\u0000" escape in a JSON text that cJSON accepted (so it is well-formed): cJSON decodes it into a NUL
+ * that ends the C string, silently dropping the rest of the text. Returns 1 and the field's path in `where`
+ * (for a key: "a key of <path>") when there is one. */
+static int find_nul_escape(const char *s, char *where, size_t cap) {
+    frame st[PATH_DEPTH];
+    size_t depth = 0;
+    int expect_key = 0;
+    for (const char *p = s; *p; p++) {
+        char ch = *p;
+        if (ch == '{' || ch == '[') {
+            if (depth < PATH_DEPTH) st[depth] = (frame){.is_obj = ch == '{'};
+            depth++;
+            expect_key = ch == '{';
+        } else if (ch == '}' || ch == ']') {
+            if (depth) depth--;
+            expect_key = 0;
+        } else if (ch == ',' && depth) {
+            if (depth <= PATH_DEPTH && !st[depth - 1].is_obj) st[depth - 1].idx++;
+            expect_key = depth <= PATH_DEPTH ? st[depth - 1].is_obj : 0;
+        } else if (ch == ':') {
+            expect_key = 0;
+        } else if (ch == '"') {
+            const char *start = ++p;
+            int nul = 0;
+            for (; *p && *p != '"'; p++)
+                if (*p == '\\') {
+                    p++;
+                    if (*p == 'u' && !strncmp(p + 1, "0000", 4)) nul = 1;
+                    if (!*p) return 0;
+                }
+            if (!*p) return 0;
+            int is_key = expect_key && depth && depth <= PATH_DEPTH;
+            if (is_key) {
+                size_t k = (size_t)(p - start);
+                if (k >= sizeof st[depth - 1].key) k = sizeof st[depth - 1].key - 1;
+                memcpy(st[depth - 1].key, start, k);
+                st[depth - 1].key[k] = '\0';
+            }
+            if (nul) {
+                char path[256];
+                frame_path(st, is_key ? depth - 1 : depth, path, sizeof path);
+                if (is_key) snprintf(where, cap, "a key of %s", depth > 1 ? path : "the row");
+                else snprintf(where, cap, "%s", path[0] ? path : "the row");
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static int cmp_child_key(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* Every key and string of the row is valid UTF-8, and no object has a key twice. `path` names `it`. */
+static tl_status check_tree(ctx *c, const cJSON *it, const char *path) {
+    char sub[256];
+    if (cJSON_IsString(it)) {
+        const char *v = it->valuestring ? it->valuestring : "";
+        if (!tl_utf8_valid((const unsigned char *)v, strlen(v)))
+            return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s: not valid UTF-8", c->in, c->line, path);
+        return TL_OK;
+    }
+    if (cJSON_IsArray(it)) {
+        long i = 0;
+        const cJSON *ch;
+        cJSON_ArrayForEach(ch, it) {
+            snprintf(sub, sizeof sub, "%s[%ld]", path, i++);
+            TL_TRY(check_tree(c, ch, sub));
+        }
+        return TL_OK;
+    }
+    if (!cJSON_IsObject(it)) return TL_OK;
+    size_t n = 0;
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, it) {
+        const char *k = ch->string ? ch->string : "";
+        snprintf(sub, sizeof sub, "%s%s%s", path, path[0] ? "." : "", k);
+        if (!tl_utf8_valid((const unsigned char *)k, strlen(k)))
+            return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: a key of %s: not valid UTF-8", c->in, c->line,
+                           path[0] ? path : "the row");
+        TL_TRY(check_tree(c, ch, sub));
+        n++;
+    }
+    if (n < 2) return TL_OK;
+    const cJSON **keys = malloc(n * sizeof *keys);
+    if (!keys) return tl_fail(c->err, TL_ERR_RUNTIME, "%s:%ld: out of memory", c->in, c->line);
+    size_t i = 0;
+    cJSON_ArrayForEach(ch, it) keys[i++] = ch;
+    for (i = 0; i < n; i++)
+        if (!keys[i]->string) {
+            free(keys);
+            return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s: a member without a key", c->in, c->line, path);
+        }
+    qsort(keys, n, sizeof *keys, cmp_child_key);
+    tl_status st = TL_OK;
+    for (i = 1; i < n && st == TL_OK; i++)
+        if (!strcmp(keys[i - 1]->string, keys[i]->string))
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s%s%.100s: key given twice in one object, expected each key "
+                         "once", c->in, c->line, path, path[0] ? "." : "", keys[i]->string);
+    free(keys);
+    return st;
+}
+
+/* Parses one line into a JSON object after the checks above; *row is NULL on failure. */
+static tl_status parse_row(ctx *c, const char *line, size_t len, cJSON **row) {
+    *row = NULL;
+    if (memchr(line, '\0', len))
+        return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: the line contains a NUL byte, expected JSON text", c->in, c->line);
+    const char *end = NULL;
+    cJSON *r = cJSON_ParseWithOpts(line, &end, 1);
+    if (!r || !cJSON_IsObject(r)) {
+        cJSON_Delete(r);
+        return tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: not a JSON object (one object per line)", c->in, c->line);
+    }
+    char where[300];
+    tl_status st = TL_OK;
+    if (find_nul_escape(line, where, sizeof where))
+        st = tl_fail(c->err, TL_ERR_INPUT, "%s:%ld: %s: contains \"\\u0000\" (a NUL character), expected text "
+                     "without NUL", c->in, c->line, where);
+    if (st == TL_OK) st = check_tree(c, r, "");
+    if (st != TL_OK) {
+        cJSON_Delete(r);
+        return st;
+    }
+    *row = r;
+    return TL_OK;
 }
 
 /* Tokenizes text and appends it as one run entry. */
@@ -182,7 +346,7 @@ static tl_status write_h5(const char *path, int pref, const users *u, run *runs,
     H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     int bad = 0;
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT); /* a fresh name: never clobber a file */
     hid_t st = vlen_str_type();
     bad |= f < 0 || st < 0;
     if (!bad) {
@@ -245,23 +409,21 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     char *line = NULL;
     size_t cap = 0;
     int any_group = -1; /* unknown until the first row */
-    while (!s && getline(&line, &cap, f) != -1) {
+    ssize_t got;
+    while (!s && (got = getline(&line, &cap, f)) != -1) {
         c.line++;
         const char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
-        if (!*p) continue;
-        cJSON *row = cJSON_Parse(line);
-        if (!row || !cJSON_IsObject(row)) {
-            cJSON_Delete(row);
-            s = row_fail(&c, "%s", "not a JSON object");
-            break;
-        }
+        if (!*p && p == line + got) continue;
+        cJSON *row = NULL;
+        s = parse_row(&c, line, (size_t)got, &row);
+        if (s) break;
         const char *user = get_str(row, "user"), *group = get_str(row, "group");
         char *prompt_alloc = NULL, *resp_alloc = NULL;
         const char *texts[3] = {0};
         if (!user || !user[0]) s = row_fail(&c, "%s: expected a non-empty string", "user");
-        else if (cJSON_GetObjectItemCaseSensitive(row, "group") && !group)
-            s = row_fail(&c, "%s: expected a string", "group");
+        else if (cJSON_GetObjectItemCaseSensitive(row, "group") && (!group || !group[0]))
+            s = row_fail(&c, "%s: expected a non-empty string", "group");
         else if ((any_group == 1 && !group) || (any_group == 0 && group))
             s = row_fail(&c, "%s: either every row has a group or none does", "group");
         if (!s) any_group = group != NULL;
@@ -329,9 +491,10 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
     fclose(f);
     if (!s && user_of.n == 0) s = tl_fail(err, TL_ERR_INPUT, "%s: no examples (the file has no non-blank line)", in);
+    char tmp[TL_PATH_MAX + 64];
+    if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid()) >= sizeof tmp)
+        s = tl_fail(err, TL_ERR_INPUT, "%.200s...: output path longer than %d bytes", out, TL_PATH_MAX);
     if (!s) {
-        char tmp[TL_PATH_MAX + 64];
-        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
         s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
         if (!s && rename(tmp, out) != 0)
             s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));

@@ -15,6 +15,11 @@ only the named defect can make tailor refuse it:
   huge_deflate       /sft/offsets declares 2^30 int64, deflated, only its first chunk written
   lzf_filter         /sft/user compressed with h5py's lzf filter (not known to libhdf5)
   nothing_trainable  every example is all prompt (prompt_len = length): no token to train on
+  libhdf5_hang       a good file whose global heap object "cid" (a user name) claims 255 bytes instead of 3:
+                     libhdf5 1.10 loops forever parsing that heap (found by fuzzing good files)
+  libhdf5_crash      a good file with the byte just before the object header of /users set to 0x40 (the end
+                     of the root group's symbol-table data): libhdf5 1.10.8 dereferences a wild pointer (SIGSEGV)
+                     on open (found by fuzzing good files)
 """
 import os
 import sys
@@ -48,7 +53,7 @@ elif kind == "nothing_trainable":
     pl = np.array(lens, dtype=np.int32)
 elif kind not in ("good", "missing_dataset", "wrong_dtype", "soft_link", "external_link", "group_ext_link",
                   "external_storage", "virtual", "compact", "huge_chunked", "huge_contiguous", "huge_deflate",
-                  "lzf_filter"):
+                  "lzf_filter", "libhdf5_hang", "libhdf5_crash"):
     sys.exit(f"unknown kind {kind}")
 
 ext = out + ".ext.h5"
@@ -106,3 +111,22 @@ with h5py.File(out, "w") as f:
         f.create_dataset("sft/user", data=us, chunks=(3,), compression="lzf")
     else:
         f.create_dataset("sft/user", data=us)
+
+if kind == "libhdf5_hang":
+    # Global heap object (HDF5 file format spec, "Global Heap"): index u16, refcount u16, reserved u32, size u64,
+    # then the data padded to 8 bytes. Patch the size of the object holding b"cid".
+    b = bytearray(open(out, "rb").read())
+    at = b.find(b"cid\0\0\0\0\0")
+    if at < 8 or b[at - 8:at] != (3).to_bytes(8, "little"):
+        sys.exit("libhdf5_hang: the heap object of 'cid' was not found where expected")
+    b[at - 8] = 0xFF
+    open(out, "wb").write(b)
+
+if kind == "libhdf5_crash":
+    with h5py.File(out, "r") as f:
+        addr = h5py.h5o.get_info(f["users"].id).addr
+    b = bytearray(open(out, "rb").read())
+    if b[addr - 1] != 0:
+        sys.exit("libhdf5_crash: unexpected layout (the byte before /users is not 0)")
+    b[addr - 1] = 0x40
+    open(out, "wb").write(b)

@@ -1,0 +1,116 @@
+# Bad HDF5 datasets and bad `tailor data build` input: each case must exit with code 2, print exactly one line
+# on stderr (no libhdf5 error stack after it) naming the file, dataset or line and what was expected, and leave
+# nothing behind (no run directory, no output or temporary file of data build; an existing output untouched).
+# `hdf5.sh --list` prints the case names; `hdf5.sh CASE` runs one. Bad files come from make_bad_h5.py and
+# make_bad_pref_h5.py; each is valid except for its one defect, so only that defect can make tailor refuse it.
+CASES="h5_soft_link h5_external_link h5_group_ext_link h5_external_storage h5_virtual h5_compact h5_huge_chunked
+h5_huge_contiguous h5_huge_deflate h5_lzf_filter h5_nothing_trainable h5_pref_nothing_trainable
+h5_pref_external_users h5_libhdf5_hang h5_libhdf5_crash h5_truncated h5_isolate_env_bad h5_timeout_env_bad
+h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspect_truncated
+h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
+h5_build_bad_utf8_text h5_build_dup_key h5_build_dup_key_nested h5_build_empty_group h5_build_trailing_text
+h5_build_keeps_existing"
+if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
+source "$TAILOR_SRC/tests/lib/common.sh"
+case_name=$1
+
+make_model "$T/model" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+"$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
+write_config "$T/c.yaml" "$T/model" "$T/good.h5" "" "$T/run" "steps: 2"
+CFG="$T/c.yaml"
+args=()
+envs=()
+cmd=(train "$CFG")
+keep=""   # a file that must exist, unchanged, after the command
+
+bad_data() { "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" "$1" "$T/bad.h5"; args=("data.train=$T/bad.h5"); }
+bad_pref() {
+  "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_pref_h5.py" "$1" "$T/bad.h5"
+  args=("data.train=$T/bad.h5" "task.type=dpo" "data.max_seq_len=48" "train.micro_batch_tokens=512")
+}
+inspect() { bad_data "$1"; args=(); cmd=(inspect "$T/bad.h5"); }
+# data build: a small byte-level BPE tokenizer in the model directory, then one JSONL file (printf format)
+build() {
+  "$TL_PYTHON" -c "import tokenizers" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing"; exit 77; }
+  "$TL_PYTHON" - "$T/model" <<'PY'
+import sys
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+tok.train_from_iterator(["hello world, a small corpus"] * 10, tr)
+tok.save(sys.argv[1] + "/tokenizer.json")
+PY
+  printf "$1" >"$T/in.jsonl"
+  cmd=(data build "$T/in.jsonl" "$T/out.h5" --model "$T/model")
+}
+G='{"user": "a", "prompt": "x", "response": "y"}\n'   # a good row
+
+case $case_name in
+  h5_soft_link) bad_data soft_link; expect="/sft/tokens: is a soft link" ;;
+  h5_external_link) bad_data external_link; expect="/sft/tokens: is an external" ;;
+  h5_group_ext_link) bad_data group_ext_link; expect="/sft: is an external" ;;
+  h5_external_storage) bad_data external_storage; expect="/sft/tokens: external storage" ;;
+  h5_virtual) bad_data virtual; expect="/sft/tokens: virtual dataset" ;;
+  h5_compact) bad_data compact; expect="/sft/prompt_len: compact layout" ;;
+  h5_huge_chunked) bad_data huge_chunked; expect="/sft/tokens: declares 17179869184 bytes" ;;
+  h5_huge_contiguous) bad_data huge_contiguous; expect="/users/name: declares" ;;
+  h5_huge_deflate) bad_data huge_deflate; expect="/sft/offsets: declares 8589934592 bytes" ;;
+  h5_lzf_filter) bad_data lzf_filter; expect='/sft/user: filter 32000 ("lzf") is not supported' ;;
+  h5_nothing_trainable) bad_data nothing_trainable; expect="no example has a token to train on" ;;
+  h5_pref_nothing_trainable) bad_pref nothing_trainable; expect="no pair has a token to train on" ;;
+  h5_pref_external_users) bad_pref external_users; expect="/users/name: is an external" ;;
+  h5_libhdf5_hang) bad_data libhdf5_hang; envs=(TAILOR_HDF5_TIMEOUT_S=3); expect="bad.h5: libhdf5 hung reading it" ;;
+  h5_libhdf5_crash) bad_data libhdf5_crash; expect="bad.h5: libhdf5 crashed reading it" ;;
+  h5_truncated) bad_data good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
+  h5_isolate_env_bad) envs=(TAILOR_HDF5_ISOLATE=yes); expect="TAILOR_HDF5_ISOLATE" ;;
+  h5_timeout_env_bad) envs=(TAILOR_HDF5_TIMEOUT_S=0); expect="TAILOR_HDF5_TIMEOUT_S" ;;
+  h5_inspect_nothing_trainable) inspect nothing_trainable; expect="no example has a token to train on" ;;
+  h5_inspect_external_link) inspect external_link; expect="/sft/tokens: is an external" ;;
+  h5_inspect_crash) inspect libhdf5_crash; expect="libhdf5 crashed" ;;
+  h5_inspect_truncated) inspect good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
+  h5_build_nul_escape) build "$G"'{"user": "a", "prompt": "x\\u0000hidden", "response": "y"}\n'
+    expect='in.jsonl:2: prompt: contains "\\u0000"' ;;
+  h5_build_nul_escape_nested)
+    build '{"user": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok\\u0000x"}]}\n'
+    expect='in.jsonl:1: messages\[1\].content: contains' ;;
+  h5_build_nul_escape_key) build '{"user": "a", "prompt": "x", "response": "y", "us\\u0000er": "b"}\n'
+    expect='in.jsonl:1: a key of the row: contains' ;;
+  h5_build_raw_nul) build "$G"'{"user": "a", "prompt": "x", "response": "y"}\000junk\n'
+    expect='in.jsonl:2: the line contains a NUL byte' ;;
+  h5_build_bad_utf8_user) build '{"user": "b\377n", "prompt": "x", "response": "y"}\n'
+    expect='in.jsonl:1: user: not valid UTF-8' ;;
+  h5_build_bad_utf8_text) build "$G$G"'{"user": "a", "prompt": "x", "response": "\300\257"}\n'
+    expect='in.jsonl:3: response: not valid UTF-8' ;;
+  h5_build_dup_key) build '{"user": "a", "user": "b", "prompt": "x", "response": "y"}\n'
+    expect='in.jsonl:1: user: key given twice' ;;
+  h5_build_dup_key_nested)
+    build '{"user": "a", "messages": [{"role": "user", "content": "hi", "content": "ho"}, {"role": "assistant", "content": "ok"}]}\n'
+    expect='in.jsonl:1: messages\[0\].content: key given twice' ;;
+  h5_build_empty_group) build '{"user": "a", "group": "", "prompt": "x", "response": "y"}\n'
+    expect='in.jsonl:1: group: expected a non-empty string' ;;
+  h5_build_trailing_text) build '{"user": "a", "prompt": "x", "response": "y"} {"user": "b"}\n'
+    expect='in.jsonl:1: not a JSON object' ;;
+  h5_build_keeps_existing) build "$G"'{"user": "", "prompt": "x", "response": "y"}\n'
+    echo "an earlier output" >"$T/out.h5"; keep="$T/out.h5"; cp "$keep" "$T/keep.orig"; expect='in.jsonl:2: user' ;;
+  *) die "unknown case $case_name" ;;
+esac
+
+set +e
+env "${envs[@]}" "$TAILOR_BIN" "${cmd[@]}" "${args[@]}" >"$T/out" 2>"$T/err"
+rc=$?
+set -e
+echo "exit $rc; stderr: $(cat "$T/err")"
+[ $rc -eq 2 ] || die "expected exit code 2, got $rc"
+[ "$(wc -l <"$T/err")" -eq 1 ] || die "expected exactly one line on stderr"
+grep -q -- "$expect" "$T/err" || die "stderr does not mention '$expect'"
+[ ! -e "$T/run" ] || die "a run directory was created for bad input"
+if [ -n "$keep" ]; then
+  cmp -s "$keep" "$T/keep.orig" || die "$keep was changed"
+elif [ "${cmd[0]}" = data ]; then
+  [ ! -e "$T/out.h5" ] || die "data build left an output file"
+fi
+! ls "$T" | grep -q "out.h5.tmp" || die "data build left a temporary file: $(ls "$T")"
+echo ok
