@@ -33,7 +33,7 @@ static tl_status env_int(const char *name, int *out, int *present, tl_error *err
     const char *v = getenv(name);
     *present = 0;
     if (!v || !v[0]) return TL_OK;
-    /* the one strict integer reader (tl_text.h): " 5", "+5", "5x" and "1e3" are refused, not read as 5 */
+    /* the one strict integer reader (tl_text.h): " 5", "5x" and "1e3" are refused, not read as 5 */
     int64_t x;
     if (tl_parse_i64(name, v, 0, 1000000, &x, err) != TL_OK)
         return tl_fail(err, TL_ERR_INPUT, "environment variable %s=%s: expected an integer in [0, 1000000]", name, v);

@@ -1,0 +1,130 @@
+# Bad command lines and hostile names (area cli): each case must exit with code 2, print exactly one line on stderr
+# naming the option, key, field or file and what was expected, carry no raw control character to the terminal, and
+# leave nothing behind. `cli.sh --list` prints the case names (CMake registers one test per case).
+CASES="cli_gen_seed_exponent cli_gen_seed_trailing cli_gen_seed_huge cli_gen_top_p_nan cli_gen_max_new_fraction
+cli_make_model_exponent cli_sbatch_smuggled_reserved cli_sbatch_two_options cli_sbatch_value_quoted
+cli_escape_names cli_gguf_bos_overflow cli_gguf_merge_key cli_model_hidden_huge cli_model_vocab_huge
+cli_inspect_nan_weight cli_env_rank_blank"
+if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
+source "$TAILOR_SRC/tests/lib/common.sh"
+case_name=$1
+
+# expect_fail NEEDLE CMD...: exit 2, one line on stderr holding NEEDLE (fixed string), no ESC or BEL byte in it
+expect_fail() {
+  local needle=$1; shift
+  set +e; "$@" >"$T/out" 2>"$T/err"; local rc=$?; set -e
+  [ $rc -eq 2 ] || { cat "$T/err" >&2; die "$case_name: exit code $rc, expected 2"; }
+  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err" >&2; die "$case_name: expected exactly one line on stderr"; }
+  grep -qF -- "$needle" "$T/err" || die "$case_name: stderr does not name '$needle': $(cat "$T/err")"
+  if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/err"; then die "$case_name: a raw control character reached stderr"; fi
+}
+
+# write_gguf OUT KIND: a GGUF file holding only tokenizer metadata (gpt2 BPE, 3 tokens, 1 merge), with one defect
+write_gguf() {
+  "$TL_PYTHON" - "$1" "$2" <<'PY'
+import struct, sys
+out, kind = sys.argv[1], sys.argv[2]
+def s(x): b = x.encode(); return struct.pack("<Q", len(b)) + b
+kv = []
+def add(key, vt, payload): kv.append(s(key) + struct.pack("<I", vt) + payload)
+add("tokenizer.ggml.model", 8, s("gpt2"))
+add("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 3) + s("a") + s("b") + s("ab"))
+add("tokenizer.ggml.merges", 9, struct.pack("<IQ", 8, 1) + s("a q" if kind == "merge" else "a b"))
+if kind == "bos":
+    add("tokenizer.ggml.bos_token_id", 10, struct.pack("<Q", 2**32 + 1))   # 1 once truncated to int32
+open(out, "wb").write(b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv)) + b"".join(kv))
+PY
+}
+
+# set_config KEY VALUE: one field of the model's config.json
+set_config() {
+  "$TL_PYTHON" - "$MODEL/config.json" "$1" "$2" <<'PY'
+import json, sys
+p, k, v = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = json.load(open(p)); c[k] = v; json.dump(c, open(p, "w"))
+PY
+}
+
+MODEL="$T/model"
+gen=("$TAILOR_BIN" generate --model "$T/no-model" --base --prompt hi)
+case $case_name in
+  cli_gen_seed_exponent) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 1e3 ;;
+  cli_gen_seed_trailing) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 12abc ;;
+  cli_gen_seed_huge) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 99999999999999999999 ;;
+  cli_gen_top_p_nan) expect_fail "generate: --top-p" "${gen[@]}" --top-p nan ;;
+  cli_gen_max_new_fraction) expect_fail "generate: --max-new-tokens" "${gen[@]}" --max-new-tokens 1.5 ;;
+  cli_make_model_exponent)
+    expect_fail "make-model --hidden" "$TAILOR_BIN" make-model "$T/mm" --hidden 1e3
+    [ ! -e "$T/mm" ] || die "make-model left $T/mm behind" ;;
+  cli_sbatch_smuggled_reserved|cli_sbatch_two_options|cli_sbatch_value_quoted)
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
+    write_config "$T/c.yaml" "$MODEL" "$T/good.h5" "" "$T/run" "steps: 2"
+    case $case_name in
+      # a second option hidden in one entry would override what tailor sets: named for the key that sets it
+      cli_sbatch_smuggled_reserved)
+        expect_fail "cluster.time" "$TAILOR_BIN" submit "$T/c.yaml" "cluster.sbatch=[--qos=high --time=9:00]" ;;
+      cli_sbatch_two_options)
+        expect_fail "cluster.sbatch entry 2" "$TAILOR_BIN" submit "$T/c.yaml" "cluster.sbatch=[--exclusive, --qos=a -N 64]" ;;
+      cli_sbatch_value_quoted)
+        # a value with blanks and quotes stays one argument (written quoted), and a bare second word is refused
+        "$TAILOR_BIN" submit "$T/c.yaml" --dry-run "cluster.sbatch=[\"--comment=a b 'c'\"]" >"$T/script" ||
+          die "a quoted comment was refused"
+        grep -qxF "#SBATCH --comment='a b '\\''c'\\'''" "$T/script" || die "value not quoted: $(grep comment "$T/script")"
+        expect_fail "cluster.sbatch entry 1" "$TAILOR_BIN" submit "$T/c.yaml" "cluster.sbatch=[--qos high]" ;;
+    esac
+    [ ! -e "$T/run" ] || die "submit wrote $T/run for a refused config" ;;
+  cli_escape_names)
+    # a user name holding a terminal escape and a BEL: shown escaped by inspect, and in an error message
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/d.h5"
+    "$TL_PYTHON" - "$T/d.h5" <<'PY'
+import h5py, numpy as np, sys
+with h5py.File(sys.argv[1], "r+") as f:
+    del f["users/name"]
+    f.create_dataset("users/name", data=np.array(["ann", "\x1b[31mevil\x07", "cid"], dtype=h5py.string_dtype()))
+PY
+    "$TAILOR_BIN" inspect "$T/d.h5" >"$T/out" 2>"$T/err" || die "inspect failed: $(cat "$T/err")"
+    if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/out"; then die "inspect printed a raw control character"; fi
+    grep -qF '\x1B[31mevil\x07' "$T/out" || die "inspect does not show the escaped name: $(cat "$T/out")"
+    expect_fail '\x1B[31mevil\x07' "$TAILOR_BIN" inspect "$T/$(printf '\033[31mevil\007').gguf" ;;
+  cli_gguf_bos_overflow)
+    write_gguf "$T/tok.gguf" bos
+    printf '{"user": "ann", "prompt": "a", "response": "b"}\n' >"$T/in.jsonl"
+    expect_fail "tokenizer.ggml.bos_token_id" "$TAILOR_BIN" data build "$T/in.jsonl" "$T/out.h5" --model "$T/tok.gguf"
+    grep -qF "tok.gguf" "$T/err" || die "the message does not name the GGUF file"
+    [ ! -e "$T/out.h5" ] || die "data build left $T/out.h5 behind" ;;
+  cli_gguf_merge_key)
+    write_gguf "$T/tok.gguf" merge
+    printf '{"user": "ann", "prompt": "a", "response": "b"}\n' >"$T/in.jsonl"
+    expect_fail "tok.gguf: tokenizer.ggml.merges[0]" "$TAILOR_BIN" data build "$T/in.jsonl" "$T/out.h5" --model "$T/tok.gguf"
+    if grep -qF "model.merges" "$T/err"; then die "a GGUF error names a tokenizer.json field"; fi ;;
+  cli_model_hidden_huge)
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    set_config hidden_size $((1 << 40))
+    expect_fail "hidden_size 1099511627776 is above the supported limit 65536" "$TAILOR_BIN" inspect "$MODEL" ;;
+  cli_model_vocab_huge)
+    # 2e9 fits an int: it used to reach the allocator (ASan: out of memory) instead of being refused
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    set_config vocab_size 2000000000
+    expect_fail "vocab_size 2000000000 is above the supported limit" "$TAILOR_BIN" inspect "$MODEL" ;;
+  cli_inspect_nan_weight)
+    # train refuses a NaN weight; inspect used to call the model valid
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    "$TL_PYTHON" - "$MODEL/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+t = h["model.layers.0.mlp.up_proj.weight"]; assert t["dtype"] == "F32"
+at = 8 + n + t["data_offsets"][0] + 4 * 5
+b[at:at + 4] = struct.pack("<f", float("nan")); open(p, "wb").write(b)
+PY
+    expect_fail "model.layers.0.mlp.up_proj.weight" "$TAILOR_BIN" inspect "$MODEL" ;;
+  cli_env_rank_blank)
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
+    write_config "$T/c.yaml" "$MODEL" "$T/good.h5" "" "$T/run" "steps: 2"
+    # strtol took a leading blank ("RANK= 1" ran as rank 1)
+    expect_fail "RANK= 1" env "RANK= 1" WORLD_SIZE=2 "$TAILOR_BIN" train "$T/c.yaml"
+    [ ! -e "$T/run" ] || die "train wrote $T/run" ;;
+  *) die "unknown case $case_name" ;;
+esac
+echo ok
