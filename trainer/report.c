@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/tl_text.h"
 #include "tl_fsutil.h"
 
 #define REPORT_MAX_INPUT ((size_t)1 << 30)
@@ -540,7 +541,9 @@ int tl_report_main(int argc, char **argv) {
         } else if (argv[i][0] != '-' && !run) {
             run = argv[i];
         } else {
-            fprintf(stderr, "tailor: error: report: unexpected argument '%s' (run 'tailor help' for usage)\n", argv[i]);
+            char b[TL_ESC_CAP]; /* the argument as typed: shown escaped (tl_text.h) */
+            fprintf(stderr, "tailor: error: report: unexpected argument '%s' (run 'tailor help' for usage)\n",
+                    tl_escape(b, sizeof b, argv[i]));
             return 2;
         }
     }

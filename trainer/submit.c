@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../kernels/tl_text.h"
 #include "tl_fsutil.h"
 #include "tl_train.h"
 
@@ -457,8 +458,9 @@ static const char *submit_usage =
     "writes nothing. See docs/cluster.md.\n";
 
 static int submit_usage_error(const char *msg, const char *arg) {
+    char b[TL_ESC_CAP]; /* the argument as typed: shown escaped (tl_text.h) */
     fprintf(stderr, "tailor: error: submit: %s%s%s (run 'tailor submit --help' for usage)\n", msg, arg ? " " : "",
-            arg ? arg : "");
+            arg ? tl_escape(b, sizeof b, arg) : "");
     return 2;
 }
 
