@@ -477,6 +477,174 @@ static void test_load_rows(const char *run) {
     free_pool(&p, &be);
 }
 
+/* ---- values a tampered or corrupt state file may hold ---- */
+
+/* Overwrites bytes [k, k + n) of tensor `name`'s data in the state file of checkpoint dir. */
+static void poke_state(const char *dir, const char *name, uint64_t k, const void *bytes, size_t n) {
+    char path[TL_PATH_MAX + 32];
+    xpath(path, sizeof path, "%s/state.safetensors", dir);
+    tl_error err = {0};
+    tl_st_file *f = NULL;
+    CHECK(tl_st_open(path, &f, &err) == TL_OK, "open: %s", err.msg);
+    const tl_st_tensor *t = f ? tl_st_find(f, name) : NULL;
+    uint64_t begin = t ? t->begin : 0;
+    if (f) tl_st_close(f);
+    FILE *fp = fopen(path, "r+b");
+    unsigned char hdr[8] = {0};
+    uint64_t hn = 0;
+    if (fp && fread(hdr, 1, 8, fp) == 8)
+        for (int i = 0; i < 8; i++) hn |= (uint64_t)hdr[i] << (8 * i);
+    CHECK(t && fp && hn && fseek(fp, (long)(8 + hn + begin + k), SEEK_SET) == 0 && fwrite(bytes, 1, n, fp) == n,
+          "poke %s", name);
+    if (fp) fclose(fp);
+}
+
+static void test_bad_values(const char *run) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    tl_lora_pool p, q;
+    tl_config cfg;
+    tl_cursor cur[4];
+    tl_error err = {0};
+    saved_pool(run, &be, &p, &cfg, cur, 12);
+    char dir[TL_PATH_MAX];
+    xpath(dir, sizeof dir, "%s/checkpoints/step-00000012", run);
+    make_pool(&q, &be, 4, NAMES, 4, 2, TARGETS, DIM_IN);
+    int64_t gs = 0;
+
+    /* integers out of range: refused, never truncated */
+    int64_t big = (int64_t)1 << 62, neg = -2, gs0 = 12;
+    poke_state(dir, "global_step", 0, &big, 8);
+    CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "'global_step'"),
+          "global_step 2^62 must be refused: %s", err.msg);
+    CHECK(tl_checkpoint_read_step(dir, &gs, &err) == TL_ERR_INPUT, "read_step of 2^62 must be refused");
+    poke_state(dir, "global_step", 0, &gs0, 8);
+    poke_state(dir, "steps", 8, &big, 8);
+    CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "'steps'[1]"),
+          "steps 2^62 must be refused: %s", err.msg);
+    poke_state(dir, "steps", 8, &gs0, 8);
+    poke_state(dir, "cursors", 16, &neg, 8);
+    CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "'cursors'[2]"),
+          "a negative cursor must be refused: %s", err.msg);
+    poke_state(dir, "cursors", 16, &gs0, 8);
+    CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_OK && gs == 12, "restored file loads: %s", err.msg);
+
+    /* NaN / Inf in params, m or v: refused naming the tensor and the adapter */
+    const char *tn[3] = {"params", "m", "v"};
+    for (int k = 0; k < 3; k++) {
+        float bad = k == 1 ? INFINITY : NAN, good = 0.5f;
+        uint64_t at = ((uint64_t)2 * p.P + 7) * sizeof(float); /* adapter 2, element 7 */
+        poke_state(dir, tn[k], at, &bad, 4);
+        char want[64];
+        snprintf(want, sizeof want, "'%s' [adapter 2, element 7]", tn[k]);
+        CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, want),
+              "non-finite %s must be refused: %s", tn[k], err.msg);
+        int32_t rows[1] = {2};
+        tl_lora_pool r;
+        char *mine[1] = {NAMES[2]};
+        make_pool(&r, &be, 1, mine, 4, 2, TARGETS, DIM_IN);
+        CHECK(tl_checkpoint_load_rows(dir, &r, &be, NAMES, 4, rows, &gs, NULL, &err) == TL_ERR_INPUT &&
+                  strstr(err.msg, want),
+              "non-finite %s must be refused by load_rows: %s", tn[k], err.msg);
+        free_pool(&r, &be);
+        poke_state(dir, tn[k], at, &good, 4);
+    }
+
+    /* a format tag that is not ours: the message quotes it (it used to be read after the file was freed) */
+    char path[TL_PATH_MAX + 32];
+    xpath(path, sizeof path, "%s/state.safetensors", dir);
+    tl_st_writer *wr = tl_st_writer_new();
+    float one = 1.0f;
+    int64_t sh[1] = {1};
+    CHECK(wr && tl_st_writer_add_f32(wr, "x", sh, 1, &one, &err) == TL_OK &&
+              tl_st_writer_meta(wr, "format", "someone-else-7", &err) == TL_OK &&
+              tl_st_writer_write(wr, path, &err) == TL_OK,
+          "write: %s", err.msg);
+    tl_st_writer_free(wr);
+    CHECK(tl_checkpoint_load(dir, &q, &be, &gs, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "'someone-else-7'"),
+          "format message: %s", err.msg);
+    free_pool(&q, &be);
+    free_pool(&p, &be);
+}
+
+/* train.resume: never on a run directory with outputs: they move to previous/<stamp>/, nothing is deleted */
+static void test_set_aside(const char *run) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    tl_lora_pool p;
+    tl_config cfg;
+    tl_cursor cur[4];
+    tl_error err = {0};
+    char dest[TL_PATH_MAX], path[TL_PATH_MAX + 64], ls[1024], latest[TL_PATH_MAX];
+    int moved = -1, found = 0;
+    CHECK(tl_mkdir_p(run, &err) == TL_OK, "mkdir");
+    CHECK(tl_run_set_aside(run, -1, dest, sizeof dest, &moved, &err) == TL_OK && moved == 0, "nothing to move");
+    saved_pool(run, &be, &p, &cfg, cur, 3);
+    CHECK(tl_checkpoint_save(run, &cfg, &p, &be, 4, NULL, 0, &err) == TL_OK, "save 4: %s", err.msg);
+    CHECK(tl_checkpoint_save(run, &cfg, &p, &be, 5, NULL, 0, &err) == TL_OK, "save 5: %s", err.msg);
+    xpath(path, sizeof path, "%s/metrics.jsonl", run);
+    CHECK(tl_write_file_atomic(path, "{}\n", 3, &err) == TL_OK, "metrics");
+    xpath(path, sizeof path, "%s/notes.txt", run); /* not an output of a run: stays */
+    CHECK(tl_write_file_atomic(path, "x", 1, &err) == TL_OK, "notes");
+
+    /* a resume from step 4: step 5 is another history */
+    CHECK(tl_run_set_aside(run, 4, dest, sizeof dest, &moved, &err) == TL_OK && moved == 1, "aside: %s", err.msg);
+    xpath(path, sizeof path, "%s/checkpoints", dest);
+    listing(path, ls, sizeof ls);
+    CHECK(!strcmp(ls, "step-00000005"), "set aside: %s", ls);
+    CHECK(tl_checkpoint_latest(run, latest, sizeof latest, &found, &err) == TL_OK && found &&
+              strstr(latest, "step-00000004"),
+          "latest after setting 5 aside: %s", latest);
+    CHECK(tl_run_set_aside(run, 4, dest, sizeof dest, &moved, &err) == TL_OK && moved == 0, "nothing past 4");
+
+    /* resume never: every output goes, in one folder */
+    char first[TL_PATH_MAX];
+    snprintf(first, sizeof first, "%s", dest);
+    CHECK(tl_run_set_aside(run, -1, dest, sizeof dest, &moved, &err) == TL_OK && moved == 1, "aside: %s", err.msg);
+    CHECK(strcmp(first, dest) != 0, "a second set-aside gets its own folder: %s", dest);
+    listing(dest, ls, sizeof ls);
+    CHECK(!strcmp(ls, "checkpoints config.yaml metrics.jsonl") || !strcmp(ls, "checkpoints metrics.jsonl"),
+          "moved: %s", ls);
+    listing(run, ls, sizeof ls);
+    CHECK(!strcmp(ls, "notes.txt previous"), "left in the run: %s", ls);
+    CHECK(tl_checkpoint_latest(run, latest, sizeof latest, &found, &err) == TL_OK && !found, "no checkpoint left");
+    xpath(path, sizeof path, "%s/previous", run);
+    listing(path, ls, sizeof ls);
+    CHECK(strchr(ls, '.') == NULL && strchr(ls, ' ') != NULL, "two stamped folders, no temporary one: %s", ls);
+    free_pool(&p, &be);
+}
+
+/* JSON numbers that claim to be integers, and names and paths read from metadata */
+static void test_checked_values(const char *root) {
+    int64_t v = -1;
+    CHECK(tl_json_int(42.0, 0, 100, &v) && v == 42, "42");
+    CHECK(tl_json_int(9007199254740992.0, 0, (int64_t)1 << 53, &v) && v == ((int64_t)1 << 53), "2^53");
+    double bad[] = {2.5, -1.0, 4611686018427387904.0, 1e300, -1e300, NAN, INFINITY, -INFINITY, 101.0};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(!tl_json_int(bad[i], 0, 100, &v), "%g must be refused", bad[i]);
+    const char *ok[] = {"ann", "a b", "x-2", "_evil-e3b85cb0"};
+    const char *no[] = {"", ".", "..", "../x", "/abs", "a/b", ".hidden"};
+    for (size_t i = 0; i < 4; i++) CHECK(tl_plain_name(ok[i]), "plain: %s", ok[i]);
+    for (size_t i = 0; i < 7; i++) CHECK(!tl_plain_name(no[i]), "not plain: %s", no[i]);
+    char in[TL_PATH_MAX], sub[TL_PATH_MAX + 32], out[TL_PATH_MAX + 32], lnk[TL_PATH_MAX + 32];
+    tl_error err = {0};
+    xpath(in, sizeof in, "%s/inside", root);
+    xpath(sub, sizeof sub, "%s/a", in);
+    xpath(out, sizeof out, "%s/outside", root);
+    CHECK(tl_mkdir_p(sub, &err) == TL_OK && tl_mkdir_p(out, &err) == TL_OK, "mkdir");
+    CHECK(tl_path_inside(in, sub, "t", &err) == TL_OK, "a/ is inside: %s", err.msg);
+    xpath(lnk, sizeof lnk, "%s/lnk", in);
+    CHECK(symlink(out, lnk) == 0, "symlink");
+    CHECK(tl_path_inside(in, lnk, "t", &err) == TL_ERR_INPUT && strstr(err.msg, "outside"), "link out: %s", err.msg);
+    xpath(lnk, sizeof lnk, "%s/../outside", in);
+    CHECK(tl_path_inside(in, lnk, "t", &err) == TL_ERR_INPUT, "../outside: %s", err.msg);
+    CHECK(tl_path_inside(in, in, "t", &err) == TL_ERR_INPUT, "the folder itself is not inside it");
+    xpath(lnk, sizeof lnk, "%s/missing", in);
+    CHECK(tl_path_inside(in, lnk, "t", &err) == TL_ERR_INPUT, "a missing entry");
+}
+
 int main(void) {
     rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
     const char *env = getenv("TL_TEST_SEED");
@@ -501,6 +669,12 @@ int main(void) {
     test_keep_and_latest(r2);
     test_mismatch(r3);
     test_load_rows(r4);
+    char r5[TL_PATH_MAX + 8], r6[TL_PATH_MAX + 8];
+    xpath(r5, sizeof r5, "%s/run5", root);
+    xpath(r6, sizeof r6, "%s/run6", root);
+    test_bad_values(r5);
+    test_set_aside(r6);
+    test_checked_values(root);
     tl_error err;
     if (tl_remove_tree(root, &err) != TL_OK) {
         fprintf(stderr, "FAIL cleanup: %s\n", err.msg);

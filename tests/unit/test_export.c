@@ -458,6 +458,127 @@ static void test_peft_load(const char *root) {
     free_pool(&src, &be);
 }
 
+/* ---- what an export may replace, and what it refuses to write ---- */
+
+static void write_text(const char *path, const char *text) {
+    tl_error err = {0};
+    CHECK(tl_write_file_atomic(path, text, strlen(text), &err) == TL_OK, "write %s: %s", path, err.msg);
+}
+
+static void test_replace_rules(const char *root) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    char *names[2] = {"ann", "bo"};
+    tl_lora_pool p;
+    make_pool(&p, &be, 2, names, 2, 1, (1u << TL_T_Q) | (1u << TL_T_V), 4.0f, 0, DIM_IN, DIM_OUT);
+    tl_error err = {0};
+    int written = 0;
+    char out[TL_PATH_MAX], path[TL_PATH_MAX + 64], keep[TL_PATH_MAX + 64];
+
+    /* a folder of the user's that merely holds a file named index.json: refused, both files kept */
+    xpath(out, sizeof out, "%s/mine", root);
+    CHECK(tl_mkdir_p(out, &err) == TL_OK, "mkdir: %s", err.msg);
+    xpath(path, sizeof path, "%s/index.json", out);
+    write_text(path, "{\"adapters\": []}\n");
+    xpath(keep, sizeof keep, "%s/notes.txt", out);
+    write_text(keep, "mine");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT, "an unmarked index.json must be "
+          "refused");
+    CHECK(strstr(err.msg, "not a tailor export") && strstr(err.msg, out), "message: %s", err.msg);
+    CHECK(tl_is_file(keep) && tl_is_file(path), "the user's files must survive");
+    /* the mark alone does not do: an entry index.json does not list is the user's */
+    write_text(path, "{\"format\": \"" TL_EXPORT_FORMAT "\", \"adapters\": []}\n");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT, "an unlisted file must be refused");
+    CHECK(strstr(err.msg, "notes.txt") != NULL, "the entry is named: %s", err.msg);
+    CHECK(tl_is_file(keep), "the user's file must survive");
+    /* a listed name that is a file, not a folder, is not the export's either */
+    write_text(path, "{\"format\": \"" TL_EXPORT_FORMAT "\", \"adapters\": [{\"name\": \"x\", \"dir\": "
+               "\"notes.txt\"}]}\n");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT, "a listed file must be refused");
+    CHECK(tl_is_file(keep), "the user's file must survive");
+
+    /* a real export is marked and replaceable; with a file added it is not */
+    xpath(out, sizeof out, "%s/exp", root);
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_OK, "export: %s", err.msg);
+    xpath(path, sizeof path, "%s/index.json", out);
+    char *text = NULL;
+    CHECK(tl_read_file(path, 1 << 20, &text, NULL, &err) == TL_OK, "read: %s", err.msg);
+    cJSON *idx = text ? cJSON_Parse(text) : NULL;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(idx, "format");
+    CHECK(cJSON_IsString(fmt) && !strcmp(fmt->valuestring, TL_EXPORT_FORMAT), "index.json carries the mark");
+    cJSON_Delete(idx);
+    free(text);
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_OK, "re-export: %s", err.msg);
+    xpath(keep, sizeof keep, "%s/ann/mine.txt", out); /* inside a listed folder: the folder is the export's */
+    write_text(keep, "x");
+    xpath(keep, sizeof keep, "%s/mine.txt", out);
+    write_text(keep, "x");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT && strstr(err.msg, "mine.txt"),
+          "a file added beside the adapters must be refused: %s", err.msg);
+    CHECK(tl_is_file(keep), "the added file must survive");
+    CHECK(unlink(keep) == 0, "unlink");
+
+    /* a symlink to a folder is never replaced (nor followed) */
+    char link[TL_PATH_MAX + 16];
+    xpath(link, sizeof link, "%s/link", root);
+    CHECK(symlink(out, link) == 0, "symlink");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", link, &written, &err) == TL_ERR_INPUT, "a symlink must be refused");
+    xpath(path, sizeof path, "%s/index.json", out);
+    CHECK(tl_is_file(path), "the export behind the link must survive");
+
+    /* a NaN or Inf parameter: refused naming the adapter and the tensor; the earlier export stays as it was */
+    int count0 = count_entries(root);
+    size_t i = p.off_B[TL_N_TARGETS * 0 + TL_T_V] + 3;
+    p.params[p.P + i] = INFINITY;
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT, "Inf must be refused");
+    CHECK(strstr(err.msg, "'bo'") && strstr(err.msg, "layers.0.self_attn.v_proj.lora_B.weight"),
+          "names adapter and tensor: %s", err.msg);
+    p.params[p.P + i] = NAN;
+    p.params[p.off_A[TL_T_Q]] = 1.0f;
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT, "NaN must be refused");
+    CHECK(count_entries(root) == count0, "no temporary directory left behind");
+    CHECK(tl_is_file(path), "the earlier export must survive");
+    free_pool(&p, &be);
+}
+
+/* tl_peft_load (adapter.init_from) refuses a NaN in the file, naming the file and the tensor */
+static void test_peft_load_nan(const char *root) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    char *names[1] = {"solo"};
+    tl_lora_pool p;
+    make_pool(&p, &be, 1, names, 2, 1, 1u << TL_T_O, 4.0f, 0, DIM_IN, DIM_OUT);
+    char out[TL_PATH_MAX], dir[TL_PATH_MAX + 16];
+    xpath(out, sizeof out, "%s/nan", root);
+    tl_error err = {0};
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, NULL, &err) == TL_OK, "export: %s", err.msg);
+    xpath(dir, sizeof dir, "%s/solo", out);
+    /* poke a NaN into lora_A: the first tensor's data starts right after the header */
+    char st[TL_PATH_MAX + 64];
+    xpath(st, sizeof st, "%s/adapter_model.safetensors", dir);
+    tl_st_file *f = NULL;
+    CHECK(tl_st_open(st, &f, &err) == TL_OK, "open: %s", err.msg);
+    char key[160];
+    tl_peft_key(0, TL_T_O, 'A', key, sizeof key, &err);
+    const tl_st_tensor *t = f ? tl_st_find(f, key) : NULL;
+    uint64_t off = t ? t->begin : 0;
+    if (f) tl_st_close(f);
+    FILE *fp = fopen(st, "r+b");
+    unsigned char hdr[8] = {0};
+    uint64_t n = 0;
+    if (fp && fread(hdr, 1, 8, fp) == 8)
+        for (int k = 0; k < 8; k++) n |= (uint64_t)hdr[k] << (8 * k);
+    float nan = NAN;
+    CHECK(t && fp && n > 0 && fseek(fp, (long)(8 + n + off + 4), SEEK_SET) == 0 && fwrite(&nan, 4, 1, fp) == 1,
+          "poke");
+    if (fp) fclose(fp);
+    CHECK(tl_peft_load(dir, &p, &be, 0, &err) == TL_ERR_INPUT, "NaN must be refused");
+    CHECK(strstr(err.msg, "adapter_model.safetensors") && strstr(err.msg, key), "names file and tensor: %s", err.msg);
+    free_pool(&p, &be);
+}
+
 int main(void) {
     rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
     const char *env = getenv("TL_TEST_SEED");
@@ -484,6 +605,8 @@ int main(void) {
     test_safe_dirname();
     test_export(r1);
     test_peft_load(r2);
+    test_replace_rules(r2);
+    test_peft_load_nan(r2);
     if (tl_remove_tree(root, &err) != TL_OK) {
         fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
         g_fail++;
