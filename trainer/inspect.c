@@ -213,6 +213,36 @@ static tl_status inspect_pref(const char *path, FILE *out, tl_error *err) {
     return TL_OK;
 }
 
+/* Loads the checkpoint into a pool the way `tailor export` and a resume do (the model's shapes from its config,
+ * the pool built from the checkpoint's names and config, then tl_checkpoint_load: names, sizes, dtypes, shapes,
+ * the integer state and finite values), so that inspect never calls valid a checkpoint they refuse. */
+static tl_status load_checkpoint(const char *dir, const tl_config *cfg, int n, char **names, tl_error *err) {
+    tl_backend *be = NULL;
+    tl_model m;
+    memset(&m, 0, sizeof m);
+    TL_TRY(tl_backend_cpu_create(1, &be, err));
+    m.be = be;
+    tl_status s = tl_model_config_from(cfg->model_path, &m.cfg, err);
+    tl_lora_pool pool;
+    int have_pool = 0;
+    if (!s) {
+        int reward = !strcmp(cfg->task_type, "reward");
+        s = tl_lora_pool_init_head(&pool, &m, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
+                                   cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
+                                   reward, err);
+        have_pool = !s;
+    }
+    tl_cursor *cur = NULL;
+    if (!s && !(cur = calloc((size_t)(n > 0 ? n : 1), sizeof *cur)))
+        s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    int64_t step = 0;
+    if (!s) s = tl_checkpoint_load(dir, &pool, be, &step, cur, err);
+    free(cur);
+    if (have_pool) tl_lora_pool_free(&pool, be);
+    be->destroy(be);
+    return s;
+}
+
 static tl_status inspect_checkpoint(const char *dir, FILE *out, tl_error *err) {
     tl_config cfg;
     TL_TRY(tl_checkpoint_read_config(dir, &cfg, err));
@@ -222,7 +252,8 @@ static tl_status inspect_checkpoint(const char *dir, FILE *out, tl_error *err) {
     char state[8192];
     snprintf(state, sizeof state, "%s/state.safetensors", dir);
     tl_st_file *f;
-    tl_status s = tl_st_open(state, &f, err);
+    tl_status s = load_checkpoint(dir, &cfg, n, names, err);
+    if (!s) s = tl_st_open(state, &f, err);
     if (!s) {
         char nb[TL_ESC_CAP], mb[TL_ESC_CAP]; /* names from the checkpoint: shown escaped (tl_text.h) */
         fprintf(out, "checkpoint %s: run '%s', model %s, %d adapter(s), rank %d, alpha %g, %d tensor(s) of state\n",

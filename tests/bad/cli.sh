@@ -4,7 +4,7 @@
 CASES="cli_gen_seed_exponent cli_gen_seed_trailing cli_gen_seed_huge cli_gen_top_p_nan cli_gen_max_new_fraction
 cli_make_model_exponent cli_sbatch_smuggled_reserved cli_sbatch_two_options cli_sbatch_value_quoted
 cli_escape_names cli_gguf_bos_overflow cli_gguf_merge_key cli_model_hidden_huge cli_model_vocab_huge
-cli_inspect_nan_weight cli_env_rank_blank"
+cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -118,6 +118,21 @@ at = 8 + n + t["data_offsets"][0] + 4 * 5
 b[at:at + 4] = struct.pack("<f", float("nan")); open(p, "wb").write(b)
 PY
     expect_fail "model.layers.0.mlp.up_proj.weight" "$TAILOR_BIN" inspect "$MODEL" ;;
+  cli_inspect_ckpt_nan)
+    # export and a resume refuse a checkpoint holding a NaN; inspect used to summarize it without complaint
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
+    write_config "$T/c.yaml" "$MODEL" "$T/good.h5" "" "$T/run" "steps: 2"
+    "$TAILOR_BIN" train "$T/c.yaml" >/dev/null 2>&1 || die "training the fixture failed"
+    "$TAILOR_BIN" inspect "$T/run" >/dev/null || die "inspect refused a good checkpoint"
+    "$TL_PYTHON" - "$T/run" <<'PY'
+import glob, json, struct, sys
+p = glob.glob(sys.argv[1] + "/checkpoints/*/state.safetensors")[0]
+b = bytearray(open(p, "rb").read()); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+P = int(h["__metadata__"]["P"]); at = 8 + n + h["params"]["data_offsets"][0] + 4 * (P + 7)
+b[at:at + 4] = struct.pack("<f", float("nan")); open(p, "wb").write(b)
+PY
+    expect_fail "tensor 'params' [adapter 1, element 7]" "$TAILOR_BIN" inspect "$T/run" ;;
   cli_env_rank_blank)
     make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
     "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
