@@ -840,6 +840,23 @@ static tl_status get_pos_int(tl_gguf *g, const char *key, int required, int def,
     }
     int64_t v;
     TL_TRY(tl_gguf_get_int(g, key, &v, err));
+    /* a dimension's sane limit (tl_model_dim_limit), named with the GGUF key, before anything is sized from it */
+    static const char *const hf_of[][2] = {
+        {"llama.vocab_size", "vocab_size"},
+        {"llama.embedding_length", "hidden_size"},
+        {"llama.feed_forward_length", "intermediate_size"},
+        {"llama.block_count", "num_hidden_layers"},
+        {"llama.attention.head_count", "num_attention_heads"},
+        {"llama.attention.head_count_kv", "num_key_value_heads"},
+        {"llama.attention.key_length", "head_dim"},
+        {"llama.attention.value_length", "head_dim"},
+        {"llama.rope.dimension_count", "head_dim"},
+        {"llama.context_length", "max_position_embeddings"},
+    };
+    for (size_t i = 0; i < sizeof hf_of / sizeof hf_of[0]; i++)
+        if (!strcmp(key, hf_of[i][0]) && v > tl_model_dim_limit(hf_of[i][1]))
+            return tl_fail(err, TL_ERR_INPUT, "%s: metadata key '%s': %lld is above the supported limit %d", g->path,
+                           key, (long long)v, tl_model_dim_limit(hf_of[i][1]));
     if (v <= 0 || v > INT_MAX)
         return tl_fail(err, TL_ERR_INPUT, "%s: metadata key '%s' must be a positive int, got %lld", g->path, key,
                        (long long)v);

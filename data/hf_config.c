@@ -65,7 +65,7 @@ static const cJSON *field(const cJSON *obj, const char *name) { return cJSON_Get
  * above every released Llama-family model (vocabularies reach 262144, hidden 16384, ffn 53248, 126 layers, 128
  * heads, head_dim 256, contexts 10M), and low enough that every product the loader and the workspace form (vocab x
  * hidden, ffn x hidden, heads x head_dim x hidden) fits comfortably in 64 bits. 0: not a dimension. */
-static int dim_limit(const char *name) {
+int tl_model_dim_limit(const char *name) {
     static const struct {
         const char *name;
         int limit;
@@ -76,6 +76,8 @@ static int dim_limit(const char *name) {
         if (!strcmp(lim[i].name, name)) return lim[i].limit;
     return 0;
 }
+
+static int dim_limit(const char *name) { return tl_model_dim_limit(name); }
 
 /* An integer field. Absent: *out = def when !required. null counts as absent only when null_ok. */
 static tl_status get_int(const char *path, const cJSON *obj, const char *name, const char *key, int required,

@@ -44,6 +44,9 @@ void tl_rope_inv_freq(const tl_model_config *cfg, float *inv_freq);
 /* Checks a filled config for consistency (sizes positive, heads divisible, head_dim even, rope settings
  * complete, model_type matching arch and attention_bias). `what` names the source in messages. Load calls it. */
 tl_status tl_model_config_check(const tl_model_config *cfg, const char *what, tl_error *err);
+/* The largest value tailor accepts for a dimension field of config.json (vocab_size, hidden_size, ...; docs/gguf.md
+ * lists them), checked before anything is sized from it; 0 for a name that is not one of them. */
+int tl_model_dim_limit(const char *hf_field);
 
 /* Writes a config.json for cfg (used by the tiny-model writer). Atomic. torch_dtype "float32". */
 tl_status tl_model_config_write(const char *dir, const tl_model_config *cfg, tl_error *err);

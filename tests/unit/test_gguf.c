@@ -675,6 +675,43 @@ static void test_tokenizer_ints(void) {
     }
 }
 
+/* Absurd dimensions in the llama.* metadata are refused naming the GGUF key and the limit, before any tensor is
+ * looked at or anything allocated (2^40 does not fit an int; 5000 layers and 2^20 hidden do, and used to pass on). */
+static void test_absurd_dims(void) {
+    static const struct {
+        const char *key;
+        uint64_t v;
+        const char *want;
+    } cases[] = {
+        {"llama.block_count", 5000, "'llama.block_count': 5000 is above the supported limit 1024"},
+        {"llama.embedding_length", 1u << 20, "'llama.embedding_length': 1048576 is above the supported limit 65536"},
+        {"llama.embedding_length", 1ULL << 40, "'llama.embedding_length': 1099511627776 is above the supported limit"},
+        {"llama.context_length", 1ULL << 31, "'llama.context_length': 2147483648 is above the supported limit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *keys[] = {"llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
+                              "llama.attention.head_count", "llama.context_length"};
+        buf kv = {0};
+        int nkv = 0;
+        kv_str(&kv, "general.architecture", "llama"), nkv++;
+        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) {
+            kv_head(&kv, keys[k], TL_GGUF_U64), nkv++;
+            u64(&kv, !strcmp(keys[k], cases[i].key) ? cases[i].v : 64);
+        }
+        buf b = make_file(3, &kv, nkv, NULL, 0, 32);
+        tl_gguf *g = NULL;
+        tl_error e = {0};
+        tl_status s = open_buf(&b, &g, &e);
+        CHECK_OK(s, e);
+        if (!s) {
+            tl_model_config c;
+            expect_input_err(tl_gguf_model_config(g, &c, &e), &e, cases[i].want, __LINE__);
+            tl_gguf_close(g);
+        }
+        free(b.p), free(kv.p);
+    }
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     snprintf(g_path, sizeof g_path, "%s/tl_gguf_test_%ld.gguf", tmp && *tmp ? tmp : "/tmp", (long)getpid());
@@ -686,6 +723,7 @@ int main(void) {
     test_model();
     test_corrupt();
     test_tokenizer_ints();
+    test_absurd_dims();
     unlink(g_path);
     return tl_check_done_seed("test_gguf", seed);
 }
