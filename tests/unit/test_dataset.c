@@ -4,6 +4,7 @@
  * with exactly the values written; each malformed variant must fail with TL_ERR_INPUT and a one-line message
  * naming the file and the offending dataset or attribute. */
 #include <hdf5.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,8 +372,63 @@ static void test_errors(void) {
     expect_error(&s, 0, "prompt_len shorter than offsets", "/sft/prompt_len", "length 5");
 }
 
+/* ---- tl_h5_isolated: a child's crash, hang or error becomes one message naming the file ---- */
+static tl_status job_ok(const char *path, void *arg, tl_error *err) {
+    (void)path, (void)arg, (void)err;
+    return TL_OK;
+}
+static tl_status job_input(const char *path, void *arg, tl_error *err) {
+    (void)arg;
+    return tl_fail(err, TL_ERR_INPUT, "%s: /sft/tokens: found by the child", path);
+}
+static tl_status job_segv(const char *path, void *arg, tl_error *err) {
+    (void)path, (void)err;
+    raise(SIGSEGV);
+    return *(volatile int *)arg ? TL_OK : TL_ERR_RUNTIME;
+}
+static tl_status job_abort(const char *path, void *arg, tl_error *err) {
+    (void)path, (void)arg, (void)err;
+    abort();
+    return TL_OK;
+}
+static tl_status job_hang(const char *path, void *arg, tl_error *err) {
+    (void)path, (void)arg, (void)err;
+    for (volatile int i = 0; i >= 0; i = 0) sleep(1);
+    return TL_OK;
+}
+
+static void test_isolation(void) {
+    tl_error e;
+    int zero = 0;
+    const char *path = "/no/such/dir/f.h5";
+    unsetenv("TAILOR_HDF5_ISOLATE");
+    unsetenv("TAILOR_HDF5_TIMEOUT_S");
+    memset(&e, 0, sizeof e);
+    CHECK(tl_h5_isolated(path, job_ok, NULL, &e) == TL_OK, "ok job: %s", e.msg);
+    CHECK(tl_h5_isolated(path, job_input, NULL, &e) == TL_ERR_INPUT && !strcmp(e.msg, "/no/such/dir/f.h5: "
+          "/sft/tokens: found by the child"), "the child's error is passed on: %s", e.msg);
+    CHECK(tl_h5_isolated(path, job_segv, &zero, &e) == TL_ERR_INPUT && strstr(e.msg, "f.h5: libhdf5 crashed") &&
+          !strchr(e.msg, '\n'), "segv: %s", e.msg);
+    CHECK(tl_h5_isolated(path, job_abort, NULL, &e) == TL_ERR_INPUT && strstr(e.msg, "f.h5: libhdf5 crashed"),
+          "abort: %s", e.msg);
+    setenv("TAILOR_HDF5_TIMEOUT_S", "1", 1);
+    CHECK(tl_h5_isolated(path, job_hang, NULL, &e) == TL_ERR_INPUT && strstr(e.msg, "f.h5: libhdf5 hung") &&
+          strstr(e.msg, "1 s"), "hang: %s", e.msg);
+    setenv("TAILOR_HDF5_TIMEOUT_S", "0", 1);
+    CHECK(tl_h5_isolated(path, job_ok, NULL, &e) == TL_ERR_INPUT && strstr(e.msg, "TAILOR_HDF5_TIMEOUT_S"),
+          "timeout 0: %s", e.msg);
+    unsetenv("TAILOR_HDF5_TIMEOUT_S");
+    setenv("TAILOR_HDF5_ISOLATE", "0", 1); /* trusted: the job is not run at all */
+    CHECK(tl_h5_isolated(path, job_segv, &zero, &e) == TL_OK, "isolation off: %s", e.msg);
+    setenv("TAILOR_HDF5_ISOLATE", "2", 1);
+    CHECK(tl_h5_isolated(path, job_ok, NULL, &e) == TL_ERR_INPUT && strstr(e.msg, "TAILOR_HDF5_ISOLATE"),
+          "isolate 2: %s", e.msg);
+    unsetenv("TAILOR_HDF5_ISOLATE");
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own expected failures must not print stacks */
+    test_isolation();
     g_rng = 0x1234567ULL ^ (uint64_t)getpid();
     printf("test_dataset rng seed %llu\n", (unsigned long long)g_rng);
     const char *tmp = getenv("TMPDIR");
