@@ -306,7 +306,7 @@ int main(int argc, char **argv) {
     bench_opts o = {.model = NULL, .backend = "cpu", .threads = 2, .adapters = 4, .seqs = 4, .seq_len = 256,
                     .rank = 8, .warmup = 2, .steps = 5};
     const char *make = NULL;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
         if (!strcmp(a, "--make-model") && v) make = v;
@@ -325,7 +325,6 @@ int main(int argc, char **argv) {
             return 2;
         }
         if (!ok) return 2;
-        i++;
     }
     tl_error err = {0};
     if (make) {

@@ -67,10 +67,10 @@ static void test_isolated_step(void) {
         float params[2 * P], grads[2 * P], m[2 * P], v[2 * P];
         srand(7);
         for (int i = 0; i < 2 * P; i++) {
-            params[i] = (float)rand() / RAND_MAX - 0.5f;
-            grads[i] = ((float)rand() / RAND_MAX - 0.5f) * (i >= P ? 1000.0f : 1.0f);
-            m[i] = 0.01f * ((float)rand() / RAND_MAX - 0.5f);
-            v[i] = 0.001f * (float)rand() / RAND_MAX;
+            params[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+            grads[i] = ((float)rand() / (float)RAND_MAX - 0.5f) * (i >= P ? 1000.0f : 1.0f);
+            m[i] = 0.01f * ((float)rand() / (float)RAND_MAX - 0.5f);
+            v[i] = 0.001f * (float)rand() / (float)RAND_MAX;
         }
         p.params = params, p.grads = grads, p.m = m, p.v = v;
         int32_t active_both[2] = {0, 1}, active_one[1] = {0};

@@ -440,7 +440,6 @@ static void test_reference(void) {
         int64_t *asteps = calloc((size_t)m.n_adapters, sizeof *asteps);
         rstep r;
         rstep_alloc(&r, m.n_adapters, o.examples_per_adapter);
-        int64_t skipped = 0;
         for (int64_t t = 0; t < 14; t++) {
             if (t % 4 == 3) {
                 for (int a = 0; a < m.n_adapters; a++) asteps[a] = rnd_int(0, 1000);
@@ -453,7 +452,6 @@ static void test_reference(void) {
             snprintf(label, sizeof label, "reference rep %d step %lld", rep, (long long)t);
             compare_step(&m, &o, asteps, &r, ps, label);
             check_invariants(&ds, &m, &o, ps, label);
-            skipped += ps->n_skipped;
             tl_cursor *bc = tl_pref_batcher_cursors(b);
             for (int a = 0; a < m.n_adapters; a++)
                 CHECK(bc[a].epoch == cur[a].epoch && bc[a].pos == cur[a].pos, "%s: cursor of adapter %d", label, a);
