@@ -27,11 +27,9 @@ static void test_rstd(void) {
     for (int t = 0; t < 200; t++) {
         int d = 1 + (int)urand(0, 300);
         double ss = 0;
-        float ssf = 0;
         for (int j = 0; j < d; j++) {
             float x = (float)urand(-3, 3);
             ss += (double)x * x;
-            ssf += x * x;
         }
         double ref = 1.0 / sqrt(ss / d + 1e-6);
         double e = fabs(tl_rstd((float)ss, d, 1e-6f) - ref) / ref;
