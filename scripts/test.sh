@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
-# The whole test suite: installs dependencies, builds (CPU backend; CUDA backend too where nvcc exists, warnings
-# as errors), builds the unit tests again under AddressSanitizer + UBSan, and runs everything with ctest.
+# The whole test suite: installs dependencies, builds (CPU backend; CUDA backend too where nvcc exists), builds the
+# unit tests again under AddressSanitizer + UBSan, compiles a Release configuration, and runs everything with
+# ctest. Every build here has warnings as errors (TAILOR_WERROR=ON, C and CUDA); a user's build does not (the
+# option defaults OFF), so CI is where a new warning fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:$PATH"
 
-BUILD_DIR=build scripts/setup.sh
+# the main build: RelWithDebInfo (-O2), the CUDA backend where nvcc exists; the emu.* ctests run its kernels on
+# the CPU through tests/gpu/emu where the CUDA headers exist (skipped elsewhere)
+BUILD_DIR=build CMAKE_ARGS="-DTAILOR_WERROR=ON ${CMAKE_ARGS:-}" scripts/setup.sh
 
-echo "== sanitizer build (unit tests under ASan + UBSan)"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF >/dev/null
+echo "== sanitizer build (unit, bad-input and fuzz tests under ASan + UBSan)"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"
+
+# Release (-O3) is what users build: gcc's flow analysis there (maybe-uninitialized, stringop-overflow) differs
+# from -O2 and -O0, so it is compiled here too (library, tailor, tests; nothing of it runs, about 30 s on 2 cores).
+echo "== Release build (compile only)"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null
+cmake --build build-release -j"$(nproc)"
+# clang warns about other things than gcc (the builds above are gcc): one clang Release compile where clang and
+# its OpenMP exist (about 40 s on 2 cores; Debian's clang with libomp-dev)
+if command -v clang >/dev/null 2>&1; then
+  echo "== clang Release build (compile only)"
+  if CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=Release -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null; then
+    cmake --build build-clang -j"$(nproc)"
+  else
+    echo "test: clang cannot configure tailor here (OpenMP for clang: libomp-dev); the clang compile is skipped"
+  fi
+fi
 
 # a headless browser for the report test (Debian's chromium)
 if ! command -v chromium >/dev/null 2>&1; then
@@ -22,9 +42,9 @@ fi
 scripts/get_model.sh >/dev/null || echo "test: could not fetch the default model; its tests will be skipped"
 
 status=0
-echo "== unit tests under ASan + UBSan"
+echo "== unit, bad-input and fuzz tests under ASan + UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --output-on-failure -L unit -j2 --timeout 300) || status=1
+  ctest --output-on-failure -L 'unit|bad|fuzz' -j2 --timeout 300) || status=1
 echo "== full suite"
 (cd build && ctest --output-on-failure -j2 --timeout 900) || status=1
 echo "== quickstart (shortened)"
