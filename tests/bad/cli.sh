@@ -86,6 +86,21 @@ PY
     "$TAILOR_BIN" inspect "$T/d.h5" >"$T/out" 2>"$T/err" || die "inspect failed: $(cat "$T/err")"
     if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/out"; then die "inspect printed a raw control character"; fi
     grep -qF '\x1B[31mevil\x07' "$T/out" || die "inspect does not show the escaped name: $(cat "$T/out")"
+    # training on it: the per-adapter eval table, and the warning about a user without examples (a 4th user)
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" user_without_examples "$T/e.h5"
+    "$TL_PYTHON" - "$T/e.h5" <<'PY'
+import h5py, numpy as np, sys
+with h5py.File(sys.argv[1], "r+") as f:
+    del f["users/name"]
+    f.create_dataset("users/name", data=np.array(["ann", "\x1b[31mevil\x07", "cid", "\x1b]0;t\x07\x9b"],
+                                                 dtype=h5py.string_dtype()))
+PY
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    write_config "$T/c.yaml" "$MODEL" "$T/e.h5" "$T/e.h5" "$T/run" "steps: 1"
+    "$TAILOR_BIN" train "$T/c.yaml" >"$T/out" 2>"$T/err" || die "train failed: $(cat "$T/err")"
+    if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/out" "$T/err"; then die "train printed a raw control character"; fi
+    grep -qF '\x1B]0;t\x07\u{009B}' "$T/err" || die "the empty-user warning does not show the escaped name: $(cat "$T/err")"
+    grep -qF '\x1B[31mevil\x07' "$T/out" || die "the eval table does not show the escaped name: $(cat "$T/out")"
     expect_fail '\x1B[31mevil\x07' "$TAILOR_BIN" inspect "$T/$(printf '\033[31mevil\007').gguf" ;;
   cli_gguf_bos_overflow)
     write_gguf "$T/tok.gguf" bos
