@@ -155,6 +155,19 @@ static tl_status check_size(rd_ctx *c, const char *name, hid_t d, int64_t n, siz
         return TL_OK;
     }
     if (lay != H5D_CHUNKED) return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its layout", c->path, name);
+    /* libhdf5 allocates a whole chunk to read (and inflate) any part of it: a chunk larger than the dataset
+     * (possible with an unlimited maximum size) is bounded too, beyond 1 MiB. */
+    hsize_t cdim[1] = {0};
+    dcpl = H5Dget_create_plist(d);
+    int crank = dcpl >= 0 ? H5Pget_chunk(dcpl, 1, cdim) : -1;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (crank != 1 || cdim[0] == 0)
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: cannot read its chunk size", c->path, name);
+    uint64_t chunk = (uint64_t)cdim[0] > UINT64_MAX / width ? UINT64_MAX : (uint64_t)cdim[0] * width;
+    if (chunk > declared && chunk > ((uint64_t)1 << 20))
+        return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: chunks of %llu bytes for %llu bytes of data, expected chunks no "
+                       "larger than the dataset or 1 MiB", c->path, name, (unsigned long long)chunk,
+                       (unsigned long long)declared);
     const uint64_t ratio = deflated ? 1032 : 1;
     if (stored > fsize || stored < declared / ratio + (declared % ratio != 0))
         return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: declares %llu bytes (%lld elements of %zu) but the file "

@@ -4,7 +4,7 @@
 # `hdf5.sh --list` prints the case names; `hdf5.sh CASE` runs one. Bad files come from make_bad_h5.py and
 # make_bad_pref_h5.py; each is valid except for its one defect, so only that defect can make tailor refuse it.
 CASES="h5_soft_link h5_external_link h5_group_ext_link h5_external_storage h5_virtual h5_compact h5_huge_chunked
-h5_huge_contiguous h5_huge_deflate h5_lzf_filter h5_nothing_trainable h5_pref_nothing_trainable
+h5_huge_contiguous h5_huge_deflate h5_huge_chunk h5_lzf_filter h5_nothing_trainable h5_pref_nothing_trainable
 h5_pref_external_users h5_libhdf5_hang h5_libhdf5_crash h5_truncated h5_isolate_env_bad h5_timeout_env_bad
 h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspect_truncated
 h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
@@ -58,6 +58,7 @@ case $case_name in
   h5_huge_chunked) bad_data huge_chunked; expect="/sft/tokens: declares 17179869184 bytes" ;;
   h5_huge_contiguous) bad_data huge_contiguous; expect="/users/name: declares" ;;
   h5_huge_deflate) bad_data huge_deflate; expect="/sft/offsets: declares 8589934592 bytes" ;;
+  h5_huge_chunk) bad_data huge_chunk; expect="/sft/user: chunks of 67108864 bytes for 24 bytes of data" ;;
   h5_lzf_filter) bad_data lzf_filter; expect='/sft/user: filter 32000 ("lzf") is not supported' ;;
   h5_nothing_trainable) bad_data nothing_trainable; expect="no example has a token to train on" ;;
   h5_pref_nothing_trainable) bad_pref nothing_trainable; expect="no pair has a token to train on" ;;

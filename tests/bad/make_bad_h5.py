@@ -14,6 +14,7 @@ only the named defect can make tailor refuse it:
   huge_contiguous    /users/name declares 2^31 strings, contiguous and never written
   huge_deflate       /sft/offsets declares 2^30 int64, deflated, only its first chunk written
   lzf_filter         /sft/user compressed with h5py's lzf filter (not known to libhdf5)
+  huge_chunk         /sft/user (6 values, unlimited) stored in one deflated chunk of 2^24 int32 (64 MiB)
   nothing_trainable  every example is all prompt (prompt_len = length): no token to train on
   libhdf5_hang       a good file whose global heap object "cid" (a user name) claims 255 bytes instead of 3:
                      libhdf5 1.10 loops forever parsing that heap (found by fuzzing good files)
@@ -53,7 +54,7 @@ elif kind == "nothing_trainable":
     pl = np.array(lens, dtype=np.int32)
 elif kind not in ("good", "missing_dataset", "wrong_dtype", "soft_link", "external_link", "group_ext_link",
                   "external_storage", "virtual", "compact", "huge_chunked", "huge_contiguous", "huge_deflate",
-                  "lzf_filter", "libhdf5_hang", "libhdf5_crash"):
+                  "lzf_filter", "libhdf5_hang", "libhdf5_crash", "huge_chunk"):
     sys.exit(f"unknown kind {kind}")
 
 ext = out + ".ext.h5"
@@ -109,6 +110,8 @@ with h5py.File(out, "w") as f:
         f.create_dataset("sft/prompt_len", data=pl)
     if kind == "lzf_filter":
         f.create_dataset("sft/user", data=us, chunks=(3,), compression="lzf")
+    elif kind == "huge_chunk":
+        f.create_dataset("sft/user", data=us, maxshape=(None,), chunks=(2**24,), compression="gzip")
     else:
         f.create_dataset("sft/user", data=us)
 
