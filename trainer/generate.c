@@ -327,11 +327,12 @@ static tl_status read_adapter_layout(gen_answer *a, tl_error *err) {
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "r"), *al = cJSON_GetObjectItemCaseSensitive(o, "lora_alpha");
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(o, "target_modules"), *e;
     if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 || r->valuedouble != (int)r->valuedouble) {
-        s = tl_fail(err, TL_ERR_INPUT, "%s: r: expected a positive integer", path);
+        s = tl_fail(err, TL_ERR_INPUT, "%s: r: expected an integer in [1, 65536]", path);
         goto done;
     }
-    if (!cJSON_IsNumber(al) || !(al->valuedouble > 0)) {
-        s = tl_fail(err, TL_ERR_INPUT, "%s: lora_alpha: expected a positive number", path);
+    /* alpha is used as a float: 1e300 would become inf and every answer NaN */
+    if (!cJSON_IsNumber(al) || !(al->valuedouble > 0) || !(al->valuedouble <= 1e6)) {
+        s = tl_fail(err, TL_ERR_INPUT, "%s: lora_alpha: expected a positive number no larger than 1e6", path);
         goto done;
     }
     if (!cJSON_IsArray(tm)) {

@@ -4,7 +4,7 @@
 CASES="cli_gen_seed_exponent cli_gen_seed_trailing cli_gen_seed_huge cli_gen_top_p_nan cli_gen_max_new_fraction
 cli_make_model_exponent cli_sbatch_smuggled_reserved cli_sbatch_two_options cli_sbatch_value_quoted
 cli_escape_names cli_gguf_bos_overflow cli_gguf_merge_key cli_model_hidden_huge cli_model_vocab_huge
-cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank"
+cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank cli_gen_adapter_alpha_huge"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -155,6 +155,15 @@ PY
     # strtol took a leading blank ("RANK= 1" ran as rank 1)
     expect_fail "RANK= 1" env "RANK= 1" WORLD_SIZE=2 "$TAILOR_BIN" train "$T/c.yaml"
     [ ! -e "$T/run" ] || die "train wrote $T/run" ;;
+  cli_gen_adapter_alpha_huge)
+    # lora_alpha 1e300 is a positive number but no float: it became inf and every answer NaN
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/good.h5"
+    write_config "$T/c.yaml" "$MODEL" "$T/good.h5" "" "$T/run" "steps: 1"
+    "$TAILOR_BIN" train "$T/c.yaml" >/dev/null 2>&1 || die "training the fixture failed"
+    sed -i 's/"lora_alpha":[^,]*,/"lora_alpha": 1e300,/' "$T/run/adapters/ann/adapter_config.json"
+    grep -q '1e300' "$T/run/adapters/ann/adapter_config.json" || die "the fixture was not patched"
+    expect_fail "lora_alpha" "$TAILOR_BIN" generate --model "$MODEL" --adapter "$T/run/adapters/ann" --prompt hi ;;
   *) die "unknown case $case_name" ;;
 esac
 echo ok
