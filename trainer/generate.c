@@ -360,6 +360,16 @@ done:
     return s;
 }
 
+tl_status tl_peft_read_layout(const char *dir, int *rank, float *alpha, int *rslora, uint32_t *targets,
+                              tl_error *err) {
+    gen_answer a;
+    memset(&a, 0, sizeof a);
+    a.dir = (char *)dir;
+    TL_TRY(read_adapter_layout(&a, err));
+    *rank = a.rank, *alpha = a.alpha, *rslora = a.rslora, *targets = a.targets;
+    return TL_OK;
+}
+
 static char *dupstr(const char *s) {
     char *d = malloc(strlen(s) + 1);
     if (d) strcpy(d, s);

@@ -15,6 +15,7 @@
 #include "../kernels/tl_text.h"
 #include "tl_checkpoint.h"
 #include "tl_config.h"
+#include "tl_generate.h"
 #include "tl_model.h"
 
 static int exists(const char *dir, const char *name) {
@@ -277,6 +278,15 @@ tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
         if (exists(path, "adapter_model.safetensors")) {
             char p[8192];
             snprintf(p, sizeof p, "%s/adapter_model.safetensors", path);
+            /* the adapter_config.json checks of generate, so that inspect does not call valid what it refuses */
+            int rank = 0, rslora = 0;
+            float alpha = 0;
+            uint32_t targets = 0;
+            TL_TRY(tl_peft_read_layout(path, &rank, &alpha, &rslora, &targets, err));
+            int n_targets = 0;
+            for (uint32_t t = targets; t; t &= t - 1) n_targets++;
+            fprintf(out, "adapter %s: r %d, lora_alpha %g%s, %d target module(s)\n", path, rank, (double)alpha,
+                    rslora ? " (rsLoRA)" : "", n_targets);
             return inspect_safetensors(p, out, err);
         }
         if (exists(path, "checkpoints")) {

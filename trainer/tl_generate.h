@@ -42,4 +42,10 @@ int32_t tl_sample_token(float *logits, int V, float temperature, float top_p, ui
  * errors as one line on stderr; returns the exit code (0 ok, 1 runtime failure, 2 bad usage or input). */
 int tl_generate_main(int argc, char **argv);
 
+/* The layout of a PEFT directory's adapter_config.json as generate reads it (r in [1, 65536], lora_alpha a
+ * positive float, use_rslora, target_modules tailor supports); TL_ERR_INPUT naming the file and field otherwise.
+ * `tailor inspect` of an adapter directory calls it too. */
+tl_status tl_peft_read_layout(const char *dir, int *rank, float *alpha, int *rslora, uint32_t *targets,
+                              tl_error *err);
+
 #endif

@@ -163,7 +163,9 @@ PY
     "$TAILOR_BIN" train "$T/c.yaml" >/dev/null 2>&1 || die "training the fixture failed"
     sed -i 's/"lora_alpha":[^,]*,/"lora_alpha": 1e300,/' "$T/run/adapters/ann/adapter_config.json"
     grep -q '1e300' "$T/run/adapters/ann/adapter_config.json" || die "the fixture was not patched"
-    expect_fail "lora_alpha" "$TAILOR_BIN" generate --model "$MODEL" --adapter "$T/run/adapters/ann" --prompt hi ;;
+    expect_fail "lora_alpha" "$TAILOR_BIN" generate --model "$MODEL" --adapter "$T/run/adapters/ann" --prompt hi
+    # and inspect, which used to list the adapter's tensors without reading its adapter_config.json
+    expect_fail "lora_alpha" "$TAILOR_BIN" inspect "$T/run/adapters/ann" ;;
   *) die "unknown case $case_name" ;;
 esac
 echo ok
