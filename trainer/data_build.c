@@ -10,6 +10,7 @@
 #include "tl_data_build.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -346,7 +347,7 @@ static tl_status write_h5(const char *path, int pref, const users *u, run *runs,
     H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     int bad = 0;
-    hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT); /* a fresh name: never clobber a file */
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT); /* the empty file tl_data_build made */
     hid_t st = vlen_str_type();
     bad |= f < 0 || st < 0;
     if (!bad) {
@@ -495,10 +496,17 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid()) >= sizeof tmp)
         s = tl_fail(err, TL_ERR_INPUT, "%.200s...: output path longer than %d bytes", out, TL_PATH_MAX);
     if (!s) {
-        s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
-        if (!s && rename(tmp, out) != 0)
-            s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));
-        if (s) unlink(tmp);
+        /* claim a fresh name first (O_EXCL: never an existing file), so only what this call created is removed */
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd < 0) {
+            s = tl_fail(err, TL_ERR_INPUT, "%s: cannot create the output: %s", tmp, strerror(errno));
+        } else {
+            close(fd);
+            s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
+            if (!s && rename(tmp, out) != 0)
+                s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));
+            if (s) unlink(tmp);
+        }
     }
     if (!s && report) {
         fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, pref ? "pairs" : "examples",
