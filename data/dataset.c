@@ -3,6 +3,24 @@
  * reading and checking pieces common to every kind (root attributes, users table, typed arrays, offsets,
  * token ranges) are exported through tl_dataset.h for the preference reader (pref_dataset.c).
  *
+ * The file is untrusted. Before any object is opened, each component of its path must be a hard link (a soft
+ * or external link is refused before libhdf5 follows it); a dataset must be contiguous or chunked with its
+ * data in this file (no compact, virtual or external storage) and only the deflate, shuffle and fletcher32
+ * filters; before anything is allocated its declared size must be stored in the file (contiguous: allocated,
+ * inside the file; chunked: stored chunk bytes within the file size and covering the declared bytes, up to
+ * deflate's 1032:1) and its chunks no larger than the data beyond 1 MiB. A file where nothing can be trained
+ * is refused too, so train, eval and inspect agree.
+ *
+ * libhdf5 itself cannot be made safe from here: on a corrupt superblock, object header, B-tree or heap it may
+ * crash or loop forever (a single changed byte in a valid 11 KB file does either; see tests/bad/hdf5.sh). The
+ * design chosen: every open (tl_sft_open, tl_pref_open, tl_h5_kind) first runs the same whole validation in a
+ * forked child with a time limit (tl_h5_isolated) and reads the file in-process only after the child reported
+ * success; a signal, an exit without a report or the time limit becomes one line naming the file. The
+ * alternatives were weaker: checking the file format by hand before libhdf5 would mean re-implementing its
+ * parser, and a signal handler or alarm in-process cannot resume a corrupted libhdf5. The price is a fork
+ * and a second read (about 1 ms on a small file; opening a large one costs about twice as much), which
+ * TAILOR_HDF5_ISOLATE=0 skips for trusted files.
+ *
  * HDF5 prints its own error stack by default; that is switched off for the duration of the open (and the
  * caller's setting restored) so every failure reaches the user as one line "<file>: <object>: <problem>". */
 #include "tl_dataset.h"

@@ -6,8 +6,13 @@
  * optional root attribute vocab_size must not exceed model_vocab, and every token is also < vocab_size when
  * that is present. User and group names are non-empty valid UTF-8 (trailing NUL padding stripped); user names
  * are unique. Each violation is TL_ERR_INPUT naming the file, the dataset and the index ("<file>: <dataset or
- * attribute>: <problem>"). An empty dataset (N = 0) is an error. HDF5's own error printing is silenced during
- * the open and the caller's setting restored. */
+ * attribute>: <problem>"). An empty dataset (N = 0) is an error, and so is one where no example has a token
+ * to train on (a response token at position >= 1). Every object must be reached through hard links only and
+ * store its data in this file (contiguous or chunked; filters deflate, shuffle, fletcher32), and its declared
+ * size must be stored in the file before anything is allocated (docs/data-format.md, "What is trusted and
+ * what is checked"). The open runs first in a child process (tl_h5_isolated below) so a libhdf5 crash or hang
+ * on a corrupt file is an error line, not a dead run. HDF5's own error printing is silenced during the open
+ * and the caller's setting restored. */
 #ifndef TL_DATASET_H
 #define TL_DATASET_H
 
