@@ -8,7 +8,9 @@
  *   /pref/chosen/tokens, /pref/chosen/offsets      the preferred response (at least one token)
  *   /pref/rejected/tokens, /pref/rejected/offsets  the other response (at least one token)
  * and /pref/user int32 [N] (index into /users). tl_pref_open validates all of it like tl_sft_open (every
- * violation TL_ERR_INPUT, one line "<file>: <dataset>: <problem>", naming the pair and position).
+ * violation TL_ERR_INPUT, one line "<file>: <dataset>: <problem>", naming the pair and position; the same
+ * storage rules and the same child-process isolation), and refuses a file where no pair could be trained
+ * (every pair with a side of fewer than 2 tokens, which the batcher would skip).
  *
  * Batches reuse the SFT machinery (tl_batcher.h) with a pair as the unit: the adapter map lists pairs; each
  * adapter's stream shuffles its pairs exactly as SFT streams shuffle examples (seed from run.seed, the adapter's
