@@ -385,10 +385,13 @@ static tl_status read_strings(rd_ctx *c, const char *what, hid_t obj, int is_att
         }
         free(ptrs);
     } else {
-        if (fsize > ((size_t)1 << 40) / n) {
+        /* bounded by what the file can hold (deflate expands at most 1032 times), before allocating: an
+         * attribute's declared string size is not checked anywhere else */
+        uint64_t cap = (uint64_t)c->file_size > UINT64_MAX / 1032 ? UINT64_MAX : (uint64_t)c->file_size * 1032;
+        if ((uint64_t)fsize > cap / n) {
             H5Tclose(mt);
-            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: %zu strings of %zu bytes is too large", c->path, what,
-                           n, fsize);
+            return tl_fail(c->err, TL_ERR_INPUT, "%s: %s: %zu strings of %zu bytes is more than a file of %lld bytes "
+                           "can hold", c->path, what, n, fsize, (long long)c->file_size);
         }
         char *buf = malloc(n * fsize);
         if (!buf) {
