@@ -125,9 +125,11 @@ struct tl_backend {
      * For rows with targets[i] >= 0: logp[i] = log softmax(x_i W^T)[targets[i]]; other rows logp[i] = 0.
      * If dx != NULL: dx[i] = dlogp[i] * d(logp[i])/dx_i = dlogp[i] * (onehot - p_i) W (written; 0 where
      * targets[i] < 0). Logits exist only for `chunk` rows at a time in work [chunk, V] (fp32 backend memory),
-     * so the [n, V] matrix is never held. x [n, d], W [V, d]. */
+     * so the [n, V] matrix is never held. x [n, d], W [V, d]. work_len is the number of floats work holds: less
+     * than chunk * V (or chunk <= 0) records a failure naming work and writes nothing. */
     void (*ce_fwd_bwd)(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
-                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk);
+                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, size_t work_len,
+                       int chunk);
 
     /* ---- optimizer over the adapter pool (params of one slot are one contiguous block of P floats) ---- */
     /* out_host[i] = sum of squares of g[slots[i] * slot_stride .. + P) (slots, out_host: host memory) */

@@ -651,7 +651,7 @@ tl_status tl_model_logp(const tl_model *m, tl_workspace *ws, const tl_host_mb *h
     TL_TRY(need_forward(ws, "tl_model_logp", err));
     if (dlogp) be->upload(be, ws->dlogp, dlogp, (size_t)h->n_tok * sizeof(float));
     be->ce_fwd_bwd(be, ws->logp, dlogp ? ws->dxn : NULL, ws->xf, m->lm_head, ws->mb.targets, ws->dlogp, h->n_tok,
-                   c->hidden_size, c->vocab_size, ws->ce_work, ws->chunk);
+                   c->hidden_size, c->vocab_size, ws->ce_work, (size_t)ws->chunk * c->vocab_size, ws->chunk);
     if (logp_out) be->download(be, logp_out, ws->logp, (size_t)h->n_tok * sizeof(float));
     return be->status(be, err);
 }

@@ -10,11 +10,16 @@
 #include "cpu_internal.h"
 
 void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x_, const tl_act *W_,
-                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk) {
+                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,
+                       size_t work_len, int chunk) {
     float *dx = dx_;
     const float *x = x_, *W = W_;
     if (chunk <= 0) {
         tl_cpu_fail(be, "ce_fwd_bwd: chunk = %d, expected > 0", chunk);
+        return;
+    }
+    if (V > 0 && work_len / (size_t)V < (size_t)chunk) {
+        tl_cpu_fail(be, "ce_fwd_bwd: work holds %zu floats, expected chunk * V = %d * %d", work_len, chunk, V);
         return;
     }
     int bad = -1; /* a target outside [-1, V): the row is treated as untrained and the failure recorded */

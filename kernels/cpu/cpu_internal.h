@@ -82,7 +82,8 @@ void tl_cpu_attn_bwd(tl_backend *be, tl_act *dq, tl_act *dk, tl_act *dv, const t
 
 /* cpu_ce.c */
 void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
-                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk);
+                       const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,
+                       size_t work_len, int chunk);
 
 /* cpu_optim.c */
 void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t slot_stride, size_t P,

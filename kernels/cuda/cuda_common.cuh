@@ -184,7 +184,8 @@ void tl_cuda_linear_fwd(tl_backend *be, tl_act *y, const tl_act *x, const tl_act
 void tl_cuda_linear_bwd_x(tl_backend *be, tl_act *dx, const tl_act *dy, const tl_act *W, int n, int in, int out,
                           int accumulate);
 void tl_cuda_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
-                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk);
+                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,
+                        size_t work_len, int chunk);
 
 /* cuda_lora.cu */
 void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,

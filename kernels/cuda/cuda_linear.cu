@@ -105,11 +105,17 @@ static __global__ void ce_rows_kernel(float *logp, float *work, const int32_t *t
 }
 
 void tl_cuda_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
-                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, int chunk) {
+                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work, size_t work_len,
+                        int chunk) {
     tl_cuda_ctx *c = tl_cuda(be);
     if (c->failed || n <= 0) return;
     if (chunk <= 0 || V <= 0 || d <= 0) {
         tl_cuda_fail(c, "chunk, V and d must be positive", "ce_fwd_bwd (n=%d, d=%d, V=%d, chunk=%d)", n, d, V, chunk);
+        return;
+    }
+    if (work_len / (size_t)V < (size_t)chunk) {
+        tl_cuda_fail(c, "work is smaller than chunk * V floats", "ce_fwd_bwd (work_len=%zu, chunk=%d, V=%d)", work_len,
+                     chunk, V);
         return;
     }
     if ((size_t)2 * V > (size_t)INT32_MAX) {

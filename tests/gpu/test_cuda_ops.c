@@ -537,18 +537,19 @@ static void test_ce(T *t) {
     buf tgt = mk(t, RAW, sizeof tg, tg);
     buf x = mk_rand(t, ACT, (size_t)n * d, 1.0f), W = mk_rand(t, ACT, (size_t)V * d, 1.0f);
     buf dlogp = mk_rand(t, F32, n, 1.0f), logp = mk(t, F32, n, NULL), dx = mk(t, ACT, (size_t)n * d, NULL);
-    buf work = mk(t, F32, (size_t)chunk * V, NULL);
+    const size_t wl = (size_t)chunk * V; /* work [chunk, V] */
+    buf work = mk(t, F32, wl, NULL);
     for (int want = 0; want <= 1; want++) {
         poison(t, &logp), poison(t, &dx), poison(t, &work);
-        t->cpu->ce_fwd_bwd(t->cpu, logp.c, want ? dx.c : NULL, x.c, W.c, tgt.c, dlogp.c, n, d, V, work.c, chunk);
-        t->gpu->ce_fwd_bwd(t->gpu, logp.g, want ? dx.g : NULL, x.g, W.g, tgt.g, dlogp.g, n, d, V, work.g, chunk);
+        t->cpu->ce_fwd_bwd(t->cpu, logp.c, want ? dx.c : NULL, x.c, W.c, tgt.c, dlogp.c, n, d, V, work.c, wl, chunk);
+        t->gpu->ce_fwd_bwd(t->gpu, logp.g, want ? dx.g : NULL, x.g, W.g, tgt.g, dlogp.g, n, d, V, work.g, wl, chunk);
         snprintf(name, sizeof name, "ce_fwd_bwd logp n=%d V=%d chunk=%d dx=%s", n, V, chunk, want ? "yes" : "NULL");
         compare(t, name, &logp, 1e-4);
         if (want) {
             snprintf(name, sizeof name, "ce_fwd_bwd dx n=%d d=%d V=%d", n, d, V);
             compare(t, name, &dx, TOL_BF16);
             void *s1 = snapshot(t, &logp), *s2 = snapshot(t, &dx);
-            t->gpu->ce_fwd_bwd(t->gpu, logp.g, dx.g, x.g, W.g, tgt.g, dlogp.g, n, d, V, work.g, chunk);
+            t->gpu->ce_fwd_bwd(t->gpu, logp.g, dx.g, x.g, W.g, tgt.g, dlogp.g, n, d, V, work.g, wl, chunk);
             same_bits(t, "ce_fwd_bwd logp repeat", &logp, s1);
             same_bits(t, "ce_fwd_bwd dx repeat", &dx, s2);
         }
@@ -632,6 +633,36 @@ static void test_sticky_error(T *t) {
     be->destroy(be);
 }
 
+/* a ce_fwd_bwd work buffer below chunk * V floats is refused (sticky failure naming work) before any launch */
+static void test_ce_work_len(T *t) {
+    tl_backend *be = NULL;
+    tl_error e = {0};
+    must(tl_backend_cuda_create(0, &be, &e), &e, "cuda create");
+    const int n = 4, d = 8, V = 16, chunk = 4;
+    void *x = NULL, *W = NULL, *tg = NULL, *logp = NULL, *work = NULL;
+    must(be->alloc(be, (size_t)n * d * be->act_size, &x, &e), &e, "alloc");
+    must(be->alloc(be, (size_t)V * d * be->act_size, &W, &e), &e, "alloc");
+    must(be->alloc(be, (size_t)n * sizeof(int32_t), &tg, &e), &e, "alloc");
+    must(be->alloc(be, (size_t)n * sizeof(float), &logp, &e), &e, "alloc");
+    must(be->alloc(be, (size_t)chunk * V * sizeof(float), &work, &e), &e, "alloc");
+    be->zero(be, x, (size_t)n * d * be->act_size);
+    be->zero(be, W, (size_t)V * d * be->act_size);
+    be->zero(be, tg, (size_t)n * sizeof(int32_t));
+    float sentinel[4] = {-7.0f, -7.0f, -7.0f, -7.0f};
+    be->upload(be, logp, sentinel, sizeof sentinel);
+    tl_status s0 = be->status(be, &e);
+    be->ce_fwd_bwd(be, logp, NULL, x, W, tg, NULL, n, d, V, work, (size_t)chunk * V - 1, chunk);
+    tl_status s = be->status(be, &e);
+    t->checks++;
+    int ok = s0 == TL_OK && s == TL_ERR_RUNTIME && strstr(e.msg, "ce_fwd_bwd") && strstr(e.msg, "work_len=63");
+    if (ok) printf("ok   %-44s \"%s\"\n", "ce_fwd_bwd work_len < chunk * V", e.msg);
+    else {
+        t->failures++;
+        printf("FAIL %-44s status %d \"%s\"\n", "ce_fwd_bwd work_len < chunk * V", (int)s, e.msg);
+    }
+    be->destroy(be); /* frees the buffers */
+}
+
 int main(void) {
     if (tl_cuda_device_count() <= 0) {
         printf("SKIPPED: no CUDA device\n");
@@ -656,6 +687,7 @@ int main(void) {
     test_ce(&t);
     test_optim(&t);
     test_sticky_error(&t);
+    test_ce_work_len(&t);
 
     tl_cuda_mem_stats(t.gpu, &now, &peak);
     t.checks++;

@@ -751,7 +751,7 @@ static void test_ce(int n, int d, int V, int chunk) {
     float *x = dev_rand((size_t)n * d, -1, 1), *W = dev_rand((size_t)V * d, -1, 1);
     float *dlogp = dev_rand((size_t)n, -1, 1), *logp = dev_f((size_t)n), *dx = dev_f((size_t)n * d);
     float *work = dev_f((size_t)chunk * V);
-    g_be->ce_fwd_bwd(g_be, logp, dx, x, W, targets, dlogp, n, d, V, work, chunk);
+    g_be->ce_fwd_bwd(g_be, logp, dx, x, W, targets, dlogp, n, d, V, work, (size_t)chunk * V, chunk);
     ce_ctx c = {to_d(x, (size_t)n * d), to_d(W, (size_t)V * d), to_d(dlogp, (size_t)n), targets, n, d, V};
     double *lref = host_d((size_t)n), *gx = host_d((size_t)n * d);
     ref_ce(lref, &c);
@@ -770,7 +770,7 @@ static void test_ce(int n, int d, int V, int chunk) {
     check("ce_fwd_bwd untrained rows: logp = 0, dx = 0 exactly", bad, 0);
 
     float *logp2 = dev_f((size_t)n);
-    g_be->ce_fwd_bwd(g_be, logp2, NULL, x, W, targets, NULL, n, d, V, work, chunk);
+    g_be->ce_fwd_bwd(g_be, logp2, NULL, x, W, targets, NULL, n, d, V, work, (size_t)chunk * V, chunk);
     check("ce_fwd_bwd without dx: same logp", memcmp(logp, logp2, (size_t)n * sizeof(float)) != 0, 0);
     release_all();
 }
@@ -897,10 +897,27 @@ static void test_plumbing(void) {
     }
     float x[4] = {1, 2, 3, 4}, W[8] = {1, 0, 0, 1, 1, 1, 0, 0}, logp[2], work[2 * 4]; /* work [chunk, V] */
     int32_t t[2] = {1, 9};
-    be2->ce_fwd_bwd(be2, logp, NULL, x, W, t, NULL, 2, 2, 4, work, 2);
+    be2->ce_fwd_bwd(be2, logp, NULL, x, W, t, NULL, 2, 2, 4, work, sizeof work / sizeof *work, 2);
     tl_status s1 = be2->status(be2, &err), s2 = be2->status(be2, &err);
     check("bad target: status TL_ERR_RUNTIME, sticky, names targets[1]",
           !(s1 == TL_ERR_RUNTIME && s2 == TL_ERR_RUNTIME && strstr(err.msg, "targets[1]")), 0);
+    be2->destroy(be2);
+
+    /* a work buffer below chunk * V floats is refused before anything is written, naming work */
+    be2 = NULL;
+    if (tl_backend_cpu_create(1, &be2, &err) != TL_OK) {
+        check("third cpu backend", 1, 0);
+        return;
+    }
+    int32_t t_ok[2] = {1, 3};
+    for (size_t i = 0; i < 8; i++) work[i] = -7.0f;
+    logp[0] = logp[1] = -7.0f;
+    be2->ce_fwd_bwd(be2, logp, NULL, x, W, t_ok, NULL, 2, 2, 4, work, 7, 2);
+    s1 = be2->status(be2, &err);
+    int wrote = logp[0] != -7.0f || logp[1] != -7.0f;
+    for (size_t i = 0; i < 8; i++) wrote |= work[i] != -7.0f;
+    check("ce_fwd_bwd work_len 7 < chunk * V = 8: TL_ERR_RUNTIME naming work, nothing written",
+          !(s1 == TL_ERR_RUNTIME && strstr(err.msg, "work") && strstr(err.msg, "2 * 4") && !wrote), 0);
     be2->destroy(be2);
 
     tl_backend *b = NULL;
