@@ -407,10 +407,41 @@ static tl_status heatmap(sbuf *b, const char *path, const cJSON *adapters, const
     return TL_OK;
 }
 
+/* The counts of eval.json (step, examples, tokens, pairs) are integers in [0, 2^53] (or null): a count shown as
+ * "%.0f" must be exactly what the file claims; the other cells are finite numbers or null. */
+static tl_status check_eval_numbers(const char *path, const cJSON *ev, tl_error *err) {
+    static const char *const counts[] = {"step", "examples", "tokens", "pairs"};
+    const char *lists[2] = {"adapters", "users"};
+    int64_t ignored;
+    for (int l = -1; l < 2; l++) {
+        const cJSON *arr = l < 0 ? NULL : cJSON_GetObjectItemCaseSensitive(ev, lists[l]);
+        int n = l < 0 ? 1 : cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : 0;
+        const cJSON *row = l < 0 ? ev : arr ? arr->child : NULL;
+        for (int i = 0; i < n && row; i++, row = row->next) {
+            const cJSON *v;
+            cJSON_ArrayForEach(v, row) {
+                if (!cJSON_IsNumber(v)) continue;
+                int count = 0;
+                for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) count |= v->string && !strcmp(v->string, counts[k]);
+                int ok = count ? tl_json_int(v->valuedouble, 0, REPORT_MAX_STEP, &ignored)
+                               : isfinite(v->valuedouble);
+                if (ok) continue;
+                if (l < 0)
+                    return tl_fail(err, TL_ERR_INPUT, "%s: \"%.64s\" is %g, expected %s", path, v->string,
+                                   v->valuedouble, count ? "an integer in [0, 2^53]" : "a finite number");
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s[%d].%.64s is %g, expected %s", path, lists[l], i, v->string,
+                               v->valuedouble, count ? "an integer in [0, 2^53]" : "a finite number");
+            }
+        }
+    }
+    return TL_OK;
+}
+
 static tl_status eval_section(sbuf *b, const char *path, const cJSON *ev, tl_error *err) {
     const cJSON *adapters = cJSON_GetObjectItemCaseSensitive(ev, "adapters");
     if (!cJSON_IsObject(ev) || !cJSON_IsArray(adapters))
         return tl_fail(err, TL_ERR_INPUT, "%s: expected an object with an \"adapters\" array", path);
+    TL_TRY(check_eval_numbers(path, ev, err));
     const cJSON *cross = cJSON_GetObjectItemCaseSensitive(ev, "cross");
     const cJSON *acc = cJSON_GetObjectItemCaseSensitive(cross, "accuracy");
     const cJSON *first = cJSON_GetArrayItem(adapters, 0);

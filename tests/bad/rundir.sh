@@ -4,7 +4,8 @@
 # `rundir.sh --list` prints the case names (CMake registers one test per case).
 CASES="rd_ckpt_bad_format rd_ckpt_nan_params rd_ckpt_step_2p62 rd_ckpt_cursor_negative rd_resume_past_steps
 rd_threads_config rd_threads_env rd_threads_env_nested rd_report_step_1e300 rd_report_step_2p62
-rd_report_step_negative rd_report_step_fraction rd_report_loss_inf rd_export_out_foreign_index
+rd_report_step_negative rd_report_step_fraction rd_report_loss_inf rd_report_eval_tokens_2p62
+rd_report_eval_loss_inf rd_export_out_foreign_index
 rd_export_out_unlisted_file rd_export_out_symlink rd_export_ckpt_outside_run rd_export_default_in_run
 rd_init_from_dotdot rd_init_from_absolute rd_init_from_symlink rd_init_from_nan rd_resume_never_sets_aside
 rd_resume_given_sets_later_aside"
@@ -97,6 +98,11 @@ case $case_name in
     train; metrics '{"step": 2.5, "loss": 2}'; expect2 "metrics.jsonl line 2" "$TAILOR_BIN" report "$RUN" ;;
   rd_report_loss_inf)
     train; metrics '{"step": 2, "loss": 1e999}'; expect2 "\"loss\"" "$TAILOR_BIN" report "$RUN" ;;
+  rd_report_eval_tokens_2p62|rd_report_eval_loss_inf)  # eval.json counts exact, cells finite
+    train; printf '{"step": 4, "adapters": [{"name": "ann", "examples": 3, "tokens": %s, "loss": %s}]}\n' \
+      "$([ $case_name = rd_report_eval_loss_inf ] && echo 5 || echo 4611686018427387904)" \
+      "$([ $case_name = rd_report_eval_loss_inf ] && echo -1e999 || echo 1.5)" >"$RUN/eval.json"
+    expect2 "adapters[0]" "$TAILOR_BIN" report "$RUN"; [ ! -e "$RUN/report.html" ] || die "report written" ;;
   rd_export_out_foreign_index)  # a folder of the user's that merely holds a file named index.json
     train; mkdir -p "$T/mine"; echo '{"adapters": []}' >"$T/mine/index.json"; echo keep >"$T/mine/notes.txt"
     expect2 "$T/mine" "$TAILOR_BIN" export "$RUN" --out "$T/mine"
