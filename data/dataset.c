@@ -719,7 +719,8 @@ tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *e
         int e = errno;
         close(fds[0]);
         close(fds[1]);
-        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot start the process that checks it: %s", path, strerror(e));
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot start the process that checks it: %s (TAILOR_HDF5_ISOLATE=0 "
+                       "reads a trusted file without it)", path, strerror(e));
     }
     if (pid == 0) {
         close(fds[0]);
