@@ -345,6 +345,8 @@ static tl_status open_state(const char *ckpt_dir, tl_st_file **f, tl_error *err)
     return TL_OK;
 }
 
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
 static tl_status parse_names(tl_st_file *f, char ***names, int *n, tl_error *err) {
     *names = NULL;
     *n = 0;
@@ -377,6 +379,19 @@ static tl_status parse_names(tl_st_file *f, char ***names, int *n, tl_error *err
         i++;
     }
     cJSON_Delete(a);
+    if (s == TL_OK && cnt == 0)
+        s = tl_fail(err, TL_ERR_INPUT, "%s: metadata adapter_names: expected a non-empty JSON array of strings", path);
+    /* names are unique in a run (each is one adapter): a repeated one is a damaged file */
+    char **sorted = s == TL_OK ? malloc((size_t)cnt * sizeof *sorted) : NULL;
+    if (s == TL_OK && !sorted) s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    if (s == TL_OK) {
+        memcpy(sorted, v, (size_t)cnt * sizeof *sorted);
+        qsort(sorted, (size_t)cnt, sizeof *sorted, cmp_name);
+        for (int k = 1; k < cnt && s == TL_OK; k++)
+            if (strcmp(sorted[k - 1], sorted[k]) == 0)
+                s = tl_fail(err, TL_ERR_INPUT, "%s: metadata adapter_names: '%.200s' appears twice", path, sorted[k]);
+    }
+    free(sorted);
     if (s != TL_OK) {
         tl_checkpoint_free_names(v, i);
         return s;
@@ -468,6 +483,7 @@ static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, char *co
     TL_TRY(s);
     TL_TRY(check_meta_int(f, "rank", p->rank, err));
     TL_TRY(check_meta_int(f, "P", (long long)p->P, err));
+    TL_TRY(check_meta_int(f, "n_layers", p->n_layers, err));
 
     const char *tt = tl_st_metadata(f, "targets");
     cJSON *a = tt ? cJSON_Parse(tt) : NULL;

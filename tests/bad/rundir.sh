@@ -2,7 +2,7 @@
 # and print exactly one line on stderr naming the file, field or line, and leave the user's files as they were.
 # A few cases check the good path that the fix must keep (rd_resume_never_*, rd_export_default_*).
 # `rundir.sh --list` prints the case names (CMake registers one test per case).
-CASES="rd_ckpt_bad_format rd_ckpt_nan_params rd_ckpt_step_2p62 rd_ckpt_cursor_negative rd_resume_past_steps
+CASES="rd_ckpt_bad_format rd_ckpt_names_repeated rd_ckpt_names_empty rd_ckpt_n_layers_negative rd_ckpt_nan_params rd_ckpt_step_2p62 rd_ckpt_cursor_negative rd_resume_past_steps
 rd_threads_config rd_threads_env rd_threads_env_nested rd_report_step_1e300 rd_report_step_2p62
 rd_report_step_negative rd_report_step_fraction rd_report_loss_inf rd_report_eval_tokens_2p62
 rd_report_eval_loss_inf rd_export_out_foreign_index
@@ -39,8 +39,9 @@ import json, struct, sys
 path, how = sys.argv[1], sys.argv[2]
 b = bytearray(open(path, "rb").read()); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); base = 8 + n
 def at(name, k=0): return base + h[name]["data_offsets"][0] + k
-if how == "format":
-    h["__metadata__"]["format"] = "tailor-checkpoint-9" + "x" * 300
+if how == "format" or how.startswith("meta:"):
+    k, v = how[5:].split("=", 1) if how.startswith("meta:") else ("format", "tailor-checkpoint-9" + "x" * 300)
+    h["__metadata__"][k] = v
     hb = json.dumps(h).encode(); hb += b" " * (-len(hb) % 8)
     b = bytearray(struct.pack("<Q", len(hb)) + hb + b[base:])
 elif how == "nan": b[at("params", 4 * 5):at("params", 4 * 5) + 4] = struct.pack("<f", float("nan"))
@@ -66,6 +67,14 @@ case $case_name in
   rd_ckpt_bad_format)   # the message quoted the format string after the file holding it was freed (ASan)
     train; st_poke "$CK4/state.safetensors" format
     expect2 "metadata format" "$TAILOR_BIN" export "$RUN" --out "$T/exp"; [ ! -e "$T/exp" ] || die "export written" ;;
+  rd_ckpt_names_repeated|rd_ckpt_names_empty|rd_ckpt_n_layers_negative)
+    case $case_name in
+      rd_ckpt_names_repeated) poke='meta:adapter_names=["ann", "ben", "ann"]'; want="'ann' appears twice" ;;
+      rd_ckpt_names_empty) poke='meta:adapter_names=[]'; want="adapter_names" ;;
+      rd_ckpt_n_layers_negative) poke='meta:n_layers=-1'; want="metadata n_layers" ;;
+    esac
+    train; st_poke "$CK4/state.safetensors" "$poke"
+    expect2 "$want" "$TAILOR_BIN" export "$RUN" --out "$T/exp"; [ ! -e "$T/exp" ] || die "export written" ;;
   rd_ckpt_nan_params)
     train; st_poke "$CK4/state.safetensors" nan
     expect2 "'params'" "$TAILOR_BIN" export "$RUN" --out "$T/exp"; [ ! -e "$T/exp" ] || die "export written"
