@@ -475,9 +475,21 @@ static tl_status read_int_attr(rd_ctx *c, const char *name, int64_t *val, int *p
             char tn[32];
             type_name(t, tn, sizeof tn);
             st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: type %s, expected an integer", c->path, name, tn);
+        } else if (H5Tget_size(t) > 8) {
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: a %zu-byte integer, expected at most 8 bytes",
+                         c->path, name, H5Tget_size(t));
+        } else if (H5Tget_sign(t) == H5T_SGN_NONE) {
+            /* read unsigned as uint64: libhdf5 would silently clamp a value above INT64_MAX when converting */
+            uint64_t u = 0;
+            if (H5Aread(a, H5T_NATIVE_UINT64, &u) < 0)
+                st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: read failed", c->path, name);
+            else if (u > (uint64_t)INT64_MAX)
+                st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: %llu is out of range, expected at most %lld",
+                             c->path, name, (unsigned long long)u, (long long)INT64_MAX);
+            else
+                *val = (int64_t)u;
         } else if (H5Aread(a, H5T_NATIVE_INT64, val) < 0) {
-            st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: read failed or value out of int64 range",
-                         c->path, name);
+            st = tl_fail(c->err, TL_ERR_INPUT, "%s: attribute %s: read failed", c->path, name);
         }
     }
     close_attr(a, t, s);

@@ -4,7 +4,7 @@
 # `hdf5.sh --list` prints the case names; `hdf5.sh CASE` runs one. Bad files come from make_bad_h5.py and
 # make_bad_pref_h5.py; each is valid except for its one defect, so only that defect can make tailor refuse it.
 CASES="h5_soft_link h5_external_link h5_group_ext_link h5_external_storage h5_virtual h5_compact h5_huge_chunked
-h5_huge_contiguous h5_huge_deflate h5_huge_chunk h5_lzf_filter h5_nothing_trainable h5_pref_nothing_trainable
+h5_huge_contiguous h5_huge_deflate h5_huge_chunk h5_lzf_filter h5_inspect_vocab_u64 h5_nothing_trainable h5_pref_nothing_trainable
 h5_pref_external_users h5_libhdf5_hang h5_libhdf5_crash h5_truncated h5_isolate_env_bad h5_timeout_env_bad
 h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspect_truncated
 h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
@@ -70,6 +70,7 @@ case $case_name in
   h5_timeout_env_bad) envs=(TAILOR_HDF5_TIMEOUT_S=0); expect="TAILOR_HDF5_TIMEOUT_S" ;;
   h5_inspect_nothing_trainable) inspect nothing_trainable; expect="no example has a token to train on" ;;
   h5_inspect_external_link) inspect external_link; expect="/sft/tokens: is an external" ;;
+  h5_inspect_vocab_u64) inspect vocab_u64_max; expect="attribute vocab_size: 18446744073709551615 is out of range" ;;
   h5_inspect_crash) inspect libhdf5_crash; expect="libhdf5 crashed" ;;
   h5_inspect_truncated) inspect good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
   h5_build_nul_escape) build "$G"'{"user": "a", "prompt": "x\\u0000hidden", "response": "y"}\n'

@@ -14,6 +14,7 @@ only the named defect can make tailor refuse it:
   huge_contiguous    /users/name declares 2^31 strings, contiguous and never written
   huge_deflate       /sft/offsets declares 2^30 int64, deflated, only its first chunk written
   lzf_filter         /sft/user compressed with h5py's lzf filter (not known to libhdf5)
+  vocab_u64_max      attribute vocab_size is the uint64 2^64-1 (libhdf5 would clamp it to 2^63-1 silently)
   huge_chunk         /sft/user (6 values, unlimited) stored in one deflated chunk of 2^24 int32 (64 MiB)
   nothing_trainable  every example is all prompt (prompt_len = length): no token to train on
   libhdf5_hang       a good file whose global heap object "cid" (a user name) claims 255 bytes instead of 3:
@@ -54,7 +55,7 @@ elif kind == "nothing_trainable":
     pl = np.array(lens, dtype=np.int32)
 elif kind not in ("good", "missing_dataset", "wrong_dtype", "soft_link", "external_link", "group_ext_link",
                   "external_storage", "virtual", "compact", "huge_chunked", "huge_contiguous", "huge_deflate",
-                  "lzf_filter", "libhdf5_hang", "libhdf5_crash", "huge_chunk"):
+                  "lzf_filter", "libhdf5_hang", "libhdf5_crash", "huge_chunk", "vocab_u64_max"):
     sys.exit(f"unknown kind {kind}")
 
 ext = out + ".ext.h5"
@@ -69,6 +70,8 @@ if kind in ("external_link", "group_ext_link", "virtual"):
 with h5py.File(out, "w") as f:
     f.attrs["tailor_format"] = 1
     f.attrs["kind"] = "sft"
+    if kind == "vocab_u64_max":
+        f.attrs["vocab_size"] = np.uint64(2**64 - 1)
     str_t = h5py.string_dtype()
     if kind == "huge_contiguous":
         f.create_dataset("users/name", shape=(2**31,), dtype=str_t)
