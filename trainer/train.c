@@ -245,9 +245,12 @@ static tl_status count_adapter_steps(const tl_config *cfg, int n, int64_t **out,
     if (k <= 0 || k >= n) {
         for (int a = 0; a < n; a++) tot[a] = cfg->steps;
     } else {
-        /* adapters (t*k + i) mod n for i < k: full cycles give each adapter k steps per n global steps */
-        for (int64_t t = 0; t < cfg->steps; t++)
-            for (int i = 0; i < k; i++) tot[(int)(((int64_t)t * k + i) % n)]++;
+        /* adapters (t*k + i) mod n for i < k: over the run, positions j = 0 .. steps*k - 1 taken mod n, so adapter
+         * a gets floor(steps*k / n) plus one when a < (steps*k mod n). In closed form: a loop over the steps
+         * would take as long as train.steps says (up to 2^63). steps = q*n + r keeps every product in range. */
+        int64_t q = cfg->steps / n, r = cfg->steps % n, rk = r * k;
+        int64_t base = q * k + rk / n, extra = rk % n;
+        for (int a = 0; a < n; a++) tot[a] = base + (a < extra ? 1 : 0);
     }
     *out = tot;
     return TL_OK;

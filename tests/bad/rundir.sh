@@ -3,7 +3,7 @@
 # A few cases check the good path that the fix must keep (rd_resume_never_*, rd_export_default_*).
 # `rundir.sh --list` prints the case names (CMake registers one test per case).
 CASES="rd_ckpt_bad_format rd_ckpt_names_repeated rd_ckpt_names_empty rd_ckpt_n_layers_negative rd_ckpt_nan_params rd_ckpt_step_2p62 rd_ckpt_cursor_negative rd_resume_past_steps
-rd_threads_config rd_threads_env rd_threads_env_nested rd_report_step_1e300 rd_report_step_2p62
+rd_steps_huge_no_hang rd_threads_config rd_threads_env rd_threads_env_nested rd_report_step_1e300 rd_report_step_2p62
 rd_report_step_negative rd_report_step_fraction rd_report_loss_inf rd_report_eval_tokens_2p62
 rd_report_eval_loss_inf rd_export_out_foreign_index
 rd_export_out_unlisted_file rd_export_out_symlink rd_export_ckpt_outside_run rd_export_default_in_run
@@ -90,6 +90,14 @@ case $case_name in
     train; before=$(cd "$RUN" && find checkpoints adapters -type f | sort | xargs md5sum)
     expect2 "beyond train.steps" "$TAILOR_BIN" train "$CFG" train.steps=2
     [ "$before" = "$(cd "$RUN" && find checkpoints adapters -type f | sort | xargs md5sum)" ] || die "run changed" ;;
+  rd_steps_huge_no_hang)  # the per-adapter step counts were counted by a loop over every step (2^62 of them)
+    set +e
+    timeout 60 env TAILOR_FAULT_KILL_AFTER_STEP=1 "$TAILOR_BIN" train "$CFG" train.steps=4611686018427387904 \
+      train.adapters_per_step=2 >"$T/out" 2>"$T/err"
+    rc=$?
+    set -e
+    [ $rc -eq 137 ] || die "expected the fault kill after step 1 (137), got $rc: $(cat "$T/err")"
+    grep -q '"step": 1,' "$RUN/metrics.jsonl" || die "step 1 was not trained"; echo ok; exit 0 ;;
   rd_threads_config)    # libgomp builds its team on the stack: 100000 threads overflowed it
     expect2 "train.threads" "$TAILOR_BIN" train "$CFG" train.threads=100000; [ ! -e "$RUN" ] || die "run dir created" ;;
   rd_threads_env)
