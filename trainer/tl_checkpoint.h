@@ -4,7 +4,9 @@
  *   <run_dir>/checkpoints/step-<%08lld>/config.yaml          the resolved config (tl_config_write_yaml)
  *                                       state.safetensors    params, m, v F32 [n_slots, P]; steps I64 [n_slots];
  *                                                            cursors I64 [n_slots, 2]; global_step I64 [1];
- *                                                            metadata format, adapter_names, rank, targets, P
+ *                                                            metadata format, adapter_names, rank, targets, P,
+ *                                                            n_layers; a reward model's score head is the last
+ *                                                            hidden_size floats of each row of params, m, v
  *                                       COMPLETE             written last
  * A checkpoint is built in "<run_dir>/checkpoints/.tmp-step-<n>-<pid>" and renamed into place, so a crash at any
  * moment leaves either no step-<n> or a complete one. Loading restores every bit of the state, so a resumed run
