@@ -311,8 +311,9 @@ static tl_status assign_dirs(const tl_lora_pool *p, char **dirs, tl_error *err) 
 }
 
 /* An existing out_dir may be replaced only if it is empty, or is an earlier tailor export: its index.json (a
- * regular file) carries "format": TL_EXPORT_FORMAT and every entry of out_dir is index.json or an adapter folder
- * that index.json lists. Anything else is refused, so replacing never deletes what tailor did not write. */
+ * regular file) carries "format": TL_EXPORT_FORMAT, every entry of out_dir is index.json or an adapter folder
+ * that index.json lists, and each such folder holds only adapter_config.json and adapter_model.safetensors.
+ * Anything else is refused, naming the first stranger, so replacing never deletes what tailor did not write. */
 static tl_status check_replaceable(const char *out_dir, tl_error *err) {
     struct stat st;
     if (lstat(out_dir, &st) != 0) {
@@ -366,6 +367,20 @@ static tl_status check_replaceable(const char *out_dir, tl_error *err) {
             snprintf(stranger, sizeof stranger, "%.*s", TL_SAFE_DIRNAME_MAX + 16, nm);
             break;
         }
+        /* inside an adapter folder: only the two files write_adapter writes */
+        DIR *ad = opendir(sub);
+        struct dirent *f;
+        if (!ad) snprintf(stranger, sizeof stranger, "%.*s (cannot list it)", TL_SAFE_DIRNAME_MAX, nm);
+        while (ad && !stranger[0] && (f = readdir(ad))) {
+            const char *fn = f->d_name;
+            if (!strcmp(fn, ".") || !strcmp(fn, "..")) continue;
+            char fp[TL_PATH_MAX + 64];
+            int ours = (!strcmp(fn, "adapter_config.json") || !strcmp(fn, "adapter_model.safetensors")) &&
+                       tl_path_join(fp, sizeof fp, sub, fn, err) == TL_OK && lstat(fp, &st) == 0 && S_ISREG(st.st_mode);
+            if (!ours) snprintf(stranger, sizeof stranger, "%.*s/%.*s", TL_SAFE_DIRNAME_MAX, nm, 16, fn);
+        }
+        if (ad) closedir(ad);
+        if (stranger[0]) break;
     }
     if (d) closedir(d);
     cJSON_Delete(index);

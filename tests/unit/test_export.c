@@ -510,14 +510,19 @@ static void test_replace_rules(const char *root) {
     cJSON_Delete(idx);
     free(text);
     CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_OK, "re-export: %s", err.msg);
-    xpath(keep, sizeof keep, "%s/ann/mine.txt", out); /* inside a listed folder: the folder is the export's */
-    write_text(keep, "x");
     xpath(keep, sizeof keep, "%s/mine.txt", out);
     write_text(keep, "x");
     CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT && strstr(err.msg, "mine.txt"),
           "a file added beside the adapters must be refused: %s", err.msg);
     CHECK(tl_is_file(keep), "the added file must survive");
     CHECK(unlink(keep) == 0, "unlink");
+    xpath(keep, sizeof keep, "%s/ann/mine.txt", out); /* inside an adapter folder: not the export's either */
+    write_text(keep, "x");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_ERR_INPUT && strstr(err.msg, "ann/mine.txt"),
+          "a file added inside an adapter folder must be refused: %s", err.msg);
+    CHECK(tl_is_file(keep), "the added file must survive");
+    CHECK(unlink(keep) == 0, "unlink");
+    CHECK(tl_export_pool(&p, &be, NULL, "m", out, &written, &err) == TL_OK, "clean again: %s", err.msg);
 
     /* a symlink to a folder is never replaced (nor followed) */
     char link[TL_PATH_MAX + 16];
