@@ -203,10 +203,7 @@ static tl_status read_kv(reader *r, int idx, tl_error *err) {
     tl_gguf *g = r->g;
     kv_entry *e = &g->kv[idx];
     snprintf(r->what, sizeof r->what, "key #%d", idx);
-    TL_TRY(rd_str(r, &e->key, NULL, err));
-    for (int i = 0; i < idx; i++)
-        if (strcmp(g->kv[i].key, e->key) == 0)
-            return tl_fail(err, TL_ERR_INPUT, "%s: metadata key '%s' appears twice", g->path, e->key);
+    TL_TRY(rd_str(r, &e->key, NULL, err)); /* duplicates: find_duplicate once all are read */
     snprintf(r->what, sizeof r->what, "metadata key '%.300s'", e->key);
     TL_TRY(rd_u32(r, &e->type, err));
     if (e->type == TL_GGUF_STRING) return rd_str(r, &e->str, &e->str_len, err);
@@ -285,10 +282,31 @@ static tl_status read_tensor_info(reader *r, int idx, tl_error *err) {
     }
     if (nb == UINT64_MAX) return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s': size overflows", g->path, t->name);
     t->nbytes = nb;
-    for (int i = 0; i < idx; i++)
-        if (strcmp(g->tensors[i].name, t->name) == 0)
-            return tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' appears twice", g->path, t->name);
     return TL_OK;
+}
+
+/* A name that occurs twice among n (names is sorted in place, so a file of a million keys is no quadratic scan),
+ * or NULL. */
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static const char *find_duplicate(const char **names, size_t n) {
+    qsort(names, n, sizeof *names, cmp_cstr);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(names[i], names[i - 1]) == 0) return names[i];
+    return NULL;
+}
+
+/* Metadata keys (kv) or tensor names are unique. */
+static tl_status check_unique(const tl_gguf *g, int kv, tl_error *err) {
+    size_t n = (size_t)(kv ? g->n_kv : g->n_tensors);
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!names) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", g->path);
+    for (size_t i = 0; i < n; i++) names[i] = kv ? g->kv[i].key : g->tensors[i].name;
+    const char *dup = find_duplicate(names, n);
+    tl_status st = TL_OK;
+    if (dup && kv) st = tl_fail(err, TL_ERR_INPUT, "%s: metadata key '%s' appears twice", g->path, dup);
+    if (dup && !kv) st = tl_fail(err, TL_ERR_INPUT, "%s: tensor '%s' appears twice", g->path, dup);
+    free(names);
+    return st;
 }
 
 tl_status tl_gguf_open(const char *path, tl_gguf **out, tl_error *err) {
@@ -358,6 +376,7 @@ tl_status tl_gguf_open(const char *path, tl_gguf **out, tl_error *err) {
         g->n_kv = (int)i + 1; /* so close frees a partly read entry */
         if ((st = read_kv(&r, (int)i, err)) != TL_OK) goto done;
     }
+    if ((st = check_unique(g, 1, err)) != TL_OK) goto done;
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     int ai = tl_gguf_find_key(g, "general.alignment");
     if (ai >= 0) {
@@ -374,6 +393,7 @@ tl_status tl_gguf_open(const char *path, tl_gguf **out, tl_error *err) {
         g->n_tensors = (int)i + 1;
         if ((st = read_tensor_info(&r, (int)i, err)) != TL_OK) goto done;
     }
+    if ((st = check_unique(g, 0, err)) != TL_OK) goto done;
     g->data_offset = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
     for (int i = 0; i < g->n_tensors; i++) {
         const tl_gguf_tensor *t = &g->tensors[i];
