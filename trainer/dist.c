@@ -42,21 +42,35 @@ static tl_status env_int(const char *name, int *out, int *present, tl_error *err
     return TL_OK;
 }
 
-/* SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE: "2(x3),1" -> tasks on node number `node`. */
+/* A decimal count in [0, 1000000] at *p, advancing *p past it; -1 if there is none or it is out of range. */
+static long slurm_count(const char **p) {
+    long v = 0;
+    const char *s = *p;
+    if (*s < '0' || *s > '9') return -1;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        v = v * 10 + (*s - '0');
+        if (v > 1000000) return -1;
+    }
+    *p = s;
+    return v;
+}
+
+/* SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE: "2(x3),1" -> tasks on node number `node`; 0 (unknown, the
+ * caller falls back) when the value is malformed or its counts are absurd, never an overflowed count. */
 static int slurm_tasks_on_node(const char *spec, int node) {
-    int idx = 0;
+    long idx = 0;
     for (const char *p = spec; p && *p;) {
-        char *end;
-        long n = strtol(p, &end, 10);
-        long rep = 1;
-        if (end == p) return 0;
-        if (*end == '(' && end[1] == 'x') {
-            rep = strtol(end + 2, &end, 10);
-            if (*end == ')') end++;
+        long n = slurm_count(&p), rep = 1;
+        if (n < 0) return 0;
+        if (p[0] == '(' && p[1] == 'x') {
+            p += 2;
+            if ((rep = slurm_count(&p)) < 0 || *p != ')') return 0;
+            p++;
         }
         if (node < idx + rep) return (int)n;
-        idx += (int)rep;
-        p = *end == ',' ? end + 1 : NULL;
+        idx += rep;
+        if (*p == ',') p++;
+        else if (*p) return 0;
     }
     return 0;
 }

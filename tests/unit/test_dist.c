@@ -49,6 +49,17 @@ static void test_env(void) {
     setenv("SLURM_STEP_TASKS_PER_NODE", "3,1", 1), setenv("SLURM_PROCID", "3", 1), setenv("SLURM_LOCALID", "0", 1);
     CHECK_OK(detect(&e, &err), err);
     CHECK(e.local_world == 1, "uneven nodes: node 1 of \"3,1\" has 1 task, got %d", e.local_world);
+    /* a malformed or absurd per-node count is not trusted: the node's share falls back to the whole step, and the
+     * repeat count never overflows (9223372036854775807 + the index was signed overflow under UBSan) */
+    static const char *const bad_tpn[] = {"9223372036854775807(x9223372036854775807)", "1(x99999999999999999999)",
+                                          "2(x", "2(x2", "2x2", "-1", "2,,1", ""};
+    for (size_t i = 0; i < sizeof bad_tpn / sizeof bad_tpn[0]; i++) {
+        setenv("SLURM_STEP_TASKS_PER_NODE", bad_tpn[i], 1), setenv("SLURM_PROCID", "3", 1);
+        setenv("SLURM_LOCALID", "3", 1);
+        CHECK_OK(detect(&e, &err), err);
+        CHECK(e.local_world == 4, "malformed tasks per node \"%s\": local world %d, expected the step's 4", bad_tpn[i],
+              e.local_world);
+    }
 
     clear_env(); /* the batch script itself is one process even though the job has two tasks */
     setenv("SLURM_PROCID", "0", 1), setenv("SLURM_NTASKS", "2", 1), setenv("SLURM_JOB_ID", "5", 1);
