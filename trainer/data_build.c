@@ -21,6 +21,7 @@
 
 #include "../data/tl_dataset.h"
 #include "../data/tl_model_tokenizer.h"
+#include "../data/tl_pref.h"
 #include "../kernels/tl_text.h"
 #include "tl_config.h"
 
@@ -382,6 +383,26 @@ static tl_status write_h5(const char *path, int pref, const users *u, run *runs,
     return bad ? tl_fail(err, TL_ERR_RUNTIME, "%s: writing the HDF5 file failed", path) : TL_OK;
 }
 
+/* Opens the written file with the reader train uses (no model: its vocabulary check is train's), so that data
+ * build never publishes a file that train or inspect would refuse. The checks above should make this never
+ * fire; if it does, the message names OUT and the reader's complaint. */
+static tl_status check_output(const char *tmp, const char *out, int pref, tl_error *err) {
+    tl_error ve;
+    memset(&ve, 0, sizeof ve);
+    tl_status vs;
+    if (pref) {
+        tl_pref_dataset d;
+        vs = tl_pref_open(tmp, 0, &d, &ve);
+        if (vs == TL_OK) tl_pref_free(&d);
+    } else {
+        tl_sft_dataset d;
+        vs = tl_sft_open(tmp, 0, &d, &ve);
+        if (vs == TL_OK) tl_sft_free(&d);
+    }
+    if (vs == TL_OK) return TL_OK;
+    return tl_fail(err, vs, "%s: the built dataset fails tailor's own checks: %.900s", out, ve.msg);
+}
+
 tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
                         tl_error *err) {
     int pref;
@@ -410,6 +431,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     char *line = NULL;
     size_t cap = 0;
     int any_group = -1; /* unknown until the first row */
+    int any_trainable = 0;
     ssize_t got;
     while (!s && (got = getline(&line, &cap, f)) != -1) {
         c.line++;
@@ -458,7 +480,13 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         if (!s) {
             int64_t ntok = 0;
             if (pref) {
-                for (int r = 0; r < 3 && !s; r++) s = add_text(&c, tk, texts[r], &runs[r], &ntok);
+                int64_t part[3] = {0, 0, 0};
+                for (int r = 0; r < 3 && !s; r++) {
+                    int64_t before = ntok;
+                    s = add_text(&c, tk, texts[r], &runs[r], &ntok);
+                    part[r] = ntok - before;
+                }
+                if (!s && part[0] + part[1] >= 2 && part[0] + part[2] >= 2) any_trainable = 1;
             } else {
                 /* tokenize prompt and response separately; the sequence is their concatenation */
                 int64_t before = ntok;
@@ -472,6 +500,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
                     int64_t start = off[n2 - 3], end = off[n2 - 1];
                     int32_t *tok = runs[2].tok.p;
                     int64_t seq_end = (int64_t)runs[0].tok.n + (end - start);
+                    if (end - start >= 2 && plen < end - start) any_trainable = 1;
                     if (end - start > INT32_MAX || vec_push(&runs[0].tok, tok + start, (size_t)(end - start)) ||
                         vec_push(&runs[0].off, &seq_end, 1) || vec_push(&runs[1].tok, &plen, 1))
                         s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
@@ -492,6 +521,11 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
     fclose(f);
     if (!s && user_of.n == 0) s = tl_fail(err, TL_ERR_INPUT, "%s: no examples (the file has no non-blank line)", in);
+    /* the rule of the dataset readers (tl_dataset.h, tl_pref.h), said in terms of the input */
+    if (!s && !any_trainable)
+        s = tl_fail(err, TL_ERR_INPUT, "%s: no %s has a token to train on (each is an empty prompt with a 1-token "
+                    "response), expected at least one whose prompt and response make 2 or more tokens", in,
+                    pref ? "pair" : "example");
     char tmp[TL_PATH_MAX + 64];
     if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid()) >= sizeof tmp)
         s = tl_fail(err, TL_ERR_INPUT, "%.200s...: output path longer than %d bytes", out, TL_PATH_MAX);
@@ -503,6 +537,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         } else {
             close(fd);
             s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
+            if (!s) s = check_output(tmp, out, pref, err); /* never publish what train would refuse */
             if (!s && rename(tmp, out) != 0)
                 s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));
             if (s) unlink(tmp);
