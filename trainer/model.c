@@ -486,7 +486,8 @@ tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_
     *out = ws;
     return TL_OK;
 fail:
-    tl_wrap(err, "planning activations for %d tokens", max_tokens);
+    tl_wrap(err, "planning activations for %d tokens per micro-batch (train.micro_batch_tokens: a lower value needs "
+                 "less memory)", max_tokens);
     tl_workspace_free(ws, be);
     return s;
 }
