@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# run_emu: runs tests/gpu/test_cuda_ops with the CUDA backend's kernels and host code executed on the CPU by a
-# small emulator, for checking kernel logic where no GPU exists. The ctests emu.build (fixture) and emu.order0,
-# emu.order1, emu.order2 run it in every build that is not the sanitizer build (CMakeLists.txt); each exits 77
-# (skipped) where g++ or the CUDA headers (cuda_bf16.h) are missing. About 10 s to build and 45 s per run on 2 cores.
+# run_emu: runs tests/gpu/test_cuda_ops and tests/gpu/test_decode_ops with the CUDA backend's kernels and host
+# code executed on the CPU by a small emulator, for checking kernel logic where no GPU exists. The ctests emu.build
+# (a fixture) and emu.order0, emu.order1, emu.order2 run it in every build but the sanitizer build (CMakeLists.txt);
+# each exits 77 (skipped) where g++, python3 or the CUDA headers (cuda_bf16.h) are missing. About 20 s to build
+# and 50 s per run on 2 cores.
 #
 #   tests/gpu/emu/run_emu.sh [--build-only | --run-only] [BUILD_DIR]        (default build-emu)
-#     --build-only   build BUILD_DIR/test_cuda_ops_emu and stop;  --run-only   run the one already built
+#     --build-only   build BUILD_DIR/test_cuda_ops_emu and test_decode_ops_emu, and stop
+#     --run-only     run the two already built
 #   env: TL_EMU_ORDER=0|1|2  order of the emulated threads between barriers: forward, reverse, shuffled (a
 #                            missing __syncthreads shows up as a difference between orders)
 #        TL_EMU_OPTIN=BYTES  the device's shared-memory opt-in limit (default 232448, H100/H200; 166912 = A100)
@@ -28,12 +30,17 @@ if [ ! -f "$CUDA_INC/cuda_bf16.h" ] || ! command -v g++ >/dev/null 2>&1 || ! com
     echo "SKIPPED: run_emu needs g++, python3 and the CUDA headers ($CUDA_INC/cuda_bf16.h)"
     exit 77
 fi
+TESTS="test_cuda_ops test_decode_ops"
 run() {
-    # leak checking would report the emulator's fiber stacks, which live until exit
-    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} "$B/test_cuda_ops_emu"
+    for t in $TESTS; do
+        # leak checking would report the emulator's fiber stacks, which live until exit
+        ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} "$B/${t}_emu"
+    done
 }
 if [ "$MODE" = run ]; then
-    [ -x "$B/test_cuda_ops_emu" ] || { echo "run_emu: $B/test_cuda_ops_emu is not built (run --build-only first)" >&2; exit 1; }
+    for t in $TESTS; do
+        [ -x "$B/${t}_emu" ] || { echo "run_emu: $B/${t}_emu is not built (run --build-only first)" >&2; exit 1; }
+    done
     run
     exit
 fi
@@ -57,13 +64,17 @@ g++ -std=c++17 -O1 -g -I"$CUDA_INC" $SAN -c "$E/emu_runtime.cpp" -o "$B/obj/emu_
 pids+=($!)
 # the CPU reference with the plain sgemm of tests/gpu/support (no OpenBLAS needed)
 for f in "$ROOT"/kernels/cpu/*.c "$ROOT"/kernels/tl_status.c "$ROOT"/kernels/tl_text.c "$ROOT"/tests/gpu/support/cblas_naive.c \
-    "$ROOT"/tests/gpu/test_cuda_ops.c; do
+    "$ROOT"/tests/gpu/test_cuda_ops.c "$ROOT"/tests/gpu/test_decode_ops.c; do
     gcc $CF -c "$f" -o "$B/obj/c_$(basename "$f" .c).o" &
     pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-rm -f "$B/test_cuda_ops_emu"
-g++ $SAN -fopenmp "$B"/obj/*.o -o "$B/test_cuda_ops_emu" -lm
-[ "$MODE" = build ] && { echo "run_emu: built $B/test_cuda_ops_emu"; exit 0; }
-echo "run_emu: built $B/test_cuda_ops_emu; running"
+lib=()
+for o in "$B"/obj/*.o; do case "$o" in */c_test_*.o) ;; *) lib+=("$o") ;; esac; done
+for t in $TESTS; do
+    rm -f "$B/${t}_emu"
+    g++ $SAN -fopenmp "${lib[@]}" "$B/obj/c_$t.o" -o "$B/${t}_emu" -lm
+done
+[ "$MODE" = build ] && { echo "run_emu: built $B/{${TESTS// /,}}_emu"; exit 0; }
+echo "run_emu: built $B/{${TESTS// /,}}_emu; running"
 run
