@@ -66,9 +66,10 @@ static void random_spec(spec *s, int vocab) {
     int n = rnd_int(1, 12);
     s->offsets[0] = 0;
     for (int i = 0; i < n; i++) {
-        int len = rnd_int(0, 12);
+        /* example 0 always has a response token at position >= 1: a file with nothing to train is an error */
+        int len = rnd_int(i == 0 ? 2 : 0, 12);
         s->offsets[i + 1] = s->offsets[i] + len;
-        s->prompt[i] = rnd_int(0, len);
+        s->prompt[i] = rnd_int(0, i == 0 ? len - 1 : len);
         s->user[i] = rnd_int(0, s->n_users - 1);
         for (int t = 0; t < len; t++) s->tokens[s->offsets[i] + t] = rnd_int(0, vocab - 1);
     }
@@ -326,6 +327,12 @@ static void test_errors(void) {
     base_spec(&s);
     s.prompt[1] = -1;
     expect_error(&s, 0, "negative prompt_len", "/sft/prompt_len", "example 1");
+    /* nothing to train: every example all prompt (or shorter than 2 tokens); one response token makes it valid */
+    base_spec(&s);
+    for (int i = 0; i < 6; i++) s.prompt[i] = (int32_t)(s.offsets[i + 1] - s.offsets[i]);
+    expect_error(&s, 0, "no trainable example", "/sft/prompt_len", "no example has a token to train on");
+    s.prompt[4] -= 1;
+    expect_valid(&s, 0, "one trainable example");
 
     base_spec(&s);
     s.n_off = 1;

@@ -75,7 +75,7 @@ static void random_spec(spec *s, int vocab, int64_t N) {
     }
     int plen[MAXP], clen[MAXP], rlen[MAXP];
     for (int64_t i = 0; i < N; i++) {
-        plen[i] = rnd_int(0, 10);
+        plen[i] = rnd_int(i == 0 ? 1 : 0, 10); /* pair 0 trainable: a file with nothing to train is an error */
         clen[i] = rnd_int(1, 10);
         rlen[i] = rnd_int(1, 10);
     }
@@ -322,6 +322,18 @@ static void test_errors(void) {
     set_pairs(&s, 6, plen, clen, rlen, 50);
     for (int i = 0; i < 6; i++) s.user[i] = i % 3;
     expect_error(&s, 0, "empty rejected", "/pref/rejected/offsets", "pair 4", "empty rejected response");
+
+    /* nothing to train: every pair has an empty prompt and a 1-token side; one trainable pair makes it valid */
+    int p0[6] = {0, 0, 0, 0, 0, 0}, c1[6] = {1, 2, 1, 3, 1, 1}, r1[6] = {2, 1, 1, 1, 1, 1};
+    base_spec(&s);
+    set_pairs(&s, 6, p0, c1, r1, 50);
+    for (int i = 0; i < 6; i++) s.user[i] = i % 3;
+    expect_error(&s, 0, "no trainable pair", "/pref/prompt/offsets", "no pair has a token to train on", NULL);
+    p0[5] = 1;
+    base_spec(&s);
+    set_pairs(&s, 6, p0, c1, r1, 50);
+    for (int i = 0; i < 6; i++) s.user[i] = i % 3;
+    expect_valid(&s, 0, "one trainable pair");
 
     base_spec(&s);
     s.tok[2][s.off[2][3] + 1] = 50;
