@@ -15,17 +15,19 @@ echo "== sanitizer build (unit, bad-input and fuzz tests under ASan + UBSan)"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DTAILOR_SANITIZE=ON -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null
 cmake --build build-asan -j"$(nproc)"
 
+status=0
 # Release (-O3) is what users build: gcc's flow analysis there (maybe-uninitialized, stringop-overflow) differs
 # from -O2 and -O0, so it is compiled here too (library, tailor, tests; nothing of it runs, about 30 s on 2 cores).
+# A failure here fails the run but the tests still run.
 echo "== Release build (compile only)"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null
-cmake --build build-release -j"$(nproc)"
+cmake --build build-release -j"$(nproc)" || { echo "test: the Release build failed"; status=1; }
 # clang warns about other things than gcc (the builds above are gcc): one clang Release compile where clang and
 # its OpenMP exist (about 40 s on 2 cores; Debian's clang with libomp-dev)
 if command -v clang >/dev/null 2>&1; then
   echo "== clang Release build (compile only)"
   if CC=clang cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=Release -DTAILOR_CUDA=OFF -DTAILOR_WERROR=ON >/dev/null; then
-    cmake --build build-clang -j"$(nproc)"
+    cmake --build build-clang -j"$(nproc)" || { echo "test: the clang build failed"; status=1; }
   else
     echo "test: clang cannot configure tailor here (OpenMP for clang: libomp-dev); the clang compile is skipped"
   fi
@@ -41,7 +43,6 @@ fi
 # the default model, for the tests that check it against transformers (they skip when it could not be fetched)
 scripts/get_model.sh >/dev/null || echo "test: could not fetch the default model; its tests will be skipped"
 
-status=0
 echo "== unit, bad-input and fuzz tests under ASan + UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -L 'unit|bad|fuzz' -j2 --timeout 300) || status=1
