@@ -104,11 +104,10 @@ case $case_name in
     expect2 "OMP_NUM_THREADS" env OMP_NUM_THREADS=100000 "$TAILOR_BIN" train "$CFG"; [ ! -e "$RUN" ] || die "run dir" ;;
   rd_threads_env_nested)  # a nested list: every level is a team
     expect2 "OMP_NUM_THREADS" env "OMP_NUM_THREADS=2, 200000" "$TAILOR_BIN" train "$CFG"; [ ! -e "$RUN" ] || die "run dir" ;;
-  rd_report_step_1e300)  # looped forever drawing x ticks
-    train; metrics '{"step": 1e300, "loss": 2}'; expect2 "metrics.jsonl line 2" "$TAILOR_BIN" report "$RUN"
-    [ ! -e "$RUN/report.html" ] || die "report written" ;;
-  rd_report_step_2p62)
-    train; metrics '{"step": 4611686018427387904, "loss": 2}'; expect2 "metrics.jsonl line 2" "$TAILOR_BIN" report "$RUN" ;;
+  rd_report_step_1e300|rd_report_step_2p62)  # every x the same huge step: the tick loop added 1 forever
+    train; st=$([ $case_name = rd_report_step_1e300 ] && echo 1e300 || echo 4611686018427387904)
+    printf '{"step": %s, "loss": 2}\n' "$st" >"$RUN/metrics.jsonl"
+    expect2 "metrics.jsonl line 1" "$TAILOR_BIN" report "$RUN"; [ ! -e "$RUN/report.html" ] || die "report written" ;;
   rd_report_step_negative)
     train; metrics '{"step": -7, "loss": 2}'; expect2 "metrics.jsonl line 2" "$TAILOR_BIN" report "$RUN" ;;
   rd_report_step_fraction)
