@@ -538,8 +538,11 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
             close(fd);
             s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
             if (!s) s = check_output(tmp, out, pref, err); /* never publish what train would refuse */
-            if (!s && rename(tmp, out) != 0)
-                s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rename into place: %s", out, strerror(errno));
+            if (!s && rename(tmp, out) != 0) {
+                int e = errno; /* OUT being a directory or not writable is the user's to fix: bad usage */
+                s = tl_fail(err, e == EISDIR || e == ENOTDIR || e == EACCES || e == EPERM ? TL_ERR_INPUT : TL_ERR_RUNTIME,
+                            "%s: cannot rename the output into place: %s", out, strerror(e));
+            }
             if (s) unlink(tmp);
         }
     }

@@ -9,7 +9,8 @@ h5_pref_external_users h5_libhdf5_hang h5_libhdf5_crash h5_truncated h5_isolate_
 h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspect_truncated
 h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
 h5_build_bad_utf8_text h5_build_dup_key h5_build_dup_key_nested h5_build_empty_group h5_build_trailing_text
-h5_build_keeps_existing h5_build_missing_dir h5_build_nothing_trainable h5_build_pref_nothing_trainable"
+h5_build_keeps_existing h5_build_missing_dir h5_build_nothing_trainable h5_build_pref_nothing_trainable
+h5_build_out_is_dir"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -103,6 +104,9 @@ case $case_name in
     expect='in.jsonl: no example has a token to train on' ;;
   h5_build_pref_nothing_trainable) build '{"user": "a", "prompt": "", "chosen": "x", "rejected": "y"}\n'
     cmd+=(--kind preference); expect='in.jsonl: no pair has a token to train on' ;;
+  h5_build_out_is_dir) build "$G"; mkdir "$T/out.h5"; echo kept >"$T/out.h5/keep"; keep="$T/out.h5/keep"
+    cp "$keep" "$T/keep.orig"
+    expect='out.h5: cannot rename the output into place: Is a directory' ;;
   *) die "unknown case $case_name" ;;
 esac
 
