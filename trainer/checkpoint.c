@@ -659,6 +659,27 @@ static tl_status aside_dirs(const char *run_dir, char *tmp, char *fin, size_t ca
     return TL_OK;
 }
 
+/* Copies the regular file from to the new file to (which must not exist), flushed to disk. */
+static tl_status copy_file(const char *from, const char *to, tl_error *err) {
+    FILE *in = fopen(from, "rb");
+    if (!in) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot open: %s", from, strerror(errno));
+    FILE *out = fopen(to, "wbx");
+    if (!out) {
+        int e = errno;
+        fclose(in);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", to, strerror(e));
+    }
+    char buf[1 << 16];
+    size_t n;
+    int bad = 0;
+    while (!bad && (n = fread(buf, 1, sizeof buf, in)) > 0) bad = fwrite(buf, 1, n, out) != n;
+    bad |= ferror(in);
+    fclose(in);
+    bad |= fflush(out) != 0 || fsync(fileno(out)) != 0;
+    bad |= fclose(out) != 0;
+    return bad ? tl_fail(err, TL_ERR_RUNTIME, "cannot copy %s to %s", from, to) : TL_OK;
+}
+
 tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_t cap, int *moved, tl_error *err) {
     *moved = 0;
     char from[TL_PATH_MAX], to[TL_PATH_MAX], tmp[TL_PATH_MAX], ckdir[TL_PATH_MAX];
@@ -690,6 +711,11 @@ tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_
             if (!s && rename(from, t2) != 0)
                 s = tl_fail(err, TL_ERR_RUNTIME, "cannot move %s to %s: %s", from, t2, strerror(errno));
         }
+    }
+    if (!s && after >= 0) { /* the resumed run cuts metrics.jsonl back to step `after`: keep the whole of it */
+        s = tl_path_join(from, sizeof from, run_dir, "metrics.jsonl", err);
+        if (!s) s = tl_path_join(to, sizeof to, tmp, "metrics.jsonl", err);
+        if (!s && tl_is_file(from)) s = copy_file(from, to, err);
     }
     for (int i = 0; !s && after < 0 && i < N_RUN_OUTPUTS; i++) {
         s = tl_path_join(from, sizeof from, run_dir, RUN_OUTPUTS[i], err);

@@ -76,7 +76,8 @@ tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl
 /* Sets the outputs of an earlier run aside, so that export, eval and a later resume never take them for the
  * current run's, and nothing is deleted. after < 0 (train.resume: never): checkpoints/, adapters/, metrics.jsonl,
  * eval.json, report.html and config.yaml of run_dir, when any of the first four exists; after >= 0 (a resume
- * from a given checkpoint at step `after`): the complete checkpoints of run_dir past that step. They are moved
+ * from a given checkpoint at step `after`): the complete checkpoints of run_dir past that step, and a copy of
+ * metrics.jsonl (which the resumed run cuts back to step `after`). They are moved
  * (rename, same file system) into a folder built as <run_dir>/previous/.tmp-<stamp>-<pid> and renamed to
  * <run_dir>/previous/<UTC stamp YYYYMMDDTHHMMSSZ>[-k] (its path in dest), so a crash leaves them whole in the
  * temporary folder. *moved = 0 when there was nothing to move. */

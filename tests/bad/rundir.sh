@@ -177,6 +177,7 @@ PY
     train; "$TAILOR_BIN" train "$CFG" "train.resume=$RUN/checkpoints/step-00000002" train.steps=3 \
       >"$T/o" 2>&1 || die "resume failed: $(cat "$T/o")"
     prev=$(ls -d "$RUN"/previous/*/); [ -d "$prev/checkpoints/step-00000004" ] || die "step 4 not set aside"
+    grep -q '"step": 4,' "$prev/metrics.jsonl" || die "the metrics of steps 3-4 were not kept"
     [ ! -e "$RUN/checkpoints/step-00000004" ] || die "step 4 of the other history still in checkpoints/"
     "$TAILOR_BIN" export "$RUN" --out "$T/exp" | grep -q "(step 3)" || die "export did not use step 3"
     echo ok; exit 0 ;;

@@ -594,6 +594,8 @@ static void test_set_aside(const char *run) {
     xpath(path, sizeof path, "%s/checkpoints", dest);
     listing(path, ls, sizeof ls);
     CHECK(!strcmp(ls, "step-00000005"), "set aside: %s", ls);
+    listing(dest, ls, sizeof ls);
+    CHECK(!strcmp(ls, "checkpoints metrics.jsonl"), "with a copy of metrics.jsonl: %s", ls);
     CHECK(tl_checkpoint_latest(run, latest, sizeof latest, &found, &err) == TL_OK && found &&
               strstr(latest, "step-00000004"),
           "latest after setting 5 aside: %s", latest);
