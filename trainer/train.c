@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../data/tl_batcher.h"
 #include "../kernels/tl_text.h"
@@ -289,7 +290,8 @@ static tl_status metrics_open(tl_metrics *M, const char *run_dir, int64_t keep_u
                 if (st <= keep_upto) fputs(line, o);
             }
             fclose(in);
-            if (fclose(o) || rename(tmp, path))
+            int synced = fflush(o) == 0 && fsync(fileno(o)) == 0; /* on disk before it replaces the old file */
+            if (fclose(o) || !synced || rename(tmp, path))
                 return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rewrite: %s", path, strerror(errno));
         }
     }
