@@ -53,11 +53,39 @@ typedef struct {
     int n_users, cap;
     char **names, **groups;
     int64_t *examples, *tokens;
+    int *slot;      /* open-addressing hash of names: user index + 1, 0 = empty */
+    size_t n_slots; /* a power of two, at least twice n_users */
 } users;
 
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* The slot of `name` in the hash: where it is, or the empty slot where it would go. */
+static size_t find_slot(const users *u, const char *name) {
+    size_t m = u->n_slots - 1, i = (size_t)name_hash(name) & m;
+    while (u->slot[i] && strcmp(u->names[u->slot[i] - 1], name) != 0) i = (i + 1) & m;
+    return i;
+}
+
+static int rehash(users *u, size_t n_slots) {
+    int *slot = calloc(n_slots, sizeof *slot);
+    if (!slot) return -1;
+    free(u->slot);
+    u->slot = slot, u->n_slots = n_slots;
+    for (int i = 0; i < u->n_users; i++) u->slot[find_slot(u, u->names[i])] = i + 1;
+    return 0;
+}
+
+/* The index of user `name`, added (with its group) on first sight; -1 when out of memory, -2 past the users a
+ * dataset can hold (2^31 - 1 at most; this stops at 2^30). Hashed, so a file of many users stays linear. */
 static int user_index(users *u, const char *name, const char *group) {
-    for (int i = 0; i < u->n_users; i++)
-        if (!strcmp(u->names[i], name)) return i;
+    if (!u->n_slots && rehash(u, 128) < 0) return -1;
+    size_t at = find_slot(u, name);
+    if (u->slot[at]) return u->slot[at] - 1;
+    if (u->n_users >= (1 << 30)) return -2;
     if (u->n_users == u->cap) {
         int cap = u->cap ? 2 * u->cap : 64;
         char **nm = realloc(u->names, (size_t)cap * sizeof *nm), **gr = realloc(u->groups, (size_t)cap * sizeof *gr);
@@ -72,8 +100,14 @@ static int user_index(users *u, const char *name, const char *group) {
     u->names[u->n_users] = strdup(name);
     u->groups[u->n_users] = group ? strdup(group) : NULL;
     u->examples[u->n_users] = 0, u->tokens[u->n_users] = 0;
-    if (!u->names[u->n_users] || (group && !u->groups[u->n_users])) return -1;
-    return u->n_users++;
+    if (!u->names[u->n_users] || (group && !u->groups[u->n_users])) {
+        free(u->names[u->n_users]), free(u->groups[u->n_users]);
+        return -1;
+    }
+    u->slot[at] = u->n_users + 1;
+    u->n_users++;
+    if ((size_t)u->n_users * 2 > u->n_slots && rehash(u, u->n_slots * 2) < 0) return -1;
+    return u->n_users - 1;
 }
 
 static const char *get_str(const cJSON *row, const char *key) {
@@ -473,7 +507,8 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         int ui = -1;
         if (!s) {
             ui = user_index(&u, user, group);
-            if (ui < 0) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+            if (ui == -2) s = row_fail(&c, "%s: more than 2^30 distinct users", "user");
+            else if (ui < 0) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
             else if ((group && (!u.groups[ui] || strcmp(u.groups[ui], group))))
                 s = row_fail(&c, "group: user '%s' appears with two different groups", user);
         }
@@ -557,7 +592,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     for (int r = 0; r < 3; r++) free(runs[r].tok.p), free(runs[r].off.p);
     free(user_of.p);
     for (int i = 0; i < u.n_users; i++) free(u.names[i]), free(u.groups[i]);
-    free(u.names), free(u.groups), free(u.examples), free(u.tokens);
+    free(u.names), free(u.groups), free(u.examples), free(u.tokens), free(u.slot);
     tl_tokenizer_free(tk);
     return s;
 }

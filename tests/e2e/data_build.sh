@@ -80,4 +80,13 @@ bad chat_last_not_assistant '{"user": "a", "messages": [{"role": "user", "conten
 bad empty_chosen '{"user": "a", "prompt": "x", "chosen": "", "rejected": "z"}'$'\n' "chosen" --kind preference
 bad unknown_kind "$good"$'\n' "--kind" --kind dpo
 bad empty_file $'\n\n' "no examples"
+
+# many users: the user table is hashed, so 400k distinct users build in seconds (a linear search per row
+# would compare names 8e10 times)
+"$TL_PYTHON" -c '
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(400000): f.write(json.dumps({"user": f"u{i}", "prompt": "x", "response": " y"}) + "\n")' "$T/many.jsonl"
+timeout 60 "$TAILOR_BIN" data build "$T/many.jsonl" "$T/many.h5" --model "$T/model" >"$T/out" || die "400k users: not built in 60 s"
+grep -q "400000 examples from 400000 user(s)" "$T/out" || die "400k users: $(head -1 "$T/out")"
 echo ok
