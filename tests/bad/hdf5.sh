@@ -48,6 +48,7 @@ PY
   cmd=(data build "$T/in.jsonl" "$T/out.h5" --model "$T/model")
 }
 G='{"user": "a", "prompt": "x", "response": "y"}\n'   # a good row
+H5V=$("$TL_PYTHON" -c 'import h5py; print(".".join(h5py.version.hdf5_version.split(".")[:2]))')  # same libhdf5 as tailor's
 
 case $case_name in
   h5_soft_link) bad_data soft_link; expect="/sft/tokens: is a soft link" ;;
@@ -64,15 +65,18 @@ case $case_name in
   h5_nothing_trainable) bad_data nothing_trainable; expect="no example has a token to train on" ;;
   h5_pref_nothing_trainable) bad_pref nothing_trainable; expect="no pair has a token to train on" ;;
   h5_pref_external_users) bad_pref external_users; expect="/users/name: is an external" ;;
-  h5_libhdf5_hang) bad_data libhdf5_hang; envs=(TAILOR_HDF5_TIMEOUT_S=3); expect="bad.h5: libhdf5 hung reading it" ;;
-  h5_libhdf5_crash) bad_data libhdf5_crash; expect="bad.h5: libhdf5 crashed reading it" ;;
+  # these two fixtures hang / crash libhdf5 1.10 (found by fuzzing); another libhdf5 may just refuse them
+  h5_libhdf5_hang) bad_data libhdf5_hang; envs=(TAILOR_HDF5_TIMEOUT_S=3); expect="bad.h5: libhdf5 hung reading it"
+    [ "$H5V" = 1.10 ] || expect="bad.h5: " ;;
+  h5_libhdf5_crash) bad_data libhdf5_crash; expect="bad.h5: libhdf5 crashed reading it"
+    [ "$H5V" = 1.10 ] || expect="bad.h5: " ;;
   h5_truncated) bad_data good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
   h5_isolate_env_bad) envs=(TAILOR_HDF5_ISOLATE=yes); expect="TAILOR_HDF5_ISOLATE" ;;
   h5_timeout_env_bad) envs=(TAILOR_HDF5_TIMEOUT_S=0); expect="TAILOR_HDF5_TIMEOUT_S" ;;
   h5_inspect_nothing_trainable) inspect nothing_trainable; expect="no example has a token to train on" ;;
   h5_inspect_external_link) inspect external_link; expect="/sft/tokens: is an external" ;;
   h5_inspect_vocab_u64) inspect vocab_u64_max; expect="attribute vocab_size: 18446744073709551615 is out of range" ;;
-  h5_inspect_crash) inspect libhdf5_crash; expect="libhdf5 crashed" ;;
+  h5_inspect_crash) inspect libhdf5_crash; expect="libhdf5 crashed"; [ "$H5V" = 1.10 ] || expect="bad.h5: " ;;
   h5_inspect_truncated) inspect good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
   h5_build_nul_escape) build "$G"'{"user": "a", "prompt": "x\\u0000hidden", "response": "y"}\n'
     expect='in.jsonl:2: prompt: contains "\\u0000"' ;;
