@@ -399,6 +399,23 @@ static int run_config(const char *dir, const char *input) {
     return 0;
 }
 
+/* Each line of the input is one command-line override applied over configs/sft_lora.yaml. */
+static int run_config_override(const char *dir, const char *input) {
+    blob b = {0};
+    if (!read_file(input, &b)) exit(5);
+    put(&b, "", 1);
+    char *ov[64];
+    int n = 0;
+    for (char *p = (char *)b.p, *line; n < 64 && (line = strsep(&p, "\n")) != NULL;)
+        if (*line || p) ov[n++] = line;
+    static tl_config c;
+    tl_error e = {0};
+    tl_status s = tl_config_load(TL_SRC_DIR "/configs/sft_lora.yaml", ov, n, &c, &e);
+    check(s, &e, "tl_config_load with overrides");
+    free(b.p);
+    return 0;
+}
+
 static int run_tokenizer_json(const char *dir, const char *input) {
     char model[4096];
     snprintf(model, sizeof model, "%s/tok", dir);
@@ -1226,6 +1243,7 @@ static target g_targets[] = {
     {"h5_sft", 0, "data.h5", run_h5_sft, {{0}}, 0, {{0}}, 0},
     {"h5_pref", 0, "data.h5", run_h5_pref, {{0}}, 0, {{0}}, 0},
     {"config", 1, "config.yaml", run_config, {{0}}, 0, {{0}}, 0},
+    {"config_override", 1, "overrides.txt", run_config_override, {{0}}, 0, {{0}}, 0},
     {"tokenizer_json", 1, "tok/tokenizer.json", run_tokenizer_json, {{0}}, 0, {{0}}, 0},
     {"jsonl", 1, "in.jsonl", run_jsonl, {{0}}, 0, {{0}}, 0},
 };
@@ -1269,6 +1287,12 @@ static void make_seeds(target *t) {
             snprintf(p, sizeof p, "%s/configs/%s", TL_SRC_DIR, files[i]);
             add_seed_file(t, p);
         }
+    } else if (!strcmp(t->name, "config_override")) {
+        save_seed_text(t, "train.lr=1e-4\nadapter.rank=4\nadapter.targets=[q_proj, v_proj]\nrun.name=x\n"
+                          "train.steps=10\ndata.max_seq_len=32\ntrain.schedule=constant\nadapter.dropout=0.1\n"
+                          "cluster.env=[A=1, B=2]\ntrain.grad_clip=0\nrun.seed=18446744073709551615");
+        save_seed_text(t, "model.path=/nonexistent/model\ntask.type=sft\ntrain.backend=cpu\ntrain.micro_batch_tokens="
+                          "4096\ntrain.eval_every=5");
     } else if (!strcmp(t->name, "tokenizer_json")) {
         for (int v = 0; v < 2; v++) {
             blob b = {0};
