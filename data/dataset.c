@@ -808,16 +808,16 @@ tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *e
 
 tl_status tl_h5_reader_open(const char *path, tl_h5_reader **out, tl_error *err) {
     *out = NULL;
-    /* fopen first: HDF5's own answer for a missing or unreadable file does not say which. */
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        return tl_fail(err, TL_ERR_INPUT, "%s: is a directory, expected an HDF5 file", path);
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    /* open first: HDF5's own answer for a missing or unreadable file does not say which. O_NONBLOCK: opening a
+     * FIFO (or a device) must not wait for a writer; only a regular file goes on to libhdf5. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     struct stat fs;
-    int stat_ok = fstat(fileno(f), &fs) == 0;
-    fclose(f);
-    if (!stat_ok) return tl_fail(err, TL_ERR_INPUT, "%s: cannot stat: %s", path, strerror(errno));
+    int stat_ok = fstat(fd, &fs) == 0;
+    int stat_errno = errno;
+    close(fd);
+    if (!stat_ok) return tl_fail(err, TL_ERR_INPUT, "%s: cannot stat: %s", path, strerror(stat_errno));
+    if (S_ISDIR(fs.st_mode)) return tl_fail(err, TL_ERR_INPUT, "%s: is a directory, expected an HDF5 file", path);
     if (!S_ISREG(fs.st_mode)) return tl_fail(err, TL_ERR_INPUT, "%s: not a regular file, expected an HDF5 file", path);
     tl_h5_reader *r = calloc(1, sizeof *r);
     if (!r) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);

@@ -10,7 +10,7 @@ h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspec
 h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
 h5_build_bad_utf8_text h5_build_dup_key h5_build_dup_key_nested h5_build_empty_group h5_build_trailing_text
 h5_build_keeps_existing h5_build_missing_dir h5_build_nothing_trainable h5_build_pref_nothing_trainable
-h5_build_out_is_dir"
+h5_build_out_is_dir h5_fifo"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -71,6 +71,7 @@ case $case_name in
   h5_libhdf5_crash) bad_data libhdf5_crash; expect="bad.h5: libhdf5 crashed reading it"
     [ "$H5V" = 1.10 ] || expect="bad.h5: " ;;
   h5_truncated) bad_data good; head -c 5000 "$T/good.h5" >"$T/bad.h5"; expect="bad.h5" ;;
+  h5_fifo) mkfifo "$T/bad.h5"; args=("data.train=$T/bad.h5"); expect="bad.h5: not a regular file" ;;
   h5_isolate_env_bad) envs=(TAILOR_HDF5_ISOLATE=yes); expect="TAILOR_HDF5_ISOLATE" ;;
   h5_timeout_env_bad) envs=(TAILOR_HDF5_TIMEOUT_S=0); expect="TAILOR_HDF5_TIMEOUT_S" ;;
   h5_inspect_nothing_trainable) inspect nothing_trainable; expect="no example has a token to train on" ;;
