@@ -67,7 +67,10 @@ static const char *const STRATEGY_CHOICES[] = {"auto", "user_shard", "data_paral
 #define OPTSTR(name, field) {name, K_OPTSTR, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
 #define ENUM(name, field, ch) {name, K_ENUM, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, ch}
 #define INT(name, field, lo, hi) {name, K_INT, F(field), 0, lo, hi, 0, 0, 0, NULL}
-#define I64(name, field, lo) {name, K_I64, F(field), 0, lo, INT64_MAX, 0, 0, 0, NULL}
+/* Step counts (train.steps, warmup, every-N): at most 2^53, the largest integer that checkpoints, metrics.jsonl and
+ * eval.json (JSON numbers, doubles) carry exactly; a run that long is absurd anyway. */
+#define TL_MAX_STEP_COUNT (INT64_C(1) << 53)
+#define I64(name, field, lo) {name, K_I64, F(field), 0, lo, TL_MAX_STEP_COUNT, 0, 0, 0, NULL}
 #define DBL(name, field, lo, hi, fl) {name, K_DBL, F(field), 0, 0, 0, lo, hi, fl, NULL}
 #define STRLIST(name, field) {name, K_STRLIST, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
 
@@ -386,10 +389,11 @@ static tl_status get_int(const yaml_node_t *n, const source *s, const key_desc *
     return TL_OK;
 range:
     /* An open-ended key states only its lower bound unless the value broke the type's upper one. */
-    if ((kd->imax == INT64_MAX || kd->imax == INT_MAX) && r == INT_OK && neg)
+    if ((kd->imax == INT64_MAX || kd->imax == INT_MAX || kd->imax == TL_MAX_STEP_COUNT) && r == INT_OK && neg)
         return fail_at(err, s, line, kd->key, "%s is out of range (expected %s >= %" PRId64 ")", v, kd->key,
                        kd->imin);
-    if ((kd->imax == INT64_MAX || kd->imax == INT_MAX) && r == INT_OK && mag < (uint64_t)kd->imin)
+    if ((kd->imax == INT64_MAX || kd->imax == INT_MAX || kd->imax == TL_MAX_STEP_COUNT) && r == INT_OK &&
+        mag < (uint64_t)kd->imin)
         return fail_at(err, s, line, kd->key, "%s is out of range (expected %s >= %" PRId64 ")", v, kd->key,
                        kd->imin);
     return fail_at(err, s, line, kd->key, "%s is out of range (expected %" PRId64 " <= %s <= %" PRId64 ")", v,

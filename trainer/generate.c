@@ -6,6 +6,7 @@
  * new rows' keys and values are stored into the caches at their positions, then each row attends over its own
  * sequence's cache prefix, which is causal attention for a prompt and plain attention for a single new token. */
 #include "tl_generate.h"
+#include "tl_fsutil.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -406,14 +407,18 @@ static tl_status add_run_users(const char *run, char *const *users, int n_users,
         int found = 0;
         cJSON_ArrayForEach(e, ads) {
             const cJSON *nm = cJSON_GetObjectItemCaseSensitive(e, "name"), *dr = cJSON_GetObjectItemCaseSensitive(e, "dir");
-            if (!cJSON_IsString(nm) || !cJSON_IsString(dr) || strchr(dr->valuestring, '/') || dr->valuestring[0] == '.') {
+            if (!cJSON_IsString(nm) || !cJSON_IsString(dr) || !tl_plain_name(dr->valuestring)) {
                 s = tl_fail(err, TL_ERR_INPUT, "%s: adapters: entries need string 'name' and a plain 'dir'", path);
                 break;
             }
             if (users && strcmp(nm->valuestring, users[u]) != 0) continue;
             found = 1;
-            snprintf(dir, sizeof dir, "%s/adapters/%s", run, dr->valuestring);
-            s = add_answer(list, n, nm->valuestring, dir, err);
+            char root[4096];
+            snprintf(root, sizeof root, "%s/adapters", run);
+            snprintf(dir, sizeof dir, "%s/%s", root, dr->valuestring);
+            /* a plain name can still be a symlink that leads out of the export */
+            s = tl_path_inside(root, dir, path, err);
+            if (!s) s = add_answer(list, n, nm->valuestring, dir, err);
             if (s) break;
         }
         if (s == TL_OK && !found)

@@ -4,7 +4,7 @@
 CASES="cli_gen_seed_exponent cli_gen_seed_trailing cli_gen_seed_huge cli_gen_top_p_nan cli_gen_max_new_fraction
 cli_make_model_exponent cli_sbatch_smuggled_reserved cli_sbatch_two_options cli_sbatch_value_quoted
 cli_escape_names cli_gguf_bos_overflow cli_gguf_merge_key cli_model_hidden_huge cli_model_vocab_huge
-cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank cli_gen_adapter_alpha_huge"
+cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank cli_gen_adapter_alpha_huge cli_gen_run_dir_symlink"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -48,6 +48,11 @@ PY
 MODEL="$T/model"
 gen=("$TAILOR_BIN" generate --model "$T/no-model" --base --prompt hi)
 case $case_name in
+  cli_gen_run_dir_symlink) # an index.json "dir" that is a plain name but a symlink out of the export
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    mkdir -p "$T/run/adapters" "$T/outside"; ln -s "$T/outside" "$T/run/adapters/alice"
+    echo '{"format": "tailor-export-1", "adapters": [{"name": "alice", "dir": "alice"}]}' >"$T/run/adapters/index.json"
+    expect_fail "alice resolves to" "$TAILOR_BIN" generate --model "$MODEL" --run "$T/run" --all-users --prompt hi ;;
   cli_gen_seed_exponent) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 1e3 ;;
   cli_gen_seed_trailing) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 12abc ;;
   cli_gen_seed_huge) expect_fail "generate: --seed: expected an integer" "${gen[@]}" --seed 99999999999999999999 ;;

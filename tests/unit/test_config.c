@@ -592,6 +592,7 @@ static void test_overrides(void) {
         {"model.path=", "model.path", "got null"},
         {"adapter.rank=0", "adapter.rank", "1 <= adapter.rank <= 1024"},
         {"train.steps=010", "train.steps", "leading zero"},
+        {"train.steps=9007199254740993", "train.steps", "9007199254740992"}, /* 2^53 + 1: past what JSON keeps */
         {"task.type=ppo", "task.type", "sft, dpo or reward"},
         {"train.micro_batch_tokens=16", "train.micro_batch_tokens", "data.max_seq_len (128"},
         {"data.max_seq_len=2048", "data.max_seq_len", "train.micro_batch_tokens (1024"},
@@ -664,20 +665,20 @@ static void rnd_config(tl_config *c) {
     c->data_max_seq_len = rnd_int(2, 1 << 20);
     snprintf(c->backend, sizeof c->backend, "%s", backends[rnd() % 3]);
     c->threads = rnd_int(0, 256);
-    c->steps = (int64_t)(rnd() >> 1) | 1;
+    c->steps = (int64_t)(rnd() >> 11) | 1; /* step counts stop at 2^53 */
     c->examples_per_adapter = rnd_int(1, 1 << 30);
     c->adapters_per_step = rnd_int(0, 1 << 30);
     c->micro_batch_tokens = rnd_int(c->data_max_seq_len, INT32_MAX);
     c->lr = exp(rnd_unit() * 40 - 30);
     snprintf(c->schedule, sizeof c->schedule, "%s", scheds[rnd() % 3]);
-    c->warmup_steps = (int64_t)(rnd() >> (rnd() % 63 + 1));
+    c->warmup_steps = (int64_t)(rnd() >> (rnd() % 53 + 11));
     c->weight_decay = rnd() % 3 ? rnd_unit() * 0.5 : 0.0;
     c->grad_clip = rnd() % 3 ? rnd_unit() * 10 : 0.0;
     c->beta1 = rnd_unit();
     c->beta2 = rnd_unit();
     c->adam_eps = exp(rnd_unit() * -40);
     c->log_every = rnd_int(1, 1000);
-    c->eval_every = rnd() % 2 ? 0 : (int64_t)(rnd() >> 1);
+    c->eval_every = rnd() % 2 ? 0 : (int64_t)(rnd() >> 11);
     c->checkpoint_every = rnd() % 2 ? 0 : rnd_int(1, 100000);
     c->keep_checkpoints = rnd_int(1, 100);
     switch (rnd() % 3) {
