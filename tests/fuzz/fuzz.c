@@ -789,6 +789,57 @@ static void make_gguf(blob *out, int variant) {
     free(kv.p);
 }
 
+/* The input is text: every pre-tokenizer (GPT-2, SmolLM digits, Llama 3 and Qwen2 regexes) encodes it, and decoding
+ * gives its bytes back (byte-level BPE is lossless, invalid UTF-8 included). */
+static int run_tokenize_text(const char *dir, const char *input) {
+    blob b = {0};
+    if (!read_file(input, &b)) exit(5);
+    static char tokens[300][16];
+    int n;
+    vocab_tokens(tokens, &n);
+    const char *tok_ptrs[300], *merge_ptrs[N_MERGES];
+    char merges[N_MERGES][40];
+    for (int i = 0; i < n; i++) tok_ptrs[i] = tokens[i];
+    for (int s = 0; s < 3; s++) tok_ptrs[n + s] = SPECIALS[s];
+    int32_t types[300];
+    for (int i = 0; i < n + 3; i++) types[i] = i < n ? TL_TOKTYPE_NORMAL : TL_TOKTYPE_CONTROL;
+    for (int m = 0; m < N_MERGES; m++) {
+        snprintf(merges[m], sizeof merges[m], "%s %s", MERGES[m][0], MERGES[m][1]);
+        merge_ptrs[m] = merges[m];
+    }
+    static const char *const pres[] = {"gpt2", "smollm", "llama-bpe", "qwen2"};
+    for (size_t k = 0; k < sizeof pres / sizeof pres[0]; k++) {
+        tl_tokenizer *tk = NULL;
+        tl_error e = {0};
+        tl_status s = tl_tokenizer_from_vocab("fuzz", "gpt2", pres[k], tok_ptrs, (size_t)n + 3, merge_ptrs, N_MERGES,
+                                              types, n, &tk, &e);
+        if (s != TL_OK) {
+            fprintf(stderr, "FUZZ-SETUP: tokenizer %s: %s\n", pres[k], e.msg);
+            exit(5);
+        }
+        int32_t *ids = NULL;
+        size_t nid = 0;
+        s = tl_tokenizer_encode(tk, (const char *)b.p, b.n, 0, &ids, &nid, &e);
+        check(s, &e, "tl_tokenizer_encode");
+        if (s == TL_OK) {
+            char *out = NULL;
+            size_t len = 0;
+            s = tl_tokenizer_decode(tk, ids, nid, &out, &len, &e);
+            check(s, &e, "tl_tokenizer_decode");
+            if (s == TL_OK && (len != b.n || (len && memcmp(out, b.p, len) != 0))) {
+                fprintf(stderr, "FUZZ-ROUNDTRIP: pre-tokenizer %s: decode(encode(text)) differs from the text\n",
+                        pres[k]);
+                exit(3);
+            }
+            free(out);
+        }
+        free(ids);
+        tl_tokenizer_free(tk);
+    }
+    free(b.p);
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------ mutation */
 
 static const int64_t INTERESTING[] = {0,          1,          -1,         2,          16,         32,        64,
@@ -1245,6 +1296,7 @@ static target g_targets[] = {
     {"config", 1, "config.yaml", run_config, {{0}}, 0, {{0}}, 0},
     {"config_override", 1, "overrides.txt", run_config_override, {{0}}, 0, {{0}}, 0},
     {"tokenizer_json", 1, "tok/tokenizer.json", run_tokenizer_json, {{0}}, 0, {{0}}, 0},
+    {"tokenize_text", 1, "text.txt", run_tokenize_text, {{0}}, 0, {{0}}, 0},
     {"jsonl", 1, "in.jsonl", run_jsonl, {{0}}, 0, {{0}}, 0},
 };
 #define N_TARGETS (int)(sizeof g_targets / sizeof g_targets[0])
@@ -1293,6 +1345,12 @@ static void make_seeds(target *t) {
                           "cluster.env=[A=1, B=2]\ntrain.grad_clip=0\nrun.seed=18446744073709551615");
         save_seed_text(t, "model.path=/nonexistent/model\ntask.type=sft\ntrain.backend=cpu\ntrain.micro_batch_tokens="
                           "4096\ntrain.eval_every=5");
+    } else if (!strcmp(t->name, "tokenize_text")) {
+        save_seed_text(t, "Hello world, it's DON'T 12345 67 caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 "
+                          "a   b\n\n\tx  \r\n<|im_start|>user\nhi<|im_end|>X<|endoftext|> \xff\xc3( \xed\xa0\x80"
+                          "e\xcc\x81 \xe2\x80\xa8 1,234.5 (f(x)) ?! ...\n");
+        save_seed_text(t, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>assistant\nOui, tr\xc3\xa8s bien."
+                          "<|im_end|>\n");
     } else if (!strcmp(t->name, "tokenizer_json")) {
         for (int v = 0; v < 2; v++) {
             blob b = {0};
