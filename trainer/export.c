@@ -622,6 +622,15 @@ static tl_status read_peft_tensors(const char *path, tl_st_file *f, const tl_lor
                 expected++;
             }
         }
+    const char *head_key = "base_model.model.score.weight"; /* a reward model's score head (modules_to_save) */
+    if (p->head_dim > 0) {
+        int64_t sh[2] = {1, p->head_dim};
+        if (!tl_st_find(f, head_key))
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor %s missing (task.type reward needs the score head of a "
+                           "reward model's adapter)", path, head_key);
+        TL_TRY(tl_st_read_f32(f, head_key, sh, 2, w + p->off_head, err));
+        expected++;
+    }
     if (tl_st_count(f) == expected) return TL_OK;
     /* Name the first tensor that is not one of ours. */
     for (int j = 0; j < tl_st_count(f); j++) {
@@ -635,6 +644,10 @@ static tl_status read_peft_tensors(const char *path, tl_st_file *f, const tl_lor
                     ours = strcmp(key, name) == 0;
                 }
             }
+        if (!ours && p->head_dim > 0 && !strcmp(name, head_key)) ours = 1;
+        if (!ours && !strcmp(name, head_key))
+            return tl_fail(err, TL_ERR_INPUT, "%s: holds a reward model's score head (%s): a policy run cannot start "
+                           "from a reward adapter", path, name);
         if (!ours)
             return tl_fail(err, TL_ERR_INPUT, "%s: unexpected tensor %s (the model has %d layers; targets as in the "
                            "config)", path, name, p->n_layers);

@@ -75,9 +75,11 @@ static uint64_t rng_next(void) {
 
 /* A pool of n_slots adapters with layers x enabled targets of in[t] x out[t] matrices, every element of params,
  * grads and both Adam moments drawn from value(), slot step counts from step(), names copied. */
-static void host_make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank, int n_layers,
-                           uint32_t targets, float alpha, int rslora, float dropout, const int *in, const int *out,
-                           float (*value)(void), int64_t (*step)(void)) {
+/* A pool as tl_lora_pool_init lays it out: per slot, each layer's targets' A then B, then (head_dim > 0, a reward
+ * model) the score head. */
+static void host_make_pool_head(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank,
+                                int n_layers, uint32_t targets, float alpha, int rslora, float dropout, const int *in,
+                                const int *out, int head_dim, float (*value)(void), int64_t (*step)(void)) {
     memset(p, 0, sizeof *p);
     p->n_slots = n_slots, p->rank = rank, p->n_layers = n_layers, p->targets = targets;
     p->alpha = alpha, p->rslora = rslora, p->dropout = dropout;
@@ -94,6 +96,7 @@ static void host_make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *c
             p->off_B[l * TL_N_TARGETS + t] = off;
             off += (size_t)rank * (size_t)out[t];
         }
+    if (head_dim > 0) p->off_head = off, p->head_dim = head_dim, off += (size_t)head_dim;
     p->P = off;
     size_t n = (size_t)n_slots * off;
     float **bufs[4] = {&p->params, &p->grads, &p->m, &p->v};
@@ -108,6 +111,13 @@ static void host_make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *c
         p->steps[s] = step();
         p->names[s] = strdup(names[s]);
     }
+}
+
+static void host_make_pool(tl_lora_pool *p, tl_backend *be, int n_slots, char *const *names, int rank, int n_layers,
+                           uint32_t targets, float alpha, int rslora, float dropout, const int *in, const int *out,
+                           float (*value)(void), int64_t (*step)(void)) {
+    host_make_pool_head(p, be, n_slots, names, rank, n_layers, targets, alpha, rslora, dropout, in, out, 0, value,
+                        step);
 }
 
 static void free_pool(tl_lora_pool *p, tl_backend *be) {

@@ -458,6 +458,42 @@ static void test_peft_load(const char *root) {
     free_pool(&src, &be);
 }
 
+/* A reward model's export loads back into a reward pool, score head included (adapter.init_from of a reward run),
+ * and a policy pool refuses it naming the head instead of calling it an unexpected tensor. */
+static void test_peft_load_reward(const char *root) {
+    tl_backend be;
+    host_ctx hc;
+    host_backend(&be, &hc);
+    uint32_t targets = (1u << TL_T_Q) | (1u << TL_T_V);
+    char *names[2] = {"r1", "r2"};
+    const int head = DIM_IN[TL_T_Q];
+    tl_lora_pool src, dst;
+    host_make_pool_head(&src, &be, 2, names, 2, 2, targets, 4.0f, 0, 0.0f, DIM_IN, DIM_OUT, head, rng_float,
+                        step_count);
+    char out[TL_PATH_MAX], dir[TL_PATH_MAX + 64];
+    xpath(out, sizeof out, "%s/reward", root);
+    tl_error err = {0};
+    CHECK(tl_export_pool(&src, &be, NULL, "m", out, NULL, &err) == TL_OK, "reward export: %s", err.msg);
+    xpath(dir, sizeof dir, "%s/r2", out);
+
+    host_make_pool_head(&dst, &be, 1, names, 2, 2, targets, 4.0f, 0, 0.0f, DIM_IN, DIM_OUT, head, rng_float,
+                        step_count);
+    poison(&dst);
+    CHECK(tl_peft_load(dir, &dst, &be, 0, &err) == TL_OK, "reward load: %s", err.msg);
+    CHECK(bits_equal(dst.params, src.params + src.P, dst.P), "reward slot (matrices and score head) differs");
+    CHECK(bits_equal(dst.params + dst.off_head, src.params + src.P + src.off_head, (size_t)head),
+          "score head differs");
+    free_pool(&dst, &be);
+
+    make_pool(&dst, &be, 1, names, 2, 2, targets, 4.0f, 0, DIM_IN, DIM_OUT);
+    poison(&dst);
+    err.msg[0] = '\0';
+    CHECK(tl_peft_load(dir, &dst, &be, 0, &err) == TL_ERR_INPUT, "a policy pool must refuse a reward adapter");
+    CHECK(strstr(err.msg, "score head") != NULL, "message names the score head: %s", err.msg);
+    free_pool(&dst, &be);
+    free_pool(&src, &be);
+}
+
 /* ---- what an export may replace, and what it refuses to write ---- */
 
 static void write_text(const char *path, const char *text) {
@@ -610,6 +646,7 @@ int main(void) {
     test_safe_dirname();
     test_export(r1);
     test_peft_load(r2);
+    test_peft_load_reward(r2);
     test_replace_rules(r2);
     test_peft_load_nan(r2);
     if (tl_remove_tree(root, &err) != TL_OK) {
