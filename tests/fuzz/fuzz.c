@@ -350,6 +350,14 @@ static int run_hf_config(const char *dir, const char *input) {
     return 0;
 }
 
+static int run_st_index(const char *dir, const char *input) {
+    char model[4096];
+    snprintf(model, sizeof model, "%s/model", dir);
+    inspect_to_null(model);
+    load_model(model);
+    return 0;
+}
+
 static int run_gguf(const char *dir, const char *input) {
     inspect_to_null(input);
     load_model(input);
@@ -1290,6 +1298,7 @@ static void shrink(const target *t, blob *b, const char *sig, int budget) {
 static target g_targets[] = {
     {"safetensors", 0, "model/model.safetensors", run_safetensors, {{0}}, 0, {{0}}, 0},
     {"hf_config", 1, "model/config.json", run_hf_config, {{0}}, 0, {{0}}, 0},
+    {"st_index", 1, "model/model.safetensors.index.json", run_st_index, {{0}}, 0, {{0}}, 0},
     {"gguf", 0, "model.gguf", run_gguf, {{0}}, 0, {{0}}, 0},
     {"h5_sft", 0, "data.h5", run_h5_sft, {{0}}, 0, {{0}}, 0},
     {"h5_pref", 0, "data.h5", run_h5_pref, {{0}}, 0, {{0}}, 0},
@@ -1322,6 +1331,23 @@ static void make_seeds(target *t) {
             snprintf(q, sizeof q, "%s/config.json", p);
             add_seed_file(t, q);
         }
+    } else if (!strcmp(t->name, "st_index")) {
+        snprintf(p, sizeof p, "%s/m2", g_base);
+        tl_model_config cfg;
+        tl_tiny_config(&cfg, 64, 16, 1, 2, 1, 32, 0, 0, 1);
+        tl_error e = {0};
+        if (tl_write_random_model(p, &cfg, 3, 0, 2, &e) != TL_OK) die("tiny sharded model: %s", e.msg);
+        static const char *const files[] = {"config.json", "model-00001-of-00002.safetensors",
+                                            "model-00002-of-00002.safetensors"};
+        static const char *const rels[] = {"model/config.json", "model/model-00001-of-00002.safetensors",
+                                           "model/model-00002-of-00002.safetensors"};
+        char q[2100];
+        for (int i = 0; i < 3; i++) {
+            snprintf(q, sizeof q, "%s/%s", p, files[i]);
+            add_fixed_file(t, rels[i], q);
+        }
+        snprintf(q, sizeof q, "%s/model.safetensors.index.json", p);
+        add_seed_file(t, q);
     } else if (!strcmp(t->name, "gguf")) {
         for (int v = 0; v < 2; v++) {
             blob b = {0};
