@@ -238,6 +238,45 @@ static void warn_empty_users(const tl_ui *ui, const char *path, int n_users, cha
     fprintf(ui->log, "%s\n", map->n_empty > shown ? ", ..." : "");
 }
 
+/* Whether example / pair i has a token to train on after truncation to any max_seq_len >= 2: a response token at
+ * position >= 1 (tl_batcher.h; truncation keeps the response first); a pair needs one on both sides. */
+static int sft_example_trainable(const tl_sft_dataset *d, int64_t i) {
+    int64_t len = d->offsets[i + 1] - d->offsets[i];
+    return len - d->prompt_len[i] >= 1 && len >= 2;
+}
+static int pref_side_trainable(int64_t prompt, int64_t response) { return response >= 1 && prompt + response >= 2; }
+static int pref_pair_trainable(const tl_pref_dataset *d, int64_t i) {
+    int64_t p = d->prompt.offsets[i + 1] - d->prompt.offsets[i];
+    return pref_side_trainable(p, d->chosen.offsets[i + 1] - d->chosen.offsets[i]) &&
+           pref_side_trainable(p, d->rejected.offsets[i + 1] - d->rejected.offsets[i]);
+}
+
+/* Adapters whose every example has nothing to train on would come out of the run untouched and be exported as
+ * if trained: say so, naming a few (the whole-file case is refused when the dataset opens). One pass over the
+ * examples at setup. */
+static void warn_untrainable(const tl_ui *ui, const char *path, const tl_adapter_map *map,
+                             const tl_sft_dataset *sft, const tl_pref_dataset *pref) {
+    int n_bad = 0, shown = 0;
+    char line[1024] = "", nb[TL_ESC_CAP];
+    for (int a = 0; a < map->n_adapters; a++) {
+        if (!map->n_examples[a]) continue;
+        int any = 0;
+        for (int64_t k = 0; k < map->n_examples[a] && !any; k++) {
+            int64_t i = map->examples[a][k];
+            any = sft ? sft_example_trainable(sft, i) : pref_pair_trainable(pref, i);
+        }
+        if (any) continue;
+        n_bad++;
+        if (shown < 5) {
+            size_t n = strlen(line);
+            snprintf(line + n, sizeof line - n, "%s '%s'", shown++ ? "," : "", tl_escape(nb, sizeof nb, map->names[a]));
+        }
+    }
+    if (n_bad)
+        fprintf(ui->log, "warning: %s: %d adapter(s) have no token to train on (every example is all prompt) and "
+                "stay as initialized:%s%s\n", path, n_bad, line, n_bad > shown ? ", ..." : "");
+}
+
 /* Steps each adapter takes over the run under round-robin activation (its schedule length). */
 static tl_status count_adapter_steps(const tl_config *cfg, int n, int64_t **out, tl_error *err) {
     int64_t *tot = calloc((size_t)n, sizeof(int64_t));
@@ -776,10 +815,12 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_er
         CHECK(tl_adapter_map_build_pref(&S.ptrain, key, NULL, 0, &S.map, err));
         S.have_map = 1;
         warn_empty_users(ui, S.ptrain.path, S.ptrain.n_users, S.ptrain.user_names, &S.map, key);
+        warn_untrainable(ui, S.ptrain.path, &S.map, NULL, &S.ptrain);
     } else {
         CHECK(tl_adapter_map_build(&S.train, key, NULL, 0, &S.map, err));
         S.have_map = 1;
         warn_empty_users(ui, S.train.path, S.train.n_users, S.train.user_names, &S.map, key);
+        warn_untrainable(ui, S.train.path, &S.map, &S.train, NULL);
     }
     CHECK(count_adapter_steps(cfg, S.map.n_adapters, &total_steps, err));
     S.n_global = S.map.n_adapters;

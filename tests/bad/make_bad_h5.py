@@ -17,6 +17,7 @@ only the named defect can make tailor refuse it:
   vocab_u64_max      attribute vocab_size is the uint64 2^64-1 (libhdf5 would clamp it to 2^63-1 silently)
   huge_chunk         /sft/user (6 values, unlimited) stored in one deflated chunk of 2^24 int32 (64 MiB)
   nothing_trainable  every example is all prompt (prompt_len = length): no token to train on
+  user_untrainable   only user ben's examples are all prompt (valid; tests/e2e/empty_user_warning.sh)
   libhdf5_hang       a good file whose global heap object "cid" (a user name) claims 255 bytes instead of 3:
                      libhdf5 1.10 loops forever parsing that heap (found by fuzzing good files)
   libhdf5_crash      a good file with the byte just before the object header of /users set to 0x40 (the end
@@ -53,6 +54,8 @@ elif kind == "user_without_examples":
     names.append("dan")
 elif kind == "nothing_trainable":
     pl = np.array(lens, dtype=np.int32)
+elif kind == "user_untrainable":
+    pl[1], pl[4] = lens[1], lens[4]
 elif kind not in ("good", "missing_dataset", "wrong_dtype", "soft_link", "external_link", "group_ext_link",
                   "external_storage", "virtual", "compact", "huge_chunked", "huge_contiguous", "huge_deflate",
                   "lzf_filter", "libhdf5_hang", "libhdf5_crash", "huge_chunk", "vocab_u64_max"):
