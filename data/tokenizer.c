@@ -260,6 +260,11 @@ static tl_status build(const char *what, const tok_fields *f, char *strings, con
         if (added[i].id > max_id) max_id = added[i].id;
     }
     if (max_id < 0) return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: empty vocabulary", what, f->vocab));
+    /* the id tables are sized by the largest id: ids number the tokens from 0 (a tokenizer with a handful of tokens
+     * and an id of 2^31 - 1 would otherwise allocate gigabytes) */
+    if ((size_t)max_id >= n_vocab + n_added)
+        return fail_free(t, tl_fail(err, TL_ERR_INPUT, "%s: %s: id %d is not below the number of tokens (%zu): ids must "
+                                    "number the tokens from 0", what, f->vocab, max_id, n_vocab + n_added));
     t->n_ids = (size_t)max_id + 1;
     t->id_str = calloc(t->n_ids, sizeof *t->id_str);
     t->id_str_len = calloc(t->n_ids, sizeof *t->id_str_len);
