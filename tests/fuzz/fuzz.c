@@ -1,7 +1,7 @@
 /* tl_fuzz: a deterministic mutation fuzzer over tailor's input readers (tests/fuzz/README.md).
  *
- * `tl_fuzz TARGET` replays the inputs kept in tests/fuzz/regress/TARGET first, then mutates the target's seed inputs (valid files
- * made here by the project's own writers) for TL_FUZZ_SECONDS seconds or TL_FUZZ_ITERS inputs, whichever ends
+ * `tl_fuzz TARGET` replays the inputs kept in tests/fuzz/regress/TARGET first, then mutates the target's seed
+ * inputs (valid files made here by the project's own writers) for TL_FUZZ_SECONDS seconds or TL_FUZZ_ITERS inputs, whichever ends
  * first, from TL_FUZZ_SEED. Each input runs in a forked child with an alarm, through the public reader API that
  * train and inspect use. The reader must return TL_OK or an error with a non-empty one-line message; a crash, a
  * sanitizer report (ASan, UBSan, LSan at the child's exit), a hang, a bad message or output on stdout/stderr is a
@@ -1485,7 +1485,7 @@ int main(int argc, char **argv) {
     /* a libhdf5 hang on a corrupt file becomes an error after this long (data/dataset.c), inside our alarm */
     setenv("TAILOR_HDF5_TIMEOUT_S", "3", 0);
     uint64_t seed = (uint64_t)env_long("TL_FUZZ_SEED", 1);
-    double seconds = (double)env_long("TL_FUZZ_SECONDS", 20);
+    double seconds = (double)env_long("TL_FUZZ_SECONDS", 15);
     long iters = env_long("TL_FUZZ_ITERS", 1000000);
     long max_findings = env_long("TL_FUZZ_MAX_FINDINGS", 10);
     g_timeout = (int)env_long("TL_FUZZ_TIMEOUT", 10);
