@@ -320,7 +320,7 @@ tl_status tl_gguf_open(const char *path, tl_gguf **out, tl_error *err) {
         return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
     }
     r.g = g;
-    g->fd = open(path, O_RDONLY | O_CLOEXEC);
+    g->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the open (then refused) */
     tl_status st = TL_OK;
     struct stat sb;
     if (g->fd < 0) {

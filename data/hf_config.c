@@ -8,11 +8,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "tl_safetensors.h" /* tl_write_file_atomic */
 
@@ -388,8 +391,20 @@ tl_status tl_model_config_check(const tl_model_config *c, const char *what, tl_e
 /* Reads a whole small file; ENOENT is reported by the caller in its own words. */
 static int read_text(const char *path, char **out, size_t *len) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return errno ? errno : EIO;
+    /* O_NONBLOCK: a FIFO named config.json must not block the open; only a regular file is read */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return errno ? errno : EIO;
+    struct stat sb;
+    int e0 = fstat(fd, &sb) != 0 ? errno : S_ISDIR(sb.st_mode) ? EISDIR : !S_ISREG(sb.st_mode) ? ENODEV : 0;
+    if (e0) { /* "cannot read: Is a directory" / "No such device" (a FIFO or a device) */
+        close(fd);
+        return e0;
+    }
+    FILE *fp = fdopen(fd, "rb");
+    if (!fp) {
+        close(fd);
+        return ENOMEM;
+    }
     size_t cap = 1 << 14, n = 0;
     char *buf = malloc(cap + 1);
     int e = 0;

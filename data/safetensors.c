@@ -5,6 +5,7 @@
  * instead of SIGBUS, and only the tensors asked for are ever touched. Tensor data is little-endian in the file
  * and is copied as-is, hence the host check below. */
 #include "tl_safetensors.h"
+#include "tl_io.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -436,7 +437,7 @@ tl_status tl_st_open(const char *path, tl_st_file **out, tl_error *err) {
     }
     tl_status st;
     char *hdr = NULL;
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    f->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO must not block the open (then refused) */
     if (f->fd < 0) {
         st = tl_fail(err, errno == ENOMEM ? TL_ERR_RUNTIME : TL_ERR_INPUT, "%s: cannot open: %s", path,
                      strerror(errno));
@@ -623,8 +624,8 @@ static int path_exists(const char *p) {
 
 static tl_status read_small_file(const char *path, char **out, size_t *len, tl_error *err) {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *fp;
+    TL_TRY(tl_fopen_regular(path, NULL, &fp, NULL, err));
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
     while (buf) {

@@ -7,6 +7,7 @@
  * BPE with the same merge order as tokenizers' Word::merge_all (a heap on (rank, position)). The regex matcher
  * lives in tokenizer_pretok.c. */
 #include "tl_tokenizer.h"
+#include "tl_io.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -355,8 +356,8 @@ static tl_status build(const char *what, const tok_fields *f, char *strings, con
 static int is_int32(double x) { return x >= -2147483648.0 && x <= 2147483647.0 && x == (double)(int32_t)x; }
 
 static tl_status read_file(const char *path, char **out, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f;
+    TL_TRY(tl_fopen_regular(path, NULL, &f, NULL, err));
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot seek: %s", path, strerror(errno));

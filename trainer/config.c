@@ -7,6 +7,7 @@
 #include "tl_config.h"
 
 #include "tl_fsutil.h"
+#include "../data/tl_io.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -717,8 +718,8 @@ static tl_status apply_document(tl_config *c, origin *o, const yaml_document_t *
 }
 
 static tl_status read_all(const char *path, char **out, size_t *len, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open config file: %s", path, strerror(errno));
+    FILE *f;
+    TL_TRY(tl_fopen_regular(path, "config file", &f, NULL, err));
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     if (!buf) {

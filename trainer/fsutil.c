@@ -1,6 +1,7 @@
 /* tl_fsutil: crash-safe file-system helpers (temporary name, fsync, rename into place) and a recursive
  * remove that never follows symbolic links. See tl_fsutil.h. */
 #include "tl_fsutil.h"
+#include "../data/tl_io.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -92,9 +93,8 @@ tl_status tl_mkdir_p(const char *path, tl_error *err) {
 tl_status tl_read_file(const char *path, size_t max_bytes, char **out, size_t *n, tl_error *err) {
     *out = NULL;
     if (n) *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, errno == ENOENT ? TL_ERR_INPUT : TL_ERR_RUNTIME, "%s: cannot open: %s", path,
-                           strerror(errno));
+    FILE *f;
+    TL_TRY(tl_fopen_regular(path, NULL, &f, NULL, err)); /* a FIFO or a device would block or never end */
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap + 1);
     if (!buf) {

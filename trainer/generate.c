@@ -18,6 +18,7 @@
 #include "../data/tl_model_tokenizer.h"
 #include "../kernels/tl_text.h"
 #include "tl_export.h"
+#include "../data/tl_io.h"
 
 struct tl_decoder {
     const tl_model *m;
@@ -287,8 +288,8 @@ typedef struct {
 } gen_answer;
 
 static tl_status read_json(const char *path, cJSON **out, tl_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f;
+    TL_TRY(tl_fopen_regular(path, NULL, &f, NULL, err));
     char *buf = NULL;
     size_t n = 0, cap = 0;
     for (;;) {

@@ -17,6 +17,7 @@
 #include "tl_config.h"
 #include "tl_generate.h"
 #include "tl_model.h"
+#include "../data/tl_io.h"
 
 static int exists(const char *dir, const char *name) {
     char p[8192];
@@ -300,8 +301,8 @@ tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
         return tl_fail(err, TL_ERR_INPUT,
                        "%s: not a model directory (no config.json), checkpoint, adapter or run directory", path);
     }
-    FILE *f = fopen(path, "rb");
-    if (!f) return tl_fail(err, TL_ERR_INPUT, "%s: %s", path, strerror(errno));
+    FILE *f; /* not fopen: a FIFO would block it until a writer comes */
+    TL_TRY(tl_fopen_regular(path, NULL, &f, NULL, err));
     unsigned char magic[8] = {0};
     size_t got = fread(magic, 1, sizeof magic, f);
     fclose(f);

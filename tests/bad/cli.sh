@@ -4,7 +4,9 @@
 CASES="cli_gen_seed_exponent cli_gen_seed_trailing cli_gen_seed_huge cli_gen_top_p_nan cli_gen_max_new_fraction
 cli_make_model_exponent cli_sbatch_smuggled_reserved cli_sbatch_two_options cli_sbatch_value_quoted
 cli_escape_names cli_gguf_bos_overflow cli_gguf_merge_key cli_model_hidden_huge cli_model_vocab_huge
-cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank cli_gen_adapter_alpha_huge cli_gen_run_dir_symlink"
+cli_inspect_nan_weight cli_inspect_ckpt_nan cli_env_rank_blank cli_gen_adapter_alpha_huge cli_gen_run_dir_symlink
+cli_fifo_config cli_fifo_inspect_gguf cli_fifo_inspect_safetensors cli_fifo_inspect_h5 cli_fifo_model_config
+cli_fifo_tokenizer"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -48,6 +50,20 @@ PY
 MODEL="$T/model"
 gen=("$TAILOR_BIN" generate --model "$T/no-model" --base --prompt hi)
 case $case_name in
+  # an input that is a FIFO: a plain open() would wait for a writer forever (timeout turns a hang into rc 124)
+  cli_fifo_config) mkfifo "$T/c.yaml"; expect_fail "is a FIFO" timeout 30 "$TAILOR_BIN" train "$T/c.yaml" ;;
+  cli_fifo_inspect_gguf) mkfifo "$T/m.gguf"; expect_fail "is a FIFO" timeout 30 "$TAILOR_BIN" inspect "$T/m.gguf" ;;
+  cli_fifo_inspect_safetensors)
+    mkfifo "$T/m.safetensors"; expect_fail "is a FIFO" timeout 30 "$TAILOR_BIN" inspect "$T/m.safetensors" ;;
+  cli_fifo_inspect_h5) mkfifo "$T/d.h5"; expect_fail "is a FIFO" timeout 30 "$TAILOR_BIN" inspect "$T/d.h5" ;;
+  cli_fifo_model_config)
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    rm "$MODEL/config.json"; mkfifo "$MODEL/config.json"
+    expect_fail "config.json" timeout 30 "$TAILOR_BIN" inspect "$MODEL" ;;
+  cli_fifo_tokenizer)
+    make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
+    mkfifo "$MODEL/tokenizer.json"
+    expect_fail "tokenizer.json: is a FIFO" timeout 30 "$TAILOR_BIN" inspect "$MODEL" ;;
   cli_gen_run_dir_symlink) # an index.json "dir" that is a plain name but a symlink out of the export
     make_model "$MODEL" --vocab 64 --hidden 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64
     mkdir -p "$T/run/adapters" "$T/outside"; ln -s "$T/outside" "$T/run/adapters/alice"
