@@ -437,6 +437,38 @@ static tl_status check_output(const char *tmp, const char *out, int pref, tl_err
     return tl_fail(err, vs, "%s: the built dataset fails tailor's own checks: %.900s", out, ve.msg);
 }
 
+/* One JSONL row may be long (a whole conversation) but not unbounded: a file that is one multi-GB line would
+ * otherwise be read whole into memory before anything is checked. */
+#define TL_JSONL_MAX_LINE (64 << 20)
+
+/* getline with a bound: the line (with its '\n', NUL bytes kept) in *line, its length returned; -1 at the end of
+ * the input, or with *too_long = 1 past TL_JSONL_MAX_LINE bytes (2: out of memory). */
+static ssize_t read_line(FILE *f, char **line, size_t *cap, int *too_long) {
+    size_t n = 0;
+    int ch = EOF;
+    while ((ch = getc_unlocked(f)) != EOF) {
+        if (n + 2 > *cap) {
+            if (n >= TL_JSONL_MAX_LINE) {
+                *too_long = 1;
+                return -1;
+            }
+            size_t nc = *cap ? *cap * 2 : 4096;
+            if (nc > (size_t)TL_JSONL_MAX_LINE + 2) nc = (size_t)TL_JSONL_MAX_LINE + 2;
+            char *nb = realloc(*line, nc);
+            if (!nb) {
+                *too_long = 2;
+                return -1;
+            }
+            *line = nb, *cap = nc;
+        }
+        (*line)[n++] = (char)ch;
+        if (ch == '\n') break;
+    }
+    if (n == 0) return -1;
+    (*line)[n] = '\0';
+    return (ssize_t)n;
+}
+
 tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
                         tl_error *err) {
     int pref;
@@ -467,7 +499,8 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     int any_group = -1; /* unknown until the first row */
     int any_trainable = 0;
     ssize_t got;
-    while (!s && (got = getline(&line, &cap, f)) != -1) {
+    int too_long = 0;
+    while (!s && (got = read_line(f, &line, &cap, &too_long)) != -1) {
         c.line++;
         const char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
@@ -553,6 +586,11 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         cJSON_Delete(row);
     }
     free(line);
+    if (!s && too_long == 1)
+        s = tl_fail(err, TL_ERR_INPUT, "%s:%ld: line longer than %d MiB, expected one JSON object per line", in,
+                    c.line + 1, TL_JSONL_MAX_LINE >> 20);
+    else if (!s && too_long)
+        s = tl_fail(err, TL_ERR_RUNTIME, "%s:%ld: out of memory reading the line", in, c.line + 1);
     if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
     fclose(f);
     if (!s && user_of.n == 0) s = tl_fail(err, TL_ERR_INPUT, "%s: no examples (the file has no non-blank line)", in);
