@@ -586,6 +586,35 @@ static const char *PREF_ROWS =
     "{\"user\": \"bob\", \"group\": \"g\", \"prompt\": \"Q: 2+2?\", \"chosen\": \" 4\", \"rejected\": \" 5\"}\n"
     "{\"user\": \"ann\", \"group\": \"g\", \"prompt\": \"\\u4e2d\\u6587\", \"chosen\": \"\\u597d\", \"rejected\": \"\\u4e0d\"}\n";
 
+/* YAML features the configs/ files do not use: a directive, flow mappings, quoting and escapes, a folded scalar */
+static const char *CONFIG_STYLES =
+    "%YAML 1.1\n"
+    "---\n"
+    "# flow and block styles, quoting, comments, a folded scalar\n"
+    "run: {name: \"fz\\u00e9 run\", output_dir: 'runs/it''s', seed: 7}\n"
+    "model:\n"
+    "  path: models/tiny   # trailing comment\n"
+    "adapter:\n"
+    "  key: group\n"
+    "  rank: 4\n"
+    "  alpha: 8.0\n"
+    "  targets:\n"
+    "    - q_proj\n"
+    "    - \"v_proj\"\n"
+    "data: {train: d.h5, max_seq_len: 32}\n"
+    "train:\n"
+    "  lr: 1.0e-3\n"
+    "  steps: 5\n"
+    "  schedule: constant\n"
+    "cluster:\n"
+    "  setup:\n"
+    "    - module load x\n"
+    "    - >-\n"
+    "      echo \"hi\"\n"
+    "      there\n"
+    "  env: [A=1, \"B=two words\"]\n"
+    "...\n";
+
 static void save_seed_text(target *t, const char *text) {
     blob b = {0};
     puts_(&b, text);
@@ -1365,6 +1394,7 @@ static void make_seeds(target *t) {
             snprintf(p, sizeof p, "%s/configs/%s", TL_SRC_DIR, files[i]);
             add_seed_file(t, p);
         }
+        save_seed_text(t, CONFIG_STYLES);
     } else if (!strcmp(t->name, "config_override")) {
         save_seed_text(t, "train.lr=1e-4\nadapter.rank=4\nadapter.targets=[q_proj, v_proj]\nrun.name=x\n"
                           "train.steps=10\ndata.max_seq_len=32\ntrain.schedule=constant\nadapter.dropout=0.1\n"
