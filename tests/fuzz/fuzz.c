@@ -1580,6 +1580,8 @@ int main(int argc, char **argv) {
     long execs = 0, findings = 0, refused = 0, notes = 0;
     char sigs[64][512];
     int n_sigs = 0;
+    static char note_sigs[32][512];
+    int n_note_sigs = 0;
     while (execs < iters && now_s() - t0 < seconds && findings < max_findings) {
         const blob *s = &t->seeds[below((size_t)t->n_seeds)];
         blob b = {0};
@@ -1588,7 +1590,15 @@ int main(int argc, char **argv) {
         outcome oc = run_case(t, b.p, b.n);
         execs++;
         refused += oc.refused;
-        if (oc.note && ++notes <= 3) printf("note %s (exec %ld): %s\n", t->name, execs, oc.sig);
+        if (oc.note) { /* each distinct note once */
+            notes++;
+            int seen = 0;
+            for (int k = 0; k < n_note_sigs; k++) seen |= !strcmp(note_sigs[k], oc.sig);
+            if (!seen && n_note_sigs < 32) {
+                snprintf(note_sigs[n_note_sigs++], sizeof note_sigs[0], "%s", oc.sig);
+                printf("note %s (exec %ld): %s\n", t->name, execs, oc.sig);
+            }
+        }
         if (oc.failed) {
             int seen = 0;
             for (int k = 0; k < n_sigs; k++) seen |= !strcmp(sigs[k], oc.sig);
