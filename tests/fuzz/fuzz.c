@@ -1513,7 +1513,7 @@ int main(int argc, char **argv) {
     if (!t) die("unknown target '%s'", argv[1]);
     setenv("OMP_NUM_THREADS", "1", 0);
     /* a libhdf5 hang on a corrupt file becomes an error after this long (data/dataset.c), inside our alarm */
-    setenv("TAILOR_HDF5_TIMEOUT_S", "3", 0);
+    setenv("TAILOR_HDF5_TIMEOUT_S", "2", 0);
     uint64_t seed = (uint64_t)env_long("TL_FUZZ_SEED", 1);
     double seconds = (double)env_long("TL_FUZZ_SECONDS", 15);
     long iters = env_long("TL_FUZZ_ITERS", 1000000);
