@@ -82,6 +82,7 @@ static void reserve(blob *b, size_t n) {
     b->cap = c;
 }
 static void put(blob *b, const void *src, size_t n) {
+    if (n > SIZE_MAX / 4 || b->n > SIZE_MAX / 4) die("blob too large"); /* also bounds n for gcc -O3 */
     reserve(b, b->n + n + 1);
     memcpy(b->p + b->n, src, n);
     b->n += n;
