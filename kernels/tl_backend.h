@@ -143,7 +143,9 @@ struct tl_backend {
     /* ---- KV-cache decoding (tailor generate, docs/generate.md) ----
      * A cache kc / vc is [n_cache_seqs, max_ctx, Hkv * hd] (tl_act): entry (s, t) holds the post-RoPE key (the
      * value) of token t of cache sequence s. seq[n], pos[n] (backend int32) give each batch row's cache sequence
-     * and position; 0 <= pos[i] < max_ctx is the caller's to guarantee (the CPU backend checks it). */
+     * and position; 0 <= pos[i] < max_ctx and seq[i] >= 0 are the caller's to guarantee. Both backends check them
+     * and record a failure naming max_ctx (the CPU backend then writes nothing, the CUDA backend skips the row);
+     * seq[i] < n_cache_seqs cannot be checked. */
     /* kc[seq[i], pos[i], :] = k[i, :] and vc[seq[i], pos[i], :] = v[i, :]; k, v [n, Hkv * hd] */
     void (*kv_store)(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
                      const int32_t *pos, int n, int max_ctx, int Hkv, int hd);

@@ -203,6 +203,13 @@ static tl_status cuda_status(tl_backend *be, tl_error *err) {
             tl_cuda_fail(c, "target outside [-1, V) (the row was treated as untrained)",
                          "ce_fwd_bwd (targets[%d], V=%d)", bad - 1, c->bad_target_V);
     }
+    if (!c->failed) {
+        int bad = 0;
+        if (tl_cuda_ok(c, cudaMemcpy(&bad, c->bad_kv, sizeof bad, cudaMemcpyDeviceToHost), "status (flags)") &&
+            bad > 0)
+            tl_cuda_fail(c, "cache sequence < 0 or position outside [0, max_ctx) (the row was skipped)",
+                         "kv_store / attn_kv (row %d, max_ctx=%d)", bad - 1, c->bad_kv_max_ctx);
+    }
     if (!c->failed) return TL_OK;
     if (err) *err = c->err;
     return c->err.code;
@@ -216,6 +223,7 @@ static void release(tl_cuda_ctx *c) {
     free(c->recs);
     own_free(c, c->slotbuf, TL_CUDA_SLOTBUF_ENTRIES * sizeof(tl_adam_slot));
     own_free(c, c->bad_target, sizeof(int));
+    own_free(c, c->bad_kv, sizeof(int));
     own_free(c, c->scratch, TL_CUDA_SCRATCH_FLOATS * sizeof(float));
     own_free(c, c->staging, TL_CUDA_STAGING_FLOATS * sizeof(float));
     own_free(c, c->blas_ws, TL_CUDA_BLAS_WS_BYTES);
@@ -259,6 +267,8 @@ static int setup(tl_cuda_ctx *c, int device) {
         return 0;
     if (!tl_cuda_ok(c, own_alloc(c, (void **)&c->bad_target, sizeof(int)), "create (flag)")) return 0;
     if (!tl_cuda_ok(c, cudaMemset(c->bad_target, 0, sizeof(int)), "create (flag)")) return 0;
+    if (!tl_cuda_ok(c, own_alloc(c, (void **)&c->bad_kv, sizeof(int)), "create (flag)")) return 0;
+    if (!tl_cuda_ok(c, cudaMemset(c->bad_kv, 0, sizeof(int)), "create (flag)")) return 0;
     return tl_cuda_attn_setup(c);
 }
 

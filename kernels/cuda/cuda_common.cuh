@@ -47,6 +47,9 @@ typedef struct {
     void *slotbuf;     /* TL_CUDA_SLOTBUF_ENTRIES * sizeof(tl_adam_slot) */
     int *bad_target;   /* device int: 1 + the last row whose target was outside [-1, V), 0 if none */
     int bad_target_V;  /* V of the ce_fwd_bwd call that may have set it */
+    int *bad_kv;       /* device int: 1 + the last row of a kv_store / attn_kv whose cache sequence was < 0 or
+                        * position outside [0, max_ctx) (the row was skipped), 0 if none */
+    int bad_kv_max_ctx;/* max_ctx of the kv_store / attn_kv call that may have set it */
     int smem_optin;    /* largest dynamic shared memory a block may opt in to on this device */
     int attn_smem_max; /* the opt-in set on the attention kernels at create time */
     /* every device byte this backend holds (its own buffers and be->alloc blocks) */

@@ -14,8 +14,12 @@ void tl_cuda_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act 
                      const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
 
 static __global__ void kv_store_kernel(tl_bf16 *kc, tl_bf16 *vc, const tl_bf16 *k, const tl_bf16 *v,
-                                       const int32_t *seq, const int32_t *pos, int max_ctx, int kvd) {
+                                       const int32_t *seq, const int32_t *pos, int max_ctx, int kvd, int *bad) {
     int i = blockIdx.x;
+    if (seq[i] < 0 || pos[i] < 0 || pos[i] >= max_ctx) { /* the whole block skips the row */
+        if (threadIdx.x == 0) atomicMax(bad, i + 1);
+        return;
+    }
     size_t at = ((size_t)seq[i] * max_ctx + (size_t)pos[i]) * kvd;
     for (int e = threadIdx.x; e < kvd; e += blockDim.x) {
         kc[at + e] = k[(size_t)i * kvd + e];
@@ -27,17 +31,22 @@ void tl_cuda_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, c
                       const int32_t *pos, int n, int max_ctx, int Hkv, int hd) {
     tl_cuda_ctx *c = tl_cuda(be);
     if (c->failed || n <= 0) return;
+    c->bad_kv_max_ctx = max_ctx;
     kv_store_kernel<<<n, 128, 0, c->stream>>>((tl_bf16 *)kc, (tl_bf16 *)vc, (const tl_bf16 *)k, (const tl_bf16 *)v,
-                                              seq, pos, max_ctx, Hkv * hd);
+                                              seq, pos, max_ctx, Hkv * hd, c->bad_kv);
     tl_cuda_ok(c, cudaGetLastError(), "kv_store (n=%d, max_ctx=%d, kvd=%d)", n, max_ctx, Hkv * hd);
 }
 
 static __global__ void attn_kv_kernel(tl_bf16 *out, const tl_bf16 *q, const tl_bf16 *kc, const tl_bf16 *vc,
                                       const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv,
-                                      int hd, float scale) {
+                                      int hd, float scale, int *bad) {
     int task = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (task >= n * Hq) return; /* whole warps exit together */
     int i = task / Hq, h = task % Hq, kvh = h / (Hq / Hkv), len = pos[i] + 1;
+    if (seq[i] < 0 || pos[i] < 0 || pos[i] >= max_ctx) { /* the whole warp skips the task; out is not written */
+        if (lane == 0) atomicMax(bad, i + 1);
+        return;
+    }
     size_t kvd = (size_t)Hkv * hd, qd = (size_t)Hq * hd;
     const tl_bf16 *qi = q + (size_t)i * qd + (size_t)h * hd;
     const tl_bf16 *kb = kc + (size_t)seq[i] * max_ctx * kvd + (size_t)kvh * hd;
@@ -88,8 +97,9 @@ void tl_cuda_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act 
     }
     long tasks = (long)n * Hq;
     unsigned blocks = (unsigned)((tasks + WARPS - 1) / WARPS);
+    c->bad_kv_max_ctx = max_ctx;
     attn_kv_kernel<<<blocks, 32 * WARPS, 0, c->stream>>>((tl_bf16 *)out, (const tl_bf16 *)q, (const tl_bf16 *)kc,
                                                           (const tl_bf16 *)vc, seq, pos, n, max_ctx, Hq, Hkv, hd,
-                                                          1.0f / sqrtf((float)hd));
+                                                          1.0f / sqrtf((float)hd), c->bad_kv);
     tl_cuda_ok(c, cudaGetLastError(), "attn_kv (n=%d, Hq=%d, Hkv=%d, hd=%d)", n, Hq, Hkv, hd);
 }

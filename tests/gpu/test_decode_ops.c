@@ -145,6 +145,41 @@ static void run_case(tl_backend *cpu, tl_backend *gpu, int Hq, int Hkv, int hd) 
     free(seq), free(pos), free(k), free(v), free(nan), free(q), free(outn);
 }
 
+/* A row whose position is outside [0, max_ctx) (or whose cache sequence is < 0): kv_store and attn_kv skip it and
+ * the backend reports a sticky failure naming max_ctx, on both backends; the cache is not written. */
+static void bad_rows(const char *op, int32_t bad_seq, int32_t bad_pos) {
+    enum { CTX = 4, Hkv = 1, hd = 8 };
+    for (int b = 0; b < 2; b++) {
+        tl_error e = {0};
+        tl_backend *be;
+        must(b ? tl_backend_cuda_create(0, &be, &e) : tl_backend_cpu_create(1, &be, &e), &e, "create");
+        size_t A = be->act_size, nc = (size_t)CTX * Hkv * hd;
+        float host[CTX * Hkv * hd], got[CTX * Hkv * hd];
+        for (size_t i = 0; i < nc; i++) host[i] = (float)i;
+        void *kc = alloc_on(be, nc * A), *vc = alloc_on(be, nc * A), *kv = alloc_on(be, (size_t)Hkv * hd * A);
+        int32_t *dseq = alloc_on(be, 4), *dpos = alloc_on(be, 4);
+        be->upload_act(be, kc, host, nc);
+        be->upload_act(be, vc, host, nc);
+        be->upload_act(be, kv, host, (size_t)Hkv * hd);
+        be->upload(be, dseq, &bad_seq, 4);
+        be->upload(be, dpos, &bad_pos, 4);
+        must(be->status(be, &e), &e, "setup");
+        if (!strcmp(op, "kv_store")) be->kv_store(be, kc, vc, kv, kv, dseq, dpos, 1, CTX, Hkv, hd);
+        else be->attn_kv(be, kv, kv, kc, vc, dseq, dpos, 1, CTX, Hkv, Hkv, hd);
+        tl_status s = be->status(be, &e);
+        int untouched = 1;
+        if (b == 0) { /* the CPU backend's memory is host memory: the cache is still readable */
+            be->download_act(be, got, kc, nc);
+            untouched = !memcmp(got, host, sizeof got);
+        }
+        int ok = s == TL_ERR_RUNTIME && strstr(e.msg, "max_ctx") && untouched;
+        printf("%s %s seq %d pos %d on %-4s: \"%s\"\n", ok ? "ok  " : "FAIL", op, (int)bad_seq, (int)bad_pos,
+               be->name, e.msg);
+        g_fail += !ok;
+        be->destroy(be);
+    }
+}
+
 int main(void) {
     if (tl_cuda_device_count() <= 0) {
         printf("SKIPPED: no CUDA device\n");
@@ -157,6 +192,10 @@ int main(void) {
     run_case(cpu, gpu, 2, 2, 8);
     run_case(cpu, gpu, 4, 2, 64);
     run_case(cpu, gpu, 6, 3, 80);
+    bad_rows("kv_store", 0, 4);
+    bad_rows("kv_store", 0, -1);
+    bad_rows("kv_store", -1, 0);
+    bad_rows("attn_kv", 0, 4);
     cpu->destroy(cpu);
     gpu->destroy(gpu);
     if (g_fail) {
