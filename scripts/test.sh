@@ -46,6 +46,23 @@ scripts/get_model.sh >/dev/null || echo "test: could not fetch the default model
 echo "== unit, bad-input and fuzz tests under ASan + UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -L 'unit|bad|fuzz' -j2 --timeout 300) || status=1
+# OpenBLAS picks its kernels by CPU (Cooperlake's memset the whole output, older ones do not), so a buffer that is
+# too small can pass on one machine and crash on another. The unit tests run again under ASan with each kernel
+# family this CPU can execute (OPENBLAS_CORETYPE forces one), so CI sees what another machine's OpenBLAS would do.
+for core in Prescott Haswell SkylakeX Cooperlake; do
+  case $core in
+    Haswell) grep -qw avx2 /proc/cpuinfo || continue ;;
+    SkylakeX) grep -qw avx512f /proc/cpuinfo || continue ;;
+    Cooperlake) grep -qw avx512_bf16 /proc/cpuinfo || continue ;;
+  esac
+  echo "== unit tests under ASan + UBSan with OpenBLAS's $core kernels"
+  if (cd build-asan && OPENBLAS_CORETYPE=$core ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+      UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L unit -j2 --timeout 300) >unit-$core.log 2>&1; then
+    grep "tests passed" unit-$core.log
+  else
+    cat unit-$core.log; status=1
+  fi
+done
 echo "== full suite"
 (cd build && ctest --output-on-failure -j2 --timeout 900) || status=1
 echo "== quickstart (shortened)"
