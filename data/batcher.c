@@ -8,12 +8,12 @@
  * tl_unit_source, so the SFT batcher here and the preference batcher (pref_batcher.c) share every rule.
  * All memory is sized at init from the options and the longest unit of each adapter; stepping only writes
  * into it. */
-#include "tl_batcher.h"
+#include "data/tl_batcher.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kernels/tl_math.h"
+#include "kernels/tl_math.h"
 
 /* Domain separators, so the stream shuffle and the row seeds never draw the same numbers from one run.seed. */
 #define TL_STREAM_SALT 0x73747265616d5f31ULL /* "stream_1" */

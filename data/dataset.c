@@ -23,7 +23,7 @@
  *
  * HDF5 prints its own error stack by default; that is switched off for the duration of the open (and the
  * caller's setting restored) so every failure reaches the user as one line "<file>: <object>: <problem>". */
-#include "tl_dataset.h"
+#include "data/tl_dataset.h"
 
 #include <errno.h>
 #include <fcntl.h>

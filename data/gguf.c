@@ -1,7 +1,7 @@
 /* gguf: llama.cpp's GGUF model files read with pread, validated fully at open, tensors dequantized to fp32 with
  * ggml's block layouts (dequantize_row_* in ggml-quants.c, same operation order so results are bit-identical),
  * and the Llama tensor/metadata naming mapped back to HF's (the inverse of convert_hf_to_gguf.py). */
-#include "tl_gguf.h"
+#include "data/tl_gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tl_safetensors.h" /* tl_f16_to_f32, tl_bf16_to_f32 */
+#include "data/tl_safetensors.h" /* tl_f16_to_f32, tl_bf16_to_f32 */
 
 #define RD_BUF (1u << 16)
 #define GGUF_DEFAULT_ALIGNMENT 32u

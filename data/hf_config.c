@@ -4,7 +4,7 @@
  * defaults, rope_scaling and transformers-v5 rope_parameters, Qwen2's use_sliding_window), but refuses
  * anything tailor's model would silently get wrong: other architectures or activations, MLP biases, RoPE
  * variants other than default/linear/llama3, sliding-window attention that would actually take effect. */
-#include "tl_hf_config.h"
+#include "data/tl_hf_config.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "tl_safetensors.h" /* tl_write_file_atomic */
+#include "data/tl_safetensors.h" /* tl_write_file_atomic */
 
 #define CFG_MAX_BYTES (16 * 1024 * 1024)
 

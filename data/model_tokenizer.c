@@ -1,5 +1,5 @@
 /* model_tokenizer: finds and loads a model's tokenizer (see tl_model_tokenizer.h). */
-#include "tl_model_tokenizer.h"
+#include "data/tl_model_tokenizer.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tl_gguf.h"
+#include "data/tl_gguf.h"
 
 /* A token id from the metadata: absent is -1; present, it must be an integer naming a token (an id such as
  * 2^32 + 5 is refused, never truncated to 5). */

@@ -4,7 +4,7 @@
  * Everything that decides what a pair's rows contain (stream order, truncation, targets, row seeds, adapter-
  * aligned packing) is the engine's, so preference and SFT batches obey the same isolation guarantees; this file
  * only says how a pair reads as two sequences and translates the engine's unit placements into pairs. */
-#include "tl_pref.h"
+#include "data/tl_pref.h"
 
 #include <stdlib.h>
 

@@ -2,7 +2,7 @@
  * array into memory and validates all of it, so the preference batcher and the trainer index it unchecked.
  * Root attributes, the users table, typed reads, offsets and token ranges go through the same building blocks
  * as the SFT reader (tl_dataset.h), so both kinds obey and report the same rules. */
-#include "tl_pref.h"
+#include "data/tl_pref.h"
 
 #include <stdio.h>
 #include <stdlib.h>

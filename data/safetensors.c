@@ -4,8 +4,8 @@
  * Reading uses pread rather than mmap: a file truncated by someone else while open then gives an error
  * instead of SIGBUS, and only the tensors asked for are ever touched. Tensor data is little-endian in the file
  * and is copied as-is, hence the host check below. */
-#include "tl_safetensors.h"
-#include "tl_io.h"
+#include "data/tl_safetensors.h"
+#include "data/tl_io.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -30,8 +30,8 @@
 
 #include <stdint.h>
 
-#include "../kernels/tl_backend.h"
-#include "tl_dataset.h"
+#include "kernels/tl_backend.h"
+#include "data/tl_dataset.h"
 
 typedef enum { TL_KEY_USER = 0, TL_KEY_GROUP = 1, TL_KEY_GLOBAL = 2 } tl_adapter_key;
 

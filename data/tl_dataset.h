@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/tl_status.h"
+#include "kernels/tl_status.h"
 
 typedef struct {
     char *path;

@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/tl_status.h"
-#include "tl_hf_config.h"
+#include "kernels/tl_status.h"
+#include "data/tl_hf_config.h"
 
 /* GGUF metadata value types (gguf_type in ggml). */
 typedef enum {

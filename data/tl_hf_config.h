@@ -6,7 +6,7 @@
 #ifndef TL_HF_CONFIG_H
 #define TL_HF_CONFIG_H
 
-#include "../kernels/tl_status.h"
+#include "kernels/tl_status.h"
 
 typedef enum { TL_ROPE_DEFAULT = 0, TL_ROPE_LLAMA3 = 1, TL_ROPE_LINEAR = 2 } tl_rope_type;
 

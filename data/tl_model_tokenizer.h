@@ -3,7 +3,7 @@
 #ifndef TL_MODEL_TOKENIZER_H
 #define TL_MODEL_TOKENIZER_H
 
-#include "tl_tokenizer.h"
+#include "data/tl_tokenizer.h"
 
 tl_status tl_tokenizer_for_model(const char *model_path, tl_tokenizer **out, tl_error *err);
 

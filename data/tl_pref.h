@@ -30,8 +30,8 @@
 
 #include <stdint.h>
 
-#include "tl_batcher.h"
-#include "tl_dataset.h"
+#include "data/tl_batcher.h"
+#include "data/tl_dataset.h"
 
 /* One of the three token runs of every pair: run i is tokens[offsets[i] : offsets[i+1]]. */
 typedef struct {

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../kernels/tl_status.h"
+#include "kernels/tl_status.h"
 
 #define TL_ST_MAX_DIMS 8
 

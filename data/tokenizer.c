@@ -6,8 +6,8 @@
  * goes through the pre-tokenizer steps (regex splits, digit splits, byte-level mapping), and every piece through
  * BPE with the same merge order as tokenizers' Word::merge_all (a heap on (rank, position)). The regex matcher
  * lives in tokenizer_pretok.c. */
-#include "tl_tokenizer.h"
-#include "tl_io.h"
+#include "data/tl_tokenizer.h"
+#include "data/tl_io.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -5,7 +5,7 @@
  * alternative is coded as Oniguruma (the engine HF tokenizers uses) would match it: alternatives tried in order,
  * greedy quantifiers with the backtracking each one needs spelled out. The class table below is generated; how is
  * in docs/tokenizer.md. */
-#include "tl_tokenizer.h"
+#include "data/tl_tokenizer.h"
 
 #include <stddef.h>
 #include <stdint.h>

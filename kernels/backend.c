@@ -2,7 +2,7 @@
 #include <omp.h>
 #include <string.h>
 
-#include "tl_backend.h"
+#include "kernels/tl_backend.h"
 
 tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_error *err) {
     return tl_backend_open_on(name, threads, 0, out, err);

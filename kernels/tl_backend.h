@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tl_status.h"
+#include "kernels/tl_status.h"
 
 typedef void tl_act;
 

@@ -1,11 +1,11 @@
 /* tl_status: formatting of the single-line error messages (see tl_status.h). */
-#include "tl_status.h"
+#include "kernels/tl_status.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "tl_text.h"
+#include "kernels/tl_text.h"
 
 /* One line that cannot drive the terminal: line breaks and tabs become blanks, and every other control byte,
  * C1 control or stray non-UTF-8 byte that a quoted name brought in is escaped (tl_escape). */

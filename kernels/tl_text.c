@@ -1,5 +1,5 @@
 /* tl_text: display escaping and strict number parsing (see tl_text.h). */
-#include "tl_text.h"
+#include "kernels/tl_text.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tl_status.h"
+#include "kernels/tl_status.h"
 
 /* A buffer for one escaped name on a print line; longer names are cut with "..." (never inside an escape). */
 #define TL_ESC_CAP 512

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 enum {
     BM = 64,      /* query rows per block */

@@ -7,13 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu_internal.h"
-
-/* cpu_decode.c (KV-cache decoding ops) */
-void tl_cpu_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
-                     const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
-void tl_cpu_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
-                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
+#include "kernels/cpu/cpu_internal.h"
 
 void tl_cpu_fail(tl_backend *be, const char *fmt, ...) {
     tl_cpu_ctx *c = tl_cpu(be);

@@ -6,8 +6,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "../tl_math.h"
-#include "cpu_internal.h"
+#include "kernels/tl_math.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x_, const tl_act *W_,
                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,

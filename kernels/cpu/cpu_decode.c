@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void tl_cpu_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
                      const int32_t *pos, int n, int max_ctx, int Hkv, int hd);

@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "../tl_math.h"
-#include "cpu_internal.h"
+#include "kernels/tl_math.h"
+#include "kernels/cpu/cpu_internal.h"
 
 /* below this many elements a parallel region costs more than it saves */
 #define TL_CPU_PAR_MIN 4096

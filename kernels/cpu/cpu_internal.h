@@ -12,7 +12,7 @@
 
 #include <cblas.h>
 
-#include "../tl_backend.h"
+#include "kernels/tl_backend.h"
 
 /* Scratch: 2M floats (8 MiB) fits LoRA blocks of >= 64 rows up to in = 16384 with dropout, and full-size
  * attention tiles (64 query rows x 512 keys, twice) for up to 31 threads; more threads get shorter key blocks. */
@@ -90,5 +90,11 @@ void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t 
                         const int32_t *slots, int nslots);
 void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
                   const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd);
+
+/* cpu_decode.c (KV-cache decoding ops) */
+void tl_cpu_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
+                     const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
+void tl_cpu_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
+                    const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
 
 #endif

@@ -2,7 +2,7 @@
  * Weights are HF [out, in]; there is no dW because base weights never train. */
 #include <string.h>
 
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void tl_cpu_linear_fwd(tl_backend *be, tl_act *y_, const tl_act *x_, const tl_act *W_, const tl_act *bias_, int n,
                        int in, int out, int accumulate) {

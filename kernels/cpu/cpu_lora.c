@@ -7,8 +7,8 @@
  * in several segments, and an adapter's blocks depend only on its own rows. */
 #include <string.h>
 
-#include "../tl_math.h"
-#include "cpu_internal.h"
+#include "kernels/tl_math.h"
+#include "kernels/cpu/cpu_internal.h"
 
 /* xd[i, :] = x[row0 + i, :] * mask and, when mk != NULL, mk[i, :] = mask, for i < m */
 static void build_dropout(tl_backend *be, float *xd, float *mk, const float *x, const uint64_t *row_seed, int row0,

@@ -3,8 +3,8 @@
  * Each slot is a contiguous block of P floats at slot * slot_stride. The squared norm is summed in double
  * over a fixed partition of the block (independent of the thread count), then the partial sums are added in
  * order, so the result is bitwise repeatable on any machine with this backend. */
-#include "../tl_math.h"
-#include "cpu_internal.h"
+#include "kernels/tl_math.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #define TL_SQNORM_PARTS 64
 

@@ -19,7 +19,7 @@
 
 #include <type_traits>
 
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 using namespace nvcuda;
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 /* ---- sticky errors ---- */
 
@@ -271,12 +271,6 @@ static int setup(tl_cuda_ctx *c, int device) {
     if (!tl_cuda_ok(c, cudaMemset(c->bad_kv, 0, sizeof(int)), "create (flag)")) return 0;
     return tl_cuda_attn_setup(c);
 }
-
-/* cuda_decode.cu (KV-cache decoding ops) */
-void tl_cuda_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
-                      const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
-void tl_cuda_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
-                     const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
 
 extern "C" tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err) {
     *out = NULL;

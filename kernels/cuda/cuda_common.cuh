@@ -19,10 +19,10 @@
 #define TL_HAVE_CUDA 1 /* tl_backend.h declares the CUDA entry points only under this macro */
 #endif
 extern "C" {
-#include "../tl_backend.h"
-#include "../tl_status.h"
+#include "kernels/tl_backend.h"
+#include "kernels/tl_status.h"
 }
-#include "../tl_math.h"
+#include "kernels/tl_math.h"
 
 typedef __nv_bfloat16 tl_bf16;
 
@@ -181,11 +181,16 @@ void tl_cuda_swiglu_bwd(tl_backend *be, tl_act *dg, tl_act *du, const tl_act *dh
 void tl_cuda_f32_to_bf16(tl_cuda_ctx *c, tl_bf16 *dst, const float *src, size_t n, const char *op);
 void tl_cuda_bf16_to_f32(tl_cuda_ctx *c, float *dst, const tl_bf16 *src, size_t n, const char *op);
 
-/* cuda_linear.cu */
+/* cuda_linear.cu; tl_cuda_gemm: C[m, n] (column-major, ldc) = op(A) op(B) (+ C when beta != 0), bf16 A and B,
+ * fp32 accumulation, C of type ctype; 0 after recording a cuBLAS failure naming `op` */
+int tl_cuda_gemm(tl_cuda_ctx *c, const char *op, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                 const void *A, int lda, const void *B, int ldb, float beta, void *C, cudaDataType_t ctype, int ldc);
 void tl_cuda_linear_fwd(tl_backend *be, tl_act *y, const tl_act *x, const tl_act *W, const tl_act *bias, int n,
                         int in, int out, int accumulate);
 void tl_cuda_linear_bwd_x(tl_backend *be, tl_act *dx, const tl_act *dy, const tl_act *W, int n, int in, int out,
                           int accumulate);
+
+/* cuda_ce.cu */
 void tl_cuda_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x, const tl_act *W,
                         const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,
                         size_t work_len, int chunk);
@@ -212,5 +217,11 @@ void tl_cuda_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t
                          const int32_t *slots, int nslots);
 void tl_cuda_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, size_t slot_stride, size_t P,
                    const tl_adam_slot *hs, int nslots, double b1, double b2, float eps, float wd);
+
+/* cuda_decode.cu (KV-cache decoding ops) */
+void tl_cuda_kv_store(tl_backend *be, tl_act *kc, tl_act *vc, const tl_act *k, const tl_act *v, const int32_t *seq,
+                      const int32_t *pos, int n, int max_ctx, int Hkv, int hd);
+void tl_cuda_attn_kv(tl_backend *be, tl_act *out, const tl_act *q, const tl_act *kc, const tl_act *vc,
+                     const int32_t *seq, const int32_t *pos, int n, int max_ctx, int Hq, int Hkv, int hd);
 
 #endif

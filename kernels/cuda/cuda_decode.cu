@@ -4,7 +4,7 @@
  * head), online softmax over the row's cache prefix one key at a time; each lane holds hd/32 (rounded up) output
  * dimensions in registers, so head_dim is limited to 32 * KPL. Decode batches are small and contexts short in
  * this use, so the sequential key loop is acceptable; fp32 accumulation throughout. */
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 enum { KPL = 16, WARPS = 4 }; /* head_dim <= 512 */
 

@@ -4,7 +4,7 @@
  * Elementwise kernels are grid-stride loops that move 8 bf16 (16 bytes) per access when every pointer is
  * 16-byte aligned, with a scalar tail. RMSNorm uses one block per row and fp32 accumulation with a fixed-order
  * block reduction, so it is repeatable. Per-element math comes from tl_math.h, shared with the CPU backend. */
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #define EW_THREADS 256
 #define EW_MAX_BLOCKS 65535u

@@ -11,7 +11,7 @@
  * each (slot, output tile) to exactly one block, which loops over the rows of every segment of that slot in
  * order: no atomics, so dA and dB are bit-identical from run to run. dh lives in the backend's scratch buffer;
  * when n * r does not fit, the backward runs over blocks of rows (dB, which needs no dh, runs once). */
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #define LR_THREADS 256
 #define LR_TM 64 /* rows per block */

@@ -6,7 +6,7 @@
  * a partition that depends only on P (each block sums a fixed range in double, then one block per slot adds the
  * block results in order), so it is bit-identical from run to run and independent of which other slots are
  * listed. */
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #define OPT_THREADS 256
 #define NORM_MAX_PARTS 64

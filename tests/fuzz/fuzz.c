@@ -31,11 +31,11 @@
 #include "data/tl_safetensors.h"
 #include "data/tl_tokenizer.h"
 #include "kernels/tl_backend.h"
-#include "trainer/tl_config.h"
-#include "trainer/tl_data_build.h"
-#include "trainer/tl_inspect.h"
-#include "trainer/tl_model.h"
-#include "trainer/tl_tinymodel.h"
+#include "trainer/config/tl_config.h"
+#include "data/tl_dataset_build.h"
+#include "trainer/run/tl_inspect.h"
+#include "trainer/model/tl_model.h"
+#include "trainer/model/tl_tinymodel.h"
 
 #ifndef TL_SRC_DIR
 #define TL_SRC_DIR "."

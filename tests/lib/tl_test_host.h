@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "kernels/tl_backend.h"
-#include "trainer/tl_model.h"
+#include "trainer/model/tl_model.h"
 #include "tests/lib/tl_check.h"
 
 

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_model.h"
+#include "trainer/model/tl_model.h"
 
 /* A 1-D I32 tensor of IN into a fresh array; *n receives its length (checked against want when want >= 0). */
 static inline tl_status read_i32(tl_st_file *f, const char *name, int64_t want, int32_t **out, int64_t *n,

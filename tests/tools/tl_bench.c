@@ -20,8 +20,8 @@
 #include <time.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_model.h"
-#include "trainer/tl_optim.h"
+#include "trainer/model/tl_model.h"
+#include "trainer/step/tl_optim.h"
 
 enum { D = 576, F = 1536, L = 30, HQ = 9, HKV = 3, HD = 64, V = 49152 };
 

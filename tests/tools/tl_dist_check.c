@@ -19,8 +19,8 @@
 #include <string.h>
 
 #include "kernels/tl_backend.h"
-#include "trainer/tl_dist.h"
-#include "trainer/tl_dist_pool.h"
+#include "trainer/dist/tl_dist.h"
+#include "trainer/dist/tl_dist_pool.h"
 
 static int g_bad = 0, g_rank = 0;
 

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_model.h"
+#include "trainer/model/tl_model.h"
 #include "tests/lib/tl_tool_io.h"
 
 typedef struct {

@@ -26,8 +26,8 @@
 #include <string.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_model.h"
-#include "trainer/tl_pref_step.h"
+#include "trainer/model/tl_model.h"
+#include "trainer/step/tl_pref_step.h"
 #include "tests/lib/tl_tool_io.h"
 
 typedef struct {

@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../data/tl_model_tokenizer.h"
-#include "../../trainer/tl_config.h"
-#include "../../trainer/tl_export.h"
-#include "../../trainer/tl_rouge.h"
+#include "data/tl_model_tokenizer.h"
+#include "trainer/config/tl_config.h"
+#include "trainer/run/tl_export.h"
+#include "trainer/eval/tl_rouge.h"
 
 static void on_answer(void *ctx, int64_t ex, int slot, int is_base, const char *answer, const char *reference) {
     cJSON *o = cJSON_CreateObject();

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "trainer/tl_pref_loss.h"
+#include "trainer/step/tl_pref_loss.h"
 
 #define MAX_FIELDS 16
 

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../../trainer/tl_rouge.h"
+#include "trainer/eval/tl_rouge.h"
 
 static char *read_n(FILE *f, long n) {
     char *s = malloc((size_t)n + 1);

@@ -18,8 +18,8 @@
 #include <unistd.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_checkpoint.h"
-#include "trainer/tl_fsutil.h"
+#include "trainer/run/tl_checkpoint.h"
+#include "data/tl_io.h"
 
 #include "tests/lib/tl_test_host.h"
 static float rng_float(void) {

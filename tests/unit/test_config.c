@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "trainer/tl_config.h"
+#include "trainer/config/tl_config.h"
 #include "tests/lib/tl_check.h"
 #include "tests/lib/tl_rng_splitmix.h"
 

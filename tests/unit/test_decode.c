@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "trainer/tl_generate.h"
-#include "trainer/tl_tinymodel.h"
+#include "trainer/eval/tl_generate.h"
+#include "trainer/model/tl_tinymodel.h"
 
 static int g_fails = 0;
 #define EXPECT(c, ...)                                                   \

@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "tests/lib/tl_check.h"
-#include "trainer/tl_dist.h"
+#include "trainer/dist/tl_dist.h"
 
 static const char *const VARS[] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
                                    "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "kernels/tl_backend.h"
-#include "trainer/tl_optim.h"
+#include "trainer/step/tl_optim.h"
 #include "tests/lib/tl_check.h"
 
 

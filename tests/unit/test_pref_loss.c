@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "kernels/tl_math.h"
-#include "trainer/tl_pref_loss.h"
+#include "trainer/step/tl_pref_loss.h"
 
 static int g_fail;
 static uint64_t g_rng;

@@ -4,8 +4,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "../../trainer/tl_rouge.h"
-#include "../lib/tl_check.h"
+#include "trainer/eval/tl_rouge.h"
+#include "tests/lib/tl_check.h"
 
 static void expect(const char *pred, const char *ref, double p1, double r1, double pl, double rl, int line) {
     tl_rouge_score s;

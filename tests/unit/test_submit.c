@@ -13,7 +13,7 @@
 
 #include "tests/lib/tl_check.h"
 #include "tests/lib/tl_rng_splitmix.h"
-#include "trainer/tl_submit.h"
+#include "trainer/dist/tl_submit.h"
 
 /* A config from overrides on top of the defaults (model.path is required). */
 static tl_status load(const char *const *ov, int n, tl_config *c, tl_error *err) {

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "data/tl_safetensors.h"
-#include "trainer/tl_tinymodel.h"
+#include "trainer/model/tl_tinymodel.h"
 #include "tests/lib/tl_check.h"
 #include "tests/lib/tl_fs_fixture.h"
 

@@ -1,0 +1,34 @@
+/* tl_train: the commands that run a whole job from a resolved configuration (train, eval, export).
+ *
+ * These are the only library functions that talk to the user: progress and summaries go to ui->out (stdout)
+ * and warnings to ui->log (stderr). Errors still come back as tl_status + tl_error for the CLI to print. */
+#ifndef TL_TRAIN_H
+#define TL_TRAIN_H
+
+#include <stdio.h>
+
+#include "trainer/config/tl_config.h"
+
+typedef struct {
+    FILE *out;  /* progress lines, tables */
+    FILE *log;  /* warnings */
+    int is_tty; /* out is a terminal: one self-rewriting progress line */
+    int quiet;
+} tl_ui;
+
+/* Exit code of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint: "try again" (sysexits'
+ * EX_TEMPFAIL); the sbatch script of tailor submit requeues the job on it. */
+#define TL_EXIT_PREEMPTED 75
+
+/* Trains; with many processes (tl_dist.h) this is one rank of the run: ranks agree on every step, rank 0 writes
+ * the run directory. SIGTERM and SIGUSR1 make every rank finish its step, write a checkpoint and return TL_OK
+ * with *stopped = 1. When world > 1, a failure after the ranks connected is printed (one line, naming the rank)
+ * and ends every rank (tl_dist_abort): it never returns then. */
+tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error *err);
+/* Evaluates the run's latest checkpoint on data.eval (per adapter and the base model). */
+tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err);
+/* Exports the adapters of a run directory's latest checkpoint, or of a checkpoint directory, as PEFT dirs
+ * into out_dir (default: <run>/adapters). */
+tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_ui *ui, tl_error *err);
+
+#endif
