@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/tl_io.h" /* tl_write_file_atomic, defined in safetensors.c beside the writer */
 #include "kernels/tl_status.h"
 
 #define TL_ST_MAX_DIMS 8
@@ -87,9 +88,5 @@ tl_status tl_st_writer_add_stream(tl_st_writer *w, const char *name, const char 
                                   tl_error *err);
 tl_status tl_st_writer_write(tl_st_writer *w, const char *path, tl_error *err);
 void tl_st_writer_free(tl_st_writer *w);
-
-/* Writes len bytes to path atomically: "<path>.tmp.<pid>" in the same directory, fsync, rename, fsync of the
- * directory; the temporary file is removed on any failure. */
-tl_status tl_write_file_atomic(const char *path, const void *data, size_t len, tl_error *err);
 
 #endif
