@@ -1598,6 +1598,11 @@ int main(int argc, char **argv) {
             if (!seen && n_note_sigs < 32) {
                 snprintf(note_sigs[n_note_sigs++], sizeof note_sigs[0], "%s", oc.sig);
                 printf("note %s (exec %ld): %s\n", t->name, execs, oc.sig);
+                char p[4096];
+                snprintf(p, sizeof p, "%s/%s/notes", fdir, t->name);
+                mkdirs(p);
+                snprintf(p, sizeof p, "%s/%s/notes/%s-%016" PRIx64, fdir, t->name, t->name, fnv(b.p, b.n));
+                if (write_file(p, b.p, b.n)) printf("  kept as %s\n", p);
             }
         }
         if (oc.failed) {
