@@ -1566,7 +1566,7 @@ int main(int argc, char **argv) {
             if (!read_file(argv[i], &b)) die("cannot read %s", argv[i]);
             outcome oc = run_case(t, b.p, b.n);
             printf("%s: %s\n", argv[i], oc.failed || oc.note ? oc.sig : oc.refused ? "refused (no finding)" : "accepted");
-            if (oc.failed) print_child_output();
+            if (oc.failed || oc.note) print_child_output();
             bad += oc.failed;
             free(b.p);
         }
