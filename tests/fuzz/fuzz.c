@@ -1156,7 +1156,7 @@ static int collect_san_reports(blob *out) {
     return n;
 }
 
-/* A report whose first frame outside the sanitizer runtime is in libhdf5 (and no UBSan "runtime error", which only
+/* A report whose first frame outside the sanitizer runtime and libc is in libhdf5 (and no UBSan "runtime error", which only
  * tailor's own code can raise) is libhdf5's crash; anything else is tailor's. */
 static int report_in_libhdf5(const char *text) {
     if (strstr(text, "runtime error:")) return 0;
@@ -1165,7 +1165,7 @@ static int report_in_libhdf5(const char *text) {
         char line[1024];
         snprintf(line, sizeof line, "%.*s", (int)(k < 1000 ? k : 1000), p);
         if (strstr(line, "libasan") || strstr(line, "libubsan") || strstr(line, "sanitizer_common") ||
-            strstr(line, "__interceptor") || strstr(line, "libc.so"))
+            strstr(line, "__interceptor") || strstr(line, "libc.so") || strstr(line, "sysdeps/"))
             continue;
         return strstr(line, "libhdf5") != NULL;
     }
