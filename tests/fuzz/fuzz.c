@@ -1156,7 +1156,7 @@ static int collect_san_reports(blob *out) {
     return n;
 }
 
-/* A report whose first frame outside the sanitizer runtime is in libhdf5 (and no UBSan "runtime error", which only
+/* A report whose first frame outside the sanitizer runtime and libc is in libhdf5 (and no UBSan "runtime error", which only
  * tailor's own code can raise) is libhdf5's crash; anything else is tailor's. */
 static int report_in_libhdf5(const char *text) {
     if (strstr(text, "runtime error:")) return 0;
@@ -1165,7 +1165,7 @@ static int report_in_libhdf5(const char *text) {
         char line[1024];
         snprintf(line, sizeof line, "%.*s", (int)(k < 1000 ? k : 1000), p);
         if (strstr(line, "libasan") || strstr(line, "libubsan") || strstr(line, "sanitizer_common") ||
-            strstr(line, "__interceptor") || strstr(line, "libc.so"))
+            strstr(line, "__interceptor") || strstr(line, "libc.so") || strstr(line, "sysdeps/"))
             continue;
         return strstr(line, "libhdf5") != NULL;
     }
@@ -1566,7 +1566,7 @@ int main(int argc, char **argv) {
             if (!read_file(argv[i], &b)) die("cannot read %s", argv[i]);
             outcome oc = run_case(t, b.p, b.n);
             printf("%s: %s\n", argv[i], oc.failed || oc.note ? oc.sig : oc.refused ? "refused (no finding)" : "accepted");
-            if (oc.failed) print_child_output();
+            if (oc.failed || oc.note) print_child_output();
             bad += oc.failed;
             free(b.p);
         }
@@ -1598,6 +1598,11 @@ int main(int argc, char **argv) {
             if (!seen && n_note_sigs < 32) {
                 snprintf(note_sigs[n_note_sigs++], sizeof note_sigs[0], "%s", oc.sig);
                 printf("note %s (exec %ld): %s\n", t->name, execs, oc.sig);
+                char p[4096];
+                snprintf(p, sizeof p, "%s/%s/notes", fdir, t->name);
+                mkdirs(p);
+                snprintf(p, sizeof p, "%s/%s/notes/%s-%016" PRIx64, fdir, t->name, t->name, fnv(b.p, b.n));
+                if (write_file(p, b.p, b.n)) printf("  kept as %s\n", p);
             }
         }
         if (oc.failed) {
