@@ -10,7 +10,10 @@
  * - Layouts are row-major. A token batch is [n, d]. Linear weights are [out, in] (HF layout): y = x W^T.
  * - "accumulate" means y += result; otherwise y = result. Ops documented as "+=" always accumulate.
  * - Ops return void. A backend that can fail inside an op (CUDA launch errors) records the first failure with
- *   the op's name and shapes; be->status() reports it and clears nothing (the error is sticky).
+ *   the op's name and shapes; be->status() reports it and clears nothing (the error is sticky). Every backend
+ *   fills status (callers call it without a NULL check).
+ * - Capabilities are fields, not names: callers ask host_memory, stream, mem_stats and device, never compare
+ *   be->name.
  * - A micro-batch (tl_mb) is flat and padding-free: sequences back to back, boundaries in cu_seqlens, grouped
  *   by adapter so that each adapter's rows are one contiguous range (a segment). Attention never crosses a
  *   sequence boundary; LoRA applies the segment's adapter slot to its rows. */
@@ -50,11 +53,33 @@ typedef struct {
     float lr, bc1, bc2, gscale;
 } tl_adam_slot;
 
+/* One LoRA site (one target matrix of one layer) over the adapter pool, as lora_fwd / lora_bwd see it.
+ * Slot s's matrices are A + s * slot_stride ([r, in]) and B + s * slot_stride ([out, r]) (backend memory, fp32);
+ * the gradients passed beside it use the same layout and stride. */
+typedef struct {
+    const float *A, *B;
+    size_t slot_stride;
+    int r;          /* the rank */
+    float scale;    /* alpha / r */
+    float dropout;  /* probability in [0, 1); 0: no dropout */
+    uint32_t site;  /* the dropout stream of this site (tl_dropout_mul) */
+} tl_lora_site;
+
 typedef struct tl_backend tl_backend;
 struct tl_backend {
     const char *name; /* "cpu" or "cuda" */
     size_t act_size;  /* bytes per tl_act element */
     void *ctx;
+
+    /* ---- capabilities ---- */
+    int host_memory; /* 1: backend buffers are host memory (cpu), readable without download; 0 otherwise */
+    int device;      /* the device index of a GPU backend; -1 on the cpu */
+    /* the native stream every op runs on, in order (cudaStream_t as void *), for collectives on backend buffers;
+     * NULL on the cpu */
+    void *(*stream)(tl_backend *be);
+    /* bytes of backend memory held now and the peak since creation (either pointer may be NULL); the member is
+     * NULL when the backend keeps no such count (cpu) */
+    void (*mem_stats)(tl_backend *be, size_t *used, size_t *peak);
 
     /* ---- memory and transfers ---- */
     tl_status (*alloc)(tl_backend *be, size_t bytes, void **out, tl_error *err);
@@ -64,7 +89,7 @@ struct tl_backend {
     void (*upload_act)(tl_backend *be, tl_act *dst, const float *src, size_t n);  /* fp32 host -> act */
     void (*download_act)(tl_backend *be, float *dst, const tl_act *src, size_t n);/* act -> fp32 host */
     void (*zero)(tl_backend *be, void *p, size_t bytes);
-    tl_status (*status)(tl_backend *be, tl_error *err); /* waits for queued work; reports a sticky failure */
+    tl_status (*status)(tl_backend *be, tl_error *err); /* mandatory: waits for queued work; reports a sticky failure */
     void (*destroy)(tl_backend *be);
 
     /* ---- elementwise and normalization ---- */
@@ -99,17 +124,16 @@ struct tl_backend {
                          int accumulate);
 
     /* ---- LoRA over adapter segments ----
-     * Slot s's matrices are A_s = A + s * slot_stride ([r, in]) and B_s = B + s * slot_stride ([out, r]);
-     * gradients dA, dB use the same layout and stride. PEFT's formula: y += scale * B_s(A_s(dropout(x))).
-     * The dropout mask of element (row, col) is tl_dropout_mul(mb->row_seed[row], site, col, dropout).
+     * With ls a tl_lora_site: slot s's matrices are A_s = ls->A + s * ls->slot_stride ([r, in]) and
+     * B_s = ls->B + s * ls->slot_stride ([out, r]); gradients dA, dB use the same layout and stride. PEFT's
+     * formula: y += scale * B_s(A_s(dropout(x))). The dropout mask of element (row, col) is
+     * tl_dropout_mul(mb->row_seed[row], ls->site, col, ls->dropout).
      * h [n, r] (fp32) is x_drop A_s^T, saved for backward; rows of slot < 0 get h = 0 and no update. */
-    void (*lora_fwd)(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,
-                     size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
-                     uint32_t site);
+    void (*lora_fwd)(tl_backend *be, tl_act *y, float *h, const tl_act *x, const tl_lora_site *ls, const tl_mb *mb,
+                     int in, int out);
     /* dB_s += scale dy^T h;  dh = scale dy B_s;  dA_s += dh^T x_drop;  dx += (dh A_s) * mask (dx may be NULL) */
     void (*lora_bwd)(tl_backend *be, tl_act *dx, float *dA, float *dB, const tl_act *dy, const tl_act *x,
-                     const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
-                     int out, int r, float scale, float dropout, uint32_t site);
+                     const float *h, const tl_lora_site *ls, const tl_mb *mb, int in, int out);
 
     /* ---- attention: causal, grouped-query, within each sequence of mb ----
      * q, out [n, Hq * hd]; k, v [n, Hkv * hd]; query head h reads kv head h / (Hq / Hkv);

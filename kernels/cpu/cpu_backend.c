@@ -74,6 +74,11 @@ static void cpu_destroy(tl_backend *be) {
     free(be);
 }
 
+static void *cpu_stream(tl_backend *be) {
+    (void)be;
+    return NULL; /* ops run synchronously on the calling thread */
+}
+
 tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
     *out = NULL;
     tl_backend *be = calloc(1, sizeof *be);
@@ -96,6 +101,10 @@ tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
     be->name = "cpu";
     be->act_size = sizeof(float);
     be->ctx = c;
+    be->host_memory = 1;
+    be->device = -1;
+    be->stream = cpu_stream;
+    be->mem_stats = NULL; /* host memory is the process's: no count kept */
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_copy;

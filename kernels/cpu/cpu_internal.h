@@ -66,12 +66,10 @@ void tl_cpu_linear_bwd_x(tl_backend *be, tl_act *dx, const tl_act *dy, const tl_
                          int accumulate);
 
 /* cpu_lora.c */
-void tl_cpu_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,
-                     size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
-                     uint32_t site);
+void tl_cpu_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const tl_lora_site *ls, const tl_mb *mb,
+                     int in, int out);
 void tl_cpu_lora_bwd(tl_backend *be, tl_act *dx, float *dA, float *dB, const tl_act *dy, const tl_act *x,
-                     const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
-                     int out, int r, float scale, float dropout, uint32_t site);
+                     const float *h, const tl_lora_site *ls, const tl_mb *mb, int in, int out);
 
 /* cpu_attention.c */
 void tl_cpu_attn_fwd(tl_backend *be, tl_act *out, float *lse, const tl_act *q, const tl_act *k, const tl_act *v,

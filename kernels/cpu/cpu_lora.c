@@ -38,9 +38,13 @@ static int block_rows(tl_backend *be, const char *op, size_t per_row, int in, in
     return rows > (size_t)1 << 30 ? 1 << 30 : (int)rows;
 }
 
-void tl_cpu_lora_fwd(tl_backend *be, tl_act *y_, float *h, const tl_act *x_, const float *A, const float *B,
-                     size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
-                     uint32_t site) {
+void tl_cpu_lora_fwd(tl_backend *be, tl_act *y_, float *h, const tl_act *x_, const tl_lora_site *ls, const tl_mb *mb,
+                     int in, int out) {
+    const float *A = ls->A, *B = ls->B;
+    size_t slot_stride = ls->slot_stride;
+    int r = ls->r;
+    float scale = ls->scale, dropout = ls->dropout;
+    uint32_t site = ls->site;
     float *y = y_;
     const float *x = x_;
     float *scratch = tl_cpu(be)->scratch;
@@ -70,8 +74,12 @@ void tl_cpu_lora_fwd(tl_backend *be, tl_act *y_, float *h, const tl_act *x_, con
 }
 
 void tl_cpu_lora_bwd(tl_backend *be, tl_act *dx_, float *dA, float *dB, const tl_act *dy_, const tl_act *x_,
-                     const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
-                     int out, int r, float scale, float dropout, uint32_t site) {
+                     const float *h, const tl_lora_site *ls, const tl_mb *mb, int in, int out) {
+    const float *A = ls->A, *B = ls->B;
+    size_t slot_stride = ls->slot_stride;
+    int r = ls->r;
+    float scale = ls->scale, dropout = ls->dropout;
+    uint32_t site = ls->site;
     float *dx = dx_;
     const float *dy = dy_, *x = x_;
     float *scratch = tl_cpu(be)->scratch;

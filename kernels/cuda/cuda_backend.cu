@@ -297,6 +297,10 @@ extern "C" tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_err
     be->name = "cuda";
     be->act_size = sizeof(tl_bf16);
     be->ctx = c;
+    be->host_memory = 0;
+    be->device = device;
+    be->stream = tl_cuda_stream;
+    be->mem_stats = tl_cuda_mem_stats;
     be->alloc = cuda_alloc;
     be->free = cuda_free;
     be->upload = cuda_upload;

@@ -196,12 +196,10 @@ void tl_cuda_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx, const tl_act *x
                         size_t work_len, int chunk);
 
 /* cuda_lora.cu */
-void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,
-                      size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
-                      uint32_t site);
+void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const tl_lora_site *ls, const tl_mb *mb,
+                     int in, int out);
 void tl_cuda_lora_bwd(tl_backend *be, tl_act *dx, float *dA, float *dB, const tl_act *dy, const tl_act *x,
-                      const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
-                      int out, int r, float scale, float dropout, uint32_t site);
+                     const float *h, const tl_lora_site *ls, const tl_mb *mb, int in, int out);
 
 /* cuda_attention.cu */
 void tl_cuda_attn_fwd(tl_backend *be, tl_act *out, float *lse, const tl_act *q, const tl_act *k, const tl_act *v,

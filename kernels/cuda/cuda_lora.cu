@@ -213,9 +213,13 @@ static dim3 grid3(int cols, int tile_cols, int rows, int n_seg) {
                 (unsigned)n_seg);
 }
 
-void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const float *A, const float *B,
-                      size_t slot_stride, const tl_mb *mb, int in, int out, int r, float scale, float dropout,
-                      uint32_t site) {
+void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, const tl_lora_site *ls, const tl_mb *mb,
+                      int in, int out) {
+    const float *A = ls->A, *B = ls->B;
+    size_t slot_stride = ls->slot_stride;
+    int r = ls->r;
+    float scale = ls->scale, dropout = ls->dropout;
+    uint32_t site = ls->site;
     tl_cuda_ctx *c = tl_cuda(be);
     if (c->failed || mb->n_tok <= 0 || mb->n_seg <= 0) return;
     if (!check_shape(c, "lora_fwd", mb, in, out, r)) return;
@@ -233,8 +237,12 @@ void tl_cuda_lora_fwd(tl_backend *be, tl_act *y, float *h, const tl_act *x, cons
 }
 
 void tl_cuda_lora_bwd(tl_backend *be, tl_act *dx, float *dA, float *dB, const tl_act *dy, const tl_act *x,
-                      const float *h, const float *A, const float *B, size_t slot_stride, const tl_mb *mb, int in,
-                      int out, int r, float scale, float dropout, uint32_t site) {
+                      const float *h, const tl_lora_site *ls, const tl_mb *mb, int in, int out) {
+    const float *A = ls->A, *B = ls->B;
+    size_t slot_stride = ls->slot_stride;
+    int r = ls->r;
+    float scale = ls->scale, dropout = ls->dropout;
+    uint32_t site = ls->site;
     tl_cuda_ctx *c = tl_cuda(be);
     if (c->failed || mb->n_tok <= 0 || mb->n_seg <= 0) return;
     if (!check_shape(c, "lora_bwd", mb, in, out, r)) return;

@@ -420,8 +420,9 @@ static void test_lora_case(T *t, int r, float dropout, int in, int out) {
     buf x = mk_rand(t, ACT, (size_t)n * in, 1.0f), y = mk_rand(t, ACT, (size_t)n * out, 0.1f);
     buf h = mk(t, F32, (size_t)n * r, NULL);
     poison(t, &h);
-    t->cpu->lora_fwd(t->cpu, y.c, h.c, x.c, A.c, B.c, stride, &m.c, in, out, r, scale, dropout, site);
-    t->gpu->lora_fwd(t->gpu, y.g, h.g, x.g, A.g, B.g, stride, &m.g, in, out, r, scale, dropout, site);
+    tl_lora_site lc = {A.c, B.c, stride, r, scale, dropout, site}, lg = {A.g, B.g, stride, r, scale, dropout, site};
+    t->cpu->lora_fwd(t->cpu, y.c, h.c, x.c, &lc, &m.c, in, out);
+    t->gpu->lora_fwd(t->gpu, y.g, h.g, x.g, &lg, &m.g, in, out);
     snprintf(name, sizeof name, "lora_fwd y r=%d p=%.1f in=%d out=%d", r, dropout, in, out);
     compare(t, name, &y, TOL_BF16);
     snprintf(name, sizeof name, "lora_fwd h r=%d p=%.1f", r, dropout);
@@ -433,10 +434,8 @@ static void test_lora_case(T *t, int r, float dropout, int in, int out) {
     float *dA0 = malloc(pool * 4), *dB0 = malloc(pool * 4);
     t->cpu->download(t->cpu, dA0, dA.c, pool * 4);
     t->cpu->download(t->cpu, dB0, dB.c, pool * 4);
-    t->cpu->lora_bwd(t->cpu, dx.c, dA.c, dB.c, dy.c, x.c, hh.c, A.c, B.c, stride, &m.c, in, out, r, scale, dropout,
-                     site);
-    t->gpu->lora_bwd(t->gpu, dx.g, dA.g, dB.g, dy.g, x.g, hh.g, A.g, B.g, stride, &m.g, in, out, r, scale, dropout,
-                     site);
+    t->cpu->lora_bwd(t->cpu, dx.c, dA.c, dB.c, dy.c, x.c, hh.c, &lc, &m.c, in, out);
+    t->gpu->lora_bwd(t->gpu, dx.g, dA.g, dB.g, dy.g, x.g, hh.g, &lg, &m.g, in, out);
     snprintf(name, sizeof name, "lora_bwd dx r=%d p=%.1f", r, dropout);
     compare(t, name, &dx, TOL_BF16);
     snprintf(name, sizeof name, "lora_bwd dA r=%d p=%.1f", r, dropout);
@@ -448,8 +447,7 @@ static void test_lora_case(T *t, int r, float dropout, int in, int out) {
     void *sa = snapshot(t, &dA), *sb = snapshot(t, &dB);
     t->gpu->upload(t->gpu, dA.g, dA0, pool * 4);
     t->gpu->upload(t->gpu, dB.g, dB0, pool * 4);
-    t->gpu->lora_bwd(t->gpu, NULL, dA.g, dB.g, dy.g, x.g, hh.g, A.g, B.g, stride, &m.g, in, out, r, scale, dropout,
-                     site);
+    t->gpu->lora_bwd(t->gpu, NULL, dA.g, dB.g, dy.g, x.g, hh.g, &lg, &m.g, in, out);
     snprintf(name, sizeof name, "lora_bwd dA repeat (dx=NULL) r=%d", r);
     same_bits(t, name, &dA, sa);
     snprintf(name, sizeof name, "lora_bwd dB repeat (dx=NULL) r=%d", r);
@@ -675,7 +673,17 @@ int main(void) {
     must(tl_backend_cpu_create(2, &t.cpu, &e), &e, "cpu create");
     must(tl_backend_cuda_create(0, &t.gpu, &e), &e, "cuda create");
     size_t base = 0, peak = 0, now = 0;
-    tl_cuda_mem_stats(t.gpu, &base, NULL);
+    t.checks++;
+    if (t.gpu->host_memory != 0 || t.gpu->device != 0 || !t.gpu->stream || !t.gpu->stream(t.gpu) ||
+        !t.gpu->mem_stats || !t.gpu->status) {
+        t.failures++;
+        printf("FAIL cuda capabilities: host_memory %d, device %d, stream/mem_stats/status filled %d/%d/%d\n",
+               t.gpu->host_memory, t.gpu->device, t.gpu->stream != NULL, t.gpu->mem_stats != NULL,
+               t.gpu->status != NULL);
+    } else {
+        printf("ok   cuda capabilities: device memory, device 0, a stream, a memory count\n");
+    }
+    t.gpu->mem_stats(t.gpu, &base, NULL);
 
     test_embed_add(&t);
     test_rmsnorm(&t);
@@ -689,7 +697,7 @@ int main(void) {
     test_sticky_error(&t);
     test_ce_work_len(&t);
 
-    tl_cuda_mem_stats(t.gpu, &now, &peak);
+    t.gpu->mem_stats(t.gpu, &now, &peak);
     t.checks++;
     if (now != base || peak <= base) {
         t.failures++;

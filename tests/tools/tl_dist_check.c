@@ -82,10 +82,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
         return err.code == TL_ERR_INPUT ? 77 : 1; /* no GPU: skipped */
     }
-    tl_dist_opts o = {.backend = be->name, .timeout_s = 60, .force = force};
-#ifdef TL_HAVE_CUDA
-    if (!strcmp(be->name, "cuda")) o.cuda_stream = tl_cuda_stream(be);
-#endif
+    tl_dist_opts o = {.backend = be->name, .timeout_s = 60, .force = force, .cuda_stream = be->stream(be)};
     if (tl_dist_init(&e, &o, &d, &err)) {
         fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
         be->destroy(be);

@@ -465,7 +465,8 @@ static void test_lora(int r, float dropout) {
     float *x = dev_rand(nx, -1, 1), *pool = dev_rand(npool, -0.5, 0.5);
     float *A = pool, *B = pool + (size_t)r * in;
     float *y = dev_rand(ny, -1, 1), *y0 = copy_f(y, ny), *h = dev_f(nh);
-    g_be->lora_fwd(g_be, y, h, x, A, B, stride, &mb, in, out, r, scale, dropout, site);
+    tl_lora_site ls = {A, B, stride, r, scale, dropout, site};
+    g_be->lora_fwd(g_be, y, h, x, &ls, &mb, in, out);
 
     double *mask = host_d(nx);
     for (int i = 0; i < n; i++)
@@ -488,7 +489,7 @@ static void test_lora(int r, float dropout) {
 
     float *R = dev_rand(ny, -1, 1), *gp = dev_rand(npool, -1, 1), *gp0 = copy_f(gp, npool);
     float *dx = dev_rand(nx, -1, 1), *dx0 = copy_f(dx, nx);
-    g_be->lora_bwd(g_be, dx, gp, gp + (size_t)r * in, R, x, h, A, B, stride, &mb, in, out, r, scale, dropout, site);
+    g_be->lora_bwd(g_be, dx, gp, gp + (size_t)r * in, R, x, h, &ls, &mb, in, out);
     c.R = to_d(R, ny);
     double *gpool = host_d(npool), *gx = host_d(nx);
     fd_grad(lora_loss, &c, c.pool, npool, gpool);
@@ -509,8 +510,7 @@ static void test_lora(int r, float dropout) {
 
     /* dx = NULL: same parameter gradients, bit for bit */
     float *gq = copy_f(gp0, npool);
-    g_be->lora_bwd(g_be, NULL, gq, gq + (size_t)r * in, R, x, h, A, B, stride, &mb, in, out, r, scale, dropout,
-                   site);
+    g_be->lora_bwd(g_be, NULL, gq, gq + (size_t)r * in, R, x, h, &ls, &mb, in, out);
     check("lora_bwd dx = NULL gives identical dA, dB", memcmp(gq, gp, npool * sizeof(float)) != 0, 0);
     release_all();
 }
@@ -529,7 +529,8 @@ static void test_lora_blocked(float dropout) {
     tl_mb mb = make_mb(n, segs, 3, seeds);
     float *x = dev_rand(nx, -1, 1), *pool = dev_rand(npool, -0.1, 0.1);
     float *y = dev_rand(ny, -1, 1), *y0 = copy_f(y, ny), *h = dev_f(nh);
-    g_be->lora_fwd(g_be, y, h, x, pool, pool + (size_t)r * in, stride, &mb, in, out, r, scale, dropout, site);
+    tl_lora_site ls = {pool, pool + (size_t)r * in, stride, r, scale, dropout, site};
+    g_be->lora_fwd(g_be, y, h, x, &ls, &mb, in, out);
     double *mask = host_d(nx);
     for (int i = 0; i < n; i++)
         for (int col = 0; col < in; col++)
@@ -544,8 +545,7 @@ static void test_lora_blocked(float dropout) {
     float *R = dev_rand(ny, -1, 1), *gp = dev_f(npool), *dx = dev_f(nx);
     g_be->zero(g_be, gp, npool * sizeof(float));
     g_be->zero(g_be, dx, nx * sizeof(float));
-    g_be->lora_bwd(g_be, dx, gp, gp + (size_t)r * in, R, x, h, pool, pool + (size_t)r * in, stride, &mb, in, out,
-                   r, scale, dropout, site);
+    g_be->lora_bwd(g_be, dx, gp, gp + (size_t)r * in, R, x, h, &ls, &mb, in, out);
     c.R = to_d(R, ny);
     double *gref = host_d(npool), *dxref = host_d(nx), *hd = to_d(h, nh);
     ref_lora_bwd(gref, dxref, &c, hd);
@@ -923,6 +923,12 @@ static void test_plumbing(void) {
     tl_backend *b = NULL;
     st = tl_backend_open("cpu", 0, &b, &err);
     check("tl_backend_open(cpu)", !(st == TL_OK && b && !strcmp(b->name, "cpu") && b->act_size == 4), 0);
+    if (b) {
+        check("cpu capabilities: host memory, device -1, no stream, no memory count",
+              !(b->host_memory == 1 && b->device == -1 && b->stream && b->stream(b) == NULL && !b->mem_stats &&
+                b->status && b->status(b, &err) == TL_OK),
+              0);
+    }
     if (b) b->destroy(b);
     b = NULL;
     st = tl_backend_open("tpu", 0, &b, &err);

@@ -49,7 +49,7 @@ static tl_status collect_rows(void *ctx, int k, size_t first, float *dst, size_t
         size_t lo = g * P > first ? g * P : first, hi = (g + 1) * P < first + n ? (g + 1) * P : first + n;
         c->be->download(c->be, dst + (lo - first), src + (size_t)a * P + (lo - g * P), (hi - lo) * sizeof *dst);
     }
-    if (c->be->status) TL_TRY(c->be->status(c->be, err));
+    TL_TRY(c->be->status(c->be, err));
     return tl_dist_allreduce_f32_host(c->d, dst, n, k == 0 ? "collect of adapter parameters" : "collect of Adam moments",
                                       err);
 }

@@ -141,8 +141,9 @@ static void proj(const tl_decoder *d, const tl_mb *mb, int l, int t, tl_act *y, 
     be->linear_fwd(be, y, x, W, bias, mb->n_tok, in, out, 0);
     if (p && (p->targets & (1u << t))) {
         size_t k = (size_t)l * TL_N_TARGETS + t;
-        be->lora_fwd(be, y, d->lora_h, x, p->params + p->off_A[k], p->params + p->off_B[k], p->P, mb, in, out,
-                     p->rank, p->scale, 0.0f, (uint32_t)k);
+        tl_lora_site ls = {.A = p->params + p->off_A[k], .B = p->params + p->off_B[k], .slot_stride = p->P,
+                           .r = p->rank, .scale = p->scale, .dropout = 0.0f, .site = (uint32_t)k};
+        be->lora_fwd(be, y, d->lora_h, x, &ls, mb, in, out);
     }
 }
 

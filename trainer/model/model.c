@@ -388,7 +388,7 @@ struct tl_workspace {
     uint64_t *row_seed;
     tl_seg *segs;
     float *h_dlogp; /* host staging */
-    tl_seg *h_segs_base; /* host scratch: the micro-batch's segments with every slot set to -1 */
+    tl_seg *h_segs_base; /* host scratch: the micro-batch's segments with every slot set to TL_SLOT_BASE */
     tl_mb mb;            /* the micro-batch of the last forward, as the ops see it */
     int have_fwd;
     size_t bytes;
@@ -525,7 +525,8 @@ static tl_status upload_mb(const tl_model *m, tl_workspace *ws, const tl_host_mb
     be->upload(be, ws->cu_seqlens, h->cu_seqlens, ((size_t)h->n_seq + 1) * sizeof(int32_t));
     const tl_seg *segs = h->segs;
     if (base_only) {
-        for (int i = 0; i < h->n_seg; i++) ws->h_segs_base[i] = (tl_seg){h->segs[i].row0, h->segs[i].row1, -1};
+        for (int i = 0; i < h->n_seg; i++)
+            ws->h_segs_base[i] = (tl_seg){h->segs[i].row0, h->segs[i].row1, TL_SLOT_BASE};
         segs = ws->h_segs_base;
     }
     be->upload(be, ws->segs, segs, (size_t)h->n_seg * sizeof(tl_seg));
@@ -544,6 +545,13 @@ static tl_status check_slots(const tl_lora_pool *p, const tl_host_mb *h, tl_erro
     return TL_OK;
 }
 
+/* The LoRA site of target t of layer l: its slot-0 matrices in the pool and the pool's shared facts. */
+static tl_lora_site lora_site(const tl_lora_pool *p, int l, int t) {
+    size_t k = (size_t)l * TL_N_TARGETS + t;
+    return (tl_lora_site){.A = p->params + p->off_A[k], .B = p->params + p->off_B[k], .slot_stride = p->P,
+                          .r = p->rank, .scale = p->scale, .dropout = p->dropout, .site = (uint32_t)k};
+}
+
 /* frozen projection plus its LoRA term: y = x W^T (+ b) + scale B(A(drop(x))) */
 static void proj_fwd(const tl_model *m, const tl_lora_pool *p, const tl_mb *mb, int l, int t, tl_act *y,
                      const tl_act *x, const tl_act *W, const tl_act *bias, float *h) {
@@ -551,9 +559,8 @@ static void proj_fwd(const tl_model *m, const tl_lora_pool *p, const tl_mb *mb, 
     int in = p->in_dim[t], out = p->out_dim[t];
     be->linear_fwd(be, y, x, W, bias, mb->n_tok, in, out, 0);
     if (p->targets & (1u << t)) {
-        size_t k = (size_t)l * TL_N_TARGETS + t;
-        be->lora_fwd(be, y, h, x, p->params + p->off_A[k], p->params + p->off_B[k], p->P, mb, in, out, p->rank,
-                     p->scale, p->dropout, (uint32_t)k);
+        tl_lora_site ls = lora_site(p, l, t);
+        be->lora_fwd(be, y, h, x, &ls, mb, in, out);
     }
 }
 
@@ -565,8 +572,8 @@ static void proj_bwd(const tl_model *m, tl_lora_pool *p, const tl_mb *mb, int l,
     be->linear_bwd_x(be, dx, dy, W, mb->n_tok, in, out, accumulate);
     if (p->targets & (1u << t)) {
         size_t k = (size_t)l * TL_N_TARGETS + t;
-        be->lora_bwd(be, dx, p->grads + p->off_A[k], p->grads + p->off_B[k], dy, x, h, p->params + p->off_A[k],
-                     p->params + p->off_B[k], p->P, mb, in, out, p->rank, p->scale, p->dropout, (uint32_t)k);
+        tl_lora_site ls = lora_site(p, l, t);
+        be->lora_bwd(be, dx, p->grads + p->off_A[k], p->grads + p->off_B[k], dy, x, h, &ls, mb, in, out);
     }
 }
 

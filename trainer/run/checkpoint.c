@@ -91,7 +91,7 @@ static tl_status read_backend(void *ctx, int k, size_t first, float *dst, size_t
     const backend_reader *b = ctx;
     const float *src = k == 0 ? b->p->params : k == 1 ? b->p->m : b->p->v;
     b->be->download(b->be, dst, src + first, n * sizeof(float));
-    return b->be->status ? b->be->status(b->be, err) : TL_OK;
+    return b->be->status(b->be, err);
 }
 
 /* The state file. params, m and v come from rd when given, streamed chunk by chunk; else from p's backend: CPU
@@ -103,7 +103,7 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
     if (P != 0 && ns > SIZE_MAX / sizeof(float) / P)
         return tl_fail(err, TL_ERR_RUNTIME, "%s: %zu slots x %zu parameters overflow", path, ns, P);
     size_t nf = ns * P;
-    int host = !rd && be && !strcmp(be->name, "cpu");
+    int host = !rd && be && be->host_memory;
     backend_reader br = {p, be};
     tl_state_reader brd = {read_backend, &br};
     if (!rd && !host) rd = &brd;
@@ -544,7 +544,7 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
         if (s == TL_OK) s = check_finite(f, tn[k], w, nf, 0, p->P, err);
         if (s == TL_OK) be->upload(be, dst[k], w, nf * sizeof *w);
     }
-    if (s == TL_OK && be->status) s = be->status(be, err);
+    if (s == TL_OK) s = be->status(be, err);
     if (s == TL_OK) {
         for (size_t i = 0; i < ns; i++) {
             p->steps[i] = ints[i];
@@ -588,7 +588,7 @@ tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_back
             if (s == TL_OK) s = check_finite(f, tn[k], w, P, (size_t)rows[a], P, err);
             if (s == TL_OK) be->upload(be, dst[k] + (size_t)a * P, w, P * sizeof(float));
         }
-    if (s == TL_OK && be->status) s = be->status(be, err);
+    if (s == TL_OK) s = be->status(be, err);
     if (s == TL_OK) {
         for (int a = 0; a < p->n_slots; a++) {
             size_t r = (size_t)rows[a];

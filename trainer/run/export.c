@@ -445,7 +445,7 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_stat
             s = rd->read(rd->ctx, 0, (size_t)i * p->P, w, p->P, err);
         } else {
             be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
-            s = be->status ? be->status(be, err) : TL_OK;
+            s = be->status(be, err);
         }
         if (s == TL_OK) {
             char what[TL_PATH_MAX];
@@ -690,7 +690,7 @@ tl_status tl_peft_load(const char *dir, tl_lora_pool *p, tl_backend *be, int slo
         if (p->m) be->zero(be, p->m + off, p->P * sizeof *w);
         if (p->v) be->zero(be, p->v + off, p->P * sizeof *w);
         if (p->steps) p->steps[slot] = 0;
-        s = be->status ? be->status(be, err) : TL_OK;
+        s = be->status(be, err);
     }
     free(w);
     return s;
