@@ -1,25 +1,17 @@
-/* dist: the process's place in the run (environment) and the MPI transport (see tl_dist.h).
- *
- * Every MPI collective is non-blocking and polled against a deadline, on a duplicate of MPI_COMM_WORLD whose
- * error handler returns codes: a dead or stuck peer becomes an error naming this rank instead of a hang. */
+/* dist: the process's place in the run (environment), adapter ownership, and the collectives of tl_dist.h over
+ * whichever transport the run connected (dist_impl.h: MPI in dist_mpi.c, NCCL in dist_nccl.c). Nothing here
+ * knows a transport library. */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "trainer/dist/tl_dist.h"
 
-#include <errno.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "trainer/dist/dist_impl.h"
 #include "kernels/tl_text.h"
-
-#ifdef TL_HAVE_MPI
-#include <mpi.h>
-#endif
-
 
 /* ---- environment ---- */
 
@@ -181,111 +173,6 @@ void tl_dist_assign_owners(const double *cost, int n, int world, int *owner) {
     free(order), free(load), free(count);
 }
 
-/* ---- MPI ---- */
-
-#ifdef TL_HAVE_MPI
-static MPI_Comm *comm_of(tl_dist *d) { return (MPI_Comm *)d->mpi_comm; }
-
-static tl_status mpi_fail(tl_dist *d, int rc, const char *op, const char *what, tl_error *err) {
-    char msg[MPI_MAX_ERROR_STRING] = "";
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    d->failed = 1;
-    return tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: MPI %s (%s) failed: %s (another rank may have died)", d->rank,
-                   d->world, op, what, msg);
-}
-
-/* Polls a request until done, an error, or the deadline. Spins briefly, then sleeps in growing steps up to
- * 1 ms, so a waiting rank does not steal the cores of a busy one on a shared node. */
-static tl_status mpi_wait(tl_dist *d, MPI_Request *rq, const char *op, const char *what, tl_error *err) {
-    double t0 = tl_now_s();
-    long sleep_ns = 0;
-    for (int iter = 0;; iter++) {
-        int flag = 0;
-        int rc = MPI_Test(rq, &flag, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) return mpi_fail(d, rc, op, what, err);
-        if (flag) return TL_OK;
-        if (tl_now_s() - t0 > d->timeout_s) {
-            d->failed = 1;
-            return tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: MPI %s (%s) timed out after %.0f s waiting for the "
-                           "other ranks (dist.timeout_s); a rank may have died or hung", d->rank, d->world, op, what,
-                           d->timeout_s);
-        }
-        if (iter < 200) {
-            sched_yield();
-        } else {
-            sleep_ns = sleep_ns ? (sleep_ns * 2 > 1000000 ? 1000000 : sleep_ns * 2) : 10000;
-            struct timespec ts = {0, sleep_ns};
-            nanosleep(&ts, NULL);
-        }
-    }
-}
-
-int tl_dist_mpi_available(void) { return 1; }
-
-tl_status tl_dist_mpi_start(tl_dist *d, const tl_dist_env *e, tl_error *err) {
-    int inited = 0;
-    MPI_Initialized(&inited);
-    if (!inited) {
-        int rc = MPI_Init(NULL, NULL);
-        if (rc != MPI_SUCCESS)
-            return tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: MPI_Init failed (under Slurm, launch with srun "
-                           "--mpi=pmix)", e->rank, e->world);
-        d->mpi_inited = 1;
-    }
-    MPI_Comm *c = malloc(sizeof *c);
-    if (!c) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    if (MPI_Comm_dup(MPI_COMM_WORLD, c) != MPI_SUCCESS) {
-        free(c);
-        return tl_fail(err, TL_ERR_RUNTIME, "rank %d: MPI_Comm_dup failed", e->rank);
-    }
-    d->mpi_comm = c;
-    MPI_Comm_set_errhandler(*c, MPI_ERRORS_RETURN);
-    int r = -1, w = -1;
-    MPI_Comm_rank(*c, &r);
-    MPI_Comm_size(*c, &w);
-    if (r != e->rank || w != e->world)
-        return tl_fail(err, TL_ERR_INPUT, "rank %d of %d (from the %s environment): MPI says rank %d of %d; under "
-                       "Slurm launch with srun --mpi=pmix, else with mpirun", e->rank, e->world, e->source, r, w);
-    return TL_OK;
-}
-
-tl_status tl_dist_mpi_bcast(tl_dist *d, void *buf, size_t bytes, int root, const char *what, tl_error *err) {
-    MPI_Request rq;
-    if (bytes > (size_t)1 << 30) return tl_fail(err, TL_ERR_RUNTIME, "broadcast of %zu bytes is too large", bytes);
-    int rc = MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, *comm_of(d), &rq);
-    if (rc != MPI_SUCCESS) return mpi_fail(d, rc, "broadcast", what, err);
-    return mpi_wait(d, &rq, "broadcast", what, err);
-}
-
-static tl_status mpi_allreduce(tl_dist *d, void *buf, size_t n, tl_dist_dtype t, tl_dist_op op, const char *what,
-                               tl_error *err) {
-    MPI_Datatype dt = t == TL_DT_F32 ? MPI_FLOAT : t == TL_DT_F64 ? MPI_DOUBLE : t == TL_DT_I64 ? MPI_INT64_T : MPI_INT;
-    size_t esz = t == TL_DT_F32 || t == TL_DT_I32 ? 4 : 8;
-    const size_t chunk = (size_t)1 << 28; /* MPI counts are int */
-    for (size_t off = 0; off < n; off += chunk) {
-        size_t m = n - off < chunk ? n - off : chunk;
-        MPI_Request rq;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * esz, (int)m, dt, op == TL_DOP_SUM ? MPI_SUM : MPI_MAX,
-                                *comm_of(d), &rq);
-        if (rc != MPI_SUCCESS) return mpi_fail(d, rc, "all-reduce", what, err);
-        TL_TRY(mpi_wait(d, &rq, "all-reduce", what, err));
-    }
-    return TL_OK;
-}
-#else
-int tl_dist_mpi_available(void) { return 0; }
-tl_status tl_dist_mpi_start(tl_dist *d, const tl_dist_env *e, tl_error *err) {
-    (void)d;
-    return tl_fail(err, TL_ERR_INPUT, "%d processes (from the %s environment), but this tailor was built without MPI "
-                   "(install libopenmpi-dev and rebuild)", e->world, e->source);
-}
-tl_status tl_dist_mpi_bcast(tl_dist *d, void *buf, size_t bytes, int root, const char *what, tl_error *err) {
-    (void)d, (void)buf, (void)bytes, (void)root, (void)what;
-    return tl_fail(err, TL_ERR_RUNTIME, "MPI broadcast in a build without MPI");
-}
-#endif
-
 /* ---- the public API ---- */
 
 tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **out, tl_error *err) {
@@ -293,21 +180,13 @@ tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **ou
     if (!(o->timeout_s > 0)) return tl_fail(err, TL_ERR_INPUT, "dist.timeout_s: expected > 0");
     tl_dist *d = calloc(1, sizeof *d);
     if (!d) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    d->rank = e->rank, d->world = e->world, d->timeout_s = o->timeout_s, d->transport = "none";
+    d->rank = e->rank, d->world = e->world, d->timeout_s = o->timeout_s;
     tl_status s = TL_OK;
     if (e->world > 1 || o->force) {
-        if (o->backend && !strcmp(o->backend, "cuda")) {
-#ifdef TL_HAVE_NCCL
-            s = tl_nccl_init(d, e, o, o->cuda_stream, err);
-            if (!s) d->transport = "nccl";
-#else
-            s = tl_fail(err, TL_ERR_INPUT, "%d processes on the cuda backend, but this tailor was built without NCCL",
-                        e->world);
-#endif
-        } else {
-            s = tl_dist_mpi_start(d, e, err);
-            if (!s) d->transport = "mpi";
-        }
+        if (o->backend && !strcmp(o->backend, "cuda"))
+            s = tl_dist_nccl_create(d, e, o, &d->tp, err);
+        else
+            s = tl_dist_mpi_create(d, e, &d->tp, err);
     }
     if (s) {
         tl_dist_free(d);
@@ -319,22 +198,20 @@ tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **ou
 
 int tl_dist_rank(const tl_dist *d) { return d ? d->rank : 0; }
 int tl_dist_world(const tl_dist *d) { return d ? d->world : 1; }
-const char *tl_dist_transport(const tl_dist *d) { return d ? d->transport : "none"; }
+const char *tl_dist_transport(const tl_dist *d) { return d && d->tp ? d->tp->name : "none"; }
+
+/* 1: a collective must run on d's transport; 0: nothing to do (no transport: a world of one). */
+static int connected(const tl_dist *d) { return d && d->tp; }
+
+static tl_status after_failure(const tl_dist *d, const char *what, tl_error *err) {
+    return tl_fail(err, TL_ERR_RUNTIME, "rank %d: collective after a failed one (%s)", d->rank, what);
+}
 
 static tl_status reduce(tl_dist *d, void *buf, size_t n, tl_dist_dtype t, tl_dist_op op, int host, const char *what,
                         tl_error *err) {
-    if (!d || !strcmp(d->transport, "none")) return TL_OK;
-    if (d->failed) return tl_fail(err, TL_ERR_RUNTIME, "rank %d: collective after a failed one (%s)", d->rank, what);
-#ifdef TL_HAVE_NCCL
-    if (d->nccl) return tl_nccl_allreduce(d, buf, n, t, op, host, what, err);
-#endif
-#ifdef TL_HAVE_MPI
-    (void)host; /* MPI runs on the CPU backend: backend memory is host memory */
-    return mpi_allreduce(d, buf, n, t, op, what, err);
-#else
-    (void)buf, (void)n, (void)t, (void)op, (void)host;
-    return tl_fail(err, TL_ERR_RUNTIME, "rank %d: no transport for %s", d->rank, what);
-#endif
+    if (!connected(d)) return TL_OK;
+    if (d->failed) return after_failure(d, what, err);
+    return d->tp->allreduce(d->tp, buf, n, t, op, host, what, err);
 }
 
 tl_status tl_dist_allreduce_f32(tl_dist *d, float *buf, size_t n, const char *what, tl_error *err) {
@@ -354,12 +231,9 @@ tl_status tl_dist_allreduce_max_int_host(tl_dist *d, int *buf, size_t n, const c
 }
 
 tl_status tl_dist_bcast_host(tl_dist *d, void *buf, size_t bytes, int root, const char *what, tl_error *err) {
-    if (!d || !strcmp(d->transport, "none")) return TL_OK;
-    if (d->failed) return tl_fail(err, TL_ERR_RUNTIME, "rank %d: collective after a failed one (%s)", d->rank, what);
-#ifdef TL_HAVE_NCCL
-    if (d->nccl) return tl_nccl_bcast(d, buf, bytes, root, what, err);
-#endif
-    return tl_dist_mpi_bcast(d, buf, bytes, root, what, err);
+    if (!connected(d)) return TL_OK;
+    if (d->failed) return after_failure(d, what, err);
+    return d->tp->bcast(d->tp, buf, bytes, root, what, err);
 }
 
 tl_status tl_dist_barrier(tl_dist *d, const char *what, tl_error *err) {
@@ -367,36 +241,18 @@ tl_status tl_dist_barrier(tl_dist *d, const char *what, tl_error *err) {
     return tl_dist_allreduce_max_int_host(d, &x, 1, what, err);
 }
 
+/* The one sanctioned exit of the library: a rank that cannot go on ends the whole job, so that no other rank waits
+ * for it until the timeout. The transport's abort ends every rank where it can (MPI_Abort); _exit covers the rest
+ * (NCCL without MPI: the launcher sees this rank exit and ends the others). */
 void tl_dist_abort(tl_dist *d, int code) {
-    if (!d || !strcmp(d->transport, "none")) return;
+    if (!connected(d)) return;
     fflush(NULL);
-#ifdef TL_HAVE_NCCL
-    if (d->nccl) tl_nccl_abort(d);
-#endif
-#ifdef TL_HAVE_MPI
-    int inited = 0, finalized = 0;
-    MPI_Initialized(&inited);
-    MPI_Finalized(&finalized);
-    if (inited && !finalized) MPI_Abort(d->mpi_comm ? *comm_of(d) : MPI_COMM_WORLD, code);
-#endif
-    _exit(code); /* NCCL without MPI: the launcher sees this rank exit and ends the others */
+    d->tp->abort(d->tp, code);
+    _exit(code);
 }
 
 void tl_dist_free(tl_dist *d) {
     if (!d) return;
-#ifdef TL_HAVE_NCCL
-    if (d->nccl) tl_nccl_free(d);
-#endif
-#ifdef TL_HAVE_MPI
-    if (d->mpi_comm) {
-        MPI_Comm_free(comm_of(d));
-        free(d->mpi_comm);
-    }
-    if (d->mpi_inited) {
-        int finalized = 0;
-        MPI_Finalized(&finalized);
-        if (!finalized) MPI_Finalize();
-    }
-#endif
+    if (d->tp) d->tp->free(d->tp);
     free(d);
 }

@@ -7,6 +7,8 @@
  * derives the same id from that address), else rank 0 writes it to a file in a shared directory, named by the
  * job id and written atomically, that the other ranks poll. Host-buffer collectives stage through a small
  * device buffer that grows only when a larger message first comes. */
+#include "trainer/dist/dist_impl.h"
+
 #ifdef TL_HAVE_NCCL
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -18,16 +20,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "trainer/dist/dist_impl.h"
 #include "data/tl_io.h"
 
-struct tl_nccl {
+typedef struct {
+    struct tl_dist_transport base;
+    struct tl_dist_transport *boot; /* MPI, when the unique id travelled by it (owned: freed with this one) */
     ncclComm_t comm;
     cudaStream_t stream;
     cudaEvent_t done;
     void *stage;
     size_t stage_bytes;
-};
+} nccl_transport;
 
 static void nap(int iter) {
     struct timespec ts = {0, iter < 100 ? 20000 : 500000};
@@ -40,11 +43,12 @@ static tl_status nccl_fail(tl_dist *d, const char *op, const char *what, const c
 }
 
 /* Waits for the communicator's pending work (ncclInProgress) and, when ev is given, for the event. */
-static tl_status nccl_wait(tl_dist *d, cudaEvent_t ev, const char *op, const char *what, tl_error *err) {
+static tl_status nccl_wait(nccl_transport *n, cudaEvent_t ev, const char *op, const char *what, tl_error *err) {
+    tl_dist *d = n->base.d;
     double t0 = tl_now_s();
     for (int iter = 0;; iter++) {
         ncclResult_t st = ncclSuccess;
-        ncclResult_t r = ncclCommGetAsyncError(d->nccl->comm, &st);
+        ncclResult_t r = ncclCommGetAsyncError(n->comm, &st);
         if (r != ncclSuccess) return nccl_fail(d, op, what, ncclGetErrorString(r), err);
         if (st != ncclSuccess && st != ncclInProgress) return nccl_fail(d, op, what, ncclGetErrorString(st), err);
         if (st == ncclSuccess) {
@@ -103,22 +107,19 @@ static tl_status id_by_file(tl_dist *d, const tl_dist_env *e, const char *dir, n
     }
 }
 
-tl_status tl_nccl_init(tl_dist *d, const tl_dist_env *e, const tl_dist_opts *o, void *be_stream, tl_error *err) {
-    struct tl_nccl *n = calloc(1, sizeof *n);
-    if (!n) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    d->nccl = n;
-    n->stream = (cudaStream_t)be_stream;
+static tl_status nccl_connect(nccl_transport *n, const tl_dist_env *e, const tl_dist_opts *o, tl_error *err) {
+    tl_dist *d = n->base.d;
     if (cudaEventCreateWithFlags(&n->done, cudaEventDisableTiming) != cudaSuccess)
         return tl_fail(err, TL_ERR_RUNTIME, "rank %d: cudaEventCreate failed", d->rank);
     ncclUniqueId id;
     memset(&id, 0, sizeof id);
     if (tl_dist_mpi_available() && (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK"))) {
-        TL_TRY(tl_dist_mpi_start(d, e, err));
+        TL_TRY(tl_dist_mpi_create(d, e, &n->boot, err));
         if (e->rank == 0) {
             ncclResult_t r = ncclGetUniqueId(&id);
             if (r != ncclSuccess) return nccl_fail(d, "get unique id", "bootstrap", ncclGetErrorString(r), err);
         }
-        TL_TRY(tl_dist_mpi_bcast(d, &id, sizeof id, 0, "NCCL unique id", err));
+        TL_TRY(n->boot->bcast(n->boot, &id, sizeof id, 0, "NCCL unique id", err));
     } else if (getenv("NCCL_COMM_ID")) {
         ncclResult_t r = ncclGetUniqueId(&id); /* derived from NCCL_COMM_ID, the same on every rank */
         if (r != ncclSuccess) return nccl_fail(d, "get unique id", "NCCL_COMM_ID", ncclGetErrorString(r), err);
@@ -132,15 +133,15 @@ tl_status tl_nccl_init(tl_dist *d, const tl_dist_env *e, const tl_dist_opts *o, 
         n->comm = NULL;
         return nccl_fail(d, "communicator init", "bootstrap", ncclGetErrorString(r), err);
     }
-    return nccl_wait(d, NULL, "communicator init", "bootstrap", err);
+    return nccl_wait(n, NULL, "communicator init", "bootstrap", err);
 }
 
 static ncclDataType_t nccl_type(tl_dist_dtype t) {
     return t == TL_DT_F32 ? ncclFloat32 : t == TL_DT_F64 ? ncclFloat64 : t == TL_DT_I64 ? ncclInt64 : ncclInt32;
 }
 
-static tl_status stage_for(tl_dist *d, size_t bytes, tl_error *err) {
-    struct tl_nccl *n = d->nccl;
+static tl_status stage_for(nccl_transport *n, size_t bytes, tl_error *err) {
+    tl_dist *d = n->base.d;
     if (bytes <= n->stage_bytes) return TL_OK;
     if (n->stage) cudaFree(n->stage);
     n->stage = NULL, n->stage_bytes = 0;
@@ -150,13 +151,14 @@ static tl_status stage_for(tl_dist *d, size_t bytes, tl_error *err) {
     return TL_OK;
 }
 
-tl_status tl_nccl_allreduce(tl_dist *d, void *buf, size_t count, tl_dist_dtype t, tl_dist_op op, int host,
-                            const char *what, tl_error *err) {
-    struct tl_nccl *n = d->nccl;
+static tl_status nccl_allreduce(struct tl_dist_transport *tp, void *buf, size_t count, tl_dist_dtype t,
+                                tl_dist_op op, int host, const char *what, tl_error *err) {
+    nccl_transport *n = (nccl_transport *)tp;
+    tl_dist *d = tp->d;
     size_t bytes = count * (t == TL_DT_F32 || t == TL_DT_I32 ? 4 : 8);
     void *dev = buf;
     if (host) {
-        TL_TRY(stage_for(d, bytes, err));
+        TL_TRY(stage_for(n, bytes, err));
         dev = n->stage;
         if (cudaMemcpyAsync(dev, buf, bytes, cudaMemcpyHostToDevice, n->stream) != cudaSuccess)
             return nccl_fail(d, "all-reduce", what, "host to device copy failed", err);
@@ -164,48 +166,75 @@ tl_status tl_nccl_allreduce(tl_dist *d, void *buf, size_t count, tl_dist_dtype t
     ncclResult_t r = ncclAllReduce(dev, dev, count, nccl_type(t), op == TL_DOP_SUM ? ncclSum : ncclMax, n->comm,
                                    n->stream);
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(d, "all-reduce", what, ncclGetErrorString(r), err);
-    TL_TRY(nccl_wait(d, NULL, "all-reduce", what, err)); /* the enqueue itself may be in progress */
+    TL_TRY(nccl_wait(n, NULL, "all-reduce", what, err)); /* the enqueue itself may be in progress */
     if (host && cudaMemcpyAsync(buf, dev, bytes, cudaMemcpyDeviceToHost, n->stream) != cudaSuccess)
         return nccl_fail(d, "all-reduce", what, "device to host copy failed", err);
     if (cudaEventRecord(n->done, n->stream) != cudaSuccess)
         return nccl_fail(d, "all-reduce", what, "cudaEventRecord failed", err);
-    return nccl_wait(d, n->done, "all-reduce", what, err);
+    return nccl_wait(n, n->done, "all-reduce", what, err);
 }
 
-tl_status tl_nccl_bcast(tl_dist *d, void *host_buf, size_t bytes, int root, const char *what, tl_error *err) {
-    struct tl_nccl *n = d->nccl;
-    TL_TRY(stage_for(d, bytes, err));
+static tl_status nccl_bcast(struct tl_dist_transport *tp, void *host_buf, size_t bytes, int root, const char *what,
+                            tl_error *err) {
+    nccl_transport *n = (nccl_transport *)tp;
+    tl_dist *d = tp->d;
+    TL_TRY(stage_for(n, bytes, err));
     if (cudaMemcpyAsync(n->stage, host_buf, bytes, cudaMemcpyHostToDevice, n->stream) != cudaSuccess)
         return nccl_fail(d, "broadcast", what, "host to device copy failed", err);
     ncclResult_t r = ncclBroadcast(n->stage, n->stage, bytes, ncclUint8, root, n->comm, n->stream);
     if (r != ncclSuccess && r != ncclInProgress) return nccl_fail(d, "broadcast", what, ncclGetErrorString(r), err);
-    TL_TRY(nccl_wait(d, NULL, "broadcast", what, err));
+    TL_TRY(nccl_wait(n, NULL, "broadcast", what, err));
     if (cudaMemcpyAsync(host_buf, n->stage, bytes, cudaMemcpyDeviceToHost, n->stream) != cudaSuccess)
         return nccl_fail(d, "broadcast", what, "device to host copy failed", err);
     if (cudaEventRecord(n->done, n->stream) != cudaSuccess)
         return nccl_fail(d, "broadcast", what, "cudaEventRecord failed", err);
-    return nccl_wait(d, n->done, "broadcast", what, err);
+    return nccl_wait(n, n->done, "broadcast", what, err);
 }
 
-void tl_nccl_abort(tl_dist *d) {
-    if (d->nccl && d->nccl->comm) ncclCommAbort(d->nccl->comm);
-    if (d->nccl) d->nccl->comm = NULL;
+/* ncclCommAbort, then the bootstrap's abort (MPI_Abort ends every rank when MPI carried the id). */
+static void nccl_abort(struct tl_dist_transport *tp, int code) {
+    nccl_transport *n = (nccl_transport *)tp;
+    if (n->comm) ncclCommAbort(n->comm);
+    n->comm = NULL;
+    if (n->boot) n->boot->abort(n->boot, code);
 }
 
-void tl_nccl_free(tl_dist *d) {
-    struct tl_nccl *n = d->nccl;
-    if (!n) return;
+static void nccl_free(struct tl_dist_transport *tp) {
+    nccl_transport *n = (nccl_transport *)tp;
     if (n->comm) {
-        if (d->failed)
+        if (tp->d->failed)
             ncclCommAbort(n->comm);
         else
             ncclCommDestroy(n->comm);
     }
     if (n->stage) cudaFree(n->stage);
     if (n->done) cudaEventDestroy(n->done);
+    if (n->boot) n->boot->free(n->boot);
     free(n);
-    d->nccl = NULL;
+}
+
+tl_status tl_dist_nccl_create(tl_dist *d, const tl_dist_env *e, const tl_dist_opts *o, struct tl_dist_transport **out,
+                              tl_error *err) {
+    *out = NULL;
+    nccl_transport *n = calloc(1, sizeof *n);
+    if (!n) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    n->base = (struct tl_dist_transport){.name = "nccl", .d = d, .allreduce = nccl_allreduce, .bcast = nccl_bcast,
+                                         .abort = nccl_abort, .free = nccl_free};
+    n->stream = (cudaStream_t)o->cuda_stream;
+    tl_status s = nccl_connect(n, e, o, err);
+    if (s) {
+        nccl_free(&n->base);
+        return s;
+    }
+    *out = &n->base;
+    return TL_OK;
 }
 #else
-typedef int tl_dist_nccl_absent; /* ISO C wants a translation unit to declare something */
+tl_status tl_dist_nccl_create(tl_dist *d, const tl_dist_env *e, const tl_dist_opts *o, struct tl_dist_transport **out,
+                              tl_error *err) {
+    (void)d, (void)o;
+    *out = NULL;
+    return tl_fail(err, TL_ERR_INPUT, "%d processes on the cuda backend, but this tailor was built without NCCL",
+                   e->world);
+}
 #endif
