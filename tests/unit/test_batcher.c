@@ -10,16 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "data/tl_batcher.h"
 #include "kernels/tl_math.h"
 #include "tests/lib/tl_batch_ref.h"
+#include "tests/lib/tl_batcher_fixture.h"
 #include "tests/lib/tl_check.h"
-
-static uint64_t g_rng;
-static uint64_t rnd(void) { return tl_mix64(g_rng++ * 0x9e3779b97f4a7c15ULL); }
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
 
 /* ------------------------------------------------------------------------------------------------------------
  * In-memory datasets (allocated the way tl_sft_open does, so tl_sft_free releases them) */
@@ -29,12 +25,7 @@ static void ds_build(tl_sft_dataset *ds, int U, const char *const *names, const 
     memset(ds, 0, sizeof *ds);
     ds->path = xstrdup("mem.h5");
     ds->n_users = U;
-    ds->user_names = xmalloc((size_t)U * sizeof(char *));
-    for (int u = 0; u < U; u++) ds->user_names[u] = xstrdup(names[u]);
-    if (groups) {
-        ds->user_groups = xmalloc((size_t)U * sizeof(char *));
-        for (int u = 0; u < U; u++) ds->user_groups[u] = xstrdup(groups[u]);
-    }
+    fx_user_table(U, names, groups, &ds->user_names, &ds->user_groups);
     ds->n_examples = N;
     ds->offsets = xmalloc((size_t)(N + 1) * sizeof(int64_t));
     ds->prompt_len = xmalloc((size_t)N * sizeof(int32_t));
@@ -118,9 +109,8 @@ typedef struct {
 /* The expected content of one step; advances the reference cursors. */
 static void ref_step(const tl_sft_dataset *ds, const tl_adapter_map *m, const tl_batcher_opts *o, int64_t step,
                      tl_cursor *cur, rstep *r) {
-    int A = m->n_adapters, k = (o->adapters_per_step == 0 || o->adapters_per_step >= A) ? A : o->adapters_per_step;
-    char *sched = calloc((size_t)A, 1);
-    for (int i = 0; i < k; i++) sched[(step * k + i) % A] = 1;
+    int A = m->n_adapters;
+    char *sched = ref_schedule(A, o, step);
     r->n = 0;
     r->n_active = 0;
     r->n_trunc = 0;
@@ -130,13 +120,8 @@ static void ref_step(const tl_sft_dataset *ds, const tl_adapter_map *m, const tl
         int64_t n = m->n_examples[a];
         int64_t *perm = xmalloc((size_t)n * sizeof *perm);
         for (int j = 0; j < o->examples_per_adapter; j++) {
-            ref_perm(o->seed, m->names[a], cur[a].epoch, m->examples[a], n, perm);
             rseq *q = &r->s[r->n++];
-            q->e = perm[cur[a].pos];
-            if (++cur[a].pos == n) {
-                cur[a].pos = 0;
-                cur[a].epoch++;
-            }
+            q->e = ref_draw(m, o, a, cur, perm);
             q->a = a;
             q->j = j;
             ref_trunc(ds, q->e, o->max_seq_len, &q->start, &q->len, &q->prompt);
@@ -327,7 +312,6 @@ static void check_invariants(const tl_sft_dataset *ds, const tl_adapter_map *m, 
 /* ------------------------------------------------------------------------------------------------------------
  * Tests */
 
-static const char *k_names[] = {"alice", "bob", "carol", "dave", "eve", "frank", "gina", "hal", "ivy", "jon"};
 
 /* Reference model vs batcher over many steps and random option sets (also covers epochs crossing). */
 static void test_reference(void) {
@@ -375,13 +359,6 @@ static void test_reference(void) {
 }
 
 /* Collects one adapter's sequences (tokens, targets, weights, row seeds) of a step as a flat signature. */
-typedef struct {
-    int n;
-    int64_t v[4096];
-} sig;
-static void sig_add(sig *s, int64_t x) {
-    if (s->n < 4096) s->v[s->n++] = x;
-}
 static void adapter_signature(const tl_step_batch *sb, int a, sig *s) {
     for (int mi = 0; mi < sb->n_mb; mi++) {
         const tl_host_mb *mb = &sb->mb[mi];
@@ -473,7 +450,7 @@ static void test_isolation(void) {
         REQUIRE_OK(tl_batcher_next(bm, t, &b2, err));
         s2->n = 0;
         adapter_signature(b2, a_mixed, s2);
-        CHECK(s1->n > 0 && s1->n == s2->n && memcmp(s1->v, s2->v, (size_t)s1->n * 8) == 0,
+        CHECK(s1->n > 0 && sig_equal(s1, s2),
               "isolation: alice's step %lld differs alone (%d values) and mixed (%d values)", (long long)t, s1->n,
               s2->n);
         CHECK(tl_batcher_cursors(bs)[0].epoch == tl_batcher_cursors(bm)[a_mixed].epoch &&
@@ -657,7 +634,7 @@ static void test_global_schedule(void) {
                 s1->n = s2->n = 0;
                 adapter_signature(bwb, g, s1);
                 adapter_signature(bpb, a, s2);
-                CHECK(s1->n > 0 && s1->n == s2->n && !memcmp(s1->v, s2->v, (size_t)s1->n * 8),
+                CHECK(s1->n > 0 && sig_equal(s1, s2),
                       "global schedule step %lld: adapter %d's sequences differ", (long long)t, g);
                 CHECK(bwb->target_count[g] == bpb->target_count[a], "target counts of adapter %d", g);
                 stp[a]++, stw[g]++;
@@ -705,6 +682,14 @@ static void step_signature(const tl_step_batch *sb, sig *s) {
     }
 }
 
+static void sft_step_sig(void *b, int64_t t, sig *out) {
+    tl_step_batch *sb;
+    REQUIRE_OK(tl_batcher_next(b, t, &sb, err));
+    step_signature(sb, out);
+}
+static tl_cursor *sft_cursors(void *b) { return tl_batcher_cursors(b); }
+static const fx_batcher_ops k_sft_ops = {sft_step_sig, sft_cursors};
+
 static void test_epochs_and_cursors(void) {
     tl_sft_dataset ds;
     ds_random(&ds, 3, k_names, NULL, 30, 2, 12);
@@ -749,29 +734,10 @@ static void test_epochs_and_cursors(void) {
     REQUIRE_OK(tl_batcher_init(&ds, &m, &o, &b, err));
     tl_step_batch *sb;
     for (int t = 0; t < 3; t++) REQUIRE_OK(tl_batcher_next(b, t, &sb, err));
-    tl_cursor saved[3];
-    memcpy(saved, tl_batcher_cursors(b), sizeof saved);
     sig *runs = malloc(5 * sizeof *runs), *again = malloc(sizeof *again);
-    for (int t = 3; t < 8; t++) {
-        REQUIRE_OK(tl_batcher_next(b, t, &sb, err));
-        step_signature(sb, &runs[t - 3]);
-    }
-    memcpy(tl_batcher_cursors(b), saved, sizeof saved);
-    for (int t = 3; t < 8; t++) {
-        REQUIRE_OK(tl_batcher_next(b, t, &sb, err));
-        step_signature(sb, again);
-        CHECK(again->n == runs[t - 3].n && memcmp(again->v, runs[t - 3].v, (size_t)again->n * 8) == 0,
-              "cursor restore: step %d differs", t);
-    }
     tl_batcher *fresh;
     REQUIRE_OK(tl_batcher_init(&ds, &m, &o, &fresh, err));
-    memcpy(tl_batcher_cursors(fresh), saved, sizeof saved);
-    for (int t = 3; t < 8; t++) {
-        REQUIRE_OK(tl_batcher_next(fresh, t, &sb, err));
-        step_signature(sb, again);
-        CHECK(again->n == runs[t - 3].n && memcmp(again->v, runs[t - 3].v, (size_t)again->n * 8) == 0,
-              "resume in a fresh batcher: step %d differs", t);
-    }
+    fx_check_cursor_restore(&k_sft_ops, b, fresh, 3, 3, 5, runs);
     /* a cursor out of range is an input error, not a crash */
     tl_batcher_cursors(fresh)[1].pos = 99;
     tl_error e = {0};
@@ -788,7 +754,7 @@ static void test_epochs_and_cursors(void) {
     for (int t = 0; t < 3 && !differs; t++) {
         REQUIRE_OK(tl_batcher_next(other, t, &sb, err));
         step_signature(sb, again);
-        differs = again->n != runs[0].n || memcmp(again->v, runs[0].v, (size_t)again->n * 8) != 0;
+        differs = !sig_equal(again, &runs[0]);
     }
     CHECK(differs, "seed must change the batches");
     free(runs);
@@ -1023,12 +989,7 @@ static void test_bad_options(void) {
 
 /* Many users, long run: capacity planning holds (no internal capacity error) under the worst packing. */
 static void test_capacity_stress(void) {
-    static char names[200][16];
-    const char *np[200];
-    for (int u = 0; u < 200; u++) {
-        snprintf(names[u], sizeof names[u], "user%03d", u);
-        np[u] = names[u];
-    }
+    const char *const *np = fx_user_names(200);
     tl_sft_dataset ds;
     ds_random(&ds, 200, np, NULL, 3000, 0, 70);
     tl_adapter_map m;
@@ -1051,8 +1012,7 @@ static void test_capacity_stress(void) {
 }
 
 int main(void) {
-    g_rng = 0xabcdefULL ^ ((uint64_t)getpid() << 20);
-    printf("test_batcher rng seed %llu\n", (unsigned long long)g_rng);
+    fx_seed_rng(0xabcdefULL, "test_batcher");
     test_reference();
     test_isolation();
     test_truncation_and_targets();

@@ -9,19 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "data/tl_pref.h"
 #include "kernels/tl_math.h"
 #include "tests/lib/tl_batch_ref.h"
+#include "tests/lib/tl_batcher_fixture.h"
 #include "tests/lib/tl_check.h"
 
-static uint64_t g_rng;
-static uint64_t rnd(void) { return tl_mix64(g_rng++ * 0x9e3779b97f4a7c15ULL); }
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
-
-
-static const char *k_names[] = {"alice", "bob", "carol", "dave", "eve", "frank", "gina", "hal", "ivy", "jon"};
 enum { P_PROMPT, P_CHOSEN, P_REJECTED };
 
 static tl_pref_tokens *part(tl_pref_dataset *ds, int k) {
@@ -36,12 +30,7 @@ static void pds_build(tl_pref_dataset *ds, int U, const char *const *names, cons
     memset(ds, 0, sizeof *ds);
     ds->path = xstrdup("mem_pref.h5");
     ds->n_users = U;
-    ds->user_names = xmalloc((size_t)U * sizeof(char *));
-    for (int u = 0; u < U; u++) ds->user_names[u] = xstrdup(names[u]);
-    if (groups) {
-        ds->user_groups = xmalloc((size_t)U * sizeof(char *));
-        for (int u = 0; u < U; u++) ds->user_groups[u] = xstrdup(groups[u]);
-    }
+    fx_user_table(U, names, groups, &ds->user_names, &ds->user_groups);
     ds->n_pairs = N;
     ds->user = xmalloc((size_t)N * sizeof(int32_t));
     memcpy(ds->user, user, (size_t)N * sizeof(int32_t));
@@ -171,9 +160,8 @@ static void rstep_free(rstep *r) {
 /* The expected content of one step (pairs, their placement); advances the reference cursors. */
 static void ref_step(const tl_pref_dataset *ds, const tl_adapter_map *m, const tl_batcher_opts *o, int64_t step,
                      tl_cursor *cur, rstep *r) {
-    int A = m->n_adapters, k = (o->adapters_per_step == 0 || o->adapters_per_step >= A) ? A : o->adapters_per_step;
-    char *sched = calloc((size_t)A, 1);
-    for (int i = 0; i < k; i++) sched[(step * k + i) % A] = 1;
+    int A = m->n_adapters;
+    char *sched = ref_schedule(A, o, step);
     r->n = r->n_active = 0;
     r->n_trunc = r->n_skipped = 0;
     memset(r->tc, 0, (size_t)A * sizeof *r->tc);
@@ -182,13 +170,8 @@ static void ref_step(const tl_pref_dataset *ds, const tl_adapter_map *m, const t
         int64_t n = m->n_examples[a];
         int64_t *perm = xmalloc((size_t)n * sizeof *perm);
         for (int j = 0; j < o->examples_per_adapter; j++) {
-            ref_perm(o->seed, m->names[a], cur[a].epoch, m->examples[a], n, perm);
             rpair *q = &r->p[r->n++];
-            q->pair = perm[cur[a].pos];
-            if (++cur[a].pos == n) {
-                cur[a].pos = 0;
-                cur[a].epoch++;
-            }
+            q->pair = ref_draw(m, o, a, cur, perm);
             q->a = a;
             q->j = j;
             q->mb = q->seq = -1;
@@ -466,13 +449,6 @@ static void test_reference(void) {
 }
 
 /* Collects one adapter's pairs of a step (rows of both sequences, targets counts) as a flat signature. */
-typedef struct {
-    int n;
-    int64_t v[8192];
-} sig;
-static void sig_add(sig *s, int64_t x) {
-    if (s->n < 8192) s->v[s->n++] = x;
-}
 static void adapter_signature(const tl_pref_step *ps, int a, sig *s) {
     s->n = 0;
     for (int64_t k = 0; k < ps->n_pairs; k++) {
@@ -560,7 +536,7 @@ static void test_isolation(void) {
         adapter_signature(p1, 0, s1);
         REQUIRE_OK(tl_pref_batcher_next(bm, t, &p2, err));
         adapter_signature(p2, a_mixed, s2);
-        CHECK(s1->n > 0 && s1->n == s2->n && memcmp(s1->v, s2->v, (size_t)s1->n * 8) == 0,
+        CHECK(s1->n > 0 && sig_equal(s1, s2),
               "isolation: alice's step %lld differs alone (%d values) and mixed (%d values)", (long long)t, s1->n,
               s2->n);
         CHECK(p1->batch->target_count[0] == p2->batch->target_count[a_mixed], "isolation: pair counts");
@@ -752,6 +728,14 @@ static void step_signature(const tl_pref_step *ps, sig *s) {
     }
 }
 
+static void pref_step_sig(void *b, int64_t t, sig *out) {
+    tl_pref_step *ps;
+    REQUIRE_OK(tl_pref_batcher_next(b, t, &ps, err));
+    step_signature(ps, out);
+}
+static tl_cursor *pref_cursors(void *b) { return tl_pref_batcher_cursors(b); }
+static const fx_batcher_ops k_pref_ops = {pref_step_sig, pref_cursors};
+
 static void test_cursors(void) {
     tl_pref_dataset ds;
     pds_random(&ds, 3, k_names, NULL, 30, 0, 8, 1, 8, 7);
@@ -764,35 +748,15 @@ static void test_cursors(void) {
     REQUIRE_OK(tl_pref_batcher_init(&ds, &m, &o, &b, err));
     tl_pref_step *ps;
     for (int t = 0; t < 4; t++) REQUIRE_OK(tl_pref_batcher_next(b, t, &ps, err));
-    tl_cursor saved[3];
-    memcpy(saved, tl_pref_batcher_cursors(b), sizeof saved);
-    sig *runs = malloc(6 * sizeof *runs), *again = malloc(sizeof *again);
-    for (int t = 4; t < 10; t++) {
-        REQUIRE_OK(tl_pref_batcher_next(b, t, &ps, err));
-        step_signature(ps, &runs[t - 4]);
-    }
-    memcpy(tl_pref_batcher_cursors(b), saved, sizeof saved);
-    for (int t = 4; t < 10; t++) {
-        REQUIRE_OK(tl_pref_batcher_next(b, t, &ps, err));
-        step_signature(ps, again);
-        CHECK(again->n == runs[t - 4].n && memcmp(again->v, runs[t - 4].v, (size_t)again->n * 8) == 0,
-              "cursor restore: step %d differs", t);
-    }
+    sig *runs = malloc(6 * sizeof *runs);
     tl_pref_batcher *fresh;
     REQUIRE_OK(tl_pref_batcher_init(&ds, &m, &o, &fresh, err));
-    memcpy(tl_pref_batcher_cursors(fresh), saved, sizeof saved);
-    for (int t = 4; t < 10; t++) {
-        REQUIRE_OK(tl_pref_batcher_next(fresh, t, &ps, err));
-        step_signature(ps, again);
-        CHECK(again->n == runs[t - 4].n && memcmp(again->v, runs[t - 4].v, (size_t)again->n * 8) == 0,
-              "resume in a fresh batcher: step %d differs", t);
-    }
+    fx_check_cursor_restore(&k_pref_ops, b, fresh, 3, 4, 6, runs);
     tl_pref_batcher_cursors(fresh)[2].pos = 10;
     tl_error e = {0};
     CHECK(tl_pref_batcher_next(fresh, 10, &ps, &e) == TL_ERR_INPUT && strstr(e.msg, "carol") && strstr(e.msg, "pairs"),
           "bad cursor: %s", e.msg);
     free(runs);
-    free(again);
     tl_pref_batcher_free(fresh);
     tl_pref_batcher_free(b);
     tl_adapter_map_free(&m);
@@ -861,12 +825,7 @@ static void test_map_and_options(void) {
 
 /* Many users, long run: capacity planning holds under random options; invariants on every step. */
 static void test_stress(void) {
-    static char names[150][16];
-    const char *np[150];
-    for (int u = 0; u < 150; u++) {
-        snprintf(names[u], sizeof names[u], "user%03d", u);
-        np[u] = names[u];
-    }
+    const char *const *np = fx_user_names(150);
     tl_pref_dataset ds;
     pds_random(&ds, 150, np, NULL, 1500, 0, 40, 1, 40, 9);
     tl_adapter_map m;
@@ -889,8 +848,7 @@ static void test_stress(void) {
 }
 
 int main(void) {
-    g_rng = 0x5eedULL ^ ((uint64_t)getpid() << 20);
-    printf("test_pref_batcher rng seed %llu\n", (unsigned long long)g_rng);
+    fx_seed_rng(0x5eedULL, "test_pref_batcher");
     test_reference();
     test_isolation();
     test_hand_made();
