@@ -46,73 +46,22 @@ static void ctx_free(dump_ctx *c) {
     if (c->have_model) tl_model_free(&c->model);
     if (c->be) c->be->destroy(c->be);
     if (c->in) tl_st_close(c->in);
-    tl_host_mb *mb = &c->mb;
-    free(mb->tokens), free(mb->pos), free(mb->cu_seqlens), free(mb->targets), free(mb->weight);
-    free(mb->adapter), free(mb->row_seed), free(mb->segs), free(mb->example);
+    mb_free(&c->mb);
     free(c->seq_slot), free(c->prompt_len), free(c->host_params), free(c->grads), free(c->logits);
     free(c->logp), free(c->logp_eval), free(c->loss), free(c->inv_freq);
-    if (c->names)
-        for (int s = 0; s < c->n_slots; s++) free(c->names[s]);
-    free(c->names);
+    free_slot_names(c->names, c->n_slots);
 }
 
-/* Builds the host micro-batch from tokens / cu_seqlens / seq_slot / prompt_len (batcher rules). */
-static tl_status build_mb(dump_ctx *c, int32_t *tokens, int64_t n, int32_t *cu, int64_t nseq, tl_error *err) {
+/* Builds the host micro-batch from tokens / cu_seqlens / seq_slot / prompt_len (batcher rules: each target row
+ * weighs 1 / (target rows of its slot); slot -1 = no adapter). */
+static tl_status build_mb(dump_ctx *c, int64_t n, int64_t nseq, tl_error *err) {
     tl_host_mb *mb = &c->mb;
-    mb->n_tok = (int)n, mb->n_seq = (int)nseq, mb->tokens = tokens, mb->cu_seqlens = cu;
-    mb->pos = malloc((size_t)n * sizeof(int32_t));
-    mb->targets = malloc((size_t)n * sizeof(int32_t));
-    mb->weight = malloc((size_t)n * sizeof(float));
-    mb->adapter = malloc((size_t)n * sizeof(int32_t));
-    mb->row_seed = malloc((size_t)n * sizeof(uint64_t));
-    mb->segs = malloc((size_t)nseq * sizeof(tl_seg));
-    mb->example = malloc((size_t)nseq * sizeof(int64_t));
+    TL_TRY(mb_alloc(mb, n, nseq, err));
+    TL_TRY(mb_layout(mb, c->seq_slot, c->prompt_len, c->n_slots, -1, 1, err));
     int64_t *count = calloc((size_t)c->n_slots + 1, sizeof(int64_t)); /* index slot + 1 */
-    if (!mb->pos || !mb->targets || !mb->weight || !mb->adapter || !mb->row_seed || !mb->segs || !mb->example ||
-        !count) {
-        free(count);
-        return tl_fail(err, TL_ERR_RUNTIME, "out of memory building the micro-batch");
-    }
-    if (cu[0] != 0 || cu[nseq] != n) {
-        free(count);
-        return tl_fail(err, TL_ERR_INPUT, "cu_seqlens must start at 0 and end at %lld", (long long)n);
-    }
-    mb->max_seqlen = 0;
-    mb->n_seg = 0;
-    for (int64_t s = 0; s < nseq; s++) {
-        int32_t b = cu[s], e = cu[s + 1], slot = c->seq_slot[s];
-        if (e <= b) {
-            free(count);
-            return tl_fail(err, TL_ERR_INPUT, "cu_seqlens: sequence %lld is empty", (long long)s);
-        }
-        if (slot < -1 || slot >= c->n_slots) {
-            free(count);
-            return tl_fail(err, TL_ERR_INPUT, "seq_slot[%lld] = %d outside [-1, %d)", (long long)s, slot,
-                           c->n_slots);
-        }
-        if (e - b > mb->max_seqlen) mb->max_seqlen = e - b;
-        if (mb->n_seg > 0 && mb->segs[mb->n_seg - 1].slot == slot) {
-            mb->segs[mb->n_seg - 1].row1 = e;
-        } else {
-            for (int g = 0; g < mb->n_seg; g++)
-                if (mb->segs[g].slot == slot) {
-                    free(count);
-                    return tl_fail(err, TL_ERR_INPUT, "sequence %lld: slot %d appears in two runs; group the "
-                                   "sequences by slot", (long long)s, slot);
-                }
-            mb->segs[mb->n_seg++] = (tl_seg){.row0 = b, .row1 = e, .slot = slot};
-        }
-        mb->example[s] = s;
-        int first = c->prompt_len[s] > 1 ? c->prompt_len[s] : 1;
-        for (int32_t j = b; j < e; j++) {
-            int32_t k = j - b;
-            mb->pos[j] = k;
-            mb->adapter[j] = slot;
-            mb->row_seed[j] = (uint64_t)j * 0x9e3779b97f4a7c15ULL + 1;
-            mb->targets[j] = (k + 1 < e - b && k + 1 >= first) ? tokens[j + 1] : -1;
-            if (mb->targets[j] >= 0) count[slot + 1]++;
-        }
-    }
+    if (!count) return tl_fail(err, TL_ERR_RUNTIME, "out of memory building the micro-batch");
+    for (int64_t j = 0; j < n; j++)
+        if (mb->targets[j] >= 0) count[mb->adapter[j] + 1]++;
     for (int64_t j = 0; j < n; j++)
         mb->weight[j] = mb->targets[j] >= 0 ? (float)(1.0 / (double)count[mb->adapter[j] + 1]) : 0.0f;
     free(count);
@@ -122,22 +71,14 @@ static tl_status build_mb(dump_ctx *c, int32_t *tokens, int64_t n, int32_t *cu, 
 static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, const char *out_path,
                      tl_error *err) {
     TL_TRY(tl_st_open(in_path, &c->in, err));
-    double rank = 0, alpha = 0, rslora = 0, n_slots = 0;
-    uint32_t targets = 0;
-    TL_TRY(meta_num(c->in, "rank", &rank, err));
-    TL_TRY(meta_num(c->in, "alpha", &alpha, err));
-    TL_TRY(meta_num(c->in, "rslora", &rslora, err));
-    TL_TRY(meta_num(c->in, "n_slots", &n_slots, err));
-    TL_TRY(parse_targets(c->in, &targets, err));
-    if (n_slots < 1 || n_slots > 1024 || rank < 1)
-        return tl_fail(err, TL_ERR_INPUT, "%s: metadata n_slots %g / rank %g out of range", in_path, n_slots, rank);
-    c->n_slots = (int)n_slots;
+    tool_lora_meta lm;
+    TL_TRY(read_lora_meta(c->in, &lm, err));
+    c->n_slots = (int)lm.n_slots;
 
     int64_t n = 0, ncu = 0, nseq, np = 0;
-    int32_t *tokens = NULL, *cu = NULL;
     TL_TRY(read_i32(c->in, "tokens", -1, &c->mb.tokens, &n, err)); /* owned by mb */
     TL_TRY(read_i32(c->in, "cu_seqlens", -1, &c->mb.cu_seqlens, &ncu, err));
-    tokens = c->mb.tokens, cu = c->mb.cu_seqlens;
+    const int32_t *tokens = c->mb.tokens;
     nseq = ncu - 1;
     if (n < 1 || nseq < 1) return tl_fail(err, TL_ERR_INPUT, "%s: empty batch", in_path);
     TL_TRY(read_i32(c->in, "seq_slot", nseq, &c->seq_slot, &np, err));
@@ -148,21 +89,15 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     TL_TRY(tl_model_load(model_dir, be, &c->model, err));
     c->have_model = 1;
     const tl_model_config *cfg = &c->model.cfg;
-    int V = cfg->vocab_size, L = cfg->num_hidden_layers;
+    int V = cfg->vocab_size;
     for (int64_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
                            (long long)i, tokens[i], V);
 
-    c->names = calloc((size_t)c->n_slots, sizeof(char *));
-    if (!c->names) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-    for (int s = 0; s < c->n_slots; s++) {
-        c->names[s] = malloc(32);
-        if (!c->names[s]) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-        snprintf(c->names[s], 32, "slot%d", s);
-    }
-    TL_TRY(tl_lora_pool_init(&c->pool, &c->model, c->n_slots, c->names, (int)rank, (float)alpha, rslora != 0, 0.0f,
-                             targets, 1234, err));
+    TL_TRY(slot_names(c->n_slots, &c->names, err));
+    TL_TRY(tl_lora_pool_init(&c->pool, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
+                             lm.rslora != 0, 0.0f, lm.targets, 1234, err));
     c->have_pool = 1;
     tl_lora_pool *p = &c->pool;
     size_t P = p->P, total = (size_t)c->n_slots * P;
@@ -173,20 +108,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     if (!c->host_params || !c->grads) return tl_fail(err, TL_ERR_RUNTIME, "out of memory for the pool");
     for (size_t i = 0; i < total; i++) c->host_params[i] = NAN;
     size_t filled = 0;
-    char name[128];
-    for (int s = 0; s < c->n_slots; s++)
-        for (int l = 0; l < L; l++)
-            for (int t = 0; t < TL_N_TARGETS; t++) {
-                if (!(targets & (1u << t))) continue;
-                size_t k = (size_t)l * TL_N_TARGETS + t;
-                int in = p->in_dim[t], out = p->out_dim[t], r = p->rank;
-                int64_t sa[2] = {r, in}, sb[2] = {out, r};
-                snprintf(name, sizeof name, "lora.%d.%d.%s.A", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_read_f32(c->in, name, sa, 2, c->host_params + (size_t)s * P + p->off_A[k], err));
-                snprintf(name, sizeof name, "lora.%d.%d.%s.B", s, l, tl_target_names[t]);
-                TL_TRY(tl_st_read_f32(c->in, name, sb, 2, c->host_params + (size_t)s * P + p->off_B[k], err));
-                filled += (size_t)r * in + (size_t)out * r;
-            }
+    TL_TRY(read_lora_ab(c->in, p, "lora", c->n_slots, c->host_params, &filled, err));
     if (filled != total)
         return tl_fail(err, TL_ERR_RUNTIME, "pool layout: A/B blocks cover %zu floats of the pool's %zu", filled,
                        total);
@@ -195,7 +117,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
             return tl_fail(err, TL_ERR_RUNTIME, "pool layout: float %zu of the pool was not covered by any A/B", i);
     be->upload(be, p->params, c->host_params, total * sizeof(float));
 
-    TL_TRY(build_mb(c, tokens, n, cu, nseq, err));
+    TL_TRY(build_mb(c, n, nseq, err));
     TL_TRY(tl_workspace_create(&c->model, p, (int)n, (int)nseq, &c->ws, err));
 
     size_t nv = (size_t)n * V;

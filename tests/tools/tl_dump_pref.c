@@ -59,38 +59,20 @@ static void ctx_free(dump_ctx *c) {
     if (c->have_model) tl_model_free(&c->model);
     if (c->be) c->be->destroy(c->be);
     if (c->in) tl_st_close(c->in);
-    tl_host_mb *mb = &c->mb;
-    free(mb->tokens), free(mb->pos), free(mb->cu_seqlens), free(mb->targets), free(mb->weight);
-    free(mb->adapter), free(mb->row_seed), free(mb->segs), free(mb->example);
+    mb_free(&c->mb);
     free(c->seq_slot), free(c->prompt_len), free(c->seq_c), free(c->seq_r), free(c->pair_ad);
     free(c->pair_w), free(c->ref_logps), free(c->stats_out), free(c->pair_count), free(c->stats);
     free(c->host), free(c->grads), free(c->grad_head);
-    if (c->names)
-        for (int s = 0; s < c->n_slots; s++) free(c->names[s]);
-    free(c->names);
+    free_slot_names(c->names, c->n_slots);
 }
 
 /* Fills a pool's parameters from IN tensors "{prefix}.{slot}.{layer}.{target}.A/B" (and, with a head, "head"),
  * checking that every float of the pool was written (poisoned with NaN first). */
 static tl_status fill_pool(dump_ctx *c, tl_lora_pool *p, const char *prefix, tl_error *err) {
     size_t P = p->P, total = (size_t)c->n_slots * P;
-    int L = c->model.cfg.num_hidden_layers;
     for (size_t i = 0; i < total; i++) c->host[i] = NAN;
     size_t filled = 0;
-    char name[128];
-    for (int s = 0; s < c->n_slots; s++)
-        for (int l = 0; l < L; l++)
-            for (int t = 0; t < TL_N_TARGETS; t++) {
-                if (!(p->targets & (1u << t))) continue;
-                size_t k = (size_t)l * TL_N_TARGETS + t;
-                int in = p->in_dim[t], out = p->out_dim[t], r = p->rank;
-                int64_t sa[2] = {r, in}, sb[2] = {out, r};
-                snprintf(name, sizeof name, "%s.%d.%d.%s.A", prefix, s, l, tl_target_names[t]);
-                TL_TRY(tl_st_read_f32(c->in, name, sa, 2, c->host + (size_t)s * P + p->off_A[k], err));
-                snprintf(name, sizeof name, "%s.%d.%d.%s.B", prefix, s, l, tl_target_names[t]);
-                TL_TRY(tl_st_read_f32(c->in, name, sb, 2, c->host + (size_t)s * P + p->off_B[k], err));
-                filled += (size_t)r * in + (size_t)out * r;
-            }
+    TL_TRY(read_lora_ab(c->in, p, prefix, c->n_slots, c->host, &filled, err));
     if (p->head_dim > 0) {
         int d = p->head_dim;
         int64_t sh[2] = {c->n_slots, d};
@@ -119,47 +101,9 @@ static tl_status fill_pool(dump_ctx *c, tl_lora_pool *p, const char *prefix, tl_
 /* The host micro-batch (preference batcher rules: weight 1 per trained row) and the pair set. */
 static tl_status build_batch(dump_ctx *c, int64_t n, int64_t nseq, tl_error *err) {
     tl_host_mb *mb = &c->mb;
-    int32_t *tokens = mb->tokens, *cu = mb->cu_seqlens;
-    mb->n_tok = (int)n, mb->n_seq = (int)nseq;
-    mb->pos = malloc((size_t)n * sizeof(int32_t));
-    mb->targets = malloc((size_t)n * sizeof(int32_t));
-    mb->weight = malloc((size_t)n * sizeof(float));
-    mb->adapter = malloc((size_t)n * sizeof(int32_t));
-    mb->row_seed = malloc((size_t)n * sizeof(uint64_t));
-    mb->segs = malloc((size_t)nseq * sizeof(tl_seg));
-    mb->example = malloc((size_t)nseq * sizeof(int64_t));
-    if (!mb->pos || !mb->targets || !mb->weight || !mb->adapter || !mb->row_seed || !mb->segs || !mb->example)
-        return tl_fail(err, TL_ERR_RUNTIME, "out of memory building the micro-batch");
-    if (cu[0] != 0 || cu[nseq] != n)
-        return tl_fail(err, TL_ERR_INPUT, "cu_seqlens must start at 0 and end at %lld", (long long)n);
-    mb->max_seqlen = 0;
-    mb->n_seg = 0;
-    for (int64_t s = 0; s < nseq; s++) {
-        int32_t b = cu[s], e = cu[s + 1], slot = c->seq_slot[s];
-        if (e <= b) return tl_fail(err, TL_ERR_INPUT, "cu_seqlens: sequence %lld is empty", (long long)s);
-        if (slot < 0 || slot >= c->n_slots)
-            return tl_fail(err, TL_ERR_INPUT, "seq_slot[%lld] = %d outside [0, %d)", (long long)s, slot, c->n_slots);
-        if (e - b > mb->max_seqlen) mb->max_seqlen = e - b;
-        if (mb->n_seg > 0 && mb->segs[mb->n_seg - 1].slot == slot) {
-            mb->segs[mb->n_seg - 1].row1 = e;
-        } else {
-            for (int g = 0; g < mb->n_seg; g++)
-                if (mb->segs[g].slot == slot)
-                    return tl_fail(err, TL_ERR_INPUT, "sequence %lld: slot %d appears in two runs; group the "
-                                   "sequences by slot", (long long)s, slot);
-            mb->segs[mb->n_seg++] = (tl_seg){.row0 = b, .row1 = e, .slot = slot};
-        }
-        mb->example[s] = s / 2;
-        int first = c->prompt_len[s] > 1 ? c->prompt_len[s] : 1;
-        for (int32_t j = b; j < e; j++) {
-            int32_t k = j - b;
-            mb->pos[j] = k;
-            mb->adapter[j] = slot;
-            mb->row_seed[j] = (uint64_t)j * 0x9e3779b97f4a7c15ULL + 1;
-            mb->targets[j] = (k + 1 < e - b && k + 1 >= first) ? tokens[j + 1] : -1;
-            mb->weight[j] = mb->targets[j] >= 0 ? 1.0f : 0.0f;
-        }
-    }
+    TL_TRY(mb_alloc(mb, n, nseq, err));
+    TL_TRY(mb_layout(mb, c->seq_slot, c->prompt_len, c->n_slots, 0, 2, err));
+    for (int64_t j = 0; j < n; j++) mb->weight[j] = mb->targets[j] >= 0 ? 1.0f : 0.0f;
     int np = (int)(nseq / 2);
     c->seq_c = malloc((size_t)np * sizeof(int32_t));
     c->seq_r = malloc((size_t)np * sizeof(int32_t));
@@ -185,16 +129,9 @@ static tl_status build_batch(dump_ctx *c, int64_t n, int64_t nseq, tl_error *err
 static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, const char *out_path,
                      tl_error *err) {
     TL_TRY(tl_st_open(in_path, &c->in, err));
-    double rank = 0, alpha = 0, rslora = 0, n_slots = 0;
-    uint32_t targets = 0;
-    TL_TRY(meta_num(c->in, "rank", &rank, err));
-    TL_TRY(meta_num(c->in, "alpha", &alpha, err));
-    TL_TRY(meta_num(c->in, "rslora", &rslora, err));
-    TL_TRY(meta_num(c->in, "n_slots", &n_slots, err));
-    TL_TRY(parse_targets(c->in, &targets, err));
-    if (n_slots < 1 || n_slots > 1024 || rank < 1)
-        return tl_fail(err, TL_ERR_INPUT, "%s: metadata n_slots %g / rank %g out of range", in_path, n_slots, rank);
-    c->n_slots = (int)n_slots;
+    tool_lora_meta lm;
+    TL_TRY(read_lora_meta(c->in, &lm, err));
+    c->n_slots = (int)lm.n_slots;
     const char *mode = tl_st_metadata(c->in, "mode");
     if (!mode || (strcmp(mode, "dpo") && strcmp(mode, "reward")))
         return tl_fail(err, TL_ERR_INPUT, "%s: metadata 'mode' must be dpo or reward", in_path);
@@ -234,15 +171,9 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
             return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
                            (long long)i, c->mb.tokens[i], V);
 
-    c->names = calloc((size_t)c->n_slots, sizeof(char *));
-    if (!c->names) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-    for (int s = 0; s < c->n_slots; s++) {
-        c->names[s] = malloc(32);
-        if (!c->names[s]) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-        snprintf(c->names[s], 32, "slot%d", s);
-    }
-    TL_TRY(tl_lora_pool_init_head(&c->pool, &c->model, c->n_slots, c->names, (int)rank, (float)alpha, rslora != 0,
-                                  0.0f, targets, 1234, reward, err));
+    TL_TRY(slot_names(c->n_slots, &c->names, err));
+    TL_TRY(tl_lora_pool_init_head(&c->pool, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
+                                  lm.rslora != 0, 0.0f, lm.targets, 1234, reward, err));
     c->have_pool = 1;
     tl_lora_pool *p = &c->pool;
     size_t P = p->P, total = (size_t)c->n_slots * P;
@@ -251,8 +182,8 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     if (!c->host || !c->grads) return tl_fail(err, TL_ERR_RUNTIME, "out of memory for the pool");
     TL_TRY(fill_pool(c, p, "lora", err));
     if (use_ref != 0) {
-        TL_TRY(tl_lora_pool_init(&c->ref, &c->model, c->n_slots, c->names, (int)rank, (float)alpha, rslora != 0, 0.0f,
-                                 targets, 99, err));
+        TL_TRY(tl_lora_pool_init(&c->ref, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
+                                 lm.rslora != 0, 0.0f, lm.targets, 99, err));
         c->have_ref = 1;
         TL_TRY(fill_pool(c, &c->ref, "ref", err));
     }
