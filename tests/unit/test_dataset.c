@@ -12,10 +12,10 @@
 
 #include "data/tl_dataset.h"
 #include "tests/lib/tl_check.h"
+#include "tests/lib/tl_dataset_fixture.h"
 #include "tests/lib/tl_h5_fixture.h"
 #include "tests/lib/tl_rng_splitmix.h"
 
-static char g_dir[256];
 
 /* ---- file description: every field a malformed case may change ---- */
 enum {
@@ -82,9 +82,8 @@ static void random_spec(spec *s, int vocab) {
     s->user_type = H5T_STD_I32LE;
 }
 
-static int g_file_no = 0;
 static void write_spec(const spec *s, char *path, size_t n) {
-    snprintf(path, n, "%s/f%03d.h5", g_dir, g_file_no++);
+    fx_next_path(path, n, "f");
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     int ok = f >= 0;
     if (ok && !(s->omit & OMIT_FORMAT)) ok = h5_write_attr_int(f, "tailor_format", s->fmt_type, s->fmt);
@@ -131,14 +130,7 @@ static void expect_valid(const spec *s, int model_vocab, const char *label) {
     CHECK(st == TL_OK, "%s: open failed: %s", label, err.msg);
     if (st != TL_OK) return;
     CHECK(strcmp(ds.path, path) == 0, "%s: path", label);
-    CHECK(ds.n_users == s->n_users, "%s: n_users %d", label, ds.n_users);
-    for (int u = 0; u < s->n_users && u < ds.n_users; u++) {
-        CHECK(strcmp(ds.user_names[u], s->names[u]) == 0, "%s: name %d '%s' != '%s'", label, u, ds.user_names[u],
-              s->names[u]);
-        if (s->has_groups)
-            CHECK(ds.user_groups && strcmp(ds.user_groups[u], s->groups[u]) == 0, "%s: group %d", label, u);
-    }
-    if (!s->has_groups) CHECK(ds.user_groups == NULL, "%s: groups should be absent", label);
+    fx_check_users(label, s->n_users, s->names, s->has_groups, s->groups, ds.n_users, ds.user_names, ds.user_groups);
     CHECK(ds.n_examples == s->n_off - 1, "%s: n_examples %lld", label, (long long)ds.n_examples);
     CHECK(ds.n_tokens == s->n_tok, "%s: n_tokens", label);
     CHECK(ds.vocab_size_attr == s->vocab_attr, "%s: vocab_size_attr %lld", label, (long long)ds.vocab_size_attr);
@@ -161,12 +153,8 @@ static void expect_error_path(const char *path, int model_vocab, const char *lab
     tl_error err = {0};
     tl_status st = tl_sft_open(path, model_vocab, &ds, &err);
     printf("  %-34s -> %s\n", label, err.msg);
-    CHECK(st == TL_ERR_INPUT, "%s: expected TL_ERR_INPUT, got %d (%s)", label, (int)st, err.msg);
-    CHECK(err.code == TL_ERR_INPUT, "%s: err.code %d", label, (int)err.code);
-    CHECK(strstr(err.msg, path) != NULL, "%s: message does not name the file: %s", label, err.msg);
-    if (n1) CHECK(strstr(err.msg, n1) != NULL, "%s: message lacks '%s': %s", label, n1, err.msg);
-    if (n2) CHECK(strstr(err.msg, n2) != NULL, "%s: message lacks '%s': %s", label, n2, err.msg);
-    CHECK(strchr(err.msg, '\n') == NULL, "%s: message must be one line", label);
+    const char *needles[2] = {n1, n2};
+    fx_check_input_error(label, path, st, &err, needles, 2);
     CHECK(ds.tokens == NULL && ds.user_names == NULL && ds.path == NULL, "%s: failed open must leave the struct "
           "empty", label);
     tl_sft_free(&ds); /* must be safe after a failure */
@@ -438,23 +426,13 @@ int main(void) {
     test_isolation();
     g_rng = 0x1234567ULL ^ (uint64_t)getpid();
     printf("test_dataset rng seed %llu\n", (unsigned long long)g_rng);
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/tl_test_dataset_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (fx_scratch_init("tl_test_dataset")) return 1;
     test_valid();
     test_errors();
     /* clean up the scratch directory */
-    for (int i = 0; i < g_file_no; i++) {
-        char p[512];
-        snprintf(p, sizeof p, "%s/f%03d.h5", g_dir, i);
-        remove(p);
-    }
     char p[512];
     snprintf(p, sizeof p, "%s/not_hdf5.h5", g_dir);
     remove(p);
-    rmdir(g_dir);
+    fx_scratch_clean("f");
     return tl_check_done("test_dataset");
 }

@@ -13,10 +13,10 @@
 
 #include "data/tl_pref.h"
 #include "tests/lib/tl_check.h"
+#include "tests/lib/tl_dataset_fixture.h"
 #include "tests/lib/tl_h5_fixture.h"
 #include "tests/lib/tl_rng_splitmix.h"
 
-static char g_dir[256];
 
 /* ---- file description: every field a malformed case may change ---- */
 enum { D_PTOK, D_POFF, D_CTOK, D_COFF, D_RTOK, D_ROFF, D_USER, N_D };
@@ -97,9 +97,8 @@ static void base_spec(spec *s) {
     for (int i = 0; i < 6; i++) s->user[i] = i % 3;
 }
 
-static int g_file_no = 0;
 static void write_spec(const spec *s, char *path, size_t n) {
-    snprintf(path, n, "%s/p%03d.h5", g_dir, g_file_no++);
+    fx_next_path(path, n, "p");
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     int ok = f >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0;
@@ -136,14 +135,7 @@ static void expect_valid(const spec *s, int model_vocab, const char *label) {
     CHECK(st == TL_OK, "%s: open failed: %s", label, err.msg);
     if (st != TL_OK) return;
     CHECK(strcmp(ds.path, path) == 0, "%s: path", label);
-    CHECK(ds.n_users == s->n_users, "%s: n_users %d", label, ds.n_users);
-    for (int u = 0; u < s->n_users && u < ds.n_users; u++) {
-        CHECK(strcmp(ds.user_names[u], s->names[u]) == 0, "%s: name %d '%s' != '%s'", label, u, ds.user_names[u],
-              s->names[u]);
-        if (s->has_groups)
-            CHECK(ds.user_groups && strcmp(ds.user_groups[u], s->groups[u]) == 0, "%s: group %d", label, u);
-    }
-    if (!s->has_groups) CHECK(ds.user_groups == NULL, "%s: groups should be absent", label);
+    fx_check_users(label, s->n_users, s->names, s->has_groups, s->groups, ds.n_users, ds.user_names, ds.user_groups);
     CHECK(ds.vocab_size_attr == s->vocab_attr, "%s: vocab_size_attr %lld", label, (long long)ds.vocab_size_attr);
     CHECK(ds.n_pairs == s->n_pairs, "%s: n_pairs %lld, expected %lld", label, (long long)ds.n_pairs,
           (long long)s->n_pairs);
@@ -172,14 +164,8 @@ static void expect_error_path(const char *path, int model_vocab, const char *lab
     tl_error err = {0};
     tl_status st = tl_pref_open(path, model_vocab, &ds, &err);
     printf("  %-30s -> %s\n", label, err.msg);
-    CHECK(st == TL_ERR_INPUT && err.code == TL_ERR_INPUT, "%s: expected TL_ERR_INPUT, got %d (%s)", label, (int)st,
-          err.msg);
-    CHECK(strstr(err.msg, path) != NULL, "%s: message does not name the file: %s", label, err.msg);
     const char *needles[3] = {n1, n2, n3};
-    for (int i = 0; i < 3; i++)
-        if (needles[i]) CHECK(strstr(err.msg, needles[i]) != NULL, "%s: message lacks '%s': %s", label, needles[i],
-                              err.msg);
-    CHECK(strchr(err.msg, '\n') == NULL, "%s: message must be one line", label);
+    fx_check_input_error(label, path, st, &err, needles, 3);
     CHECK(ds.user == NULL && ds.user_names == NULL && ds.prompt.tokens == NULL && ds.rejected.offsets == NULL &&
               ds.path == NULL && ds.n_pairs == 0,
           "%s: a failed open must leave the struct empty", label);
@@ -461,21 +447,11 @@ int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own expected failures must not print stacks */
     g_rng = 0x7654321ULL ^ (uint64_t)getpid();
     printf("test_pref_dataset rng seed %llu\n", (unsigned long long)g_rng);
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/tl_test_pref_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (fx_scratch_init("tl_test_pref")) return 1;
     test_valid();
     test_errors();
     test_kind_probe();
     test_group_key();
-    for (int i = 0; i < g_file_no; i++) {
-        char p[512];
-        snprintf(p, sizeof p, "%s/p%03d.h5", g_dir, i);
-        remove(p);
-    }
-    rmdir(g_dir);
+    fx_scratch_clean("p");
     return tl_check_done("test_pref_dataset");
 }
