@@ -98,10 +98,37 @@ int tl_unicode_ccc(uint32_t cp);
 #define TL_UC_INVALID_BASE 0x110000u
 size_t tl_utf8_next(const uint8_t *s, size_t len, size_t pos, uint32_t *cp);
 
-/* The split regexes tailor implements by hand (docs/tokenizer.md spells them out). */
+/* ---- split regexes (PCRE2; data/tokenizer_pretok.c) ---- */
+
+/* The split patterns of the models tailor names (GGUF tokenizer.ggml.pre maps to them; docs/tokenizer.md). */
 typedef enum { TL_RE_GPT2 = 0, TL_RE_LLAMA3 = 1, TL_RE_QWEN2 = 2 } tl_pretok_regex;
-/* Length in bytes of the regex match starting exactly at s[pos] (the string being s[0..len)), 0 if none of the
- * alternatives matches there. */
+/* The pattern as tokenizer.json spells it; NULL for an unknown value. */
+const char *tl_pretok_pattern(tl_pretok_regex re);
+
+/* A compiled split regex: immutable, shareable between threads; each thread matches with its own tl_regex_match. */
+typedef struct tl_regex tl_regex;
+typedef struct tl_regex_match tl_regex_match;
+
+/* Compiles an HF (Oniguruma syntax) pattern with PCRE2_UTF | PCRE2_UCP and JIT-compiles it. The few constructs whose
+ * PCRE2 meaning differs are translated first (docs/tokenizer.md); literal: the pattern is a plain string (a Split's
+ * String pattern). A pattern PCRE2 refuses is TL_ERR_INPUT "<what>: <field>: PCRE2 refuses the regex at offset N:
+ * <PCRE2's message>", the offset counted in the pattern as given. */
+tl_status tl_regex_compile(const char *pattern, int literal, const char *what, const char *field, tl_regex **out,
+                           tl_error *err);
+void tl_regex_free(tl_regex *re);
+/* 1 when matching uses PCRE2's JIT, 0 when the interpreter (JIT unavailable on this build or platform). */
+int tl_regex_jit(const tl_regex *re);
+tl_regex_match *tl_regex_match_create(void); /* NULL when out of memory */
+void tl_regex_match_free(tl_regex_match *md);
+
+#define TL_REGEX_ANCHORED 1u /* tl_regex_find: the match must start at pos */
+/* The leftmost match in s[0..len) starting at or after pos; s must be valid UTF-8 (tl_utf8_valid in tl_dataset.h: it is not checked
+ * again). Returns 1 with [*start, *end), 0 when there is none, -1 with err set when PCRE2 fails (resource limits). */
+int tl_regex_find(const tl_regex *re, tl_regex_match *md, const uint8_t *s, size_t len, size_t pos, uint32_t flags,
+                  size_t *start, size_t *end, tl_error *err);
+
+/* Length in bytes of the match of a named pattern starting exactly at s[pos] (s[0..len) valid UTF-8), 0 if none. It
+ * compiles the pattern on every call: for tests. */
 size_t tl_pretok_match(tl_pretok_regex re, const uint8_t *s, size_t len, size_t pos);
 
 #endif

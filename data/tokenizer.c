@@ -4,9 +4,10 @@
  * Encoding follows tokenizers' pipeline step by step so the ids are the same: added tokens are cut out of the
  * text first (non-normalized ones, then normalized ones, each pass leftmost-longest), every remaining segment
  * goes through the pre-tokenizer steps (regex splits, digit splits, byte-level mapping), and every piece through
- * BPE with the same merge order as tokenizers' Word::merge_all (a heap on (rank, position)). The regex matcher
- * lives in tokenizer_pretok.c. */
+ * BPE with the same merge order as tokenizers' Word::merge_all (a heap on (rank, position)). The split regexes
+ * are PCRE2's (tokenizer_pretok.c), compiled once per tokenizer. */
 #include "data/tl_tokenizer.h"
+#include "data/tl_dataset.h"
 #include "data/tl_io.h"
 
 #include <cjson/cJSON.h>
@@ -100,11 +101,17 @@ static pmap_slot *pmap_find(const pmap *m, uint64_t k) {
 
 typedef enum { STEP_REGEX, STEP_DIGITS, STEP_BYTELEVEL } step_kind;
 
+/* tokenizers' SplitDelimiterBehavior: what becomes of a match and the text between matches */
+typedef enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_WITH_PREVIOUS, SPLIT_MERGED_WITH_NEXT, SPLIT_CONTIGUOUS } split_behavior;
+
 typedef struct {
     step_kind kind;
-    tl_pretok_regex re;     /* STEP_REGEX */
-    int individual_digits;  /* STEP_DIGITS */
-    int add_prefix_space;   /* STEP_BYTELEVEL */
+    tl_regex *re;             /* STEP_REGEX: owned */
+    split_behavior behavior;  /* STEP_REGEX */
+    int invert;               /* STEP_REGEX: the text between matches is what the behavior applies to */
+    int of_bytelevel;         /* STEP_REGEX: the GPT-2 split of a ByteLevel with use_regex */
+    int individual_digits;    /* STEP_DIGITS */
+    int add_prefix_space;     /* STEP_BYTELEVEL */
 } pretok_step;
 
 typedef struct {
@@ -166,6 +173,7 @@ void tl_tokenizer_free(tl_tokenizer *t) {
     if (!t) return;
     if (t->id_bytes)
         for (size_t i = 0; i < t->n_ids; i++) free(t->id_bytes[i]);
+    for (int i = 0; i < t->n_steps; i++) tl_regex_free(t->steps[i].re);
     free(t->id_bytes);
     free(t->id_bytes_len);
     free(t->id_str);
@@ -384,12 +392,6 @@ static tl_status read_file(const char *path, char **out, tl_error *err) {
     return TL_OK;
 }
 
-static const char *const RE_GPT2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-static const char *const RE_LLAMA3 = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
-                                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char *const RE_QWEN2 = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-                                    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
 /* 1 / 0 for a JSON bool (absent: dflt), -1 for another type. */
 static int json_bool(const cJSON *o, const char *key, int dflt) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -410,34 +412,45 @@ static tl_status parse_pretok_one(const char *path, const cJSON *p, const char *
         s->kind = STEP_BYTELEVEL;
         s->add_prefix_space = aps;
         t->n_steps++;
-        if (ur) t->steps[t->n_steps++] = (pretok_step){STEP_REGEX, TL_RE_GPT2, 0, 0};
+        if (ur) {
+            pretok_step *r = &t->steps[t->n_steps];
+            *r = (pretok_step){.kind = STEP_REGEX, .behavior = SPLIT_ISOLATED, .of_bytelevel = 1};
+            TL_TRY(tl_regex_compile(tl_pretok_pattern(TL_RE_GPT2), 0, path, field, &r->re, err));
+            t->n_steps++;
+        }
         return TL_OK;
     }
     if (strcmp(ty->valuestring, "Digits") == 0) {
         int ind = json_bool(p, "individual_digits", 0);
         if (ind < 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s.individual_digits: expected a boolean", path, field);
-        *s = (pretok_step){STEP_DIGITS, TL_RE_GPT2, ind, 0};
+        *s = (pretok_step){.kind = STEP_DIGITS, .individual_digits = ind};
         t->n_steps++;
         return TL_OK;
     }
     if (strcmp(ty->valuestring, "Split") == 0) {
+        static const char *const behaviors[] = {[SPLIT_ISOLATED] = "Isolated", [SPLIT_REMOVED] = "Removed",
+                                                [SPLIT_MERGED_WITH_PREVIOUS] = "MergedWithPrevious",
+                                                [SPLIT_MERGED_WITH_NEXT] = "MergedWithNext",
+                                                [SPLIT_CONTIGUOUS] = "Contiguous"};
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
         const cJSON *re = pat ? cJSON_GetObjectItemCaseSensitive(pat, "Regex") : NULL;
+        const cJSON *lit = pat ? cJSON_GetObjectItemCaseSensitive(pat, "String") : NULL;
         const cJSON *beh = cJSON_GetObjectItemCaseSensitive(p, "behavior");
-        if (!cJSON_IsString(re))
-            return tl_fail(err, TL_ERR_INPUT, "%s: %s.pattern: expected {\"Regex\": ...} (String patterns are not supported)", path, field);
-        if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0)
-            return tl_fail(err, TL_ERR_INPUT, "%s: %s.behavior: only \"Isolated\" is supported", path, field);
-        if (json_bool(p, "invert", 0) != 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s.invert: only false is supported", path, field);
-        s->kind = STEP_REGEX;
-        if (strcmp(re->valuestring, RE_GPT2) == 0)
-            s->re = TL_RE_GPT2;
-        else if (strcmp(re->valuestring, RE_LLAMA3) == 0)
-            s->re = TL_RE_LLAMA3;
-        else if (strcmp(re->valuestring, RE_QWEN2) == 0)
-            s->re = TL_RE_QWEN2;
-        else
-            return tl_fail(err, TL_ERR_INPUT, "%s: %s.pattern.Regex: not one of the GPT-2, Llama 3 or Qwen2 patterns tailor implements: %.300s", path, field, re->valuestring);
+        if (!cJSON_IsString(re) && !cJSON_IsString(lit))
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s.pattern: expected {\"Regex\": ...} or {\"String\": ...}", path, field);
+        int b = -1;
+        for (int k = 0; cJSON_IsString(beh) && k < (int)(sizeof behaviors / sizeof behaviors[0]); k++)
+            if (strcmp(beh->valuestring, behaviors[k]) == 0) b = k;
+        if (b < 0)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s.behavior: expected Isolated, Removed, MergedWithPrevious, "
+                           "MergedWithNext or Contiguous", path, field);
+        int inv = json_bool(p, "invert", 0);
+        if (inv < 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s.invert: expected a boolean", path, field);
+        *s = (pretok_step){.kind = STEP_REGEX, .behavior = (split_behavior)b, .invert = inv};
+        char rfield[96];
+        snprintf(rfield, sizeof rfield, "%s.pattern.%s", field, cJSON_IsString(re) ? "Regex" : "String");
+        TL_TRY(tl_regex_compile(cJSON_IsString(re) ? re->valuestring : lit->valuestring, !cJSON_IsString(re), path,
+                                rfield, &s->re, err));
         t->n_steps++;
         return TL_OK;
     }
@@ -473,7 +486,7 @@ static tl_status parse_json_rest(const char *path, const cJSON *root, tl_tokeniz
     int nbl = 0, last_bl = -1;
     for (int i = 0; i < t->n_steps; i++)
         if (t->steps[i].kind == STEP_BYTELEVEL) nbl++, last_bl = i;
-    int tail = last_bl >= 0 && last_bl + 1 < t->n_steps && t->steps[last_bl + 1].kind == STEP_REGEX && t->steps[last_bl + 1].re == TL_RE_GPT2 ? 1 : 0;
+    int tail = last_bl >= 0 && last_bl + 1 < t->n_steps && t->steps[last_bl + 1].of_bytelevel ? 1 : 0;
     if (nbl != 1 || last_bl + 1 + tail != t->n_steps)
         return tl_fail(err, TL_ERR_INPUT, "%s: pre_tokenizer: expected exactly one ByteLevel, as the last step", path);
 
@@ -697,22 +710,30 @@ tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const cha
     *out = NULL;
     if (!model || strcmp(model, "gpt2") != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: tokenizer.ggml.model: \"%s\" is not supported (only gpt2, byte-level BPE)", what, model ? model : "(missing)");
-    pretok_step steps[MAX_STEPS];
-    int n_steps = 0, ignore_merges = 0;
-    if (!pre || strcmp(pre, "gpt2") == 0 || strcmp(pre, "default") == 0) {
-        steps[n_steps++] = (pretok_step){STEP_REGEX, TL_RE_GPT2, 0, 0};
-    } else if (strcmp(pre, "smollm") == 0) {
-        steps[n_steps++] = (pretok_step){STEP_DIGITS, TL_RE_GPT2, 1, 0};
-        steps[n_steps++] = (pretok_step){STEP_REGEX, TL_RE_GPT2, 0, 0};
-    } else if (strcmp(pre, "llama-bpe") == 0) {
-        steps[n_steps++] = (pretok_step){STEP_REGEX, TL_RE_LLAMA3, 0, 0};
-        ignore_merges = 1; /* as Llama 3's tokenizer.json (and llama.cpp for this pre type) */
-    } else if (strcmp(pre, "qwen2") == 0) {
-        steps[n_steps++] = (pretok_step){STEP_REGEX, TL_RE_QWEN2, 0, 0};
-    } else {
-        return tl_fail(err, TL_ERR_INPUT, "%s: tokenizer.ggml.pre: \"%s\" is not supported (smollm, llama-bpe, qwen2, gpt2)", what, pre);
-    }
-    steps[n_steps++] = (pretok_step){STEP_BYTELEVEL, TL_RE_GPT2, 0, 0};
+    /* tokenizer.ggml.pre names, as llama.cpp groups them (llama-vocab.cpp), with each group's split as the HF
+     * tokenizer.json of its models has it: digits = a Digits(individual_digits) step first */
+    static const struct {
+        const char *names;
+        int digits;
+        tl_pretok_regex re;
+        int ignore_merges;
+    } pre_names[] = {
+        {"default gpt2 gpt-2 mpt olmo jais phi-2", 0, TL_RE_GPT2, 0},
+        {"smollm starcoder refact command-r codeshell exaone minerva-7b", 1, TL_RE_GPT2, 0},
+        {"llama-bpe llama3 llama-v3 falcon3", 0, TL_RE_LLAMA3, 1}, /* as Llama 3's tokenizer.json and llama.cpp */
+        {"dbrx smaug-bpe", 0, TL_RE_LLAMA3, 0},
+        {"qwen2 stablelm2 deepseek-r1-qwen megrez", 0, TL_RE_QWEN2, 0},
+    };
+    int which = pre ? -1 : 0;
+    size_t pre_len = pre ? strlen(pre) : 0;
+    for (int k = 0; which < 0 && k < (int)(sizeof pre_names / sizeof pre_names[0]); k++)
+        for (const char *w = pre_names[k].names; *w && pre_len; w += strcspn(w, " "), w += *w == ' ')
+            if (strcspn(w, " ") == pre_len && strncmp(w, pre, pre_len) == 0) which = k;
+    if (which < 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: tokenizer.ggml.pre: \"%s\" is not a pre-tokenizer tailor knows (known: "
+                       "%s, %s, %s, %s, %s)", what, pre, pre_names[0].names, pre_names[1].names, pre_names[2].names,
+                       pre_names[3].names, pre_names[4].names);
+    int ignore_merges = pre_names[which].ignore_merges;
 
     size_t total = 1, na = 0;
     for (size_t i = 0; i < n_tokens; i++) {
@@ -754,9 +775,16 @@ tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const cha
     st = build(what, &GGUF_FIELDS, arena, vin, nv, min, n_merges, ain, na, &t, err);
     arena = NULL;
     if (st != TL_OK) goto fail;
-    memcpy(t->steps, steps, sizeof steps);
-    t->n_steps = n_steps;
     t->ignore_merges = ignore_merges;
+    if (pre_names[which].digits) t->steps[t->n_steps++] = (pretok_step){.kind = STEP_DIGITS, .individual_digits = 1};
+    t->steps[t->n_steps] = (pretok_step){.kind = STEP_REGEX, .behavior = SPLIT_ISOLATED};
+    st = tl_regex_compile(tl_pretok_pattern(pre_names[which].re), 0, what, "tokenizer.ggml.pre", &t->steps[t->n_steps].re, err);
+    if (st != TL_OK) {
+        tl_tokenizer_free(t);
+        goto fail;
+    }
+    t->n_steps++;
+    t->steps[t->n_steps++] = (pretok_step){.kind = STEP_BYTELEVEL};
     if (bos_id >= 0 && (size_t)bos_id >= t->n_ids) {
         tl_tokenizer_free(t);
         st = tl_fail(err, TL_ERR_INPUT, "%s: tokenizer.ggml.bos_token_id: %d is not below %zu", what, bos_id, n_tokens);
@@ -785,6 +813,17 @@ typedef struct {
     size_t heap_n, heap_cap;
     char *buf; /* byte-level string of a piece (ignore_merges lookup) and prefix-space copies */
     size_t buf_cap;
+    /* split steps: PCRE2 match data, and per step the pieces of the text being split and, for text that is not
+     * valid UTF-8, its stand-in (each invalid byte as U+E000) with the map back to the text's offsets */
+    tl_regex_match *md;
+    struct split_scratch {
+        struct segment { size_t start, end; int match; } *seg;
+        size_t seg_cap;
+        uint8_t *text;
+        size_t text_cap;
+        size_t *map;
+        size_t map_cap;
+    } split[MAX_STEPS];
 } enc_state;
 
 static int push_id(enc_state *e, int32_t id) {
@@ -906,6 +945,110 @@ static tl_status bpe_piece(const tl_tokenizer *t, enc_state *e, const uint8_t *s
     return TL_OK;
 }
 
+static tl_status pretok(const tl_tokenizer *t, enc_state *e, int k, const uint8_t *s, size_t n, tl_error *err);
+
+static int push_segment(struct split_scratch *sc, size_t *ns, size_t start, size_t end, int match) {
+    if (!grow((void **)&sc->seg, &sc->seg_cap, *ns + 1, sizeof *sc->seg)) return 0;
+    sc->seg[(*ns)++] = (struct segment){start, end, match};
+    return 1;
+}
+
+/* A Split step as tokenizers runs it: the regex's matches and the text between them become segments (an empty match
+ * splits too; one right after a match is skipped, as the onig crate's find_iter does), invert flips which are
+ * matches, the behavior merges or drops them, and every non-empty piece goes on to step k + 1. Text that is not
+ * valid UTF-8 (HF cannot take it) is matched through a stand-in where each invalid byte is U+E000, a private-use
+ * character: neither letter, number nor space, as tailor treats invalid bytes (docs/tokenizer.md). */
+static tl_status split_step(const tl_tokenizer *t, enc_state *e, int k, const uint8_t *s, size_t n, tl_error *err) {
+    const pretok_step *st = &t->steps[k];
+    struct split_scratch *sc = &e->split[k];
+    if (!e->md && !(e->md = tl_regex_match_create())) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+    const uint8_t *subj = s;
+    size_t sn = n;
+    const size_t *map = NULL;
+    if (!tl_utf8_valid(s, n)) {
+        if (!grow((void **)&sc->text, &sc->text_cap, 3 * n, 1) || !grow((void **)&sc->map, &sc->map_cap, 3 * n + 1, sizeof *sc->map))
+            return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+        sn = 0;
+        for (size_t p = 0; p < n;) {
+            uint32_t cp;
+            size_t w = tl_utf8_next(s, n, p, &cp);
+            if (cp >= TL_UC_INVALID_BASE) {
+                static const uint8_t stand_in[3] = {0xEE, 0x80, 0x80}; /* U+E000 */
+                for (int b = 0; b < 3; b++) sc->text[sn] = stand_in[b], sc->map[sn++] = p;
+            } else {
+                for (size_t b = 0; b < w; b++) sc->text[sn] = s[p + b], sc->map[sn++] = p + b;
+            }
+            p += w;
+        }
+        sc->map[sn] = n;
+        subj = sc->text, map = sc->map;
+    }
+    size_t ns = 0, prev = 0, pos = 0, last_end = 0;
+    int matched = 0;
+    while (pos <= sn) {
+        size_t a, b;
+        int r = tl_regex_find(st->re, e->md, subj, sn, pos, 0, &a, &b, err);
+        if (r < 0) return TL_ERR_RUNTIME;
+        if (r == 0) break;
+        if (a == b && matched && a == last_end) { /* an empty match right after a match */
+        } else {
+            if (a != prev && !push_segment(sc, &ns, prev, a, 0)) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+            if (!push_segment(sc, &ns, a, b, 1)) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+            prev = b, last_end = b, matched = 1;
+        }
+        if (a < b) {
+            pos = b;
+        } else { /* past the empty match by one character */
+            if (a >= sn) break;
+            uint32_t cp;
+            pos = a + tl_utf8_next(subj, sn, a, &cp);
+        }
+    }
+    if (prev != sn && !push_segment(sc, &ns, prev, sn, 0)) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+    struct segment *g = sc->seg;
+    if (st->invert)
+        for (size_t i = 0; i < ns; i++) g[i].match = !g[i].match;
+    /* tokenizers' NormalizedString::split folds, in place */
+    size_t m = 0;
+    int prev_match = 0;
+    switch (st->behavior) {
+    case SPLIT_ISOLATED: m = ns; break;
+    case SPLIT_REMOVED:
+        for (size_t i = 0; i < ns; i++)
+            if (!g[i].match) g[m++] = g[i];
+        break;
+    case SPLIT_MERGED_WITH_PREVIOUS:
+        for (size_t i = 0; i < ns; i++) {
+            if (g[i].match && !prev_match && m > 0) g[m - 1].end = g[i].end;
+            else g[m++] = g[i];
+            prev_match = g[i].match;
+        }
+        break;
+    case SPLIT_MERGED_WITH_NEXT: /* the same from the end */
+        m = ns;
+        for (size_t i = ns; i-- > 0;) {
+            if (g[i].match && !prev_match && m < ns) g[m].start = g[i].start;
+            else g[--m] = g[i];
+            prev_match = g[i].match;
+        }
+        memmove(g, g + m, (ns - m) * sizeof *g);
+        m = ns - m;
+        break;
+    case SPLIT_CONTIGUOUS:
+        for (size_t i = 0; i < ns; i++) {
+            if (g[i].match == prev_match && m > 0) g[m - 1].end = g[i].end;
+            else g[m++] = g[i];
+            prev_match = g[i].match;
+        }
+        break;
+    }
+    for (size_t i = 0; i < m; i++) {
+        size_t a = map ? map[g[i].start] : g[i].start, b = map ? map[g[i].end] : g[i].end;
+        TL_TRY(pretok(t, e, k + 1, s + a, b - a, err));
+    }
+    return TL_OK;
+}
+
 /* Runs pre-tokenizer steps k.. on the piece s[0..n), then BPE on every final piece. */
 static tl_status pretok(const tl_tokenizer *t, enc_state *e, int k, const uint8_t *s, size_t n, tl_error *err) {
     if (n == 0) return TL_OK;
@@ -923,14 +1066,13 @@ static tl_status pretok(const tl_tokenizer *t, enc_state *e, int k, const uint8_
         }
         return pretok(t, e, k + 1, s, n, err);
     }
+    if (st->kind == STEP_REGEX) return split_step(t, e, k, s, n, err);
     size_t p = 0, gap = 0; /* gap: start of unmatched text, kept as its own piece (Isolated) */
     while (p < n) {
         size_t m = 0, w;
         uint32_t cp;
         w = tl_utf8_next(s, n, p, &cp);
-        if (st->kind == STEP_REGEX) {
-            m = tl_pretok_match(st->re, s, n, p);
-        } else if (tl_unicode_class(cp) == TL_UC_NUMBER) { /* Digits: char::is_numeric */
+        if (tl_unicode_class(cp) == TL_UC_NUMBER) { /* Digits: char::is_numeric */
             m = w;
             if (!st->individual_digits)
                 for (size_t q = p + w; q < n;) {
@@ -1021,6 +1163,12 @@ out:
     free(e.next);
     free(e.heap);
     free(e.buf);
+    tl_regex_match_free(e.md);
+    for (int k = 0; k < MAX_STEPS; k++) {
+        free(e.split[k].seg);
+        free(e.split[k].text);
+        free(e.split[k].map);
+    }
     if (st != TL_OK) {
         free(e.ids);
         return st;

@@ -1,14 +1,17 @@
-/* tokenizer_pretok: the hand-written matcher for the split regexes of byte-level BPE tokenizers, and the Unicode
- * character classes they need.
- *
- * No regex library is available to tailor, and only three patterns matter (GPT-2/SmolLM2, Llama 3, Qwen2), so each
- * alternative is coded as Oniguruma (the engine HF tokenizers uses) would match it: alternatives tried in order,
- * greedy quantifiers with the backtracking each one needs spelled out. The class table below is generated; how is
- * in docs/tokenizer.md. */
+/* tokenizer_pretok: the split regexes of byte-level BPE tokenizers, compiled and matched by PCRE2 (UTF + UCP,
+ * JIT where available), with the translation of the few Oniguruma constructs (HF tokenizers' engine) whose PCRE2
+ * meaning differs; and the Unicode tables the rest of the tokenizer needs (Digits' \p{N}, the NFC quick check,
+ * UTF-8 decoding). The tables are generated; how is in docs/tokenizer.md. */
 #include "data/tl_tokenizer.h"
+#include "data/tl_dataset.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Each entry: {first code point, (last code point << 2) | class}, sorted, non-overlapping. Code points not
  * covered are TL_UC_OTHER. */
@@ -364,145 +367,174 @@ invalid:
     return 1;
 }
 
-/* ---- the matcher ---- */
+/* ---- the split regexes: PCRE2 ---- */
 
-typedef struct {
-    const uint8_t *s;
-    size_t len;
-} str_t;
+/* The patterns as the models' tokenizer.json files spell them (and as tailor's GGUF names map to them). */
+static const char *const BUILTIN[] = {
+    [TL_RE_GPT2] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+    [TL_RE_LLAMA3] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    [TL_RE_QWEN2] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
 
-/* Class and byte length of the character at p; class -1 at the end of the string. */
-static int cls_at(const str_t *t, size_t p, size_t *w) {
-    if (p >= t->len) {
-        *w = 0;
+const char *tl_pretok_pattern(tl_pretok_regex re) {
+    return (unsigned)re < sizeof BUILTIN / sizeof BUILTIN[0] ? BUILTIN[re] : NULL;
+}
+
+struct tl_regex {
+    pcre2_code *code;
+    int jit; /* 1 when pcre2_jit_compile succeeded: matches go through pcre2_jit_match */
+};
+
+/* Oniguruma's (HF's engine) shorthand classes in PCRE2 terms, where PCRE2's own differ under PCRE2_UCP:
+ * \s is 0009-000D, 0085 and Z (PCRE2's \s also takes U+180E), \w is L, M, N and Pc (PCRE2 10.42's lacks M and Pc),
+ * \h is a hex digit (PCRE2's is horizontal space). Outside a class: a bracketed class; inside: its members. */
+static const char *onig_class(char c, int in_class) {
+    switch (c) {
+    case 's': return in_class ? "\\t-\\r\\x{85}\\p{Z}" : "[\\t-\\r\\x{85}\\p{Z}]";
+    case 'S': return in_class ? NULL : "[^\\t-\\r\\x{85}\\p{Z}]";
+    case 'w': return in_class ? "\\p{L}\\p{M}\\p{N}\\p{Pc}" : "[\\p{L}\\p{M}\\p{N}\\p{Pc}]";
+    case 'W': return in_class ? NULL : "[^\\p{L}\\p{M}\\p{N}\\p{Pc}]";
+    case 'h': return in_class ? "0-9A-Fa-f" : "[0-9A-Fa-f]";
+    case 'H': return in_class ? NULL : "[^0-9A-Fa-f]";
+    default: return "";
+    }
+}
+
+/* Translates an Oniguruma pattern (HF's syntax) into PCRE2's: only \s \S \w \W \h \H change (onig_class); \Q..\E
+ * and every other escape are copied as they are. *out is malloc'ed; omap[i] is the offset in pat of out[i] (for
+ * PCRE2's error offsets). A negated shorthand inside a class ([\S...]) has no member list: TL_ERR_INPUT. */
+static tl_status onig_to_pcre2(const char *pat, const char *what, const char *field, char **out, size_t **omap,
+                               tl_error *err) {
+    /* the longest expansion, [\p{L}\p{M}\p{N}\p{Pc}], is 26 bytes for 2: 16 per byte bounds the output */
+    size_t n = strlen(pat), o = 0;
+    char *t = malloc(16 * n + 1);
+    size_t *m = malloc((16 * n + 1) * sizeof *m);
+    if (!t || !m) {
+        free(t);
+        free(m);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", what);
+    }
+    int in_class = 0, quoted = 0;
+    for (size_t i = 0; i < n;) {
+        char c = pat[i];
+        const char *rep = NULL;
+        size_t take = 1;
+        if (quoted) {
+            if (c == '\\' && pat[i + 1] == 'E') quoted = 0, take = 2;
+        } else if (c == '\\' && i + 1 < n) {
+            take = 2;
+            if (pat[i + 1] == 'Q') quoted = 1;
+            rep = strchr("sSwWhH", pat[i + 1]) ? onig_class(pat[i + 1], in_class) : NULL;
+            if (strchr("sSwWhH", pat[i + 1]) && !rep) {
+                free(t);
+                free(m);
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s: \\%c inside a character class (offset %zu) is not supported: "
+                               "it has no PCRE2 equivalent with Oniguruma's meaning", what, field, pat[i + 1], i);
+            }
+        } else if (in_class && c == '[' && pat[i + 1] == ':') { /* POSIX class [:name:] */
+            const char *e = strstr(pat + i + 2, ":]");
+            if (e) take = (size_t)(e - (pat + i)) + 2;
+        } else if (!in_class && c == '[') {
+            in_class = 1;
+            if (pat[i + 1] == '^') take++;
+            if (pat[i + take] == ']') take++; /* a ']' first in a class is a literal */
+        } else if (in_class && c == ']') {
+            in_class = 0;
+        }
+        if (rep) {
+            for (const char *r = rep; *r; r++) t[o] = *r, m[o++] = i;
+        } else {
+            for (size_t k = 0; k < take && i + k < n; k++) t[o] = pat[i + k], m[o++] = i + k;
+        }
+        i += take;
+    }
+    t[o] = '\0';
+    m[o] = n;
+    *out = t;
+    *omap = m;
+    return TL_OK;
+}
+
+tl_status tl_regex_compile(const char *pattern, int literal, const char *what, const char *field, tl_regex **out,
+                           tl_error *err) {
+    *out = NULL;
+    char *pat = NULL;
+    size_t *omap = NULL;
+    if (!literal) TL_TRY(onig_to_pcre2(pattern, what, field, &pat, &omap, err));
+    /* UTF + UCP: \p{..}, classes and case folding by Unicode properties; MULTILINE: ^ and $ at line breaks, as in
+     * Oniguruma's Ruby syntax; LITERAL: a Split's String pattern */
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_MULTILINE);
+    int code;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(literal ? pattern : pat), PCRE2_ZERO_TERMINATED, opts, &code, &off, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        if (pcre2_get_error_message(code, msg, sizeof msg) < 0) snprintf((char *)msg, sizeof msg, "error %d", code);
+        size_t at = literal ? off : omap[off <= strlen(pat) ? off : strlen(pat)];
+        free(pat);
+        free(omap);
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s: PCRE2 refuses the regex at offset %zu: %s (pattern \"%.200s\")", what,
+                       field, at, (const char *)msg, pattern);
+    }
+    free(pat);
+    free(omap);
+    tl_regex *r = malloc(sizeof *r);
+    if (!r) {
+        pcre2_code_free(re);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", what);
+    }
+    r->code = re;
+    /* JIT when the platform has it (PCRE2 is built without it on some architectures, and it may fail under memory
+     * limits); the interpreter gives the same matches otherwise */
+    r->jit = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
+    *out = r;
+    return TL_OK;
+}
+
+void tl_regex_free(tl_regex *re) {
+    if (!re) return;
+    pcre2_code_free(re->code);
+    free(re);
+}
+
+int tl_regex_jit(const tl_regex *re) { return re->jit; }
+
+tl_regex_match *tl_regex_match_create(void) { return (tl_regex_match *)pcre2_match_data_create(1, NULL); }
+
+void tl_regex_match_free(tl_regex_match *md) { pcre2_match_data_free((pcre2_match_data *)md); }
+
+int tl_regex_find(const tl_regex *re, tl_regex_match *mdata, const uint8_t *s, size_t len, size_t pos, uint32_t flags,
+                  size_t *start, size_t *end, tl_error *err) {
+    pcre2_match_data *md = (pcre2_match_data *)mdata;
+    uint32_t opts = PCRE2_NO_UTF_CHECK | ((flags & TL_REGEX_ANCHORED) ? PCRE2_ANCHORED : 0);
+    int rc = PCRE2_ERROR_JIT_STACKLIMIT;
+    if (re->jit && !(flags & TL_REGEX_ANCHORED)) rc = pcre2_jit_match(re->code, s, len, pos, 0, md, NULL);
+    /* the JIT's default 32 KiB stack can run out on a pathological pattern: the interpreter uses the heap */
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = pcre2_match(re->code, s, len, pos, opts | PCRE2_NO_JIT, md, NULL);
+    if (rc == PCRE2_ERROR_NOMATCH) return 0;
+    if (rc < 0) {
+        PCRE2_UCHAR msg[256];
+        if (pcre2_get_error_message(rc, msg, sizeof msg) < 0) snprintf((char *)msg, sizeof msg, "error %d", rc);
+        tl_fail(err, TL_ERR_RUNTIME, "tokenizer: regex match failed at byte %zu: %s", pos, (const char *)msg);
         return -1;
     }
-    uint32_t cp;
-    *w = tl_utf8_next(t->s, t->len, p, &cp);
-    return tl_unicode_class(cp);
+    const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    *start = ov[0];
+    *end = ov[1] < ov[0] ? ov[0] : ov[1]; /* \K in a lookahead can end a match before its start */
+    return 1;
 }
 
-static uint32_t cp_at(const str_t *t, size_t p, size_t *w) {
-    uint32_t cp;
-    *w = tl_utf8_next(t->s, t->len, p, &cp);
-    return cp;
-}
-
-/* End of the run of characters of class c starting at p (p itself when none). */
-static size_t run_of(const str_t *t, size_t p, int c) {
-    size_t w;
-    while (cls_at(t, p, &w) == c) p += w;
-    return p;
-}
-
-/* At most max characters of class c from p. */
-static size_t run_of_max(const str_t *t, size_t p, int c, int max) {
-    size_t w;
-    for (int k = 0; k < max && cls_at(t, p, &w) == c; k++) p += w;
-    return p;
-}
-
-static int is_crlf(const str_t *t, size_t p) { return p < t->len && (t->s[p] == '\r' || t->s[p] == '\n'); }
-
-/* End of a run of [\r\n] from p. */
-static size_t run_crlf(const str_t *t, size_t p) {
-    while (is_crlf(t, p)) p++;
-    return p;
-}
-
-/* 's|'t|'re|'ve|'m|'ll|'d at p; ci: case-insensitive as Oniguruma folds it (U+017F LONG S folds to s). Returns
- * the end, or p when no contraction matches. */
-static size_t contraction(const str_t *t, size_t p, int ci) {
-    if (p >= t->len || t->s[p] != '\'') return p;
-    size_t q = p + 1, w;
-    if (q >= t->len) return p;
-    uint32_t a = cp_at(t, q, &w);
-    if (ci) {
-        if (a == 0x17F) a = 's';
-        if (a >= 'A' && a <= 'Z') a += 32;
-    }
-    if (a == 's' || a == 't' || a == 'm' || a == 'd') return q + w;
-    if (a == 'r' || a == 'v' || a == 'l') {
-        size_t w2;
-        if (q + w >= t->len) return p;
-        uint32_t b = cp_at(t, q + w, &w2);
-        if (ci && b >= 'A' && b <= 'Z') b += 32;
-        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return q + w + w2;
-    }
-    return p;
-}
-
-/* \s+(?!\S) then \s+, the last two alternatives of every pattern: the greedy run backs off one character so that
- * the next token may start with a space, unless the run ends the string or is a single character. */
-static size_t trailing_space(const str_t *t, size_t p) {
-    size_t w;
-    if (cls_at(t, p, &w) != TL_UC_SPACE) return p;
-    size_t end = run_of(t, p, TL_UC_SPACE);
-    if (end == t->len) return end;
-    /* back off one character: the run's last character */
-    size_t last = p;
-    for (size_t q = p; q < end; q += w) {
-        cls_at(t, q, &w);
-        last = q;
-    }
-    return last > p ? last : end;
-}
-
-/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-static size_t match_gpt2(const str_t *t, size_t p) {
-    size_t e = contraction(t, p, 0), w, w2;
-    if (e > p) return e;
-    int c = cls_at(t, p, &w);
-    size_t q = p;
-    if (t->s[p] == ' ') {
-        int c2 = cls_at(t, p + 1, &w2);
-        if (c2 == TL_UC_LETTER || c2 == TL_UC_NUMBER || c2 == TL_UC_OTHER) {
-            q = p + 1;
-            c = c2;
-        }
-    }
-    if (c == TL_UC_LETTER || c == TL_UC_NUMBER || c == TL_UC_OTHER) return run_of(t, q, c);
-    return trailing_space(t, p);
-}
-
-/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
- * (Qwen2: \p{N} instead of \p{N}{1,3}) */
-static size_t match_llama3(const str_t *t, size_t p, int max_digits) {
-    size_t e = contraction(t, p, 1), w, w2;
-    if (e > p) return e;
-    int c = cls_at(t, p, &w);
-    /* [^\r\n\p{L}\p{N}]?\p{L}+ */
-    if (c == TL_UC_LETTER) return run_of(t, p, TL_UC_LETTER);
-    if (c != TL_UC_NUMBER && !is_crlf(t, p) && cls_at(t, p + w, &w2) == TL_UC_LETTER)
-        return run_of(t, p + w, TL_UC_LETTER);
-    /* \p{N}{1,3} */
-    if (c == TL_UC_NUMBER) return run_of_max(t, p, TL_UC_NUMBER, max_digits);
-    /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
-    size_t q = p;
-    if (t->s[p] == ' ' && cls_at(t, p + 1, &w2) == TL_UC_OTHER) q = p + 1;
-    if (cls_at(t, q, &w2) == TL_UC_OTHER) return run_crlf(t, run_of(t, q, TL_UC_OTHER));
-    /* \s*[\r\n]+ : the whitespace run up to and including its last \r or \n */
-    if (c == TL_UC_SPACE) {
-        size_t end = run_of(t, p, TL_UC_SPACE), last_nl = 0;
-        int found = 0;
-        for (size_t r = p; r < end; r += w2) {
-            cls_at(t, r, &w2);
-            if (is_crlf(t, r)) last_nl = r, found = 1;
-        }
-        if (found) return last_nl + 1;
-    }
-    return trailing_space(t, p);
-}
-
-size_t tl_pretok_match(tl_pretok_regex re, const uint8_t *s, size_t len, size_t pos) {
-    if (pos >= len) return 0;
-    str_t t = {s, len};
-    size_t e;
-    switch (re) {
-    case TL_RE_GPT2: e = match_gpt2(&t, pos); break;
-    case TL_RE_LLAMA3: e = match_llama3(&t, pos, 3); break;
-    case TL_RE_QWEN2: e = match_llama3(&t, pos, 1); break;
-    default: e = pos; break;
-    }
-    return e - pos;
+size_t tl_pretok_match(tl_pretok_regex which, const uint8_t *s, size_t len, size_t pos) {
+    if (pos >= len || !tl_pretok_pattern(which) || !tl_utf8_valid(s, len)) return 0;
+    tl_regex *re;
+    tl_error err;
+    if (tl_regex_compile(tl_pretok_pattern(which), 0, "tl_pretok_match", "pattern", &re, &err) != TL_OK) return 0;
+    tl_regex_match *md = tl_regex_match_create();
+    size_t a = 0, b = 0;
+    int r = md ? tl_regex_find(re, md, s, len, pos, TL_REGEX_ANCHORED, &a, &b, &err) : -1;
+    tl_regex_match_free(md);
+    tl_regex_free(re);
+    return r == 1 ? b - a : 0;
 }
