@@ -812,9 +812,9 @@ tl_status tl_eval_iter_next(tl_eval_iter *it, int force_slot, tl_host_mb **out, 
     *out = NULL;
     *done = 0;
     it->n_placed = 0;
-    if (force_slot < -2)
-        return tl_fail(err, TL_ERR_INPUT, "%s: force_slot %d, expected >= -2",
-                       it->src.seqs_per_unit == 2 ? "preference eval" : "eval", force_slot);
+    if (force_slot < TL_SLOT_OWN)
+        return tl_fail(err, TL_ERR_INPUT, "%s: force_slot %d, expected >= %d",
+                       it->src.seqs_per_unit == 2 ? "preference eval" : "eval", force_slot, TL_SLOT_OWN);
     const int spu = it->src.seqs_per_unit;
     tl_host_mb *mb = &it->mb;
     mb_reset(mb);
@@ -834,7 +834,7 @@ tl_status tl_eval_iter_next(tl_eval_iter *it, int force_slot, tl_host_mb **out, 
         if (mb->n_tok + unit_len(sp, spu) > it->mbt) break;
         for (int r = 0; r < spu; r++)
             sp[r].seed = tl_mix64(it->row_key[it->a] ^ ((uint64_t)u * (uint64_t)spu + (uint64_t)r));
-        place_unit(mb, 0, sp, spu, force_slot == -2 ? it->a : force_slot, 1.0f, &it->placed[it->n_placed++]);
+        place_unit(mb, 0, sp, spu, force_slot == TL_SLOT_OWN ? it->a : force_slot, 1.0f, &it->placed[it->n_placed++]);
         it->i++;
     }
     if (mb->n_tok == 0) {

@@ -120,10 +120,13 @@ tl_status tl_batcher_set_global(tl_batcher *b, const int32_t *gidx, int n_global
  * no trained token are skipped. Call repeatedly: each call returns a non-empty micro-batch (valid until the
  * next call) with *done = 0, or *out = NULL and *done = 1 once everything was returned. */
 typedef struct tl_eval_iter tl_eval_iter;
+/* Slot sentinels: TL_SLOT_BASE is the slot of a segment that runs the bare base model, no adapter (tl_seg's
+ * slot < 0, kernels/tl_backend.h); TL_SLOT_OWN, only as a force_slot, keeps each example's own adapter. */
+enum { TL_SLOT_BASE = -1, TL_SLOT_OWN = -2 };
 tl_status tl_eval_iter_init(const tl_sft_dataset *ds, const tl_adapter_map *map, int micro_batch_tokens,
                             int max_seq_len, tl_eval_iter **out, tl_error *err);
-/* force_slot >= 0 sets every segment's slot to it (cross evaluation); -1 for none (base model); -2 keeps
- * each example's own adapter. */
+/* force_slot >= 0 sets every segment's slot to it (cross evaluation); TL_SLOT_BASE for none (base model);
+ * TL_SLOT_OWN keeps each example's own adapter. */
 tl_status tl_eval_iter_next(tl_eval_iter *it, int force_slot, tl_host_mb **out, int *done, tl_error *err);
 void tl_eval_iter_free(tl_eval_iter *it);
 

@@ -103,9 +103,9 @@ tl_status tl_pref_batcher_set_global(tl_pref_batcher *b, const int32_t *gidx, in
 /* Evaluation: every pair of the map's adapters exactly once (adapters in map order, each one's pairs in dataset
  * order), truncated and packed the same way (pairs whole, chosen first), trained rows weighted 1; pairs that
  * would be skipped in training are skipped. force_slot as for tl_eval_iter_next: >= 0 sets every segment's slot
- * to it, -1 the base model (no adapter: the DPO reference policy), -2 each pair's own adapter. Each call returns
- * a non-empty micro-batch with its pairs (valid until the next call) and *done = 0, or *out = NULL and *done = 1
- * once every pair was returned. */
+ * to it, TL_SLOT_BASE the base model (no adapter: the DPO reference policy), TL_SLOT_OWN each pair's own adapter.
+ * Each call returns a non-empty micro-batch with its pairs (valid until the next call) and *done = 0, or
+ * *out = NULL and *done = 1 once every pair was returned. */
 typedef struct {
     tl_host_mb *mb;
     int64_t n_pairs;

@@ -71,10 +71,10 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
         goto done;
     }
-    s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, -2, res->loss, res->tokens, res->examples,
-                  err);
+    s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, TL_SLOT_OWN, res->loss, res->tokens,
+                  res->examples, err);
     if (!s && with_base)
-        s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, -1, bsum, bcount, NULL, err);
+        s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, TL_SLOT_BASE, bsum, bcount, NULL, err);
     if (s) goto done;
     for (int a = 0; a < n; a++) {
         res->loss[a] = res->tokens[a] ? res->loss[a] / (double)res->tokens[a] : NAN;

@@ -12,7 +12,7 @@
 typedef struct {
     int64_t ex;
     int slot;    /* the example's adapter */
-    int is_base; /* generate with slot -1 */
+    int is_base; /* generate with slot TL_SLOT_BASE */
 } er_item;
 
 typedef struct {
@@ -78,7 +78,7 @@ static tl_status er_batch(const er_ctx *c, const er_item *items, int n, tl_error
     }
     for (int i = 0, k = 0; i < n; i++) {
         int64_t ex = items[i].ex;
-        slots[i] = items[i].is_base ? -1 : items[i].slot;
+        slots[i] = items[i].is_base ? TL_SLOT_BASE : items[i].slot;
         n_new[i] = ds->prompt_len[ex];
         memcpy(toks + k, ds->tokens + ds->offsets[ex], (size_t)n_new[i] * sizeof(int32_t));
         k += n_new[i];

@@ -10,7 +10,7 @@
 #include "data/tl_io.h"
 #include "kernels/tl_text.h"
 
-/* One pass over every pair of the map's adapters with segments forced to force_slot (-2: own adapter). */
+/* One pass over every pair of the map's adapters with segments forced to force_slot (TL_SLOT_OWN: own adapter). */
 static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                       const tl_pref_dataset *ds, const tl_adapter_map *map, int mbt, int msl,
                       const tl_pref_eval_opts *o, int force_slot, tl_pref_stats *by_owner, tl_error *err) {
@@ -75,7 +75,7 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
     tl_pref_stats *tmp = s ? NULL : calloc((size_t)nc, sizeof *tmp);
     if (!s && (!res->own || !tmp)) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     for (int a = 0; !s && a < n; a++) tl_pref_stats_init(&res->own[a]);
-    if (!s) s = pass(m, p, ws, sc, ds, own, micro_batch_tokens, max_seq_len, o, -2, res->own, err);
+    if (!s) s = pass(m, p, ws, sc, ds, own, micro_batch_tokens, max_seq_len, o, TL_SLOT_OWN, res->own, err);
     if (!s && with_cross) {
         res->cross_acc = calloc((size_t)n * nc, sizeof(double));
         if (!res->cross_acc) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
