@@ -1,7 +1,8 @@
 /* Test helpers shared by the unit tests of modules that move an adapter pool between a backend and files
  * (export, checkpoint): CHECK from tl_check.h, a host-memory backend double whose upload/download are
  * memcpy (it counts transfers and can inject a status() failure, as a real backend reports one), a small
- * xorshift RNG, hand-made adapter pools in that backend's memory, and an aborting snprintf for paths.
+ * xorshift RNG (seeded from TL_TEST_SEED or the clock), hand-made adapter pools in that backend's memory, an
+ * aborting snprintf for paths, and the run's scratch directory.
  * Header-only: each test is one translation unit. */
 #ifndef TL_TEST_HOST_H
 #define TL_TEST_HOST_H
@@ -12,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "data/tl_io.h"
 #include "kernels/tl_backend.h"
 #include "trainer/model/tl_model.h"
 #include "tests/lib/tl_check.h"
@@ -139,6 +143,37 @@ static void xpath(char *dst, size_t cap, const char *fmt, ...) {
     if (k < 0 || (size_t)k >= cap) {
         fprintf(stderr, "FAIL: test path too long\n");
         abort();
+    }
+}
+
+/* ---- a run's seed and scratch directory ---- */
+
+/* Seeds rng_state from TL_TEST_SEED when set, else from the time and pid (never 0), and returns the seed. */
+static uint64_t host_seed(void) {
+    rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
+    const char *env = getenv("TL_TEST_SEED");
+    if (env) rng_state = strtoull(env, NULL, 10);
+    if (!rng_state) rng_state = 1;
+    return rng_state;
+}
+
+/* A fresh directory $TMPDIR/{tag}_XXXXXX (or under /tmp) in root[TL_PATH_MAX]; 0, or 1 after perror. */
+static int host_scratch(char *root, const char *tag) {
+    const char *tmpdir = getenv("TMPDIR");
+    xpath(root, TL_PATH_MAX, "%s/%s_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp", tag);
+    if (!mkdtemp(root)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    return 0;
+}
+
+/* Removes the scratch tree; not being able to is a test failure. */
+static void host_scratch_remove(const char *root) {
+    tl_error err;
+    if (tl_remove_tree(root, &err) != TL_OK) {
+        fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
+        g_fail++;
     }
 }
 

@@ -21,6 +21,7 @@
 #include "trainer/run/tl_checkpoint.h"
 #include "data/tl_io.h"
 
+#include "tests/lib/tl_check.h"
 #include "tests/lib/tl_test_host.h"
 static float rng_float(void) {
     uint64_t r = rng_next();
@@ -648,19 +649,9 @@ static void test_checked_values(const char *root) {
 }
 
 int main(void) {
-    rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
-    const char *env = getenv("TL_TEST_SEED");
-    if (env) rng_state = strtoull(env, NULL, 10);
-    if (!rng_state) rng_state = 1;
-    uint64_t seed = rng_state;
-
-    const char *tmpdir = getenv("TMPDIR");
+    uint64_t seed = host_seed();
     char root[TL_PATH_MAX];
-    xpath(root, sizeof root, "%s/tl_test_ckpt_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-    if (!mkdtemp(root)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (host_scratch(root, "tl_test_ckpt")) return 1;
     char r1[TL_PATH_MAX + 8], r2[TL_PATH_MAX + 8], r3[TL_PATH_MAX + 8], r4[TL_PATH_MAX + 8];
     xpath(r1, sizeof r1, "%s/run1", root);
     xpath(r2, sizeof r2, "%s/run2", root);
@@ -677,10 +668,6 @@ int main(void) {
     test_bad_values(r5);
     test_set_aside(r6);
     test_checked_values(root);
-    tl_error err;
-    if (tl_remove_tree(root, &err) != TL_OK) {
-        fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
-        g_fail++;
-    }
+    host_scratch_remove(root);
     return tl_check_done_seed("test_checkpoint", (unsigned long long)seed);
 }

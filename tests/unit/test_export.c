@@ -21,6 +21,7 @@
 #include "trainer/run/tl_export.h"
 #include "data/tl_io.h"
 
+#include "tests/lib/tl_check.h"
 #include "tests/lib/tl_test_host.h"
 static float rng_float(void) {
     uint64_t r = rng_next();
@@ -621,19 +622,9 @@ static void test_peft_load_nan(const char *root) {
 }
 
 int main(void) {
-    rng_state = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ull;
-    const char *env = getenv("TL_TEST_SEED");
-    if (env) rng_state = strtoull(env, NULL, 10);
-    if (!rng_state) rng_state = 1;
-    uint64_t seed = rng_state;
-
-    const char *tmpdir = getenv("TMPDIR");
+    uint64_t seed = host_seed();
     char root[TL_PATH_MAX];
-    snprintf(root, sizeof root, "%s/tl_test_export_XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
-    if (!mkdtemp(root)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    if (host_scratch(root, "tl_test_export")) return 1;
     char r1[TL_PATH_MAX + 8], r2[TL_PATH_MAX + 8];
     xpath(r1, sizeof r1, "%s/a", root);
     xpath(r2, sizeof r2, "%s/b", root);
@@ -649,9 +640,6 @@ int main(void) {
     test_peft_load_reward(r2);
     test_replace_rules(r2);
     test_peft_load_nan(r2);
-    if (tl_remove_tree(root, &err) != TL_OK) {
-        fprintf(stderr, "FAIL cleanup: %s\n", err.msg);
-        g_fail++;
-    }
+    host_scratch_remove(root);
     return tl_check_done_seed("test_export", (unsigned long long)seed);
 }
