@@ -12,17 +12,7 @@
 
 #include "trainer/eval/tl_generate.h"
 #include "trainer/model/tl_tinymodel.h"
-
-static int g_fails = 0;
-#define EXPECT(c, ...)                                                   \
-    do {                                                                 \
-        if (!(c)) {                                                      \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-            fprintf(stderr, __VA_ARGS__);                                \
-            fputc('\n', stderr);                                         \
-            g_fails++;                                                   \
-        }                                                                \
-    } while (0)
+#include "tests/lib/tl_check.h"
 
 static uint64_t rs = 0x1234567ULL;
 static uint32_t rnd(void) {
@@ -126,11 +116,11 @@ int main(void) {
             return 1;
         }
         for (int s = 0; s < NS; s++) {
-            EXPECT(tl_decoder_len(d, s) == len[s], "step %d seq %d: decoder length %d, expected %d", step, s,
-                   tl_decoder_len(d, s), len[s]);
+            CHECK(tl_decoder_len(d, s) == len[s], "step %d seq %d: decoder length %d, expected %d", step, s,
+                  tl_decoder_len(d, s), len[s]);
             double e = rel_err(got + s * V, want + s * V, V);
             if (e > worst) worst = e;
-            EXPECT(e <= 1e-5, "step %d seq %d (slot %d, %d tokens): rel err %.3g", step, s, slots[s], len[s], e);
+            CHECK(e <= 1e-5, "step %d seq %d (slot %d, %d tokens): rel err %.3g", step, s, slots[s], len[s], e);
         }
         /* the adapters matter: sequences 0 and 2 under the base model's logits differ */
         /* next step: one random token per sequence, except sequence 1 which skips step 2 */
@@ -152,21 +142,21 @@ int main(void) {
         float *w2 = malloc(NS * V * sizeof(float));
         if (full_logits(&m, &p, ws, seq, l2, base_slots, w2, all, &err)) return 1;
         double e = rel_err(w2, want, V);
-        EXPECT(e > 1e-2, "adapter b barely changes the logits (rel %.3g)", e);
+        CHECK(e > 1e-2, "adapter b barely changes the logits (rel %.3g)", e);
         free(w2);
     }
 
     /* errors: past the context, a token outside the vocabulary */
     {
         int big[NS] = {100, 0, 0, 0};
-        EXPECT(tl_decoder_append(d, flat, big, got, &err) == TL_ERR_INPUT, "append past max_ctx accepted");
+        CHECK(tl_decoder_append(d, flat, big, got, &err) == TL_ERR_INPUT, "append past max_ctx accepted");
         int one[NS] = {1, 0, 0, 0};
         int32_t badtok = V;
-        EXPECT(tl_decoder_append(d, &badtok, one, got, &err) == TL_ERR_INPUT && strstr(err.msg, "vocabulary"),
-               "token outside the vocabulary accepted: %s", err.msg);
+        CHECK(tl_decoder_append(d, &badtok, one, got, &err) == TL_ERR_INPUT && strstr(err.msg, "vocabulary"),
+              "token outside the vocabulary accepted: %s", err.msg);
         int32_t bad_slots[NS] = {0, 3, 0, 0};
         tl_decoder *d2 = NULL;
-        EXPECT(tl_decoder_create(&m, &p, NS, bad_slots, 8, 8, &d2, &err) == TL_ERR_INPUT, "slot 3 of 3 accepted");
+        CHECK(tl_decoder_create(&m, &p, NS, bad_slots, 8, 8, &d2, &err) == TL_ERR_INPUT, "slot 3 of 3 accepted");
     }
 
     /* sampling: greedy is the first argmax; seeded sampling repeats; top-p tiny keeps only the argmax */
@@ -175,7 +165,7 @@ int main(void) {
         tl_prob_id sc[8];
         uint64_t r1 = 42, r2 = 42;
         memcpy(c, l, sizeof l);
-        EXPECT(tl_sample_token(c, 8, 0.0f, 1.0f, &r1, sc) == 1, "greedy is not the first argmax");
+        CHECK(tl_sample_token(c, 8, 0.0f, 1.0f, &r1, sc) == 1, "greedy is not the first argmax");
         int32_t s1[64], s2[64];
         int hist[8] = {0};
         for (int i = 0; i < 64; i++) {
@@ -185,17 +175,17 @@ int main(void) {
             s2[i] = tl_sample_token(c, 8, 1.0f, 1.0f, &r2, sc);
             hist[s1[i]]++;
         }
-        EXPECT(!memcmp(s1, s2, sizeof s1), "the same seed gave different samples");
-        EXPECT(hist[1] > 0 && hist[3] > 0 && hist[5] > 0, "temperature 1 never drew one of the likely tokens");
+        CHECK(!memcmp(s1, s2, sizeof s1), "the same seed gave different samples");
+        CHECK(hist[1] > 0 && hist[3] > 0 && hist[5] > 0, "temperature 1 never drew one of the likely tokens");
         for (int i = 0; i < 32; i++) {
             memcpy(c, l, sizeof l);
             int32_t t = tl_sample_token(c, 8, 1.0f, 0.01f, &r1, sc);
-            EXPECT(t == 1, "top-p 0.01 drew token %d (the nucleus is token 1 alone)", t);
+            CHECK(t == 1, "top-p 0.01 drew token %d (the nucleus is token 1 alone)", t);
         }
         for (int i = 0; i < 64; i++) {
             memcpy(c, l, sizeof l);
             int32_t t = tl_sample_token(c, 8, 1.0f, 0.5f, &r1, sc);
-            EXPECT(t == 1 || t == 3, "top-p 0.5 drew token %d outside the nucleus {1, 3}", t);
+            CHECK(t == 1 || t == 3, "top-p 0.5 drew token %d outside the nucleus {1, 3}", t);
         }
     }
 
@@ -208,10 +198,5 @@ int main(void) {
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", dir);
-    if (g_fails) {
-        fprintf(stderr, "%d check(s) failed\n", g_fails);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return tl_check_done("test_decode");
 }
