@@ -1,8 +1,11 @@
 /* tl_status: the one error convention of tailor.
  *
  * Every fallible function returns a tl_status and, on failure, fills a caller-provided tl_error with one
- * line that names the file, field or index and says what was expected. Library code never prints and never
- * exits; the CLI prints err.msg on stderr and exits with err.code. */
+ * line that names the file, field or index and says what was expected. Library code never prints on its own
+ * (it writes only to streams its caller hands it: progress, tables, generated text) and never exits; the CLI
+ * (trainer/cli/) prints err.msg on stderr and exits with err.code. The one sanctioned exception: a rank of a
+ * multi-process job that fails prints its error and ends every rank through tl_dist_abort
+ * (trainer/dist/tl_dist.h), since the others may be waiting for it in a collective and would hang. */
 #ifndef TL_STATUS_H
 #define TL_STATUS_H
 

@@ -8,6 +8,7 @@
 #include "data/tl_hf_config.h"
 #include "kernels/tl_text.h"
 #include "trainer/config/tl_config.h"
+#include "trainer/cli/cli.h"
 #include "data/tl_dataset_build.h"
 #include "trainer/eval/tl_generate.h"
 #include "trainer/eval/tl_report.h"
@@ -190,9 +191,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(cmd, "make-model")) return cmd_make_model(argc - 2, argv + 2);
     if (!strcmp(cmd, "data")) return cmd_data(argc - 2, argv + 2);
-    if (!strcmp(cmd, "generate")) return tl_generate_main(argc - 2, argv + 2);
-    if (!strcmp(cmd, "report")) return tl_report_main(argc - 2, argv + 2);
-    if (!strcmp(cmd, "submit")) return tl_submit_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return tl_cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "report")) return tl_cmd_report(argc - 2, argv + 2);
+    if (!strcmp(cmd, "submit")) return tl_cmd_submit(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) {
         if (argc != 3) return usage_error("%s needs exactly one PATH", "inspect");
         tl_error err = {0};

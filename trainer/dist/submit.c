@@ -447,27 +447,7 @@ tl_status tl_submit_script(const tl_config *c, const tl_submit_paths *p, char **
     return TL_OK;
 }
 
-/* ---- the command ---- */
-
-static const char *submit_usage =
-    "usage: tailor submit CONFIG [--dry-run] [key=value ...]\n"
-    "\n"
-    "Writes <run.output_dir>/submit/config.yaml (the resolved config) and <run.output_dir>/submit/job.sbatch (a\n"
-    "Slurm batch script that runs `srun tailor train` on the config's cluster section), then submits the script\n"
-    "with sbatch. A run stopped by a signal (exit 75) requeues itself and resumes. --dry-run prints the script and\n"
-    "writes nothing. See docs/cluster.md.\n";
-
-static int submit_usage_error(const char *msg, const char *arg) {
-    char b[TL_ESC_CAP]; /* the argument as typed: shown escaped (tl_text.h) */
-    fprintf(stderr, "tailor: error: submit: %s%s%s (run 'tailor submit --help' for usage)\n", msg, arg ? " " : "",
-            arg ? tl_escape(b, sizeof b, arg) : "");
-    return 2;
-}
-
-static int submit_fail(const tl_error *e) {
-    fprintf(stderr, "tailor: error: %s\n", e->msg);
-    return e->code == TL_OK ? 1 : (int)e->code;
-}
+/* ---- the submission ---- */
 
 /* The first executable regular file called name in PATH, into out; 0 when there is none. */
 static int find_in_path(const char *name, char *out, size_t cap) {
@@ -580,78 +560,42 @@ static tl_status run_sbatch(const char *sbatch, const char *script, char *job_id
     return TL_OK;
 }
 
-int tl_submit_main(int argc, char **argv) {
-    const char *cfg_path = NULL;
-    int dry = 0, n_ovr = 0;
-    char **ovr = calloc((size_t)argc + 1, sizeof *ovr);
-    if (!ovr) {
-        fprintf(stderr, "tailor: error: submit: out of memory\n");
-        return 1;
-    }
-    int rc = 0;
-    for (int i = 0; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(submit_usage, stdout);
-            free(ovr);
-            return 0;
-        }
-        if (!strcmp(a, "--dry-run"))
-            dry = 1;
-        else if (a[0] == '-')
-            rc = submit_usage_error("unknown option", a);
-        else if (!cfg_path)
-            cfg_path = a;
-        else if (strchr(a, '='))
-            ovr[n_ovr++] = argv[i];
-        else
-            rc = submit_usage_error("unexpected argument (expected key=value):", a);
-    }
-    if (!rc && !cfg_path) rc = submit_usage_error("needs a CONFIG file", NULL);
-    if (rc) {
-        free(ovr);
-        return rc;
-    }
+tl_status tl_submit(const tl_submit_opts *o, tl_submit_result *r, tl_error *err) {
     tl_config c, job;
-    tl_error err = {0};
     tl_submit_paths p;
-    char cwd[TL_PATH_MAX], self[TL_PATH_MAX], sbatch[TL_PATH_MAX], job_id[64];
+    char cwd[TL_PATH_MAX], self[TL_PATH_MAX], sbatch[TL_PATH_MAX];
     char *script = NULL;
-    tl_status s = tl_config_load(cfg_path, ovr, n_ovr, &c, &err);
-    free(ovr);
-    if (!s) s = tl_submit_check(&c, &err);
+    memset(r, 0, sizeof *r);
+    tl_status s = tl_config_load(o->config, o->overrides, o->n_overrides, &c, err);
+    if (!s) s = tl_submit_check(&c, err);
     if (!s && !getcwd(cwd, sizeof cwd))
-        s = tl_fail(&err, TL_ERR_RUNTIME, "submit: cannot get the working directory: %s", strerror(errno));
+        s = tl_fail(err, TL_ERR_RUNTIME, "submit: cannot get the working directory: %s", strerror(errno));
     if (!s) {
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         self[n > 0 ? n : 0] = 0;
-        s = tl_submit_paths_resolve(&c, cwd, self, &p, &err);
+        s = tl_submit_paths_resolve(&c, cwd, self, &p, err);
     }
-    if (!s && !dry) s = preflight(&c, &p, &err);
-    if (!s && !dry && !find_in_path("sbatch", sbatch, sizeof sbatch))
-        s = tl_fail(&err, TL_ERR_INPUT, "submit: sbatch is not in PATH (is this a Slurm login node?); tailor submit "
-                    "%s --dry-run prints the job script instead", cfg_path);
+    if (!s && !o->dry_run) s = preflight(&c, &p, err);
+    if (!s && !o->dry_run && !find_in_path("sbatch", sbatch, sizeof sbatch))
+        s = tl_fail(err, TL_ERR_INPUT, "submit: sbatch is not in PATH (is this a Slurm login node?); tailor submit "
+                    "%s --dry-run prints the job script instead", o->config);
     if (!s) {
         tl_submit_job_config(&c, &job);
-        s = tl_submit_script(&job, &p, &script, &err);
+        s = tl_submit_script(&job, &p, &script, err);
     }
-    if (!s && dry) {
-        fputs(script, stdout);
-        if (fflush(stdout) != 0 || ferror(stdout))
-            s = tl_fail(&err, TL_ERR_RUNTIME, "submit: cannot write the script to stdout: %s", strerror(errno));
-        free(script);
-        return s ? submit_fail(&err) : 0;
+    if (!s && o->dry_run) {
+        r->script = script;
+        return TL_OK;
     }
     char dir[TL_PATH_MAX + 16];
     if (!s) {
         snprintf(dir, sizeof dir, "%s/submit", p.run_dir);
-        s = tl_mkdir_p(dir, &err);
+        s = tl_mkdir_p(dir, err);
     }
-    if (!s) s = tl_config_write_file(&job, p.config, &err);
-    if (!s) s = tl_write_file_atomic(p.script, script, strlen(script), &err);
+    if (!s) s = tl_config_write_file(&job, p.config, err);
+    if (!s) s = tl_write_file_atomic(p.script, script, strlen(script), err);
     free(script);
-    if (!s) s = run_sbatch(sbatch, p.script, job_id, sizeof job_id, &err);
-    if (s) return submit_fail(&err);
-    printf("submitted job %s: %s\n", job_id, p.script);
-    return fflush(stdout) == 0 ? 0 : 1;
+    if (!s) s = run_sbatch(sbatch, p.script, r->job_id, sizeof r->job_id, err);
+    if (!s) snprintf(r->script_path, sizeof r->script_path, "%s", p.script);
+    return s;
 }

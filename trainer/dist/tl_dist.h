@@ -84,7 +84,9 @@ tl_status tl_dist_bcast_host(tl_dist *d, void *buf, size_t bytes, int root, cons
 tl_status tl_dist_barrier(tl_dist *d, const char *what, tl_error *err);
 
 /* After a failure (or on any error when world > 1): tears the communicator down and ends every rank with
- * exit code `code` (MPI_Abort / ncclCommAbort). Never returns when a transport is connected; returns otherwise. */
+ * exit code `code` (MPI_Abort / ncclCommAbort, or _exit for NCCL without MPI). Never returns when a transport is
+ * connected; returns otherwise. This is the library's one sanctioned exit (kernels/tl_status.h): the other ranks
+ * may be blocked in a collective, so no error can travel back to the CLI for it to exit instead. */
 void tl_dist_abort(tl_dist *d, int code);
 /* Clean shutdown (MPI_Finalize, ncclCommDestroy). */
 void tl_dist_free(tl_dist *d);

@@ -3,7 +3,7 @@
  * What submit does: loads the config (overrides applied), checks the cluster section and its agreement with the
  * rest (below), writes the resolved config to <run.output_dir>/submit/config.yaml and the script to
  * <run.output_dir>/submit/job.sbatch (each atomically: a temporary file renamed into place), then runs
- * `sbatch --parsable job.sbatch` and prints "submitted job <id>: <script>". --dry-run prints the script on stdout
+ * `sbatch --parsable job.sbatch` and the command prints "submitted job <id>: <script>". --dry-run prints the script on stdout
  * and writes nothing (the script names the config.yaml it would have written). In the resolved config,
  * train.backend auto becomes cpu for a CPU job (cluster.gpus_per_node 0) and cuda for a GPU job, so every rank
  * picks the backend the allocation was made for.
@@ -72,8 +72,23 @@ void tl_submit_job_config(const tl_config *c, tl_config *out);
 /* The script's text (malloc'd, NUL-terminated; the caller frees it). c must have passed tl_submit_check. */
 tl_status tl_submit_script(const tl_config *c, const tl_submit_paths *p, char **out, tl_error *err);
 
-/* The `tailor submit` command: argv holds the arguments after "submit". Returns the exit code (0 ok, 1 runtime
- * failure, 2 bad usage or input); errors are one line on stderr. */
-int tl_submit_main(int argc, char **argv);
+/* What `tailor submit` was asked (its arguments and messages: trainer/cli/cmd_submit.c). */
+typedef struct {
+    const char *config;        /* the CONFIG file */
+    char *const *overrides;    /* key=value, applied in order */
+    int n_overrides;
+    int dry_run;               /* make the script only: no file written, no sbatch run */
+} tl_submit_opts;
+
+typedef struct {
+    char *script;                  /* dry run: the script's text (malloc'd; the caller frees it), else NULL */
+    char job_id[64];               /* otherwise: the id sbatch printed */
+    char script_path[TL_PATH_MAX]; /* and the script it submitted */
+} tl_submit_result;
+
+/* Everything above: loads and checks the config, resolves the paths, then either returns the script (dry run) or
+ * writes config.yaml and job.sbatch and runs sbatch. Prints nothing; errors come back in err (TL_ERR_INPUT for
+ * a refused config or input, exit 2; TL_ERR_RUNTIME otherwise). */
+tl_status tl_submit(const tl_submit_opts *o, tl_submit_result *r, tl_error *err);
 
 #endif

@@ -1,5 +1,5 @@
-/* generate: KV-cache decoding with many LoRA adapters in one batch, token sampling, and the `tailor generate`
- * command.
+/* generate: KV-cache decoding with many LoRA adapters in one batch, token sampling, and tl_generate, what the
+ * `tailor generate` command runs (its arguments and messages: trainer/cli/cmd_generate.c).
  *
  * The decoder runs its own forward pass over the op table (the training workspace keeps activations of every
  * layer for backward; decoding needs one layer's worth, reused). Prefill and decode steps are the same code: the
@@ -392,7 +392,7 @@ static tl_status add_answer(gen_answer **list, int *n, const char *name, const c
 }
 
 /* The adapters of a run from <run>/adapters/index.json: the listed users (every one when users is NULL). */
-static tl_status add_run_users(const char *run, char *const *users, int n_users, gen_answer **list, int *n,
+static tl_status add_run_users(const char *run, const char *const *users, int n_users, gen_answer **list, int *n,
                                tl_error *err) {
     char path[4096], dir[4096];
     snprintf(path, sizeof path, "%s/adapters/index.json", run);
@@ -512,65 +512,14 @@ out:
     return s;
 }
 
-static const char *gen_usage =
-    "usage: tailor generate --model PATH (--adapter DIR ... | --run DIR (--user NAME ... | --all-users)) [--base]\n"
-    "                       --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
-    "                       [--backend cpu|cuda|auto] [--threads N]\n";
-
-static int gen_fail(const tl_error *e) {
-    fprintf(stderr, "tailor: error: %s\n", e->msg);
-    return e->code == TL_OK ? 1 : (int)e->code;
-}
-
-static int gen_usage_error(const char *msg, const char *arg) {
-    char b[TL_ESC_CAP];
-    fprintf(stderr, "tailor: error: generate: %s%s%s (run 'tailor generate --help' for usage)\n", msg,
-            arg ? " " : "", arg ? tl_escape(b, sizeof b, arg) : "");
-    return 2;
-}
-
-/* Option values go through the strict parsers of tl_text.h: "1e3", "12abc" or 2^64 for an integer option and
- * "nan" or "inf" for a float one are refused, naming the option, never truncated. */
-static int parse_int_opt(const char *flag, const char *v, int64_t lo, int64_t hi, int *out) {
-    tl_error e = {0};
-    char what[64];
-    int64_t x = 0; /* set by tl_parse_i64 on success, the only path that reads it */
-    snprintf(what, sizeof what, "generate: %s", flag);
-    if (tl_parse_i64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
-    *out = (int)x;
-    return 0;
-}
-
-static int parse_float_opt(const char *flag, const char *v, double lo, double hi, int open_lo, float *out) {
-    tl_error e = {0};
-    char what[64];
-    double x = 0.0; /* set by tl_parse_f64 on success, the only path that reads it */
-    snprintf(what, sizeof what, "generate: %s", flag);
-    if (tl_parse_f64(what, v, lo, hi, &x, &e) != TL_OK) return gen_fail(&e);
-    if (open_lo && !(x > lo)) {
-        char b[96];
-        fprintf(stderr, "tailor: error: generate: %s: expected a number in (%g, %g], got '%s'\n", flag, lo, hi,
-                tl_escape(b, sizeof b, v));
-        return 2;
-    }
-    *out = (float)x;
-    return 0;
-}
-
-typedef struct {
-    const char *model, *run, *prompt, *backend;
-    char **adapters, **users;
-    int n_adapters, n_users, all_users, base, chat, threads;
-    gen_opts o;
-} gen_args;
-
 static void free_answers(gen_answer *a, int n) {
     for (int i = 0; i < n; i++) free(a[i].name), free(a[i].dir), free(a[i].out);
     free(a);
 }
 
 /* loads the model, tokenizes, groups the adapters by layout and runs each group as one batch */
-static tl_status run_generate(gen_args *g, tl_error *err) {
+tl_status tl_generate(const tl_generate_opts *g, FILE *out, tl_error *err) {
+    gen_opts o = {.temperature = g->temperature, .top_p = g->top_p, .seed = g->seed, .max_new = g->max_new_tokens};
     gen_answer *ans = NULL;
     int n = 0;
     tl_status s = TL_OK;
@@ -604,11 +553,11 @@ static tl_status run_generate(gen_args *g, tl_error *err) {
     if (n_groups == 0) n_groups = 1;
 
     if ((s = tl_tokenizer_for_model(g->model, &tok, err)) != TL_OK) goto done;
-    g->o.tok = tok;
+    o.tok = tok;
     const char *eos_names[] = {"<|im_end|>", "<|endoftext|>"};
     for (int i = 0; i < 2; i++) {
         int32_t id = tl_tokenizer_token_id(tok, eos_names[i]);
-        if (id >= 0) g->o.eos[g->o.n_eos++] = id;
+        if (id >= 0) o.eos[o.n_eos++] = id;
     }
     const char *text = g->prompt;
     size_t tlen = strlen(text);
@@ -629,12 +578,12 @@ static tl_status run_generate(gen_args *g, tl_error *err) {
                     cfg.max_position_embeddings);
         goto done;
     }
-    if (g->o.max_new > cfg.max_position_embeddings - (int)n_prompt)
-        g->o.max_new = cfg.max_position_embeddings - (int)n_prompt;
-    if ((s = tl_backend_open(g->backend, g->threads, &be, err)) != TL_OK) goto done;
+    if (o.max_new > cfg.max_position_embeddings - (int)n_prompt)
+        o.max_new = cfg.max_position_embeddings - (int)n_prompt;
+    if ((s = tl_backend_open(g->backend ? g->backend : "auto", g->threads, &be, err)) != TL_OK) goto done;
     if ((s = tl_model_load(g->model, be, &m, err)) != TL_OK) goto done;
     have_model = 1;
-    g->o.stream = n == 1 ? stdout : NULL;
+    o.stream = n == 1 ? out : NULL;
     idx = malloc((size_t)n * sizeof(int));
     slots = malloc((size_t)n * sizeof(int32_t));
     names = malloc((size_t)n * sizeof(char *));
@@ -652,7 +601,7 @@ static tl_status run_generate(gen_args *g, tl_error *err) {
                 names[na] = ans[i].name;
                 slots[k] = na++;
             } else {
-                slots[k] = -1;
+                slots[k] = TL_SLOT_BASE;
             }
             k++;
         }
@@ -666,23 +615,23 @@ static tl_status run_generate(gen_args *g, tl_error *err) {
                 if (slots[j] >= 0) s = tl_peft_load(ans[idx[j]].dir, pp, be, slots[j], err);
         }
         if (s == TL_OK)
-            s = generate_batch(&m, pp, ans, idx, slots, k, prompt, (int)n_prompt, &g->o, err);
+            s = generate_batch(&m, pp, ans, idx, slots, k, prompt, (int)n_prompt, &o, err);
         if (pp) tl_lora_pool_free(pp, be);
     }
     if (s == TL_OK && n == 1) {
-        if (fputc('\n', stdout) == EOF) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
+        if (fputc('\n', out) == EOF) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
     } else if (s == TL_OK) {
         for (int i = 0; s == TL_OK && i < n; i++) {
             char *out_text;
             size_t len;
             if ((s = tl_tokenizer_decode(tok, ans[i].out, (size_t)ans[i].n_out, &out_text, &len, err)) != TL_OK) break;
             char nb[TL_ESC_CAP]; /* a user or adapter name from the run: shown escaped (tl_text.h) */
-            int bad = printf("=== %s ===\n", tl_escape(nb, sizeof nb, ans[i].name)) < 0 || fwrite(out_text, 1, len, stdout) != len ||
-                      fputc('\n', stdout) == EOF;
+            int bad = fprintf(out, "=== %s ===\n", tl_escape(nb, sizeof nb, ans[i].name)) < 0 ||
+                      fwrite(out_text, 1, len, out) != len || fputc('\n', out) == EOF;
             free(out_text);
             if (bad) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
         }
-        if (s == TL_OK && fflush(stdout) != 0) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
+        if (s == TL_OK && fflush(out) != 0) s = tl_fail(err, TL_ERR_RUNTIME, "generate: writing to stdout failed");
     }
 done:
     if (have_model) tl_model_free(&m);
@@ -691,61 +640,4 @@ done:
     free(prompt), free(rendered), free(idx), free(slots), free(names);
     free_answers(ans, n);
     return s;
-}
-
-int tl_generate_main(int argc, char **argv) {
-    gen_args g = {.backend = "auto", .o = {.temperature = 0.0f, .top_p = 1.0f, .max_new = 64}};
-    g.adapters = calloc((size_t)argc + 1, sizeof(char *));
-    g.users = calloc((size_t)argc + 1, sizeof(char *));
-    int rc = 0;
-    if (!g.adapters || !g.users) {
-        fprintf(stderr, "tailor: error: generate: out of memory\n");
-        rc = 1;
-        goto out;
-    }
-    for (int i = 0; i < argc && rc == 0; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(gen_usage, stdout);
-            goto out;
-        }
-        if (!strcmp(a, "--chat")) { g.chat = 1; continue; }
-        if (!strcmp(a, "--base")) { g.base = 1; continue; }
-        if (!strcmp(a, "--all-users")) { g.all_users = 1; continue; }
-        int known = !strcmp(a, "--model") || !strcmp(a, "--adapter") || !strcmp(a, "--run") || !strcmp(a, "--user") ||
-                    !strcmp(a, "--prompt") || !strcmp(a, "--max-new-tokens") || !strcmp(a, "--temperature") ||
-                    !strcmp(a, "--top-p") || !strcmp(a, "--seed") || !strcmp(a, "--backend") ||
-                    !strcmp(a, "--threads");
-        if (!known) { rc = gen_usage_error("unknown argument", a); break; }
-        if (i + 1 >= argc) { rc = gen_usage_error("needs a value:", a); break; }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--model")) g.model = v;
-        else if (!strcmp(a, "--adapter")) g.adapters[g.n_adapters++] = (char *)v;
-        else if (!strcmp(a, "--run")) g.run = v;
-        else if (!strcmp(a, "--user")) g.users[g.n_users++] = (char *)v;
-        else if (!strcmp(a, "--prompt")) g.prompt = v;
-        else if (!strcmp(a, "--backend")) g.backend = v;
-        else if (!strcmp(a, "--max-new-tokens")) rc = parse_int_opt(a, v, 0, 1 << 24, &g.o.max_new);
-        else if (!strcmp(a, "--threads")) rc = parse_int_opt(a, v, 0, 1024, &g.threads); /* TL_MAX_THREADS */
-        else if (!strcmp(a, "--temperature")) rc = parse_float_opt(a, v, 0, 1e6, 0, &g.o.temperature);
-        else if (!strcmp(a, "--top-p")) rc = parse_float_opt(a, v, 0, 1, 1, &g.o.top_p);
-        else {
-            tl_error e = {0};
-            uint64_t seed = 0; /* set by tl_parse_u64 on success */
-            if (tl_parse_u64("generate: --seed", v, 0, UINT64_MAX, &seed, &e) != TL_OK) rc = gen_fail(&e);
-            else g.o.seed = seed;
-        }
-    }
-    if (rc) goto out;
-    if (!g.model) { rc = gen_usage_error("needs --model PATH", NULL); goto out; }
-    if (!g.prompt) { rc = gen_usage_error("needs --prompt TEXT", NULL); goto out; }
-    if ((g.n_users || g.all_users) && !g.run) { rc = gen_usage_error("--user and --all-users need --run DIR", NULL); goto out; }
-    if (g.run && !g.n_users && !g.all_users) { rc = gen_usage_error("--run needs --user NAME or --all-users", NULL); goto out; }
-    if (g.n_users && g.all_users) { rc = gen_usage_error("--user and --all-users exclude each other", NULL); goto out; }
-    if (!g.n_adapters && !g.run && !g.base) { rc = gen_usage_error("needs --adapter DIR, --run DIR or --base", NULL); goto out; }
-    tl_error err = {0};
-    if (run_generate(&g, &err) != TL_OK) rc = gen_fail(&err);
-out:
-    free(g.adapters), free(g.users);
-    return rc;
 }

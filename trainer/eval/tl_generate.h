@@ -4,18 +4,19 @@
  * A decoder holds, per layer, a key and a value cache [n_seqs, max_ctx, Hkv * hd] (backend activations)
  * allocated once. Each call appends new tokens to any subset of the sequences (the prompt at once for prefill,
  * then one token per step) and returns the logits of each sequence's last new token. Every sequence has its own
- * adapter slot (-1: the bare base model); its rows form one segment of the micro-batch. docs/generate.md. */
+ * adapter slot (TL_SLOT_BASE: the bare base model); its rows form one segment of the micro-batch. docs/generate.md. */
 #ifndef TL_GENERATE_H
 #define TL_GENERATE_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "trainer/model/tl_model.h"
 
 typedef struct tl_decoder tl_decoder;
 
-/* n_seqs sequences of at most max_ctx tokens; sequence s runs adapter slot slots[s] of p (-1: base model; p may
- * be NULL when every slot is -1). One append runs at most max_rows new tokens in all. */
+/* n_seqs sequences of at most max_ctx tokens; sequence s runs adapter slot slots[s] of p (TL_SLOT_BASE: base
+ * model; p may be NULL when every slot is TL_SLOT_BASE). One append runs at most max_rows new tokens in all. */
 tl_status tl_decoder_create(const tl_model *m, const tl_lora_pool *p, int n_seqs, const int32_t *slots,
                             int max_ctx, int max_rows, tl_decoder **out, tl_error *err);
 void tl_decoder_free(tl_decoder *d);
@@ -38,9 +39,29 @@ typedef struct {
  * (top_p >= 1: all), sampled with the splitmix64 stream *rng (advanced): the same seed gives the same tokens. */
 int32_t tl_sample_token(float *logits, int V, float temperature, float top_p, uint64_t *rng, tl_prob_id *scratch);
 
-/* The `tailor generate` command: argv holds the arguments after "generate". Prints the answers to stdout,
- * errors as one line on stderr; returns the exit code (0 ok, 1 runtime failure, 2 bad usage or input). */
-int tl_generate_main(int argc, char **argv);
+/* What `tailor generate` answers (docs/generate.md; its arguments: trainer/cli/cmd_generate.c). */
+typedef struct {
+    const char *model;                          /* HF directory or .gguf file */
+    const char *const *adapters;                /* PEFT directories, each answered under its own path */
+    int n_adapters;
+    const char *run;                            /* a run directory: the adapters its adapters/index.json lists */
+    const char *const *users;                   /* the run's users (or adapters) to answer as */
+    int n_users;
+    int all_users;                              /* every adapter of the run (users ignored) */
+    int base;                                   /* also answer with the bare base model, named "base" */
+    const char *prompt;
+    int chat;                                   /* render the prompt with the chat template first */
+    int max_new_tokens;                         /* capped at the model's context */
+    float temperature, top_p;                   /* tl_sample_token */
+    uint64_t seed;
+    const char *backend;                        /* cpu, cuda or auto (NULL: auto) */
+    int threads;                                /* 0: the backend's default */
+} tl_generate_opts;
+
+/* Generates the answers, all adapters of one layout in one batch. One answer is streamed to out token by token
+ * (then a newline); several are written as "=== <name> ===" blocks. Errors come back in err (TL_ERR_INPUT for a bad
+ * model, adapter, run or prompt); nothing is printed but the answers. */
+tl_status tl_generate(const tl_generate_opts *o, FILE *out, tl_error *err);
 
 /* The layout of a PEFT directory's adapter_config.json as generate reads it (r in [1, 65536], lora_alpha a
  * positive float, use_rslora, target_modules tailor supports); TL_ERR_INPUT naming the file and field otherwise.

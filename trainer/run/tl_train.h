@@ -1,7 +1,9 @@
 /* tl_train: the commands that run a whole job from a resolved configuration (train, eval, export).
  *
- * These are the only library functions that talk to the user: progress and summaries go to ui->out (stdout)
- * and warnings to ui->log (stderr). Errors still come back as tl_status + tl_error for the CLI to print. */
+ * They report as they run to the streams the caller hands them in tl_ui: progress and summaries to ui->out
+ * (stdout) and warnings to ui->log (stderr). Errors come back as tl_status + tl_error for the CLI (trainer/cli/)
+ * to print; only a failing rank of a multi-process job prints its own error line before tl_dist_abort ends the
+ * job (kernels/tl_status.h). */
 #ifndef TL_TRAIN_H
 #define TL_TRAIN_H
 
