@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+import common  # noqa: E402
+
 try:
     import torch
     import transformers
@@ -25,8 +27,7 @@ try:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM
 except ImportError as e:
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 
 MAX_NEW = 16
 PROMPT = "The quick brown fox"

@@ -11,13 +11,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 try:
     import gguf
     import numpy as np
     import torch
 except ImportError as e:
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 
 import llama_ref as ref
 from test_gguf_vs_python import gguf_name, to_gguf

@@ -27,13 +27,14 @@ import sys
 import tempfile
 import time
 
+import common  # noqa: E402
+
 try:
     import numpy as np
     import gguf
     from gguf import GGMLQuantizationType as QT, GGUFValueType as VT
 except ImportError as e:  # the cross-check needs the gguf package; without it the test is skipped, never passed
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 
 FAILS = []
 
@@ -396,13 +397,8 @@ def part_c(tool, tmp):
 
 
 def main():
-    bindir = os.environ.get("TL_TEST_BIN")
-    if not bindir:
-        print("FAIL: TL_TEST_BIN (the build directory) is not set")
-        return 1
-    tool = os.path.join(bindir, "tl_gguf_dump")
-    if not os.path.exists(tool):
-        print(f"FAIL: {tool} not built")
+    tool = common.built_tool("tl_gguf_dump", executable=False)
+    if not tool:
         return 1
     seed = int(os.environ.get("TL_TEST_SEED", int(time.time() * 1000) % 2**31))
     print(f"seed {seed} (TL_TEST_SEED={seed} replays)")

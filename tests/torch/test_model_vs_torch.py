@@ -19,14 +19,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-try:
-    import numpy as np
-    import torch
-except ImportError as e:  # the cross-check needs torch; without it the test is skipped, never passed
-    print(f"SKIP: {e}")
-    sys.exit(77)
+import common  # noqa: E402
+from common import rel_err  # noqa: E402,F401  (test_pref_model_vs_torch imports it from here too)
 
-import llama_ref as ref
+np, torch = common.require("numpy", "torch")
+
+import llama_ref as ref  # noqa: E402
 
 TOL = 1e-4
 
@@ -63,20 +61,6 @@ CASES = [
      dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
      [(5, 0, 0), (2, 0, 1), (8, 3, 1), (6, 2, 2), (3, 1, -1)]),
 ]
-
-
-def rel_err(a, b):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return float("inf"), f"shape {a.shape} vs reference {b.shape}"
-    if not np.all(np.isfinite(a)):
-        return float("inf"), "non-finite values in tailor's output"
-    mb = np.max(np.abs(b)) if b.size else 0.0
-    md = np.max(np.abs(a - b)) if b.size else 0.0
-    if mb == 0.0:
-        return (0.0, "") if md == 0.0 else (float("inf"), f"reference is 0, tailor max |x| = {md:.3g}")
-    return md / mb, ""
 
 
 def build_batch(cfg, seqs, gen):
@@ -187,13 +171,8 @@ def run_case(tool, workdir, case_idx, name, cfg_dict, lopt, seqs):
 
 
 def main():
-    bindir = os.environ.get("TL_TEST_BIN")
-    if not bindir:
-        print("FAIL: TL_TEST_BIN (the build directory) is not set")
-        return 1
-    tool = os.path.join(bindir, "tl_dump")
-    if not os.access(tool, os.X_OK):
-        print(f"FAIL: {tool} was not built")
+    tool = common.built_tool("tl_dump")
+    if not tool:
         return 1
     torch.set_num_threads(2)
     t0 = time.time()
@@ -207,13 +186,7 @@ def main():
     for name, qty, e in all_rows:
         print(f"{name:<20} {qty:<52} {e:10.2e}")
     print(f"({len(CASES)} models, {time.time() - t0:.1f} s; tolerance {TOL:g}, inv_freq 1e-6)")
-    if all_fail:
-        print("FAIL: tailor disagrees with the PyTorch reference:")
-        for f in all_fail:
-            print("  " + f)
-        return 1
-    print("PASS")
-    return 0
+    return common.verdict(all_fail, "FAIL: tailor disagrees with the PyTorch reference:")
 
 
 if __name__ == "__main__":

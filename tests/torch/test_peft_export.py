@@ -31,13 +31,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import rel_err, sh  # noqa: E402,F401  (test_smollm2_vs_hf uses them as pe.rel_err, pe.sh)
 
 try:
     import numpy as np
@@ -48,8 +50,7 @@ try:
     from peft.utils import get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 except ImportError as e:  # the check needs transformers + peft; without them it is skipped, never passed
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 
 import llama_ref as ref
 
@@ -80,27 +81,6 @@ def check(case, qty, got, want, tol=TOL):
     if not e <= tol:
         failures.append(f"{case}: {qty}: relative error {e:.3g} > {tol:g} {why}".rstrip())
     return e
-
-
-def rel_err(a, b):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return float("inf"), f"shape {a.shape} vs {b.shape}"
-    if not np.all(np.isfinite(a)) or not np.all(np.isfinite(b)):
-        return float("inf"), "non-finite values"
-    mb = np.max(np.abs(b))
-    md = np.max(np.abs(a - b))
-    if mb == 0.0:
-        return (0.0, "") if md == 0.0 else (float("inf"), f"reference is 0, other max |x| = {md:.3g}")
-    return md / mb, ""
-
-
-def sh(args, what, timeout=120):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}")
-    return r.stdout
 
 
 def write_config(path, model, train, out, rslora, extra_top="", steps=6):
@@ -345,9 +325,8 @@ def main():
         if not os.environ.get(v):
             print(f"FAIL: {v} is not set")
             return 1
-    tool = os.path.join(os.environ["TL_TEST_BIN"], "tl_dump")
-    if not os.access(tool, os.X_OK):
-        print(f"FAIL: {tool} was not built")
+    tool = common.built_tool("tl_dump")
+    if not tool:
         return 1
     torch.set_num_threads(2)
     transformers.logging.set_verbosity_error()  # "score.weight newly initialized" etc.: PEFT replaces it
@@ -368,13 +347,7 @@ def main():
     for msg, dirs in refused.items():
         failures.insert(0, f"{msg}: {len(dirs)} of the exported adapters, e.g. {dirs[0]} (checks above ran on "
                            f"copies without the field)")
-    if failures:
-        print("FAIL:")
-        for f in failures:
-            print("  " + f)
-        return 1
-    print("PASS")
-    return 0
+    return common.verdict(failures)
 
 
 if __name__ == "__main__":

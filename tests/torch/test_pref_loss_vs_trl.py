@@ -32,13 +32,14 @@ import subprocess
 import sys
 import time
 
+import common  # noqa: E402
+
 try:
     import numpy as np
     import torch
     import torch.nn.functional as F
 except ImportError as e:  # the cross-check needs torch; without it the test is skipped, never passed
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 
 TOL = 1e-9
 DT = torch.float64
@@ -321,13 +322,8 @@ def part_c(tool, rng, chk):
 
 
 def main():
-    bindir = os.environ.get("TL_TEST_BIN")
-    if not bindir:
-        print("FAIL: TL_TEST_BIN (the build directory) is not set")
-        return 1
-    tool = os.path.join(bindir, "tl_pref_loss_dump")
-    if not os.access(tool, os.X_OK):
-        print(f"FAIL: {tool} was not built")
+    tool = common.built_tool("tl_pref_loss_dump")
+    if not tool:
         return 1
     torch.set_num_threads(1)
     seed = int(os.environ.get("TL_TEST_SEED", "0")) or (int(time.time() * 1000) ^ os.getpid()) & 0xFFFFFFFF
@@ -347,13 +343,7 @@ def main():
         print(f"{what:<72} {e:10.2e}")
     print(f"({na} DPO/SimPO pairs, {nb} token-level pairs, {nc} reward pairs; {time.time() - t0:.1f} s; "
           f"tolerance {TOL:g})")
-    if chk.failures:
-        print("FAIL: tailor disagrees with TRL's formulas:")
-        for f in chk.failures:
-            print("  " + f)
-        return 1
-    print("PASS")
-    return 0
+    return common.verdict(chk.failures, "FAIL: tailor disagrees with TRL's formulas:")
 
 
 if __name__ == "__main__":

@@ -29,17 +29,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-try:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-except ImportError as e:  # the cross-check needs torch; without it the test is skipped, never passed
-    print(f"SKIP: {e}")
-    sys.exit(77)
+import common  # noqa: E402
+from common import rel_err  # noqa: E402
 
-import llama_ref as ref
-import test_pref_loss_vs_trl as trl  # TRL's loss expressions, written once there
-from test_model_vs_torch import base_config, rel_err
+np, torch, F = common.require("numpy", "torch", "torch.nn.functional")
+
+import llama_ref as ref  # noqa: E402
+import test_pref_loss_vs_trl as trl  # noqa: E402  (TRL's loss expressions, written once there)
+from test_model_vs_torch import base_config  # noqa: E402
 
 TOL = 1e-4
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -287,13 +284,8 @@ def run_case(tool, workdir, case_idx, name, model_name, lopt, opts, pairs, model
 
 
 def main():
-    bindir = os.environ.get("TL_TEST_BIN")
-    if not bindir:
-        print("FAIL: TL_TEST_BIN (the build directory) is not set")
-        return 1
-    tool = os.path.join(bindir, "tl_dump_pref")
-    if not os.access(tool, os.X_OK):
-        print(f"FAIL: {tool} was not built")
+    tool = common.built_tool("tl_dump_pref")
+    if not tool:
         return 1
     torch.set_num_threads(2)
     t0 = time.time()
@@ -322,13 +314,7 @@ def main():
     if worst:
         print(f"worst: {worst[0]} {worst[1]} {worst[2]:.2e}")
     print(f"({len(CASES)} cases, {time.time() - t0:.1f} s; tolerance {TOL:g})")
-    if all_fail:
-        print("FAIL: tailor disagrees with the PyTorch reference:")
-        for f in all_fail:
-            print("  " + f)
-        return 1
-    print("PASS")
-    return 0
+    return common.verdict(all_fail, "FAIL: tailor disagrees with the PyTorch reference:")
 
 
 if __name__ == "__main__":

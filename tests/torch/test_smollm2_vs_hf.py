@@ -16,20 +16,21 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 SRC = os.environ.get("TAILOR_SRC", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 MODEL_DIR = os.path.join(SRC, "models", "smollm2-135m-instruct")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 if not os.path.exists(os.path.join(MODEL_DIR, GGUF)):
-    print(f"SKIP: {MODEL_DIR}/{GGUF} is absent (run scripts/get_model.sh)")
-    sys.exit(77)
+    common.skip(f"{MODEL_DIR}/{GGUF} is absent (run scripts/get_model.sh)")
+
 try:
     import h5py
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 except ImportError as e:
-    print(f"SKIP: {e}")
-    sys.exit(77)
+    common.skip(e)
 import test_peft_export as pe  # noqa: E402  (its helpers: training config, tl_dump logits, PEFT loading)
 
 TEXTS = ["Hello world!", "Bonjour, ça va très bien ? 1234567 numbers", "日本語のテキストと中文", "emoji 👩‍👩‍👧 🙂🏽 done",
