@@ -185,10 +185,32 @@ static void test_single_world(void) {
     CHECK(tl_dist_init(&e, &bad, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "dist.timeout_s"));
 }
 
+/* A transport whose library this build lacks: its creator refuses a world of two, naming what is missing, and
+ * tl_dist_init leaves nothing behind. (In a build with both libraries there is nothing to check here: the e2e
+ * dist tests connect them.) */
+static void test_not_built(void) {
+    tl_dist_env e = {.rank = 0, .world = 2, .local_rank = 0, .local_world = 2};
+    snprintf(e.source, sizeof e.source, "env");
+    tl_error err = {0};
+    tl_dist *d = NULL;
+    (void)e, (void)err, (void)d;
+#ifndef TL_HAVE_MPI
+    tl_dist_opts cpu = {.backend = "cpu", .timeout_s = 1};
+    CHECK(tl_dist_init(&e, &cpu, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "built without MPI"),
+          "cpu, 2 ranks, no MPI: %s", err.msg);
+#endif
+#ifndef TL_HAVE_NCCL
+    tl_dist_opts cuda = {.backend = "cuda", .timeout_s = 1};
+    CHECK(tl_dist_init(&e, &cuda, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "built without NCCL"),
+          "cuda, 2 ranks, no NCCL: %s", err.msg);
+#endif
+}
+
 int main(void) {
     test_env();
     test_placement();
     test_owners();
     test_single_world();
+    test_not_built();
     return tl_check_done("test_dist");
 }

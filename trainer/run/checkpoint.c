@@ -113,37 +113,38 @@ static tl_status write_state(const char *path, const tl_lora_pool *p, tl_backend
     char *names = names_json(p), *targets = targets_json(p->targets);
     tl_st_writer *wr = tl_st_writer_new();
     tl_status s = TL_OK;
-    if (!ints || !names || !targets || !wr)
+    if (!ints || !names || !targets || !wr) {
         s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for %zu x %zu adapter state", path, ns, P);
-    if (s == TL_OK) {
-        unsigned char *steps = ints, *cur = ints + ns * 8, *gs = ints + ns * 24;
-        for (size_t i = 0; i < ns; i++) {
-            put_i64le(steps + 8 * i, p->steps[i]);
-            put_i64le(cur + 16 * i, cursors ? cursors[i].epoch : 0);
-            put_i64le(cur + 16 * i + 8, cursors ? cursors[i].pos : 0);
-        }
-        put_i64le(gs, global_step);
-        int64_t sh2[2] = {(int64_t)ns, (int64_t)P}, shs[1] = {(int64_t)ns}, shc[2] = {(int64_t)ns, 2}, sh1[1] = {1};
-        const char *tn[3] = {"params", "m", "v"};
-        for (int k = 0; k < 3 && s == TL_OK; k++)
-            s = host ? tl_st_writer_add_f32(wr, tn[k], sh2, 2, src[k], err)
-                     : tl_st_writer_add_stream(wr, tn[k], "F32", sh2, 2, (uint64_t)nf * sizeof(float), produce_state,
-                                               &sc[k], (uint64_t)tl_state_chunk_floats(P) * sizeof(float), err);
-        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "steps", "I64", shs, 1, steps, ns * 8, err);
-        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "cursors", "I64", shc, 2, cur, ns * 16, err);
-        if (s == TL_OK) s = tl_st_writer_add_bytes(wr, "global_step", "I64", sh1, 1, gs, 8, err);
+        goto done;
     }
+    unsigned char *steps = ints, *cur = ints + ns * 8, *gs = ints + ns * 24;
+    for (size_t i = 0; i < ns; i++) {
+        put_i64le(steps + 8 * i, p->steps[i]);
+        put_i64le(cur + 16 * i, cursors ? cursors[i].epoch : 0);
+        put_i64le(cur + 16 * i + 8, cursors ? cursors[i].pos : 0);
+    }
+    put_i64le(gs, global_step);
+    int64_t sh2[2] = {(int64_t)ns, (int64_t)P}, shs[1] = {(int64_t)ns}, shc[2] = {(int64_t)ns, 2}, sh1[1] = {1};
+    const char *tn[3] = {"params", "m", "v"};
+    for (int k = 0; k < 3; k++) {
+        s = host ? tl_st_writer_add_f32(wr, tn[k], sh2, 2, src[k], err)
+                 : tl_st_writer_add_stream(wr, tn[k], "F32", sh2, 2, (uint64_t)nf * sizeof(float), produce_state,
+                                           &sc[k], (uint64_t)tl_state_chunk_floats(P) * sizeof(float), err);
+        if (s != TL_OK) goto done;
+    }
+    if ((s = tl_st_writer_add_bytes(wr, "steps", "I64", shs, 1, steps, ns * 8, err)) != TL_OK) goto done;
+    if ((s = tl_st_writer_add_bytes(wr, "cursors", "I64", shc, 2, cur, ns * 16, err)) != TL_OK) goto done;
+    if ((s = tl_st_writer_add_bytes(wr, "global_step", "I64", sh1, 1, gs, 8, err)) != TL_OK) goto done;
     char num[3][32];
     snprintf(num[0], sizeof num[0], "%d", p->rank);
     snprintf(num[1], sizeof num[1], "%zu", P);
     snprintf(num[2], sizeof num[2], "%d", p->n_layers);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "format", TL_CHECKPOINT_FORMAT, err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "adapter_names", names, err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "rank", num[0], err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "targets", targets, err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "P", num[1], err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "n_layers", num[2], err);
-    if (s == TL_OK) s = tl_st_writer_write(wr, path, err);
+    const char *meta[][2] = {{"format", TL_CHECKPOINT_FORMAT}, {"adapter_names", names}, {"rank", num[0]},
+                             {"targets", targets},             {"P", num[1]},            {"n_layers", num[2]}};
+    for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++)
+        if ((s = tl_st_writer_meta(wr, meta[i][0], meta[i][1], err)) != TL_OK) goto done;
+    s = tl_st_writer_write(wr, path, err);
+done:
     tl_st_writer_free(wr);
     cJSON_free(names);
     cJSON_free(targets);
@@ -269,13 +270,29 @@ tl_status tl_checkpoint_save_from(const char *run_dir, const tl_config *cfg, con
     return save(run_dir, cfg, p, NULL, rd, global_step, cursors, keep, err);
 }
 
+/* The files of a checkpoint, written into its temporary directory tmp: config, state, then the COMPLETE marker. */
+static tl_status write_files(const char *tmp, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
+                             const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors,
+                             tl_error *err) {
+    char path[TL_PATH_MAX];
+    TL_TRY(tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err));
+    TL_TRY(tl_config_write_file(cfg, path, err));
+    TL_TRY(tl_path_join(path, sizeof path, tmp, STATE_FILE, err));
+    TL_TRY(write_state(path, p, be, rd, global_step, cursors, err));
+    TL_TRY(tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err));
+    char text[96];
+    int k = snprintf(text, sizeof text, "%s step %lld\n", TL_CHECKPOINT_FORMAT, (long long)global_step);
+    TL_TRY(tl_write_file_atomic(path, text, (size_t)k, err));
+    return tl_fsync_dir(tmp, err);
+}
+
 static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
                       const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
                       tl_error *err) {
     if (global_step < 0) return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: negative step %lld", (long long)global_step);
     if (p->n_slots <= 0 || (!rd && (!p->params || !p->m || !p->v)) || !p->steps || !p->names)
         return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: adapter pool without state (%d slots)", p->n_slots);
-    char ckdir[TL_PATH_MAX], name[64], tmpname[96], fin[TL_PATH_MAX], tmp[TL_PATH_MAX], path[TL_PATH_MAX];
+    char ckdir[TL_PATH_MAX], name[64], tmpname[96], fin[TL_PATH_MAX], tmp[TL_PATH_MAX];
     TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
     snprintf(name, sizeof name, "step-%08lld", (long long)global_step);
     snprintf(tmpname, sizeof tmpname, ".tmp-step-%lld-%ld", (long long)global_step, (long)getpid());
@@ -285,17 +302,7 @@ static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_p
     TL_TRY(tl_remove_tree(tmp, err));
     if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
 
-    tl_status s = tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err);
-    if (s == TL_OK) s = tl_config_write_file(cfg, path, err);
-    if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, STATE_FILE, err);
-    if (s == TL_OK) s = write_state(path, p, be, rd, global_step, cursors, err);
-    if (s == TL_OK) s = tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err);
-    if (s == TL_OK) {
-        char text[96];
-        int k = snprintf(text, sizeof text, "%s step %lld\n", TL_CHECKPOINT_FORMAT, (long long)global_step);
-        s = tl_write_file_atomic(path, text, (size_t)k, err);
-    }
-    if (s == TL_OK) s = tl_fsync_dir(tmp, err);
+    tl_status s = write_files(tmp, cfg, p, be, rd, global_step, cursors, err);
     if (s == TL_OK) s = tl_replace_dir(tmp, fin, err);
     if (s != TL_OK) {
         tl_error ignored;
@@ -523,38 +530,39 @@ tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *
         return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: adapter pool without state (%d slots)", p->n_slots);
     tl_st_file *f = NULL;
     TL_TRY(open_state(ckpt_dir, &f, err));
-    tl_status s = check_compatible(f, p, p->names, p->n_slots, err);
     size_t ns = (size_t)p->n_slots, nf = ns * p->P;
     int64_t *ints = NULL;
     float *w = NULL;
-    if (s == TL_OK) {
-        ints = malloc((ns * 3 + 1) * sizeof *ints);
-        w = malloc(nf * sizeof *w + 1);
-        if (!ints || !w) s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
+    tl_status s = check_compatible(f, p, p->names, p->n_slots, err);
+    if (s != TL_OK) goto done;
+    ints = malloc((ns * 3 + 1) * sizeof *ints);
+    w = malloc(nf * sizeof *w + 1);
+    if (!ints || !w) {
+        s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
+        goto done;
     }
     /* The small integer state first: it is validated before the large tensors touch the backend. */
-    if (s == TL_OK) s = read_i64(f, "steps", ints, ns, err);
-    if (s == TL_OK) s = read_i64(f, "cursors", ints + ns, ns * 2, err);
-    if (s == TL_OK) s = read_i64(f, "global_step", ints + ns * 3, 1, err);
+    if ((s = read_i64(f, "steps", ints, ns, err)) != TL_OK) goto done;
+    if ((s = read_i64(f, "cursors", ints + ns, ns * 2, err)) != TL_OK) goto done;
+    if ((s = read_i64(f, "global_step", ints + ns * 3, 1, err)) != TL_OK) goto done;
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
     int64_t sh2[2] = {(int64_t)ns, (int64_t)p->P};
-    for (int k = 0; k < 3 && s == TL_OK; k++) {
-        s = tl_st_read_f32(f, tn[k], sh2, 2, w, err);
-        if (s == TL_OK) s = check_finite(f, tn[k], w, nf, 0, p->P, err);
-        if (s == TL_OK) be->upload(be, dst[k], w, nf * sizeof *w);
+    for (int k = 0; k < 3; k++) {
+        if ((s = tl_st_read_f32(f, tn[k], sh2, 2, w, err)) != TL_OK) goto done;
+        if ((s = check_finite(f, tn[k], w, nf, 0, p->P, err)) != TL_OK) goto done;
+        be->upload(be, dst[k], w, nf * sizeof *w);
     }
-    if (s == TL_OK) s = be->status(be, err);
-    if (s == TL_OK) {
-        for (size_t i = 0; i < ns; i++) {
-            p->steps[i] = ints[i];
-            if (cursors) {
-                cursors[i].epoch = ints[ns + 2 * i];
-                cursors[i].pos = ints[ns + 2 * i + 1];
-            }
+    if ((s = be->status(be, err)) != TL_OK) goto done;
+    for (size_t i = 0; i < ns; i++) {
+        p->steps[i] = ints[i];
+        if (cursors) {
+            cursors[i].epoch = ints[ns + 2 * i];
+            cursors[i].pos = ints[ns + 2 * i + 1];
         }
-        if (global_step) *global_step = ints[ns * 3];
     }
+    if (global_step) *global_step = ints[ns * 3];
+done:
     free(ints);
     free(w);
     tl_st_close(f);
@@ -571,32 +579,38 @@ tl_status tl_checkpoint_load_rows(const char *ckpt_dir, tl_lora_pool *p, tl_back
             return tl_fail(err, TL_ERR_RUNTIME, "checkpoint load: slot %d is not adapter %d of the run", a, rows[a]);
     tl_st_file *f = NULL;
     TL_TRY(open_state(ckpt_dir, &f, err));
-    tl_status s = check_compatible(f, p, run_names, n_run, err);
     size_t nr = (size_t)n_run, P = p->P;
-    int64_t *ints = s ? NULL : malloc((nr * 3 + 1) * sizeof *ints);
-    float *w = s ? NULL : malloc(P * sizeof *w + 1);
-    if (!s && (!ints || !w)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
-    if (s == TL_OK) s = read_i64(f, "steps", ints, nr, err);
-    if (s == TL_OK) s = read_i64(f, "cursors", ints + nr, nr * 2, err);
-    if (s == TL_OK) s = read_i64(f, "global_step", ints + nr * 3, 1, err);
+    int64_t *ints = NULL;
+    float *w = NULL;
+    tl_status s = check_compatible(f, p, run_names, n_run, err);
+    if (s != TL_OK) goto done;
+    ints = malloc((nr * 3 + 1) * sizeof *ints);
+    w = malloc(P * sizeof *w + 1);
+    if (!ints || !w) {
+        s = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory for the adapter state", ckpt_dir);
+        goto done;
+    }
+    if ((s = read_i64(f, "steps", ints, nr, err)) != TL_OK) goto done;
+    if ((s = read_i64(f, "cursors", ints + nr, nr * 2, err)) != TL_OK) goto done;
+    if ((s = read_i64(f, "global_step", ints + nr * 3, 1, err)) != TL_OK) goto done;
     /* only this pool's rows of the large tensors: F32 [n_run, P], checked above */
     const char *tn[3] = {"params", "m", "v"};
     float *dst[3] = {p->params, p->m, p->v};
-    for (int k = 0; k < 3 && s == TL_OK; k++)
-        for (int a = 0; a < p->n_slots && s == TL_OK; a++) {
-            s = tl_st_read_range(f, tn[k], (uint64_t)rows[a] * P * sizeof(float), w, P * sizeof(float), err);
-            if (s == TL_OK) s = check_finite(f, tn[k], w, P, (size_t)rows[a], P, err);
-            if (s == TL_OK) be->upload(be, dst[k] + (size_t)a * P, w, P * sizeof(float));
-        }
-    if (s == TL_OK) s = be->status(be, err);
-    if (s == TL_OK) {
+    for (int k = 0; k < 3; k++)
         for (int a = 0; a < p->n_slots; a++) {
-            size_t r = (size_t)rows[a];
-            p->steps[a] = ints[r];
-            if (cursors) cursors[a].epoch = ints[nr + 2 * r], cursors[a].pos = ints[nr + 2 * r + 1];
+            s = tl_st_read_range(f, tn[k], (uint64_t)rows[a] * P * sizeof(float), w, P * sizeof(float), err);
+            if (s != TL_OK) goto done;
+            if ((s = check_finite(f, tn[k], w, P, (size_t)rows[a], P, err)) != TL_OK) goto done;
+            be->upload(be, dst[k] + (size_t)a * P, w, P * sizeof(float));
         }
-        if (global_step) *global_step = ints[nr * 3];
+    if ((s = be->status(be, err)) != TL_OK) goto done;
+    for (int a = 0; a < p->n_slots; a++) {
+        size_t r = (size_t)rows[a];
+        p->steps[a] = ints[r];
+        if (cursors) cursors[a].epoch = ints[nr + 2 * r], cursors[a].pos = ints[nr + 2 * r + 1];
     }
+    if (global_step) *global_step = ints[nr * 3];
+done:
     free(ints);
     free(w);
     tl_st_close(f);

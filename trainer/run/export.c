@@ -229,24 +229,26 @@ static tl_status write_adapter(const tl_lora_pool *p, const float *w, const char
     tl_st_writer *wr = tl_st_writer_new();
     if (!wr) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory creating the safetensors writer", dir);
     tl_status s = TL_OK;
-    for (int l = 0; l < p->n_layers && s == TL_OK; l++)
-        for (int t = 0; t < TL_N_TARGETS && s == TL_OK; t++) {
+    for (int l = 0; l < p->n_layers; l++)
+        for (int t = 0; t < TL_N_TARGETS; t++) {
             if (!(p->targets & (1u << t))) continue;
             size_t i = (size_t)l * TL_N_TARGETS + (size_t)t;
             int64_t shA[2] = {p->rank, p->in_dim[t]}, shB[2] = {p->out_dim[t], p->rank};
-            s = tl_peft_key(l, t, 'A', key, sizeof key, err);
-            if (s == TL_OK) s = tl_st_writer_add_f32(wr, key, shA, 2, w + p->off_A[i], err);
-            if (s == TL_OK) s = tl_peft_key(l, t, 'B', key, sizeof key, err);
-            if (s == TL_OK) s = tl_st_writer_add_f32(wr, key, shB, 2, w + p->off_B[i], err);
+            if ((s = tl_peft_key(l, t, 'A', key, sizeof key, err)) != TL_OK) goto done;
+            if ((s = tl_st_writer_add_f32(wr, key, shA, 2, w + p->off_A[i], err)) != TL_OK) goto done;
+            if ((s = tl_peft_key(l, t, 'B', key, sizeof key, err)) != TL_OK) goto done;
+            if ((s = tl_st_writer_add_f32(wr, key, shB, 2, w + p->off_B[i], err)) != TL_OK) goto done;
         }
-    if (s == TL_OK && p->head_dim > 0) {
+    if (p->head_dim > 0) {
         int64_t sh[2] = {1, p->head_dim}; /* score: Linear(hidden, num_labels = 1, bias = False) */
         s = tl_st_writer_add_f32(wr, "base_model.model.score.weight", sh, 2, w + p->off_head, err);
+        if (s != TL_OK) goto done;
     }
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "format", "pt", err);
-    if (s == TL_OK) s = tl_st_writer_meta(wr, "tailor_adapter_name", name, err);
-    if (s == TL_OK) s = tl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
-    if (s == TL_OK) s = tl_st_writer_write(wr, path, err);
+    if ((s = tl_st_writer_meta(wr, "format", "pt", err)) != TL_OK) goto done;
+    if ((s = tl_st_writer_meta(wr, "tailor_adapter_name", name, err)) != TL_OK) goto done;
+    if ((s = tl_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)) != TL_OK) goto done;
+    s = tl_st_writer_write(wr, path, err);
+done:
     tl_st_writer_free(wr);
     if (s != TL_OK) return s;
     return tl_fsync_dir(dir, err);
@@ -435,45 +437,49 @@ static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_stat
         return tl_fail(err, TL_ERR_RUNTIME, "export: out of memory for %zu parameters", p->P);
     }
     tl_status s = TL_OK;
-    char dir[TL_PATH_MAX];
-    for (int i = 0; i < p->n_slots && s == TL_OK; i++) {
-        s = tl_path_join(dir, sizeof dir, tmp, dirs[i], err);
-        if (s == TL_OK && mkdir(dir, 0755) != 0)
+    char dir[TL_PATH_MAX], what[TL_PATH_MAX];
+    for (int i = 0; i < p->n_slots; i++) {
+        if ((s = tl_path_join(dir, sizeof dir, tmp, dirs[i], err)) != TL_OK) goto done;
+        if (mkdir(dir, 0755) != 0) {
             s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create directory: %s", dir, strerror(errno));
-        if (s != TL_OK) break;
+            goto done;
+        }
         if (rd) {
             s = rd->read(rd->ctx, 0, (size_t)i * p->P, w, p->P, err);
         } else {
             be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
             s = be->status(be, err);
         }
-        if (s == TL_OK) {
-            char what[TL_PATH_MAX];
-            snprintf(what, sizeof what, "export: adapter '%.200s'", p->names[i]);
-            s = check_finite_slot(p, w, what, err);
-            if (s != TL_OK) break;
-        }
-        if (s == TL_OK) s = write_adapter(p, w, p->names[i], alpha, dropout, base_model, dir, err);
         if (s != TL_OK) {
             tl_wrap(err, "exporting adapter '%s'", p->names[i]);
-            break;
+            goto done;
+        }
+        snprintf(what, sizeof what, "export: adapter '%.200s'", p->names[i]);
+        if ((s = check_finite_slot(p, w, what, err)) != TL_OK) goto done;
+        if ((s = write_adapter(p, w, p->names[i], alpha, dropout, base_model, dir, err)) != TL_OK) {
+            tl_wrap(err, "exporting adapter '%s'", p->names[i]);
+            goto done;
         }
         cJSON *e = cJSON_CreateObject();
         int ok = e && cJSON_AddItemToArray(list, e);
         ok = ok && cJSON_AddStringToObject(e, "name", p->names[i]);
         ok = ok && cJSON_AddStringToObject(e, "dir", dirs[i]);
         ok = ok && cJSON_AddNumberToObject(e, "steps", p->steps ? (double)p->steps[i] : 0.0);
-        if (!ok) s = tl_fail(err, TL_ERR_RUNTIME, "export: out of memory building index.json");
+        if (!ok) {
+            s = tl_fail(err, TL_ERR_RUNTIME, "export: out of memory building index.json");
+            goto done;
+        }
     }
+    char *text = cJSON_Print(index);
+    if ((s = tl_path_join(dir, sizeof dir, tmp, "index.json", err)) != TL_OK) {
+        cJSON_free(text);
+        goto done;
+    }
+    if ((s = write_json(dir, text, err)) != TL_OK) goto done;
+    s = tl_fsync_dir(tmp, err);
+done:
     free(w);
-    if (s == TL_OK) {
-        char *text = cJSON_Print(index);
-        s = tl_path_join(dir, sizeof dir, tmp, "index.json", err);
-        if (s == TL_OK) s = write_json(dir, text, err);
-        else cJSON_free(text);
-    }
     cJSON_Delete(index);
-    if (s == TL_OK) s = tl_fsync_dir(tmp, err);
     return s;
 }
 
