@@ -43,18 +43,9 @@ static const char *usage =
     "\n"
     "key=value overrides any config key by its dotted path, e.g. train.lr=1e-4 (see docs/config.md).\n";
 
-static int fail(const tl_error *e) {
-    fprintf(stderr, "tailor: error: %s\n", e->msg);
-    return e->code == TL_OK ? 1 : (int)e->code;
-}
-
-static int usage_error(const char *fmt, const char *arg) {
-    char b[TL_ESC_CAP]; /* the argument as typed may hold control characters: shown escaped (tl_text.h) */
-    fprintf(stderr, "tailor: error: ");
-    fprintf(stderr, fmt, tl_escape(b, sizeof b, arg));
-    fprintf(stderr, " (run 'tailor help' for usage)\n");
-    return 2;
-}
+/* the messages of every command: cli.h */
+static int fail(const tl_error *e) { return tl_cli_fail(e); }
+static int usage_error(const char *fmt, const char *arg) { return tl_cli_usage_error(NULL, fmt, arg); }
 
 static tl_ui make_ui(void) {
     tl_ui ui = {.out = stdout, .log = stderr, .is_tty = isatty(fileno(stdout)), .quiet = 0};
@@ -121,13 +112,12 @@ static int cmd_data(int argc, char **argv) {
 
 /* the one strict integer reader (tl_text.h): "1e3", "12abc" and values out of [lo, hi] are refused */
 static int parse_int_arg(const char *flag, const char *v, long lo, long hi, long *out) {
-    tl_error err = {0};
     char what[64];
-    int64_t x = 0; /* set by tl_parse_i64 on success, the only path that reads it */
+    int64_t x = 0; /* set by tl_cli_parse_i64 on success, the only path that reads it */
     snprintf(what, sizeof what, "make-model %s", flag);
-    if (tl_parse_i64(what, v, lo, hi, &x, &err) != TL_OK) return fail(&err);
-    *out = (long)x;
-    return 0;
+    int rc = tl_cli_parse_i64(what, v, lo, hi, &x);
+    if (!rc) *out = (long)x;
+    return rc;
 }
 
 static int cmd_make_model(int argc, char **argv) {
