@@ -101,6 +101,12 @@ static inline int sig_equal(const sig *a, const sig *b) {
     return a->n == b->n && memcmp(a->v, b->v, (size_t)a->n * sizeof a->v[0]) == 0;
 }
 
+/* A batcher's cursors equal the reference's, adapter by adapter. */
+static inline void fx_check_cursors(const char *label, const tl_cursor *got, const tl_cursor *want, int n_adapters) {
+    for (int a = 0; a < n_adapters; a++)
+        CHECK(got[a].epoch == want[a].epoch && got[a].pos == want[a].pos, "%s: cursor of adapter %d", label, a);
+}
+
 /* ------------------------------------------------------------------------------------------------------------
  * Cursor save / restore / resume, for either batcher through a small table */
 

@@ -345,9 +345,7 @@ static void test_reference(void) {
             snprintf(label, sizeof label, "reference rep %d step %lld", rep, (long long)t);
             compare_step(&ds, &m, &o, asteps, &r, sb, label);
             check_invariants(&ds, &m, &o, sb, label);
-            tl_cursor *bc = tl_batcher_cursors(b);
-            for (int a = 0; a < m.n_adapters; a++)
-                CHECK(bc[a].epoch == cur[a].epoch && bc[a].pos == cur[a].pos, "%s: cursor of adapter %d", label, a);
+            fx_check_cursors(label, tl_batcher_cursors(b), cur, m.n_adapters);
         }
         rstep_free(&r);
         free(cur);

@@ -435,9 +435,7 @@ static void test_reference(void) {
             snprintf(label, sizeof label, "reference rep %d step %lld", rep, (long long)t);
             compare_step(&m, &o, asteps, &r, ps, label);
             check_invariants(&ds, &m, &o, ps, label);
-            tl_cursor *bc = tl_pref_batcher_cursors(b);
-            for (int a = 0; a < m.n_adapters; a++)
-                CHECK(bc[a].epoch == cur[a].epoch && bc[a].pos == cur[a].pos, "%s: cursor of adapter %d", label, a);
+            fx_check_cursors(label, tl_pref_batcher_cursors(b), cur, m.n_adapters);
         }
         rstep_free(&r);
         free(cur);
