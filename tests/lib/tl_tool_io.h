@@ -197,4 +197,26 @@ static inline tl_status mb_layout(tl_host_mb *mb, const int32_t *seq_slot, const
     return TL_OK;
 }
 
+/* Every token of the batch inside the model's vocabulary of V. */
+static inline tl_status check_vocab(const char *in_path, const int32_t *tokens, int64_t n, int V, tl_error *err) {
+    for (int64_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
+                           (long long)i, tokens[i], V);
+    return TL_OK;
+}
+
+/* main's two ends: the argument count (usage line and exit code 2 otherwise), and the exit code of the run (its
+ * status, the message on stderr prefixed by the tool's name). */
+static inline int tool_args_ok(int argc, int want, const char *usage) {
+    if (argc == want) return 1;
+    fprintf(stderr, "usage: %s\n", usage);
+    return 0;
+}
+static inline int tool_exit(const char *tool, tl_status s, const tl_error *err) {
+    if (s == TL_OK) return 0;
+    fprintf(stderr, "%s: %s\n", tool, err->msg);
+    return (int)s;
+}
+
 #endif

@@ -78,7 +78,6 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     int64_t n = 0, ncu = 0, nseq, np = 0;
     TL_TRY(read_i32(c->in, "tokens", -1, &c->mb.tokens, &n, err)); /* owned by mb */
     TL_TRY(read_i32(c->in, "cu_seqlens", -1, &c->mb.cu_seqlens, &ncu, err));
-    const int32_t *tokens = c->mb.tokens;
     nseq = ncu - 1;
     if (n < 1 || nseq < 1) return tl_fail(err, TL_ERR_INPUT, "%s: empty batch", in_path);
     TL_TRY(read_i32(c->in, "seq_slot", nseq, &c->seq_slot, &np, err));
@@ -90,10 +89,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     c->have_model = 1;
     const tl_model_config *cfg = &c->model.cfg;
     int V = cfg->vocab_size;
-    for (int64_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
-                           (long long)i, tokens[i], V);
+    TL_TRY(check_vocab(in_path, c->mb.tokens, n, V, err));
 
     TL_TRY(slot_names(c->n_slots, &c->names, err));
     TL_TRY(tl_lora_pool_init(&c->pool, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
@@ -163,18 +159,11 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: tl_dump MODEL_DIR IN.safetensors OUT.safetensors\n");
-        return 2;
-    }
+    if (!tool_args_ok(argc, 4, "tl_dump MODEL_DIR IN.safetensors OUT.safetensors")) return 2;
     dump_ctx c;
     memset(&c, 0, sizeof c);
     tl_error err = {0};
     tl_status s = run(&c, argv[1], argv[2], argv[3], &err);
     ctx_free(&c);
-    if (s != TL_OK) {
-        fprintf(stderr, "tl_dump: %s\n", err.msg);
-        return (int)s;
-    }
-    return 0;
+    return tool_exit("tl_dump", s, &err);
 }

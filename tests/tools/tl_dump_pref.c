@@ -166,10 +166,7 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     c->have_model = 1;
     const tl_model_config *cfg = &c->model.cfg;
     int V = cfg->vocab_size, d = cfg->hidden_size;
-    for (int64_t i = 0; i < n; i++)
-        if (c->mb.tokens[i] < 0 || c->mb.tokens[i] >= V)
-            return tl_fail(err, TL_ERR_INPUT, "%s: tokens[%lld] = %d outside the vocabulary of %d", in_path,
-                           (long long)i, c->mb.tokens[i], V);
+    TL_TRY(check_vocab(in_path, c->mb.tokens, n, V, err));
 
     TL_TRY(slot_names(c->n_slots, &c->names, err));
     TL_TRY(tl_lora_pool_init_head(&c->pool, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
@@ -198,14 +195,14 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     for (int s = 0; s < c->n_slots; s++) tl_pref_stats_init(&c->stats[s]);
 
     tl_pair_set ps = {.n = npairs, .seq_c = c->seq_c, .seq_r = c->seq_r, .adapter = c->pair_ad,
-                      .weight = c->pair_w, .ref_in = NULL, .ref_out = reward ? NULL : c->ref_logps};
+                      .weight = c->pair_w, .ref_in = NULL, .ref_out = reward ? NULL : c->ref_logps,
+                      .ref = c->have_ref ? &c->ref : NULL};
     tl_pref_acc acc = {.stats = c->stats};
     be->zero(be, p->grads, total * sizeof(float));
     if (reward)
         TL_TRY(tl_reward_microbatch(&c->model, p, c->ws, c->sc, &c->mb, &ps, center, 1, &acc, err));
     else
-        TL_TRY(tl_dpo_microbatch(&c->model, p, c->have_ref ? &c->ref : NULL, c->ws, c->sc, &c->mb, &ps, &o, 1, &acc,
-                                 err));
+        TL_TRY(tl_dpo_microbatch(&c->model, p, c->ws, c->sc, &c->mb, &ps, &o, 1, &acc, err));
     TL_TRY(be->status(be, err));
     be->download(be, c->grads, p->grads, total * sizeof(float));
     for (int s = 0; s < c->n_slots; s++) tl_pref_stats_mean(&c->stats[s], c->stats_out + (size_t)s * TL_PREF_N_METRICS);
@@ -233,18 +230,11 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: tl_dump_pref MODEL_DIR IN.safetensors OUT.safetensors\n");
-        return 2;
-    }
+    if (!tool_args_ok(argc, 4, "tl_dump_pref MODEL_DIR IN.safetensors OUT.safetensors")) return 2;
     dump_ctx c;
     memset(&c, 0, sizeof c);
     tl_error err = {0};
     tl_status s = run(&c, argv[1], argv[2], argv[3], &err);
     ctx_free(&c);
-    if (s != TL_OK) {
-        fprintf(stderr, "tl_dump_pref: %s\n", err.msg);
-        return (int)s;
-    }
-    return 0;
+    return tool_exit("tl_dump_pref", s, &err);
 }
