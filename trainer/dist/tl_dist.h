@@ -59,7 +59,7 @@ typedef struct {
     const char *backend;        /* the run's backend name: "cpu" (MPI) or "cuda" (NCCL) */
     double timeout_s;           /* > 0 */
     const char *rendezvous_dir; /* NCCL id file rendezvous (cuda without MPI and NCCL_COMM_ID) */
-    void *cuda_stream;          /* cuda: the backend's stream (tl_cuda_stream); collectives are ordered on it */
+    void *cuda_stream;          /* cuda: the backend's stream (be->stream); collectives are ordered on it */
     int force;                  /* connect the transport even for a world of one (checks of the NCCL path on a
                                    one-GPU machine: a one-rank NCCL communicator is valid) */
 } tl_dist_opts;
