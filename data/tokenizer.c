@@ -132,9 +132,11 @@ struct tl_tokenizer {
     smap added_map;           /* added tokens by content */
     pmap merges;
     int32_t byte_id[256];     /* id of each single byte's byte-level character, -1 if absent */
+    uint32_t byte_char[256];  /* GPT-2's bytes_to_unicode: the byte-level character of each byte */
     added_tok *added;         /* sorted by length, longest first */
     size_t n_added;
     int has_added[2];         /* any added token that is [0] not normalized, [1] normalized */
+    int added_valid;          /* every added token is valid UTF-8, so cutting them out of valid text leaves valid text */
     uint8_t added_first[256]; /* first bytes of added tokens */
     pretok_step steps[MAX_STEPS];
     int n_steps;
@@ -287,6 +289,7 @@ static tl_status build(const char *what, const tok_fields *f, char *strings, con
     uint32_t b2u[256];
     int16_t inv[0x200];
     byte_to_unicode_table(b2u);
+    memcpy(t->byte_char, b2u, sizeof b2u);
     for (int i = 0; i < 0x200; i++) inv[i] = -1;
     for (int b = 0; b < 256; b++) inv[b2u[b]] = (int16_t)b;
 
@@ -329,6 +332,9 @@ static tl_status build(const char *what, const tok_fields *f, char *strings, con
         t->id_bytes_len[id] = len;
     }
     t->n_added = n_added;
+    t->added_valid = 1;
+    for (size_t i = 0; i < n_added; i++)
+        if (!tl_utf8_valid((const unsigned char *)t->added[i].content, t->added[i].len)) t->added_valid = 0;
     if (n_added) qsort(t->added, n_added, sizeof *t->added, cmp_added);
 
     for (size_t i = 0; i < n_merges; i++) {
@@ -808,7 +814,7 @@ typedef struct {
     /* BPE scratch */
     int32_t *sym;
     int32_t *prev, *next;
-    size_t sym_cap;
+    size_t sym_cap, link_cap; /* link_cap: the size of prev and next */
     struct heap_e { int32_t rank, pos, id; } *heap;
     size_t heap_n, heap_cap;
     char *buf; /* byte-level string of a piece (ignore_merges lookup) and prefix-space copies */
@@ -816,6 +822,7 @@ typedef struct {
     /* split steps: PCRE2 match data, and per step the pieces of the text being split and, for text that is not
      * valid UTF-8, its stand-in (each invalid byte as U+E000) with the map back to the text's offsets */
     tl_regex_match *md;
+    int text_valid; /* the whole text, and so every piece of it, is valid UTF-8: pieces need no check */
     struct split_scratch {
         struct segment { size_t start, end; int match; } *seg;
         size_t seg_cap;
@@ -885,21 +892,22 @@ static const pmap_slot *merge_of(const tl_tokenizer *t, int32_t a, int32_t b) {
 /* BPE of one pre-tokenized piece (raw bytes). */
 static tl_status bpe_piece(const tl_tokenizer *t, enc_state *e, const uint8_t *s, size_t n, tl_error *err) {
     if (t->ignore_merges) {
-        uint32_t b2u[256];
-        byte_to_unicode_table(b2u);
         if (!grow((void **)&e->buf, &e->buf_cap, 2 * n + 1, 1)) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
         size_t m = 0;
-        for (size_t i = 0; i < n; i++) m += utf8_put(b2u[s[i]], e->buf + m);
+        for (size_t i = 0; i < n; i++) m += utf8_put(t->byte_char[s[i]], e->buf + m);
         int32_t id = smap_get(&t->vocab, e->buf, m);
         if (id >= 0) return push_id(e, id) ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
     }
     if (!grow((void **)&e->sym, &e->sym_cap, n, sizeof *e->sym)) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
-    int32_t *p = realloc(e->prev, (e->sym_cap ? e->sym_cap : 1) * sizeof *p);
-    if (!p) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
-    e->prev = p;
-    p = realloc(e->next, (e->sym_cap ? e->sym_cap : 1) * sizeof *p);
-    if (!p) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
-    e->next = p;
+    if (e->link_cap < e->sym_cap) { /* prev and next follow sym's size; reallocated only when it grew */
+        int32_t *p = realloc(e->prev, e->sym_cap * sizeof *p);
+        if (!p) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+        e->prev = p;
+        p = realloc(e->next, e->sym_cap * sizeof *p);
+        if (!p) return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
+        e->next = p;
+        e->link_cap = e->sym_cap;
+    }
     size_t ns = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = t->byte_id[s[i]];
@@ -947,6 +955,17 @@ static tl_status bpe_piece(const tl_tokenizer *t, enc_state *e, const uint8_t *s
 
 static tl_status pretok(const tl_tokenizer *t, enc_state *e, int k, const uint8_t *s, size_t n, tl_error *err);
 
+/* Whether the character at s[p] is \p{N}, and its byte length; ASCII without a table lookup. */
+static inline int is_number_at(const uint8_t *s, size_t n, size_t p, size_t *w) {
+    if (s[p] < 0x80) {
+        *w = 1;
+        return s[p] >= '0' && s[p] <= '9';
+    }
+    uint32_t cp;
+    *w = tl_utf8_next(s, n, p, &cp);
+    return tl_unicode_class(cp) == TL_UC_NUMBER;
+}
+
 static int push_segment(struct split_scratch *sc, size_t *ns, size_t start, size_t end, int match) {
     if (!grow((void **)&sc->seg, &sc->seg_cap, *ns + 1, sizeof *sc->seg)) return 0;
     sc->seg[(*ns)++] = (struct segment){start, end, match};
@@ -965,7 +984,7 @@ static tl_status split_step(const tl_tokenizer *t, enc_state *e, int k, const ui
     const uint8_t *subj = s;
     size_t sn = n;
     const size_t *map = NULL;
-    if (!tl_utf8_valid(s, n)) {
+    if (!e->text_valid && !tl_utf8_valid(s, n)) {
         if (!grow((void **)&sc->text, &sc->text_cap, 3 * n, 1) || !grow((void **)&sc->map, &sc->map_cap, 3 * n + 1, sizeof *sc->map))
             return tl_fail(err, TL_ERR_RUNTIME, "tokenizer: out of memory");
         sn = 0;
@@ -1070,16 +1089,10 @@ static tl_status pretok(const tl_tokenizer *t, enc_state *e, int k, const uint8_
     size_t p = 0, gap = 0; /* gap: start of unmatched text, kept as its own piece (Isolated) */
     while (p < n) {
         size_t m = 0, w;
-        uint32_t cp;
-        w = tl_utf8_next(s, n, p, &cp);
-        if (tl_unicode_class(cp) == TL_UC_NUMBER) { /* Digits: char::is_numeric */
+        if (is_number_at(s, n, p, &w)) { /* Digits: char::is_numeric */
             m = w;
             if (!st->individual_digits)
-                for (size_t q = p + w; q < n;) {
-                    size_t w2 = tl_utf8_next(s, n, q, &cp);
-                    if (tl_unicode_class(cp) != TL_UC_NUMBER) break;
-                    m += w2, q += w2;
-                }
+                for (size_t q = p + w, w2; q < n && is_number_at(s, n, q, &w2); q += w2) m += w2;
         }
         if (m == 0) {
             p += w;
@@ -1142,6 +1155,7 @@ tl_status tl_tokenizer_encode(const tl_tokenizer *t, const char *text, size_t le
     }
     enc_state e;
     memset(&e, 0, sizeof e);
+    e.text_valid = t->added_valid && tl_utf8_valid(s, len);
     tl_status st = TL_OK;
     if (flags & TL_TOK_ADD_BOS) {
         if (t->bos_id < 0) {

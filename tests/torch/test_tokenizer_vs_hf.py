@@ -107,7 +107,7 @@ def check(cond, msg):
             print("FAIL:", msg)
 
 
-def build_tokenizer(style, train_texts, path):
+def build_tokenizer(style, train_texts, path, vocab_size=1500):
     tok = Tokenizer(models.BPE())
     if style == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -136,7 +136,7 @@ def build_tokenizer(style, train_texts, path):
     if style == "qwen2":
         tok.normalizer = normalizers.NFC()
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    trainer = trainers.BpeTrainer(vocab_size=1500, min_frequency=1, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(train_texts, trainer=trainer)
     if style == "llama3":
