@@ -8,6 +8,22 @@ tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_er
     return tl_backend_open_on(name, threads, 0, out, err);
 }
 
+int tl_backend_has_cuda(void) {
+#ifdef TL_HAVE_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int tl_backend_gpu_count(void) {
+#ifdef TL_HAVE_CUDA
+    return tl_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
 tl_status tl_backend_open_on(const char *name, int threads, int device, tl_backend **out, tl_error *err) {
     *out = NULL;
     if (!name) name = "auto";

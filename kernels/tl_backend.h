@@ -186,6 +186,10 @@ tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_er
 /* The same, on CUDA device `device` when the choice is cuda (one process per GPU: tl_dist_cuda_device). */
 tl_status tl_backend_open_on(const char *name, int threads, int device, tl_backend **out, tl_error *err);
 tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err);
+/* What the build and the machine offer, asked without a backend open: whether this build has the CUDA backend,
+ * and the GPUs it sees (0 without it), for the choice of a process's device (tl_dist_cuda_device). */
+int tl_backend_has_cuda(void);
+int tl_backend_gpu_count(void);
 #ifdef TL_HAVE_CUDA
 tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err);
 int tl_cuda_device_count(void);

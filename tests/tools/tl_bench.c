@@ -244,7 +244,8 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
     memset(&cfg, 0, sizeof cfg);
     cfg.lr = 1e-4, cfg.grad_clip = 1.0, cfg.beta1 = 0.9, cfg.beta2 = 0.999, cfg.adam_eps = 1e-8;
     cfg.weight_decay = 0.0, cfg.warmup_steps = 0;
-    snprintf(cfg.schedule, sizeof cfg.schedule, "constant");
+    cfg.schedule = TL_SCHEDULE_CONSTANT;
+    tl_optim_opts optim = tl_optim_opts_of(&cfg);
     int32_t active[64];
     int64_t total[64];
     float gnorm[64], lr[64];
@@ -263,7 +264,7 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
         double ts = now_s();
         c->be->zero(c->be, c->p.grads, gbytes);
         tl_status s = tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err);
-        if (!s) s = tl_optim_step(&c->p, c->be, &cfg, active, o->adapters, total, gnorm, lr, adam, err);
+        if (!s) s = tl_optim_step(&c->p, c->be, &optim, active, o->adapters, total, gnorm, lr, adam, err);
         if (s) {
             free(times);
             return s;

@@ -64,20 +64,20 @@ static const char *config_diff(const tl_config *a, const tl_config *b) {
     D_(adapter_alpha, "adapter.alpha");
     D_(adapter_dropout, "adapter.dropout");
     N_(adapter_targets, "adapter.targets");
-    S_(adapter_key, "adapter.key");
+    N_(adapter_key, "adapter.key");
     N_(adapter_rslora, "adapter.rslora");
     S_(data_train, "data.train");
     S_(data_eval, "data.eval");
     N_(data_max_seq_len, "data.max_seq_len");
-    S_(task_type, "task.type");
-    S_(backend, "train.backend");
+    N_(task_type, "task.type");
+    N_(backend, "train.backend");
     N_(threads, "train.threads");
     N_(steps, "train.steps");
     N_(examples_per_adapter, "train.examples_per_adapter");
     N_(adapters_per_step, "train.adapters_per_step");
     N_(micro_batch_tokens, "train.micro_batch_tokens");
     D_(lr, "train.lr");
-    S_(schedule, "train.schedule");
+    N_(schedule, "train.schedule");
     N_(warmup_steps, "train.warmup_steps");
     D_(weight_decay, "train.weight_decay");
     D_(grad_clip, "train.grad_clip");
@@ -88,8 +88,9 @@ static const char *config_diff(const tl_config *a, const tl_config *b) {
     N_(eval_every, "train.eval_every");
     N_(checkpoint_every, "train.checkpoint_every");
     N_(keep_checkpoints, "train.keep_checkpoints");
-    S_(resume, "train.resume");
-    S_(dist_strategy, "dist.strategy");
+    N_(resume, "train.resume");
+    S_(resume_path, "train.resume");
+    N_(dist_strategy, "dist.strategy");
     D_(dist_timeout_s, "dist.timeout_s");
     S_(dist_rendezvous_dir, "dist.rendezvous_dir");
     N_(cluster_nodes, "cluster.nodes");
@@ -173,20 +174,20 @@ static void check_full(const tl_config *c) {
     CHECK(c->adapter_alpha == 32.5, "alpha %g", c->adapter_alpha);
     CHECK(c->adapter_dropout == 0.05, "dropout %g", c->adapter_dropout);
     CHECK(c->adapter_targets == (T(TL_T_Q) | T(TL_T_DOWN)), "targets 0x%x", c->adapter_targets);
-    CHECK(!strcmp(c->adapter_key, "group"), "key %s", c->adapter_key);
+    CHECK(!strcmp(tl_adapter_key_names[c->adapter_key], "group"), "key %s", tl_adapter_key_names[c->adapter_key]);
     CHECK(c->adapter_rslora == 1, "rslora %d", c->adapter_rslora);
     CHECK(!strcmp(c->data_train, "d/train.h5"), "train %s", c->data_train);
     CHECK(!strcmp(c->data_eval, "d/eval set: 1.h5"), "eval %s", c->data_eval);
     CHECK(c->data_max_seq_len == 128, "max_seq_len %d", c->data_max_seq_len);
-    CHECK(!strcmp(c->task_type, "sft"), "task %s", c->task_type);
-    CHECK(!strcmp(c->backend, "cpu"), "backend %s", c->backend);
+    CHECK(!strcmp(tl_task_type_names[c->task_type], "sft"), "task %s", tl_task_type_names[c->task_type]);
+    CHECK(!strcmp(tl_backend_choice_names[c->backend], "cpu"), "backend %s", tl_backend_choice_names[c->backend]);
     CHECK(c->threads == 3, "threads %d", c->threads);
     CHECK(c->steps == 12345678901LL, "steps %" PRId64, c->steps);
     CHECK(c->examples_per_adapter == 7, "epa %d", c->examples_per_adapter);
     CHECK(c->adapters_per_step == 5, "aps %d", c->adapters_per_step);
     CHECK(c->micro_batch_tokens == 1024, "mbt %d", c->micro_batch_tokens);
     CHECK(c->lr == 3e-4, "lr %.17g", c->lr);
-    CHECK(!strcmp(c->schedule, "linear"), "schedule %s", c->schedule);
+    CHECK(!strcmp(tl_schedule_names[c->schedule], "linear"), "schedule %s", tl_schedule_names[c->schedule]);
     CHECK(c->warmup_steps == 20, "warmup %" PRId64, c->warmup_steps);
     CHECK(c->weight_decay == 0.01, "wd %g", c->weight_decay);
     CHECK(c->grad_clip == 0.0, "clip %g", c->grad_clip);
@@ -197,7 +198,7 @@ static void check_full(const tl_config *c) {
     CHECK(c->eval_every == 50, "eval_every %" PRId64, c->eval_every);
     CHECK(c->checkpoint_every == 100, "ckpt_every %" PRId64, c->checkpoint_every);
     CHECK(c->keep_checkpoints == 3, "keep %d", c->keep_checkpoints);
-    CHECK(!strcmp(c->resume, "never"), "resume %s", c->resume);
+    CHECK(c->resume == TL_RESUME_NEVER && !c->resume_path[0], "resume %d", (int)c->resume);
 }
 
 /* The defaults documented in tl_config.h and docs/config.md (run.name / output_dir aside). */
@@ -207,27 +208,27 @@ static void check_defaults(const tl_config *c) {
     CHECK(c->adapter_alpha == 16.0, "alpha");
     CHECK(c->adapter_dropout == 0.0, "dropout");
     CHECK(c->adapter_targets == DEFAULT_TARGETS, "targets 0x%x", c->adapter_targets);
-    CHECK(!strcmp(c->adapter_key, "user"), "key %s", c->adapter_key);
+    CHECK(!strcmp(tl_adapter_key_names[c->adapter_key], "user"), "key %s", tl_adapter_key_names[c->adapter_key]);
     CHECK(c->adapter_rslora == 0, "rslora");
     CHECK(c->data_train[0] == 0, "data.train '%s'", c->data_train);
     CHECK(c->data_eval[0] == 0, "data.eval '%s'", c->data_eval);
     CHECK(c->data_max_seq_len == 512, "max_seq_len");
-    CHECK(!strcmp(c->task_type, "sft"), "task");
-    CHECK(!strcmp(c->dist_strategy, "auto") && c->dist_timeout_s == 600.0 && c->dist_rendezvous_dir[0] == 0, "dist");
+    CHECK(!strcmp(tl_task_type_names[c->task_type], "sft"), "task");
+    CHECK(!strcmp(tl_dist_strategy_names[c->dist_strategy], "auto") && c->dist_timeout_s == 600.0 && c->dist_rendezvous_dir[0] == 0, "dist");
     CHECK(c->cluster_nodes == 1 && c->cluster_gpus_per_node == 0 && c->cluster_tasks_per_node == 0 &&
               c->cluster_cpus_per_task == 0 && !strcmp(c->cluster_mpi, "pmix") && c->cluster_signal_s == 90 &&
               c->cluster_requeue == 1 && !c->cluster_partition[0] && !c->cluster_account[0] && !c->cluster_time[0] &&
               !c->cluster_mem[0] && !c->cluster_job_name[0] && !c->cluster_tailor[0] && !c->cluster_sbatch[0] &&
               !c->cluster_setup[0] && !c->cluster_env[0],
           "cluster defaults");
-    CHECK(!strcmp(c->backend, "auto"), "backend");
+    CHECK(!strcmp(tl_backend_choice_names[c->backend], "auto"), "backend");
     CHECK(c->threads == 0, "threads");
     CHECK(c->steps == 100, "steps");
     CHECK(c->examples_per_adapter == 4, "epa");
     CHECK(c->adapters_per_step == 0, "aps");
     CHECK(c->micro_batch_tokens == 4096, "mbt");
     CHECK(c->lr == 1e-4, "lr");
-    CHECK(!strcmp(c->schedule, "cosine"), "schedule");
+    CHECK(!strcmp(tl_schedule_names[c->schedule], "cosine"), "schedule");
     CHECK(c->warmup_steps == 0, "warmup");
     CHECK(c->weight_decay == 0.0, "wd");
     CHECK(c->grad_clip == 1.0, "clip");
@@ -236,7 +237,7 @@ static void check_defaults(const tl_config *c) {
     CHECK(c->eval_every == 0, "eval_every");
     CHECK(c->checkpoint_every == 0, "ckpt_every");
     CHECK(c->keep_checkpoints == 2, "keep");
-    CHECK(!strcmp(c->resume, "auto"), "resume");
+    CHECK(c->resume == TL_RESUME_AUTO && !c->resume_path[0], "resume");
 }
 
 static void test_full_and_defaults(void) {
@@ -536,7 +537,8 @@ static void test_overrides(void) {
     CHECK(c.adapter_rslora == 0 && c.seed == 42, "rslora %d seed %" PRIu64, c.adapter_rslora, c.seed);
     CHECK(!strcmp(c.model_path, "dir: with colon"), "quoted override '%s'", c.model_path);
     CHECK(!strcmp(c.output_dir, "o u t"), "output_dir '%s'", c.output_dir);
-    CHECK(!strcmp(c.resume, "runs/x/checkpoints/step_00000010"), "resume '%s'", c.resume);
+    CHECK(c.resume == TL_RESUME_PATH && !strcmp(c.resume_path, "runs/x/checkpoints/step_00000010"), "resume '%s'",
+          c.resume_path);
     CHECK(c.adapter_rank == 16 && !strcmp(c.run_name, "exp1"), "untouched keys keep the file's values");
 
     /* Block-style list, an empty value for the optional key, and flow list with spaces. */
@@ -554,7 +556,7 @@ static void test_overrides(void) {
     CHECK(tl_config_load(NULL, only, 2, &c, &err) == TL_OK, "no file: %s", err.msg);
     CHECK(!strcmp(c.run_name, "run") && !strcmp(c.output_dir, "runs/run"), "no file: name %s dir %s", c.run_name,
           c.output_dir);
-    CHECK(!strcmp(c.backend, "cpu") && !strcmp(c.model_path, "m"), "no file values");
+    CHECK(c.backend == TL_BACKEND_CPU && !strcmp(c.model_path, "m"), "no file values");
     CHECK(tl_config_load(NULL, NULL, 0, &c, &err) == TL_ERR_INPUT && !strcmp(err.msg, "model.path: required (the HF "
           "model directory to train on; set it in the model section or with model.path=DIR)"), "no file, nothing: %s",
           err.msg);
@@ -643,8 +645,6 @@ static void rnd_string(char *out, size_t cap, int allow_weird) {
 }
 
 static void rnd_config(tl_config *c) {
-    static const char *const keys[] = {"user", "group", "global"}, *const backends[] = {"auto", "cpu", "cuda"},
-                             *const scheds[] = {"constant", "linear", "cosine"};
     tl_config_defaults(c);
     rnd_string(c->run_name, sizeof c->run_name, 1);
     rnd_string(c->output_dir, sizeof c->output_dir, 1);
@@ -655,7 +655,7 @@ static void rnd_config(tl_config *c) {
     c->adapter_dropout = rnd() % 3 ? rnd_unit() : 0.0;
     do c->adapter_targets = (uint32_t)(rnd() & ALL_TARGETS);
     while (!c->adapter_targets);
-    snprintf(c->adapter_key, sizeof c->adapter_key, "%s", keys[rnd() % 3]);
+    c->adapter_key = (tl_adapter_key)(rnd() % 3); /* user, group, global */
     c->adapter_rslora = (int)(rnd() & 1);
     rnd_string(c->data_train, sizeof c->data_train, 1);
     if (rnd() & 1)
@@ -663,14 +663,14 @@ static void rnd_config(tl_config *c) {
     else
         c->data_eval[0] = 0;
     c->data_max_seq_len = rnd_int(2, 1 << 20);
-    snprintf(c->backend, sizeof c->backend, "%s", backends[rnd() % 3]);
+    c->backend = (tl_backend_choice)(rnd() % 3); /* auto, cpu, cuda */
     c->threads = rnd_int(0, 256);
     c->steps = (int64_t)(rnd() >> 11) | 1; /* step counts stop at 2^53 */
     c->examples_per_adapter = rnd_int(1, 1 << 30);
     c->adapters_per_step = rnd_int(0, 1 << 30);
     c->micro_batch_tokens = rnd_int(c->data_max_seq_len, INT32_MAX);
     c->lr = exp(rnd_unit() * 40 - 30);
-    snprintf(c->schedule, sizeof c->schedule, "%s", scheds[rnd() % 3]);
+    c->schedule = (tl_schedule)(rnd() % 3); /* constant, linear, cosine */
     c->warmup_steps = (int64_t)(rnd() >> (rnd() % 53 + 11));
     c->weight_decay = rnd() % 3 ? rnd_unit() * 0.5 : 0.0;
     c->grad_clip = rnd() % 3 ? rnd_unit() * 10 : 0.0;
@@ -682,12 +682,11 @@ static void rnd_config(tl_config *c) {
     c->checkpoint_every = rnd() % 2 ? 0 : rnd_int(1, 100000);
     c->keep_checkpoints = rnd_int(1, 100);
     switch (rnd() % 3) {
-    case 0: snprintf(c->resume, sizeof c->resume, "auto"); break;
-    case 1: snprintf(c->resume, sizeof c->resume, "never"); break;
-    default: rnd_string(c->resume, sizeof c->resume, 1);
+    case 0: c->resume = TL_RESUME_AUTO; break;
+    case 1: c->resume = TL_RESUME_NEVER; break;
+    default: c->resume = TL_RESUME_PATH, rnd_string(c->resume_path, sizeof c->resume_path, 1);
     }
-    static const char *const strategies[] = {"auto", "user_shard", "data_parallel"};
-    snprintf(c->dist_strategy, sizeof c->dist_strategy, "%s", strategies[rnd() % 3]);
+    c->dist_strategy = (tl_dist_strategy)(rnd() % 3); /* auto, user_shard, data_parallel */
     c->dist_timeout_s = exp(rnd_unit() * 10);
     if (rnd() & 1) rnd_string(c->dist_rendezvous_dir, sizeof c->dist_rendezvous_dir, 1);
     c->cluster_nodes = rnd_int(1, 100000);
@@ -789,7 +788,7 @@ static void test_random_values(void) {
         snprintf(want.model_path, sizeof want.model_path, "m%d", it);
         snprintf(want.data_train, sizeof want.data_train, "t.h5");
         snprintf(want.data_eval, sizeof want.data_eval, "e.h5");
-        snprintf(want.resume, sizeof want.resume, "auto");
+        want.resume = TL_RESUME_AUTO, want.resume_path[0] = 0;
         char text[16384];
         snprintf(text, sizeof text,
                  "run: {name: '%s', output_dir: '%s', seed: %" PRIu64 "}\n"
@@ -802,9 +801,9 @@ static void test_random_values(void) {
                  "  beta2: %.17g\n  adam_eps: %.17E\n  log_every: %" PRId64 "\n  eval_every: %" PRId64 "\n"
                  "  checkpoint_every: %" PRId64 "\n  keep_checkpoints: %d\n",
                  want.run_name, want.output_dir, want.seed, want.model_path, want.adapter_rank, want.adapter_alpha,
-                 want.adapter_dropout, want.adapter_key, want.adapter_rslora ? "true" : "false", want.data_max_seq_len,
-                 want.backend, want.threads, want.steps, want.examples_per_adapter, want.adapters_per_step,
-                 want.micro_batch_tokens, want.lr, want.schedule, want.warmup_steps, want.weight_decay,
+                 want.adapter_dropout, tl_adapter_key_names[want.adapter_key], want.adapter_rslora ? "true" : "false", want.data_max_seq_len,
+                 tl_backend_choice_names[want.backend], want.threads, want.steps, want.examples_per_adapter, want.adapters_per_step,
+                 want.micro_batch_tokens, want.lr, tl_schedule_names[want.schedule], want.warmup_steps, want.weight_decay,
                  want.grad_clip, want.beta1, want.beta2, want.adam_eps, want.log_every, want.eval_every,
                  want.checkpoint_every, want.keep_checkpoints);
         want.adapter_targets = ALL_TARGETS;

@@ -133,15 +133,16 @@ static void test_paths(void) {
           "a backslash in the run directory: %s", err.msg);
 
     tl_config j;
-    CHECK(!strcmp(c.backend, "auto"));
+    CHECK(!strcmp(tl_backend_choice_names[c.backend], "auto"));
     tl_submit_job_config(&c, &j);
-    CHECK(!strcmp(j.backend, "cpu"), "auto for a CPU job: %s", j.backend);
+    CHECK(!strcmp(tl_backend_choice_names[j.backend], "cpu"), "auto for a CPU job: %s", tl_backend_choice_names[j.backend]);
     c.cluster_gpus_per_node = 8;
     tl_submit_job_config(&c, &j);
-    CHECK(!strcmp(j.backend, "cuda"), "auto for a GPU job: %s", j.backend);
-    snprintf(c.backend, sizeof c.backend, "cuda");
+    CHECK(!strcmp(tl_backend_choice_names[j.backend], "cuda"), "auto for a GPU job: %s",
+          tl_backend_choice_names[j.backend]);
+    c.backend = TL_BACKEND_CUDA;
     tl_submit_job_config(&c, &j);
-    CHECK(!strcmp(j.backend, "cuda"));
+    CHECK(!strcmp(tl_backend_choice_names[j.backend], "cuda"));
 }
 
 static void expect_script(const tl_config *c, const tl_submit_paths *p, const char *want, const char *what) {

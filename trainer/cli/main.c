@@ -191,12 +191,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("tailor %s (backends: cpu%s; multi-process: %s%s)\n", TAILOR_VERSION,
-#ifdef TL_HAVE_CUDA
-               ", cuda",
-#else
-               "",
-#endif
+        printf("tailor %s (backends: cpu%s; multi-process: %s%s)\n", TAILOR_VERSION, tl_backend_has_cuda() ? ", cuda" : "",
 #ifdef TL_HAVE_MPI
                "mpi",
 #else

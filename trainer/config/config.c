@@ -30,7 +30,8 @@ const char *const tl_target_names[TL_N_TARGETS] = {"q_proj",    "k_proj",  "v_pr
 typedef enum {
     K_STR,     /* non-empty string */
     K_OPTSTR,  /* string; null or "" means unset ("") */
-    K_ENUM,    /* one of choices */
+    K_ENUM,    /* one of choices, stored as its index (an enum of tl_config.h) */
+    K_RESUME,  /* train.resume: auto | never (tl_resume) | a non-empty path (then TL_RESUME_PATH + resume_path) */
     K_INT,     /* int in [imin, imax] */
     K_I64,     /* int64_t in [imin, imax] */
     K_U64,     /* uint64_t, any */
@@ -55,12 +56,24 @@ typedef struct {
 static const char *const SECTIONS[] = {"run", "model", "adapter", "data", "task", "train", "dist", "cluster"};
 #define N_SECTIONS ((int)(sizeof SECTIONS / sizeof SECTIONS[0]))
 
-static const char *const KEY_CHOICES[] = {"user", "group", "global", NULL};
-static const char *const TASK_CHOICES[] = {"sft", "dpo", "reward", NULL};
-static const char *const BACKEND_CHOICES[] = {"auto", "cpu", "cuda", NULL};
-static const char *const SCHEDULE_CHOICES[] = {"constant", "linear", "cosine", NULL};
-static const char *const PREF_LOSS_CHOICES[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
-static const char *const STRATEGY_CHOICES[] = {"auto", "user_shard", "data_parallel", NULL};
+/* the words of each choice key in the order of its enum (tl_config.h), NULL-terminated */
+const char *const tl_adapter_key_names[] = {"user", "group", "global", NULL};
+const char *const tl_task_type_names[] = {"sft", "dpo", "reward", NULL};
+const char *const tl_backend_choice_names[] = {"auto", "cpu", "cuda", NULL};
+const char *const tl_schedule_names[] = {"constant", "linear", "cosine", NULL};
+const char *const tl_task_loss_names[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
+const char *const tl_dist_strategy_names[] = {"auto", "user_shard", "data_parallel", NULL};
+#define KEY_CHOICES tl_adapter_key_names
+#define TASK_CHOICES tl_task_type_names
+#define BACKEND_CHOICES tl_backend_choice_names
+#define SCHEDULE_CHOICES tl_schedule_names
+#define PREF_LOSS_CHOICES tl_task_loss_names
+#define STRATEGY_CHOICES tl_dist_strategy_names
+/* K_ENUM stores an int: every choice enum must be one */
+_Static_assert(sizeof(tl_adapter_key) == sizeof(int) && sizeof(tl_task_type) == sizeof(int) &&
+                   sizeof(tl_task_loss) == sizeof(int) && sizeof(tl_backend_choice) == sizeof(int) &&
+                   sizeof(tl_schedule) == sizeof(int) && sizeof(tl_dist_strategy) == sizeof(int),
+               "choice enums are ints");
 
 #define F(field) offsetof(tl_config, field)
 #define STR(name, field) {name, K_STR, F(field), sizeof(((tl_config *)0)->field), 0, 0, 0, 0, 0, NULL}
@@ -116,7 +129,7 @@ static const key_desc KEYS[] = {
     I64("train.eval_every", eval_every, 0),
     I64("train.checkpoint_every", checkpoint_every, 0),
     INT("train.keep_checkpoints", keep_checkpoints, 1, INT_MAX),
-    STR("train.resume", resume),
+    {"train.resume", K_RESUME, F(resume), sizeof(((tl_config *)0)->resume_path), 0, 0, 0, 0, 0, NULL},
     ENUM("dist.strategy", dist_strategy, STRATEGY_CHOICES),
     DBL("dist.timeout_s", dist_timeout_s, 0, 0, D_LO_OPEN),
     OPTSTR("dist.rendezvous_dir", dist_rendezvous_dir),
@@ -159,21 +172,21 @@ void tl_config_defaults(tl_config *c) {
     c->adapter_alpha = 16.0;
     c->adapter_dropout = 0.0;
     c->adapter_targets = (1u << TL_T_Q) | (1u << TL_T_K) | (1u << TL_T_V) | (1u << TL_T_O);
-    snprintf(c->adapter_key, sizeof c->adapter_key, "user");
+    c->adapter_key = TL_KEY_USER;
     c->adapter_rslora = 0;
     c->data_max_seq_len = 512;
-    snprintf(c->task_type, sizeof c->task_type, "sft");
+    c->task_type = TL_TASK_SFT;
     c->task_beta = 0.1;
-    snprintf(c->task_loss, sizeof c->task_loss, "sigmoid");
+    c->task_loss = TL_LOSS_SIGMOID;
     c->task_gamma = 0.5;
-    snprintf(c->backend, sizeof c->backend, "auto");
+    c->backend = TL_BACKEND_AUTO;
     c->threads = 0;
     c->steps = 100;
     c->examples_per_adapter = 4;
     c->adapters_per_step = 0;
     c->micro_batch_tokens = 4096;
     c->lr = 1e-4;
-    snprintf(c->schedule, sizeof c->schedule, "cosine");
+    c->schedule = TL_SCHEDULE_COSINE;
     c->warmup_steps = 0;
     c->weight_decay = 0.0;
     c->grad_clip = 1.0;
@@ -184,8 +197,8 @@ void tl_config_defaults(tl_config *c) {
     c->eval_every = 0;
     c->checkpoint_every = 0;
     c->keep_checkpoints = 2;
-    snprintf(c->resume, sizeof c->resume, "auto");
-    snprintf(c->dist_strategy, sizeof c->dist_strategy, "auto");
+    c->resume = TL_RESUME_AUTO;
+    c->dist_strategy = TL_STRATEGY_AUTO;
     c->dist_timeout_s = 600.0;
     c->cluster_nodes = 1;
     snprintf(c->cluster_mpi, sizeof c->cluster_mpi, "pmix");
@@ -537,6 +550,7 @@ static tl_status set_key(tl_config *c, int ki, const yaml_document_t *doc, const
     char b[96], list[160];
     switch (kd->k) {
     case K_STR:
+    case K_RESUME:
     case K_OPTSTR: {
         if (kd->k == K_OPTSTR && is_null(n)) {
             field[0] = 0;
@@ -544,10 +558,15 @@ static tl_status set_key(tl_config *c, int ki, const yaml_document_t *doc, const
         }
         const char *v = "";
         TL_TRY(get_string(n, s, kd, kd->k == K_OPTSTR ? "a string or null" : "a string", &v, err));
-        if (kd->k == K_STR && !v[0])
+        if (kd->k != K_OPTSTR && !v[0])
             return fail_at(err, s, node_line(n), kd->key, "must not be empty");
         if (strlen(v) >= kd->cap)
             return fail_at(err, s, node_line(n), kd->key, "is %zu bytes long (at most %zu)", strlen(v), kd->cap - 1);
+        if (kd->k == K_RESUME) {
+            c->resume = !strcmp(v, "auto") ? TL_RESUME_AUTO : !strcmp(v, "never") ? TL_RESUME_NEVER : TL_RESUME_PATH;
+            field = c->resume_path;
+            if (c->resume != TL_RESUME_PATH) v = "";
+        }
         memcpy(field, v, strlen(v) + 1);
         return TL_OK;
     }
@@ -559,7 +578,7 @@ static tl_status set_key(tl_config *c, int ki, const yaml_document_t *doc, const
         TL_TRY(get_string(n, s, kd, what, &v, err));
         for (int i = 0; kd->choices[i]; i++)
             if (!strcmp(v, kd->choices[i])) {
-                memcpy(field, v, strlen(v) + 1);
+                *(int *)(void *)field = i;
                 return TL_OK;
             }
         const char *close = NULL;
@@ -954,8 +973,12 @@ void tl_config_write_yaml(const tl_config *c, FILE *f) {
         fprintf(f, "  %s: ", dot + 1);
         const char *field = (const char *)c + kd->off;
         switch (kd->k) {
-        case K_STR:
-        case K_ENUM: write_string(f, field); break;
+        case K_STR: write_string(f, field); break;
+        case K_ENUM: write_string(f, kd->choices[*(const int *)(const void *)field]); break;
+        case K_RESUME:
+            write_string(f, c->resume == TL_RESUME_PATH ? c->resume_path
+                            : c->resume == TL_RESUME_NEVER ? "never" : "auto");
+            break;
         case K_OPTSTR:
             if (field[0])
                 write_string(f, field);

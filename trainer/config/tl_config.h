@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "data/tl_io.h" /* TL_PATH_MAX */
+#include "data/tl_batcher.h" /* tl_adapter_key */
+#include "data/tl_io.h"      /* TL_PATH_MAX */
 #include "kernels/tl_status.h"
 
 /* LoRA target modules, as bits of tl_config.adapter_targets (order fixed: it is the order of the pool). */
@@ -19,6 +20,22 @@ enum {
     TL_T_Q = 0, TL_T_K, TL_T_V, TL_T_O, TL_T_GATE, TL_T_UP, TL_T_DOWN, TL_N_TARGETS
 };
 extern const char *const tl_target_names[TL_N_TARGETS]; /* "q_proj", ..., "down_proj" */
+
+/* The choice keys, parsed into enums once by tl_config_load (and written back as the same words). Each enum's
+ * order is its names array's, so tl_*_names[value] is the word of the YAML file. adapter.key is tl_adapter_key
+ * (data/tl_batcher.h: user, group, global); task.loss is the order of tl_pref_kind (tl_pref_loss.h). */
+typedef enum { TL_TASK_SFT, TL_TASK_DPO, TL_TASK_REWARD } tl_task_type;
+typedef enum { TL_LOSS_SIGMOID, TL_LOSS_IPO, TL_LOSS_HINGE, TL_LOSS_ROBUST, TL_LOSS_SIMPO } tl_task_loss;
+typedef enum { TL_BACKEND_AUTO, TL_BACKEND_CPU, TL_BACKEND_CUDA } tl_backend_choice;
+typedef enum { TL_SCHEDULE_CONSTANT, TL_SCHEDULE_LINEAR, TL_SCHEDULE_COSINE } tl_schedule;
+typedef enum { TL_RESUME_AUTO, TL_RESUME_NEVER, TL_RESUME_PATH } tl_resume;
+typedef enum { TL_STRATEGY_AUTO, TL_STRATEGY_USER_SHARD, TL_STRATEGY_DATA_PARALLEL } tl_dist_strategy;
+extern const char *const tl_adapter_key_names[];   /* "user", "group", "global" */
+extern const char *const tl_task_type_names[];     /* "sft", "dpo", "reward" */
+extern const char *const tl_task_loss_names[];     /* "sigmoid", "ipo", "hinge", "robust", "simpo" */
+extern const char *const tl_backend_choice_names[]; /* "auto", "cpu", "cuda" */
+extern const char *const tl_schedule_names[];      /* "constant", "linear", "cosine" */
+extern const char *const tl_dist_strategy_names[]; /* "auto", "user_shard", "data_parallel" */
 
 typedef struct {
     /* run */
@@ -32,7 +49,7 @@ typedef struct {
     double adapter_alpha;         /* default 16, > 0 */
     double adapter_dropout;       /* default 0.0, [0, 1) */
     uint32_t adapter_targets;     /* bitmask; default q_proj,k_proj,v_proj,o_proj */
-    char adapter_key[16];         /* user | group | global; default user */
+    tl_adapter_key adapter_key;   /* user (default) | group | global */
     int adapter_rslora;           /* default false */
     char adapter_init_from[TL_PATH_MAX]; /* "" (fresh init) | a PEFT dir | a run's adapters/ dir */
     /* data */
@@ -41,23 +58,23 @@ typedef struct {
     int data_max_seq_len;         /* default 512 */
     int data_eval_generate;       /* sft eval: greedy answers of up to this many tokens scored by ROUGE; 0 = off */
     /* task */
-    char task_type[16];           /* sft (default) | dpo | reward */
+    tl_task_type task_type;       /* sft (default) | dpo | reward */
     double task_beta;             /* dpo: default 0.1, > 0 */
-    char task_loss[16];           /* dpo: sigmoid (default) | ipo | hinge | robust | simpo */
+    tl_task_loss task_loss;       /* dpo: sigmoid (default) | ipo | hinge | robust | simpo */
     double task_label_smoothing;  /* dpo: default 0, [0, 0.5) */
     double task_gamma;            /* simpo margin: default 0.5, >= 0 */
     double task_sft_weight;       /* dpo: weight of the SFT loss on the chosen response, default 0 */
     int task_precompute_ref;      /* dpo: cache reference log-probabilities per pair, default false */
     double task_center_rewards;   /* reward: coefficient of mean((r_c + r_r)^2), default 0 */
     /* train */
-    char backend[16];             /* auto (default) | cpu | cuda */
+    tl_backend_choice backend;    /* auto (default) | cpu | cuda */
     int threads;                  /* 0 = all cores; at most TL_MAX_THREADS */
     int64_t steps;                /* default 100, >= 1 */
     int examples_per_adapter;     /* default 4, >= 1 */
     int adapters_per_step;        /* default 0 = all */
     int micro_batch_tokens;       /* default 4096, >= data.max_seq_len */
     double lr;                    /* default 1e-4, > 0 */
-    char schedule[16];            /* constant | linear | cosine (default) */
+    tl_schedule schedule;         /* constant | linear | cosine (default) */
     int64_t warmup_steps;         /* default 0 */
     double weight_decay;          /* default 0.0 */
     double grad_clip;             /* default 1.0; 0 disables */
@@ -66,10 +83,11 @@ typedef struct {
     int64_t eval_every;           /* default 0 = only at the end (when data.eval is set) */
     int64_t checkpoint_every;     /* default 0 = only at the end */
     int keep_checkpoints;         /* default 2 */
-    char resume[TL_PATH_MAX];     /* auto (default) | never | path of a checkpoint directory */
+    tl_resume resume;             /* auto (default) | never | a path of a checkpoint directory: */
+    char resume_path[TL_PATH_MAX]; /* TL_RESUME_PATH: that path ("" otherwise) */
     /* dist: many processes (docs/cluster.md) */
-    char dist_strategy[16];       /* auto (default: user_shard, data_parallel for adapter.key global) |
-                                     user_shard | data_parallel */
+    tl_dist_strategy dist_strategy; /* auto (default: user_shard, data_parallel for adapter.key global) |
+                                       user_shard | data_parallel */
     double dist_timeout_s;        /* default 600: longest wait in a collective before the run aborts */
     char dist_rendezvous_dir[TL_PATH_MAX]; /* NCCL id file rendezvous; "" = <run.output_dir>/.rendezvous */
     /* cluster: tailor submit's sbatch script (docs/cluster.md) */

@@ -225,14 +225,14 @@ tl_status tl_submit_check(const tl_config *c, tl_error *err) {
             return tl_fail(err, TL_ERR_INPUT, "cluster.setup entry %d ('%s'): contains a control character", i + 1,
                            shown(line, b, sizeof b));
     for (int i = 0; tl_config_list_item(c->cluster_env, i, line, sizeof line); i++) TL_TRY(check_env_line(line, i, err));
-    if (!strcmp(c->resume, "never") && c->cluster_requeue)
+    if (c->resume == TL_RESUME_NEVER && c->cluster_requeue)
         return tl_fail(err, TL_ERR_INPUT, "train.resume: never together with cluster.requeue true: a requeued job "
                        "would start the run over (use train.resume auto, or cluster.requeue false)");
-    if (c->cluster_gpus_per_node > 0 && !strcmp(c->backend, "cpu"))
+    if (c->cluster_gpus_per_node > 0 && c->backend == TL_BACKEND_CPU)
         return tl_fail(err, TL_ERR_INPUT, "train.backend: cpu, but cluster.gpus_per_node is %d: a GPU job trains on "
                        "cuda (set train.backend auto or cuda, or cluster.gpus_per_node 0 for a CPU job)",
                        c->cluster_gpus_per_node);
-    if (c->cluster_gpus_per_node == 0 && !strcmp(c->backend, "cuda"))
+    if (c->cluster_gpus_per_node == 0 && c->backend == TL_BACKEND_CUDA)
         return tl_fail(err, TL_ERR_INPUT, "train.backend: cuda, but cluster.gpus_per_node is 0 (a CPU job): set "
                        "cluster.gpus_per_node, or train.backend cpu");
     long ranks = (long)c->cluster_nodes * tasks_per_node(c);
@@ -301,8 +301,7 @@ tl_status tl_submit_paths_resolve(const tl_config *c, const char *cwd, const cha
 
 void tl_submit_job_config(const tl_config *c, tl_config *out) {
     *out = *c;
-    if (!strcmp(out->backend, "auto"))
-        snprintf(out->backend, sizeof out->backend, "%s", c->cluster_gpus_per_node > 0 ? "cuda" : "cpu");
+    if (out->backend == TL_BACKEND_AUTO) out->backend = c->cluster_gpus_per_node > 0 ? TL_BACKEND_CUDA : TL_BACKEND_CPU;
 }
 
 /* ---- the script ---- */

@@ -36,11 +36,11 @@ static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_p
         int32_t *sc_c = buf, *sc_r = buf + n, *owner = buf + 2 * n;
         for (int k = 0; k < n; k++)
             sc_c[k] = eb->pairs[k].chosen, sc_r[k] = eb->pairs[k].rejected, owner[k] = eb->pairs[k].adapter;
-        tl_pair_set ps = {.n = n, .seq_c = sc_c, .seq_r = sc_r, .adapter = owner};
+        tl_pair_set ps = {.n = n, .seq_c = sc_c, .seq_r = sc_r, .adapter = owner, .ref = o->ref};
         tl_pref_acc acc = {.stats = by_owner};
         /* the stats are keyed by the pairs' owners; the segments carry the slot actually evaluated */
         s = o->reward ? tl_reward_microbatch(m, p, ws, sc, eb->mb, &ps, o->center_rewards, 0, &acc, err)
-                      : tl_dpo_microbatch(m, p, o->ref, ws, sc, eb->mb, &ps, &o->opts, 0, &acc, err);
+                      : tl_dpo_microbatch(m, p, ws, sc, eb->mb, &ps, &o->opts, 0, &acc, err);
         if (s) break;
     }
     free(buf);

@@ -228,7 +228,7 @@ static tl_status load_checkpoint(const char *dir, const tl_config *cfg, int n, c
     tl_lora_pool pool;
     int have_pool = 0;
     if (!s) {
-        int reward = !strcmp(cfg->task_type, "reward");
+        int reward = cfg->task_type == TL_TASK_REWARD;
         s = tl_lora_pool_init_head(&pool, &m, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
                                    cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
                                    reward, err);

@@ -27,20 +27,16 @@
 #include "trainer/step/tl_optim.h"
 #include "trainer/eval/tl_pref_eval.h"
 #include "trainer/step/tl_pref_step.h"
+#include "trainer/step/tl_sft_step.h"
+#include "trainer/run/tl_metrics.h"
 #include "trainer/eval/tl_rouge.h"
 #include "data/tl_model_tokenizer.h"
 
 #include <cjson/cJSON.h>
 
-static tl_adapter_key parse_key(const char *k) {
-    return !strcmp(k, "group") ? TL_KEY_GROUP : !strcmp(k, "global") ? TL_KEY_GLOBAL : TL_KEY_USER;
-}
-
 /* Everything a command holds open; tl_session_close releases whatever was opened. */
-typedef enum { TL_TASK_SFT, TL_TASK_DPO, TL_TASK_REWARD } tl_task;
-
 typedef struct {
-    tl_task task;
+    tl_task_type task;
     tl_backend *be;
     tl_model model;
     int model_loaded;
@@ -62,22 +58,18 @@ typedef struct {
     /* many processes (tl_dist.h) */
     tl_dist_env env;
     tl_dist *dist;   /* NULL outside tl_train */
-    int dp;          /* dist.strategy data_parallel (else user_shard) */
+    int data_parallel; /* dist.strategy data_parallel (else user_shard) */
     /* user_shard with world > 1 ("local pool"): the pool, batcher and optimizer hold this rank's adapters only;
-     * local slot a is adapter gidx[a] of the run's n_global adapters (map: all of them, lmap: this rank's) */
-    int lp;
+     * local slot a is adapter global_index[a] of the run's n_global adapters (map: all of them, local_map: this
+     * rank's) */
+    int local_pool;
     int n_global;
-    int32_t *gidx;       /* [pool.n_slots] */
-    tl_adapter_map lmap;
-    int have_lmap;
+    int32_t *global_index; /* [pool.n_slots] */
+    tl_adapter_map local_map;
+    int have_local_map;
     uint8_t *eval_mine;  /* data_parallel with world > 1: [n_slots] the adapters this rank evaluates */
     int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
 } tl_session;
-
-static tl_task task_of(const tl_config *cfg) {
-    return !strcmp(cfg->task_type, "dpo") ? TL_TASK_DPO : !strcmp(cfg->task_type, "reward") ? TL_TASK_REWARD
-                                                                                          : TL_TASK_SFT;
-}
 
 static void tl_session_close(tl_session *S) {
     if (S->batcher) tl_batcher_free(S->batcher);
@@ -92,33 +84,33 @@ static void tl_session_close(tl_session *S) {
     if (S->have_ptrain) tl_pref_free(&S->ptrain);
     if (S->have_peval) tl_pref_free(&S->peval);
     if (S->model_loaded) tl_model_free(&S->model);
-    free(S->gidx);
+    free(S->global_index);
     free(S->eval_mine);
-    if (S->have_lmap) tl_adapter_map_free(&S->lmap);
+    if (S->have_local_map) tl_adapter_map_free(&S->local_map);
     tl_dist_free(S->dist);
     if (S->be) S->be->destroy(S->be);
     memset(S, 0, sizeof *S);
 }
 
 /* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
-static tl_status check_kind(const char *key, const char *path, tl_task task, tl_error *err) {
+static tl_status check_kind(const char *key, const char *path, tl_task_type task, tl_error *err) {
     char kind[32];
     TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
     const char *want = task == TL_TASK_SFT ? "sft" : "preference";
     if (strcmp(kind, want) != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
-                       task == TL_TASK_SFT ? "sft" : task == TL_TASK_DPO ? "dpo" : "reward", want);
+                       tl_task_type_names[task], want);
     return TL_OK;
 }
 
 /* Backend, model and the datasets the command needs, all validated. */
 static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train, int need_eval, tl_error *err) {
-    S->task = task_of(cfg);
+    S->task = cfg->task_type;
     if (!cfg->model_path[0]) return tl_fail(err, TL_ERR_INPUT, "model.path: required");
     if (need_train && !cfg->data_train[0]) return tl_fail(err, TL_ERR_INPUT, "data.train: required for training");
     if (need_eval && !cfg->data_eval[0]) return tl_fail(err, TL_ERR_INPUT, "data.eval: required for tailor eval");
     if (S->task == TL_TASK_DPO) {
-        TL_TRY(tl_pref_kind_parse(cfg->task_loss, &S->popts.kind, err));
+        TL_TRY(tl_pref_kind_parse(tl_task_loss_names[cfg->task_loss], &S->popts.kind, err));
         S->popts.beta = cfg->task_beta, S->popts.label_smoothing = cfg->task_label_smoothing;
         S->popts.gamma = cfg->task_gamma, S->popts.sft_weight = cfg->task_sft_weight;
         TL_TRY(tl_pref_opts_check(&S->popts, err));
@@ -126,7 +118,7 @@ static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train
     int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
     if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
     if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
-    TL_TRY(tl_backend_open_on(cfg->backend, S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
+    TL_TRY(tl_backend_open_on(tl_backend_choice_names[cfg->backend], S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
     TL_TRY(tl_model_load(cfg->model_path, S->be, &S->model, err));
     S->model_loaded = 1;
     int V = S->model.cfg.vocab_size;
@@ -290,58 +282,6 @@ static tl_status count_adapter_steps(const tl_config *cfg, int n, int64_t **out,
     return TL_OK;
 }
 
-typedef struct {
-    FILE *f;
-} tl_metrics;
-
-/* A number for metrics.jsonl: NaN and infinities (a diverged run) become null, as JSON has no other spelling
- * for them and tailor report reads null as "no value". buf: 48 bytes. */
-static const char *jnum(char *buf, const char *fmt, double v) {
-    if (!isfinite(v)) return "null";
-    snprintf(buf, 48, fmt, v);
-    return buf;
-}
-
-/* Opens metrics.jsonl for appending; on resume drops records past the resumed step so the file tells one story. */
-static tl_status metrics_open(tl_metrics *M, const char *run_dir, int64_t keep_upto, tl_error *err) {
-    char path[TL_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
-    if (keep_upto >= 0) {
-        FILE *in = fopen(path, "r");
-        if (in) {
-            char tmp[TL_PATH_MAX + 48];
-            snprintf(tmp, sizeof tmp, "%s.tmp", path);
-            FILE *o = fopen(tmp, "w");
-            if (!o) {
-                fclose(in);
-                return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot write: %s", tmp, strerror(errno));
-            }
-            char line[8192];
-            while (fgets(line, sizeof line, in)) {
-                const char *q = strstr(line, "\"step\":");
-                long long st = q ? atoll(q + 7) : 0;
-                if (st <= keep_upto) fputs(line, o);
-            }
-            fclose(in);
-            int synced = fflush(o) == 0 && fsync(fileno(o)) == 0; /* on disk before it replaces the old file */
-            if (fclose(o) || !synced || rename(tmp, path))
-                return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot rewrite: %s", path, strerror(errno));
-        }
-    }
-    M->f = fopen(path, keep_upto >= 0 ? "a" : "w");
-    if (!M->f) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot open for writing: %s", path, strerror(errno));
-    return TL_OK;
-}
-
-static void fmt_eta(char *buf, size_t cap, double s) {
-    if (!isfinite(s) || s < 0) s = 0;
-    long t = (long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(buf, cap, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else
-        snprintf(buf, cap, "%ldm%02lds", t / 60, t % 60);
-}
-
 static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cfg) {
     return (tl_pref_eval_opts){.reward = S->task == TL_TASK_REWARD, .opts = S->popts,
                                .center_rewards = cfg->task_center_rewards, .ref = S->have_ref ? &S->ref : NULL};
@@ -417,20 +357,20 @@ static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const c
 
 /* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table
  * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
-static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, FILE *metrics, int64_t step,
+static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
                           int final, tl_error *err) {
     char path[TL_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
-    tl_adapter_key key = parse_key(cfg->adapter_key);
+    tl_adapter_key key = cfg->adapter_key;
     int n = S->pool.n_slots;
     int many = tl_dist_world(S->dist) > 1, rank0 = tl_dist_rank(S->dist) == 0;
-    tl_merge M = {.d = S->dist, .n = n, .nG = S->lp ? S->n_global : n, .gi = S->lp ? S->gidx : NULL,
-                  .mine = S->lp ? NULL : S->eval_mine};
-    tl_eval_part part = {.only = M.mine, .cols = S->lp ? S->map.names : NULL, .n_cols = S->lp ? S->n_global : 0};
+    tl_merge M = {.d = S->dist, .n = n, .nG = S->local_pool ? S->n_global : n, .gi = S->local_pool ? S->global_index : NULL,
+                  .mine = S->local_pool ? NULL : S->eval_mine};
+    tl_eval_part part = {.only = M.mine, .cols = S->local_pool ? S->map.names : NULL, .n_cols = S->local_pool ? S->n_global : 0};
     const tl_eval_part *pp = many ? &part : NULL;
     int cross = final && M.nG <= TL_EVAL_CROSS_MAX;
     tl_lora_pool names = S->pool; /* for the table and eval.json: every adapter of the run by name */
-    if (S->lp) names.n_slots = S->n_global, names.names = S->map.names;
+    if (S->local_pool) names.n_slots = S->n_global, names.names = S->map.names;
     tl_status s;
     if (S->task == TL_TASK_SFT) {
         tl_eval_result r;
@@ -489,10 +429,7 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
                 tl_eval_print(&r, &names, ui->out);
             }
         } else {
-            char j[2][48];
-            if (metrics)
-                fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %s, \"eval_base_loss\": %s, \"eval_tokens\": %lld}\n",
-                        (long long)step, jnum(j[0], "%.6f", l), jnum(j[1], "%.6f", b), (long long)t), fflush(metrics);
+            tl_metrics_eval_sft(metrics, step, l, b, t);
             if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
             s = TL_OK;
         }
@@ -533,12 +470,8 @@ static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
             tl_pref_eval_print(&r, &names, ui->out);
         }
     } else {
-        char j[3][48];
-        if (metrics)
-            fprintf(metrics, "{\"step\": %lld, \"eval_loss\": %s, \"eval_accuracy\": %s, \"eval_margin\": %s}\n",
-                    (long long)step, jnum(j[0], "%.6f", mean[TL_PREF_M_LOSS]),
-                    jnum(j[1], "%.6f", mean[TL_PREF_M_REWARDS_ACCURACIES]),
-                    jnum(j[2], "%.6f", mean[TL_PREF_M_REWARDS_MARGINS])), fflush(metrics);
+        tl_metrics_eval_pref(metrics, step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
+                             mean[TL_PREF_M_REWARDS_MARGINS]);
         if (!ui->quiet)
             fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
                     mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
@@ -558,7 +491,7 @@ static tl_status workspace_for(tl_session *S, const tl_config *cfg, tl_error *er
 
 /* data_parallel deals a step's micro-batches round robin: micro-batch k is rank k mod world's. */
 static int runs_microbatch(const tl_session *S, int k) {
-    return !S->dp || k % tl_dist_world(S->dist) == tl_dist_rank(S->dist);
+    return !S->data_parallel || k % tl_dist_world(S->dist) == tl_dist_rank(S->dist);
 }
 
 /* Reference log-prob cache (task.precompute_ref): two sums per dataset pair, NaN until first computed. The
@@ -593,11 +526,11 @@ static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_st
             }
         }
         tl_pair_set ps = {.n = n, .seq_c = sc_c, .seq_r = sc_r, .adapter = ad, .weight = wbuf,
-                          .ref_in = cached ? rc->in : NULL, .ref_out = rc->v && !cached ? rc->out : NULL};
+                          .ref_in = cached ? rc->in : NULL, .ref_out = rc->v && !cached ? rc->out : NULL,
+                          .ref = S->have_ref ? &S->ref : NULL};
         tl_pref_acc acc = {.stats = st};
         if (S->task == TL_TASK_DPO)
-            TL_TRY(tl_dpo_microbatch(&S->model, &S->pool, S->have_ref ? &S->ref : NULL, S->ws, S->psc, &B->mb[mbi],
-                                     &ps, &S->popts, 1, &acc, err));
+            TL_TRY(tl_dpo_microbatch(&S->model, &S->pool, S->ws, S->psc, &B->mb[mbi], &ps, &S->popts, 1, &acc, err));
         else
             TL_TRY(tl_reward_microbatch(&S->model, &S->pool, S->ws, S->psc, &B->mb[mbi], &ps, cfg->task_center_rewards,
                                         1, &acc, err));
@@ -664,7 +597,7 @@ static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, 
     int world = tl_dist_world(S->dist);
     char what[64];
     snprintf(what, sizeof what, "metrics of step %lld", (long long)step + 1);
-    if (S->dp && world > 1) {
+    if (S->data_parallel && world > 1) {
         int k = pst ? PSTAT_N : 1;
         for (int i = 0; i < B->n_active; i++) {
             if (pst)
@@ -694,7 +627,7 @@ static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, 
         if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
     }
     o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
-    if (S->dp || world == 1) return TL_OK;
+    if (S->data_parallel || world == 1) return TL_OK;
     double v[7 + PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
     pstat_pack(&o->all, v + 7);
     TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + PSTAT_N, what, err));
@@ -715,7 +648,7 @@ static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t don
     snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
     int written = 0;
     tl_status s = TL_OK;
-    if (!S->lp) {
+    if (!S->local_pool) {
         if (rank0 && checkpoint)
             s = tl_checkpoint_save(cfg->output_dir, cfg, &S->pool, S->be, done_steps, cursors, cfg->keep_checkpoints,
                                    err);
@@ -723,7 +656,7 @@ static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t don
     } else {
         int nG = S->n_global;
         tl_dist_collector c;
-        TL_TRY(tl_dist_collect_init(&c, S->dist, &S->pool, S->be, S->gidx, nG, err));
+        TL_TRY(tl_dist_collect_init(&c, S->dist, &S->pool, S->be, S->global_index, nG, err));
         int64_t *steps = calloc((size_t)nG + 1, sizeof *steps);
         tl_cursor *cur = calloc((size_t)nG + 1, sizeof *cur);
         s = steps && cur ? tl_dist_collect_ints(&c, cursors, steps, cur, err)
@@ -752,411 +685,481 @@ static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t don
 /* Resume: the checkpoint holds the whole run, whatever the number of ranks that wrote it; a local pool reads
  * only its own adapters' rows. */
 static tl_status load_run_state(tl_session *S, const char *ckpt, int64_t *start, tl_cursor *cursors, tl_error *err) {
-    if (!S->lp) return tl_checkpoint_load(ckpt, &S->pool, S->be, start, cursors, err);
-    return tl_checkpoint_load_rows(ckpt, &S->pool, S->be, S->map.names, S->n_global, S->gidx, start, cursors, err);
+    if (!S->local_pool) return tl_checkpoint_load(ckpt, &S->pool, S->be, start, cursors, err);
+    return tl_checkpoint_load_rows(ckpt, &S->pool, S->be, S->map.names, S->n_global, S->global_index, start, cursors, err);
 }
 
-/* Places this process: the CUDA device of its local rank and its share of the cores. */
+/* Places this process: the GPU of its local rank and its share of the cores. */
 static void place_process(tl_session *S, const tl_config *cfg) {
     S->device = 0, S->threads = cfg->threads;
     if (S->env.world == 1) return;
     if (cfg->threads == 0 && !getenv("OMP_NUM_THREADS")) S->threads = tl_dist_cpu_threads(&S->env);
-#ifdef TL_HAVE_CUDA
-    S->device = tl_dist_cuda_device(&S->env, tl_cuda_device_count());
-#endif
+    S->device = tl_dist_cuda_device(&S->env, tl_backend_gpu_count());
 }
 
-tl_status tl_train(const tl_config *cfg, const tl_ui *ui_in, int *stopped, tl_error *err) {
+/* One training run: the session (everything held open) and the host buffers of the step loop, allocated at
+ * setup (the loop allocates nothing) and released, with the signal handlers and the metrics file, by
+ * tl_run_close. */
+typedef struct {
     tl_session S;
-    memset(&S, 0, sizeof S);
-    int64_t *total_steps = NULL;
-    double *aloss = NULL, *wbuf = NULL, *cost = NULL, *rbuf = NULL;
-    float *logp = NULL, *gnorm = NULL, *lrs = NULL;
-    tl_adam_slot *adam = NULL;
-    int32_t *pbuf = NULL;
-    tl_pref_stats *pst = NULL;
-    tl_ref_cache rc = {0};
-    tl_metrics M = {0};
-    tl_ui rui = *ui_in;
-    const tl_ui *ui = &rui;
-    FILE *devnull = NULL;
+    const tl_config *cfg;
+    tl_ui ui;      /* this rank's: rank 0 speaks for the run, the others write to /dev/null */
+    FILE *devnull;
     struct sigaction old_term, old_usr1;
-    int handlers = 0;
-    tl_status s;
-    int rank = 0, world = 1;
-    *stopped = 0;
-#define CHECK(x)            \
-    do {                    \
-        s = (x);            \
-        if (s) goto done;   \
-    } while (0)
-    /* from the start: a preemption during setup still ends in a checkpoint after the first step */
-    install_stop_handlers(&old_term, &old_usr1);
-    handlers = 1;
-    CHECK(tl_dist_env_detect(&S.env, err));
-    rank = S.env.rank, world = S.env.world;
-    if (rank > 0) { /* rank 0 speaks for the run; the others report only their own failures */
-        devnull = fopen("/dev/null", "w");
-        if (!devnull) CHECK(tl_fail(err, TL_ERR_RUNTIME, "rank %d: cannot open /dev/null", rank));
-        rui.out = devnull, rui.log = devnull, rui.quiet = 1, rui.is_tty = 0;
-    }
-    place_process(&S, cfg);
-    CHECK(open_inputs(&S, cfg, 1, 0, err));
-    tl_adapter_key key = parse_key(cfg->adapter_key);
-    S.dp = !strcmp(cfg->dist_strategy, "data_parallel") || (!strcmp(cfg->dist_strategy, "auto") && key == TL_KEY_GLOBAL);
-    int pref = S.task != TL_TASK_SFT;
-    if (pref) {
-        CHECK(tl_adapter_map_build_pref(&S.ptrain, key, NULL, 0, &S.map, err));
-        S.have_map = 1;
-        warn_empty_users(ui, S.ptrain.path, S.ptrain.n_users, S.ptrain.user_names, &S.map, key);
-        warn_untrainable(ui, S.ptrain.path, &S.map, NULL, &S.ptrain);
-    } else {
-        CHECK(tl_adapter_map_build(&S.train, key, NULL, 0, &S.map, err));
-        S.have_map = 1;
-        warn_empty_users(ui, S.train.path, S.train.n_users, S.train.user_names, &S.map, key);
-        warn_untrainable(ui, S.train.path, &S.map, &S.train, NULL);
-    }
-    CHECK(count_adapter_steps(cfg, S.map.n_adapters, &total_steps, err));
-    S.n_global = S.map.n_adapters;
+    int handlers;  /* the stop handlers are installed (old_* to restore) */
+    int rank, world;
+    int pref;      /* dpo or reward: preference pairs */
+    tl_cursor *cursors;        /* the batcher's, saved in every checkpoint */
+    int64_t *total_steps;      /* [slots] optimizer steps each adapter takes over the run */
+    double *adapter_loss;      /* [slots] this step's loss of each adapter */
+    float *grad_norm, *lr;     /* [slots] of this step's active adapters, in order */
+    tl_adam_slot *adam;        /* [slots] optimizer scratch */
+    float *logp;               /* [micro_batch_tokens] sft: log p(target) per row */
+    double *reduce_buf;        /* [slots * PSTAT_N] per-adapter metrics summed over ranks (data_parallel) */
+    tl_pref_stats *pref_stats; /* [slots] dpo / reward: this step's per-adapter statistics */
+    int32_t *pair_buf;         /* [3 * max pairs] pair sequence indices and adapters of a micro-batch */
+    double *pair_weight;       /* [max pairs] */
+    tl_ref_cache ref_cache;
+    tl_metrics metrics;
+    tl_optim_opts optim;
+    int64_t start;             /* the first step this run takes (resume) */
+    int64_t last_checkpoint;   /* the step of the latest checkpoint written or resumed from, -1: none */
+    int64_t kill_after;        /* fault injection, -1: none */
+    int64_t tokens_since_log, truncated;
+    double truncated_all;      /* sequences truncated over the run, summed over ranks at the last log step */
+    tl_step_batch *batch;      /* the current step's */
+    tl_pref_step *pref_batch;  /* the current step's pairs (dpo / reward) */
+} tl_run;
 
-    /* user_shard over many ranks: each rank owns a share of the adapters (balanced by the tokens each will train
-     * on) and its pool, batcher and optimizer hold those only; the round robin stays the whole run's */
-    S.lp = world > 1 && !S.dp;
-    const tl_adapter_map *tmap = &S.map;
-    if (S.lp) {
-        int NG = S.n_global;
-        if (NG < world)
-            CHECK(tl_fail(err, TL_ERR_INPUT, "dist.strategy user_shard: %d ranks for %d adapter(s), so a rank would "
-                          "own none: run at most %d ranks, or set dist.strategy: data_parallel", world, NG, NG));
-        /* owners are needed only here: this rank's share is S.gidx */
-        int *owner = malloc((size_t)NG * sizeof *owner);
-        S.gidx = malloc((size_t)NG * sizeof *S.gidx);
-        cost = malloc((size_t)NG * sizeof *cost);
-        char **lnames = malloc((size_t)NG * sizeof *lnames);
-        if (!owner || !S.gidx || !cost || !lnames) {
-            free(owner), free(lnames);
-            CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-        }
-        adapter_costs(&S, cfg, total_steps, cost);
-        tl_dist_assign_owners(cost, NG, world, owner);
-        free(cost);
-        cost = NULL;
-        int nl = 0;
-        for (int g = 0; g < NG; g++)
-            if (owner[g] == rank) S.gidx[nl] = g, lnames[nl] = S.map.names[g], total_steps[nl] = total_steps[g], nl++;
-        free(owner);
-        if (nl == 0) { /* cannot happen with NG >= world (tl_dist_assign_owners); a pool of none would mean all */
-            free(lnames);
-            CHECK(tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", rank, world));
-        }
-        s = pref ? tl_adapter_map_build_pref(&S.ptrain, key, lnames, nl, &S.lmap, err)
-                 : tl_adapter_map_build(&S.train, key, lnames, nl, &S.lmap, err);
-        free(lnames);
-        if (s) goto done;
-        S.have_lmap = 1;
-        tmap = &S.lmap;
+static void restore_stop_handlers(tl_run *R) {
+    if (!R->handlers) return;
+    sigaction(SIGTERM, &R->old_term, NULL);
+    sigaction(SIGUSR1, &R->old_usr1, NULL);
+    R->handlers = 0;
+}
+
+static void tl_run_close(tl_run *R) {
+    restore_stop_handlers(R);
+    tl_metrics_close(&R->metrics);
+    if (R->devnull) fclose(R->devnull);
+    free(R->total_steps);
+    free(R->adapter_loss);
+    free(R->grad_norm);
+    free(R->lr);
+    free(R->adam);
+    free(R->logp);
+    free(R->pref_stats);
+    free(R->pair_buf);
+    free(R->pair_weight);
+    free(R->reduce_buf);
+    free(R->ref_cache.v);
+    free(R->ref_cache.in);
+    free(R->ref_cache.out);
+    tl_session_close(&R->S);
+    memset(R, 0, sizeof *R);
+}
+
+/* Fault injection for the resume and fault tests: the global step after which this process dies by SIGKILL, as
+ * a crash would (TAILOR_FAULT_KILL_AFTER_STEP; TAILOR_FAULT_KILL_RANK limits it to one rank); -1: never. */
+static int64_t fault_kill_step(int rank) {
+    const char *kill_env = getenv("TAILOR_FAULT_KILL_AFTER_STEP");
+    const char *kill_rank_env = getenv("TAILOR_FAULT_KILL_RANK");
+    return kill_env && (!kill_rank_env || atoi(kill_rank_env) == rank) ? atoll(kill_env) : -1;
+}
+
+/* The process's place in the job, its inputs, the adapter map (with its warnings) and each adapter's steps. */
+static tl_status setup_inputs(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    TL_TRY(tl_dist_env_detect(&S->env, err));
+    R->rank = S->env.rank, R->world = S->env.world;
+    if (R->rank > 0) { /* rank 0 speaks for the run; the others report only their own failures */
+        R->devnull = fopen("/dev/null", "w");
+        if (!R->devnull) return tl_fail(err, TL_ERR_RUNTIME, "rank %d: cannot open /dev/null", R->rank);
+        R->ui.out = R->devnull, R->ui.log = R->devnull, R->ui.quiet = 1, R->ui.is_tty = 0;
     }
+    place_process(S, cfg);
+    TL_TRY(open_inputs(S, cfg, 1, 0, err));
+    tl_adapter_key key = cfg->adapter_key;
+    S->data_parallel = cfg->dist_strategy == TL_STRATEGY_DATA_PARALLEL ||
+                       (cfg->dist_strategy == TL_STRATEGY_AUTO && key == TL_KEY_GLOBAL);
+    R->pref = S->task != TL_TASK_SFT;
+    if (R->pref) {
+        TL_TRY(tl_adapter_map_build_pref(&S->ptrain, key, NULL, 0, &S->map, err));
+        S->have_map = 1;
+        warn_empty_users(&R->ui, S->ptrain.path, S->ptrain.n_users, S->ptrain.user_names, &S->map, key);
+        warn_untrainable(&R->ui, S->ptrain.path, &S->map, NULL, &S->ptrain);
+    } else {
+        TL_TRY(tl_adapter_map_build(&S->train, key, NULL, 0, &S->map, err));
+        S->have_map = 1;
+        warn_empty_users(&R->ui, S->train.path, S->train.n_users, S->train.user_names, &S->map, key);
+        warn_untrainable(&R->ui, S->train.path, &S->map, &S->train, NULL);
+    }
+    TL_TRY(count_adapter_steps(cfg, S->map.n_adapters, &R->total_steps, err));
+    S->n_global = S->map.n_adapters;
+    return TL_OK;
+}
+
+/* user_shard over many ranks: each rank owns a share of the adapters (balanced by the tokens each will train on)
+ * and its pool, batcher and optimizer hold those only (S->local_map); the round robin stays the whole run's. */
+static tl_status shard_adapters(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    int n_global = S->n_global, world = R->world;
+    if (n_global < world)
+        return tl_fail(err, TL_ERR_INPUT, "dist.strategy user_shard: %d ranks for %d adapter(s), so a rank would "
+                       "own none: run at most %d ranks, or set dist.strategy: data_parallel", world, n_global,
+                       n_global);
+    /* owners are needed only here: this rank's share is S->global_index */
+    int *owner = malloc((size_t)n_global * sizeof *owner);
+    S->global_index = malloc((size_t)n_global * sizeof *S->global_index);
+    double *cost = malloc((size_t)n_global * sizeof *cost);
+    char **local_names = malloc((size_t)n_global * sizeof *local_names);
+    tl_status s = owner && S->global_index && cost && local_names ? TL_OK
+                                                                  : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    int n_local = 0;
+    if (!s) {
+        adapter_costs(S, R->cfg, R->total_steps, cost);
+        tl_dist_assign_owners(cost, n_global, world, owner);
+        for (int g = 0; g < n_global; g++)
+            if (owner[g] == R->rank)
+                S->global_index[n_local] = g, local_names[n_local] = S->map.names[g],
+                R->total_steps[n_local] = R->total_steps[g], n_local++;
+        /* cannot happen with n_global >= world (tl_dist_assign_owners); a pool of none would mean all */
+        if (n_local == 0) s = tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", R->rank, world);
+    }
+    tl_adapter_key key = R->cfg->adapter_key;
+    if (!s)
+        s = R->pref ? tl_adapter_map_build_pref(&S->ptrain, key, local_names, n_local, &S->local_map, err)
+                    : tl_adapter_map_build(&S->train, key, local_names, n_local, &S->local_map, err);
+    if (!s) S->have_local_map = 1;
+    free(owner);
+    free(cost);
+    free(local_names);
+    return s;
+}
+
+/* The batcher over this rank's adapters, the pools, and (data_parallel) this rank's share of the evaluation. */
+static tl_status setup_batcher_and_pools(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    const tl_adapter_map *train_map = S->local_pool ? &S->local_map : &S->map;
     tl_batcher_opts bo = {.examples_per_adapter = cfg->examples_per_adapter,
                           .adapters_per_step = cfg->adapters_per_step,
                           .micro_batch_tokens = cfg->micro_batch_tokens,
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
-    if (pref) {
-        CHECK(tl_pref_batcher_init(&S.ptrain, tmap, &bo, &S.pbatcher, err));
-        if (S.lp) CHECK(tl_pref_batcher_set_global(S.pbatcher, S.gidx, S.n_global, err));
+    if (R->pref) {
+        TL_TRY(tl_pref_batcher_init(&S->ptrain, train_map, &bo, &S->pbatcher, err));
+        if (S->local_pool) TL_TRY(tl_pref_batcher_set_global(S->pbatcher, S->global_index, S->n_global, err));
     } else {
-        CHECK(tl_batcher_init(&S.train, tmap, &bo, &S.batcher, err));
-        if (S.lp) CHECK(tl_batcher_set_global(S.batcher, S.gidx, S.n_global, err));
+        TL_TRY(tl_batcher_init(&S->train, train_map, &bo, &S->batcher, err));
+        if (S->local_pool) TL_TRY(tl_batcher_set_global(S->batcher, S->global_index, S->n_global, err));
     }
-    CHECK(make_pools(&S, cfg, tmap->names, tmap->n_adapters, err));
-    tl_cursor *cursors = pref ? tl_pref_batcher_cursors(S.pbatcher) : tl_batcher_cursors(S.batcher);
-    int n = S.pool.n_slots;
-
-    if (world > 1 && S.dp) { /* evaluation is split too: round robin over the replicated pool */
-        S.eval_mine = calloc((size_t)n, 1);
-        if (!S.eval_mine) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-        for (int a = 0; a < n; a++) S.eval_mine[a] = a % world == rank;
+    TL_TRY(make_pools(S, cfg, train_map->names, train_map->n_adapters, err));
+    R->cursors = R->pref ? tl_pref_batcher_cursors(S->pbatcher) : tl_batcher_cursors(S->batcher);
+    if (R->world > 1 && S->data_parallel) { /* evaluation is split too: round robin over the replicated pool */
+        int n = S->pool.n_slots;
+        S->eval_mine = calloc((size_t)n, 1);
+        if (!S->eval_mine) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+        for (int a = 0; a < n; a++) S->eval_mine[a] = a % R->world == R->rank;
     }
+    return TL_OK;
+}
 
-    /* Inputs are valid: connect the ranks (the NCCL id file may create <run>/.rendezvous), then rank 0 may write
-     * the run directory. */
-    {
-        char rdv[TL_PATH_MAX + 16];
-        snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
-        tl_dist_opts dopts = {.backend = S.be->name, .timeout_s = cfg->dist_timeout_s,
-                              .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
-#ifdef TL_HAVE_CUDA
-        if (!strcmp(S.be->name, "cuda")) dopts.cuda_stream = tl_cuda_stream(S.be);
-#endif
-        CHECK(tl_dist_init(&S.env, &dopts, &S.dist, err));
-    }
-
-    if (rank == 0 && !strcmp(cfg->resume, "never")) {
-        /* a fresh run: the earlier run's checkpoints, adapters and metrics go aside, so that export, eval and a
-         * later resume cannot take them for this run's (its checkpoints of later steps would otherwise win) */
+/* Inputs are valid: connect the ranks (the NCCL id file may create <run>/.rendezvous), then rank 0 may write the
+ * run directory: a fresh run (train.resume never) first moves the earlier run's outputs aside. */
+static tl_status connect_and_make_run_dir(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    char rdv[TL_PATH_MAX + 16];
+    snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
+    tl_dist_opts dopts = {.backend = S->be->name, .timeout_s = cfg->dist_timeout_s,
+                          .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
+    if (S->be->stream) dopts.cuda_stream = S->be->stream(S->be);
+    TL_TRY(tl_dist_init(&S->env, &dopts, &S->dist, err));
+    if (R->rank != 0) return TL_OK;
+    if (cfg->resume == TL_RESUME_NEVER) {
+        /* the earlier run's checkpoints, adapters and metrics go aside, so that export, eval and a later resume
+         * cannot take them for this run's (its checkpoints of later steps would otherwise win) */
         char aside[TL_PATH_MAX];
         int moved = 0;
-        CHECK(tl_run_set_aside(cfg->output_dir, -1, aside, sizeof aside, &moved, err));
+        TL_TRY(tl_run_set_aside(cfg->output_dir, -1, aside, sizeof aside, &moved, err));
         if (moved)
-            fprintf(ui->log, "note: train.resume is never: the earlier run's outputs in %s were moved to %s/\n",
+            fprintf(R->ui.log, "note: train.resume is never: the earlier run's outputs in %s were moved to %s/\n",
                     cfg->output_dir, aside);
     }
-    if (rank == 0) {
-        CHECK(tl_mkdir_p(cfg->output_dir, err));
-        char path[TL_PATH_MAX + 32];
-        snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
-        CHECK(tl_config_write_file(cfg, path, err));
-    }
+    TL_TRY(tl_mkdir_p(cfg->output_dir, err));
+    char path[TL_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
+    return tl_config_write_file(cfg, path, err);
+}
 
-    int64_t start = 0;
+/* train.resume: the checkpoint rank 0 finds (auto) or is given, loaded by every rank; then metrics.jsonl. */
+static tl_status resume_run(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
     char ckpt[TL_PATH_MAX];
     int found = 0;
-    if (!strcmp(cfg->resume, "auto")) {
-        CHECK(tl_checkpoint_latest(cfg->output_dir, ckpt, sizeof ckpt, &found, err));
-    } else if (strcmp(cfg->resume, "never") != 0) {
-        snprintf(ckpt, sizeof ckpt, "%s", cfg->resume);
+    R->start = 0;
+    if (cfg->resume == TL_RESUME_AUTO) {
+        TL_TRY(tl_checkpoint_latest(cfg->output_dir, ckpt, sizeof ckpt, &found, err));
+    } else if (cfg->resume == TL_RESUME_PATH) {
+        snprintf(ckpt, sizeof ckpt, "%s", cfg->resume_path);
         found = 1;
     }
-    if (world > 1) { /* every rank resumes from the checkpoint rank 0 found, whatever the file system shows it */
+    if (R->world > 1) { /* every rank resumes from the checkpoint rank 0 found, whatever the file system shows it */
         int64_t fs[2] = {found, 0};
         char pathbuf[TL_PATH_MAX];
         memset(pathbuf, 0, sizeof pathbuf);
         if (found) snprintf(pathbuf, sizeof pathbuf, "%s", ckpt);
-        CHECK(tl_dist_bcast_host(S.dist, fs, sizeof fs, 0, "resume decision", err));
-        CHECK(tl_dist_bcast_host(S.dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
+        TL_TRY(tl_dist_bcast_host(S->dist, fs, sizeof fs, 0, "resume decision", err));
+        TL_TRY(tl_dist_bcast_host(S->dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
         found = (int)fs[0];
         memcpy(ckpt, pathbuf, sizeof ckpt);
     }
     if (found) {
-        CHECK(load_run_state(&S, ckpt, &start, cursors, err));
-        if (start > cfg->steps)
-            CHECK(tl_fail(err, TL_ERR_INPUT, "train.resume: %s is at step %lld, beyond train.steps = %lld (raise "
-                          "train.steps, or set train.resume: never to start over)", ckpt, (long long)start,
-                          (long long)cfg->steps));
-        fprintf(ui->out, "resuming from %s (step %lld)\n", ckpt, (long long)start);
-        if (rank == 0 && strcmp(cfg->resume, "auto") != 0) {
+        TL_TRY(load_run_state(S, ckpt, &R->start, R->cursors, err));
+        if (R->start > cfg->steps)
+            return tl_fail(err, TL_ERR_INPUT, "train.resume: %s is at step %lld, beyond train.steps = %lld (raise "
+                           "train.steps, or set train.resume: never to start over)", ckpt, (long long)R->start,
+                           (long long)cfg->steps);
+        fprintf(R->ui.out, "resuming from %s (step %lld)\n", ckpt, (long long)R->start);
+        if (R->rank == 0 && cfg->resume != TL_RESUME_AUTO) {
             /* a given checkpoint: this run directory's checkpoints of later steps are another history */
             char aside[TL_PATH_MAX];
             int moved = 0;
-            CHECK(tl_run_set_aside(cfg->output_dir, start, aside, sizeof aside, &moved, err));
+            TL_TRY(tl_run_set_aside(cfg->output_dir, R->start, aside, sizeof aside, &moved, err));
             if (moved)
-                fprintf(ui->log, "note: checkpoints of %s past step %lld were moved to %s/checkpoints/\n",
-                        cfg->output_dir, (long long)start, aside);
+                fprintf(R->ui.log, "note: checkpoints of %s past step %lld were moved to %s/checkpoints/\n",
+                        cfg->output_dir, (long long)R->start, aside);
         }
     }
-    if (rank == 0) CHECK(metrics_open(&M, cfg->output_dir, found ? start : -1, err));
-    CHECK(workspace_for(&S, cfg, err));
+    R->last_checkpoint = found ? R->start : -1;
+    if (R->rank == 0) TL_TRY(tl_metrics_open(&R->metrics, cfg->output_dir, found ? R->start : -1, err));
+    return TL_OK;
+}
 
-    aloss = calloc((size_t)n, sizeof(double));
-    gnorm = calloc((size_t)n, sizeof(float));
-    lrs = calloc((size_t)n, sizeof(float));
-    adam = calloc((size_t)n, sizeof *adam);
-    logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
-    rbuf = malloc((size_t)n * PSTAT_N * sizeof(double));
-    if (!aloss || !gnorm || !lrs || !adam || !logp || !rbuf) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-    if (pref) {
-        size_t maxp = (size_t)cfg->micro_batch_tokens; /* pairs per micro-batch, generously */
-        pst = calloc((size_t)n, sizeof *pst);
-        pbuf = malloc(3 * maxp * sizeof(int32_t));
-        wbuf = malloc(maxp * sizeof(double));
-        if (!pst || !pbuf || !wbuf) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory"));
-        if (S.task == TL_TASK_DPO && cfg->task_precompute_ref && tl_pref_needs_reference(S.popts.kind)) {
-            rc.v = malloc(2 * (size_t)S.ptrain.n_pairs * sizeof(double));
-            rc.in = malloc(2 * maxp * sizeof(double));
-            rc.out = malloc(2 * maxp * sizeof(double));
-            if (!rc.v || !rc.in || !rc.out) CHECK(tl_fail(err, TL_ERR_RUNTIME, "out of host memory for the reference cache"));
-            for (int64_t i = 0; i < 2 * S.ptrain.n_pairs; i++) rc.v[i] = NAN;
-        }
+/* The workspace and the step loop's host buffers. */
+static tl_status alloc_step_buffers(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    TL_TRY(workspace_for(S, cfg, err));
+    size_t n = (size_t)S->pool.n_slots;
+    R->adapter_loss = calloc(n, sizeof(double));
+    R->grad_norm = calloc(n, sizeof(float));
+    R->lr = calloc(n, sizeof(float));
+    R->adam = calloc(n, sizeof *R->adam);
+    R->logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
+    R->reduce_buf = malloc(n * PSTAT_N * sizeof(double));
+    if (!R->adapter_loss || !R->grad_norm || !R->lr || !R->adam || !R->logp || !R->reduce_buf)
+        return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    if (!R->pref) return TL_OK;
+    size_t max_pairs = (size_t)cfg->micro_batch_tokens; /* pairs per micro-batch, generously */
+    R->pref_stats = calloc(n, sizeof *R->pref_stats);
+    R->pair_buf = malloc(3 * max_pairs * sizeof(int32_t));
+    R->pair_weight = malloc(max_pairs * sizeof(double));
+    if (!R->pref_stats || !R->pair_buf || !R->pair_weight) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    if (S->task == TL_TASK_DPO && cfg->task_precompute_ref && tl_pref_needs_reference(S->popts.kind)) {
+        tl_ref_cache *rc = &R->ref_cache;
+        rc->v = malloc(2 * (size_t)S->ptrain.n_pairs * sizeof(double));
+        rc->in = malloc(2 * max_pairs * sizeof(double));
+        rc->out = malloc(2 * max_pairs * sizeof(double));
+        if (!rc->v || !rc->in || !rc->out)
+            return tl_fail(err, TL_ERR_RUNTIME, "out of host memory for the reference cache");
+        for (int64_t i = 0; i < 2 * S->ptrain.n_pairs; i++) rc->v[i] = NAN;
     }
+    return TL_OK;
+}
 
-    fprintf(ui->out,
+static void print_banner(const tl_run *R) {
+    const tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    fprintf(R->ui.out,
             "tailor: %s on the %s backend, model %s (%d layers, hidden %d, vocab %d), %d adapter(s) of rank %d, "
             "%lld trainable parameters each; activations %.1f MiB\n",
-            cfg->task_type, S.be->name, cfg->model_path, S.model.cfg.num_hidden_layers, S.model.cfg.hidden_size,
-            S.model.cfg.vocab_size, n, cfg->adapter_rank, (long long)S.pool.P,
-            (double)tl_workspace_bytes(S.ws) / (1 << 20));
-    if (world > 1)
-        fprintf(ui->out, "%d ranks (%s, %s), strategy %s%s\n", world, S.env.source, tl_dist_transport(S.dist),
-                S.dp ? "data_parallel" : "user_shard",
-                S.dp ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
-                     : ": each rank trains its own adapters, balanced by tokens");
+            tl_task_type_names[cfg->task_type], S->be->name, cfg->model_path, S->model.cfg.num_hidden_layers, S->model.cfg.hidden_size,
+            S->model.cfg.vocab_size, S->pool.n_slots, cfg->adapter_rank, (long long)S->pool.P,
+            (double)tl_workspace_bytes(S->ws) / (1 << 20));
+    if (R->world > 1)
+        fprintf(R->ui.out, "%d ranks (%s, %s), strategy %s%s\n", R->world, S->env.source, tl_dist_transport(S->dist),
+                S->data_parallel ? "data_parallel" : "user_shard",
+                S->data_parallel ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
+                                 : ": each rank trains its own adapters, balanced by tokens");
+}
 
-    /* Fault injection for the resume and fault tests: die by SIGKILL right after this global step, as a crash
-     * would (TAILOR_FAULT_KILL_RANK limits it to one rank). */
-    const char *kill_env = getenv("TAILOR_FAULT_KILL_AFTER_STEP");
-    const char *kill_rank_env = getenv("TAILOR_FAULT_KILL_RANK");
-    int64_t kill_after = kill_env && (!kill_rank_env || atoi(kill_rank_env) == rank) ? atoll(kill_env) : -1;
-    double t0 = tl_now_s(), t_last = t0;
-    int64_t tok_since = 0, truncated = 0;
-    double truncated_all = 0;
-    int64_t last_ckpt = found ? start : -1;
-    int stop_sig = 0;
-    int64_t step = start;
-    for (; step < cfg->steps; step++) {
-        tl_step_batch *B = NULL;
-        tl_pref_step *PS = NULL;
-        if (pref) {
-            tl_pref_batcher_set_adapter_steps(S.pbatcher, S.pool.steps);
-            CHECK(tl_pref_batcher_next(S.pbatcher, step, &PS, err));
-            B = PS->batch;
-        } else {
-            tl_batcher_set_adapter_steps(S.batcher, S.pool.steps);
-            CHECK(tl_batcher_next(S.batcher, step, &B, err));
-        }
-        if (S.dp && world > 1 && B->n_mb < world && step == start)
-            fprintf(ui->log, "warning: step %lld has %d micro-batch(es) for %d ranks: some ranks idle (lower "
-                    "train.micro_batch_tokens or raise train.examples_per_adapter)\n", (long long)step + 1, B->n_mb,
-                    world);
-        for (int i = 0; i < B->n_active; i++) {
-            int a = B->active[i];
-            aloss[a] = 0;
-            if (pst) tl_pref_stats_init(&pst[a]);
-            S.be->zero(S.be, S.pool.grads + (size_t)a * S.pool.P, S.pool.P * sizeof(float));
-        }
-        if (pref) {
-            CHECK(pref_step(&S, cfg, PS, &rc, pbuf, wbuf, pst, err));
-            for (int i = 0; i < B->n_active; i++) {
-                double mean[TL_PREF_N_METRICS];
-                tl_pref_stats_mean(&pst[B->active[i]], mean);
-                aloss[B->active[i]] = mean[TL_PREF_M_LOSS];
-            }
-        } else {
-            for (int k = 0; k < B->n_mb; k++) {
-                if (!runs_microbatch(&S, k)) continue;
-                tl_host_mb *mb = &B->mb[k];
-                CHECK(tl_model_step(&S.model, &S.pool, S.ws, mb, 1, logp, err));
-                for (int i = 0; i < mb->n_tok; i++)
-                    if (mb->targets[i] >= 0) aloss[mb->adapter[i]] -= (double)mb->weight[i] * logp[i];
-            }
-        }
-        if (S.dp) CHECK(tl_dist_pool_reduce_grads(S.dist, &S.pool, B->active, B->n_active, step, err));
-        CHECK(tl_optim_step(&S.pool, S.be, cfg, B->active, B->n_active, total_steps, gnorm, lrs, adam, err));
-        tok_since += B->n_tokens;
-        truncated += B->n_truncated;
+/* Setup: everything the run reads is opened and checked before rank 0 writes the run directory. *R is always
+ * initialized, for tl_run_close. */
+static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_error *err) {
+    memset(R, 0, sizeof *R);
+    R->cfg = cfg, R->ui = *ui, R->world = 1, R->optim = tl_optim_opts_of(cfg);
+    /* from the start: a preemption during setup still ends in a checkpoint after the first step */
+    install_stop_handlers(&R->old_term, &R->old_usr1);
+    R->handlers = 1;
+    TL_TRY(setup_inputs(R, err));
+    R->S.local_pool = R->world > 1 && !R->S.data_parallel;
+    if (R->S.local_pool) TL_TRY(shard_adapters(R, err));
+    TL_TRY(setup_batcher_and_pools(R, err));
+    TL_TRY(connect_and_make_run_dir(R, err));
+    TL_TRY(resume_run(R, err));
+    TL_TRY(alloc_step_buffers(R, err));
+    print_banner(R);
+    R->kill_after = fault_kill_step(R->rank);
+    tl_metrics_start(&R->metrics, R->start, cfg->steps);
+    return TL_OK;
+}
 
-        int64_t done_steps = step + 1;
-        int log_now = done_steps % cfg->log_every == 0 || done_steps == cfg->steps || step == start;
-        if (log_now) {
-            tl_log_sums L;
-            CHECK(log_sums(&S, B, aloss, gnorm, lrs, pst, rbuf, tok_since, truncated, step, &L, err));
-            truncated_all = L.truncated;
-            double loss = L.loss, gn = L.gn, lr = L.lr;
-            int cnt = (int)L.cnt;
-            if (cnt) loss /= cnt, gn /= cnt, lr /= cnt;
-            double t = tl_now_s(), tps = L.tok_since / fmax(t - t_last, 1e-9);
-            if (M.f) {
-                char j[4][48];
-                fprintf(M.f,
-                        "{\"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, \"tokens\": %lld, "
-                        "\"tokens_per_s\": %s, \"elapsed_s\": %.3f, \"adapters\": %d, \"truncated\": %lld",
-                        (long long)done_steps, jnum(j[0], "%.6f", loss), jnum(j[1], "%.6g", lr),
-                        jnum(j[2], "%.6f", gn), (long long)L.tokens, jnum(j[3], "%.1f", tps), t - t0, cnt,
-                        (long long)L.truncated);
-                if (pst) { /* TRL's batch means over the step's pairs */
-                    double mean[TL_PREF_N_METRICS];
-                    tl_pref_stats_mean(&L.all, mean);
-                    for (int k = 1; k < TL_PREF_N_METRICS; k++)
-                        if (isfinite(mean[k])) fprintf(M.f, ", \"%s\": %.6f", tl_pref_metric_names[k], mean[k]);
-                }
-                fputs("}\n", M.f);
-                fflush(M.f);
-            }
-            char eta[32];
-            fmt_eta(eta, sizeof eta, (t - t0) / (double)(done_steps - start) * (double)(cfg->steps - done_steps));
-            if (!ui->quiet) {
-                if (ui->is_tty)
-                    fprintf(ui->out, "\rstep %lld/%lld  loss %.4f  lr %.2e  %.0f tok/s  ETA %s   ",
-                            (long long)done_steps, (long long)cfg->steps, loss, lr, tps, eta);
-                else
-                    fprintf(ui->out, "step %lld/%lld loss %.4f lr %.3e grad_norm %.4f tokens/s %.0f eta %s\n",
-                            (long long)done_steps, (long long)cfg->steps, loss, lr, gn, tps, eta);
-                fflush(ui->out);
-            }
-            t_last = t, tok_since = 0;
-        }
-        /* a stop signal on any rank stops every rank after this same step */
-        stop_sig = g_stop_signal;
-        if (world > 1) {
-            char what[64];
-            snprintf(what, sizeof what, "stop vote after step %lld", (long long)done_steps);
-            CHECK(tl_dist_allreduce_max_int_host(S.dist, &stop_sig, 1, what, err));
-        }
-        if (stop_sig && done_steps < cfg->steps) {
-            if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            CHECK(save_run_state(&S, cfg, done_steps, cursors, 1, 0, ui, err));
-            fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
-                    "resume (exit code %d)\n", stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
-                    (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
-            *stopped = 1;
-            s = TL_OK;
-            goto done;
-        }
-        if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
-            CHECK(save_run_state(&S, cfg, done_steps, cursors, 1, 0, ui, err));
-            last_ckpt = done_steps;
-        }
-        if ((S.have_eval || S.have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
-            done_steps < cfg->steps) {
-            if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-            CHECK(run_eval(&S, cfg, ui, M.f, done_steps, 0, err)); /* each rank its own adapters: no gather */
-        }
-        if (done_steps == kill_after) {
-            fflush(NULL);
-            raise(SIGKILL);
-        }
+/* One optimizer step: the step's batch, the active adapters' gradients from its micro-batches (this rank's
+ * share of them under data_parallel, then summed over ranks), and AdamW. */
+static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
+    tl_session *S = &R->S;
+    if (R->pref) {
+        tl_pref_batcher_set_adapter_steps(S->pbatcher, S->pool.steps);
+        TL_TRY(tl_pref_batcher_next(S->pbatcher, step, &R->pref_batch, err));
+        R->batch = R->pref_batch->batch;
+    } else {
+        tl_batcher_set_adapter_steps(S->batcher, S->pool.steps);
+        TL_TRY(tl_batcher_next(S->batcher, step, &R->batch, err));
     }
+    tl_step_batch *B = R->batch;
+    if (S->data_parallel && R->world > 1 && B->n_mb < R->world && step == R->start)
+        fprintf(R->ui.log, "warning: step %lld has %d micro-batch(es) for %d ranks: some ranks idle (lower "
+                "train.micro_batch_tokens or raise train.examples_per_adapter)\n", (long long)step + 1, B->n_mb,
+                R->world);
+    for (int i = 0; i < B->n_active; i++) {
+        int a = B->active[i];
+        R->adapter_loss[a] = 0;
+        if (R->pref_stats) tl_pref_stats_init(&R->pref_stats[a]);
+        S->be->zero(S->be, S->pool.grads + (size_t)a * S->pool.P, S->pool.P * sizeof(float));
+    }
+    if (R->pref) {
+        TL_TRY(pref_step(S, R->cfg, R->pref_batch, &R->ref_cache, R->pair_buf, R->pair_weight, R->pref_stats, err));
+        for (int i = 0; i < B->n_active; i++) {
+            double mean[TL_PREF_N_METRICS];
+            tl_pref_stats_mean(&R->pref_stats[B->active[i]], mean);
+            R->adapter_loss[B->active[i]] = mean[TL_PREF_M_LOSS];
+        }
+    } else {
+        for (int k = 0; k < B->n_mb; k++)
+            if (runs_microbatch(S, k))
+                TL_TRY(tl_sft_microbatch(&S->model, &S->pool, S->ws, &B->mb[k], R->logp, R->adapter_loss, err));
+    }
+    if (S->data_parallel) TL_TRY(tl_dist_pool_reduce_grads(S->dist, &S->pool, B->active, B->n_active, step, err));
+    TL_TRY(tl_optim_step(&S->pool, S->be, &R->optim, B->active, B->n_active, R->total_steps, R->grad_norm, R->lr,
+                         R->adam, err));
+    R->tokens_since_log += B->n_tokens;
+    R->truncated += B->n_truncated;
+    return TL_OK;
+}
+
+/* A log step: the step's numbers summed over ranks, into metrics.jsonl and the progress line. */
+static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
+    tl_log_sums L;
+    TL_TRY(log_sums(&R->S, R->batch, R->adapter_loss, R->grad_norm, R->lr, R->pref_stats, R->reduce_buf,
+                    R->tokens_since_log, R->truncated, done_steps - 1, &L, err));
+    R->truncated_all = L.truncated;
+    tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
+                          .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
+                          .pref = R->pref_stats ? &L.all : NULL};
+    if (rec.adapters) rec.loss /= rec.adapters, rec.grad_norm /= rec.adapters, rec.lr /= rec.adapters;
+    double t = tl_now_s();
+    rec.tokens_per_s = L.tok_since / fmax(t - R->metrics.t_last, 1e-9);
+    tl_metrics_step(&R->metrics, &R->ui, &rec, t);
+    R->tokens_since_log = 0;
+    return TL_OK;
+}
+
+/* After step done_steps: its log line when due, the stop vote (a signal on any rank stops every rank after this
+ * same step, with a checkpoint: *stopped), the periodic checkpoint and evaluation, and the fault injection. */
+static tl_status after_step(tl_run *R, int64_t done_steps, int *stopped, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    const tl_ui *ui = &R->ui;
+    if (done_steps % cfg->log_every == 0 || done_steps == cfg->steps || done_steps == R->start + 1)
+        TL_TRY(log_step(R, done_steps, err));
+    int stop_sig = g_stop_signal;
+    if (R->world > 1) {
+        char what[64];
+        snprintf(what, sizeof what, "stop vote after step %lld", (long long)done_steps);
+        TL_TRY(tl_dist_allreduce_max_int_host(S->dist, &stop_sig, 1, what, err));
+    }
+    if (stop_sig && done_steps < cfg->steps) {
+        if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
+        TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
+        fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
+                "resume (exit code %d)\n", stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
+                (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
+        *stopped = 1;
+        return TL_OK;
+    }
+    if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
+        TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
+        R->last_checkpoint = done_steps;
+    }
+    if ((S->have_eval || S->have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
+        done_steps < cfg->steps) {
+        if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
+        TL_TRY(run_eval(S, cfg, ui, &R->metrics, done_steps, 0, err)); /* each rank its own adapters: no gather */
+    }
+    if (done_steps == R->kill_after) {
+        fflush(NULL);
+        raise(SIGKILL);
+    }
+    return TL_OK;
+}
+
+/* Finish: the truncation note, the final checkpoint (unless the last step just wrote one) and the exported
+ * adapters in one collection, the final evaluation, the memory line. */
+static tl_status finish_run(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    const tl_ui *ui = &R->ui;
     if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-    if (truncated_all > 0)
+    if (R->truncated_all > 0)
         fprintf(ui->log, "note: %.0f sequence(s) were longer than data.max_seq_len=%d and were truncated (prompt "
                          "dropped from the left)\n",
-                truncated_all, cfg->data_max_seq_len);
-    /* the final checkpoint (unless the last step just wrote one) and the exported adapters, in one collection */
-    CHECK(save_run_state(&S, cfg, cfg->steps, cursors, last_ckpt != cfg->steps, 1, ui, err));
-    if (S.have_eval || S.have_peval) CHECK(run_eval(&S, cfg, ui, NULL, cfg->steps, 1, err));
-#ifdef TL_HAVE_CUDA
-    if (!strcmp(S.be->name, "cuda")) {
+                R->truncated_all, cfg->data_max_seq_len);
+    TL_TRY(save_run_state(S, cfg, cfg->steps, R->cursors, R->last_checkpoint != cfg->steps, 1, ui, err));
+    if (S->have_eval || S->have_peval) TL_TRY(run_eval(S, cfg, ui, NULL, cfg->steps, 1, err));
+    if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
-        tl_cuda_mem_stats(S.be, &now_b, &peak_b);
+        S->be->mem_stats(S->be, &now_b, &peak_b);
         fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
-                (double)tl_workspace_bytes(S.ws) / (1 << 20), (double)peak_b / (1 << 20));
+                (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
-#endif
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S.have_eval || S.have_peval ? ", eval.json" : "");
-    s = TL_OK;
-done:
-#undef CHECK
-    if (handlers) {
-        sigaction(SIGTERM, &old_term, NULL);
-        sigaction(SIGUSR1, &old_usr1, NULL);
+            S->have_eval || S->have_peval ? ", eval.json" : "");
+    return TL_OK;
+}
+
+/* A failure with many ranks: the others may be waiting in a collective for this rank, so say what failed, then
+ * end every rank (the one sanctioned exit of the library, tl_dist_abort). Returns only when world == 1. */
+static void abort_job_on_failure(tl_run *R, tl_status s, const tl_error *err) {
+    if (!R->S.dist || tl_dist_world(R->S.dist) <= 1) return;
+    restore_stop_handlers(R);
+    if (R->ui.is_tty && !R->ui.quiet) fputc('\n', R->ui.out);
+    fflush(R->ui.out);
+    if (strncmp(err->msg, "rank ", 5) == 0)
+        fprintf(stderr, "tailor: error: %s\n", err->msg);
+    else
+        fprintf(stderr, "tailor: error: rank %d of %d: %s\n", R->S.env.rank, R->S.env.world, err->msg);
+    tl_dist_abort(R->S.dist, s == TL_ERR_INPUT ? 2 : 1);
+}
+
+/* A whole run. Setup opens and checks every input, shards the adapters over the ranks, connects them, writes
+ * the run directory (rank 0) and resumes from a checkpoint; then each step trains (train_step) and is followed
+ * by its log line, stop vote, checkpoint, evaluation (after_step); finish writes the final checkpoint, the
+ * adapters and the evaluation. */
+tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error *err) {
+    tl_run R;
+    *stopped = 0;
+    tl_status s = setup_run(&R, cfg, ui, err);
+    for (int64_t step = R.start; !s && !*stopped && step < cfg->steps; step++) {
+        s = train_step(&R, step, err);
+        if (!s) s = after_step(&R, step + 1, stopped, err);
     }
-    if (s && S.dist && tl_dist_world(S.dist) > 1) {
-        /* the others may be waiting in a collective for this rank: say what failed, then end every rank */
-        if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-        fflush(ui->out);
-        if (strncmp(err->msg, "rank ", 5) == 0)
-            fprintf(stderr, "tailor: error: %s\n", err->msg);
-        else
-            fprintf(stderr, "tailor: error: rank %d of %d: %s\n", S.env.rank, S.env.world, err->msg);
-        tl_dist_abort(S.dist, s == TL_ERR_INPUT ? 2 : 1);
-    }
-    if (M.f) fclose(M.f);
-    if (devnull) fclose(devnull);
-    free(total_steps);
-    free(aloss);
-    free(gnorm);
-    free(lrs);
-    free(adam);
-    free(logp);
-    free(pst);
-    free(pbuf);
-    free(wbuf);
-    free(cost);
-    free(rbuf);
-    free(rc.v);
-    free(rc.in);
-    free(rc.out);
-    tl_session_close(&S);
+    if (!s && !*stopped) s = finish_run(&R, err);
+    if (s) abort_job_on_failure(&R, s, err);
+    tl_run_close(&R);
     return s;
 }
 
@@ -1168,7 +1171,7 @@ static tl_status open_checkpoint_pool(tl_session *S, const tl_config *cfg, const
     TL_TRY(tl_checkpoint_read_names(ckpt, &names, &n, err));
     tl_status s = tl_lora_pool_init_head(&S->pool, &S->model, n, names, cfg->adapter_rank,
                                          (float)cfg->adapter_alpha, cfg->adapter_rslora, (float)cfg->adapter_dropout,
-                                         cfg->adapter_targets, cfg->seed, task_of(cfg) == TL_TASK_REWARD, err);
+                                         cfg->adapter_targets, cfg->seed, cfg->task_type == TL_TASK_REWARD, err);
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     if (s) return s;

@@ -2,19 +2,24 @@
 #include "trainer/step/tl_optim.h"
 
 #include <math.h>
-#include <string.h>
 
-double tl_schedule_lr(const tl_config *c, int64_t step, int64_t total) {
+tl_optim_opts tl_optim_opts_of(const tl_config *c) {
+    return (tl_optim_opts){.lr = c->lr, .schedule = c->schedule, .warmup_steps = c->warmup_steps,
+                           .weight_decay = c->weight_decay, .grad_clip = c->grad_clip, .beta1 = c->beta1,
+                           .beta2 = c->beta2, .adam_eps = c->adam_eps};
+}
+
+double tl_schedule_lr(const tl_optim_opts *c, int64_t step, int64_t total) {
     int64_t warm = c->warmup_steps;
     if (step < warm) return c->lr * (double)step / (double)(warm > 1 ? warm : 1);
     double span = (double)(total - warm > 1 ? total - warm : 1);
     double progress = (double)(step - warm) / span;
-    if (!strcmp(c->schedule, "linear")) return c->lr * fmax(0.0, (double)(total - step) / span);
-    if (!strcmp(c->schedule, "cosine")) return c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
+    if (c->schedule == TL_SCHEDULE_LINEAR) return c->lr * fmax(0.0, (double)(total - step) / span);
+    if (c->schedule == TL_SCHEDULE_COSINE) return c->lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
     return c->lr; /* constant */
 }
 
-tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_config *c, const int32_t *active, int n_active,
+tl_status tl_optim_step(tl_lora_pool *p, tl_backend *be, const tl_optim_opts *c, const int32_t *active, int n_active,
                         const int64_t *total_steps, float *grad_norm, float *lr, tl_adam_slot *hs, tl_error *err) {
     if (n_active == 0) return TL_OK;
     be->grad_sqnorm(be, grad_norm, p->grads, p->P, p->P, active, n_active);

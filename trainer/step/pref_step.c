@@ -67,10 +67,11 @@ static tl_status check_fit(const tl_pref_scratch *sc, const tl_host_mb *mb, tl_e
     return TL_OK;
 }
 
-tl_status tl_dpo_microbatch(const tl_model *m, tl_lora_pool *p, const tl_lora_pool *ref, tl_workspace *ws,
-                            tl_pref_scratch *sc, const tl_host_mb *mb, const tl_pair_set *ps,
-                            const tl_pref_opts *o, int train, tl_pref_acc *acc, tl_error *err) {
+tl_status tl_dpo_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
+                            const tl_host_mb *mb, const tl_pair_set *ps, const tl_pref_opts *o, int train,
+                            tl_pref_acc *acc, tl_error *err) {
     TL_TRY(check_fit(sc, mb, err));
+    const tl_lora_pool *ref = ps->ref;
     int need_ref = tl_pref_needs_reference(o->kind);
     if (need_ref && !ps->ref_in) {
         /* reference policy: the frozen starting adapters when there are some, else the bare base model */

@@ -23,6 +23,9 @@ typedef struct {
      * runs; ref_out, when given, receives them (the caller caches them, task.precompute_ref). */
     const double *ref_in;
     double *ref_out;
+    /* DPO reference policy when no ref_in: a frozen pool of the trained pool's layout (adapter.init_from), or
+     * NULL for the bare base model */
+    const tl_lora_pool *ref;
 } tl_pair_set;
 
 /* Per-adapter results of a micro-batch: stats[adapter] accumulates every pair's loss/rewards/accuracy. */
@@ -37,9 +40,9 @@ void tl_pref_scratch_free(tl_pref_scratch *s);
 
 /* train = 0 evaluates only (no backward, no gradients). force_base: the policy is the bare base model (eval
  * of the base model; then rewards are 0 for DPO, and meaningless for reward models). */
-tl_status tl_dpo_microbatch(const tl_model *m, tl_lora_pool *p, const tl_lora_pool *ref, tl_workspace *ws,
-                            tl_pref_scratch *sc, const tl_host_mb *mb, const tl_pair_set *ps,
-                            const tl_pref_opts *o, int train, tl_pref_acc *acc, tl_error *err);
+tl_status tl_dpo_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
+                            const tl_host_mb *mb, const tl_pair_set *ps, const tl_pref_opts *o, int train,
+                            tl_pref_acc *acc, tl_error *err);
 tl_status tl_reward_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                                const tl_host_mb *mb, const tl_pair_set *ps, double center_rewards, int train,
                                tl_pref_acc *acc, tl_error *err);
