@@ -1,5 +1,5 @@
-/* Unit tests of data/tokenizer.c and data/tokenizer_pretok.c without Python: the hand-written regex splits on
- * cases whose HF result is known, UTF-8 decoding of invalid input, BPE merge order, added tokens, decode, BOS,
+/* Unit tests of data/tokenizer.c and data/tokenizer_pretok.c without Python: the PCRE2 regex splits on cases whose
+ * HF result is known, the Oniguruma-to-PCRE2 translation, Split regexes and behaviors read from tokenizer.json, UTF-8 decoding of invalid input, BPE merge order, added tokens, decode, BOS,
  * ChatML, and refusals of bad tokenizer.json files and GGUF arrays. tests/torch/test_tokenizer_vs_hf.py compares
  * ids with HF tokenizers on real text. */
 #include <stdio.h>
@@ -28,6 +28,19 @@ static void check_split(tl_pretok_regex re, const char *s, const char *want) {
     char got[512];
     split(re, s, got);
     CHECK(strcmp(got, want) == 0, "regex %d on \"%s\": got \"%s\", want \"%s\"", (int)re, s, got, want);
+}
+
+/* 1 when regex pat (compiled as tokenizer.json's would be) matches the whole of s. */
+static int whole_match(const char *pat, const char *s) {
+    tl_regex *re = NULL;
+    tl_error err = {0};
+    if (tl_regex_compile(pat, 0, "t", "f", &re, &err) != TL_OK) return -1;
+    tl_regex_match *md = tl_regex_match_create();
+    size_t a = 0, b = 0, n = strlen(s);
+    int r = tl_regex_find(re, md, (const uint8_t *)s, n, 0, TL_REGEX_ANCHORED, &a, &b, &err);
+    tl_regex_match_free(md);
+    tl_regex_free(re);
+    return r == 1 && a == 0 && b == n;
 }
 
 static char *write_tmp(const char *json) {
@@ -133,6 +146,88 @@ int main(void) {
     unlink(path);
     free(path);
 
+    /* ---- split regexes from tokenizer.json (PCRE2): any pattern, every behavior ---- */
+    {
+        static const char *fmt =
+            "{\"normalizer\": null, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [%s,"
+            " {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]},"
+            " \"decoder\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {%s},"
+            " \"merges\": [\"h e\", [\"he\", \"l\"], \"l l\", \"\xc4\xa0 h\"]}}";
+        /* Llama 3's pattern as its tokenizer.json spells it (JSON-escaped), a pattern tailor names nowhere, a
+         * String pattern with Removed ("hel lo" gives hel l o once the space is removed), MergedWithNext, Contiguous */
+        struct {
+            const char *step;
+            const char *text;
+            int32_t want[4];
+            size_t n;
+        } cases[] = {
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|"
+             "\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, "
+             "\"behavior\": \"Isolated\", \"invert\": false}", "hello", {hel, 'l' - '!', 'o' - '!'}, 3},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\w+|\\\\S\"}, \"behavior\": \"Isolated\", \"invert\": false}",
+             "hel!", {hel, '!' - '!'}, 2},
+            {"{\"type\": \"Split\", \"pattern\": {\"String\": \" \"}, \"behavior\": \"Removed\", \"invert\": false}",
+             "hel lo", {hel, 'l' - '!', 'o' - '!'}, 3},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"h\"}, \"behavior\": \"MergedWithNext\", \"invert\": false}",
+             "xhel", {'x' - '!', hel}, 2},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"l\"}, \"behavior\": \"Contiguous\", \"invert\": false}",
+             "hell", {he, id + 3}, 2},
+        };
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            char j[16384];
+            snprintf(j, sizeof j, fmt, cases[i].step, vocab);
+            char *p = write_tmp(j);
+            tl_tokenizer *r = NULL;
+            CHECK(tl_tokenizer_load_json(p, &r, &err) == TL_OK, "split case %zu: load: %s", i, err.msg);
+            if (r) {
+                int32_t *ids = NULL;
+                size_t n = 0;
+                CHECK(tl_tokenizer_encode(r, cases[i].text, strlen(cases[i].text), 0, &ids, &n, &err) == TL_OK &&
+                          n == cases[i].n && memcmp(ids, cases[i].want, n * sizeof *ids) == 0,
+                      "split case %zu: ids of \"%s\" (n=%zu)", i, cases[i].text, n);
+                free(ids);
+            }
+            tl_tokenizer_free(r);
+            unlink(p);
+            free(p);
+        }
+        /* a regex PCRE2 refuses, and \S inside a class (no PCRE2 equivalent with Oniguruma's meaning) */
+        const char *refused[][2] = {
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"ab(?<=a+)\"}, \"behavior\": \"Isolated\"}",
+             "pre_tokenizer.pretokenizers[0].pattern.Regex: PCRE2 refuses the regex at offset"},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(ab\"}, \"behavior\": \"Isolated\"}",
+             "at offset 3: missing closing parenthesis"},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"[\\\\Sx]\"}, \"behavior\": \"Isolated\"}",
+             "pre_tokenizer.pretokenizers[0].pattern.Regex: \\S inside a character class"},
+            {"{\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Spread\"}",
+             "pre_tokenizer.pretokenizers[0].behavior"},
+        };
+        for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+            char j[16384];
+            snprintf(j, sizeof j, fmt, refused[i][0], vocab);
+            char *p = write_tmp(j);
+            tl_tokenizer *r = NULL;
+            tl_status st = tl_tokenizer_load_json(p, &r, &err);
+            CHECK(st == TL_ERR_INPUT && !r && strstr(err.msg, p) && strstr(err.msg, refused[i][1]),
+                  "refused regex %zu: status %d, message \"%s\" should name %s", i, (int)st, err.msg, refused[i][1]);
+            tl_tokenizer_free(r);
+            unlink(p);
+            free(p);
+        }
+    }
+
+    /* ---- Oniguruma's classes in PCRE2 (HF's meaning, where PCRE2's own differs) ---- */
+    CHECK(whole_match("\\s", "\xc2\x85") == 1 && whole_match("\\s", "\xe1\xa0\x8e") == 0 &&
+              whole_match("\\S", "\xe1\xa0\x8e") == 1 && whole_match("[^\\s\\p{L}]", "\xe1\xa0\x8e") == 1,
+          "\\s is 0009-000D, 0085 and Z: U+180E is not a space");
+    CHECK(whole_match("\\w+", "e\xcc\x81\xe2\x80\xbf_1") == 1 && whole_match("\\W", "\xcc\x81") == 0,
+          "\\w takes marks and connector punctuation");
+    CHECK(whole_match("\\h+", "09afAF") == 1 && whole_match("\\h", " ") == 0 && whole_match("[\\h]", "g") == 0,
+          "\\h is a hex digit");
+    CHECK(whole_match("\\Q\\s\\E", "\\s") == 1 && whole_match("[]s]", "]") == 1 && whole_match("a$", "a") == 1,
+          "quoted text and a leading ] are copied as they are");
+    CHECK(whole_match("(?i:'s)", "'\xc5\xbf") == 1 && whole_match("(?i:'s)", "'S") == 1, "case folding: long s");
+
     /* ---- bad files ---- */
     const char *bad[][2] = {
         {"{\"pre_tokenizer\": null}", "model"},
@@ -171,6 +266,13 @@ int main(void) {
     CHECK(tl_tokenizer_from_vocab("x.gguf", "llama", "qwen2", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "tokenizer.ggml.model"),
           "gguf model llama (SentencePiece) refused: %s", err.msg);
+    const char *known_pre[] = {"llama3", "gpt-2", "starcoder", "dbrx", "stablelm2", "default"};
+    for (size_t i = 0; i < sizeof known_pre / sizeof known_pre[0]; i++) {
+        CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", known_pre[i], toks, 4, mer, 1, types, -1, &g, &err) == TL_OK,
+              "gguf pre %s: %s", known_pre[i], err.msg);
+        tl_tokenizer_free(g);
+        g = NULL;
+    }
     CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "falcon", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "tokenizer.ggml.pre"),
           "unknown pre refused: %s", err.msg);
