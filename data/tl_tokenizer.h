@@ -1,7 +1,7 @@
-/* tl_tokenizer: byte-level BPE tokenization as HF `tokenizers` does it for the Llama-family models tailor
- * trains (SmolLM/SmolLM2 and GPT-2 style, Llama 3, Qwen2), plus the ChatML chat template.
+/* tl_tokenizer: byte-level BPE tokenization as HF `tokenizers` does it (SmolLM/SmolLM2, GPT-2, Llama 3, Qwen2 and
+ * any other byte-level BPE whose split regex PCRE2 accepts), plus the ChatML chat template.
  *
- * Sources: an HF tokenizer.json (model BPE, byte-level, added tokens, the pre-tokenizers those models use) or
+ * Sources: an HF tokenizer.json (model BPE, byte-level, added tokens, Split / Digits / ByteLevel pre-tokenizers) or
  * the tokenizer.ggml.* arrays of a GGUF file. Encoding gives exactly the ids of
  * `tokenizers.Tokenizer.encode(text, add_special_tokens=False).ids`; decoding is the byte-level inverse.
  * What is supported and what is refused is listed in docs/tokenizer.md. A tokenizer is immutable after loading
@@ -17,8 +17,8 @@
 typedef struct tl_tokenizer tl_tokenizer;
 
 /* Loads an HF tokenizer.json. Anything this module would encode differently from HF (another model type, a
- * normalizer, unknown pre-tokenizers or regex patterns, BPE dropout, ...) is refused with TL_ERR_INPUT naming the
- * file and the field. */
+ * normalizer, unknown pre-tokenizers, a regex PCRE2 refuses, BPE dropout, ...) is refused with TL_ERR_INPUT naming
+ * the file and the field. */
 tl_status tl_tokenizer_load_json(const char *path, tl_tokenizer **out, tl_error *err);
 
 /* GGUF token types (tokenizer.ggml.token_type). CONTROL and USER_DEFINED tokens are matched in text as added
@@ -34,8 +34,9 @@ enum {
 
 /* Builds a tokenizer from GGUF's arrays: tokenizer.ggml.model must be "gpt2" (byte-level BPE); tokens[i] is the
  * byte-level string of id i, merges[i] is "left right" (rank i), token_types may be NULL (all normal). pre is
- * tokenizer.ggml.pre: "smollm" (Digits + GPT-2 regex), "llama-bpe" (Llama 3 regex, merges ignored for whole-word
- * vocabulary hits), "qwen2" (Qwen2 regex), "gpt2" or "default" (GPT-2 regex). bos_id: tokenizer.ggml.bos_token_id
+ * tokenizer.ggml.pre, a name llama.cpp knows mapped to its models' split (docs/tokenizer.md), e.g. "smollm" (Digits +
+ * GPT-2 regex), "llama-bpe" (Llama 3 regex, merges ignored for whole-word vocabulary hits), "qwen2" (Qwen2 regex),
+ * "gpt2" or "default" (GPT-2 regex); another name is TL_ERR_INPUT naming the key. bos_id: tokenizer.ggml.bos_token_id
  * or -1. `what` names the source in error messages (the GGUF path). */
 tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const char *pre, const char *const *tokens,
                                   size_t n_tokens, const char *const *merges, size_t n_merges,
@@ -86,8 +87,8 @@ tl_status tl_chat_render(const tl_chat_msg *msgs, size_t n, int add_generation_p
 
 /* ---- internals shared by data/tokenizer.c, data/tokenizer_pretok.c and tests/unit/test_tokenizer.c ---- */
 
-/* Character classes of the pre-tokenizer regexes: \p{L}, \p{N}, Oniguruma's \s (U+0009-000D, U+0085, Zs, Zl,
- * Zp), anything else. */
+/* Character classes: \p{L}, \p{N} (the Digits step), Oniguruma's \s (U+0009-000D, U+0085, Zs, Zl, Zp), anything
+ * else. */
 enum { TL_UC_OTHER = 0, TL_UC_LETTER = 1, TL_UC_NUMBER = 2, TL_UC_SPACE = 3 };
 int tl_unicode_class(uint32_t cp);
 /* NFC quick check (UAX #15) inputs: 1 if NFC_Quick_Check(cp) is No or Maybe; the canonical combining class. */

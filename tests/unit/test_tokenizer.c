@@ -310,5 +310,9 @@ int main(void) {
     CHECK(tl_chat_render(bad_msg, 1, 0, &out, &len, &err) == TL_ERR_INPUT && strstr(err.msg, "messages[0]"),
           "chat without role");
 
+    tl_regex *jre = NULL;
+    if (tl_regex_compile(tl_pretok_pattern(TL_RE_GPT2), 0, "t", "f", &jre, &err) == TL_OK)
+        printf("test_tokenizer: PCRE2 %s\n", tl_regex_jit(jre) ? "JIT" : "interpreter (no JIT)");
+    tl_regex_free(jre);
     return tl_check_done("test_tokenizer");
 }
