@@ -21,8 +21,8 @@ struct tl_dist_transport {
     const char *name; /* "mpi" or "nccl": tl_dist_transport() */
     tl_dist *d;       /* the run's place (rank, world, timeout, failed) */
     /* in place over every rank; host: buf is host memory, else memory of the run's backend */
-    tl_status (*allreduce)(struct tl_dist_transport *tp, void *buf, size_t n, tl_dist_dtype t, tl_dist_op op,
-                           int host, const char *what, tl_error *err);
+    tl_status (*allreduce)(struct tl_dist_transport *tp, void *buf, size_t n, tl_dist_dtype t, tl_dist_op op, int host,
+                           const char *what, tl_error *err);
     /* root's bytes of host memory to every rank */
     tl_status (*bcast)(struct tl_dist_transport *tp, void *host_buf, size_t bytes, int root, const char *what,
                        tl_error *err);

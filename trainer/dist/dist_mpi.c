@@ -130,8 +130,8 @@ tl_status tl_dist_mpi_create(tl_dist *d, const tl_dist_env *e, struct tl_dist_tr
     *out = NULL;
     mpi_transport *m = calloc(1, sizeof *m);
     if (!m) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    m->base = (struct tl_dist_transport){.name = "mpi", .d = d, .allreduce = mpi_allreduce, .bcast = mpi_bcast,
-                                         .abort = mpi_abort, .free = mpi_free};
+    m->base = (struct tl_dist_transport){
+        .name = "mpi", .d = d, .allreduce = mpi_allreduce, .bcast = mpi_bcast, .abort = mpi_abort, .free = mpi_free};
     tl_status s = mpi_connect(m, e, err);
     if (s) {
         mpi_free(&m->base);
