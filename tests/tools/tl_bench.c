@@ -234,8 +234,8 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
         if (!c->names[a]) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
         snprintf(c->names[a], 32, "user%d", a);
     }
-    TL_TRY(tl_lora_pool_init(&c->p, &c->m, o->adapters, c->names, o->rank, 2.0f * (float)o->rank, 0, 0.0f,
-                             (1u << TL_N_TARGETS) - 1, 0, err));
+    tl_lora_opts lo = {.rank = o->rank, .alpha = 2.0f * (float)o->rank, .targets = (1u << TL_N_TARGETS) - 1};
+    TL_TRY(tl_lora_pool_init(&c->p, &c->m, o->adapters, c->names, &lo, err));
     c->have_pool = 1;
     TL_TRY(build_batch(c, o, err));
     TL_TRY(tl_workspace_create(&c->m, &c->p, c->mb.n_tok, c->mb.n_seq, &c->ws, err));

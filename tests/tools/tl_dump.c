@@ -92,8 +92,9 @@ static tl_status run(dump_ctx *c, const char *model_dir, const char *in_path, co
     TL_TRY(check_vocab(in_path, c->mb.tokens, n, V, err));
 
     TL_TRY(slot_names(c->n_slots, &c->names, err));
-    TL_TRY(tl_lora_pool_init(&c->pool, &c->model, c->n_slots, c->names, (int)lm.rank, (float)lm.alpha,
-                             lm.rslora != 0, 0.0f, lm.targets, 1234, err));
+    tl_lora_opts lo = {.rank = (int)lm.rank, .alpha = (float)lm.alpha, .rslora = lm.rslora != 0,
+                       .targets = lm.targets, .seed = 1234};
+    TL_TRY(tl_lora_pool_init(&c->pool, &c->model, c->n_slots, c->names, &lo, err));
     c->have_pool = 1;
     tl_lora_pool *p = &c->pool;
     size_t P = p->P, total = (size_t)c->n_slots * P;

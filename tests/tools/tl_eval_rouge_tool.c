@@ -67,7 +67,8 @@ int main(int argc, char **argv) {
     have_m = 1;
     if ((s = tl_sft_open(argv[2], m.cfg.vocab_size, &ds, &err))) goto out;
     have_ds = 1;
-    if ((s = tl_lora_pool_init(&pool, &m, n, names, rank, alpha, 0, 0.0f, targets, 0, &err))) goto out;
+    tl_lora_opts lo = {.rank = rank, .alpha = alpha, .targets = targets};
+    if ((s = tl_lora_pool_init(&pool, &m, n, names, &lo, &err))) goto out;
     have_pool = 1;
     for (int i = 0; i < n && !s; i++) s = tl_peft_load(dirs[i], &pool, be, i, &err);
     if (s) goto out;

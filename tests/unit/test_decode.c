@@ -80,7 +80,9 @@ int main(void) {
     tl_lora_pool p;
     tl_workspace *ws;
     char *names[] = {"a", "b", "c"};
-    if (tl_model_load(dir, be, &m, &err) || tl_lora_pool_init(&p, &m, 3, names, 4, 8.0f, 0, 0.0f, 0x7f, 1, &err) ||
+    if (tl_model_load(dir, be, &m, &err) ||
+        tl_lora_pool_init(&p, &m, 3, names, &(tl_lora_opts){.rank = 4, .alpha = 8.0f, .targets = 0x7f, .seed = 1},
+                          &err) ||
         tl_workspace_create(&m, &p, NS * 64, NS, &ws, &err)) {
         fprintf(stderr, "FAIL: setup: %s\n", err.msg);
         return 1;

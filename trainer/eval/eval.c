@@ -11,11 +11,11 @@
 #include "kernels/tl_text.h"
 
 static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
-                           const tl_adapter_map *map, int mbt, int max_seq_len, int force_slot, double *sum,
-                           int64_t *count, int64_t *examples, tl_error *err) {
+                           const tl_adapter_map *map, int micro_batch_tokens, int max_seq_len, int force_slot,
+                           double *sum, int64_t *count, int64_t *examples, tl_error *err) {
     tl_eval_iter *it = NULL;
-    TL_TRY(tl_eval_iter_init(ds, map, mbt, max_seq_len, &it, err));
-    float *logp = malloc((size_t)mbt * sizeof(float));
+    TL_TRY(tl_eval_iter_init(ds, map, micro_batch_tokens, max_seq_len, &it, err));
+    float *logp = malloc((size_t)micro_batch_tokens * sizeof(float));
     tl_status s = logp ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     int done = 0;
     while (!s) {

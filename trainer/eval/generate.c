@@ -608,7 +608,10 @@ tl_status tl_generate(const tl_generate_opts *g, FILE *out, tl_error *err) {
         tl_lora_pool pool, *pp = NULL;
         if (na > 0) {
             const gen_answer *f = &ans[first];
-            s = tl_lora_pool_init(&pool, &m, na, names, f->rank, f->alpha, f->rslora, 0.0f, f->targets, 0, err);
+            s = tl_lora_pool_init(&pool, &m, na, names,
+                                  &(tl_lora_opts){.rank = f->rank, .alpha = f->alpha, .rslora = f->rslora,
+                                                  .targets = f->targets},
+                                  err);
             if (s) break;
             pp = &pool;
             for (int j = 0; s == TL_OK && j < k; j++)

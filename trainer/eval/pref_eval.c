@@ -12,10 +12,10 @@
 
 /* One pass over every pair of the map's adapters with segments forced to force_slot (TL_SLOT_OWN: own adapter). */
 static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
-                      const tl_pref_dataset *ds, const tl_adapter_map *map, int mbt, int msl,
+                      const tl_pref_dataset *ds, const tl_adapter_map *map, int micro_batch_tokens, int max_seq_len,
                       const tl_pref_eval_opts *o, int force_slot, tl_pref_stats *by_owner, tl_error *err) {
     tl_pref_eval_iter *it = NULL;
-    TL_TRY(tl_pref_eval_iter_init(ds, map, mbt, msl, &it, err));
+    TL_TRY(tl_pref_eval_iter_init(ds, map, micro_batch_tokens, max_seq_len, &it, err));
     int cap = 0;
     int32_t *buf = NULL;
     tl_status s = TL_OK;

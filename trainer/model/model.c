@@ -266,15 +266,12 @@ static uint64_t fnv1a(const char *s) {
     return h;
 }
 
-tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
-                            float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
-                            tl_error *err) {
-    return tl_lora_pool_init_head(p, m, n_slots, names, rank, alpha, rslora, dropout, targets, seed, 0, err);
-}
-
-tl_status tl_lora_pool_init_head(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
-                                 float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
-                                 int with_head, tl_error *err) {
+tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
+                            const tl_lora_opts *o, tl_error *err) {
+    int rank = o->rank, rslora = o->rslora, with_head = o->with_head;
+    float alpha = o->alpha, dropout = o->dropout;
+    uint32_t targets = o->targets;
+    uint64_t seed = o->seed;
     memset(p, 0, sizeof *p);
     tl_backend *be = m->be;
     const tl_model_config *c = &m->cfg;

@@ -75,17 +75,24 @@ static inline size_t tl_state_chunk_floats(size_t P) {
     return (rows ? rows : 1) * (P ? P : 1);
 }
 
+/* How a pool's adapters are shaped and started (the adapter.* keys). */
+typedef struct {
+    int rank;
+    float alpha;
+    int rslora;       /* scale alpha / sqrt(rank) instead of alpha / rank */
+    float dropout;
+    uint32_t targets; /* bits of the TL_T_* target modules (tl_config.h) */
+    uint64_t seed;
+    int with_head;    /* a per-adapter scalar score head (reward models) */
+} tl_lora_opts;
+
 /* PEFT initialization: A kaiming-uniform (a = sqrt(5), bound 1/sqrt(in)), B = 0. Each slot's A comes from an
- * RNG seeded by (seed, the slot's name), so an adapter's start never depends on the others in the pool. */
-tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
-                            float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
-                            tl_error *err);
-/* The same with a per-adapter scalar score head (reward models, HF LlamaForSequenceClassification's `score`,
+ * RNG seeded by (seed, the slot's name), so an adapter's start never depends on the others in the pool. With
+ * o->with_head, a per-adapter scalar score head (reward models, HF LlamaForSequenceClassification's `score`,
  * initialized normal(0, 0.02) as HF does) at the end of each slot's block, trained and saved with the LoRA
  * parameters. */
-tl_status tl_lora_pool_init_head(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names, int rank,
-                                 float alpha, int rslora, float dropout, uint32_t targets, uint64_t seed,
-                                 int with_head, tl_error *err);
+tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
+                            const tl_lora_opts *o, tl_error *err);
 void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be);
 
 /* Activation buffers for micro-batches of up to max_tokens rows, allocated once. */

@@ -229,9 +229,10 @@ static tl_status load_checkpoint(const char *dir, const tl_config *cfg, int n, c
     int have_pool = 0;
     if (!s) {
         int reward = cfg->task_type == TL_TASK_REWARD;
-        s = tl_lora_pool_init_head(&pool, &m, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
-                                   cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
-                                   reward, err);
+        tl_lora_opts lo = {.rank = cfg->adapter_rank, .alpha = (float)cfg->adapter_alpha,
+                           .rslora = cfg->adapter_rslora, .dropout = (float)cfg->adapter_dropout,
+                           .targets = cfg->adapter_targets, .seed = cfg->seed, .with_head = reward};
+        s = tl_lora_pool_init(&pool, &m, n, names, &lo, err);
         have_pool = !s;
     }
     tl_cursor *cur = NULL;

@@ -1,211 +1,45 @@
 /* train: one whole training run — set up, step loop, checkpoints, evaluation, export (see tl_train.h).
  *
+ * tl_train (at the end) reads as its phases: setup_run, then train_step / after_step per step, then finish_run.
+ * A tl_run holds the session (session_impl.h: backend, model, data, pools, ranks) and the step loop's host
+ * buffers; the micro-batch steps are trainer/step/ (sft_step.c, pref_step.c), the metrics records and the
+ * progress line trainer/run/metrics.c, the evaluation session.c, tailor eval / export commands.c.
+ *
  * Order matters for the "nothing half-written" rule: everything a run reads (config, model, datasets) is opened
  * and validated before the run directory is created, so bad input never leaves a run directory behind. */
+
 #include "trainer/run/tl_train.h"
 
-#include <errno.h>
-#include <signal.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "data/tl_batcher.h"
+#include "data/tl_io.h"
 #include "kernels/tl_text.h"
-#include "data/tl_dataset.h"
-#include "data/tl_pref.h"
-#include "trainer/run/tl_checkpoint.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/dist/tl_dist_pool.h"
-#include "trainer/eval/tl_eval.h"
+#include "trainer/run/session_impl.h"
+#include "trainer/run/tl_checkpoint.h"
 #include "trainer/run/tl_export.h"
-#include "data/tl_io.h"
-#include "trainer/model/tl_model.h"
-#include "trainer/step/tl_optim.h"
-#include "trainer/eval/tl_pref_eval.h"
-#include "trainer/step/tl_pref_step.h"
-#include "trainer/step/tl_sft_step.h"
 #include "trainer/run/tl_metrics.h"
-#include "trainer/eval/tl_rouge.h"
-#include "data/tl_model_tokenizer.h"
-
-#include <cjson/cJSON.h>
-
-/* Everything a command holds open; tl_session_close releases whatever was opened. */
-typedef struct {
-    tl_task_type task;
-    tl_backend *be;
-    tl_model model;
-    int model_loaded;
-    tl_sft_dataset train, eval;     /* sft */
-    int have_train, have_eval;
-    tl_pref_dataset ptrain, peval;  /* dpo, reward */
-    int have_ptrain, have_peval;
-    tl_adapter_map map;
-    int have_map;
-    tl_lora_pool pool;
-    int have_pool;
-    tl_lora_pool ref; /* dpo with adapter.init_from: the frozen starting adapters, the reference policy */
-    int have_ref;
-    tl_workspace *ws;
-    tl_batcher *batcher;
-    tl_pref_batcher *pbatcher;
-    tl_pref_scratch *psc;
-    tl_pref_opts popts;
-    /* many processes (tl_dist.h) */
-    tl_dist_env env;
-    tl_dist *dist;   /* NULL outside tl_train */
-    int data_parallel; /* dist.strategy data_parallel (else user_shard) */
-    /* user_shard with world > 1 ("local pool"): the pool, batcher and optimizer hold this rank's adapters only;
-     * local slot a is adapter global_index[a] of the run's n_global adapters (map: all of them, local_map: this
-     * rank's) */
-    int local_pool;
-    int n_global;
-    int32_t *global_index; /* [pool.n_slots] */
-    tl_adapter_map local_map;
-    int have_local_map;
-    uint8_t *eval_mine;  /* data_parallel with world > 1: [n_slots] the adapters this rank evaluates */
-    int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
-} tl_session;
-
-static void tl_session_close(tl_session *S) {
-    if (S->batcher) tl_batcher_free(S->batcher);
-    if (S->pbatcher) tl_pref_batcher_free(S->pbatcher);
-    tl_pref_scratch_free(S->psc);
-    if (S->ws) tl_workspace_free(S->ws, S->be);
-    if (S->have_pool) tl_lora_pool_free(&S->pool, S->be);
-    if (S->have_ref) tl_lora_pool_free(&S->ref, S->be);
-    if (S->have_map) tl_adapter_map_free(&S->map);
-    if (S->have_train) tl_sft_free(&S->train);
-    if (S->have_eval) tl_sft_free(&S->eval);
-    if (S->have_ptrain) tl_pref_free(&S->ptrain);
-    if (S->have_peval) tl_pref_free(&S->peval);
-    if (S->model_loaded) tl_model_free(&S->model);
-    free(S->global_index);
-    free(S->eval_mine);
-    if (S->have_local_map) tl_adapter_map_free(&S->local_map);
-    tl_dist_free(S->dist);
-    if (S->be) S->be->destroy(S->be);
-    memset(S, 0, sizeof *S);
-}
-
-/* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
-static tl_status check_kind(const char *key, const char *path, tl_task_type task, tl_error *err) {
-    char kind[32];
-    TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
-    const char *want = task == TL_TASK_SFT ? "sft" : "preference";
-    if (strcmp(kind, want) != 0)
-        return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
-                       tl_task_type_names[task], want);
-    return TL_OK;
-}
-
-/* Backend, model and the datasets the command needs, all validated. */
-static tl_status open_inputs(tl_session *S, const tl_config *cfg, int need_train, int need_eval, tl_error *err) {
-    S->task = cfg->task_type;
-    if (!cfg->model_path[0]) return tl_fail(err, TL_ERR_INPUT, "model.path: required");
-    if (need_train && !cfg->data_train[0]) return tl_fail(err, TL_ERR_INPUT, "data.train: required for training");
-    if (need_eval && !cfg->data_eval[0]) return tl_fail(err, TL_ERR_INPUT, "data.eval: required for tailor eval");
-    if (S->task == TL_TASK_DPO) {
-        TL_TRY(tl_pref_kind_parse(tl_task_loss_names[cfg->task_loss], &S->popts.kind, err));
-        S->popts.beta = cfg->task_beta, S->popts.label_smoothing = cfg->task_label_smoothing;
-        S->popts.gamma = cfg->task_gamma, S->popts.sft_weight = cfg->task_sft_weight;
-        TL_TRY(tl_pref_opts_check(&S->popts, err));
-    }
-    int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
-    if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
-    if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
-    TL_TRY(tl_backend_open_on(tl_backend_choice_names[cfg->backend], S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
-    TL_TRY(tl_model_load(cfg->model_path, S->be, &S->model, err));
-    S->model_loaded = 1;
-    int V = S->model.cfg.vocab_size;
-    if (S->task == TL_TASK_SFT) {
-        if (open_train) {
-            TL_TRY(tl_sft_open(cfg->data_train, V, &S->train, err));
-            S->have_train = 1;
-        }
-        if (open_eval) {
-            TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
-            S->have_eval = 1;
-        }
-    } else {
-        if (open_train) {
-            TL_TRY(tl_pref_open(cfg->data_train, V, &S->ptrain, err));
-            S->have_ptrain = 1;
-        }
-        if (open_eval) {
-            TL_TRY(tl_pref_open(cfg->data_eval, V, &S->peval, err));
-            S->have_peval = 1;
-        }
-        if (2 * cfg->data_max_seq_len > cfg->micro_batch_tokens)
-            return tl_fail(err, TL_ERR_INPUT,
-                           "train.micro_batch_tokens (%d) must hold a whole pair: at least 2 x data.max_seq_len (%d)",
-                           cfg->micro_batch_tokens, cfg->data_max_seq_len);
-    }
-    return TL_OK;
-}
-
-/* adapter.init_from: one PEFT directory for every adapter, or a run's adapters/ directory (index.json) from
- * which each adapter starts from the one of the same name. */
-static tl_status load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
-    char idx[TL_PATH_MAX + 16];
-    TL_TRY(tl_path_join(idx, sizeof idx, from, "index.json", err));
-    if (!tl_is_file(idx)) {
-        for (int s = 0; s < p->n_slots; s++) TL_TRY(tl_peft_load(from, p, be, s, err));
-        return TL_OK;
-    }
-    char *text = NULL;
-    size_t n = 0;
-    TL_TRY(tl_read_file(idx, 64u << 20, &text, &n, err));
-    cJSON *root = cJSON_ParseWithLength(text, n);
-    free(text);
-    const cJSON *arr = root ? cJSON_GetObjectItemCaseSensitive(root, "adapters") : NULL;
-    tl_status st = cJSON_IsArray(arr) ? TL_OK
-                                      : tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s: expected {\"adapters\": [...]}", idx);
-    for (int s = 0; !st && s < p->n_slots; s++) {
-        const cJSON *it, *dir = NULL;
-        cJSON_ArrayForEach(it, arr) {
-            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
-            if (cJSON_IsString(nm) && !strcmp(nm->valuestring, p->names[s])) dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
-        }
-        if (!cJSON_IsString(dir)) {
-            st = tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", idx, p->names[s]);
-            break;
-        }
-        /* the entry is metadata: it names a folder inside `from`, never a path elsewhere (nor a symlink out) */
-        char path[TL_PATH_MAX + 256], what[TL_PATH_MAX + 64];
-        snprintf(what, sizeof what, "adapter.init_from: %s: adapter '%.200s': dir", idx, p->names[s]);
-        if (!tl_plain_name(dir->valuestring)) {
-            st = tl_fail(err, TL_ERR_INPUT, "%s '%.200s': expected a folder name inside %s (no '/', no leading '.')",
-                         what, dir->valuestring, from);
-            break;
-        }
-        st = tl_path_join(path, sizeof path, from, dir->valuestring, err);
-        if (!st) st = tl_path_inside(from, path, what, err);
-        if (!st) st = tl_peft_load(path, p, be, s, err);
-    }
-    cJSON_Delete(root);
-    return st;
-}
+#include "trainer/step/tl_optim.h"
+#include "trainer/step/tl_sft_step.h"
 
 /* The trained pool (with a score head for reward models), started from adapter.init_from when set; for DPO the
  * started adapters are also kept frozen as the reference policy, as TRL does with PEFT. */
 static tl_status make_pools(tl_session *S, const tl_config *cfg, char *const *names, int n, tl_error *err) {
-    TL_TRY(tl_lora_pool_init_head(&S->pool, &S->model, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
-                                  cfg->adapter_rslora, (float)cfg->adapter_dropout, cfg->adapter_targets, cfg->seed,
-                                  S->task == TL_TASK_REWARD, err));
+    tl_lora_opts trained = tl_session_lora_opts(cfg, (float)cfg->adapter_dropout, S->task == TL_TASK_REWARD);
+    TL_TRY(tl_lora_pool_init(&S->pool, &S->model, n, names, &trained, err));
     S->have_pool = 1;
     if (!cfg->adapter_init_from[0]) return TL_OK;
-    TL_TRY(load_init_from(&S->pool, S->be, cfg->adapter_init_from, err));
+    TL_TRY(tl_load_init_from(&S->pool, S->be, cfg->adapter_init_from, err));
     if (S->task != TL_TASK_DPO) return TL_OK;
     /* the reference runs without dropout, as TRL's reference model is in eval mode */
-    TL_TRY(tl_lora_pool_init(&S->ref, &S->model, n, names, cfg->adapter_rank, (float)cfg->adapter_alpha,
-                             cfg->adapter_rslora, 0.0f, cfg->adapter_targets, cfg->seed, err));
+    tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
+    TL_TRY(tl_lora_pool_init(&S->ref, &S->model, n, names, &reference, err));
     S->have_ref = 1;
-    return load_init_from(&S->ref, S->be, cfg->adapter_init_from, err);
+    return tl_load_init_from(&S->ref, S->be, cfg->adapter_init_from, err);
 }
 
 static void warn_empty_users(const tl_ui *ui, const char *path, int n_users, char *const *user_names,
@@ -282,213 +116,6 @@ static tl_status count_adapter_steps(const tl_config *cfg, int n, int64_t **out,
     return TL_OK;
 }
 
-static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cfg) {
-    return (tl_pref_eval_opts){.reward = S->task == TL_TASK_REWARD, .opts = S->popts,
-                               .center_rewards = cfg->task_center_rewards, .ref = S->have_ref ? &S->ref : NULL};
-}
-
-/* pst as doubles for a sum over ranks (counts stay exact below 2^53) */
-#define PSTAT_N 9
-static void pstat_pack(const tl_pref_stats *s, double *d) {
-    d[0] = (double)s->n, d[1] = (double)s->n_logp, d[2] = s->loss, d[3] = s->reward_chosen;
-    d[4] = s->reward_rejected, d[5] = s->accuracy, d[6] = s->margin, d[7] = s->logp_chosen, d[8] = s->logp_rejected;
-}
-static void pstat_unpack(const double *d, tl_pref_stats *s) {
-    s->n = (int64_t)d[0], s->n_logp = (int64_t)d[1], s->loss = d[2], s->reward_chosen = d[3];
-    s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
-}
-
-/* Many ranks: each evaluated its share of the adapters. A merge scatters each rank's entries into arrays over
- * the whole run's adapters (zero elsewhere) and sums them over the ranks, so every entry comes from the rank
- * that computed it, bit for bit (x + 0 = x). */
-typedef struct {
-    tl_dist *d;
-    int n, nG;           /* entries on this rank, entries of the run */
-    const int32_t *gi;   /* [n] global index of each entry (local pool), NULL: the identity (n == nG) */
-    const uint8_t *mine; /* [n] entries this rank computed, NULL: all */
-} tl_merge;
-
-static tl_status merge_f64(const tl_merge *M, double **v, int k, const char *what, tl_error *err) {
-    double *g = calloc((size_t)M->nG * k + 1, sizeof *g);
-    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    for (int a = 0; a < M->n; a++)
-        if (!M->mine || M->mine[a])
-            memcpy(g + (size_t)(M->gi ? M->gi[a] : a) * k, *v + (size_t)a * k, (size_t)k * sizeof *g);
-    tl_status s = tl_dist_allreduce_f64_host(M->d, g, (size_t)M->nG * k, what, err);
-    if (s) {
-        free(g);
-        return s;
-    }
-    free(*v);
-    *v = g;
-    return TL_OK;
-}
-
-static tl_status merge_i64(const tl_merge *M, int64_t **v, const char *what, tl_error *err) {
-    int64_t *g = calloc((size_t)M->nG + 1, sizeof *g);
-    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    for (int a = 0; a < M->n; a++)
-        if (!M->mine || M->mine[a]) g[M->gi ? M->gi[a] : a] = (*v)[a];
-    tl_status s = tl_dist_allreduce_i64_host(M->d, g, (size_t)M->nG, what, err);
-    if (s) {
-        free(g);
-        return s;
-    }
-    free(*v);
-    *v = g;
-    return TL_OK;
-}
-
-static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const char *what, tl_error *err) {
-    double *buf = malloc((size_t)M->n * PSTAT_N * sizeof *buf + 1);
-    tl_pref_stats *out = calloc((size_t)M->nG + 1, sizeof *out);
-    tl_status s = buf && out ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    for (int a = 0; !s && a < M->n; a++) pstat_pack(&(*st)[a], buf + (size_t)a * PSTAT_N);
-    if (!s) s = merge_f64(M, &buf, PSTAT_N, what, err);
-    if (!s) {
-        for (int a = 0; a < M->nG; a++) pstat_unpack(buf + (size_t)a * PSTAT_N, &out[a]);
-        free(*st);
-        *st = out, out = NULL;
-    }
-    free(buf);
-    free(out);
-    return s;
-}
-
-/* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table
- * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
-static tl_status run_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
-                          int final, tl_error *err) {
-    char path[TL_PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
-    tl_adapter_key key = cfg->adapter_key;
-    int n = S->pool.n_slots;
-    int many = tl_dist_world(S->dist) > 1, rank0 = tl_dist_rank(S->dist) == 0;
-    tl_merge M = {.d = S->dist, .n = n, .nG = S->local_pool ? S->n_global : n, .gi = S->local_pool ? S->global_index : NULL,
-                  .mine = S->local_pool ? NULL : S->eval_mine};
-    tl_eval_part part = {.only = M.mine, .cols = S->local_pool ? S->map.names : NULL, .n_cols = S->local_pool ? S->n_global : 0};
-    const tl_eval_part *pp = many ? &part : NULL;
-    int cross = final && M.nG <= TL_EVAL_CROSS_MAX;
-    tl_lora_pool names = S->pool; /* for the table and eval.json: every adapter of the run by name */
-    if (S->local_pool) names.n_slots = S->n_global, names.names = S->map.names;
-    tl_status s;
-    if (S->task == TL_TASK_SFT) {
-        tl_eval_result r;
-        TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
-                           1, cross, pp, &r, err));
-        tl_eval_rouge_result rr = {0};
-        s = TL_OK;
-        if (many) {
-            s = merge_i64(&M, &r.examples, "eval example counts", err);
-            if (!s) s = merge_i64(&M, &r.tokens, "eval token counts", err);
-            if (!s) s = merge_f64(&M, &r.loss, 1, "eval losses", err);
-            if (!s) s = merge_f64(&M, &r.base_loss, 1, "eval base losses", err);
-            if (!s && r.cross) s = merge_f64(&M, &r.cross, r.n_cols, "eval cross matrix", err);
-            r.n = r.n_cols = M.nG;
-        }
-        if (!s && final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
-            tl_tokenizer *tok = NULL;
-            tl_adapter_map map;
-            s = tl_tokenizer_for_model(cfg->model_path, &tok, err);
-            if (!s) {
-                s = tl_adapter_map_build(&S->eval, key, S->pool.names, n, &map, err);
-                if (!s) {
-                    tl_adapter_map_keep(&map, M.mine);
-                    if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
-                                            cfg->data_eval_generate);
-                    s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
-                                      NULL, &rr, err);
-                    tl_adapter_map_free(&map);
-                }
-                tl_tokenizer_free(tok);
-            }
-            if (!s && many) {
-                double **v[4] = {&rr.rouge1, &rr.rougeL, &rr.base_rouge1, &rr.base_rougeL};
-                s = merge_i64(&M, &rr.examples, "ROUGE example counts", err);
-                for (int k = 0; k < 4 && !s; k++) s = merge_f64(&M, v[k], 1, "ROUGE scores", err);
-                rr.n = M.nG;
-            }
-            if (!s)
-                r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1,
-                r.base_rougeL = rr.base_rougeL;
-        }
-        if (s) {
-            tl_eval_result_free(&r);
-            tl_eval_rouge_result_free(&rr);
-            return s;
-        }
-        double l, b;
-        int64_t t;
-        tl_eval_totals(&r, &l, &b, &t);
-        if (!rank0) {
-            s = TL_OK;
-        } else if (final) {
-            s = tl_eval_write_json(&r, &names, path, step, err);
-            if (!s) {
-                fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
-                tl_eval_print(&r, &names, ui->out);
-            }
-        } else {
-            tl_metrics_eval_sft(metrics, step, l, b, t);
-            if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
-            s = TL_OK;
-        }
-        tl_eval_result_free(&r);
-        tl_eval_rouge_result_free(&rr);
-        return s;
-    }
-    tl_pref_eval_opts o = pref_eval_opts(S, cfg);
-    tl_pref_eval_result r;
-    TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->psc, &S->peval, key, cfg->micro_batch_tokens,
-                            cfg->data_max_seq_len, &o, cross, pp, &r, err));
-    s = TL_OK;
-    if (many) {
-        s = merge_pref_stats(&M, &r.own, "eval preference metrics", err);
-        if (!s && r.cross_acc) s = merge_f64(&M, &r.cross_acc, r.n_cols, "eval cross accuracies", err);
-        if (!s && r.by_user) { /* users, not adapters: each user's entry is empty but on its adapter's rank */
-            tl_merge U = {.d = S->dist, .n = r.n_users, .nG = r.n_users};
-            s = merge_pref_stats(&U, &r.by_user, "eval per-user metrics", err);
-        }
-        r.n = r.n_cols = M.nG;
-    }
-    if (s) {
-        tl_pref_eval_result_free(&r);
-        return s;
-    }
-    tl_pref_stats all;
-    tl_pref_stats_init(&all);
-    for (int a = 0; a < r.n; a++) tl_pref_stats_merge(&all, &r.own[a]);
-    double mean[TL_PREF_N_METRICS];
-    tl_pref_stats_mean(&all, mean);
-    if (!rank0) {
-        s = TL_OK;
-    } else if (final) {
-        s = tl_pref_eval_write_json(&r, &names, path, step, err);
-        if (!s) {
-            fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
-                    cfg->data_eval);
-            tl_pref_eval_print(&r, &names, ui->out);
-        }
-    } else {
-        tl_metrics_eval_pref(metrics, step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
-                             mean[TL_PREF_M_REWARDS_MARGINS]);
-        if (!ui->quiet)
-            fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
-                    mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
-        s = TL_OK;
-    }
-    tl_pref_eval_result_free(&r);
-    return s;
-}
-
-static tl_status workspace_for(tl_session *S, const tl_config *cfg, tl_error *err) {
-    /* a sequence holds at least one token, so a micro-batch holds at most micro_batch_tokens sequences */
-    TL_TRY(tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err));
-    if (S->task == TL_TASK_SFT) return TL_OK;
-    return tl_pref_scratch_create(cfg->micro_batch_tokens, cfg->micro_batch_tokens, S->model.cfg.hidden_size,
-                                  &S->psc, err);
-}
-
 /* data_parallel deals a step's micro-batches round robin: micro-batch k is rank k mod world's. */
 static int runs_microbatch(const tl_session *S, int k) {
     return !S->data_parallel || k % tl_dist_world(S->dist) == tl_dist_rank(S->dist);
@@ -530,9 +157,9 @@ static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_st
                           .ref = S->have_ref ? &S->ref : NULL};
         tl_pref_acc acc = {.stats = st};
         if (S->task == TL_TASK_DPO)
-            TL_TRY(tl_dpo_microbatch(&S->model, &S->pool, S->ws, S->psc, &B->mb[mbi], &ps, &S->popts, 1, &acc, err));
+            TL_TRY(tl_dpo_microbatch(&S->model, &S->pool, S->ws, S->pref_scratch, &B->mb[mbi], &ps, &S->pref_opts, 1, &acc, err));
         else
-            TL_TRY(tl_reward_microbatch(&S->model, &S->pool, S->ws, S->psc, &B->mb[mbi], &ps, cfg->task_center_rewards,
+            TL_TRY(tl_reward_microbatch(&S->model, &S->pool, S->ws, S->pref_scratch, &B->mb[mbi], &ps, cfg->task_center_rewards,
                                         1, &acc, err));
         if (ps.ref_out)
             for (int k = 0; k < n; k++) {
@@ -571,70 +198,15 @@ static void adapter_costs(const tl_session *S, const tl_config *cfg, const int64
             if (S->task == TL_TASK_SFT)
                 l = S->train.offsets[e + 1] - S->train.offsets[e];
             else
-                l = 2 * (S->ptrain.prompt.offsets[e + 1] - S->ptrain.prompt.offsets[e]) +
-                    (S->ptrain.chosen.offsets[e + 1] - S->ptrain.chosen.offsets[e]) +
-                    (S->ptrain.rejected.offsets[e + 1] - S->ptrain.rejected.offsets[e]);
+                l = 2 * (S->pref_train.prompt.offsets[e + 1] - S->pref_train.prompt.offsets[e]) +
+                    (S->pref_train.chosen.offsets[e + 1] - S->pref_train.chosen.offsets[e]) +
+                    (S->pref_train.rejected.offsets[e + 1] - S->pref_train.rejected.offsets[e]);
             if (l > (int64_t)cfg->data_max_seq_len * (S->task == TL_TASK_SFT ? 1 : 2))
                 l = (int64_t)cfg->data_max_seq_len * (S->task == TL_TASK_SFT ? 1 : 2);
             len += (double)l;
         }
         cost[a] = n ? (double)total_steps[a] * cfg->examples_per_adapter * len / (double)n : 0;
     }
-}
-
-/* What one log line reports, summed over ranks. */
-typedef struct {
-    double loss, gn, lr, cnt, tokens, tok_since, truncated;
-    tl_pref_stats all;
-} tl_log_sums;
-
-/* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
- * (loss, preference stats), reduced per adapter first; everything else is replicated, so the scalars need no
- * reduction. user_shard: each rank's numbers are complete for its own adapters and disjoint from the others'. */
-static tl_status log_sums(tl_session *S, const tl_step_batch *B, double *aloss, const float *gnorm, const float *lrs,
-                          tl_pref_stats *pst, double *buf, int64_t tok_since, int64_t truncated, int64_t step,
-                          tl_log_sums *o, tl_error *err) {
-    int world = tl_dist_world(S->dist);
-    char what[64];
-    snprintf(what, sizeof what, "metrics of step %lld", (long long)step + 1);
-    if (S->data_parallel && world > 1) {
-        int k = pst ? PSTAT_N : 1;
-        for (int i = 0; i < B->n_active; i++) {
-            if (pst)
-                pstat_pack(&pst[B->active[i]], buf + (size_t)i * k);
-            else
-                buf[i] = aloss[B->active[i]];
-        }
-        TL_TRY(tl_dist_allreduce_f64_host(S->dist, buf, (size_t)B->n_active * k, what, err));
-        for (int i = 0; i < B->n_active; i++) {
-            int a = B->active[i];
-            if (pst) {
-                pstat_unpack(buf + (size_t)i * k, &pst[a]);
-                double mean[TL_PREF_N_METRICS];
-                tl_pref_stats_mean(&pst[a], mean);
-                aloss[a] = mean[TL_PREF_M_LOSS];
-            } else {
-                aloss[a] = buf[i];
-            }
-        }
-    }
-    memset(o, 0, sizeof *o);
-    tl_pref_stats_init(&o->all);
-    for (int i = 0; i < B->n_active; i++) {
-        int a = B->active[i];
-        if (B->target_count[a] == 0) continue;
-        o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
-        if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
-    }
-    o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
-    if (S->data_parallel || world == 1) return TL_OK;
-    double v[7 + PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
-    pstat_pack(&o->all, v + 7);
-    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + PSTAT_N, what, err));
-    o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
-    o->truncated = v[6];
-    pstat_unpack(v + 7, &o->all);
-    return TL_OK;
 }
 
 /* Rank 0 alone writes checkpoints and the export. With a local pool (user_shard) it writes them while the
@@ -686,7 +258,8 @@ static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t don
  * only its own adapters' rows. */
 static tl_status load_run_state(tl_session *S, const char *ckpt, int64_t *start, tl_cursor *cursors, tl_error *err) {
     if (!S->local_pool) return tl_checkpoint_load(ckpt, &S->pool, S->be, start, cursors, err);
-    return tl_checkpoint_load_rows(ckpt, &S->pool, S->be, S->map.names, S->n_global, S->global_index, start, cursors, err);
+    return tl_checkpoint_load_rows(ckpt, &S->pool, S->be, S->map.names, S->n_global, S->global_index, start, cursors,
+                                   err);
 }
 
 /* Places this process: the GPU of its local rank and its share of the cores. */
@@ -715,7 +288,7 @@ typedef struct {
     float *grad_norm, *lr;     /* [slots] of this step's active adapters, in order */
     tl_adam_slot *adam;        /* [slots] optimizer scratch */
     float *logp;               /* [micro_batch_tokens] sft: log p(target) per row */
-    double *reduce_buf;        /* [slots * PSTAT_N] per-adapter metrics summed over ranks (data_parallel) */
+    double *reduce_buf;        /* [slots * TL_PSTAT_N] per-adapter metrics summed over ranks (data_parallel) */
     tl_pref_stats *pref_stats; /* [slots] dpo / reward: this step's per-adapter statistics */
     int32_t *pair_buf;         /* [3 * max pairs] pair sequence indices and adapters of a micro-batch */
     double *pair_weight;       /* [max pairs] */
@@ -779,16 +352,16 @@ static tl_status setup_inputs(tl_run *R, tl_error *err) {
         R->ui.out = R->devnull, R->ui.log = R->devnull, R->ui.quiet = 1, R->ui.is_tty = 0;
     }
     place_process(S, cfg);
-    TL_TRY(open_inputs(S, cfg, 1, 0, err));
+    TL_TRY(tl_session_open(S, cfg, 1, 0, err));
     tl_adapter_key key = cfg->adapter_key;
     S->data_parallel = cfg->dist_strategy == TL_STRATEGY_DATA_PARALLEL ||
                        (cfg->dist_strategy == TL_STRATEGY_AUTO && key == TL_KEY_GLOBAL);
     R->pref = S->task != TL_TASK_SFT;
     if (R->pref) {
-        TL_TRY(tl_adapter_map_build_pref(&S->ptrain, key, NULL, 0, &S->map, err));
+        TL_TRY(tl_adapter_map_build_pref(&S->pref_train, key, NULL, 0, &S->map, err));
         S->have_map = 1;
-        warn_empty_users(&R->ui, S->ptrain.path, S->ptrain.n_users, S->ptrain.user_names, &S->map, key);
-        warn_untrainable(&R->ui, S->ptrain.path, &S->map, NULL, &S->ptrain);
+        warn_empty_users(&R->ui, S->pref_train.path, S->pref_train.n_users, S->pref_train.user_names, &S->map, key);
+        warn_untrainable(&R->ui, S->pref_train.path, &S->map, NULL, &S->pref_train);
     } else {
         TL_TRY(tl_adapter_map_build(&S->train, key, NULL, 0, &S->map, err));
         S->have_map = 1;
@@ -829,7 +402,7 @@ static tl_status shard_adapters(tl_run *R, tl_error *err) {
     }
     tl_adapter_key key = R->cfg->adapter_key;
     if (!s)
-        s = R->pref ? tl_adapter_map_build_pref(&S->ptrain, key, local_names, n_local, &S->local_map, err)
+        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, key, local_names, n_local, &S->local_map, err)
                     : tl_adapter_map_build(&S->train, key, local_names, n_local, &S->local_map, err);
     if (!s) S->have_local_map = 1;
     free(owner);
@@ -849,14 +422,14 @@ static tl_status setup_batcher_and_pools(tl_run *R, tl_error *err) {
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
     if (R->pref) {
-        TL_TRY(tl_pref_batcher_init(&S->ptrain, train_map, &bo, &S->pbatcher, err));
-        if (S->local_pool) TL_TRY(tl_pref_batcher_set_global(S->pbatcher, S->global_index, S->n_global, err));
+        TL_TRY(tl_pref_batcher_init(&S->pref_train, train_map, &bo, &S->pref_batcher, err));
+        if (S->local_pool) TL_TRY(tl_pref_batcher_set_global(S->pref_batcher, S->global_index, S->n_global, err));
     } else {
         TL_TRY(tl_batcher_init(&S->train, train_map, &bo, &S->batcher, err));
         if (S->local_pool) TL_TRY(tl_batcher_set_global(S->batcher, S->global_index, S->n_global, err));
     }
     TL_TRY(make_pools(S, cfg, train_map->names, train_map->n_adapters, err));
-    R->cursors = R->pref ? tl_pref_batcher_cursors(S->pbatcher) : tl_batcher_cursors(S->batcher);
+    R->cursors = R->pref ? tl_pref_batcher_cursors(S->pref_batcher) : tl_batcher_cursors(S->batcher);
     if (R->world > 1 && S->data_parallel) { /* evaluation is split too: round robin over the replicated pool */
         int n = S->pool.n_slots;
         S->eval_mine = calloc((size_t)n, 1);
@@ -943,14 +516,14 @@ static tl_status resume_run(tl_run *R, tl_error *err) {
 static tl_status alloc_step_buffers(tl_run *R, tl_error *err) {
     tl_session *S = &R->S;
     const tl_config *cfg = R->cfg;
-    TL_TRY(workspace_for(S, cfg, err));
+    TL_TRY(tl_session_workspace(S, cfg, err));
     size_t n = (size_t)S->pool.n_slots;
     R->adapter_loss = calloc(n, sizeof(double));
     R->grad_norm = calloc(n, sizeof(float));
     R->lr = calloc(n, sizeof(float));
     R->adam = calloc(n, sizeof *R->adam);
     R->logp = malloc((size_t)cfg->micro_batch_tokens * sizeof(float));
-    R->reduce_buf = malloc(n * PSTAT_N * sizeof(double));
+    R->reduce_buf = malloc(n * TL_PSTAT_N * sizeof(double));
     if (!R->adapter_loss || !R->grad_norm || !R->lr || !R->adam || !R->logp || !R->reduce_buf)
         return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     if (!R->pref) return TL_OK;
@@ -959,14 +532,14 @@ static tl_status alloc_step_buffers(tl_run *R, tl_error *err) {
     R->pair_buf = malloc(3 * max_pairs * sizeof(int32_t));
     R->pair_weight = malloc(max_pairs * sizeof(double));
     if (!R->pref_stats || !R->pair_buf || !R->pair_weight) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    if (S->task == TL_TASK_DPO && cfg->task_precompute_ref && tl_pref_needs_reference(S->popts.kind)) {
+    if (S->task == TL_TASK_DPO && cfg->task_precompute_ref && tl_pref_needs_reference(S->pref_opts.kind)) {
         tl_ref_cache *rc = &R->ref_cache;
-        rc->v = malloc(2 * (size_t)S->ptrain.n_pairs * sizeof(double));
+        rc->v = malloc(2 * (size_t)S->pref_train.n_pairs * sizeof(double));
         rc->in = malloc(2 * max_pairs * sizeof(double));
         rc->out = malloc(2 * max_pairs * sizeof(double));
         if (!rc->v || !rc->in || !rc->out)
             return tl_fail(err, TL_ERR_RUNTIME, "out of host memory for the reference cache");
-        for (int64_t i = 0; i < 2 * S->ptrain.n_pairs; i++) rc->v[i] = NAN;
+        for (int64_t i = 0; i < 2 * S->pref_train.n_pairs; i++) rc->v[i] = NAN;
     }
     return TL_OK;
 }
@@ -977,7 +550,8 @@ static void print_banner(const tl_run *R) {
     fprintf(R->ui.out,
             "tailor: %s on the %s backend, model %s (%d layers, hidden %d, vocab %d), %d adapter(s) of rank %d, "
             "%lld trainable parameters each; activations %.1f MiB\n",
-            tl_task_type_names[cfg->task_type], S->be->name, cfg->model_path, S->model.cfg.num_hidden_layers, S->model.cfg.hidden_size,
+            tl_task_type_names[cfg->task_type], S->be->name, cfg->model_path, S->model.cfg.num_hidden_layers,
+            S->model.cfg.hidden_size,
             S->model.cfg.vocab_size, S->pool.n_slots, cfg->adapter_rank, (long long)S->pool.P,
             (double)tl_workspace_bytes(S->ws) / (1 << 20));
     if (R->world > 1)
@@ -1013,8 +587,8 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
 static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
     tl_session *S = &R->S;
     if (R->pref) {
-        tl_pref_batcher_set_adapter_steps(S->pbatcher, S->pool.steps);
-        TL_TRY(tl_pref_batcher_next(S->pbatcher, step, &R->pref_batch, err));
+        tl_pref_batcher_set_adapter_steps(S->pref_batcher, S->pool.steps);
+        TL_TRY(tl_pref_batcher_next(S->pref_batcher, step, &R->pref_batch, err));
         R->batch = R->pref_batch->batch;
     } else {
         tl_batcher_set_adapter_steps(S->batcher, S->pool.steps);
@@ -1051,11 +625,69 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
     return TL_OK;
 }
 
+/* What one log line reports, summed over ranks. */
+typedef struct {
+    double loss, gn, lr, cnt, tokens, tok_since, truncated;
+    tl_pref_stats all;
+} tl_log_sums;
+
+/* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
+ * (loss, preference stats), reduced per adapter first; everything else is replicated, so the scalars need no
+ * reduction. user_shard: each rank's numbers are complete for its own adapters and disjoint from the others'. */
+static tl_status log_sums(tl_run *R, int64_t step, tl_log_sums *o, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_step_batch *B = R->batch;
+    double *aloss = R->adapter_loss, *buf = R->reduce_buf;
+    const float *gnorm = R->grad_norm, *lrs = R->lr;
+    tl_pref_stats *pst = R->pref_stats;
+    int64_t tok_since = R->tokens_since_log, truncated = R->truncated;
+    int world = tl_dist_world(S->dist);
+    char what[64];
+    snprintf(what, sizeof what, "metrics of step %lld", (long long)step + 1);
+    if (S->data_parallel && world > 1) {
+        int k = pst ? TL_PSTAT_N : 1;
+        for (int i = 0; i < B->n_active; i++) {
+            if (pst)
+                tl_pstat_pack(&pst[B->active[i]], buf + (size_t)i * k);
+            else
+                buf[i] = aloss[B->active[i]];
+        }
+        TL_TRY(tl_dist_allreduce_f64_host(S->dist, buf, (size_t)B->n_active * k, what, err));
+        for (int i = 0; i < B->n_active; i++) {
+            int a = B->active[i];
+            if (pst) {
+                tl_pstat_unpack(buf + (size_t)i * k, &pst[a]);
+                double mean[TL_PREF_N_METRICS];
+                tl_pref_stats_mean(&pst[a], mean);
+                aloss[a] = mean[TL_PREF_M_LOSS];
+            } else {
+                aloss[a] = buf[i];
+            }
+        }
+    }
+    memset(o, 0, sizeof *o);
+    tl_pref_stats_init(&o->all);
+    for (int i = 0; i < B->n_active; i++) {
+        int a = B->active[i];
+        if (B->target_count[a] == 0) continue;
+        o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
+        if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
+    }
+    o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
+    if (S->data_parallel || world == 1) return TL_OK;
+    double v[7 + TL_PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
+    tl_pstat_pack(&o->all, v + 7);
+    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + TL_PSTAT_N, what, err));
+    o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
+    o->truncated = v[6];
+    tl_pstat_unpack(v + 7, &o->all);
+    return TL_OK;
+}
+
 /* A log step: the step's numbers summed over ranks, into metrics.jsonl and the progress line. */
 static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
     tl_log_sums L;
-    TL_TRY(log_sums(&R->S, R->batch, R->adapter_loss, R->grad_norm, R->lr, R->pref_stats, R->reduce_buf,
-                    R->tokens_since_log, R->truncated, done_steps - 1, &L, err));
+    TL_TRY(log_sums(R, done_steps - 1, &L, err));
     R->truncated_all = L.truncated;
     tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
                           .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
@@ -1086,7 +718,8 @@ static tl_status after_step(tl_run *R, int64_t done_steps, int *stopped, tl_erro
         if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
         TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
         fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
-                "resume (exit code %d)\n", stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
+                "resume (exit code %d)\n",
+                stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
                 (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
         *stopped = 1;
         return TL_OK;
@@ -1095,10 +728,11 @@ static tl_status after_step(tl_run *R, int64_t done_steps, int *stopped, tl_erro
         TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
         R->last_checkpoint = done_steps;
     }
-    if ((S->have_eval || S->have_peval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
+    if ((S->have_eval || S->have_pref_eval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
         done_steps < cfg->steps) {
         if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-        TL_TRY(run_eval(S, cfg, ui, &R->metrics, done_steps, 0, err)); /* each rank its own adapters: no gather */
+        /* each rank its own adapters: no gather */
+        TL_TRY(tl_session_eval(S, cfg, ui, &R->metrics, done_steps, 0, err));
     }
     if (done_steps == R->kill_after) {
         fflush(NULL);
@@ -1119,7 +753,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                          "dropped from the left)\n",
                 R->truncated_all, cfg->data_max_seq_len);
     TL_TRY(save_run_state(S, cfg, cfg->steps, R->cursors, R->last_checkpoint != cfg->steps, 1, ui, err));
-    if (S->have_eval || S->have_peval) TL_TRY(run_eval(S, cfg, ui, NULL, cfg->steps, 1, err));
+    if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, cfg->steps, 1, err));
     if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
         S->be->mem_stats(S->be, &now_b, &peak_b);
@@ -1127,7 +761,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S->have_eval || S->have_peval ? ", eval.json" : "");
+            S->have_eval || S->have_pref_eval ? ", eval.json" : "");
     return TL_OK;
 }
 
@@ -1163,120 +797,3 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error
     return s;
 }
 
-/* The pool of a run as its latest checkpoint (or the given checkpoint directory) holds it. */
-static tl_status open_checkpoint_pool(tl_session *S, const tl_config *cfg, const char *ckpt, int64_t *step,
-                                      tl_error *err) {
-    char **names = NULL;
-    int n = 0;
-    TL_TRY(tl_checkpoint_read_names(ckpt, &names, &n, err));
-    tl_status s = tl_lora_pool_init_head(&S->pool, &S->model, n, names, cfg->adapter_rank,
-                                         (float)cfg->adapter_alpha, cfg->adapter_rslora, (float)cfg->adapter_dropout,
-                                         cfg->adapter_targets, cfg->seed, cfg->task_type == TL_TASK_REWARD, err);
-    for (int i = 0; i < n; i++) free(names[i]);
-    free(names);
-    if (s) return s;
-    S->have_pool = 1;
-    tl_cursor *cur = calloc((size_t)n, sizeof *cur);
-    if (!cur) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-    s = tl_checkpoint_load(ckpt, &S->pool, S->be, step, cur, err);
-    free(cur);
-    return s;
-}
-
-static tl_status find_checkpoint(const char *run_or_ckpt, char *ckpt, size_t cap, tl_error *err) {
-    int found = 0;
-    char marker[TL_PATH_MAX + 16];
-    snprintf(marker, sizeof marker, "%s/COMPLETE", run_or_ckpt);
-    struct stat st;
-    if (stat(marker, &st) == 0) {
-        snprintf(ckpt, cap, "%s", run_or_ckpt);
-        return TL_OK;
-    }
-    TL_TRY(tl_checkpoint_latest(run_or_ckpt, ckpt, cap, &found, err));
-    if (!found)
-        return tl_fail(err, TL_ERR_INPUT, "%s: no checkpoint found (expected a run directory with checkpoints/ or a "
-                                          "checkpoint directory)",
-                       run_or_ckpt);
-    return TL_OK;
-}
-
-/* eval and export write one file tree each: many copies of them would race on it */
-static tl_status one_process_only(const char *cmd, tl_error *err) {
-    tl_dist_env e;
-    TL_TRY(tl_dist_env_detect(&e, err));
-    if (e.world > 1)
-        return tl_fail(err, TL_ERR_INPUT, "tailor %s runs as one process, but this is rank %d of %d (%s environment): "
-                       "run it without mpirun or srun", cmd, e.rank, e.world, e.source);
-    return TL_OK;
-}
-
-tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
-    tl_session S;
-    memset(&S, 0, sizeof S);
-    tl_status s;
-    char ckpt[TL_PATH_MAX];
-    int64_t step = 0;
-    TL_TRY(one_process_only("eval", err));
-    s = open_inputs(&S, cfg, 0, 1, err);
-    if (!s) s = find_checkpoint(cfg->output_dir, ckpt, sizeof ckpt, err);
-    if (!s) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
-    if (!s && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
-        s = tl_lora_pool_init(&S.ref, &S.model, S.pool.n_slots, S.pool.names, cfg->adapter_rank,
-                              (float)cfg->adapter_alpha, cfg->adapter_rslora, 0.0f, cfg->adapter_targets, cfg->seed,
-                              err);
-        if (!s) S.have_ref = 1, s = load_init_from(&S.ref, S.be, cfg->adapter_init_from, err);
-    }
-    if (!s) s = workspace_for(&S, cfg, err);
-    if (!s) {
-        fprintf(ui->out, "eval of %s (step %lld)\n", ckpt, (long long)step);
-        s = run_eval(&S, cfg, ui, NULL, step, 1, err);
-    }
-    if (!s) fprintf(ui->out, "wrote %s/eval.json\n", cfg->output_dir);
-    tl_session_close(&S);
-    return s;
-}
-
-tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_ui *ui, tl_error *err) {
-    tl_session S;
-    memset(&S, 0, sizeof S);
-    char ckpt[TL_PATH_MAX];
-    tl_config cfg;
-    int64_t step = 0;
-    TL_TRY(one_process_only("export", err));
-    TL_TRY(find_checkpoint(run_or_ckpt, ckpt, sizeof ckpt, err));
-    TL_TRY(tl_checkpoint_read_config(ckpt, &cfg, err));
-    /* The pool needs only the model's shapes: read its configuration, keep the weights on disk. */
-    tl_status s = tl_backend_cpu_create(1, &S.be, err);
-    if (!s) {
-        S.model.be = S.be;
-        s = tl_model_config_from(cfg.model_path, &S.model.cfg, err);
-    }
-    if (!s) s = open_checkpoint_pool(&S, &cfg, ckpt, &step, err);
-    if (!s) {
-        /* default: the adapters/ directory of the run the checkpoint belongs to: <run>/adapters for a run, and for
-         * <run>/checkpoints/step-N, found by name (not by "..", which a symlinked checkpoint would lead elsewhere);
-         * a checkpoint outside a run's checkpoints/ folder has no run: --out is needed */
-        char dflt[TL_PATH_MAX + 32], parent[TL_PATH_MAX], run[TL_PATH_MAX];
-        if (!out_dir) {
-            if (strcmp(ckpt, run_or_ckpt) == 0) {
-                s = tl_path_parent(ckpt, parent, sizeof parent, err);
-                const char *base = strrchr(parent, '/');
-                base = base ? base + 1 : parent;
-                if (!s && strcmp(base, "checkpoints") != 0)
-                    s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
-                                "directory to export into: give --out DIR", ckpt);
-                if (!s) s = tl_path_parent(parent, run, sizeof run, err);
-            } else {
-                s = tl_path_trim(run_or_ckpt, run, sizeof run, err);
-            }
-            if (!s) s = tl_path_join(dflt, sizeof dflt, run, "adapters", err);
-            out_dir = dflt;
-        }
-        int written = 0;
-        if (!s) s = tl_export_pool(&S.pool, S.be, &cfg, cfg.model_path, out_dir, &written, err);
-        if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) from %s (step %lld) to %s/\n", written, ckpt,
-                        (long long)step, out_dir);
-    }
-    tl_session_close(&S);
-    return s;
-}

@@ -1,0 +1,128 @@
+/* commands: tailor eval and tailor export, over a run's checkpoint (see tl_train.h). */
+#include "trainer/run/tl_train.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "data/tl_io.h"
+#include "trainer/dist/tl_dist.h"
+#include "trainer/run/session_impl.h"
+#include "trainer/run/tl_checkpoint.h"
+#include "trainer/run/tl_export.h"
+
+/* The pool of a run as its latest checkpoint (or the given checkpoint directory) holds it. */
+static tl_status open_checkpoint_pool(tl_session *S, const tl_config *cfg, const char *ckpt, int64_t *step,
+                                      tl_error *err) {
+    char **names = NULL;
+    int n = 0;
+    TL_TRY(tl_checkpoint_read_names(ckpt, &names, &n, err));
+    tl_lora_opts lo = tl_session_lora_opts(cfg, (float)cfg->adapter_dropout, cfg->task_type == TL_TASK_REWARD);
+    tl_status s = tl_lora_pool_init(&S->pool, &S->model, n, names, &lo, err);
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    if (s) return s;
+    S->have_pool = 1;
+    tl_cursor *cur = calloc((size_t)n, sizeof *cur);
+    if (!cur) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    s = tl_checkpoint_load(ckpt, &S->pool, S->be, step, cur, err);
+    free(cur);
+    return s;
+}
+
+static tl_status find_checkpoint(const char *run_or_ckpt, char *ckpt, size_t cap, tl_error *err) {
+    int found = 0;
+    char marker[TL_PATH_MAX + 16];
+    snprintf(marker, sizeof marker, "%s/COMPLETE", run_or_ckpt);
+    struct stat st;
+    if (stat(marker, &st) == 0) {
+        snprintf(ckpt, cap, "%s", run_or_ckpt);
+        return TL_OK;
+    }
+    TL_TRY(tl_checkpoint_latest(run_or_ckpt, ckpt, cap, &found, err));
+    if (!found)
+        return tl_fail(err, TL_ERR_INPUT, "%s: no checkpoint found (expected a run directory with checkpoints/ or a "
+                                          "checkpoint directory)",
+                       run_or_ckpt);
+    return TL_OK;
+}
+
+/* eval and export write one file tree each: many copies of them would race on it */
+static tl_status one_process_only(const char *cmd, tl_error *err) {
+    tl_dist_env e;
+    TL_TRY(tl_dist_env_detect(&e, err));
+    if (e.world > 1)
+        return tl_fail(err, TL_ERR_INPUT, "tailor %s runs as one process, but this is rank %d of %d (%s environment): "
+                       "run it without mpirun or srun", cmd, e.rank, e.world, e.source);
+    return TL_OK;
+}
+
+tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
+    tl_session S;
+    memset(&S, 0, sizeof S);
+    tl_status s;
+    char ckpt[TL_PATH_MAX];
+    int64_t step = 0;
+    TL_TRY(one_process_only("eval", err));
+    s = tl_session_open(&S, cfg, 0, 1, err);
+    if (!s) s = find_checkpoint(cfg->output_dir, ckpt, sizeof ckpt, err);
+    if (!s) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
+    if (!s && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
+        tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
+        s = tl_lora_pool_init(&S.ref, &S.model, S.pool.n_slots, S.pool.names, &reference, err);
+        if (!s) S.have_ref = 1, s = tl_load_init_from(&S.ref, S.be, cfg->adapter_init_from, err);
+    }
+    if (!s) s = tl_session_workspace(&S, cfg, err);
+    if (!s) {
+        fprintf(ui->out, "eval of %s (step %lld)\n", ckpt, (long long)step);
+        s = tl_session_eval(&S, cfg, ui, NULL, step, 1, err);
+    }
+    if (!s) fprintf(ui->out, "wrote %s/eval.json\n", cfg->output_dir);
+    tl_session_close(&S);
+    return s;
+}
+
+tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_ui *ui, tl_error *err) {
+    tl_session S;
+    memset(&S, 0, sizeof S);
+    char ckpt[TL_PATH_MAX];
+    tl_config cfg;
+    int64_t step = 0;
+    TL_TRY(one_process_only("export", err));
+    TL_TRY(find_checkpoint(run_or_ckpt, ckpt, sizeof ckpt, err));
+    TL_TRY(tl_checkpoint_read_config(ckpt, &cfg, err));
+    /* The pool needs only the model's shapes: read its configuration, keep the weights on disk. */
+    tl_status s = tl_backend_cpu_create(1, &S.be, err);
+    if (!s) {
+        S.model.be = S.be;
+        s = tl_model_config_from(cfg.model_path, &S.model.cfg, err);
+    }
+    if (!s) s = open_checkpoint_pool(&S, &cfg, ckpt, &step, err);
+    if (!s) {
+        /* default: the adapters/ directory of the run the checkpoint belongs to: <run>/adapters for a run, and for
+         * <run>/checkpoints/step-N, found by name (not by "..", which a symlinked checkpoint would lead elsewhere);
+         * a checkpoint outside a run's checkpoints/ folder has no run: --out is needed */
+        char dflt[TL_PATH_MAX + 32], parent[TL_PATH_MAX], run[TL_PATH_MAX];
+        if (!out_dir) {
+            if (strcmp(ckpt, run_or_ckpt) == 0) {
+                s = tl_path_parent(ckpt, parent, sizeof parent, err);
+                const char *base = strrchr(parent, '/');
+                base = base ? base + 1 : parent;
+                if (!s && strcmp(base, "checkpoints") != 0)
+                    s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
+                                "directory to export into: give --out DIR", ckpt);
+                if (!s) s = tl_path_parent(parent, run, sizeof run, err);
+            } else {
+                s = tl_path_trim(run_or_ckpt, run, sizeof run, err);
+            }
+            if (!s) s = tl_path_join(dflt, sizeof dflt, run, "adapters", err);
+            out_dir = dflt;
+        }
+        int written = 0;
+        if (!s) s = tl_export_pool(&S.pool, S.be, &cfg, cfg.model_path, out_dir, &written, err);
+        if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) from %s (step %lld) to %s/\n", written, ckpt,
+                        (long long)step, out_dir);
+    }
+    tl_session_close(&S);
+    return s;
+}

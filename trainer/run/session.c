@@ -1,0 +1,350 @@
+/* session: the session of a command (open, close) and the evaluation over data.eval (see session_impl.h). */
+#include "trainer/run/session_impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/tl_io.h"
+#include "data/tl_model_tokenizer.h"
+#include "trainer/dist/tl_dist.h"
+#include "trainer/eval/tl_eval.h"
+#include "trainer/eval/tl_pref_eval.h"
+#include "trainer/eval/tl_rouge.h"
+#include "trainer/run/tl_export.h"
+#include "trainer/run/tl_metrics.h"
+
+#include <cjson/cJSON.h>
+
+
+tl_lora_opts tl_session_lora_opts(const tl_config *cfg, float dropout, int with_head) {
+    return (tl_lora_opts){.rank = cfg->adapter_rank, .alpha = (float)cfg->adapter_alpha,
+                          .rslora = cfg->adapter_rslora, .dropout = dropout, .targets = cfg->adapter_targets,
+                          .seed = cfg->seed, .with_head = with_head};
+}
+
+void tl_session_close(tl_session *S) {
+    if (S->batcher) tl_batcher_free(S->batcher);
+    if (S->pref_batcher) tl_pref_batcher_free(S->pref_batcher);
+    tl_pref_scratch_free(S->pref_scratch);
+    if (S->ws) tl_workspace_free(S->ws, S->be);
+    if (S->have_pool) tl_lora_pool_free(&S->pool, S->be);
+    if (S->have_ref) tl_lora_pool_free(&S->ref, S->be);
+    if (S->have_map) tl_adapter_map_free(&S->map);
+    if (S->have_train) tl_sft_free(&S->train);
+    if (S->have_eval) tl_sft_free(&S->eval);
+    if (S->have_pref_train) tl_pref_free(&S->pref_train);
+    if (S->have_pref_eval) tl_pref_free(&S->pref_eval_set);
+    if (S->model_loaded) tl_model_free(&S->model);
+    free(S->global_index);
+    free(S->eval_mine);
+    if (S->have_local_map) tl_adapter_map_free(&S->local_map);
+    tl_dist_free(S->dist);
+    if (S->be) S->be->destroy(S->be);
+    memset(S, 0, sizeof *S);
+}
+
+/* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
+static tl_status check_kind(const char *key, const char *path, tl_task_type task, tl_error *err) {
+    char kind[32];
+    TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
+    const char *want = task == TL_TASK_SFT ? "sft" : "preference";
+    if (strcmp(kind, want) != 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
+                       tl_task_type_names[task], want);
+    return TL_OK;
+}
+
+/* Backend, model and the datasets the command needs, all validated. */
+tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, int need_eval, tl_error *err) {
+    S->task = cfg->task_type;
+    if (!cfg->model_path[0]) return tl_fail(err, TL_ERR_INPUT, "model.path: required");
+    if (need_train && !cfg->data_train[0]) return tl_fail(err, TL_ERR_INPUT, "data.train: required for training");
+    if (need_eval && !cfg->data_eval[0]) return tl_fail(err, TL_ERR_INPUT, "data.eval: required for tailor eval");
+    if (S->task == TL_TASK_DPO) {
+        TL_TRY(tl_pref_kind_parse(tl_task_loss_names[cfg->task_loss], &S->pref_opts.kind, err));
+        S->pref_opts.beta = cfg->task_beta, S->pref_opts.label_smoothing = cfg->task_label_smoothing;
+        S->pref_opts.gamma = cfg->task_gamma, S->pref_opts.sft_weight = cfg->task_sft_weight;
+        TL_TRY(tl_pref_opts_check(&S->pref_opts, err));
+    }
+    int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
+    if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
+    if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
+    TL_TRY(tl_backend_open_on(tl_backend_choice_names[cfg->backend], S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
+    TL_TRY(tl_model_load(cfg->model_path, S->be, &S->model, err));
+    S->model_loaded = 1;
+    int V = S->model.cfg.vocab_size;
+    if (S->task == TL_TASK_SFT) {
+        if (open_train) {
+            TL_TRY(tl_sft_open(cfg->data_train, V, &S->train, err));
+            S->have_train = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
+            S->have_eval = 1;
+        }
+    } else {
+        if (open_train) {
+            TL_TRY(tl_pref_open(cfg->data_train, V, &S->pref_train, err));
+            S->have_pref_train = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_pref_open(cfg->data_eval, V, &S->pref_eval_set, err));
+            S->have_pref_eval = 1;
+        }
+        if (2 * cfg->data_max_seq_len > cfg->micro_batch_tokens)
+            return tl_fail(err, TL_ERR_INPUT,
+                           "train.micro_batch_tokens (%d) must hold a whole pair: at least 2 x data.max_seq_len (%d)",
+                           cfg->micro_batch_tokens, cfg->data_max_seq_len);
+    }
+    return TL_OK;
+}
+
+/* adapter.init_from: one PEFT directory for every adapter, or a run's adapters/ directory (index.json) from
+ * which each adapter starts from the one of the same name. */
+tl_status tl_load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
+    char idx[TL_PATH_MAX + 16];
+    TL_TRY(tl_path_join(idx, sizeof idx, from, "index.json", err));
+    if (!tl_is_file(idx)) {
+        for (int s = 0; s < p->n_slots; s++) TL_TRY(tl_peft_load(from, p, be, s, err));
+        return TL_OK;
+    }
+    char *text = NULL;
+    size_t n = 0;
+    TL_TRY(tl_read_file(idx, 64u << 20, &text, &n, err));
+    cJSON *root = cJSON_ParseWithLength(text, n);
+    free(text);
+    const cJSON *arr = root ? cJSON_GetObjectItemCaseSensitive(root, "adapters") : NULL;
+    tl_status st = cJSON_IsArray(arr) ? TL_OK
+                                      : tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s: expected {\"adapters\": [...]}", idx);
+    for (int s = 0; !st && s < p->n_slots; s++) {
+        const cJSON *it, *dir = NULL;
+        cJSON_ArrayForEach(it, arr) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
+            if (cJSON_IsString(nm) && !strcmp(nm->valuestring, p->names[s])) dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
+        }
+        if (!cJSON_IsString(dir)) {
+            st = tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", idx, p->names[s]);
+            break;
+        }
+        /* the entry is metadata: it names a folder inside `from`, never a path elsewhere (nor a symlink out) */
+        char path[TL_PATH_MAX + 256], what[TL_PATH_MAX + 64];
+        snprintf(what, sizeof what, "adapter.init_from: %s: adapter '%.200s': dir", idx, p->names[s]);
+        if (!tl_plain_name(dir->valuestring)) {
+            st = tl_fail(err, TL_ERR_INPUT, "%s '%.200s': expected a folder name inside %s (no '/', no leading '.')",
+                         what, dir->valuestring, from);
+            break;
+        }
+        st = tl_path_join(path, sizeof path, from, dir->valuestring, err);
+        if (!st) st = tl_path_inside(from, path, what, err);
+        if (!st) st = tl_peft_load(path, p, be, s, err);
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
+static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cfg) {
+    return (tl_pref_eval_opts){.reward = S->task == TL_TASK_REWARD, .opts = S->pref_opts,
+                               .center_rewards = cfg->task_center_rewards, .ref = S->have_ref ? &S->ref : NULL};
+}
+
+/* pst as doubles for a sum over ranks (counts stay exact below 2^53) */
+void tl_pstat_pack(const tl_pref_stats *s, double *d) {
+    d[0] = (double)s->n, d[1] = (double)s->n_logp, d[2] = s->loss, d[3] = s->reward_chosen;
+    d[4] = s->reward_rejected, d[5] = s->accuracy, d[6] = s->margin, d[7] = s->logp_chosen, d[8] = s->logp_rejected;
+}
+void tl_pstat_unpack(const double *d, tl_pref_stats *s) {
+    s->n = (int64_t)d[0], s->n_logp = (int64_t)d[1], s->loss = d[2], s->reward_chosen = d[3];
+    s->reward_rejected = d[4], s->accuracy = d[5], s->margin = d[6], s->logp_chosen = d[7], s->logp_rejected = d[8];
+}
+
+/* Many ranks: each evaluated its share of the adapters. A merge scatters each rank's entries into arrays over
+ * the whole run's adapters (zero elsewhere) and sums them over the ranks, so every entry comes from the rank
+ * that computed it, bit for bit (x + 0 = x). */
+typedef struct {
+    tl_dist *d;
+    int n, nG;           /* entries on this rank, entries of the run */
+    const int32_t *gi;   /* [n] global index of each entry (local pool), NULL: the identity (n == nG) */
+    const uint8_t *mine; /* [n] entries this rank computed, NULL: all */
+} tl_merge;
+
+static tl_status merge_f64(const tl_merge *M, double **v, int k, const char *what, tl_error *err) {
+    double *g = calloc((size_t)M->nG * k + 1, sizeof *g);
+    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; a < M->n; a++)
+        if (!M->mine || M->mine[a])
+            memcpy(g + (size_t)(M->gi ? M->gi[a] : a) * k, *v + (size_t)a * k, (size_t)k * sizeof *g);
+    tl_status s = tl_dist_allreduce_f64_host(M->d, g, (size_t)M->nG * k, what, err);
+    if (s) {
+        free(g);
+        return s;
+    }
+    free(*v);
+    *v = g;
+    return TL_OK;
+}
+
+static tl_status merge_i64(const tl_merge *M, int64_t **v, const char *what, tl_error *err) {
+    int64_t *g = calloc((size_t)M->nG + 1, sizeof *g);
+    if (!g) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; a < M->n; a++)
+        if (!M->mine || M->mine[a]) g[M->gi ? M->gi[a] : a] = (*v)[a];
+    tl_status s = tl_dist_allreduce_i64_host(M->d, g, (size_t)M->nG, what, err);
+    if (s) {
+        free(g);
+        return s;
+    }
+    free(*v);
+    *v = g;
+    return TL_OK;
+}
+
+static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const char *what, tl_error *err) {
+    double *buf = malloc((size_t)M->n * TL_PSTAT_N * sizeof *buf + 1);
+    tl_pref_stats *out = calloc((size_t)M->nG + 1, sizeof *out);
+    tl_status s = buf && out ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int a = 0; !s && a < M->n; a++) tl_pstat_pack(&(*st)[a], buf + (size_t)a * TL_PSTAT_N);
+    if (!s) s = merge_f64(M, &buf, TL_PSTAT_N, what, err);
+    if (!s) {
+        for (int a = 0; a < M->nG; a++) tl_pstat_unpack(buf + (size_t)a * TL_PSTAT_N, &out[a]);
+        free(*st);
+        *st = out, out = NULL;
+    }
+    free(buf);
+    free(out);
+    return s;
+}
+
+/* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table
+ * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
+tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
+                          int final, tl_error *err) {
+    char path[TL_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
+    tl_adapter_key key = cfg->adapter_key;
+    int n = S->pool.n_slots;
+    int many = tl_dist_world(S->dist) > 1, rank0 = tl_dist_rank(S->dist) == 0;
+    tl_merge M = {.d = S->dist, .n = n, .nG = S->local_pool ? S->n_global : n, .gi = S->local_pool ? S->global_index : NULL,
+                  .mine = S->local_pool ? NULL : S->eval_mine};
+    tl_eval_part part = {.only = M.mine, .cols = S->local_pool ? S->map.names : NULL, .n_cols = S->local_pool ? S->n_global : 0};
+    const tl_eval_part *pp = many ? &part : NULL;
+    int cross = final && M.nG <= TL_EVAL_CROSS_MAX;
+    tl_lora_pool names = S->pool; /* for the table and eval.json: every adapter of the run by name */
+    if (S->local_pool) names.n_slots = S->n_global, names.names = S->map.names;
+    tl_status s;
+    if (S->task == TL_TASK_SFT) {
+        tl_eval_result r;
+        TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
+                           1, cross, pp, &r, err));
+        tl_eval_rouge_result rr = {0};
+        s = TL_OK;
+        if (many) {
+            s = merge_i64(&M, &r.examples, "eval example counts", err);
+            if (!s) s = merge_i64(&M, &r.tokens, "eval token counts", err);
+            if (!s) s = merge_f64(&M, &r.loss, 1, "eval losses", err);
+            if (!s) s = merge_f64(&M, &r.base_loss, 1, "eval base losses", err);
+            if (!s && r.cross) s = merge_f64(&M, &r.cross, r.n_cols, "eval cross matrix", err);
+            r.n = r.n_cols = M.nG;
+        }
+        if (!s && final && cfg->data_eval_generate > 0) { /* generation metrics: greedy answers scored by ROUGE */
+            tl_tokenizer *tok = NULL;
+            tl_adapter_map map;
+            s = tl_tokenizer_for_model(cfg->model_path, &tok, err);
+            if (!s) {
+                s = tl_adapter_map_build(&S->eval, key, S->pool.names, n, &map, err);
+                if (!s) {
+                    tl_adapter_map_keep(&map, M.mine);
+                    if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
+                                            cfg->data_eval_generate);
+                    s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
+                                      NULL, &rr, err);
+                    tl_adapter_map_free(&map);
+                }
+                tl_tokenizer_free(tok);
+            }
+            if (!s && many) {
+                double **v[4] = {&rr.rouge1, &rr.rougeL, &rr.base_rouge1, &rr.base_rougeL};
+                s = merge_i64(&M, &rr.examples, "ROUGE example counts", err);
+                for (int k = 0; k < 4 && !s; k++) s = merge_f64(&M, v[k], 1, "ROUGE scores", err);
+                rr.n = M.nG;
+            }
+            if (!s)
+                r.rouge1 = rr.rouge1, r.rougeL = rr.rougeL, r.base_rouge1 = rr.base_rouge1,
+                r.base_rougeL = rr.base_rougeL;
+        }
+        if (s) {
+            tl_eval_result_free(&r);
+            tl_eval_rouge_result_free(&rr);
+            return s;
+        }
+        double l, b;
+        int64_t t;
+        tl_eval_totals(&r, &l, &b, &t);
+        if (!rank0) {
+            s = TL_OK;
+        } else if (final) {
+            s = tl_eval_write_json(&r, &names, path, step, err);
+            if (!s) {
+                fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
+                tl_eval_print(&r, &names, ui->out);
+            }
+        } else {
+            tl_metrics_eval_sft(metrics, step, l, b, t);
+            if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
+            s = TL_OK;
+        }
+        tl_eval_result_free(&r);
+        tl_eval_rouge_result_free(&rr);
+        return s;
+    }
+    tl_pref_eval_opts o = pref_eval_opts(S, cfg);
+    tl_pref_eval_result r;
+    TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->pref_scratch, &S->pref_eval_set, key, cfg->micro_batch_tokens,
+                            cfg->data_max_seq_len, &o, cross, pp, &r, err));
+    s = TL_OK;
+    if (many) {
+        s = merge_pref_stats(&M, &r.own, "eval preference metrics", err);
+        if (!s && r.cross_acc) s = merge_f64(&M, &r.cross_acc, r.n_cols, "eval cross accuracies", err);
+        if (!s && r.by_user) { /* users, not adapters: each user's entry is empty but on its adapter's rank */
+            tl_merge U = {.d = S->dist, .n = r.n_users, .nG = r.n_users};
+            s = merge_pref_stats(&U, &r.by_user, "eval per-user metrics", err);
+        }
+        r.n = r.n_cols = M.nG;
+    }
+    if (s) {
+        tl_pref_eval_result_free(&r);
+        return s;
+    }
+    tl_pref_stats all;
+    tl_pref_stats_init(&all);
+    for (int a = 0; a < r.n; a++) tl_pref_stats_merge(&all, &r.own[a]);
+    double mean[TL_PREF_N_METRICS];
+    tl_pref_stats_mean(&all, mean);
+    if (!rank0) {
+        s = TL_OK;
+    } else if (final) {
+        s = tl_pref_eval_write_json(&r, &names, path, step, err);
+        if (!s) {
+            fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
+                    cfg->data_eval);
+            tl_pref_eval_print(&r, &names, ui->out);
+        }
+    } else {
+        tl_metrics_eval_pref(metrics, step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
+                             mean[TL_PREF_M_REWARDS_MARGINS]);
+        if (!ui->quiet)
+            fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
+                    mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
+        s = TL_OK;
+    }
+    tl_pref_eval_result_free(&r);
+    return s;
+}
+
+tl_status tl_session_workspace(tl_session *S, const tl_config *cfg, tl_error *err) {
+    /* a sequence holds at least one token, so a micro-batch holds at most micro_batch_tokens sequences */
+    TL_TRY(tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err));
+    if (S->task == TL_TASK_SFT) return TL_OK;
+    return tl_pref_scratch_create(cfg->micro_batch_tokens, cfg->micro_batch_tokens, S->model.cfg.hidden_size,
+                                  &S->pref_scratch, err);
+}
+
