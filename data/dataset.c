@@ -24,6 +24,8 @@
  * HDF5 prints its own error stack by default; that is switched off for the duration of the open (and the
  * caller's setting restored) so every failure reaches the user as one line "<file>: <object>: <problem>". */
 #include "data/tl_dataset.h"
+#include "data/tl_io.h"
+#include "kernels/tl_text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -700,20 +703,12 @@ static tl_status env_long(const char *name, long lo, long hi, long dflt, long *o
     *out = dflt;
     const char *v = getenv(name);
     if (!v || !*v) return TL_OK;
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < lo || x > hi)
+    int64_t x;
+    if (tl_parse_i64(name, v, lo, hi, &x, err) != TL_OK) /* exact: " 5", "+5x" and "1e3" are not numbers here */
         return tl_fail(err, TL_ERR_INPUT, "environment %s: \"%.40s\", expected an integer in [%ld, %ld]", name, v, lo,
                        hi);
-    *out = x;
+    *out = (long)x;
     return TL_OK;
-}
-
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *err) {
@@ -726,6 +721,7 @@ tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *e
     TL_TRY(env_long("TAILOR_HDF5_TIMEOUT_S", 1, 1000000, dflt, &limit, err));
     int fds[2];
     if (pipe(fds) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create a pipe: %s", path, strerror(errno));
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int e = errno;
@@ -735,6 +731,12 @@ tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *e
                        "reads a trusted file without it)", path, strerror(e));
     }
     if (pid == 0) {
+        /* The child must not outlive the parent: a tailor killed or interrupted while libhdf5 spins here would
+         * leave it spinning forever. So it dies with the parent (and checks the parent did not die before the
+         * request took effect), and carries its own alarm as a backstop to the parent's deadline. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(4);
+        alarm((unsigned)(limit + 5));
         close(fds[0]);
         int dn = open("/dev/null", O_WRONLY);
         if (dn >= 0) {
@@ -765,9 +767,9 @@ tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *e
     iso_report rep;
     size_t got = 0;
     int timed_out = 0;
-    const double deadline = mono_s() + (double)limit;
+    const double deadline = tl_now_s() + (double)limit;
     while (got < sizeof rep) {
-        double left = deadline - mono_s();
+        double left = deadline - tl_now_s();
         if (left <= 0) {
             timed_out = 1;
             break;

@@ -11,16 +11,6 @@ if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
 
-# expect_fail NEEDLE CMD...: exit 2, one line on stderr holding NEEDLE (fixed string), no ESC or BEL byte in it
-expect_fail() {
-  local needle=$1; shift
-  set +e; "$@" >"$T/out" 2>"$T/err"; local rc=$?; set -e
-  [ $rc -eq 2 ] || { cat "$T/err" >&2; die "$case_name: exit code $rc, expected 2"; }
-  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err" >&2; die "$case_name: expected exactly one line on stderr"; }
-  grep -qF -- "$needle" "$T/err" || die "$case_name: stderr does not name '$needle': $(cat "$T/err")"
-  if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/err"; then die "$case_name: a raw control character reached stderr"; fi
-}
-
 # write_gguf OUT KIND: a GGUF file holding only tokenizer metadata (gpt2 BPE, 3 tokens, 1 merge), with one defect
 write_gguf() {
   "$TL_PYTHON" - "$1" "$2" <<'PY'

@@ -6,15 +6,6 @@ if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
 
-# expect_fail NEEDLE CMD...: exit 2, one line on stderr holding NEEDLE (fixed string)
-expect_fail() {
-  local needle=$1; shift
-  set +e; "$@" >"$T/out" 2>"$T/err"; local rc=$?; set -e
-  [ $rc -eq 2 ] || { cat "$T/err" >&2; die "$case_name: exit code $rc, expected 2"; }
-  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err" >&2; die "$case_name: expected exactly one line on stderr"; }
-  grep -qF -- "$needle" "$T/err" || die "$case_name: stderr does not name '$needle': $(cat "$T/err")"
-}
-
 case $case_name in
 fuzz_tokenizer_huge_id)
   # a two-token tokenizer.json whose second id is 2^31 - 1: once sized the id tables by it (16 GB)

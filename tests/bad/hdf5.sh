@@ -10,7 +10,8 @@ h5_inspect_nothing_trainable h5_inspect_external_link h5_inspect_crash h5_inspec
 h5_build_nul_escape h5_build_nul_escape_nested h5_build_nul_escape_key h5_build_raw_nul h5_build_bad_utf8_user
 h5_build_bad_utf8_text h5_build_dup_key h5_build_dup_key_nested h5_build_empty_group h5_build_trailing_text
 h5_build_keeps_existing h5_build_missing_dir h5_build_nothing_trainable h5_build_pref_nothing_trainable
-h5_build_out_is_dir h5_fifo h5_build_line_too_long"
+h5_build_out_is_dir h5_fifo h5_build_line_too_long
+h5_isolation_dies_with_parent"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -112,6 +113,18 @@ case $case_name in
   h5_build_out_is_dir) build "$G"; mkdir "$T/out.h5"; echo kept >"$T/out.h5/keep"; keep="$T/out.h5/keep"
     cp "$keep" "$T/keep.orig"
     expect='out.h5: cannot rename the output into place: Is a directory' ;;
+  h5_isolation_dies_with_parent) # the checking child of a killed tailor must not spin on in libhdf5 forever
+    [ "$H5V" = 1.10 ] || { echo "SKIPPED: the hang fixture hangs libhdf5 1.10 only"; exit 77; }
+    bad_data libhdf5_hang
+    TAILOR_HDF5_TIMEOUT_S=600 "$TAILOR_BIN" inspect "$T/bad.h5" >/dev/null 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do [ -n "$(pgrep -P "$pid")" ] && break; sleep 0.1; done
+    child=$(pgrep -P "$pid" || true)
+    [ -n "$child" ] || die "no checking child appeared"
+    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$child" 2>/dev/null; then kill -9 "$child"; die "the checking child outlived its parent"; fi
+    echo ok; exit 0 ;;
   h5_build_line_too_long) # one 65 MiB line: refused at the 64 MiB bound instead of read whole into memory
     build "$G"; head -c 68157440 /dev/zero | tr '\0' 'a' >>"$T/in.jsonl"; printf '\n' >>"$T/in.jsonl"
     expect="in.jsonl:2: line longer than 64 MiB" ;;

@@ -50,3 +50,14 @@ mpirun_tl() {
 
 # same_adapters DIR_A DIR_B TOL: every adapter of two adapters/ directories within TOL (0 = bit-identical)
 same_adapters() { "$TL_PYTHON" "$TAILOR_SRC/tests/lib/compare_adapters.py" "$@"; }
+
+# expect_fail NEEDLE CMD...: the bad-input contract for one command: exit 2, exactly one line on stderr holding
+# NEEDLE (a fixed string), no raw ESC or BEL byte in it. Messages name $case_name (set by the runner).
+expect_fail() {
+  local needle=$1; shift
+  set +e; "$@" >"$T/out" 2>"$T/err"; local rc=$?; set -e
+  [ $rc -eq 2 ] || { cat "$T/err" >&2; die "$case_name: exit code $rc, expected 2"; }
+  [ "$(wc -l <"$T/err")" -eq 1 ] || { cat "$T/err" >&2; die "$case_name: expected exactly one line on stderr"; }
+  grep -qF -- "$needle" "$T/err" || die "$case_name: stderr does not name '$needle': $(cat "$T/err")"
+  if LC_ALL=C grep -q "$(printf '[\033\007]')" "$T/err"; then die "$case_name: a raw control character reached stderr"; fi
+}
