@@ -93,15 +93,19 @@ static int map_alloc(tl_adapter_map *m, int n, int n_users) {
 
 tl_status tl_adapter_map_build(const tl_sft_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
                                tl_adapter_map *out, tl_error *err) {
-    return tl_adapter_map_build_users(ds->path, ds->n_users, ds->user_names, ds->user_groups, ds->n_examples,
-                                      ds->user, key, names, n_names, out, err);
+    const tl_user_items d = {.path = ds->path, .n_users = ds->n_users, .user_names = ds->user_names,
+                             .user_groups = ds->user_groups, .n_items = ds->n_examples, .user = ds->user};
+    return tl_adapter_map_build_users(&d, key, names, n_names, out, err);
 }
 
-tl_status tl_adapter_map_build_users(const char *path, int n_users, char *const *user_names,
-                                     char *const *user_groups, int64_t n_examples, const int32_t *user,
-                                     tl_adapter_key key, char *const *names, int n_names, tl_adapter_map *out,
-                                     tl_error *err) {
+tl_status tl_adapter_map_build_users(const tl_user_items *d, tl_adapter_key key, char *const *names, int n_names,
+                                     tl_adapter_map *out, tl_error *err) {
     memset(out, 0, sizeof *out);
+    const char *path = d->path;
+    int n_users = d->n_users;
+    char *const *user_names = d->user_names, *const *user_groups = d->user_groups;
+    int64_t n_examples = d->n_items;
+    const int32_t *user = d->user;
     if (!path) path = "(dataset)";
     if (key != TL_KEY_USER && key != TL_KEY_GROUP && key != TL_KEY_GLOBAL)
         return tl_fail(err, TL_ERR_INPUT, "adapter.key: unknown value %d, expected user, group or global", (int)key);

@@ -63,9 +63,12 @@ static tl_status from_gguf(const char *path, tl_tokenizer **out, tl_error *err) 
                                             "tokenizer.ggml.eot_token_id"};
     for (size_t k = 0; !s && k < sizeof other_ids / sizeof other_ids[0]; k++)
         s = token_id_key(g, other_ids[k], n_tokens, &other, err);
-    if (!s)
-        s = tl_tokenizer_from_vocab(path, model, pre, tokens, (size_t)n_tokens, merges, (size_t)n_merges, types,
-                                    (int32_t)bos, out, err);
+    if (!s) {
+        const tl_gguf_vocab v = {.model = model, .pre = pre, .tokens = (const char *const *)tokens,
+                                 .n_tokens = (size_t)n_tokens, .merges = (const char *const *)merges,
+                                 .n_merges = (size_t)n_merges, .token_types = types, .bos_id = (int32_t)bos};
+        s = tl_tokenizer_from_vocab(path, &v, out, err);
+    }
     free(types);
     free(types64);
     tl_gguf_close(g);

@@ -41,8 +41,9 @@ static void to_pairs(const tl_unit_place *u, int64_t n, tl_pref_pair *out) {
 
 tl_status tl_adapter_map_build_pref(const tl_pref_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
                                     tl_adapter_map *out, tl_error *err) {
-    return tl_adapter_map_build_users(ds->path, ds->n_users, ds->user_names, ds->user_groups, ds->n_pairs, ds->user,
-                                      key, names, n_names, out, err);
+    const tl_user_items d = {.path = ds->path, .n_users = ds->n_users, .user_names = ds->user_names,
+                             .user_groups = ds->user_groups, .n_items = ds->n_pairs, .user = ds->user};
+    return tl_adapter_map_build_users(&d, key, names, n_names, out, err);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

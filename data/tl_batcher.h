@@ -52,13 +52,19 @@ typedef struct {
  * dataset without /users/group is TL_ERR_INPUT. */
 tl_status tl_adapter_map_build(const tl_sft_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
                                tl_adapter_map *out, tl_error *err);
-/* The same from the parts every dataset kind has: the users table (groups may be NULL) and the user of each of
- * n_examples items (examples, or preference pairs). `path` names the file in messages. A user index out of
- * [0, n_users) is TL_ERR_INPUT. */
-tl_status tl_adapter_map_build_users(const char *path, int n_users, char *const *user_names,
-                                     char *const *user_groups, int64_t n_examples, const int32_t *user,
-                                     tl_adapter_key key, char *const *names, int n_names, tl_adapter_map *out,
-                                     tl_error *err);
+/* The parts every dataset kind has: the users table and the user of each item. */
+typedef struct {
+    const char *path;         /* names the file in messages (NULL: "(dataset)") */
+    int n_users;
+    char *const *user_names;  /* [n_users] */
+    char *const *user_groups; /* [n_users] or NULL */
+    int64_t n_items;          /* examples, or preference pairs */
+    const int32_t *user;      /* [n_items] */
+} tl_user_items;
+
+/* The same from those parts. A user index out of [0, n_users) is TL_ERR_INPUT. */
+tl_status tl_adapter_map_build_users(const tl_user_items *d, tl_adapter_key key, char *const *names, int n_names,
+                                     tl_adapter_map *out, tl_error *err);
 void tl_adapter_map_free(tl_adapter_map *m);
 /* Evaluation split across ranks: adapters with keep[a] == 0 lose their examples (n_examples[a] = 0), so passes
  * over the map skip them. keep NULL keeps everything. */

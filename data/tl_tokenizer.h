@@ -32,15 +32,23 @@ enum {
     TL_TOKTYPE_BYTE = 6
 };
 
-/* Builds a tokenizer from GGUF's arrays: tokenizer.ggml.model must be "gpt2" (byte-level BPE); tokens[i] is the
- * byte-level string of id i, merges[i] is "left right" (rank i), token_types may be NULL (all normal). pre is
- * tokenizer.ggml.pre, a name llama.cpp knows mapped to its models' split (docs/tokenizer.md), e.g. "smollm" (Digits +
- * GPT-2 regex), "llama-bpe" (Llama 3 regex, merges ignored for whole-word vocabulary hits), "qwen2" (Qwen2 regex),
- * "gpt2" or "default" (GPT-2 regex); another name is TL_ERR_INPUT naming the key. bos_id: tokenizer.ggml.bos_token_id
- * or -1. `what` names the source in error messages (the GGUF path). */
-tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const char *pre, const char *const *tokens,
-                                  size_t n_tokens, const char *const *merges, size_t n_merges,
-                                  const int32_t *token_types, int32_t bos_id, tl_tokenizer **out, tl_error *err);
+/* A GGUF file's tokenizer arrays (tokenizer.ggml.*), borrowed. */
+typedef struct {
+    const char *model;          /* tokenizer.ggml.model: must be "gpt2" (byte-level BPE) */
+    const char *pre;            /* tokenizer.ggml.pre, or NULL (then "default") */
+    const char *const *tokens;  /* [n_tokens] the byte-level string of id i */
+    size_t n_tokens;
+    const char *const *merges;  /* [n_merges] "left right", rank i */
+    size_t n_merges;
+    const int32_t *token_types; /* [n_tokens] or NULL (all normal) */
+    int32_t bos_id;             /* tokenizer.ggml.bos_token_id or -1 */
+} tl_gguf_vocab;
+
+/* Builds a tokenizer from GGUF's arrays. pre is a name llama.cpp knows mapped to its models' split
+ * (docs/tokenizer.md), e.g. "smollm" (Digits + GPT-2 regex), "llama-bpe" (Llama 3 regex, merges ignored for
+ * whole-word vocabulary hits), "qwen2" (Qwen2 regex), "gpt2" or "default" (GPT-2 regex); another name is
+ * TL_ERR_INPUT naming the key. `what` names the source in error messages (the GGUF path). */
+tl_status tl_tokenizer_from_vocab(const char *what, const tl_gguf_vocab *v, tl_tokenizer **out, tl_error *err);
 
 void tl_tokenizer_free(tl_tokenizer *t);
 

@@ -710,10 +710,13 @@ done:
 
 /* ---- GGUF arrays ---- */
 
-tl_status tl_tokenizer_from_vocab(const char *what, const char *model, const char *pre, const char *const *tokens,
-                                  size_t n_tokens, const char *const *merges, size_t n_merges,
-                                  const int32_t *token_types, int32_t bos_id, tl_tokenizer **out, tl_error *err) {
+tl_status tl_tokenizer_from_vocab(const char *what, const tl_gguf_vocab *v, tl_tokenizer **out, tl_error *err) {
     *out = NULL;
+    const char *model = v->model, *pre = v->pre;
+    const char *const *tokens = v->tokens, *const *merges = v->merges;
+    size_t n_tokens = v->n_tokens, n_merges = v->n_merges;
+    const int32_t *token_types = v->token_types;
+    int32_t bos_id = v->bos_id;
     if (!model || strcmp(model, "gpt2") != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: tokenizer.ggml.model: \"%s\" is not supported (only gpt2, byte-level BPE)", what, model ? model : "(missing)");
     /* tokenizer.ggml.pre names, as llama.cpp groups them (llama-vocab.cpp), with each group's split as the HF

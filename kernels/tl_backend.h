@@ -193,10 +193,7 @@ int tl_backend_gpu_count(void);
 #ifdef TL_HAVE_CUDA
 tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_error *err);
 int tl_cuda_device_count(void);
-/* bytes currently allocated by a CUDA backend and the peak since its creation */
-void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak);
-/* the backend's cudaStream_t (every op runs on it, in order), for NCCL collectives on its buffers */
-void *tl_cuda_stream(tl_backend *be);
+/* Its stream and memory figures are the table's stream and mem_stats entries. */
 #endif
 
 #endif

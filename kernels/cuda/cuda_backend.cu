@@ -57,13 +57,14 @@ extern "C" int tl_cuda_device_count(void) {
 }
 
 /* Peak and current device bytes held by this backend (its own buffers included). */
-extern "C" void tl_cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak) {
+static void cuda_mem_stats(tl_backend *be, size_t *now, size_t *peak) {
     tl_cuda_ctx *c = tl_cuda(be);
     if (now) *now = c->bytes_now;
     if (peak) *peak = c->bytes_peak;
 }
 
-extern "C" void *tl_cuda_stream(tl_backend *be) { return (void *)tl_cuda(be)->stream; }
+/* the backend's cudaStream_t (every op runs on it, in order), for NCCL collectives on its buffers */
+static void *cuda_stream(tl_backend *be) { return (void *)tl_cuda(be)->stream; }
 
 /* ---- memory ---- */
 
@@ -299,8 +300,8 @@ extern "C" tl_status tl_backend_cuda_create(int device, tl_backend **out, tl_err
     be->ctx = c;
     be->host_memory = 0;
     be->device = device;
-    be->stream = tl_cuda_stream;
-    be->mem_stats = tl_cuda_mem_stats;
+    be->stream = cuda_stream;
+    be->mem_stats = cuda_mem_stats;
     be->alloc = cuda_alloc;
     be->free = cuda_free;
     be->upload = cuda_upload;

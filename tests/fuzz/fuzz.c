@@ -849,8 +849,10 @@ static int run_tokenize_text(const char *dir, const char *input) {
     for (size_t k = 0; k < sizeof pres / sizeof pres[0]; k++) {
         tl_tokenizer *tk = NULL;
         tl_error e = {0};
-        tl_status s = tl_tokenizer_from_vocab("fuzz", "gpt2", pres[k], tok_ptrs, (size_t)n + 3, merge_ptrs, N_MERGES,
-                                              types, n, &tk, &e);
+        const tl_gguf_vocab v = {.model = "gpt2", .pre = pres[k], .tokens = (const char *const *)tok_ptrs,
+                                 .n_tokens = (size_t)n + 3, .merges = (const char *const *)merge_ptrs,
+                                 .n_merges = N_MERGES, .token_types = types, .bos_id = n};
+        tl_status s = tl_tokenizer_from_vocab("fuzz", &v, &tk, &e);
         if (s != TL_OK) {
             fprintf(stderr, "FUZZ-SETUP: tokenizer %s: %s\n", pres[k], e.msg);
             exit(5);

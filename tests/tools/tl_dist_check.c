@@ -82,7 +82,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
         return err.code == TL_ERR_INPUT ? 77 : 1; /* no GPU: skipped */
     }
-    tl_dist_opts o = {.backend = be->name, .timeout_s = 60, .force = force, .cuda_stream = be->stream(be)};
+    tl_dist_opts o = {.transport = tl_dist_kind_for(be->host_memory), .timeout_s = 60, .force = force,
+                      .cuda_stream = be->stream(be)};
     if (tl_dist_init(&e, &o, &d, &err)) {
         fprintf(stderr, "rank %d: %s\n", e.rank, err.msg);
         be->destroy(be);

@@ -75,7 +75,9 @@ int main(int argc, char **argv) {
     if ((s = tl_adapter_map_build(&ds, TL_KEY_USER, names, n, &map, &err))) goto out;
     have_map = 1;
     /* batch 3: batches mix adapters, the base model and prompt lengths */
-    if ((s = tl_eval_rouge(&m, &pool, tok, &ds, &map, max_new, 1, 3, on_answer, answers, &res, &err))) goto out;
+    const tl_eval_rouge_opts ro = {.max_new_tokens = max_new, .with_base = 1, .batch = 3, .cb = on_answer,
+                                   .cb_ctx = answers};
+    if ((s = tl_eval_rouge(&m, &pool, tok, &ds, &map, &ro, &res, &err))) goto out;
     cJSON *arr = cJSON_AddArrayToObject(root, "adapters");
     for (int a = 0; a < res.n; a++) {
         cJSON *o = cJSON_CreateObject();

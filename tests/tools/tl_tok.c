@@ -101,7 +101,9 @@ static tl_status load_gguf_style(const char *path, const char *pre, tl_tokenizer
         }
         i++;
     }
-    st = tl_tokenizer_from_vocab(path, "gpt2", pre, tokens, n, mer, nm, types, -1, out, err);
+    const tl_gguf_vocab v = {.model = "gpt2", .pre = pre, .tokens = (const char *const *)tokens, .n_tokens = n,
+                             .merges = (const char *const *)mer, .n_merges = nm, .token_types = types, .bos_id = -1};
+    st = tl_tokenizer_from_vocab(path, &v, out, err);
 out:
     for (size_t k = 0; owned && k < nm; k++) free(owned[k]);
     free(owned);

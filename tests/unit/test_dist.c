@@ -161,7 +161,7 @@ static void test_single_world(void) {
     clear_env();
     CHECK_OK(tl_dist_env_detect(&e, &err), err);
     tl_dist *d = NULL;
-    tl_dist_opts o = {.backend = "cpu", .timeout_s = 1};
+    tl_dist_opts o = {.transport = TL_DIST_MPI, .timeout_s = 1};
     CHECK_OK(tl_dist_init(&e, &o, &d, &err), err);
     if (!d) return;
     CHECK(tl_dist_rank(d) == 0 && tl_dist_world(d) == 1 && !strcmp(tl_dist_transport(d), "none"));
@@ -180,7 +180,7 @@ static void test_single_world(void) {
           i64[1] == 1LL << 40 && mx[0] == 4 && mx[1] == -3 && !strcmp(b, "abc"), "a world of one changed data");
     tl_dist_abort(d, 1); /* returns for a world of one */
     tl_dist_free(d);
-    tl_dist_opts bad = {.backend = "cpu", .timeout_s = 0};
+    tl_dist_opts bad = {.transport = TL_DIST_MPI, .timeout_s = 0};
     d = NULL;
     CHECK(tl_dist_init(&e, &bad, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "dist.timeout_s"));
 }
@@ -195,12 +195,12 @@ static void test_not_built(void) {
     tl_dist *d = NULL;
     (void)e, (void)err, (void)d;
 #ifndef TL_HAVE_MPI
-    tl_dist_opts cpu = {.backend = "cpu", .timeout_s = 1};
+    tl_dist_opts cpu = {.transport = TL_DIST_MPI, .timeout_s = 1};
     CHECK(tl_dist_init(&e, &cpu, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "built without MPI"),
           "cpu, 2 ranks, no MPI: %s", err.msg);
 #endif
 #ifndef TL_HAVE_NCCL
-    tl_dist_opts cuda = {.backend = "cuda", .timeout_s = 1};
+    tl_dist_opts cuda = {.transport = TL_DIST_NCCL, .timeout_s = 1};
     CHECK(tl_dist_init(&e, &cuda, &d, &err) == TL_ERR_INPUT && !d && strstr(err.msg, "built without NCCL"),
           "cuda, 2 ranks, no NCCL: %s", err.msg);
 #endif

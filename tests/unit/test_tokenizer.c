@@ -56,6 +56,14 @@ static char *write_tmp(const char *json) {
 
 /* Byte-level vocabulary: printable ASCII, "Ġ" (space), "ÿ" (byte 0xFF), merges h e, he l, l l, Ġ h (ranks 0-3), so
  * "hello" is h e -> he, then he l -> hel (rank 1) wins over l l (rank 2): hel l o. */
+/* The GGUF route's cases: four tokens and one merge, as x.gguf would hold them. */
+static tl_status from_vocab(const char *model, const char *pre, const char *const *toks, const char *const *mer,
+                            const int32_t *types, tl_tokenizer **g, tl_error *err) {
+    const tl_gguf_vocab v = {.model = model, .pre = pre, .tokens = toks, .n_tokens = 4, .merges = mer,
+                             .n_merges = 1, .token_types = types, .bos_id = -1};
+    return tl_tokenizer_from_vocab("x.gguf", &v, g, err);
+}
+
 static const char *TOK_JSON_FMT =
     "{\"added_tokens\": [{\"id\": 100, \"content\": \"<|im_start|>\", \"special\": true, \"normalized\": false},"
     " {\"id\": 101, \"content\": \"<|im_end|>\", \"special\": true, \"normalized\": false},"
@@ -253,7 +261,7 @@ int main(void) {
     const char *mer[] = {"a b"};
     const int32_t types[] = {1, 1, 1, TL_TOKTYPE_CONTROL};
     tl_tokenizer *g = NULL;
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "qwen2", toks, 4, mer, 1, types, -1, &g, &err) == TL_OK, "gguf: %s", err.msg);
+    CHECK(from_vocab("gpt2", "qwen2", toks, mer, types, &g, &err) == TL_OK, "gguf: %s", err.msg);
     if (g) {
         int32_t *ids = NULL;
         size_t n = 0;
@@ -263,36 +271,36 @@ int main(void) {
         free(ids);
         tl_tokenizer_free(g);
     }
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "llama", "qwen2", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
+    CHECK(from_vocab("llama", "qwen2", toks, mer, types, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "tokenizer.ggml.model"),
           "gguf model llama (SentencePiece) refused: %s", err.msg);
     const char *known_pre[] = {"llama3", "gpt-2", "starcoder", "dbrx", "stablelm2", "default"};
     for (size_t i = 0; i < sizeof known_pre / sizeof known_pre[0]; i++) {
-        CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", known_pre[i], toks, 4, mer, 1, types, -1, &g, &err) == TL_OK,
+        CHECK(from_vocab("gpt2", known_pre[i], toks, mer, types, &g, &err) == TL_OK,
               "gguf pre %s: %s", known_pre[i], err.msg);
         tl_tokenizer_free(g);
         g = NULL;
     }
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "falcon", toks, 4, mer, 1, types, -1, &g, &err) == TL_ERR_INPUT &&
+    CHECK(from_vocab("gpt2", "falcon", toks, mer, types, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "tokenizer.ggml.pre"),
           "unknown pre refused: %s", err.msg);
     const char *mer_bad[] = {"a zz"};
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks, 4, mer_bad, 1, NULL, -1, &g, &err) == TL_ERR_INPUT &&
+    CHECK(from_vocab("gpt2", "smollm", toks, mer_bad, NULL, &g, &err) == TL_ERR_INPUT &&
               strstr(err.msg, "merges[0]"),
           "bad merge refused: %s", err.msg);
     /* a tokenizer from GGUF metadata names the GGUF keys, never tokenizer.json's fields */
     const char *mer_unknown[] = {"a q"};
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks, 4, mer_unknown, 1, NULL, -1, &g, &err) ==
+    CHECK(from_vocab("gpt2", "smollm", toks, mer_unknown, NULL, &g, &err) ==
                   TL_ERR_INPUT &&
               strstr(err.msg, "x.gguf: tokenizer.ggml.merges[0]") && !strstr(err.msg, "model."),
           "unknown merge token: %s", err.msg);
     const char *toks_dup[] = {"a", "b", "a", "ab"};
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks_dup, 4, mer, 1, NULL, -1, &g, &err) ==
+    CHECK(from_vocab("gpt2", "smollm", toks_dup, mer, NULL, &g, &err) ==
                   TL_ERR_INPUT &&
               strstr(err.msg, "x.gguf: tokenizer.ggml.tokens") && !strstr(err.msg, "model.vocab"),
           "duplicate token: %s", err.msg);
     const char *toks_empty_added[] = {"a", "b", "ab", ""};
-    CHECK(tl_tokenizer_from_vocab("x.gguf", "gpt2", "smollm", toks_empty_added, 4, mer, 1, types, -1, &g, &err) ==
+    CHECK(from_vocab("gpt2", "smollm", toks_empty_added, mer, types, &g, &err) ==
                   TL_ERR_INPUT &&
               strstr(err.msg, "tokenizer.ggml.tokens[3]") && !strstr(err.msg, "added_tokens"),
           "empty control token: %s", err.msg);

@@ -183,7 +183,7 @@ tl_status tl_dist_init(const tl_dist_env *e, const tl_dist_opts *o, tl_dist **ou
     d->rank = e->rank, d->world = e->world, d->timeout_s = o->timeout_s;
     tl_status s = TL_OK;
     if (e->world > 1 || o->force) {
-        if (o->backend && !strcmp(o->backend, "cuda"))
+        if (o->transport == TL_DIST_NCCL)
             s = tl_dist_nccl_create(d, e, o, &d->tp, err);
         else
             s = tl_dist_mpi_create(d, e, &d->tp, err);

@@ -55,8 +55,16 @@ void tl_dist_assign_owners(const double *cost, int n, int world, int *owner);
 
 typedef struct tl_dist tl_dist;
 
+/* Which transport carries the collectives: MPI for host buffers, NCCL for GPU buffers. */
+typedef enum { TL_DIST_MPI = 0, TL_DIST_NCCL = 1 } tl_dist_kind;
+
+/* The transport a backend's buffers need: NCCL when they live in GPU memory, MPI otherwise. */
+static inline tl_dist_kind tl_dist_kind_for(int backend_host_memory) {
+    return backend_host_memory ? TL_DIST_MPI : TL_DIST_NCCL;
+}
+
 typedef struct {
-    const char *backend;        /* the run's backend name: "cpu" (MPI) or "cuda" (NCCL) */
+    tl_dist_kind transport;     /* MPI (host buffers, cpu backend) or NCCL (device buffers, cuda backend) */
     double timeout_s;           /* > 0 */
     const char *rendezvous_dir; /* NCCL id file rendezvous (cuda without MPI and NCCL_COMM_ID) */
     void *cuda_stream;          /* cuda: the backend's stream (be->stream); collectives are ordered on it */

@@ -10,9 +10,24 @@
 #include "data/tl_io.h"
 #include "kernels/tl_text.h"
 
-static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
-                           const tl_adapter_map *map, int micro_batch_tokens, int max_seq_len, int force_slot,
-                           double *sum, int64_t *count, int64_t *examples, tl_error *err) {
+/* What every pass of one evaluation shares. */
+typedef struct {
+    const tl_model *m;
+    tl_lora_pool *p;
+    tl_workspace *ws;
+    const tl_sft_dataset *ds;
+    int micro_batch_tokens, max_seq_len;
+} eval_ctx;
+
+/* One pass over the map's examples with segments forced to force_slot (TL_SLOT_OWN: own adapter): summed
+ * target-token losses and counts per column of the map, and examples per column when examples is not NULL. */
+static tl_status eval_pass(const eval_ctx *c, const tl_adapter_map *map, int force_slot, double *sum,
+                           int64_t *count, int64_t *examples, tl_error *err) {
+    const tl_model *m = c->m;
+    tl_lora_pool *p = c->p;
+    tl_workspace *ws = c->ws;
+    const tl_sft_dataset *ds = c->ds;
+    int micro_batch_tokens = c->micro_batch_tokens, max_seq_len = c->max_seq_len;
     tl_eval_iter *it = NULL;
     TL_TRY(tl_eval_iter_init(ds, map, micro_batch_tokens, max_seq_len, &it, err));
     float *logp = malloc((size_t)micro_batch_tokens * sizeof(float));
@@ -38,9 +53,13 @@ static tl_status eval_pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
 }
 
 tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
-                      tl_adapter_key key, int micro_batch_tokens, int max_seq_len, int with_base,
-                      int with_cross, const tl_eval_part *part, tl_eval_result *res, tl_error *err) {
+                      const tl_eval_opts *o, tl_eval_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
+    const eval_ctx c = {.m = m, .p = p, .ws = ws, .ds = ds, .micro_batch_tokens = o->micro_batch_tokens,
+                        .max_seq_len = o->max_seq_len};
+    tl_adapter_key key = o->key;
+    int with_base = o->with_base, with_cross = o->with_cross;
+    const tl_eval_part *part = o->part;
     int n = p->n_slots;
     const uint8_t *only = part ? part->only : NULL;
     char *const *cnames = part && part->cols ? part->cols : p->names;
@@ -71,10 +90,9 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
         goto done;
     }
-    s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, TL_SLOT_OWN, res->loss, res->tokens,
-                  res->examples, err);
+    s = eval_pass(&c, &map, TL_SLOT_OWN, res->loss, res->tokens, res->examples, err);
     if (!s && with_base)
-        s = eval_pass(m, p, ws, ds, &map, micro_batch_tokens, max_seq_len, TL_SLOT_BASE, bsum, bcount, NULL, err);
+        s = eval_pass(&c, &map, TL_SLOT_BASE, bsum, bcount, NULL, err);
     if (s) goto done;
     for (int a = 0; a < n; a++) {
         res->loss[a] = res->tokens[a] ? res->loss[a] / (double)res->tokens[a] : NAN;
@@ -90,7 +108,7 @@ tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, cons
             if (only && !only[a]) continue; /* another rank's row: left 0 */
             double *row = res->cross + (size_t)a * nc;
             memset(bcount, 0, (size_t)nc * sizeof(int64_t));
-            s = eval_pass(m, p, ws, ds, cols, micro_batch_tokens, max_seq_len, a, row, bcount, NULL, err);
+            s = eval_pass(&c, cols, a, row, bcount, NULL, err);
             for (int b = 0; b < nc; b++) row[b] = bcount[b] ? row[b] / (double)bcount[b] : NAN;
         }
         if (s) goto done;

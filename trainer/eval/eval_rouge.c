@@ -119,9 +119,12 @@ void tl_eval_rouge_result_free(tl_eval_rouge_result *r) {
 }
 
 tl_status tl_eval_rouge(const tl_model *m, const tl_lora_pool *p, const tl_tokenizer *tok, const tl_sft_dataset *ds,
-                        const tl_adapter_map *map, int max_new_tokens, int with_base, int batch,
-                        tl_eval_rouge_cb cb, void *cb_ctx, tl_eval_rouge_result *res, tl_error *err) {
+                        const tl_adapter_map *map, const tl_eval_rouge_opts *o, tl_eval_rouge_result *res,
+                        tl_error *err) {
     memset(res, 0, sizeof *res);
+    int max_new_tokens = o->max_new_tokens, with_base = o->with_base, batch = o->batch;
+    tl_eval_rouge_cb cb = o->cb;
+    void *cb_ctx = o->cb_ctx;
     if (max_new_tokens < 1)
         return tl_fail(err, TL_ERR_INPUT, "rouge eval: max_new_tokens must be >= 1 (got %d)", max_new_tokens);
     if (map->n_adapters != p->n_slots)

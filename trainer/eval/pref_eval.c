@@ -11,9 +11,26 @@
 #include "kernels/tl_text.h"
 
 /* One pass over every pair of the map's adapters with segments forced to force_slot (TL_SLOT_OWN: own adapter). */
-static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
-                      const tl_pref_dataset *ds, const tl_adapter_map *map, int micro_batch_tokens, int max_seq_len,
-                      const tl_pref_eval_opts *o, int force_slot, tl_pref_stats *by_owner, tl_error *err) {
+/* What every pass of one evaluation shares. */
+typedef struct {
+    const tl_model *m;
+    tl_lora_pool *p;
+    tl_workspace *ws;
+    tl_pref_scratch *sc;
+    const tl_pref_dataset *ds;
+    int micro_batch_tokens, max_seq_len;
+    const tl_pref_eval_opts *o;
+} pass_ctx;
+
+static tl_status pass(const pass_ctx *c, const tl_adapter_map *map, int force_slot, tl_pref_stats *by_owner,
+                      tl_error *err) {
+    const tl_model *m = c->m;
+    tl_lora_pool *p = c->p;
+    tl_workspace *ws = c->ws;
+    tl_pref_scratch *sc = c->sc;
+    const tl_pref_dataset *ds = c->ds;
+    const tl_pref_eval_opts *o = c->o;
+    int micro_batch_tokens = c->micro_batch_tokens, max_seq_len = c->max_seq_len;
     tl_pref_eval_iter *it = NULL;
     TL_TRY(tl_pref_eval_iter_init(ds, map, micro_batch_tokens, max_seq_len, &it, err));
     int cap = 0;
@@ -49,10 +66,14 @@ static tl_status pass(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_p
 }
 
 tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
-                           const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
-                           const tl_pref_eval_opts *o, int with_cross, const tl_eval_part *part,
+                           const tl_pref_dataset *ds, const tl_eval_opts *e, const tl_pref_eval_opts *o,
                            tl_pref_eval_result *res, tl_error *err) {
     memset(res, 0, sizeof *res);
+    const pass_ctx c = {.m = m, .p = p, .ws = ws, .sc = sc, .ds = ds,
+                        .micro_batch_tokens = e->micro_batch_tokens, .max_seq_len = e->max_seq_len, .o = o};
+    tl_adapter_key key = e->key;
+    int with_cross = e->with_cross;
+    const tl_eval_part *part = e->part;
     int n = p->n_slots;
     const uint8_t *only = part ? part->only : NULL;
     char *const *cnames = part && part->cols ? part->cols : p->names;
@@ -75,14 +96,14 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
     tl_pref_stats *tmp = s ? NULL : calloc((size_t)nc, sizeof *tmp);
     if (!s && (!res->own || !tmp)) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     for (int a = 0; !s && a < n; a++) tl_pref_stats_init(&res->own[a]);
-    if (!s) s = pass(m, p, ws, sc, ds, own, micro_batch_tokens, max_seq_len, o, TL_SLOT_OWN, res->own, err);
+    if (!s) s = pass(&c, own, TL_SLOT_OWN, res->own, err);
     if (!s && with_cross) {
         res->cross_acc = calloc((size_t)n * nc, sizeof(double));
         if (!res->cross_acc) s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
         for (int a = 0; !s && a < n; a++) {
             if (only && !only[a]) continue; /* another rank's row: left 0 */
             for (int b = 0; b < nc; b++) tl_pref_stats_init(&tmp[b]);
-            s = pass(m, p, ws, sc, ds, colmap, micro_batch_tokens, max_seq_len, o, a, tmp, err);
+            s = pass(&c, colmap, a, tmp, err);
             for (int b = 0; !s && b < nc; b++) {
                 double mean[TL_PREF_N_METRICS];
                 tl_pref_stats_mean(&tmp[b], mean);
@@ -105,7 +126,7 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
             for (int a = 0; !s && a < n; a++) {
                 if (only && !only[a]) continue; /* another rank's users: left empty */
                 for (int b = 0; b < umap.n_adapters; b++) tl_pref_stats_init(&ust[b]);
-                s = pass(m, p, ws, sc, ds, &umap, micro_batch_tokens, max_seq_len, o, a, ust, err);
+                s = pass(&c, &umap, a, ust, err);
                 for (int u = 0; !s && u < ds->n_users; u++) {
                     int ua = umap.user_adapter[u];
                     if (ua >= 0 && map.user_adapter[u] == a) res->by_user[u] = ust[ua];

@@ -33,11 +33,19 @@ typedef struct {
     int n_cols;
 } tl_eval_part;
 
-/* Evaluates every adapter of the pool on its own users' examples of ds (users matched by adapter name through
- * adapter.key). base_loss may be skipped (with_base = 0), then it is NaN. The cross matrix is [n, n_cols]. */
+/* How an evaluation runs (SFT and preference alike). */
+typedef struct {
+    tl_adapter_key key;       /* users matched to adapters by name through adapter.key */
+    int micro_batch_tokens;   /* tokens per forward pass */
+    int max_seq_len;          /* longer examples are truncated as in training */
+    int with_base;            /* SFT: also the bare base model's loss (else base_loss is NaN) */
+    int with_cross;           /* also the cross matrix (one pass over the data per adapter) */
+    const tl_eval_part *part; /* NULL: the whole evaluation */
+} tl_eval_opts;
+
+/* Evaluates every adapter of the pool on its own users' examples of ds. The cross matrix is [n, n_cols]. */
 tl_status tl_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const tl_sft_dataset *ds,
-                      tl_adapter_key key, int micro_batch_tokens, int max_seq_len, int with_base,
-                      int with_cross, const tl_eval_part *part, tl_eval_result *res, tl_error *err);
+                      const tl_eval_opts *o, tl_eval_result *res, tl_error *err);
 void tl_eval_result_free(tl_eval_result *r);
 
 /* Totals over adapters, weighted by target tokens. */

@@ -30,12 +30,12 @@ typedef struct {
     const tl_lora_pool *ref; /* DPO reference pool, NULL: the base model */
 } tl_pref_eval_opts;
 
-/* part (NULL: everything; tl_eval.h): only the adapters part->only marks (the others' stats stay empty, n = 0,
+/* e (tl_eval.h): key, micro-batch, cross matrix and part; with_base is unused (the base model is the DPO
+ * reference). part (NULL: everything): only the adapters part->only marks (the others' stats stay empty, n = 0,
  * their cross rows 0 and their users' by_user entries empty); cross columns over part->cols when given. The
  * cross matrix is [n, n_cols]. */
 tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
-                           const tl_pref_dataset *ds, tl_adapter_key key, int micro_batch_tokens, int max_seq_len,
-                           const tl_pref_eval_opts *o, int with_cross, const tl_eval_part *part,
+                           const tl_pref_dataset *ds, const tl_eval_opts *e, const tl_pref_eval_opts *o,
                            tl_pref_eval_result *res, tl_error *err);
 void tl_pref_eval_result_free(tl_pref_eval_result *r);
 void tl_pref_eval_print(const tl_pref_eval_result *r, const tl_lora_pool *p, FILE *f);

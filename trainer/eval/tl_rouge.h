@@ -51,9 +51,17 @@ typedef void (*tl_eval_rouge_cb)(void *ctx, int64_t example, int slot, int is_ba
  * them with tl_rouge. with_base also generates with the base model (slot -1). Up to batch examples are decoded
  * side by side (batch <= 0: 16). Examples with an empty prompt, or whose prompt + max_new_tokens exceed the
  * model's context, are TL_ERR_INPUT naming the example. */
+typedef struct {
+    int max_new_tokens;  /* >= 1 */
+    int with_base;       /* also answer with the bare base model */
+    int batch;           /* examples decoded side by side; <= 0: 16 */
+    tl_eval_rouge_cb cb; /* NULL: not called */
+    void *cb_ctx;
+} tl_eval_rouge_opts;
+
 tl_status tl_eval_rouge(const tl_model *m, const tl_lora_pool *p, const tl_tokenizer *tok, const tl_sft_dataset *ds,
-                        const tl_adapter_map *map, int max_new_tokens, int with_base, int batch,
-                        tl_eval_rouge_cb cb, void *cb_ctx, tl_eval_rouge_result *res, tl_error *err);
+                        const tl_adapter_map *map, const tl_eval_rouge_opts *o, tl_eval_rouge_result *res,
+                        tl_error *err);
 void tl_eval_rouge_result_free(tl_eval_rouge_result *r);
 
 #endif

@@ -562,8 +562,16 @@ static void proj_fwd(const tl_model *m, const tl_lora_pool *p, const tl_mb *mb, 
 }
 
 /* dx (+)= dy W (+ LoRA's input gradient); LoRA parameter gradients accumulate */
-static void proj_bwd(const tl_model *m, tl_lora_pool *p, const tl_mb *mb, int l, int t, tl_act *dx,
-                     const tl_act *dy, const tl_act *x, const tl_act *W, const float *h, int accumulate) {
+/* What a projection's forward kept for its backward: input x, frozen weight W, and LoRA's h = x·Aᵀ. */
+typedef struct {
+    const tl_act *x, *W;
+    const float *h;
+} proj_saved;
+
+static void proj_bwd(const tl_model *m, tl_lora_pool *p, const tl_mb *mb, int l, int t, tl_act *dx, const tl_act *dy,
+                     proj_saved f, int accumulate) {
+    const tl_act *x = f.x, *W = f.W;
+    const float *h = f.h;
     tl_backend *be = m->be;
     int in = p->in_dim[t], out = p->out_dim[t];
     be->linear_bwd_x(be, dx, dy, W, mb->n_tok, in, out, accumulate);
@@ -618,19 +626,19 @@ static void backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, const
         const tl_layer_weights *w = &m->layers[l];
         tl_layer_acts *a = &ws->layer[l];
         /* MLP: resid[l+1] = resid_mid + down(swiglu(gate(xn2), up(xn2))) */
-        proj_bwd(m, p, mb, l, TL_T_DOWN, ws->dhsw, ws->dresid, a->hsw, w->wdown, a->lora_h[TL_T_DOWN], 0);
+        proj_bwd(m, p, mb, l, TL_T_DOWN, ws->dhsw, ws->dresid, (proj_saved){a->hsw, w->wdown, a->lora_h[TL_T_DOWN]}, 0);
         be->swiglu_bwd(be, ws->dg, ws->du, ws->dhsw, a->g, a->u, nf);
-        proj_bwd(m, p, mb, l, TL_T_GATE, ws->dxn, ws->dg, a->xn2, w->wgate, a->lora_h[TL_T_GATE], 0);
-        proj_bwd(m, p, mb, l, TL_T_UP, ws->dxn, ws->du, a->xn2, w->wup, a->lora_h[TL_T_UP], 1);
+        proj_bwd(m, p, mb, l, TL_T_GATE, ws->dxn, ws->dg, (proj_saved){a->xn2, w->wgate, a->lora_h[TL_T_GATE]}, 0);
+        proj_bwd(m, p, mb, l, TL_T_UP, ws->dxn, ws->du, (proj_saved){a->xn2, w->wup, a->lora_h[TL_T_UP]}, 1);
         be->rmsnorm_bwd(be, ws->dresid, ws->dxn, a->resid_mid, w->mlp_norm, a->rstd2, n, d);
         /* attention: resid_mid = resid[l] + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
-        proj_bwd(m, p, mb, l, TL_T_O, ws->datt, ws->dresid, a->att, w->wo, a->lora_h[TL_T_O], 0);
+        proj_bwd(m, p, mb, l, TL_T_O, ws->datt, ws->dresid, (proj_saved){a->att, w->wo, a->lora_h[TL_T_O]}, 0);
         be->attn_bwd(be, ws->dq, ws->dk, ws->dv, ws->datt, a->att, a->lse, a->q, a->k, a->v, mb, Hq, Hkv, hd);
         be->rope_bwd(be, ws->dq, mb->pos, m->inv_freq, n, Hq, hd);
         be->rope_bwd(be, ws->dk, mb->pos, m->inv_freq, n, Hkv, hd);
-        proj_bwd(m, p, mb, l, TL_T_Q, ws->dxn, ws->dq, a->xn1, w->wq, a->lora_h[TL_T_Q], 0);
-        proj_bwd(m, p, mb, l, TL_T_K, ws->dxn, ws->dk, a->xn1, w->wk, a->lora_h[TL_T_K], 1);
-        proj_bwd(m, p, mb, l, TL_T_V, ws->dxn, ws->dv, a->xn1, w->wv, a->lora_h[TL_T_V], 1);
+        proj_bwd(m, p, mb, l, TL_T_Q, ws->dxn, ws->dq, (proj_saved){a->xn1, w->wq, a->lora_h[TL_T_Q]}, 0);
+        proj_bwd(m, p, mb, l, TL_T_K, ws->dxn, ws->dk, (proj_saved){a->xn1, w->wk, a->lora_h[TL_T_K]}, 1);
+        proj_bwd(m, p, mb, l, TL_T_V, ws->dxn, ws->dv, (proj_saved){a->xn1, w->wv, a->lora_h[TL_T_V]}, 1);
         be->rmsnorm_bwd(be, ws->dresid, ws->dxn, ws->resid[l], w->attn_norm, a->rstd1, n, d);
     }
 }

@@ -228,13 +228,14 @@ tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     tl_eval_part part = {.only = M.mine, .cols = S->local_pool ? S->map.names : NULL, .n_cols = S->local_pool ? S->n_global : 0};
     const tl_eval_part *pp = many ? &part : NULL;
     int cross = final && M.nG <= TL_EVAL_CROSS_MAX;
+    const tl_eval_opts eo = {.key = key, .micro_batch_tokens = cfg->micro_batch_tokens,
+                             .max_seq_len = cfg->data_max_seq_len, .with_base = 1, .with_cross = cross, .part = pp};
     tl_lora_pool names = S->pool; /* for the table and eval.json: every adapter of the run by name */
     if (S->local_pool) names.n_slots = S->n_global, names.names = S->map.names;
     tl_status s;
     if (S->task == TL_TASK_SFT) {
         tl_eval_result r;
-        TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, key, cfg->micro_batch_tokens, cfg->data_max_seq_len,
-                           1, cross, pp, &r, err));
+        TL_TRY(tl_eval_run(&S->model, &S->pool, S->ws, &S->eval, &eo, &r, err));
         tl_eval_rouge_result rr = {0};
         s = TL_OK;
         if (many) {
@@ -255,8 +256,8 @@ tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
                     tl_adapter_map_keep(&map, M.mine);
                     if (!ui->quiet) fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each)...\n",
                                             cfg->data_eval_generate);
-                    s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, cfg->data_eval_generate, 1, 0, NULL,
-                                      NULL, &rr, err);
+                    const tl_eval_rouge_opts ro = {.max_new_tokens = cfg->data_eval_generate, .with_base = 1};
+                    s = tl_eval_rouge(&S->model, &S->pool, tok, &S->eval, &map, &ro, &rr, err);
                     tl_adapter_map_free(&map);
                 }
                 tl_tokenizer_free(tok);
@@ -298,8 +299,7 @@ tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
     }
     tl_pref_eval_opts o = pref_eval_opts(S, cfg);
     tl_pref_eval_result r;
-    TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->pref_scratch, &S->pref_eval_set, key, cfg->micro_batch_tokens,
-                            cfg->data_max_seq_len, &o, cross, pp, &r, err));
+    TL_TRY(tl_pref_eval_run(&S->model, &S->pool, S->ws, S->pref_scratch, &S->pref_eval_set, &eo, &o, &r, err));
     s = TL_OK;
     if (many) {
         s = merge_pref_stats(&M, &r.own, "eval preference metrics", err);

@@ -446,7 +446,7 @@ static tl_status connect_and_make_run_dir(tl_run *R, tl_error *err) {
     const tl_config *cfg = R->cfg;
     char rdv[TL_PATH_MAX + 16];
     snprintf(rdv, sizeof rdv, "%s/.rendezvous", cfg->output_dir);
-    tl_dist_opts dopts = {.backend = S->be->name, .timeout_s = cfg->dist_timeout_s,
+    tl_dist_opts dopts = {.transport = tl_dist_kind_for(S->be->host_memory), .timeout_s = cfg->dist_timeout_s,
                           .rendezvous_dir = cfg->dist_rendezvous_dir[0] ? cfg->dist_rendezvous_dir : rdv};
     if (S->be->stream) dopts.cuda_stream = S->be->stream(S->be);
     TL_TRY(tl_dist_init(&S->env, &dopts, &S->dist, err));
