@@ -55,15 +55,14 @@ static void test_opts_check(void) {
         {{.norm = TL_RL_NORM_GRPO, .beta = NAN, .eps_low = 0.2, .eps_high = 0.2, .max_completion = 8}, "task.beta"},
         {{.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 0, .eps_high = 0.2, .max_completion = 8}, "task.epsilon"},
         {{.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 1, .eps_high = 0.2, .max_completion = 8}, "task.epsilon"},
-        {{.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 0.2, .eps_high = 0, .max_completion = 8},
-         "task.epsilon_high"},
+        {{.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 0.2, .eps_high = 0, .max_completion = 8}, "task.epsilon_high"},
         {{.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 0.2, .eps_high = 0.2, .max_completion = 0},
          "task.max_completion_length"},
         {{.norm = (tl_rl_norm)9, .beta = 0, .eps_low = 0.2, .eps_high = 0.2, .max_completion = 8}, "task.loss_type"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        CHECK(tl_rl_loss_opts_check(&bad[i].o, &err) == TL_ERR_INPUT && strstr(err.msg, bad[i].key),
-              "bad opts %zu: %s", i, err.msg);
+        CHECK(tl_rl_loss_opts_check(&bad[i].o, &err) == TL_ERR_INPUT && strstr(err.msg, bad[i].key), "bad opts %zu: %s",
+              i, err.msg);
 }
 
 #define MAXG 16
@@ -158,8 +157,8 @@ static void rand_batch(batch *b, int mode) {
 }
 
 /* The loss written the way TRL builds it: a per-token loss tensor, then the loss_type reduction. */
-static long double ref_loss(const tl_rl_loss_opts *o, const batch *b, int64_t *lowc, int64_t *highc,
-                            long double *klsum, long double *mag) {
+static long double ref_loss(const tl_rl_loss_opts *o, const batch *b, int64_t *lowc, int64_t *highc, long double *klsum,
+                            long double *mag) {
     long double per_seq_mean = 0, tok_sum = 0, abs_sum = 0;
     int64_t total = 0;
     *lowc = *highc = 0;
@@ -211,8 +210,10 @@ static void test_loss(void) {
                 for (int trial = 0; trial < 60; trial++) {
                     batch b;
                     rand_batch(&b, mode);
-                    tl_rl_loss_opts o = {.norm = (tl_rl_norm)norm, .beta = kl ? urand(0.01, 0.5) : 0,
-                                         .eps_low = urand(0.1, 0.3), .eps_high = urand(0.1, 0.4),
+                    tl_rl_loss_opts o = {.norm = (tl_rl_norm)norm,
+                                         .beta = kl ? urand(0.01, 0.5) : 0,
+                                         .eps_low = urand(0.1, 0.3),
+                                         .eps_high = urand(0.1, 0.4),
                                          .max_completion = 24 + irand(0, 8)};
                     double d[MAXT];
                     for (int i = 0; i < MAXT; i++) d[i] = NAN;

@@ -18,8 +18,10 @@ tl_status tl_rl_norm_parse(const char *s, tl_rl_norm *n, tl_error *err) {
             *n = (tl_rl_norm)i;
             return TL_OK;
         }
-    return tl_fail(err, TL_ERR_INPUT, "task.loss_type: \"%s\" is not an RL loss normalization (expected grpo, bnpo "
-                   "or dr_grpo)", s ? s : "(null)");
+    return tl_fail(err, TL_ERR_INPUT,
+                   "task.loss_type: \"%s\" is not an RL loss normalization (expected grpo, bnpo "
+                   "or dr_grpo)",
+                   s ? s : "(null)");
 }
 
 const char *tl_rl_norm_name(tl_rl_norm n) { return (int)n >= 0 && (int)n < N_NORMS ? norm_names[n] : "?"; }

@@ -41,9 +41,9 @@ void tl_rl_advantages(tl_rl_adv_kind kind, int n_groups, int g, int scale, const
 
 typedef struct {
     tl_rl_norm norm;
-    double beta;             /* >= 0: weight of the k3 KL to the reference; 0 reads no reference */
+    double beta;              /* >= 0: weight of the k3 KL to the reference; 0 reads no reference */
     double eps_low, eps_high; /* > 0: the ratio is clipped to [1 - eps_low, 1 + eps_high] (TRL epsilon, epsilon_high) */
-    int max_completion;      /* >= 1: dr_grpo's constant divisor (TRL max_completion_length) */
+    int max_completion;       /* >= 1: dr_grpo's constant divisor (TRL max_completion_length) */
 } tl_rl_loss_opts;
 
 /* Checks the ranges above; an error names the task.* key. */
