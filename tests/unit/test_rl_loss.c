@@ -172,7 +172,7 @@ static long double ref_loss(const tl_rl_loss_opts *o, const batch *b, int64_t *l
             long double l = -fminl(c1 * b->adv[s], c2 * b->adv[s]);
             if (o->beta != 0) {
                 long double x = (long double)b->ref[t] - b->logp[t];
-                long double k3 = expl(x) - x - 1;
+                long double k3 = expm1l(x) - x;
                 l += o->beta * k3;
                 *klsum += k3;
             }

@@ -103,10 +103,12 @@ void tl_rl_loss(const tl_rl_loss_opts *o, const tl_rl_batch *b, double *dlogp, t
             if (c1 < lo && a < 0) out->low_clipped++;
             if (c1 > hi && a > 0) out->high_clipped++;
             if (use_kl) {
-                double x = b->ref[t] - b->logp[t], e = exp(x);
-                double k3 = e - x - 1.0;
+                /* k3 = e^x - x - 1 with x = ref - logp; expm1 keeps it accurate where x is small and the
+                 * three terms nearly cancel (TRL's torch expression loses those digits) */
+                double x = b->ref[t] - b->logp[t], em1 = expm1(x);
+                double k3 = em1 - x;
                 l += o->beta * k3;
-                d += o->beta * (1.0 - e);
+                d -= o->beta * em1;
                 out->kl += k3;
             }
             seq += l;
