@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,8 @@
 #define REC_MAGIC "TLREC001"
 #define MAN_MAGIC "TLMAN001"
 #define REC_HEADER 48
+#define MAN_HEADER 56  /* magic, run_id, P, global_step, next_segment, n_entries, round_start */
+#define ENTRY_FIXED 64 /* after the name: segment, 0, offset, steps, epoch, pos, n_examples, round, steps0 */
 #define NAME_MAX_BYTES 4096
 #define SEG_NONE UINT32_MAX
 
@@ -41,6 +44,7 @@ struct tl_store {
     int fd;            /* that segment, open for appending; -1 when none is open */
     uint64_t fd_size;
     uint64_t written;
+    uint64_t n_records, n_commits; /* for the fault injection */
     unsigned char *buf; /* one record */
 };
 
@@ -162,8 +166,13 @@ tl_status tl_store_add(tl_store *st, const char *name, int64_t *index, tl_error 
     return TL_OK;
 }
 
-void tl_store_set_cursor(tl_store *st, int64_t i, int64_t epoch, int64_t pos, int64_t n_examples) {
-    st->e[i].meta.epoch = epoch, st->e[i].meta.pos = pos, st->e[i].meta.n_examples = n_examples;
+void tl_store_set_cursor(tl_store *st, int64_t i, int64_t epoch, int64_t pos) {
+    st->e[i].meta.epoch = epoch, st->e[i].meta.pos = pos;
+}
+
+void tl_store_set_round(tl_store *st, int64_t i, int64_t round, int64_t n_examples) {
+    tl_store_meta *m = &st->e[i].meta;
+    m->round = round, m->n_examples = n_examples, m->steps0 = m->steps;
 }
 
 /* ---- store.json ---- */
@@ -292,6 +301,14 @@ void tl_store_close(tl_store *st) {
     free(st);
 }
 
+/* Fault injection for the crash tests (tests/e2e/store.sh): TAILOR_FAULT_STORE_KILL_RECORD=n kills the process
+ * by SIGKILL halfway through writing its n-th record (1-based); TAILOR_FAULT_STORE_KILL_COMMIT=n after the n-th
+ * manifest is written but before the checkpoint holding it is complete. */
+static void fault_point(const char *env, uint64_t count) {
+    const char *v = getenv(env);
+    if (v && strtoull(v, NULL, 10) == count) raise(SIGKILL);
+}
+
 /* ---- records ---- */
 
 static tl_status pread_all(int fd, void *dst, size_t n, uint64_t off, const char *path, tl_error *err) {
@@ -379,7 +396,14 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
     put_u32(h + 40, crc32_update(0, h + REC_HEADER, rec - REC_HEADER));
     char path[TL_PATH_MAX];
     TL_TRY(seg_path(st, st->next_seg, path, sizeof path, err));
-    TL_TRY(write_all(st->fd, h, rec, path, err));
+    if (getenv("TAILOR_FAULT_STORE_KILL_RECORD")) { /* half a record, then the fault */
+        st->n_records++;
+        TL_TRY(write_all(st->fd, h, rec / 2, path, err));
+        fault_point("TAILOR_FAULT_STORE_KILL_RECORD", st->n_records);
+        TL_TRY(write_all(st->fd, h + rec / 2, rec - rec / 2, path, err));
+    } else {
+        TL_TRY(write_all(st->fd, h, rec, path, err));
+    }
     entry *x = &st->e[i];
     x->seg = st->next_seg, x->off = st->fd_size, x->meta.has_state = 1, x->meta.steps = steps;
     st->fd_size += rec;
@@ -389,7 +413,8 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
 
 /* ---- manifests ---- */
 
-tl_status tl_store_commit(tl_store *st, int64_t global_step, const char *manifest_path, tl_error *err) {
+tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start, const char *manifest_path,
+                          tl_error *err) {
     if (st->fd >= 0) { /* the records this manifest refers to reach the disk before it does */
         if (fsync(st->fd) != 0) {
             char path[TL_PATH_MAX];
@@ -401,8 +426,8 @@ tl_status tl_store_commit(tl_store *st, int64_t global_step, const char *manifes
         st->next_seg++;
         TL_TRY(tl_fsync_dir(st->dir, err));
     }
-    size_t cap = 48;
-    for (int64_t i = 0; i < st->n; i++) cap += 4 + strlen(st->e[i].name) + 4 + 4 + 8 + 8 * 4;
+    size_t cap = MAN_HEADER;
+    for (int64_t i = 0; i < st->n; i++) cap += 4 + strlen(st->e[i].name) + ENTRY_FIXED;
     cap += 4;
     unsigned char *b = malloc(cap), *p = b;
     if (!b) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory for the manifest (%zu bytes)", cap);
@@ -412,6 +437,7 @@ tl_status tl_store_commit(tl_store *st, int64_t global_step, const char *manifes
     put_u64(p, (uint64_t)global_step), p += 8;
     put_u64(p, st->next_seg), p += 8;
     put_u64(p, (uint64_t)st->n), p += 8;
+    put_u64(p, (uint64_t)round_start), p += 8;
     for (int64_t i = 0; i < st->n; i++) {
         const entry *x = &st->e[i];
         uint32_t len = (uint32_t)strlen(x->name);
@@ -424,10 +450,13 @@ tl_status tl_store_commit(tl_store *st, int64_t global_step, const char *manifes
         put_u64(p, (uint64_t)x->meta.epoch), p += 8;
         put_u64(p, (uint64_t)x->meta.pos), p += 8;
         put_u64(p, (uint64_t)x->meta.n_examples), p += 8;
+        put_u64(p, (uint64_t)x->meta.round), p += 8;
+        put_u64(p, (uint64_t)x->meta.steps0), p += 8;
     }
     put_u32(p, crc32_update(0, b, (size_t)(p - b))), p += 4;
     tl_status s = tl_write_file_atomic(manifest_path, b, (size_t)(p - b), err);
     free(b);
+    if (!s) fault_point("TAILOR_FAULT_STORE_KILL_COMMIT", ++st->n_commits);
     return s;
 }
 
@@ -436,7 +465,7 @@ typedef struct {
     unsigned char *b;
     size_t n_bytes;
     uint64_t run_id, P, next_seg, n;
-    int64_t global_step;
+    int64_t global_step, round_start;
 } manifest;
 
 static tl_status read_manifest(const char *path, manifest *M, tl_error *err) {
@@ -445,7 +474,7 @@ static tl_status read_manifest(const char *path, manifest *M, tl_error *err) {
     size_t n = 0;
     TL_TRY(tl_read_file(path, (size_t)1 << 34, &text, &n, err));
     unsigned char *b = (unsigned char *)text;
-    if (n < 52 || memcmp(b, MAN_MAGIC, 8) != 0) {
+    if (n < MAN_HEADER + 4 || memcmp(b, MAN_MAGIC, 8) != 0) {
         free(text);
         return tl_fail(err, TL_ERR_INPUT, "%s: not a tailor store manifest", path);
     }
@@ -455,7 +484,7 @@ static tl_status read_manifest(const char *path, manifest *M, tl_error *err) {
     }
     M->b = b, M->n_bytes = n;
     M->run_id = get_u64(b + 8), M->P = get_u64(b + 16), M->global_step = (int64_t)get_u64(b + 24);
-    M->next_seg = get_u64(b + 32), M->n = get_u64(b + 40);
+    M->next_seg = get_u64(b + 32), M->n = get_u64(b + 40), M->round_start = (int64_t)get_u64(b + 48);
     return TL_OK;
 }
 
@@ -463,7 +492,7 @@ static tl_status read_manifest(const char *path, manifest *M, tl_error *err) {
 typedef tl_status (*entry_cb)(void *ctx, const char *name, uint32_t seg, uint64_t off, const tl_store_meta *m,
                               tl_error *err);
 static tl_status walk_manifest(const char *path, const manifest *M, entry_cb cb, void *ctx, tl_error *err) {
-    const unsigned char *p = M->b + 48, *end = M->b + M->n_bytes - 4;
+    const unsigned char *p = M->b + MAN_HEADER, *end = M->b + M->n_bytes - 4;
     char *name = malloc(NAME_MAX_BYTES + 1);
     if (!name) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
     tl_status s = TL_OK;
@@ -474,7 +503,7 @@ static tl_status walk_manifest(const char *path, const manifest *M, entry_cb cb,
         }
         uint32_t len = get_u32(p);
         p += 4;
-        if (len == 0 || len > NAME_MAX_BYTES || (size_t)(end - p) < (size_t)len + 48) {
+        if (len == 0 || len > NAME_MAX_BYTES || (size_t)(end - p) < (size_t)len + ENTRY_FIXED) {
             s = tl_fail(err, TL_ERR_INPUT, "%s: entry %" PRIu64 ": bad name length %" PRIu32, path, i, len);
             break;
         }
@@ -491,9 +520,12 @@ static tl_status walk_manifest(const char *path, const manifest *M, entry_cb cb,
                            .steps = (int64_t)get_u64(p + 16),
                            .epoch = (int64_t)get_u64(p + 24),
                            .pos = (int64_t)get_u64(p + 32),
-                           .n_examples = (int64_t)get_u64(p + 40)};
-        p += 48;
-        if (m.steps < 0 || m.epoch < 0 || m.pos < 0 || m.n_examples < 0 || (m.has_state && seg >= M->next_seg)) {
+                           .n_examples = (int64_t)get_u64(p + 40),
+                           .round = (int64_t)get_u64(p + 48),
+                           .steps0 = (int64_t)get_u64(p + 56)};
+        p += ENTRY_FIXED;
+        if (m.steps < 0 || m.epoch < 0 || m.pos < 0 || m.n_examples < 0 || m.round < 0 || m.round > M->global_step ||
+            m.steps0 < 0 || m.steps0 > m.steps || (m.has_state && seg >= M->next_seg)) {
             s = tl_fail(err, TL_ERR_INPUT, "%s: entry %" PRIu64 " ('%.100s'): values out of range", path, i, name);
             break;
         }
@@ -565,7 +597,8 @@ static tl_status remove_segments(tl_store *st, uint32_t from, const uint8_t *kee
     return s ? s : tl_fsync_dir(st->dir, err);
 }
 
-tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *global_step, tl_error *err) {
+tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *global_step, int64_t *round_start,
+                           tl_error *err) {
     manifest M;
     TL_TRY(read_manifest(manifest_path, &M, err));
     tl_status s = TL_OK;
@@ -576,6 +609,9 @@ tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *glo
     else if (M.P != st->L.P)
         s = tl_fail(err, TL_ERR_INPUT, "%s: adapters of %" PRIu64 " parameters, the store's have %zu", manifest_path,
                     M.P, st->L.P);
+    else if (M.global_step < 0 || M.round_start < 0 || M.round_start > M.global_step)
+        s = tl_fail(err, TL_ERR_INPUT, "%s: step %" PRId64 " / round start %" PRId64 " out of range", manifest_path,
+                    M.global_step, M.round_start);
     else if (M.next_seg > ((uint64_t)1 << 24)) /* one segment per checkpoint: 16M is out of reach */
         s = tl_fail(err, TL_ERR_INPUT, "%s: segment count %" PRIu64 " out of range", manifest_path, M.next_seg);
     uint64_t *sizes = s ? NULL : malloc((size_t)(M.next_seg + 1) * sizeof *sizes);
@@ -593,6 +629,7 @@ tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *glo
     if (s) return s;
     st->next_seg = (uint32_t)M.next_seg;
     *global_step = M.global_step;
+    if (round_start) *round_start = M.round_start;
     /* a crashed run's segments (written after this checkpoint) are debris */
     return remove_segments(st, st->next_seg, NULL, err);
 }

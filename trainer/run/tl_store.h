@@ -45,6 +45,8 @@ typedef struct {
     int64_t steps;         /* optimizer steps taken (the record's) */
     int64_t epoch, pos;    /* the batcher's cursor (tl_cursor) */
     int64_t n_examples;    /* examples the adapter had in the dataset when it last trained (runs that grow) */
+    int64_t round;         /* global step at which the last round the adapter took part in began */
+    int64_t steps0;        /* its optimizer steps when that round began */
 } tl_store_meta;
 
 /* Opens <run_dir>/store, creating it (store.json with a fresh run_id) when absent. An existing store must have
@@ -66,8 +68,10 @@ const tl_store_meta *tl_store_meta_at(const tl_store *st, int64_t i);
 int64_t tl_store_find(const tl_store *st, const char *name);
 /* Adds name (no state, zero cursor) unless present; *index (may be NULL) receives its position. */
 tl_status tl_store_add(tl_store *st, const char *name, int64_t *index, tl_error *err);
-/* Sets the cursor and example count of entry i (kept in the next manifest). */
-void tl_store_set_cursor(tl_store *st, int64_t i, int64_t epoch, int64_t pos, int64_t n_examples);
+/* Sets the cursor of entry i (kept in the next manifest). */
+void tl_store_set_cursor(tl_store *st, int64_t i, int64_t epoch, int64_t pos);
+/* Enrols entry i in the round that begins at global step `round` with n_examples examples. */
+void tl_store_set_round(tl_store *st, int64_t i, int64_t round, int64_t n_examples);
 
 /* Reads entry i's record (which must have state) into params, m, v (host, P floats each; m and v may be NULL):
  * TL_ERR_INPUT naming the segment when the record is missing, truncated, from another store or corrupt. */
@@ -78,10 +82,12 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
 
 /* Checkpoint: fsyncs and closes the open segment, then writes the index at global_step to manifest_path
  * (atomically). The next write opens a new segment. */
-tl_status tl_store_commit(tl_store *st, int64_t global_step, const char *manifest_path, tl_error *err);
+tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start, const char *manifest_path,
+                          tl_error *err);
 /* Resume: replaces the index with the manifest's (format, run_id and P must match this store's; every referenced
  * record must lie inside its segment) and removes segments written after it (a crashed run's). */
-tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *global_step, tl_error *err);
+tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *global_step, int64_t *round_start,
+                           tl_error *err);
 /* Removes the segments that none of the given manifests (the retained checkpoints') and the open index refer
  * to. */
 tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *err);
