@@ -75,11 +75,12 @@ int main(void) {
     CHECK(!memcmp(got, alice2, sizeof got), "the newest record wins");
     int64_t dan;
     CHECK_OK(tl_store_add(st, "dan", &dan, &err), err); /* known, never written */
-    tl_store_set_cursor(st, dan, 2, 5, 7);
+    tl_store_set_cursor(st, dan, 2, 5);
+    tl_store_set_round(st, dan, 40, 7);
     CHECK(!tl_store_meta_at(st, dan)->has_state);
 
     /* ---- commit, more writes (a crash after them), restore: the manifest's state comes back ---- */
-    CHECK_OK(tl_store_commit(st, 42, man1, &err), err);
+    CHECK_OK(tl_store_commit(st, 42, 40, man1, &err), err);
     float later[3][NP];
     for (int k = 0; k < 3; k++) fill(later[k], NP);
     CHECK_OK(tl_store_write(st, idx[1], later[0], later[1], later[2], 99, &err), err);
@@ -88,9 +89,9 @@ int main(void) {
     st = NULL;
     CHECK_OK(tl_store_open(run, &L, &st, &err), err);
     if (!st) return tl_check_done("test_store");
-    int64_t step = -1;
-    CHECK_OK(tl_store_restore(st, man1, &step, &err), err);
-    CHECK(step == 42 && tl_store_count(st) == N + 1, "restore: step %lld, %lld entries", (long long)step,
+    int64_t step = -1, round = -1;
+    CHECK_OK(tl_store_restore(st, man1, &step, &round, &err), err);
+    CHECK(step == 42 && round == 40 && tl_store_count(st) == N + 1, "restore: step %lld, %lld entries", (long long)step,
           (long long)tl_store_count(st));
     CHECK(count_segments(run) == 1, "the crashed run's segment is removed (%d left)", count_segments(run));
     for (int a = 0; a < N; a++) {
@@ -100,11 +101,12 @@ int main(void) {
         CHECK(!memcmp(got, a == 0 ? alice2 : want[a], sizeof got), "restored record %d", a);
     }
     const tl_store_meta *dm = tl_store_meta_at(st, tl_store_find(st, "dan"));
-    CHECK(!dm->has_state && dm->epoch == 2 && dm->pos == 5 && dm->n_examples == 7, "cursor and examples restored");
+    CHECK(!dm->has_state && dm->epoch == 2 && dm->pos == 5 && dm->n_examples == 7 && dm->round == 40,
+          "cursor, round and examples restored");
 
     /* ---- pruning: after a second commit that rewrites everyone, segment 0 is dead unless m1 is retained ---- */
     for (int a = 0; a < N; a++) CHECK_OK(tl_store_write(st, a, want[a][0], want[a][1], want[a][2], 50, &err), err);
-    CHECK_OK(tl_store_commit(st, 50, man2, &err), err);
+    CHECK_OK(tl_store_commit(st, 50, 40, man2, &err), err);
     char *keep1[] = {man1, man2};
     CHECK_OK(tl_store_prune(st, keep1, 2, &err), err);
     CHECK(count_segments(run) == 2, "segment 0 kept while a retained manifest refers to it");
@@ -125,7 +127,7 @@ int main(void) {
     tl_store *other = NULL;
     CHECK_OK(tl_store_open(run2, &L, &other, &err), err);
     if (other) {
-        CHECK(tl_store_restore(other, man2, &step, &err) == TL_ERR_INPUT && strstr(err.msg, "another store"),
+        CHECK(tl_store_restore(other, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "another store"),
               "another run's manifest: %s", err.msg);
         tl_store_close(other);
     }
@@ -138,14 +140,14 @@ int main(void) {
     buf[n / 2] ^= 0x40;
     f = fopen(man3, "wb");
     if (f) fwrite(buf, 1, n, f), fclose(f);
-    CHECK(tl_store_restore(st, man3, &step, &err) == TL_ERR_INPUT && strstr(err.msg, "CRC-32"),
+    CHECK(tl_store_restore(st, man3, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "CRC-32"),
           "corrupt manifest: %s", err.msg);
     f = fopen(man3, "wb");
     if (f) fwrite(buf, 1, 30, f), fclose(f);
-    CHECK(tl_store_restore(st, man3, &step, &err) == TL_ERR_INPUT && strstr(err.msg, "not a tailor store manifest"),
+    CHECK(tl_store_restore(st, man3, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "not a tailor store manifest"),
           "truncated manifest: %s", err.msg);
     /* a failed restore leaves the store usable: restore the good one again */
-    CHECK_OK(tl_store_restore(st, man2, &step, &err), err);
+    CHECK_OK(tl_store_restore(st, man2, &step, NULL, &err), err);
     /* a corrupt record: flip a payload byte of segment 1 */
     char seg[512];
     snprintf(seg, sizeof seg, "%s/store/seg-%08d.bin", run, 1);
@@ -161,11 +163,11 @@ int main(void) {
           "corrupt record: %s", err.msg);
     /* a truncated segment: restore names the adapter whose record is cut */
     CHECK(truncate(seg, (off_t)(2 * tl_store_record_bytes(NP) + 10)) == 0);
-    CHECK(tl_store_restore(st, man2, &step, &err) == TL_ERR_INPUT && strstr(err.msg, "truncated store file") &&
+    CHECK(tl_store_restore(st, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "truncated store file") &&
               strstr(err.msg, "carol"),
           "truncated segment: %s", err.msg);
     unlink(seg);
-    CHECK(tl_store_restore(st, man2, &step, &err) == TL_ERR_INPUT && strstr(err.msg, "missing"),
+    CHECK(tl_store_restore(st, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "missing"),
           "missing segment: %s", err.msg);
     tl_store_close(st);
     rm_rf(run), rm_rf(run2);
