@@ -700,8 +700,8 @@ tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl
 
 /* ---- setting an earlier run aside ---- */
 
-static const char *const RUN_OUTPUTS[] = {"checkpoints", "adapters", "metrics.jsonl", "eval.json", "report.html",
-                                          "config.yaml"};
+static const char *const RUN_OUTPUTS[] = {"checkpoints", "store", "adapters", "metrics.jsonl", "eval.json",
+                                          "report.html", "config.yaml"};
 #define N_RUN_OUTPUTS ((int)(sizeof RUN_OUTPUTS / sizeof RUN_OUTPUTS[0]))
 
 /* Creates <run_dir>/previous/.tmp-<stamp>-<pid> and names the final <run_dir>/previous/<stamp>[-k] that is free. */
@@ -758,7 +758,7 @@ tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_
         TL_TRY(list_checkpoints(ckdir, &v, &n, 0, err));
         for (int i = 0; i < n; i++) any |= v[i].step > after;
     } else {
-        for (int i = 0; i < 4; i++) { /* outputs of a run; config.yaml and report.html alone are not one */
+        for (int i = 0; i < 5; i++) { /* outputs of a run; config.yaml and report.html alone are not one */
             TL_TRY(tl_path_join(from, sizeof from, run_dir, RUN_OUTPUTS[i], err));
             any |= tl_path_exists(from);
         }

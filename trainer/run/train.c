@@ -666,6 +666,17 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
         snprintf(ckpt, sizeof ckpt, "%s", cfg->resume_path);
         found = 1;
     }
+    if (!s && found && cfg->resume == TL_RESUME_PATH) { /* only the newest: restoring an older one would drop the
+                                                            store records the later checkpoints use */
+        char latest[TL_PATH_MAX];
+        int any = 0;
+        s = tl_checkpoint_latest(cfg->output_dir, latest, sizeof latest, &any, err);
+        char rp1[TL_PATH_MAX], rp2[TL_PATH_MAX];
+        if (!s && (!any || !realpath(ckpt, rp1) || !realpath(latest, rp2) || strcmp(rp1, rp2) != 0))
+            s = tl_fail(err, TL_ERR_INPUT, "train.resume: %s: a run with the adapter store resumes from its newest "
+                        "checkpoint only (%s), whose store records the older ones share; copy the run directory "
+                        "to branch from an older step", ckpt, any ? latest : "none in train.output_dir");
+    }
     if (!s && found && !tl_checkpoint_has_store(ckpt))
         s = tl_fail(err, TL_ERR_INPUT, "%s: a checkpoint of a run without the adapter store: resume it with "
                     "train.store: off, or start over with train.resume: never", ckpt);
