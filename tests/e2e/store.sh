@@ -28,6 +28,15 @@ cmp "$T/off/eval.json" "$T/on/eval.json" || die "the store changed eval.json"
 nseg=$(ls "$T/on/store" | grep -c '^seg-')
 [ "$nseg" -le 2 ] || { ls -l "$T/on/store"; die "pruning left $nseg segments"; }
 
+# ---- tailor export and tailor eval stream from the store ----
+"$TAILOR_BIN" export "$T/on" --out "$T/exp" >"$T/exp.out" 2>&1 || { cat "$T/exp.out"; die "export of a store run failed"; }
+grep -q "exported 5 PEFT adapter(s)" "$T/exp.out" || { cat "$T/exp.out"; die "export: expected 5 adapters"; }
+same_adapters "$T/on/adapters" "$T/exp" 0 || die "tailor export of a store run differs from the run's adapters/"
+"$TAILOR_BIN" export "$T/on/checkpoints/step-00000024" >"$T/exp2.out" 2>&1 || { cat "$T/exp2.out"; die "export of a store checkpoint failed"; }
+cp "$T/on/eval.json" "$T/eval.train.json"
+"$TAILOR_BIN" eval "$T/on.yaml" >"$T/eval.out" 2>&1 || { cat "$T/eval.out"; die "tailor eval of a store run failed"; }
+cmp "$T/eval.train.json" "$T/on/eval.json" || die "tailor eval of a store run differs from the run's final eval.json"
+
 # ---- crashes: each resumed run must end where the straight store run ended ----
 crash() { # NAME ENV=VALUE: the run dies by SIGKILL at the fault, then resumes
   local name=$1 fault=$2

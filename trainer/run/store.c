@@ -634,6 +634,13 @@ tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *glo
     return remove_segments(st, st->next_seg, NULL, err);
 }
 
+tl_status tl_store_start_fresh(tl_store *st, tl_error *err) {
+    if (st->fd >= 0) close(st->fd), st->fd = -1;
+    clear_index(st);
+    st->next_seg = 0;
+    return remove_segments(st, 0, NULL, err);
+}
+
 typedef struct {
     uint8_t *keep;
     uint32_t n;

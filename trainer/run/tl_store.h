@@ -88,6 +88,9 @@ tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start
  * record must lie inside its segment) and removes segments written after it (a crashed run's). */
 tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *global_step, int64_t *round_start,
                            tl_error *err);
+/* A run with no checkpoint yet: drops the index and every segment (a run killed before its first checkpoint left
+ * them; nothing refers to them). */
+tl_status tl_store_start_fresh(tl_store *st, tl_error *err);
 /* Removes the segments that none of the given manifests (the retained checkpoints') and the open index refer
  * to. */
 tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *err);

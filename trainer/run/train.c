@@ -508,10 +508,15 @@ static tl_status connect_and_make_run_dir(tl_run *R, tl_error *err) {
             fprintf(R->ui.log, "note: train.resume is never: the earlier run's outputs in %s were moved to %s/\n",
                     cfg->output_dir, aside);
     }
-    TL_TRY(tl_mkdir_p(cfg->output_dir, err));
+    return tl_mkdir_p(cfg->output_dir, err);
+}
+
+/* The run's resolved config, once what the run resumes from was found valid (rank 0). */
+static tl_status write_run_config(const tl_run *R, tl_error *err) {
+    if (R->rank != 0) return TL_OK;
     char path[TL_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
-    return tl_config_write_file(cfg, path, err);
+    snprintf(path, sizeof path, "%s/config.yaml", R->cfg->output_dir);
+    return tl_config_write_file(R->cfg, path, err);
 }
 
 /* train.resume: the checkpoint rank 0 finds (auto) or is given, loaded by every rank; then metrics.jsonl. */
@@ -654,8 +659,6 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
     TL_TRY(make_pools(S, cfg, S->map.names, K, err));
     tl_store_layout L = {.P = S->pool.P, .rank = S->pool.rank, .n_layers = S->pool.n_layers,
                          .targets = S->pool.targets, .head_dim = S->pool.head_dim};
-    tl_store *st = NULL;
-    TL_TRY(tl_store_open(cfg->output_dir, &L, &st, err));
     char ckpt[TL_PATH_MAX], man[TL_PATH_MAX + 32];
     int found = 0;
     int64_t G = 0, round_start = 0;
@@ -680,9 +683,15 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
     if (!s && found && !tl_checkpoint_has_store(ckpt))
         s = tl_fail(err, TL_ERR_INPUT, "%s: a checkpoint of a run without the adapter store: resume it with "
                     "train.store: off, or start over with train.resume: never", ckpt);
+    /* the store (created when absent) only once the checkpoint to go on from is known to be a store's */
+    tl_store *st = NULL;
+    TL_TRY(s);
+    TL_TRY(tl_store_open(cfg->output_dir, &L, &st, err));
     if (!s && found) {
         snprintf(man, sizeof man, "%s/%s", ckpt, TL_STORE_MANIFEST);
         s = tl_store_restore(st, man, &G, &round_start, err);
+    } else if (!s) {
+        s = tl_store_start_fresh(st, err);
     }
     if (!s) s = check_store_users(st, &S->map, R->pref ? S->pref_train.path : S->train.path, err);
     int32_t *idx = NULL;
@@ -831,6 +840,7 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
         TL_TRY(connect_and_make_run_dir(R, err));
         TL_TRY(resume_run(R, err));
     }
+    TL_TRY(write_run_config(R, err));
     TL_TRY(alloc_step_buffers(R, err));
     print_banner(R);
     R->kill_after = fault_kill_step(R->rank);
