@@ -254,11 +254,15 @@ tl_status tl_rl_run_step(tl_rl_run *rr, tl_session *S, const tl_step_batch *B, d
     for (int64_t i = 0; i < n_units; i++) {
         int64_t p = u[i].unit;
         const tl_host_mb *mb = &B->mb[u[i].mb];
+        /* the pool slot is the one the step's batch gives the prompt's segment */
+        int32_t row = mb->cu_seqlens[u[i].seq], slot = u[i].adapter;
+        for (int g = 0; g < mb->n_seg; g++)
+            if (mb->segs[g].row0 <= row && row < mb->segs[g].row1) slot = mb->segs[g].slot;
         /* the engine's row seed of the prompt's first row hashes (run.seed, adapter name, the adapter's own step,
          * the prompt's index among its prompts of the step): the sampling stream depends on nothing else */
         rr->prompts[i] = (tl_rl_prompt){.tokens = pd->tokens + pd->offsets[p],
                                         .n = (int)(pd->offsets[p + 1] - pd->offsets[p]),
-                                        .slot = u[i].adapter,
+                                        .slot = slot,
                                         .seed = mb->row_seed[mb->cu_seqlens[u[i].seq]]};
     }
     TL_TRY(tl_rl_step(rr->rl, &S->pool, S->have_ref ? &S->ref : NULL, &rr->reward, S->ws, rr->prompts, (int)n_units,
