@@ -152,12 +152,13 @@ static int is_eos(const tl_rl *r, int32_t t) {
 
 /* Samples every completion: prompts prefilled in chunks of the decoder's rows, then one token per sequence per
  * decode step until EOS or max_completion. */
-static tl_status rollout(tl_rl *r, const tl_rl_prompt *prompts, int n_prompts, tl_error *err) {
+static tl_status rollout(tl_rl *r, const tl_lora_pool *pool, int base, const tl_rl_prompt *prompts, int n_prompts,
+                         tl_error *err) {
     const int G = r->G, V = r->m->cfg.vocab_size, mbt = r->o.micro_batch_tokens;
     const int nc = n_prompts * G;
     r->n_comp = nc;
-    for (int c = 0; c < r->n_max; c++) r->dslots[c] = c < nc ? prompts[c / G].slot : -1;
-    TL_TRY(tl_decoder_reset(r->dec, r->dslots, err));
+    for (int c = 0; c < r->n_max; c++) r->dslots[c] = c < nc && !base ? prompts[c / G].slot : -1;
+    TL_TRY(tl_decoder_reset(r->dec, pool, r->dslots, err));
     for (int c = 0; c < r->n_max; c++) r->n_new[c] = 0;
     for (int c = 0; c < nc; c++) {
         const tl_rl_prompt *p = &prompts[c / G];
@@ -371,7 +372,7 @@ tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, co
     TL_TRY(check_prompts(r, prompts, n_prompts, stats, err));
     memset(timing, 0, sizeof *timing);
     double t0 = tl_now_s();
-    TL_TRY(rollout(r, prompts, n_prompts, err));
+    TL_TRY(rollout(r, policy, 0, prompts, n_prompts, err));
     double t1 = tl_now_s();
     for (int c = 0; c < r->n_comp; c++) timing->rollout_tokens += r->comp_len[c];
     for (int c0 = 0; c0 < r->n_comp;) { /* rewards */
@@ -381,6 +382,20 @@ tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, co
     }
     TL_TRY(advantages_and_train(r, policy, ref, ws, prompts, n_prompts, stats, timing, err));
     timing->rollout_s = t1 - t0, timing->train_s = tl_now_s() - t1;
+    return TL_OK;
+}
+
+tl_status tl_rl_sample_score(tl_rl *r, const tl_lora_pool *policy, const tl_lora_pool *reward,
+                             const tl_rl_prompt *prompts, int n_prompts, tl_error *err) {
+    if (!r->rws) return tl_fail(err, TL_ERR_RUNTIME, "RL evaluation: planned without a reward pool");
+    if (n_prompts > r->o.max_prompts)
+        return tl_fail(err, TL_ERR_RUNTIME, "RL evaluation: %d prompts, planned for %d", n_prompts, r->o.max_prompts);
+    TL_TRY(rollout(r, policy, policy == NULL, prompts, n_prompts, err));
+    for (int c0 = 0; c0 < r->n_comp;) {
+        int c1 = fill_mb(r, c0);
+        TL_TRY(score_mb(r, reward, err));
+        c0 = c1;
+    }
     return TL_OK;
 }
 

@@ -86,6 +86,12 @@ tl_status tl_rl_train_given(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *
                             const tl_rl_prompt *prompts, int n_prompts, const int32_t *comp, const int64_t *comp_off,
                             const double *rewards, tl_rl_stats *stats, tl_rl_timing *timing, tl_error *err);
 
+/* Evaluation: samples the completions of the prompts with `policy` (a pool of the layout tl_rl_create was given:
+ * the trained adapters or a frozen copy of the starting ones; NULL: the bare base model for every prompt) and
+ * scores them with the reward pool; tl_rl_reward(r, c) then gives completion c's reward. Nothing is trained. */
+tl_status tl_rl_sample_score(tl_rl *r, const tl_lora_pool *policy, const tl_lora_pool *reward,
+                             const tl_rl_prompt *prompts, int n_prompts, tl_error *err);
+
 /* The completions of the last step (for reading, tests and the sampling checks): completion c = prompt
  * c / num_generations, generation c % num_generations; tokens and count (EOS included). */
 int tl_rl_completion(const tl_rl *r, int c, const int32_t **tokens);
