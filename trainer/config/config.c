@@ -63,6 +63,7 @@ const char *const tl_backend_choice_names[] = {"auto", "cpu", "cuda", NULL};
 const char *const tl_schedule_names[] = {"constant", "linear", "cosine", NULL};
 const char *const tl_task_loss_names[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
 const char *const tl_dist_strategy_names[] = {"auto", "user_shard", "data_parallel", NULL};
+const char *const tl_store_choice_names[] = {"auto", "on", "off", NULL};
 #define KEY_CHOICES tl_adapter_key_names
 #define TASK_CHOICES tl_task_type_names
 #define BACKEND_CHOICES tl_backend_choice_names
@@ -72,7 +73,8 @@ const char *const tl_dist_strategy_names[] = {"auto", "user_shard", "data_parall
 /* K_ENUM stores an int: every choice enum must be one */
 _Static_assert(sizeof(tl_adapter_key) == sizeof(int) && sizeof(tl_task_type) == sizeof(int) &&
                    sizeof(tl_task_loss) == sizeof(int) && sizeof(tl_backend_choice) == sizeof(int) &&
-                   sizeof(tl_schedule) == sizeof(int) && sizeof(tl_dist_strategy) == sizeof(int),
+                   sizeof(tl_schedule) == sizeof(int) && sizeof(tl_dist_strategy) == sizeof(int) &&
+                   sizeof(tl_store_choice) == sizeof(int),
                "choice enums are ints");
 
 #define F(field) offsetof(tl_config, field)
@@ -129,6 +131,9 @@ static const key_desc KEYS[] = {
     I64("train.eval_every", eval_every, 0),
     I64("train.checkpoint_every", checkpoint_every, 0),
     INT("train.keep_checkpoints", keep_checkpoints, 1, INT_MAX),
+    ENUM("train.store", store, tl_store_choice_names),
+    I64("train.store_min_bytes", store_min_bytes, 0),
+    {"train.continue", K_BOOL, F(continue_run), 0, 0, 0, 0, 0, 0, NULL},
     {"train.resume", K_RESUME, F(resume), sizeof(((tl_config *)0)->resume_path), 0, 0, 0, 0, 0, NULL},
     ENUM("dist.strategy", dist_strategy, STRATEGY_CHOICES),
     DBL("dist.timeout_s", dist_timeout_s, 0, 0, D_LO_OPEN),
@@ -199,6 +204,8 @@ void tl_config_defaults(tl_config *c) {
     c->keep_checkpoints = 2;
     c->resume = TL_RESUME_AUTO;
     c->dist_strategy = TL_STRATEGY_AUTO;
+    c->store = TL_STORE_AUTO;
+    c->store_min_bytes = (int64_t)2 << 30;
     c->dist_timeout_s = 600.0;
     c->cluster_nodes = 1;
     snprintf(c->cluster_mpi, sizeof c->cluster_mpi, "pmix");

@@ -30,12 +30,14 @@ typedef enum { TL_BACKEND_AUTO, TL_BACKEND_CPU, TL_BACKEND_CUDA } tl_backend_cho
 typedef enum { TL_SCHEDULE_CONSTANT, TL_SCHEDULE_LINEAR, TL_SCHEDULE_COSINE } tl_schedule;
 typedef enum { TL_RESUME_AUTO, TL_RESUME_NEVER, TL_RESUME_PATH } tl_resume;
 typedef enum { TL_STRATEGY_AUTO, TL_STRATEGY_USER_SHARD, TL_STRATEGY_DATA_PARALLEL } tl_dist_strategy;
+typedef enum { TL_STORE_AUTO, TL_STORE_ON, TL_STORE_OFF } tl_store_choice;
 extern const char *const tl_adapter_key_names[];   /* "user", "group", "global" */
 extern const char *const tl_task_type_names[];     /* "sft", "dpo", "reward" */
 extern const char *const tl_task_loss_names[];     /* "sigmoid", "ipo", "hinge", "robust", "simpo" */
 extern const char *const tl_backend_choice_names[]; /* "auto", "cpu", "cuda" */
 extern const char *const tl_schedule_names[];      /* "constant", "linear", "cosine" */
 extern const char *const tl_dist_strategy_names[]; /* "auto", "user_shard", "data_parallel" */
+extern const char *const tl_store_choice_names[];  /* "auto", "on", "off" */
 
 typedef struct {
     /* run */
@@ -83,6 +85,10 @@ typedef struct {
     int64_t eval_every;           /* default 0 = only at the end (when data.eval is set) */
     int64_t checkpoint_every;     /* default 0 = only at the end */
     int keep_checkpoints;         /* default 2 */
+    tl_store_choice store;        /* auto (default: on when the adapters' state would pass train.store_min_bytes) |
+                                     on | off: the adapter store (docs/scale.md) */
+    int64_t store_min_bytes;      /* default 2 GiB: auto turns the store on above this much adapter state */
+    int continue_run;             /* train.continue, default false: train again on a grown dataset (docs/scale.md) */
     tl_resume resume;             /* auto (default) | never | a path of a checkpoint directory: */
     char resume_path[TL_PATH_MAX]; /* TL_RESUME_PATH: that path ("" otherwise) */
     /* dist: many processes (docs/cluster.md) */
