@@ -25,6 +25,7 @@ typedef struct {
     int64_t tokens, truncated;
     int adapters;
     const tl_pref_stats *pref; /* dpo / reward: every pair of the step; NULL for sft */
+    const char *extra;         /* more fields of the record, a JSON fragment ", \"k\": v, ..." (grpo / rloo); or NULL */
 } tl_step_record;
 
 /* Opens metrics.jsonl for appending; on resume (keep_upto >= 0) first drops records past the resumed step so the
