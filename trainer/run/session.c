@@ -265,6 +265,9 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     tl_resident *res = S->res;
     TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
+    if (final && cfg->data_eval_generate > 0)
+        fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
+                "(docs/scale.md)\n");
     int64_t N64 = tl_store_count(res->store);
     int K = S->pool.n_slots, N = (int)N64;
     char path[TL_PATH_MAX + 16];

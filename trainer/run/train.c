@@ -588,6 +588,8 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
     const tl_config *cfg = R->cfg;
     tl_session *S = &R->S;
     *use = 0;
+    if (cfg->store == TL_STORE_OFF && cfg->continue_run)
+        return tl_fail(err, TL_ERR_INPUT, "train.continue: true needs the adapter store: set train.store: on");
     if (cfg->store == TL_STORE_OFF) return TL_OK;
     if (R->rl) { /* the reward pool is laid out by the policy pool's names: no store for grpo / rloo yet */
         if (cfg->store == TL_STORE_AUTO) return TL_OK;
@@ -600,7 +602,7 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
         TL_TRY(tl_lora_pool_init(&probe, &S->model, 1, S->map.names, &o, err));
         double bytes = 16.0 * (double)probe.P * (double)S->map.n_adapters;
         tl_lora_pool_free(&probe, S->be);
-        if (bytes <= (double)cfg->store_min_bytes) return TL_OK;
+        if (bytes <= (double)cfg->store_min_bytes && !cfg->continue_run) return TL_OK;
     }
     if (R->world > 1)
         return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store runs in one process for now (%d ranks "
@@ -837,6 +839,10 @@ static void print_banner(const tl_run *R) {
                 S->data_parallel ? "data_parallel" : "user_shard",
                 S->data_parallel ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
                                  : ": each rank trains its own adapters, balanced by tokens");
+    if (S->res)
+        fprintf(R->ui.out, "adapter store: %lld adapter(s) in %s/store, %d in this round, %d slot(s) in memory "
+                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir, S->res->n,
+                S->pool.n_slots, 16.0 * (double)S->pool.P * S->pool.n_slots / (1 << 20));
 }
 
 /* Setup: everything the run reads is opened and checked before rank 0 writes the run directory. *R is always
@@ -1068,6 +1074,10 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
         fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
+    if (S->res)
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
+                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
+                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
             S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
