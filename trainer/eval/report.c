@@ -509,7 +509,8 @@ static void top_table(sbuf *b, const char *cls, const cJSON *const *rows, const 
 
 /* sft: base_loss - loss of every adapter that has both (positive: the adapter does better than the base model on
  * its users' held-out data); preference: the held-out accuracy (rewards/accuracies), as eval.json has no base
- * accuracy. A histogram, the share improved, and the REPORT_TOP best and worst. */
+ * accuracy. A value of magnitude above 1e300 (or an overflow) counts as no value. A histogram, the share improved,
+ * and the REPORT_TOP best and worst. */
 static tl_status improvement_section(sbuf *b, const char *path, const cJSON *adapters, int pref, const column *cols,
                                      int ncols, tl_error *err) {
     int n = cJSON_GetArraySize(adapters), m = 0;
@@ -524,7 +525,7 @@ static tl_status improvement_section(sbuf *b, const char *path, const cJSON *ada
     cJSON_ArrayForEach(r, adapters) {
         rows[i] = r;
         double x = pref ? num_or_nan(r, "rewards/accuracies") : num_or_nan(r, "base_loss") - num_or_nan(r, "loss");
-        if (isfinite(x)) v[m].v = x, v[m].i = i, m++;
+        if (isfinite(x) && fabs(x) <= REPORT_MAX_VALUE) v[m].v = x, v[m].i = i, m++; /* sums and ranges stay finite */
         i++;
     }
     const char *what = pref ? "held-out preference accuracy" : "improvement over the base model (base_loss - loss)";
@@ -664,8 +665,7 @@ static tl_status heatmap(sbuf *b, const char *path, const cJSON *adapters, const
 }
 
 /* The counts of eval.json (step, examples, tokens, pairs) are integers in [0, 2^53] (or null): a count shown as
- * "%.0f" must be exactly what the file claims; the other cells are finite numbers of magnitude <= 1e300 or null
- * (so that base_loss - loss and the histogram's range stay finite). */
+ * "%.0f" must be exactly what the file claims; the other cells are finite numbers or null. */
 static tl_status check_eval_numbers(const char *path, const cJSON *ev, tl_error *err) {
     static const char *const counts[] = {"step", "examples", "tokens", "pairs"};
     const char *lists[2] = {"adapters", "users"};
@@ -681,9 +681,9 @@ static tl_status check_eval_numbers(const char *path, const cJSON *ev, tl_error 
                 int count = 0;
                 for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) count |= v->string && !strcmp(v->string, counts[k]);
                 int ok = count ? tl_json_int(v->valuedouble, 0, REPORT_MAX_STEP, &ignored)
-                               : isfinite(v->valuedouble) && fabs(v->valuedouble) <= REPORT_MAX_VALUE;
+                               : isfinite(v->valuedouble);
                 if (ok) continue;
-                const char *want = count ? "an integer in [0, 2^53]" : "a finite number of magnitude <= 1e300";
+                const char *want = count ? "an integer in [0, 2^53]" : "a finite number";
                 if (l < 0)
                     return tl_fail(err, TL_ERR_INPUT, "%s: \"%.64s\" is %g, expected %s", path, v->string,
                                    v->valuedouble, want);
