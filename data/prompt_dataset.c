@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 /* The optional reference answers: both datasets or neither. */
 static tl_status read_reference(tl_h5_reader *r, tl_prompt_dataset *ds, int model_vocab, tl_error *err) {
     const char *path = ds->path;
@@ -16,20 +15,23 @@ static tl_status read_reference(tl_h5_reader *r, tl_prompt_dataset *ds, int mode
     TL_TRY(tl_h5_has(r, "/prompt/reference/tokens", &has_tok, err));
     if (!has_off && !has_tok) return TL_OK;
     if (!has_off || !has_tok)
-        return tl_fail(err, TL_ERR_INPUT, "%s: %s: missing dataset, expected /prompt/reference/tokens and "
-                       "/prompt/reference/offsets together or neither", path,
-                       has_off ? "/prompt/reference/tokens" : "/prompt/reference/offsets");
+        return tl_fail(err, TL_ERR_INPUT,
+                       "%s: %s: missing dataset, expected /prompt/reference/tokens and "
+                       "/prompt/reference/offsets together or neither",
+                       path, has_off ? "/prompt/reference/tokens" : "/prompt/reference/offsets");
     int64_t n_off = 0;
     TL_TRY(tl_h5_read_i32(r, "/prompt/reference/tokens", &ds->ref_tokens, &ds->n_ref_tokens, err));
     TL_TRY(tl_h5_read_i64(r, "/prompt/reference/offsets", &ds->ref_offsets, &n_off, err));
     if (n_off != ds->n_prompts + 1)
-        return tl_fail(err, TL_ERR_INPUT, "%s: /prompt/reference/offsets: length %lld, expected %lld (one offset per "
-                       "prompt plus one)", path, (long long)n_off, (long long)(ds->n_prompts + 1));
+        return tl_fail(err, TL_ERR_INPUT,
+                       "%s: /prompt/reference/offsets: length %lld, expected %lld (one offset per "
+                       "prompt plus one)",
+                       path, (long long)n_off, (long long)(ds->n_prompts + 1));
     ds->has_reference = 1;
     TL_TRY(tl_check_offsets(path, "/prompt/reference/offsets", ds->ref_offsets, ds->n_prompts,
                             "/prompt/reference/tokens", ds->n_ref_tokens, err));
-    return tl_check_tokens(path, "/prompt/reference/tokens", "prompt", ds->ref_tokens, ds->ref_offsets,
-                           ds->n_prompts, model_vocab, ds->vocab_size_attr, err);
+    return tl_check_tokens(path, "/prompt/reference/tokens", "prompt", ds->ref_tokens, ds->ref_offsets, ds->n_prompts,
+                           model_vocab, ds->vocab_size_attr, err);
 }
 
 static tl_status read_prompts(tl_h5_reader *r, tl_prompt_dataset *ds, int model_vocab, tl_error *err) {
@@ -50,8 +52,10 @@ static tl_status read_prompts(tl_h5_reader *r, tl_prompt_dataset *ds, int model_
     for (int64_t i = 0; i < n; i++) {
         int64_t len = ds->offsets[i + 1] - ds->offsets[i];
         if (len == 0)
-            return tl_fail(err, TL_ERR_INPUT, "%s: /prompt/offsets: prompt %lld is empty, expected at least one "
-                           "token (generation continues the prompt)", path, (long long)i);
+            return tl_fail(err, TL_ERR_INPUT,
+                           "%s: /prompt/offsets: prompt %lld is empty, expected at least one "
+                           "token (generation continues the prompt)",
+                           path, (long long)i);
         if (len > ds->max_prompt_len) ds->max_prompt_len = len;
     }
     TL_TRY(tl_check_user_range(path, "/prompt/user", "prompt", ds->user, n, ds->n_users, err));
@@ -97,10 +101,14 @@ tl_status tl_prompt_open(const char *path, int model_vocab, tl_prompt_dataset *o
     return prompt_open_direct(path, model_vocab, out, err);
 }
 
-tl_status tl_adapter_map_build_prompt(const tl_prompt_dataset *ds, tl_adapter_key key, char *const *names,
-                                      int n_names, tl_adapter_map *out, tl_error *err) {
-    const tl_user_items d = {.path = ds->path, .n_users = ds->n_users, .user_names = ds->user_names,
-                             .user_groups = ds->user_groups, .n_items = ds->n_prompts, .user = ds->user};
+tl_status tl_adapter_map_build_prompt(const tl_prompt_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
+                                      tl_adapter_map *out, tl_error *err) {
+    const tl_user_items d = {.path = ds->path,
+                             .n_users = ds->n_users,
+                             .user_names = ds->user_names,
+                             .user_groups = ds->user_groups,
+                             .n_items = ds->n_prompts,
+                             .user = ds->user};
     return tl_adapter_map_build_users(&d, key, names, n_names, out, err);
 }
 
@@ -113,7 +121,11 @@ static void prompt_get(const void *data, int64_t i, tl_seq_src *out) {
 }
 
 tl_unit_source tl_prompt_source(const tl_prompt_dataset *ds) {
-    tl_unit_source s = {.path = ds->path, .data = ds, .n_units = ds->n_prompts, .seqs_per_unit = 1,
-                        .weighting = TL_WEIGHT_ONE, .get = prompt_get};
+    tl_unit_source s = {.path = ds->path,
+                        .data = ds,
+                        .n_units = ds->n_prompts,
+                        .seqs_per_unit = 1,
+                        .weighting = TL_WEIGHT_ONE,
+                        .get = prompt_get};
     return s;
 }

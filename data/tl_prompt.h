@@ -31,8 +31,8 @@ typedef struct {
     int32_t *user;    /* [n_prompts] */
     int has_reference;
     int64_t n_ref_tokens;
-    int32_t *ref_tokens;  /* [n_ref_tokens] or NULL */
-    int64_t *ref_offsets; /* [n_prompts + 1] or NULL */
+    int32_t *ref_tokens;     /* [n_ref_tokens] or NULL */
+    int64_t *ref_offsets;    /* [n_prompts + 1] or NULL */
     int64_t vocab_size_attr; /* 0 when absent */
     int64_t max_prompt_len;  /* the longest prompt, in tokens */
 } tl_prompt_dataset;
@@ -44,8 +44,8 @@ void tl_prompt_free(tl_prompt_dataset *ds);
 
 /* The adapter map over prompts: map->n_examples[a] / map->examples[a] are adapter a's PROMPTS (dataset order).
  * Same keys, pool order, fixed-pool rules and errors as tl_adapter_map_build. */
-tl_status tl_adapter_map_build_prompt(const tl_prompt_dataset *ds, tl_adapter_key key, char *const *names,
-                                      int n_names, tl_adapter_map *out, tl_error *err);
+tl_status tl_adapter_map_build_prompt(const tl_prompt_dataset *ds, tl_adapter_key key, char *const *names, int n_names,
+                                      tl_adapter_map *out, tl_error *err);
 
 /* The prompts as units of the batching engine (tl_batcher.h), so each step's prompts per adapter come from the
  * same per-adapter shuffled streams, round robin, cursors and checkpoints as SFT examples: a prompt reads as one

@@ -121,7 +121,7 @@ static int cmd_loss(void) {
         rc = bad("loss: a value is missing or not a number");
         goto done;
     }
-    tl_rl_batch b = {(int)nseq, off, buf, buf + t, buf + 2 * t, adv};
+    tl_rl_batch b = {(int)nseq, off, buf, buf + t, buf + 2 * t, adv, 0, 0};
     tl_rl_loss_out out;
     tl_rl_loss(&o, &b, d, &out);
     printf("%.17g %lld %.17g %lld %lld", out.loss, (long long)out.tokens, out.kl, (long long)out.low_clipped,

@@ -195,7 +195,7 @@ static long double ref_loss(const tl_rl_loss_opts *o, const batch *b, int64_t *l
 static double loss_of(const tl_rl_loss_opts *o, const batch *b) {
     double d[MAXT];
     tl_rl_loss_out out;
-    tl_rl_batch tb = {b->n_seq, b->off, b->logp, b->old, b->ref, b->adv};
+    tl_rl_batch tb = {b->n_seq, b->off, b->logp, b->old, b->ref, b->adv, 0, 0};
     tl_rl_loss(o, &tb, d, &out);
     return out.loss;
 }
@@ -218,7 +218,7 @@ static void test_loss(void) {
                     double d[MAXT];
                     for (int i = 0; i < MAXT; i++) d[i] = NAN;
                     tl_rl_loss_out out;
-                    tl_rl_batch tb = {b.n_seq, b.off, b.logp, b.old, kl ? b.ref : NULL, b.adv};
+                    tl_rl_batch tb = {b.n_seq, b.off, b.logp, b.old, kl ? b.ref : NULL, b.adv, 0, 0};
                     tl_rl_loss(&o, &tb, d, &out);
                     int64_t lowc, highc;
                     long double kls, mag;
@@ -282,7 +282,7 @@ static void test_clipped_zero_grad(void) {
     int64_t off[2] = {0, 2};
     double logp[2] = {-1.0, -1.0}, old[2] = {-1.5, -0.5}, adv[1] = {1.0}, d[2];
     tl_rl_loss_opts o = {.norm = TL_RL_NORM_BNPO, .beta = 0, .eps_low = 0.2, .eps_high = 0.2, .max_completion = 4};
-    tl_rl_batch b = {1, off, logp, old, NULL, adv};
+    tl_rl_batch b = {1, off, logp, old, NULL, adv, 0, 0};
     tl_rl_loss_out out;
     tl_rl_loss(&o, &b, d, &out);
     /* token 0: ratio e^0.5 > 1.2 with A > 0: clipped, loss -1.2, no gradient; token 1: ratio e^-0.5 < 0.8 with
@@ -298,11 +298,44 @@ static void test_empty_completion(void) {
     int64_t off[3] = {0, 0, 2};
     double logp[2] = {-1, -2}, adv[2] = {5, 1}, d[2];
     tl_rl_loss_opts o = {.norm = TL_RL_NORM_GRPO, .beta = 0, .eps_low = 0.2, .eps_high = 0.2, .max_completion = 4};
-    tl_rl_batch b = {2, off, logp, logp, NULL, adv};
+    tl_rl_batch b = {2, off, logp, logp, NULL, adv, 0, 0};
     tl_rl_loss_out out;
     tl_rl_loss(&o, &b, d, &out);
     CHECK(rel(out.loss, -0.5) < 1e-15 && rel(d[0], -0.25) < 1e-15 && rel(d[1], -0.25) < 1e-15, "loss %g d %g %g",
           out.loss, d[0], d[1]);
+}
+
+/* A group split into parts (as micro-batches split an adapter's completions), each part given the group's
+ * totals: the parts' losses sum to the whole group's and every token's gradient is the same. */
+static void test_split(void) {
+    double worst = 0;
+    int64_t bad_grad = 0;
+    for (int trial = 0; trial < 200; trial++) {
+        batch b;
+        rand_batch(&b, trial % 3);
+        tl_rl_loss_opts o = {.norm = (tl_rl_norm)(trial % 3),
+                             .beta = trial % 2 ? 0.1 : 0,
+                             .eps_low = 0.2,
+                             .eps_high = 0.3,
+                             .max_completion = 30};
+        double whole_d[MAXT], part_d[MAXT];
+        tl_rl_loss_out whole, part;
+        tl_rl_batch tb = {b.n_seq, b.off, b.logp, b.old, b.ref, b.adv, 0, 0};
+        tl_rl_loss(&o, &tb, whole_d, &whole);
+        double sum = 0;
+        for (int s0 = 0; s0 < b.n_seq;) {
+            int s1 = s0 + irand(1, 4);
+            if (s1 > b.n_seq) s1 = b.n_seq;
+            tl_rl_batch pb = {s1 - s0, b.off + s0, b.logp, b.old, b.ref, b.adv + s0, b.n_seq, b.off[b.n_seq]};
+            tl_rl_loss(&o, &pb, part_d, &part);
+            for (int64_t t = b.off[s0]; t < b.off[s1]; t++) bad_grad += part_d[t] != whole_d[t];
+            sum += part.loss;
+            s0 = s1;
+        }
+        upd(&worst, fabs(sum - whole.loss) / fmax(fabs(whole.loss), 1e-12));
+    }
+    check("a group split in parts: losses sum to the whole", worst, 1e-12);
+    CHECK(bad_grad == 0, "a group split in parts: %lld token gradients differ", (long long)bad_grad);
 }
 
 int main(void) {
@@ -315,5 +348,6 @@ int main(void) {
     test_loss();
     test_clipped_zero_grad();
     test_empty_completion();
+    test_split();
     return tl_check_done("test_rl_loss");
 }

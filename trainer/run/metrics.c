@@ -165,6 +165,7 @@ void tl_metrics_step(tl_metrics *M, const tl_ui *ui, const tl_step_record *r, do
             for (int k = 1; k < TL_PREF_N_METRICS; k++)
                 if (isfinite(mean[k])) fprintf(M->f, ", \"%s\": %.6f", tl_pref_metric_names[k], mean[k]);
         }
+        if (r->extra) fputs(r->extra, M->f);
         fputs("}\n", M->f);
         for (int i = 0; r->sample_loss && r->sample_trained && i < M->n_sample; i++) {
             if (!r->sample_trained[i]) continue;

@@ -37,6 +37,7 @@ void tl_session_close(tl_session *S) {
     if (S->have_eval) tl_sft_free(&S->eval);
     if (S->have_pref_train) tl_pref_free(&S->pref_train);
     if (S->have_pref_eval) tl_pref_free(&S->pref_eval_set);
+    if (S->have_prompt_train) tl_prompt_free(&S->prompt_train);
     if (S->model_loaded) tl_model_free(&S->model);
     free(S->global_index);
     free(S->eval_mine);
@@ -46,11 +47,12 @@ void tl_session_close(tl_session *S) {
     memset(S, 0, sizeof *S);
 }
 
-/* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
+/* A dataset for this task: SFT files for sft, preference files for dpo and reward, prompt files for grpo and rloo,
+ * said clearly otherwise. */
 static tl_status check_kind(const char *key, const char *path, tl_task_type task, tl_error *err) {
     char kind[32];
     TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
-    const char *want = task == TL_TASK_SFT ? "sft" : "preference";
+    const char *want = task == TL_TASK_SFT ? "sft" : TL_TASK_IS_RL(task) ? "prompt" : "preference";
     if (strcmp(kind, want) != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
                        tl_task_type_names[task], want);
@@ -70,6 +72,9 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
         TL_TRY(tl_pref_opts_check(&S->pref_opts, err));
     }
     int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
+    if (TL_TASK_IS_RL(S->task) && open_eval) /* what an RL evaluation means (reward of sampled answers) is not built */
+        return tl_fail(err, TL_ERR_INPUT, "data.eval: not supported for task.type %s yet (docs/rl.md); leave it unset",
+                       tl_task_type_names[S->task]);
     if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
     if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
     TL_TRY(tl_backend_open_on(tl_backend_choice_names[cfg->backend], S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
@@ -84,6 +89,11 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
         if (open_eval) {
             TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
             S->have_eval = 1;
+        }
+    } else if (TL_TASK_IS_RL(S->task)) {
+        if (open_train) {
+            TL_TRY(tl_prompt_open(cfg->data_train, V, &S->prompt_train, err));
+            S->have_prompt_train = 1;
         }
     } else {
         if (open_train) {
@@ -253,6 +263,9 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     tl_resident *res = S->res;
     TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
+    if (final && cfg->data_eval_generate > 0)
+        fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
+                "(docs/scale.md)\n");
     int64_t N64 = tl_store_count(res->store);
     int K = S->pool.n_slots, N = (int)N64;
     char path[TL_PATH_MAX + 16];
@@ -499,7 +512,7 @@ tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
 tl_status tl_session_workspace(tl_session *S, const tl_config *cfg, tl_error *err) {
     /* a sequence holds at least one token, so a micro-batch holds at most micro_batch_tokens sequences */
     TL_TRY(tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err));
-    if (S->task == TL_TASK_SFT) return TL_OK;
+    if (S->task == TL_TASK_SFT || TL_TASK_IS_RL(S->task)) return TL_OK;
     return tl_pref_scratch_create(cfg->micro_batch_tokens, cfg->micro_batch_tokens, S->model.cfg.hidden_size,
                                   &S->pref_scratch, err);
 }

@@ -8,6 +8,7 @@
 #include "data/tl_dataset.h"
 #include "data/tl_io.h"
 #include "data/tl_pref.h"
+#include "data/tl_prompt.h"
 #include "trainer/config/tl_config.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/model/tl_model.h"
@@ -27,6 +28,8 @@ typedef struct {
     int have_train, have_eval;
     tl_pref_dataset pref_train, pref_eval_set; /* dpo, reward */
     int have_pref_train, have_pref_eval;
+    tl_prompt_dataset prompt_train; /* grpo, rloo */
+    int have_prompt_train;
     tl_adapter_map map;
     int have_map;
     tl_lora_pool pool;

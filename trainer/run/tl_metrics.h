@@ -38,6 +38,7 @@ typedef struct {
      * train in this step (no record is written for it) */
     const double *sample_loss;
     const uint8_t *sample_trained; /* [M->n_sample]: 1 if the sampled adapter trained in this step */
+    const char *extra;         /* more fields of the record, a JSON fragment ", \"k\": v, ..." (grpo / rloo); or NULL */
 } tl_step_record;
 
 /* Opens metrics.jsonl for appending; on resume (keep_upto >= 0) first drops records past the resumed step so the

@@ -19,6 +19,7 @@
 #include "kernels/tl_text.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/dist/tl_dist_pool.h"
+#include "trainer/run/rl_run.h"
 #include "trainer/run/session_impl.h"
 #include "trainer/run/resident.h"
 #include "trainer/run/tl_checkpoint.h"
@@ -35,7 +36,7 @@ static tl_status make_pools(tl_session *S, const tl_config *cfg, char *const *na
     S->have_pool = 1;
     if (!cfg->adapter_init_from[0]) return TL_OK;
     TL_TRY(tl_load_init_from(&S->pool, S->be, cfg->adapter_init_from, err));
-    if (S->task != TL_TASK_DPO) return TL_OK;
+    if (S->task != TL_TASK_DPO && !TL_TASK_IS_RL(S->task)) return TL_OK;
     /* the reference runs without dropout, as TRL's reference model is in eval mode */
     tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
     TL_TRY(tl_lora_pool_init(&S->ref, &S->model, n, names, &reference, err));
@@ -283,6 +284,8 @@ typedef struct {
     int handlers;  /* the stop handlers are installed (old_* to restore) */
     int rank, world;
     int pref;      /* dpo or reward: preference pairs */
+    int rl;        /* grpo or rloo: prompts, rollouts, reward models (rl_run.h) */
+    tl_rl_run *rl_run;
     tl_cursor *cursors;        /* the batcher's, saved in every checkpoint */
     int64_t *total_steps;      /* [slots] optimizer steps each adapter takes over the run */
     double *adapter_loss;      /* [slots] this step's loss of each adapter */
@@ -371,6 +374,7 @@ static void tl_run_close(tl_run *R) {
     free(R->ref_cache.v);
     free(R->ref_cache.in);
     free(R->ref_cache.out);
+    tl_rl_run_free(R->rl_run, R->S.be);
     free(R->active_slots);
     free(R->slot_targets);
     free(R->slot_total);
@@ -403,8 +407,17 @@ static tl_status setup_inputs(tl_run *R, tl_error *err) {
     tl_adapter_key key = cfg->adapter_key;
     S->data_parallel = cfg->dist_strategy == TL_STRATEGY_DATA_PARALLEL ||
                        (cfg->dist_strategy == TL_STRATEGY_AUTO && key == TL_KEY_GLOBAL);
-    R->pref = S->task != TL_TASK_SFT;
-    if (R->pref) {
+    R->pref = S->task == TL_TASK_DPO || S->task == TL_TASK_REWARD;
+    R->rl = TL_TASK_IS_RL(S->task);
+    if (R->rl) {
+        if (R->world > 1)
+            return tl_fail(err, TL_ERR_INPUT, "task.type %s: runs as one process only for now (%d ranks given)",
+                           tl_task_type_names[S->task], R->world);
+        TL_TRY(tl_adapter_map_build_prompt(&S->prompt_train, key, NULL, 0, &S->map, err));
+        S->have_map = 1;
+        warn_empty_users(&R->ui, S->prompt_train.path, S->prompt_train.n_users, S->prompt_train.user_names, &S->map,
+                         key);
+    } else if (R->pref) {
         TL_TRY(tl_adapter_map_build_pref(&S->pref_train, key, NULL, 0, &S->map, err));
         S->have_map = 1;
         warn_empty_users(&R->ui, S->pref_train.path, S->pref_train.n_users, S->pref_train.user_names, &S->map, key);
@@ -468,7 +481,10 @@ static tl_status setup_batcher_and_pools(tl_run *R, tl_error *err) {
                           .micro_batch_tokens = cfg->micro_batch_tokens,
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
-    if (R->pref) {
+    if (R->rl) { /* prompts as units of the SFT engine: the same streams, round robin and cursors */
+        tl_unit_source src = tl_prompt_source(&S->prompt_train);
+        TL_TRY(tl_batcher_init_units(&src, train_map, &bo, &S->batcher, err));
+    } else if (R->pref) {
         TL_TRY(tl_pref_batcher_init(&S->pref_train, train_map, &bo, &S->pref_batcher, err));
         if (S->local_pool) TL_TRY(tl_pref_batcher_set_global(S->pref_batcher, S->global_index, S->n_global, err));
     } else {
@@ -572,14 +588,21 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
     const tl_config *cfg = R->cfg;
     tl_session *S = &R->S;
     *use = 0;
+    if (cfg->store == TL_STORE_OFF && cfg->continue_run)
+        return tl_fail(err, TL_ERR_INPUT, "train.continue: true needs the adapter store: set train.store: on");
     if (cfg->store == TL_STORE_OFF) return TL_OK;
+    if (R->rl) { /* the reward pool is laid out by the policy pool's names: no store for grpo / rloo yet */
+        if (cfg->store == TL_STORE_AUTO) return TL_OK;
+        return tl_fail(err, TL_ERR_INPUT, "train.store: not supported with task.type %s yet: set train.store: off",
+                       tl_task_type_names[cfg->task_type]);
+    }
     if (cfg->store == TL_STORE_AUTO) {
         tl_lora_pool probe; /* one slot: the layout's size */
         tl_lora_opts o = tl_session_lora_opts(cfg, 0.0f, S->task == TL_TASK_REWARD);
         TL_TRY(tl_lora_pool_init(&probe, &S->model, 1, S->map.names, &o, err));
         double bytes = 16.0 * (double)probe.P * (double)S->map.n_adapters;
         tl_lora_pool_free(&probe, S->be);
-        if (bytes <= (double)cfg->store_min_bytes) return TL_OK;
+        if (bytes <= (double)cfg->store_min_bytes && !cfg->continue_run) return TL_OK;
     }
     if (R->world > 1)
         return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store runs in one process for now (%d ranks "
@@ -816,6 +839,10 @@ static void print_banner(const tl_run *R) {
                 S->data_parallel ? "data_parallel" : "user_shard",
                 S->data_parallel ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
                                  : ": each rank trains its own adapters, balanced by tokens");
+    if (S->res)
+        fprintf(R->ui.out, "adapter store: %lld adapter(s) in %s/store, %d in this round, %d slot(s) in memory "
+                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir, S->res->n,
+                S->pool.n_slots, 16.0 * (double)S->pool.P * S->pool.n_slots / (1 << 20));
 }
 
 /* Setup: everything the run reads is opened and checked before rank 0 writes the run directory. *R is always
@@ -838,6 +865,8 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
         TL_TRY(setup_store_run(R, err));
     } else {
         TL_TRY(setup_batcher_and_pools(R, err));
+        /* grpo / rloo: the reward models and the rollout plan, checked before the run directory exists */
+        if (R->rl) TL_TRY(tl_rl_run_setup(&R->S, cfg, R->world, &R->rl_run, err));
         TL_TRY(connect_and_make_run_dir(R, err));
         TL_TRY(resume_run(R, err));
     }
@@ -893,6 +922,8 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
             tl_pref_stats_mean(&R->pref_stats[B->active[i]], mean);
             R->adapter_loss[B->active[i]] = mean[TL_PREF_M_LOSS];
         }
+    } else if (R->rl) {
+        TL_TRY(tl_rl_run_step(R->rl_run, S, B, R->adapter_loss, err));
     } else {
         for (int k = 0; k < B->n_mb; k++)
             if (runs_microbatch(S, k))
@@ -983,7 +1014,8 @@ static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
     tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
                           .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
                           .pref = R->pref_stats ? &L.all : NULL, .rss_mib = tl_metrics_rss_mib(),
-                          .sample_loss = L.sample, .sample_trained = L.sampled};
+                          .sample_loss = L.sample, .sample_trained = L.sampled,
+                          .extra = R->rl ? tl_rl_run_metrics(R->rl_run, &R->S, R->batch) : NULL};
     if (rec.adapters) rec.loss /= rec.adapters, rec.grad_norm /= rec.adapters, rec.lr /= rec.adapters;
     double t = tl_now_s();
     rec.tokens_per_s = L.tok_since / fmax(t - R->metrics.t_last, 1e-9);
@@ -1052,6 +1084,10 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
         fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
+    if (S->res)
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
+                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
+                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
             S->have_eval || S->have_pref_eval ? ", eval.json" : "");
     return TL_OK;

@@ -84,15 +84,17 @@ void tl_rl_loss(const tl_rl_loss_opts *o, const tl_rl_batch *b, double *dlogp, t
     const double lo = 1.0 - o->eps_low, hi = 1.0 + o->eps_high;
     const int use_kl = o->beta != 0;
     int64_t total = b->off[b->n_seq] - b->off[0];
+    double n_norm = b->group_seqs > 0 ? (double)b->group_seqs : (double)b->n_seq;
+    int64_t t_norm = b->group_seqs > 0 ? b->group_tokens : total;
     /* each token's loss is scaled by w: grpo 1 / (n_seq * max(len, 1)), bnpo 1 / max(total, 1),
-     * dr_grpo 1 / (n_seq * max_completion) */
+     * dr_grpo 1 / (n_seq * max_completion), n_seq and total those of the whole group */
     double w_all = 0;
-    if (o->norm == TL_RL_NORM_BNPO) w_all = 1.0 / (double)(total > 1 ? total : 1);
-    else if (o->norm == TL_RL_NORM_DR_GRPO) w_all = 1.0 / ((double)b->n_seq * o->max_completion);
+    if (o->norm == TL_RL_NORM_BNPO) w_all = 1.0 / (double)(t_norm > 1 ? t_norm : 1);
+    else if (o->norm == TL_RL_NORM_DR_GRPO) w_all = 1.0 / (n_norm * o->max_completion);
     double loss = 0;
     for (int s = 0; s < b->n_seq; s++) {
         int64_t t0 = b->off[s], t1 = b->off[s + 1], len = t1 - t0;
-        double w = o->norm == TL_RL_NORM_GRPO ? 1.0 / ((double)b->n_seq * (double)(len > 1 ? len : 1)) : w_all;
+        double w = o->norm == TL_RL_NORM_GRPO ? 1.0 / (n_norm * (double)(len > 1 ? len : 1)) : w_all;
         double a = b->adv[s], seq = 0;
         for (int64_t t = t0; t < t1; t++) {
             double c1 = exp(b->logp[t] - b->old[t]);

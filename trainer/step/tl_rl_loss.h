@@ -56,8 +56,13 @@ tl_status tl_rl_loss_opts_check(const tl_rl_loss_opts *o, tl_error *err);
  * may be NULL otherwise); adv[n_seq]: each completion's advantage. */
 typedef struct {
     int n_seq;
-    const int64_t *off; /* [n_seq + 1], off[0] = 0, nondecreasing */
+    const int64_t *off; /* [n_seq + 1], nondecreasing (token arrays are indexed by off[] itself) */
     const double *logp, *old, *ref, *adv;
+    /* The batch may be one part of an adapter's completions (those in one micro-batch): the normalization is
+     * then the whole group's, given here: its completions and completion tokens (0, 0: this batch is the whole
+     * group). The parts' losses and gradients sum to the whole group's. */
+    int group_seqs;
+    int64_t group_tokens;
 } tl_rl_batch;
 
 /* Sums over the batch's completion tokens, and the loss; means by the caller (kl / tokens, clipped / tokens). */
