@@ -558,6 +558,11 @@ tl_status tl_export_run(const tl_lora_pool *layout, const tl_state_reader *rd, c
     return run_export(layout, rd, cfg, o, out_dir, n_written, err);
 }
 
+static int ends_with_gguf(const char *p) {
+    size_t n = strlen(p);
+    return n >= 5 && !strcmp(p + n - 5, ".gguf");
+}
+
 /* The slot of the adapter named user; TL_ERR_INPUT naming the run's first adapters when absent. */
 static tl_status find_user(const tl_lora_pool *p, const char *user, int *slot, tl_error *err) {
     if (!user || !*user)
@@ -607,6 +612,11 @@ static tl_status run_export(const tl_lora_pool *p, const tl_state_reader *rd, co
                        tl_export_format_name(o->format),
                        o->format == TL_EXPORT_GGUF ? "a llama.cpp LoRA" : "a causal language model");
 
+    if (o->format == TL_EXPORT_MERGED_GGUF && !ends_with_gguf(base_model))
+        return tl_fail(err, TL_ERR_INPUT, "export: --format merged-gguf needs a GGUF base model (model.path ending in "
+                       ".gguf), but the run's base is the HF directory %s: write --format merged and convert that "
+                       "directory with llama.cpp's convert_hf_to_gguf.py", base_model);
+
     char fin[TL_PATH_MAX], parent[TL_PATH_MAX], tmp[TL_PATH_MAX];
     TL_TRY(tl_path_trim(out_dir, fin, sizeof fin, err));
     if (strcmp(fin, "/") == 0) return tl_fail(err, TL_ERR_INPUT, "export: refusing to export into /");
@@ -622,12 +632,14 @@ static tl_status run_export(const tl_lora_pool *p, const tl_state_reader *rd, co
     }
     TL_TRY(check_replaceable(fin, err));
     TL_TRY(tl_path_parent(fin, parent, sizeof parent, err));
+    int parent_made = !tl_path_exists(parent); /* removed again (when empty) if the export fails */
     TL_TRY(tl_mkdir_p(parent, err));
     /* a new sibling of a fresh name: nothing that exists is ever removed to make room for it */
     if (!mkdtemp(tmp)) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
     if (chmod(tmp, 0755) != 0) {
         int e = errno;
         (void)rmdir(tmp);
+        if (parent_made) (void)rmdir(parent);
         return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot chmod: %s", tmp, strerror(e));
     }
 
@@ -658,6 +670,7 @@ static tl_status run_export(const tl_lora_pool *p, const tl_state_reader *rd, co
     if (s != TL_OK) {
         tl_error ignored;
         (void)tl_remove_tree(tmp, &ignored); /* the first error is the one to report */
+        if (parent_made) (void)rmdir(parent);
     }
     for (int i = 0; j.dirs && i < p->n_slots; i++) free(j.dirs[i]);
     free(j.dirs);
