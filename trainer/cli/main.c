@@ -37,7 +37,7 @@ static const char *usage =
     "  submit CONFIG [--dry-run] [key=value ...]\n"
     "                                     write the run's Slurm job script (docs/cluster.md) and sbatch it\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
-    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]\n"
+    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]\n"
     "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
     "  make-model DIR [options]           write a random Llama-family model in HF layout (tests, demos)\n"
     "      --vocab N --hidden N --layers N --heads N --kv-heads N --ffn N --head-dim N\n"
@@ -119,7 +119,7 @@ static int cmd_export(int argc, char **argv) {
 
 static int cmd_data(int argc, char **argv) {
     if (argc < 1 || strcmp(argv[0], "build") != 0)
-        return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]'", "data");
+        return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]'", "data");
     const char *in = NULL, *out = NULL, *model = NULL, *kind = "sft";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--kind")) {

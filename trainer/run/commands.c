@@ -8,6 +8,7 @@
 #include "data/tl_io.h"
 #include "data/tl_safetensors.h"
 #include "trainer/dist/tl_dist.h"
+#include "trainer/run/resident.h"
 #include "trainer/run/session_impl.h"
 #include "trainer/run/tl_checkpoint.h"
 #include "trainer/run/tl_export.h"
@@ -31,6 +32,53 @@ static tl_status open_checkpoint_pool(tl_session *S, const tl_config *cfg, const
     return s;
 }
 
+/* A run with the adapter store (docs/scale.md): its checkpoint's manifest over <run_dir>/store, and a pool of up to
+ * 64 slots through which evaluation and export stream the adapters (S->res). */
+static tl_status open_store_run(tl_session *S, const tl_config *cfg, const char *run_dir, const char *ckpt,
+                                int64_t *step, tl_error *err) {
+    tl_store_layout want;
+    TL_TRY(tl_store_read_layout(run_dir, &want, err));
+    /* one slot first: the layout this model and config give, checked against the store's */
+    tl_lora_opts lo = tl_session_lora_opts(cfg, (float)cfg->adapter_dropout, cfg->task_type == TL_TASK_REWARD);
+    char *first = "(none)";
+    TL_TRY(tl_lora_pool_init(&S->pool, &S->model, 1, &first, &lo, err));
+    S->have_pool = 1;
+    tl_store_layout L = {.P = S->pool.P, .rank = S->pool.rank, .n_layers = S->pool.n_layers,
+                         .targets = S->pool.targets, .head_dim = S->pool.head_dim};
+    tl_store *st = NULL;
+    TL_TRY(tl_store_open(run_dir, &L, &st, err));
+    char man[TL_PATH_MAX + 32];
+    snprintf(man, sizeof man, "%s/%s", ckpt, TL_STORE_MANIFEST);
+    tl_status s = tl_store_restore(st, man, step, NULL, err);
+    int64_t N = s ? 0 : tl_store_count(st);
+    if (!s && N < 1) s = tl_fail(err, TL_ERR_INPUT, "%s: the store holds no adapter", man);
+    int K = N < 64 ? (int)N : 64;
+    char **names = s ? NULL : malloc((size_t)K * sizeof *names);
+    if (!s && !names) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int i = 0; !s && i < K; i++) names[i] = (char *)tl_store_name(st, i);
+    if (!s) {
+        tl_lora_pool_free(&S->pool, S->be);
+        S->have_pool = 0;
+        s = tl_lora_pool_init(&S->pool, &S->model, K, names, &lo, err);
+        if (!s) S->have_pool = 1;
+    }
+    if (!s && S->task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy, per adapter */
+        tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
+        s = tl_lora_pool_init(&S->ref, &S->model, K, names, &reference, err);
+        if (!s) S->have_ref = 1;
+    }
+    free(names);
+    if (!s && !(S->res = calloc(1, sizeof *S->res))) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    if (s) {
+        tl_store_close(st);
+        return s;
+    }
+    s = tl_resident_init(S->res, st, &S->pool, S->have_ref ? &S->ref : NULL, S->be, cfg->seed, cfg->adapter_init_from,
+                         NULL, 0, err);
+    if (s) free(S->res), S->res = NULL;
+    return s;
+}
+
 static tl_status find_checkpoint(const char *run_or_ckpt, char *ckpt, size_t cap, tl_error *err) {
     int found = 0;
     char marker[TL_PATH_MAX + 16];
@@ -46,6 +94,25 @@ static tl_status find_checkpoint(const char *run_or_ckpt, char *ckpt, size_t cap
                                           "checkpoint directory)",
                        run_or_ckpt);
     return TL_OK;
+}
+
+/* The run directory a checkpoint belongs to: run_or_ckpt itself when it is a run, else the folder above the
+ * checkpoint's checkpoints/ folder (found by name, not by "..", which a symlinked checkpoint would lead elsewhere);
+ * "" for a checkpoint outside a run's checkpoints/ folder. */
+static tl_status run_of_checkpoint(const char *run_or_ckpt, const char *ckpt, char *run, size_t cap, tl_error *err) {
+    run[0] = 0;
+    if (strcmp(ckpt, run_or_ckpt) != 0) return tl_path_trim(run_or_ckpt, run, cap, err);
+    char parent[TL_PATH_MAX];
+    TL_TRY(tl_path_parent(ckpt, parent, sizeof parent, err));
+    const char *base = strrchr(parent, '/');
+    base = base ? base + 1 : parent;
+    if (strcmp(base, "checkpoints") != 0) {
+        if (tl_checkpoint_has_store(ckpt))
+            return tl_fail(err, TL_ERR_INPUT, "%s: a checkpoint of a run with the adapter store outside its run's "
+                           "checkpoints/ folder: its adapters are in the run's store/; give the run directory", ckpt);
+        return TL_OK;
+    }
+    return tl_path_parent(parent, run, cap, err);
 }
 
 /* eval and export write one file tree each: many copies of them would race on it */
@@ -67,8 +134,10 @@ tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     TL_TRY(one_process_only("eval", err));
     s = tl_session_open(&S, cfg, 0, 1, err);
     if (!s) s = find_checkpoint(cfg->output_dir, ckpt, sizeof ckpt, err);
-    if (!s) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
-    if (!s && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
+    int store = !s && tl_checkpoint_has_store(ckpt);
+    if (!s && store) s = open_store_run(&S, cfg, cfg->output_dir, ckpt, &step, err);
+    if (!s && !store) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
+    if (!s && !store && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
         tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
         s = tl_lora_pool_init(&S.ref, &S.model, S.pool.n_slots, S.pool.names, &reference, err);
         if (!s) S.have_ref = 1, s = tl_load_init_from(&S.ref, S.be, cfg->adapter_init_from, err);
@@ -173,29 +242,26 @@ tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_e
         S.model.be = S.be;
         s = tl_model_config_from(cfg.model_path, &S.model.cfg, err);
     }
-    if (!s) s = open_export_source(&S, &cfg, ckpt, &rows, &rd, &step, err);
+    int store = tl_checkpoint_has_store(ckpt);
+    char run[TL_PATH_MAX];
+    if (!s) s = run_of_checkpoint(run_or_ckpt, ckpt, run, sizeof run, err);
+    if (!s && store) s = open_store_run(&S, &cfg, run, ckpt, &step, err);
+    if (!s && !store) s = open_export_source(&S, &cfg, ckpt, &rows, &rd, &step, err);
     if (!s) {
         /* default: inside the run the checkpoint belongs to: <run> for a run, and for <run>/checkpoints/step-N,
          * found by name (not by "..", which a symlinked checkpoint would lead elsewhere); a checkpoint outside a
          * run's checkpoints/ folder has no run: --out is needed */
-        char dflt[TL_PATH_MAX + 32], parent[TL_PATH_MAX], run[TL_PATH_MAX];
+        char dflt[TL_PATH_MAX + 32];
         if (!out_dir) {
-            if (strcmp(ckpt, run_or_ckpt) == 0) {
-                s = tl_path_parent(ckpt, parent, sizeof parent, err);
-                const char *base = strrchr(parent, '/');
-                base = base ? base + 1 : parent;
-                if (!s && strcmp(base, "checkpoints") != 0)
-                    s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
-                                "directory to export into: give --out DIR", ckpt);
-                if (!s) s = tl_path_parent(parent, run, sizeof run, err);
-            } else {
-                s = tl_path_trim(run_or_ckpt, run, sizeof run, err);
-            }
+            if (!run[0])
+                s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
+                            "directory to export into: give --out DIR", ckpt);
             if (!s) s = default_out(run, &o, dflt, sizeof dflt, err);
             out_dir = dflt;
         }
         int written = 0;
-        if (!s) s = tl_export_run(&S.pool, &rd, &cfg, &o, out_dir, &written, err);
+        if (!s && store) s = tl_resident_export(S.res, &cfg, &o, out_dir, &written, err);
+        if (!s && !store) s = tl_export_run(&S.pool, &rd, &cfg, &o, out_dir, &written, err);
         if (!s && (o.format == TL_EXPORT_PEFT || o.format == TL_EXPORT_GGUF))
             fprintf(ui->out, "exported %d %s adapter(s) from %s (step %lld) to %s/\n", written,
                     o.format == TL_EXPORT_PEFT ? "PEFT" : "GGUF LoRA", ckpt, (long long)step, out_dir);
