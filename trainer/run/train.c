@@ -1078,6 +1078,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 R->truncated_all, cfg->data_max_seq_len);
     TL_TRY(save_run_state(R, R->end, R->last_checkpoint != R->end, 1, err));
     if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, R->end, 1, err));
+    if (R->rl && S->have_prompt_eval) TL_TRY(tl_rl_run_eval(R->rl_run, S, cfg, ui, err));
     if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
         S->be->mem_stats(S->be, &now_b, &peak_b);
@@ -1089,7 +1090,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
                 (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S->have_eval || S->have_pref_eval ? ", eval.json" : "");
+            S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
 }
 
