@@ -854,6 +854,7 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
     install_stop_handlers(&R->old_term, &R->old_usr1);
     R->handlers = 1;
     TL_TRY(setup_inputs(R, err));
+    TL_TRY(tl_metrics_sample_init(&R->metrics, R->S.map.names, R->S.map.n_adapters, err)); /* per-adapter curves */
     R->S.local_pool = R->world > 1 && !R->S.data_parallel;
     if (R->S.local_pool) TL_TRY(shard_adapters(R, err));
     int store = 0;
@@ -942,6 +943,8 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
 typedef struct {
     double loss, gn, lr, cnt, tokens, tok_since, truncated;
     tl_pref_stats all;
+    double sample[TL_METRICS_SAMPLE]; /* the sampled adapters' losses (R->metrics' sample) */
+    uint8_t sampled[TL_METRICS_SAMPLE]; /* 1: that adapter trained in this step */
 } tl_log_sums;
 
 /* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
@@ -985,12 +988,19 @@ static tl_status log_sums(tl_run *R, int64_t step, tl_log_sums *o, tl_error *err
         if (B->target_count[a] == 0) continue;
         o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
         if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
+        int j = tl_metrics_sample_index(&R->metrics, S->pool.names[a]);
+        if (j >= 0) o->sample[j] = aloss[a], o->sampled[j] = 1;
     }
     o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
     if (S->data_parallel || world == 1) return TL_OK;
-    double v[7 + TL_PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
+    enum { NV = 7 + TL_PSTAT_N + 2 * TL_METRICS_SAMPLE };
+    double v[NV] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
     tl_pstat_pack(&o->all, v + 7);
-    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + TL_PSTAT_N, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++) /* each sampled adapter trains on one rank at most */
+        v[7 + TL_PSTAT_N + 2 * j] = o->sample[j], v[8 + TL_PSTAT_N + 2 * j] = o->sampled[j];
+    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, NV, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++)
+        o->sample[j] = v[7 + TL_PSTAT_N + 2 * j], o->sampled[j] = v[8 + TL_PSTAT_N + 2 * j] > 0.5;
     o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
     o->truncated = v[6];
     tl_pstat_unpack(v + 7, &o->all);
@@ -1004,7 +1014,8 @@ static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
     R->truncated_all = L.truncated;
     tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
                           .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
-                          .pref = R->pref_stats ? &L.all : NULL,
+                          .pref = R->pref_stats ? &L.all : NULL, .rss_mib = tl_metrics_rss_mib(),
+                          .sample_loss = L.sample, .sample_trained = L.sampled,
                           .extra = R->rl ? tl_rl_run_metrics(R->rl_run, &R->S, R->batch) : NULL};
     if (rec.adapters) rec.loss /= rec.adapters, rec.grad_norm /= rec.adapters, rec.lr /= rec.adapters;
     double t = tl_now_s();
@@ -1068,6 +1079,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 R->truncated_all, cfg->data_max_seq_len);
     TL_TRY(save_run_state(R, R->end, R->last_checkpoint != R->end, 1, err));
     if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, R->end, 1, err));
+    if (R->rl && S->have_prompt_eval) TL_TRY(tl_rl_run_eval(R->rl_run, S, cfg, ui, err));
     if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
         S->be->mem_stats(S->be, &now_b, &peak_b);
@@ -1079,7 +1091,7 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
                 (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S->have_eval || S->have_pref_eval ? ", eval.json" : "");
+            S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
 }
 
