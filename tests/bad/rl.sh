@@ -2,7 +2,7 @@
 # exactly one line on stderr naming the key or file, and leave no run directory behind.
 # `rl.sh --list` prints the case names (CMake registers one test per case).
 CASES="rl_no_reward_model rl_reward_other_base rl_reward_missing_user rl_reward_not_seq_cls rl_num_generations_one
-rl_prompt_too_long rl_empty_prompt_set rl_sft_data rl_eval_set rl_store_on"
+rl_prompt_too_long rl_empty_prompt_set rl_sft_data rl_eval_sft_set rl_store_on"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -47,7 +47,9 @@ PY
   rl_sft_data)
     "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/sft.h5"
     args=("data.train=$T/sft.h5"); expect="task.type grpo needs kind 'prompt'" ;;
-  rl_eval_set) args=("data.eval=$T/prompts.h5"); expect="data.eval: not supported for task.type grpo" ;;
+  rl_eval_sft_set)
+    "$TL_PYTHON" "$TAILOR_SRC/tests/bad/make_bad_h5.py" good "$T/sft.h5"
+    args=("data.eval=$T/sft.h5"); expect="data.eval: $T/sft.h5 is a 'sft' dataset, but task.type grpo needs kind 'prompt'" ;;
   rl_store_on) args=("train.store=on"); expect="train.store: not supported with task.type grpo" ;;
   *) die "unknown case $case_name" ;;
 esac

@@ -1,9 +1,12 @@
 # Online RL per user (task.type grpo and rloo, docs/rl.md) on conflicting preferences: per-user Bradley-Terry
 # reward models (task.type reward) on scripts/make_pref_data.py's data, where group A prefers one token set and
 # group B the other; then per-user GRPO and RLOO policies against them. Checks: every user's mean reward (their
-# own reward model, on their sampled answers) rises from the first steps to the last; a rerun is bit-identical
-# (seeded sampling); a user's adapter trained alone equals the one trained beside the others (isolation, up to
-# fp32 reassociation); the metrics records carry the RL fields.
+# own reward model, on their sampled answers) rises from the first steps to the last, and on held-out prompts
+# (rl_eval.json) it is above the starting adapter's (fresh LoRA: the base model) for every user; one global policy
+# trained against one global reward model (which cannot serve both groups) does worse than the per-user policies
+# for every user, and clearly so for a whole group (tailor eval with adapter.init_from = the global adapter
+# scores it with each user's own reward model); a rerun is bit-identical (seeded sampling); a user's adapter
+# trained alone equals the one trained beside the others (isolation); the metrics records carry the RL fields.
 source "$TAILOR_SRC/tests/lib/common.sh"
 make_model "$T/model" --vocab 64 --hidden 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --seed 3
 "$TL_PYTHON" "$TAILOR_SRC/scripts/make_pref_data.py" --out "$T/pref.h5" --eval-out "$T/pref_eval.h5" --users 4 \
@@ -27,6 +30,7 @@ def write(path, users, per):
         f["prompt/tokens"] = np.array(toks, np.int32); f["prompt/offsets"] = np.array(offs, np.int64)
         f["prompt/user"] = np.array(us, np.int32)
 write(f"{T}/prompts.h5", [f"user{u:04d}" for u in range(4)], 16)
+write(f"{T}/prompts_eval.h5", [f"user{u:04d}" for u in range(4)], 8)
 # user0000's prompts alone, the same ones in the same order
 with h5py.File(f"{T}/prompts.h5") as f:
     toks, offs, us = f["prompt/tokens"][:], f["prompt/offsets"][:], f["prompt/user"][:]
@@ -63,10 +67,37 @@ PY
 }
 for type in grpo rloo; do
   rl_config "$T/$type.yaml" "$T/$type" $type
+  sed -i "s|train: $T/prompts.h5,|train: $T/prompts.h5, eval: $T/prompts_eval.h5,|" "$T/$type.yaml"
   "$TAILOR_BIN" train "$T/$type.yaml" >"$T/$type.out" 2>&1 || { cat "$T/$type.out"; die "$type training failed"; }
   echo "== $type"
   check_rises "$T/$type" || die "$type: a user's reward did not rise"
+  "$TL_PYTHON" - "$T/$type/rl_eval.json" <<'PY' || die "$type: held-out reward did not rise for every user"
+import json, sys
+ev = json.load(open(sys.argv[1]))
+assert len(ev["adapters"]) == 4
+for a in ev["adapters"]:
+    print(f'{a["name"]}: held-out reward {a["reward"]:+.3f}, starting adapter (= base) {a["reward_base"]:+.3f}')
+    assert a["reward"] > a["reward_base"] + 0.5, a
+PY
 done
+# one global reward model and one global policy on the same data
+"$TAILOR_BIN" train "$T/rm.yaml" adapter.key=global run.output_dir="$T/rm_global" >/dev/null 2>&1 || die "global reward model failed"
+"$TAILOR_BIN" train "$T/grpo.yaml" adapter.key=global task.reward_model="$T/rm_global" run.output_dir="$T/grpo_global" \
+  train.examples_per_adapter=16 >/dev/null 2>&1 || die "global policy failed"
+"$TAILOR_BIN" eval "$T/grpo.yaml" adapter.init_from="$T/grpo_global/adapters/global" >"$T/geval.out" 2>&1 || { cat "$T/geval.out"; die "eval of the global policy failed"; }
+"$TL_PYTHON" - "$T/grpo/rl_eval.json" <<'PY' || die "the global policy is not worse than per-user policies"
+import json, sys
+ev = {a["name"]: a for a in json.load(open(sys.argv[1]))["adapters"]}
+group = {"user0000": "A", "user0001": "B", "user0002": "A", "user0003": "B"}
+gap = {"A": [], "B": []}
+for u, a in sorted(ev.items()):
+    print(f'{u} ({group[u]}): per-user policy {a["reward"]:+.3f}, global policy {a["reward_start"]:+.3f}')
+    assert a["reward"] > a["reward_start"], a
+    gap[group[u]].append(a["reward"] - a["reward_start"])
+worst = max(sum(v) / len(v) for v in gap.values())
+print(f"mean shortfall of the global policy: A {sum(gap['A']) / 2:.3f}, B {sum(gap['B']) / 2:.3f}")
+assert worst > 1.0, gap
+PY
 # repeatable: the same config gives bit-identical adapters
 "$TAILOR_BIN" train "$T/grpo.yaml" train.resume=never run.output_dir="$T/grpo2" >/dev/null 2>&1 || die "rerun failed"
 same_adapters "$T/grpo/adapters" "$T/grpo2/adapters" 0 || die "a rerun of the same config differs"

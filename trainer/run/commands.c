@@ -8,6 +8,7 @@
 #include "data/tl_io.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/run/resident.h"
+#include "trainer/run/rl_run.h"
 #include "trainer/run/session_impl.h"
 #include "trainer/run/tl_checkpoint.h"
 #include "trainer/run/tl_export.h"
@@ -124,6 +125,22 @@ static tl_status one_process_only(const char *cmd, tl_error *err) {
     return TL_OK;
 }
 
+/* grpo / rloo: the reward of each adapter's sampled answers on data.eval under its own reward model, against the
+ * base model and the starting adapters (rl_run.h), instead of the loss evaluation of the other tasks */
+static tl_status eval_rl(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_error *err) {
+    if (cfg->adapter_init_from[0]) { /* the starting adapters */
+        tl_lora_opts start = tl_session_lora_opts(cfg, 0.0f, 0);
+        TL_TRY(tl_lora_pool_init(&S->ref, &S->model, S->pool.n_slots, S->pool.names, &start, err));
+        S->have_ref = 1;
+        TL_TRY(tl_load_init_from(&S->ref, S->be, cfg->adapter_init_from, err));
+    }
+    tl_rl_run *rr = NULL;
+    TL_TRY(tl_rl_run_setup(S, cfg, 1, &rr, err));
+    tl_status s = tl_rl_run_eval(rr, S, cfg, ui, err);
+    tl_rl_run_free(rr, S->be);
+    return s;
+}
+
 tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     tl_session S;
     memset(&S, 0, sizeof S);
@@ -136,6 +153,13 @@ tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     int store = !s && tl_checkpoint_has_store(ckpt);
     if (!s && store) s = open_store_run(&S, cfg, cfg->output_dir, ckpt, &step, err);
     if (!s && !store) s = open_checkpoint_pool(&S, cfg, ckpt, &step, err);
+    if (!s && !store && TL_TASK_IS_RL(S.task)) {
+        fprintf(ui->out, "eval of %s (step %lld)\n", ckpt, (long long)step);
+        s = eval_rl(&S, cfg, ui, err);
+        if (!s) fprintf(ui->out, "wrote %s/rl_eval.json\n", cfg->output_dir);
+        tl_session_close(&S);
+        return s;
+    }
     if (!s && !store && S.task == TL_TASK_DPO && cfg->adapter_init_from[0]) { /* the reference policy */
         tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
         s = tl_lora_pool_init(&S.ref, &S.model, S.pool.n_slots, S.pool.names, &reference, err);

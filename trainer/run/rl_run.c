@@ -11,6 +11,7 @@
 
 #include "data/tl_io.h"
 #include "data/tl_model_tokenizer.h"
+#include "kernels/tl_math.h"
 #include "kernels/tl_text.h"
 #include "trainer/eval/tl_generate.h"
 #include "trainer/run/tl_export.h"
@@ -26,7 +27,7 @@ struct tl_rl_run {
     tl_rl_prompt *prompts; /* [max prompts of a step] */
     tl_rl_stats *stats;    /* [pool slots] */
     tl_rl_timing timing;
-    int G;
+    int G, max_prompts;
     char *metrics; /* [METRICS_CAP] */
 };
 
@@ -186,13 +187,18 @@ tl_status tl_rl_run_setup(tl_session *S, const tl_config *cfg, int world, tl_rl_
                        tl_task_type_names[cfg->task_type], world);
     const tl_prompt_dataset *pd = &S->prompt_train;
     int maxc = cfg->task_max_completion_length;
-    for (int64_t i = 0; i < pd->n_prompts; i++) {
-        int64_t len = pd->offsets[i + 1] - pd->offsets[i];
-        if (len + maxc > cfg->data_max_seq_len)
-            return tl_fail(err, TL_ERR_INPUT,
-                           "%s: prompt %lld has %lld tokens: with task.max_completion_length %d it "
-                           "passes data.max_seq_len %d (the context of a rollout)",
-                           pd->path, (long long)i, (long long)len, maxc, cfg->data_max_seq_len);
+    int64_t max_prompt = pd->max_prompt_len;
+    for (int k = 0; k < 1 + S->have_prompt_eval; k++) {
+        const tl_prompt_dataset *d = k ? &S->prompt_eval : pd;
+        if (d->max_prompt_len > max_prompt) max_prompt = d->max_prompt_len;
+        for (int64_t i = 0; i < d->n_prompts; i++) {
+            int64_t len = d->offsets[i + 1] - d->offsets[i];
+            if (len + maxc > cfg->data_max_seq_len)
+                return tl_fail(err, TL_ERR_INPUT,
+                               "%s: prompt %lld has %lld tokens: with task.max_completion_length %d it "
+                               "passes data.max_seq_len %d (the context of a rollout)",
+                               d->path, (long long)i, (long long)len, maxc, cfg->data_max_seq_len);
+        }
     }
     tl_rl_run *rr = calloc(1, sizeof *rr);
     if (!rr) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
@@ -205,7 +211,7 @@ tl_status tl_rl_run_setup(tl_session *S, const tl_config *cfg, int world, tl_rl_
                     "train.examples_per_adapter x active adapters x task.num_generations = %lld "
                     "completions per step: too many (at most %d)",
                     (long long)(max_prompts * cfg->task_num_generations), 1 << 24);
-    rr->G = cfg->task_num_generations;
+    rr->G = cfg->task_num_generations, rr->max_prompts = (int)max_prompts;
     if (!s) {
         rr->prompts = calloc((size_t)max_prompts, sizeof *rr->prompts);
         rr->stats = calloc((size_t)n, sizeof *rr->stats);
@@ -223,7 +229,7 @@ tl_status tl_rl_run_setup(tl_session *S, const tl_config *cfg, int world, tl_rl_
                     .scale_rewards = cfg->task_scale_rewards,
                     .temperature = (float)cfg->task_temperature,
                     .top_p = (float)cfg->task_top_p,
-                    .max_prompt_len = (int)pd->max_prompt_len,
+                    .max_prompt_len = (int)max_prompt,
                     .max_prompts = (int)max_prompts,
                     .micro_batch_tokens = cfg->micro_batch_tokens};
     if (!s) { /* stop tokens: the chat end and end-of-text tokens of the model's tokenizer, when it has one */
@@ -322,4 +328,87 @@ const char *tl_rl_run_metrics(tl_rl_run *rr, const tl_session *S, const tl_step_
     PUT("}");
 #undef PUT
     return b;
+}
+
+/* Mean reward per adapter over its eval prompts' sampled answers, answered by `policy` (NULL: the base model). */
+static tl_status eval_variant(tl_rl_run *rr, tl_session *S, const tl_config *cfg, const tl_adapter_map *map,
+                              const tl_lora_pool *policy, double *sum, int64_t *count, tl_error *err) {
+    const tl_prompt_dataset *pd = &S->prompt_eval;
+    const int G = rr->G;
+    for (int a = 0; a < map->n_adapters; a++) {
+        sum[a] = 0, count[a] = 0;
+        for (int64_t k0 = 0; k0 < map->n_examples[a];) {
+            int n = 0;
+            for (; k0 < map->n_examples[a] && n < rr->max_prompts; k0++, n++) {
+                int64_t p = map->examples[a][k0];
+                /* the same stream for every variant: the comparison differs in the policy only */
+                rr->prompts[n] = (tl_rl_prompt){.tokens = pd->tokens + pd->offsets[p],
+                                                .n = (int)(pd->offsets[p + 1] - pd->offsets[p]),
+                                                .slot = a,
+                                                .seed = tl_mix64(cfg->seed ^ tl_mix64(0x6576616cULL + (uint64_t)p))};
+            }
+            TL_TRY(tl_rl_sample_score(rr->rl, policy, &rr->reward, rr->prompts, n, err));
+            for (int c = 0; c < n * G; c++) sum[a] += tl_rl_reward(rr->rl, c);
+            count[a] += (int64_t)n * G;
+        }
+    }
+    return TL_OK;
+}
+
+tl_status tl_rl_run_eval(tl_rl_run *rr, tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_error *err) {
+    tl_adapter_map map;
+    TL_TRY(tl_adapter_map_build_prompt(&S->prompt_eval, cfg->adapter_key, S->pool.names, S->pool.n_slots, &map, err));
+    int n = map.n_adapters, nv = S->have_ref ? 3 : 2;
+    double *sum = calloc((size_t)n * 3, sizeof(double));
+    int64_t *cnt = calloc((size_t)n * 3, sizeof(int64_t));
+    tl_status s = sum && cnt ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    const tl_lora_pool *variants[3] = {&S->pool, NULL, S->have_ref ? &S->ref : NULL};
+    for (int v = 0; !s && v < nv; v++)
+        s = eval_variant(rr, S, cfg, &map, variants[v], sum + (size_t)v * n, cnt + (size_t)v * n, err);
+    cJSON *root = s ? NULL : cJSON_CreateObject(), *arr = NULL;
+    if (!s && (!root || !(arr = cJSON_AddArrayToObject(root, "adapters"))))
+        s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    if (!s) {
+        cJSON_AddStringToObject(root, "task", tl_task_type_names[cfg->task_type]);
+        cJSON_AddNumberToObject(root, "step", (double)cfg->steps);
+        fprintf(ui->out,
+                "RL evaluation on %s (mean reward of %d sampled answers per prompt, each user's own reward "
+                "model):\n  %-28s %8s %10s %10s%s\n",
+                S->prompt_eval.path, rr->G, "adapter", "prompts", "trained", "base", S->have_ref ? "      start" : "");
+    }
+    char nb[TL_ESC_CAP];
+    for (int a = 0; !s && a < n; a++) {
+        if (!cnt[a]) continue;
+        double m[3];
+        for (int v = 0; v < nv; v++) m[v] = sum[(size_t)v * n + a] / (double)cnt[(size_t)v * n + a];
+        cJSON *o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(arr, o)) {
+            cJSON_Delete(o);
+            s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+            break;
+        }
+        cJSON_AddStringToObject(o, "name", map.names[a]);
+        cJSON_AddNumberToObject(o, "prompts", (double)map.n_examples[a]);
+        cJSON_AddNumberToObject(o, "reward", m[0]);
+        cJSON_AddNumberToObject(o, "reward_base", m[1]);
+        if (nv == 3) cJSON_AddNumberToObject(o, "reward_start", m[2]);
+        if (a < 50) {
+            fprintf(ui->out, "  %-28.28s %8lld %10.4f %10.4f", tl_escape(nb, sizeof nb, map.names[a]),
+                    (long long)map.n_examples[a], m[0], m[1]);
+            if (nv == 3) fprintf(ui->out, " %10.4f", m[2]);
+            fputc('\n', ui->out);
+        }
+    }
+    if (!s) {
+        char *text = cJSON_Print(root);
+        char path[TL_PATH_MAX + 32];
+        if (!text) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+        if (!s) s = tl_path_join(path, sizeof path, cfg->output_dir, "rl_eval.json", err);
+        if (!s) s = tl_write_file_atomic(path, text, strlen(text), err);
+        free(text);
+    }
+    cJSON_Delete(root);
+    free(sum), free(cnt);
+    tl_adapter_map_free(&map);
+    return s;
 }

@@ -21,6 +21,11 @@ tl_status tl_rl_run_step(tl_rl_run *rr, tl_session *S, const tl_step_batch *B, d
  * the step's completions, rollout and training throughput, and per adapter (up to 64 of the step's, a sample
  * when there are more) reward mean / std, KL, completion length and clip fraction. */
 const char *tl_rl_run_metrics(tl_rl_run *rr, const tl_session *S, const tl_step_batch *B);
+/* The final evaluation on data.eval (a prompt set): each adapter's eval prompts answered (task.num_generations
+ * samples each, task.temperature, seeded by run.seed and the prompt) by the trained adapter, by the bare base
+ * model and, with adapter.init_from, by the starting adapters, every answer scored by the adapter's own reward
+ * model; the mean rewards go to <run>/eval.json (written atomically) and a table to ui->out. */
+tl_status tl_rl_run_eval(tl_rl_run *rr, tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_error *err);
 void tl_rl_run_free(tl_rl_run *rr, tl_backend *be);
 
 #endif

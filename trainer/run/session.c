@@ -38,6 +38,7 @@ void tl_session_close(tl_session *S) {
     if (S->have_pref_train) tl_pref_free(&S->pref_train);
     if (S->have_pref_eval) tl_pref_free(&S->pref_eval_set);
     if (S->have_prompt_train) tl_prompt_free(&S->prompt_train);
+    if (S->have_prompt_eval) tl_prompt_free(&S->prompt_eval);
     if (S->model_loaded) tl_model_free(&S->model);
     free(S->global_index);
     free(S->eval_mine);
@@ -72,9 +73,6 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
         TL_TRY(tl_pref_opts_check(&S->pref_opts, err));
     }
     int open_train = need_train, open_eval = cfg->data_eval[0] && (need_eval || need_train);
-    if (TL_TASK_IS_RL(S->task) && open_eval) /* what an RL evaluation means (reward of sampled answers) is not built */
-        return tl_fail(err, TL_ERR_INPUT, "data.eval: not supported for task.type %s yet (docs/rl.md); leave it unset",
-                       tl_task_type_names[S->task]);
     if (open_train) TL_TRY(check_kind("data.train", cfg->data_train, S->task, err));
     if (open_eval) TL_TRY(check_kind("data.eval", cfg->data_eval, S->task, err));
     TL_TRY(tl_backend_open_on(tl_backend_choice_names[cfg->backend], S->threads ? S->threads : cfg->threads, S->device, &S->be, err));
@@ -94,6 +92,10 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
         if (open_train) {
             TL_TRY(tl_prompt_open(cfg->data_train, V, &S->prompt_train, err));
             S->have_prompt_train = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_prompt_open(cfg->data_eval, V, &S->prompt_eval, err));
+            S->have_prompt_eval = 1;
         }
     } else {
         if (open_train) {
@@ -263,6 +265,9 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     tl_resident *res = S->res;
     TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
+    if (final && cfg->data_eval_generate > 0)
+        fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
+                "(docs/scale.md)\n");
     int64_t N64 = tl_store_count(res->store);
     int K = S->pool.n_slots, N = (int)N64;
     char path[TL_PATH_MAX + 16];

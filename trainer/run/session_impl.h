@@ -28,8 +28,8 @@ typedef struct {
     int have_train, have_eval;
     tl_pref_dataset pref_train, pref_eval_set; /* dpo, reward */
     int have_pref_train, have_pref_eval;
-    tl_prompt_dataset prompt_train; /* grpo, rloo */
-    int have_prompt_train;
+    tl_prompt_dataset prompt_train, prompt_eval; /* grpo, rloo */
+    int have_prompt_train, have_prompt_eval;
     tl_adapter_map map;
     int have_map;
     tl_lora_pool pool;

@@ -339,14 +339,16 @@ tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float 
     if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
     char path[TL_PATH_MAX];
     TL_TRY(seg_path(st, x->seg, path, sizeof path, err));
-    size_t P = st->L.P, rec = tl_store_record_bytes(P);
+    size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
+    /* params alone (exports, evaluations) read the header and the params: a third of the record */
+    size_t want = m || v ? rec : REC_HEADER + bytes;
     int fd = -1;
     int64_t size = 0;
     TL_TRY(tl_open_regular(path, "store segment", &fd, &size, err));
     tl_status s = (uint64_t)size < x->off || (uint64_t)size - x->off < rec
                       ? tl_fail(err, TL_ERR_INPUT, "%s: truncated: adapter '%s''s record at byte %" PRIu64
                                 " ends past the end of the file (%" PRId64 " bytes)", path, x->name, x->off, size)
-                      : pread_all(fd, st->buf, rec, x->off, path, err);
+                      : pread_all(fd, st->buf, want, x->off, path, err);
     close(fd);
     TL_TRY(s);
     const unsigned char *h = st->buf;
@@ -359,9 +361,9 @@ tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float 
     if (get_u64(h + 16) != P || get_u64(h + 32) != fnv64(x->name) || (int64_t)get_u64(h + 24) != x->meta.steps)
         return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": the record is not adapter '%s''s (shape, name or "
                        "step count differ from the index)", path, x->off, x->name);
-    if (crc32_update(0, h + REC_HEADER, rec - REC_HEADER) != get_u32(h + 40))
+    if (crc32_update(0, h + REC_HEADER, bytes) != get_u32(h + 40) ||
+        (want == rec && crc32_update(0, h + REC_HEADER + bytes, 2 * bytes) != get_u32(h + 44)))
         return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record is corrupt (CRC-32 mismatch)", path, x->name);
-    size_t bytes = P * sizeof(float);
     if (params) memcpy(params, h + REC_HEADER, bytes);
     if (m) memcpy(m, h + REC_HEADER + bytes, bytes);
     if (v) memcpy(v, h + REC_HEADER + 2 * bytes, bytes);
@@ -393,7 +395,8 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
     memcpy(h + REC_HEADER, params, bytes);
     memcpy(h + REC_HEADER + bytes, m, bytes);
     memcpy(h + REC_HEADER + 2 * bytes, v, bytes);
-    put_u32(h + 40, crc32_update(0, h + REC_HEADER, rec - REC_HEADER));
+    put_u32(h + 40, crc32_update(0, h + REC_HEADER, bytes));             /* params */
+    put_u32(h + 44, crc32_update(0, h + REC_HEADER + bytes, 2 * bytes)); /* m, v */
     char path[TL_PATH_MAX];
     TL_TRY(seg_path(st, st->next_seg, path, sizeof path, err));
     if (getenv("TAILOR_FAULT_STORE_KILL_RECORD")) { /* half a record, then the fault */

@@ -5,7 +5,8 @@
  *   <run_dir>/store/store.json          format, run_id and the layout (P, rank, targets, n_layers, head_dim);
  *                                       written once, when the store is created
  *   <run_dir>/store/seg-<%08d>.bin      append-only segments of records: a 48-byte header (magic, run_id, P,
- *                                       steps, name hash, CRC-32 of the payload) then params, m, v as F32 [P]
+ *                                       steps, name hash, CRC-32 of params, CRC-32 of m and v) then params, m, v
+ *                                       as F32 [P] (a reader of params alone reads a third of the record)
  *   <run_dir>/checkpoints/step-N/manifest.bin   the index at step N: for every adapter its name, its record's
  *                                       segment and offset (or none: never trained), steps, cursor, examples
  *

@@ -588,6 +588,8 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
     const tl_config *cfg = R->cfg;
     tl_session *S = &R->S;
     *use = 0;
+    if (cfg->store == TL_STORE_OFF && cfg->continue_run)
+        return tl_fail(err, TL_ERR_INPUT, "train.continue: true needs the adapter store: set train.store: on");
     if (cfg->store == TL_STORE_OFF) return TL_OK;
     if (R->rl) { /* the reward pool is laid out by the policy pool's names: no store for grpo / rloo yet */
         if (cfg->store == TL_STORE_AUTO) return TL_OK;
@@ -600,7 +602,7 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
         TL_TRY(tl_lora_pool_init(&probe, &S->model, 1, S->map.names, &o, err));
         double bytes = 16.0 * (double)probe.P * (double)S->map.n_adapters;
         tl_lora_pool_free(&probe, S->be);
-        if (bytes <= (double)cfg->store_min_bytes) return TL_OK;
+        if (bytes <= (double)cfg->store_min_bytes && !cfg->continue_run) return TL_OK;
     }
     if (R->world > 1)
         return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store runs in one process for now (%d ranks "
@@ -837,6 +839,10 @@ static void print_banner(const tl_run *R) {
                 S->data_parallel ? "data_parallel" : "user_shard",
                 S->data_parallel ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
                                  : ": each rank trains its own adapters, balanced by tokens");
+    if (S->res)
+        fprintf(R->ui.out, "adapter store: %lld adapter(s) in %s/store, %d in this round, %d slot(s) in memory "
+                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir, S->res->n,
+                S->pool.n_slots, 16.0 * (double)S->pool.P * S->pool.n_slots / (1 << 20));
 }
 
 /* Setup: everything the run reads is opened and checked before rank 0 writes the run directory. *R is always
@@ -848,6 +854,7 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
     install_stop_handlers(&R->old_term, &R->old_usr1);
     R->handlers = 1;
     TL_TRY(setup_inputs(R, err));
+    TL_TRY(tl_metrics_sample_init(&R->metrics, R->S.map.names, R->S.map.n_adapters, err)); /* per-adapter curves */
     R->S.local_pool = R->world > 1 && !R->S.data_parallel;
     if (R->S.local_pool) TL_TRY(shard_adapters(R, err));
     int store = 0;
@@ -935,6 +942,8 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
 typedef struct {
     double loss, gn, lr, cnt, tokens, tok_since, truncated;
     tl_pref_stats all;
+    double sample[TL_METRICS_SAMPLE]; /* the sampled adapters' losses (R->metrics' sample) */
+    uint8_t sampled[TL_METRICS_SAMPLE]; /* 1: that adapter trained in this step */
 } tl_log_sums;
 
 /* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
@@ -978,12 +987,19 @@ static tl_status log_sums(tl_run *R, int64_t step, tl_log_sums *o, tl_error *err
         if (B->target_count[a] == 0) continue;
         o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
         if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
+        int j = tl_metrics_sample_index(&R->metrics, S->pool.names[a]);
+        if (j >= 0) o->sample[j] = aloss[a], o->sampled[j] = 1;
     }
     o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
     if (S->data_parallel || world == 1) return TL_OK;
-    double v[7 + TL_PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
+    enum { NV = 7 + TL_PSTAT_N + 2 * TL_METRICS_SAMPLE };
+    double v[NV] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
     tl_pstat_pack(&o->all, v + 7);
-    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + TL_PSTAT_N, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++) /* each sampled adapter trains on one rank at most */
+        v[7 + TL_PSTAT_N + 2 * j] = o->sample[j], v[8 + TL_PSTAT_N + 2 * j] = o->sampled[j];
+    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, NV, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++)
+        o->sample[j] = v[7 + TL_PSTAT_N + 2 * j], o->sampled[j] = v[8 + TL_PSTAT_N + 2 * j] > 0.5;
     o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
     o->truncated = v[6];
     tl_pstat_unpack(v + 7, &o->all);
@@ -997,7 +1013,8 @@ static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
     R->truncated_all = L.truncated;
     tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
                           .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
-                          .pref = R->pref_stats ? &L.all : NULL,
+                          .pref = R->pref_stats ? &L.all : NULL, .rss_mib = tl_metrics_rss_mib(),
+                          .sample_loss = L.sample, .sample_trained = L.sampled,
                           .extra = R->rl ? tl_rl_run_metrics(R->rl_run, &R->S, R->batch) : NULL};
     if (rec.adapters) rec.loss /= rec.adapters, rec.grad_norm /= rec.adapters, rec.lr /= rec.adapters;
     double t = tl_now_s();
@@ -1061,14 +1078,19 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 R->truncated_all, cfg->data_max_seq_len);
     TL_TRY(save_run_state(R, R->end, R->last_checkpoint != R->end, 1, err));
     if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, R->end, 1, err));
+    if (R->rl && S->have_prompt_eval) TL_TRY(tl_rl_run_eval(R->rl_run, S, cfg, ui, err));
     if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
         S->be->mem_stats(S->be, &now_b, &peak_b);
         fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
+    if (S->res)
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
+                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
+                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S->have_eval || S->have_pref_eval ? ", eval.json" : "");
+            S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
 }
 

@@ -82,7 +82,7 @@ tl_status tl_rl_create(const tl_model *m, const tl_lora_pool *policy, const tl_l
                        "the longest prompt (%d tokens) plus task.max_completion_length (%d) "
                        "passes the model's context of %d",
                        o->max_prompt_len, o->loss.max_completion, m->cfg.max_position_embeddings);
-    if (reward->head_dim != m->cfg.hidden_size)
+    if (reward && reward->head_dim != m->cfg.hidden_size)
         return tl_fail(err, TL_ERR_INPUT, "task.reward_model: the reward adapters have no score head");
     tl_rl *r = calloc(1, sizeof *r);
     if (!r) return tl_fail(err, TL_ERR_RUNTIME, "RL step: out of host memory");
@@ -135,7 +135,7 @@ tl_status tl_rl_create(const tl_model *m, const tl_lora_pool *policy, const tl_l
     int rows = mbt > r->n_max ? mbt : r->n_max;
     if (!s) s = tl_decoder_create(m, policy, r->n_max, r->dslots, (int)seq_max, rows, &r->dec, err);
     /* the reward pool may have another rank or targets than the policy: its own activations */
-    if (!s) s = tl_workspace_create(m, reward, mbt, r->max_seqs, &r->rws, err);
+    if (!s && reward) s = tl_workspace_create(m, reward, mbt, r->max_seqs, &r->rws, err);
     if (s) {
         tl_rl_free(r);
         return s;
@@ -152,12 +152,13 @@ static int is_eos(const tl_rl *r, int32_t t) {
 
 /* Samples every completion: prompts prefilled in chunks of the decoder's rows, then one token per sequence per
  * decode step until EOS or max_completion. */
-static tl_status rollout(tl_rl *r, const tl_rl_prompt *prompts, int n_prompts, tl_error *err) {
+static tl_status rollout(tl_rl *r, const tl_lora_pool *pool, int base, const tl_rl_prompt *prompts, int n_prompts,
+                         tl_error *err) {
     const int G = r->G, V = r->m->cfg.vocab_size, mbt = r->o.micro_batch_tokens;
     const int nc = n_prompts * G;
     r->n_comp = nc;
-    for (int c = 0; c < r->n_max; c++) r->dslots[c] = c < nc ? prompts[c / G].slot : -1;
-    TL_TRY(tl_decoder_reset(r->dec, r->dslots, err));
+    for (int c = 0; c < r->n_max; c++) r->dslots[c] = c < nc && !base ? prompts[c / G].slot : -1;
+    TL_TRY(tl_decoder_reset(r->dec, pool, r->dslots, err));
     for (int c = 0; c < r->n_max; c++) r->n_new[c] = 0;
     for (int c = 0; c < nc; c++) {
         const tl_rl_prompt *p = &prompts[c / G];
@@ -313,9 +314,8 @@ static tl_status train_mb(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *re
     return tl_model_backward(m, policy, ws, err);
 }
 
-tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, const tl_lora_pool *reward,
-                     tl_workspace *ws, const tl_rl_prompt *prompts, int n_prompts, tl_rl_stats *stats,
-                     tl_rl_timing *timing, tl_error *err) {
+static tl_status check_prompts(const tl_rl *r, const tl_rl_prompt *prompts, int n_prompts, tl_rl_stats *stats,
+                               tl_error *err) {
     if (n_prompts > r->o.max_prompts)
         return tl_fail(err, TL_ERR_RUNTIME, "RL step: %d prompts, planned for %d", n_prompts, r->o.max_prompts);
     for (int i = 0; i < n_prompts; i++) {
@@ -326,17 +326,14 @@ tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, co
             return tl_fail(err, TL_ERR_RUNTIME, "RL step: prompts not grouped by adapter in slot order");
         memset(&stats[prompts[i].slot], 0, sizeof *stats);
     }
-    memset(timing, 0, sizeof *timing);
-    double t0 = tl_now_s();
-    TL_TRY(rollout(r, prompts, n_prompts, err));
-    double t1 = tl_now_s();
+    return TL_OK;
+}
+
+/* Advantages per adapter and the policy passes, on the completions and rewards held in r. */
+static tl_status advantages_and_train(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, tl_workspace *ws,
+                                      const tl_rl_prompt *prompts, int n_prompts, tl_rl_stats *stats,
+                                      tl_rl_timing *timing, tl_error *err) {
     const int G = r->G, nc = r->n_comp;
-    for (int c = 0; c < nc; c++) timing->rollout_tokens += r->comp_len[c];
-    for (int c0 = 0; c0 < nc;) { /* rewards */
-        int c1 = fill_mb(r, c0);
-        TL_TRY(score_mb(r, reward, err));
-        c0 = c1;
-    }
     /* per adapter (a run of prompts of one slot): advantages over its groups, and the group totals */
     for (int i0 = 0; i0 < n_prompts;) {
         int slot = prompts[i0].slot, i1 = i0;
@@ -351,8 +348,7 @@ tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, co
         }
         for (int c = c0; c < c1; c++) r->grp_seqs[c] = c1 - c0, r->grp_tokens[c] = tok;
         st->completions += c1 - c0, st->tokens += tok, st->groups += i1 - i0;
-        /* group stds land in c_adv as scratch (max_seqs may be smaller than the groups: sum them one by one) */
-        for (int g = i0; g < i1; g++) {
+        for (int g = i0; g < i1; g++) { /* each group's reward std (TRL's reward_std) */
             double sd;
             tl_rl_advantages(r->o.adv, 1, G, 0, r->reward + (size_t)g * G, r->adv + (size_t)g * G, &sd);
             st->group_std += sd;
@@ -366,8 +362,63 @@ tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, co
         timing->train_tokens += r->mb.n_tok;
         c0 = c1;
     }
-    double t2 = tl_now_s();
-    timing->rollout_s = t1 - t0, timing->train_s = t2 - t1;
+    return TL_OK;
+}
+
+tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, const tl_lora_pool *reward,
+                     tl_workspace *ws, const tl_rl_prompt *prompts, int n_prompts, tl_rl_stats *stats,
+                     tl_rl_timing *timing, tl_error *err) {
+    if (!r->rws) return tl_fail(err, TL_ERR_RUNTIME, "RL step: planned without a reward pool");
+    TL_TRY(check_prompts(r, prompts, n_prompts, stats, err));
+    memset(timing, 0, sizeof *timing);
+    double t0 = tl_now_s();
+    TL_TRY(rollout(r, policy, 0, prompts, n_prompts, err));
+    double t1 = tl_now_s();
+    for (int c = 0; c < r->n_comp; c++) timing->rollout_tokens += r->comp_len[c];
+    for (int c0 = 0; c0 < r->n_comp;) { /* rewards */
+        int c1 = fill_mb(r, c0);
+        TL_TRY(score_mb(r, reward, err));
+        c0 = c1;
+    }
+    TL_TRY(advantages_and_train(r, policy, ref, ws, prompts, n_prompts, stats, timing, err));
+    timing->rollout_s = t1 - t0, timing->train_s = tl_now_s() - t1;
+    return TL_OK;
+}
+
+tl_status tl_rl_sample_score(tl_rl *r, const tl_lora_pool *policy, const tl_lora_pool *reward,
+                             const tl_rl_prompt *prompts, int n_prompts, tl_error *err) {
+    if (!r->rws) return tl_fail(err, TL_ERR_RUNTIME, "RL evaluation: planned without a reward pool");
+    if (n_prompts > r->o.max_prompts)
+        return tl_fail(err, TL_ERR_RUNTIME, "RL evaluation: %d prompts, planned for %d", n_prompts, r->o.max_prompts);
+    TL_TRY(rollout(r, policy, policy == NULL, prompts, n_prompts, err));
+    for (int c0 = 0; c0 < r->n_comp;) {
+        int c1 = fill_mb(r, c0);
+        TL_TRY(score_mb(r, reward, err));
+        c0 = c1;
+    }
+    return TL_OK;
+}
+
+tl_status tl_rl_train_given(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, tl_workspace *ws,
+                            const tl_rl_prompt *prompts, int n_prompts, const int32_t *comp, const int64_t *comp_off,
+                            const double *rewards, tl_rl_stats *stats, tl_rl_timing *timing, tl_error *err) {
+    TL_TRY(check_prompts(r, prompts, n_prompts, stats, err));
+    memset(timing, 0, sizeof *timing);
+    const int G = r->G;
+    r->n_comp = n_prompts * G;
+    for (int c = 0; c < r->n_comp; c++) {
+        int64_t len = comp_off[c + 1] - comp_off[c];
+        if (len < 1 || len > r->maxc)
+            return tl_fail(err, TL_ERR_INPUT, "RL step: completion %d has %lld tokens, expected 1..%d", c,
+                           (long long)len, r->maxc);
+        r->comp_prompt[c] = &prompts[c / G];
+        r->comp_len[c] = (int)len, r->done[c] = 1, r->reward[c] = rewards[c];
+        r->seed[c] = tl_mix64(prompts[c / G].seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(c % G + 1)));
+        memcpy(r->comp + (size_t)c * r->maxc, comp + comp_off[c], (size_t)len * sizeof(int32_t));
+    }
+    double t1 = tl_now_s();
+    TL_TRY(advantages_and_train(r, policy, ref, ws, prompts, n_prompts, stats, timing, err));
+    timing->train_s = tl_now_s() - t1;
     return TL_OK;
 }
 

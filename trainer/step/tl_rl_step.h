@@ -64,7 +64,7 @@ typedef struct {
 typedef struct tl_rl tl_rl;
 
 /* policy and reward are the pools tl_rl_step will be given (the decoder and the reward workspace are planned for
- * their layouts). TL_ERR_INPUT when the options do not fit (a sequence longer than micro_batch_tokens). */
+ * their layouts; reward may be NULL when only tl_rl_train_given is used). TL_ERR_INPUT when the options do not fit (a sequence longer than micro_batch_tokens). */
 tl_status tl_rl_create(const tl_model *m, const tl_lora_pool *policy, const tl_lora_pool *reward, const tl_rl_opts *o,
                        tl_rl **out, tl_error *err);
 void tl_rl_free(tl_rl *r);
@@ -77,6 +77,20 @@ void tl_rl_free(tl_rl *r);
 tl_status tl_rl_step(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, const tl_lora_pool *reward,
                      tl_workspace *ws, const tl_rl_prompt *prompts, int n_prompts, tl_rl_stats *stats,
                      tl_rl_timing *timing, tl_error *err);
+
+/* The training half of tl_rl_step on given completions and rewards instead of sampled and scored ones (for the
+ * model-level gradient checks, tests/torch/test_rl_model_vs_torch.py): completion c = prompt c / G, generation
+ * c % G has comp_len[c] tokens (1..max_completion) at comp[comp_off[c]..]; rewards[c] its reward. The reward pool
+ * may have been NULL at tl_rl_create for this use. */
+tl_status tl_rl_train_given(tl_rl *r, tl_lora_pool *policy, const tl_lora_pool *ref, tl_workspace *ws,
+                            const tl_rl_prompt *prompts, int n_prompts, const int32_t *comp, const int64_t *comp_off,
+                            const double *rewards, tl_rl_stats *stats, tl_rl_timing *timing, tl_error *err);
+
+/* Evaluation: samples the completions of the prompts with `policy` (a pool of the layout tl_rl_create was given:
+ * the trained adapters or a frozen copy of the starting ones; NULL: the bare base model for every prompt) and
+ * scores them with the reward pool; tl_rl_reward(r, c) then gives completion c's reward. Nothing is trained. */
+tl_status tl_rl_sample_score(tl_rl *r, const tl_lora_pool *policy, const tl_lora_pool *reward,
+                             const tl_rl_prompt *prompts, int n_prompts, tl_error *err);
 
 /* The completions of the last step (for reading, tests and the sampling checks): completion c = prompt
  * c / num_generations, generation c % num_generations; tokens and count (EOS included). */
