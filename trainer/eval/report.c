@@ -21,6 +21,7 @@
 #define REPORT_MAX_VALUE 1e300             /* |metric| bound: chart ranges stay finite */
 #define REPORT_MAX_TICKS 64                /* grid lines per axis, whatever the data */
 #define REPORT_MAX_POINTS 1000             /* points drawn per curve: longer curves are thinned evenly */
+#define REPORT_MAX_DOTS 64                 /* a per-adapter curve of at most this many points shows them as dots */
 #define REPORT_MAX_CURVES 16               /* per-adapter loss curves (metrics.jsonl's sample, tl_metrics.h) */
 #define REPORT_MAX_ROWS 200                /* rows of a full per-adapter or per-user table; the rest: eval.json */
 #define REPORT_TOP 10                      /* best and worst adapters listed */
@@ -343,9 +344,12 @@ static void chart(sbuf *b, const series *s, int ns, char *const *names, const ch
         } else {
             sb_puts(b, "\"/>\n");
         }
-        if (c->n == 1)
-            sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"3\"%s%s%s/>\n", PX(c->x[0]), PY(c->y[0]),
-                      names ? " style=\"fill:" : "", names ? palette[k % REPORT_MAX_CURVES] : "", names ? "\"" : "");
+        if (c->n == 1 && !names)
+            sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"3\"/>\n", PX(c->x[0]), PY(c->y[0]));
+        else if (names && c->n <= REPORT_MAX_DOTS) /* a sparse curve (an adapter trains in few steps): its points */
+            for (size_t i = 0; i < c->n; i++)
+                sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" style=\"fill:%s\"/>\n",
+                          PX(c->x[i]), PY(c->y[i]), palette[k % REPORT_MAX_CURVES]);
     }
     sb_puts(b, "</svg><figcaption>");
     if (drawn < points)
@@ -459,11 +463,24 @@ static void histogram(sbuf *b, const scored *v, int n, const char *what, int zer
     sb_printf(b, "<text class=\"title\" x=\"%.0f\" y=\"18\">", L);
     sb_esc(b, what);
     sb_printf(b, " (%d adapters)</text>\n", n);
-    for (int t = 0; t <= 4; t++) {
-        double c = top * t / 4.0, y = T + ph - (top ? c / top * ph : 0);
+    /* count ticks: whole numbers, a nice step, at most 5 intervals */
+    double cs = top > 4 ? ceil(nice_step((double)top, 4)) : 1;
+    for (int t = 0; t <= REPORT_MAX_TICKS && t * cs <= top; t++) {
+        double c = t * cs, y = T + ph - (top ? c / top * ph : 0);
         sb_printf(b, "<line class=\"gridline\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
-                     "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
+                     "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n",
                   L, y, W - R, y, L - 6, y + 4, c);
+    }
+    /* value ticks at a nice step inside [lo, hi], counted (never stepped towards a bound) */
+    if (hi > lo) {
+        double xs = nice_step(hi - lo, 6), k0 = ceil(lo / xs), nk = floor(hi / xs) - k0;
+        int nt = isfinite(nk) && nk >= 0 ? (int)fmin(REPORT_MAX_TICKS, nk) : -1;
+        for (int t = 0; t <= nt; t++) {
+            double val = (k0 + t) * xs, x = L + (val - lo) / (hi - lo) * pw;
+            sb_printf(b, "<line class=\"gridline\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
+                         "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.4g</text>\n",
+                      x, T + ph, x, T + ph + 4, x, T + ph + 16, fabs(val) < xs * 1e-9 ? 0.0 : val);
+        }
     }
     for (int k = 0; k < nb; k++) {
         double h = top ? (double)count[k] / top * ph : 0;
@@ -475,13 +492,13 @@ static void histogram(sbuf *b, const scored *v, int n, const char *what, int zer
     sb_printf(b, "<line class=\"axis\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", L, T + ph, W - R, T + ph);
     if (zero_line && lo < 0 && hi > 0) {
         double x = L + (0 - lo) / (hi - lo) * pw;
-        sb_printf(b, "<line class=\"zero\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
-                     "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">0</text>\n",
-                  x, T, x, T + ph, x, T + ph + 16);
+        sb_printf(b, "<line class=\"zero\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"><title>0: no change"
+                     "</title></line>\n",
+                  x, T, x, T + ph);
     }
-    sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">%.4g</text><text class=\"tick\" x=\"%.1f\" "
-                 "y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n",
-              L, T + ph + 30, lo, W - R, T + ph + 30, hi);
+    sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">min %.4g</text><text class=\"tick\" x=\"%.1f\" "
+                 "y=\"%.1f\" text-anchor=\"end\">max %.4g</text>\n",
+              L, T + ph + 32, lo, W - R, T + ph + 32, hi);
     sb_puts(b, "</svg><figcaption>adapters per bin; hover a bar for its range</figcaption></figure>\n");
 }
 

@@ -28,6 +28,7 @@ struct tl_rl_run {
     tl_rl_stats *stats;    /* [pool slots] */
     tl_rl_timing timing;
     int G, max_prompts;
+    int n_prompts; /* of the last step */
     char *metrics; /* [METRICS_CAP] */
 };
 
@@ -271,6 +272,7 @@ tl_status tl_rl_run_step(tl_rl_run *rr, tl_session *S, const tl_step_batch *B, d
                                         .slot = slot,
                                         .seed = mb->row_seed[mb->cu_seqlens[u[i].seq]]};
     }
+    rr->n_prompts = (int)n_units;
     TL_TRY(tl_rl_step(rr->rl, &S->pool, S->have_ref ? &S->ref : NULL, &rr->reward, S->ws, rr->prompts, (int)n_units,
                       rr->stats, &rr->timing, err));
     for (int i = 0; i < B->n_active; i++) adapter_loss[B->active[i]] = rr->stats[B->active[i]].loss;
@@ -319,11 +321,20 @@ const char *tl_rl_run_metrics(tl_rl_run *rr, const tl_session *S, const tl_step_
             nb[q++] = *e;
         }
         nb[q] = 0;
-        PUT("%s\"%s\": {\"reward\": %s, \"reward_std\": %s, \"kl\": %s, \"completion_length\": %s, \"clip_ratio\": %s}",
+        PUT("%s\"%s\": {\"reward\": %s, \"reward_std\": %s, \"kl\": %s, \"completion_length\": %s, \"clip_ratio\": %s",
             i ? ", " : "", nb, tl_json_num(j[0], "%.6f", m),
             tl_json_num(j[1], "%.6f", isnan(var) ? NAN : sqrt(var > 0 ? var : 0)),
             tl_json_num(j[2], "%.6g", s->kl / (double)s->tokens), tl_json_num(j[3], "%.3f", (double)s->tokens / c),
             tl_json_num(j[4], "%.6f", (double)s->clipped / (double)s->tokens));
+        /* the adapter's first completion of the step (token ids, its prompt's first sample): what it writes now */
+        int first = -1;
+        for (int pi = 0; pi < rr->n_prompts && first < 0; pi++)
+            if (rr->prompts[pi].slot == a) first = pi * rr->G;
+        const int32_t *toks = NULL;
+        int n_toks = first >= 0 ? tl_rl_completion(rr->rl, first, &toks) : 0;
+        PUT(", \"sample\": [");
+        for (int ti = 0; ti < n_toks; ti++) PUT("%s%d", ti ? ", " : "", (int)toks[ti]);
+        PUT("]}");
     }
     PUT("}");
 #undef PUT
