@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "data/tl_io.h"
+#include "data/tl_safetensors.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/run/resident.h"
 #include "trainer/run/rl_run.h"
@@ -175,16 +176,91 @@ tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err) {
     return s;
 }
 
-tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_ui *ui, tl_error *err) {
+/* ---- tailor export: the adapters of a checkpoint, one at a time ---- */
+
+/* Rows of a checkpoint's params tensor, read one adapter at a time (tl_state_reader, k = 0). */
+typedef struct {
+    tl_st_file *f;
+} ckpt_rows;
+
+static tl_status ckpt_read(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err) {
+    ckpt_rows *c = ctx;
+    if (k != 0) return tl_fail(err, TL_ERR_RUNTIME, "export: checkpoint reader asked for state %d", k);
+    return tl_st_read_range(c->f, "params", (uint64_t)first * sizeof *dst, dst, (uint64_t)n * sizeof *dst, err);
+}
+
+/* What an export needs from a checkpoint: S->pool with the adapters' layout, names and steps only (its own
+ * parameters are one slot's worth, never read), and a reader of each adapter's parameters from the state file.
+ * The only place an export's source is chosen: another store supplies its own pool layout and reader here. */
+static tl_status open_export_source(tl_session *S, const tl_config *cfg, const char *ckpt, ckpt_rows *rows,
+                                    tl_state_reader *rd, int64_t *step, tl_error *err) {
+    char **names = NULL;
+    int n = 0;
+    TL_TRY(tl_checkpoint_read_names(ckpt, &names, &n, err));
+    tl_lora_opts lo = tl_session_lora_opts(cfg, (float)cfg->adapter_dropout, cfg->task_type == TL_TASK_REWARD);
+    tl_status s = n > 0 ? tl_lora_pool_init(&S->pool, &S->model, 1, names, &lo, err)
+                        : tl_fail(err, TL_ERR_INPUT, "%s: the checkpoint holds no adapters", ckpt);
+    if (s) {
+        tl_checkpoint_free_names(names, n);
+        return s;
+    }
+    S->have_pool = 1;
+    tl_lora_pool *p = &S->pool;
+    S->be->free(S->be, p->params), S->be->free(S->be, p->grads), S->be->free(S->be, p->m), S->be->free(S->be, p->v);
+    p->params = p->grads = p->m = p->v = NULL;
+    free(p->names[0]);
+    free(p->names);
+    free(p->steps);
+    p->names = names, p->n_slots = n;
+    p->steps = calloc((size_t)n, sizeof *p->steps);
+    if (!p->steps) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    char path[TL_PATH_MAX];
+    TL_TRY(tl_path_join(path, sizeof path, ckpt, "state.safetensors", err));
+    TL_TRY(tl_st_open(path, &rows->f, err));
+    const tl_st_tensor *t = tl_st_find(rows->f, "params"), *st = tl_st_find(rows->f, "steps");
+    if (!t || t->dtype != TL_DT_F32 || t->ndim != 2 || t->shape[0] != n || (uint64_t)t->shape[1] != p->P)
+        return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'params' is not F32 [%d, %zu] (the adapters of its config.yaml)",
+                       path, n, p->P);
+    if (!st || st->dtype != TL_DT_I64 || st->ndim != 1 || st->shape[0] != n)
+        return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'steps' is not I64 [%d]", path, n);
+    TL_TRY(tl_st_read_bytes(rows->f, "steps", p->steps, (uint64_t)n * sizeof *p->steps, err));
+    for (int i = 0; i < n; i++)
+        if (p->steps[i] < 0 || p->steps[i] > TL_CHECKPOINT_INT_MAX)
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'steps' [adapter %d] is %lld, expected an integer in "
+                           "[0, 2^53]", path, i, (long long)p->steps[i]);
+    *rd = (tl_state_reader){ckpt_read, rows};
+    return tl_checkpoint_read_step(ckpt, step, err);
+}
+
+/* The default output of each format inside the run directory. */
+static tl_status default_out(const char *run, const tl_export_opts *o, char *out, size_t cap, tl_error *err) {
+    char user[TL_SAFE_DIRNAME_MAX + 1], sub[TL_SAFE_DIRNAME_MAX + 32];
+    switch (o->format) {
+    case TL_EXPORT_PEFT: return tl_path_join(out, cap, run, "adapters", err);
+    case TL_EXPORT_GGUF: return tl_path_join(out, cap, run, "adapters-gguf", err);
+    default:
+        if (tl_safe_dirname(o->user ? o->user : "", user, sizeof user) != TL_OK)
+            return tl_fail(err, TL_ERR_RUNTIME, "export: no folder name for the user");
+        snprintf(sub, sizeof sub, "%s/%s", o->format == TL_EXPORT_MERGED ? "merged" : "merged-gguf", user);
+        return tl_path_join(out, cap, run, sub, err);
+    }
+}
+
+tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_export_opts *opts, const tl_ui *ui,
+                        tl_error *err) {
     tl_session S;
     memset(&S, 0, sizeof S);
     char ckpt[TL_PATH_MAX];
     tl_config cfg;
     int64_t step = 0;
+    tl_export_opts o = opts ? *opts : (tl_export_opts){.format = TL_EXPORT_PEFT};
     TL_TRY(one_process_only("export", err));
     TL_TRY(find_checkpoint(run_or_ckpt, ckpt, sizeof ckpt, err));
     TL_TRY(tl_checkpoint_read_config(ckpt, &cfg, err));
+    if (!o.base_model) o.base_model = cfg.model_path;
     /* The pool needs only the model's shapes: read its configuration, keep the weights on disk. */
+    ckpt_rows rows = {NULL};
+    tl_state_reader rd;
     tl_status s = tl_backend_cpu_create(1, &S.be, err);
     if (!s) {
         S.model.be = S.be;
@@ -194,25 +270,30 @@ tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_u
     char run[TL_PATH_MAX];
     if (!s) s = run_of_checkpoint(run_or_ckpt, ckpt, run, sizeof run, err);
     if (!s && store) s = open_store_run(&S, &cfg, run, ckpt, &step, err);
-    if (!s && !store) s = open_checkpoint_pool(&S, &cfg, ckpt, &step, err);
+    if (!s && !store) s = open_export_source(&S, &cfg, ckpt, &rows, &rd, &step, err);
     if (!s) {
-        /* default: the adapters/ directory of the run the checkpoint belongs to: <run>/adapters for a run, and for
-         * <run>/checkpoints/step-N, found by name (not by "..", which a symlinked checkpoint would lead elsewhere);
-         * a checkpoint outside a run's checkpoints/ folder has no run: --out is needed */
+        /* default: inside the run the checkpoint belongs to: <run> for a run, and for <run>/checkpoints/step-N,
+         * found by name (not by "..", which a symlinked checkpoint would lead elsewhere); a checkpoint outside a
+         * run's checkpoints/ folder has no run: --out is needed */
         char dflt[TL_PATH_MAX + 32];
         if (!out_dir) {
             if (!run[0])
                 s = tl_fail(err, TL_ERR_INPUT, "%s: not inside a run's checkpoints/ folder, so it has no run "
                             "directory to export into: give --out DIR", ckpt);
-            if (!s) s = tl_path_join(dflt, sizeof dflt, run, "adapters", err);
+            if (!s) s = default_out(run, &o, dflt, sizeof dflt, err);
             out_dir = dflt;
         }
         int written = 0;
-        if (!s && store) s = tl_resident_export(S.res, &cfg, out_dir, &written, err);
-        if (!s && !store) s = tl_export_pool(&S.pool, S.be, &cfg, cfg.model_path, out_dir, &written, err);
-        if (!s) fprintf(ui->out, "exported %d PEFT adapter(s) from %s (step %lld) to %s/\n", written, ckpt,
-                        (long long)step, out_dir);
+        if (!s && store) s = tl_resident_export(S.res, &cfg, &o, out_dir, &written, err);
+        if (!s && !store) s = tl_export_run(&S.pool, &rd, &cfg, &o, out_dir, &written, err);
+        if (!s && (o.format == TL_EXPORT_PEFT || o.format == TL_EXPORT_GGUF))
+            fprintf(ui->out, "exported %d %s adapter(s) from %s (step %lld) to %s/\n", written,
+                    o.format == TL_EXPORT_PEFT ? "PEFT" : "GGUF LoRA", ckpt, (long long)step, out_dir);
+        else if (!s)
+            fprintf(ui->out, "exported the base model with adapter '%s' merged (%s) from %s (step %lld) to %s/\n",
+                    o.user, tl_export_format_name(o.format), ckpt, (long long)step, out_dir);
     }
+    if (rows.f) tl_st_close(rows.f);
     tl_session_close(&S);
     return s;
 }

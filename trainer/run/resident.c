@@ -212,7 +212,8 @@ static tl_status export_read(void *ctx, int k, size_t first, float *dst, size_t 
     return tl_resident_params(r, (int64_t)(first / P), dst, err);
 }
 
-tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const char *out_dir, int *written, tl_error *err) {
+tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_export_opts *o, const char *out_dir,
+                             int *written, tl_error *err) {
     int64_t N = tl_store_count(r->store);
     if (N > INT32_MAX) return tl_fail(err, TL_ERR_RUNTIME, "adapter store: %lld adapters", (long long)N);
     TL_TRY(tl_resident_flush(r, err));
@@ -231,7 +232,8 @@ tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const char *o
     layout.params = layout.grads = layout.m = layout.v = NULL;
     export_ctx c = {.r = r};
     tl_state_reader rd = {.read = export_read, .ctx = &c};
-    tl_status s = tl_export_pool_from(&layout, &rd, cfg, cfg->model_path, out_dir, written, err);
+    tl_export_opts peft = {.format = TL_EXPORT_PEFT, .base_model = cfg->model_path};
+    tl_status s = tl_export_run(&layout, &rd, cfg, o ? o : &peft, out_dir, written, err);
     free(names), free(steps);
     return s;
 }

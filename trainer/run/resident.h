@@ -18,6 +18,7 @@
 #include "data/tl_pref.h"
 #include "trainer/model/tl_model.h"
 #include "trainer/run/session_impl.h"
+#include "trainer/run/tl_export.h"
 #include "trainer/run/tl_store.h"
 
 struct tl_resident {
@@ -68,8 +69,9 @@ void tl_resident_remap(const tl_resident *r, tl_step_batch *B, tl_pref_step *PS,
  * evaluations that stream the population. */
 tl_status tl_resident_params(tl_resident *r, int64_t entry, float *params, tl_error *err);
 
-/* Exports every adapter of the store (tl_export_pool_from: PEFT directories and index.json, in store order), one
- * adapter in memory at a time. Dirty slots are written back first. */
-tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const char *out_dir, int *written, tl_error *err);
+/* Exports every adapter of the store (tl_export_run in format o->format, o NULL: PEFT directories and index.json,
+ * in store order), one adapter in memory at a time. Dirty slots are written back first. */
+tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_export_opts *o, const char *out_dir,
+                             int *written, tl_error *err);
 
 #endif

@@ -345,7 +345,7 @@ static tl_status save_run_state(tl_run *R, int64_t done_steps, int checkpoint, i
     char adir[TL_PATH_MAX + 16];
     snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
     int written = 0;
-    TL_TRY(tl_resident_export(res, cfg, adir, &written, err));
+    TL_TRY(tl_resident_export(res, cfg, NULL, adir, &written, err));
     fprintf(R->ui.out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
     return TL_OK;
 }
