@@ -114,9 +114,13 @@ Y
 t0=$(date +%s.%N)
 "$BIN/tailor" train "$OUT/users.yaml" >"$OUT/t_users.log" 2>&1
 rc=$?
-echo "RESULT impl=tailor op=users wall_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" \
-    >>"$OUT/t_users.log"
-[ $rc = 0 ] || { FAILED=1; tail -3 "$OUT/t_users.log"; }
+if [ $rc = 0 ]; then
+    echo "RESULT impl=tailor op=users wall_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" \
+        >>"$OUT/t_users.log"
+else
+    FAILED=1
+    tail -3 "$OUT/t_users.log" | sed 's/^/    /'
+fi
 echo "bench_gpu: tailor $U users: exit $rc" | tee -a "$OUT/steps.txt"
 step "torch $U users sequential" p_users.log "${TPY[@]}" --op users --model "$M" --data "$OUT/users.h5" --users $U \
     --steps $U_STEPS --examples $U_EX --rank $R

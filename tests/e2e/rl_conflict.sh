@@ -5,7 +5,8 @@
 # (rl_eval.json) it is above the starting adapter's (fresh LoRA: the base model) for every user; one global policy
 # trained against one global reward model (which cannot serve both groups) does worse than the per-user policies
 # for every user, and clearly so for a whole group (tailor eval with adapter.init_from = the global adapter
-# scores it with each user's own reward model); a rerun is bit-identical (seeded sampling); a user's adapter
+# scores it with each user's own reward model); a rerun, and a run killed and resumed, are bit-identical (seeded
+# sampling, per-adapter streams from the checkpointed step counts); a user's adapter
 # trained alone equals the one trained beside the others (isolation); the metrics records carry the RL fields.
 source "$TAILOR_SRC/tests/lib/common.sh"
 make_model "$T/model" --vocab 64 --hidden 64 --layers 2 --heads 4 --kv-heads 2 --ffn 128 --seed 3
@@ -101,6 +102,15 @@ PY
 # repeatable: the same config gives bit-identical adapters
 "$TAILOR_BIN" train "$T/grpo.yaml" train.resume=never run.output_dir="$T/grpo2" >/dev/null 2>&1 || die "rerun failed"
 same_adapters "$T/grpo/adapters" "$T/grpo2/adapters" 0 || die "a rerun of the same config differs"
+# resume: killed after step 20 (checkpoint at 20), resumed: bit-identical to the uninterrupted run
+set +e
+TAILOR_FAULT_KILL_AFTER_STEP=20 "$TAILOR_BIN" train "$T/grpo.yaml" run.output_dir="$T/killed" train.checkpoint_every=20 \
+  >/dev/null 2>&1
+set -e
+"$TAILOR_BIN" train "$T/grpo.yaml" run.output_dir="$T/killed" train.checkpoint_every=20 >"$T/resumed.out" 2>&1 \
+  || { cat "$T/resumed.out"; die "resume failed"; }
+grep -q "resuming from .*step-00000020" "$T/resumed.out" || die "did not resume from step 20: $(cat "$T/resumed.out")"
+same_adapters "$T/grpo/adapters" "$T/killed/adapters" 0 || die "a resumed run differs from the uninterrupted one"
 # isolation: user0000 trained alone
 "$TAILOR_BIN" train "$T/grpo.yaml" data.train="$T/prompts_one.h5" run.output_dir="$T/one" >/dev/null 2>&1 || die "one-user run failed"
 "$TL_PYTHON" - "$T" <<'PY' || die "user0000 alone differs from user0000 beside the others"

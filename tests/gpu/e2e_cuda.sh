@@ -266,6 +266,7 @@ PY
 }
 
 QS_PEAK=""
+QS_BE=${E2E_QS_BACKEND:-cuda} # cpu only to try this script's logic on a machine without a GPU
 check_quickstart() {
     local steps=${E2E_QS_STEPS:-3} model data_dir
     model=${E2E_QS_MODEL:-$ROOT/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -279,17 +280,27 @@ check_quickstart() {
             >"$W/qs-make-model.log" 2>&1 || { echo "make-model (SmolLM2 shape) failed"; return 1; }
         what="random model of SmolLM2-135M's shape"
     fi
-    local smi_pid=""
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits -lms 100 >"$W/qs-smi.csv" 2>&1 &
-        smi_pid=$!
-    fi
-    "$TL" train "$ROOT/configs/quickstart.yaml" train.backend=cuda train.steps="$steps" train.log_every=1 \
+    "$TL" train "$ROOT/configs/quickstart.yaml" train.backend="$QS_BE" train.steps="$steps" train.log_every=1 \
         model.path="$model" data.train="$data_dir/sft_train.h5" data.eval="$data_dir/sft_eval.h5" \
-        run.output_dir="$W/quickstart" train.eval_every=0 >"$W/quickstart.log" 2>&1
+        run.output_dir="$W/quickstart" train.eval_every=0 >"$W/quickstart.log" 2>&1 &
+    local pid=$! base=""
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        # device memory while it runs: per process where nvidia-smi can see processes, and the whole card's
+        # used memory (minus what was used before) as the fallback inside containers that hide them
+        base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
+        : >"$W/qs-smi.csv"
+        while kill -0 $pid 2>/dev/null; do
+            echo "card, $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)" \
+                >>"$W/qs-smi.csv"
+            nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+                awk -F', *' -v p=$pid '$1 == p { print "proc, " $2 }' >>"$W/qs-smi.csv"
+            sleep 0.2
+        done
+        echo "base, ${base:-0}" >>"$W/qs-smi.csv"
+    fi
+    wait $pid
     local rc=$?
-    [ -n "$smi_pid" ] && { kill "$smi_pid" 2>/dev/null; wait "$smi_pid" 2>/dev/null; }
-    [ $rc = 0 ] || { echo "quickstart on cuda failed (exit $rc, quickstart.log): $(tail -1 "$W/quickstart.log")"; return 1; }
+    [ $rc = 0 ] || { echo "quickstart on $QS_BE failed (exit $rc, quickstart.log): $(tail -1 "$W/quickstart.log")"; return 1; }
     QS_PEAK=$(sed -nE 's/.*GPU memory: .* peak ([0-9.]+) MiB allocated.*/\1/p' "$W/quickstart.log")
     local l
     l=$("$PY" -c 'import json,sys; r=[json.loads(x) for x in open(sys.argv[1]) if "\"loss\"" in x]; print(len(r), r[0]["loss"], r[-1]["loss"], r[-1].get("tokens_per_s"))' \
@@ -302,10 +313,15 @@ check_memory() {
     command -v nvidia-smi >/dev/null 2>&1 || { echo "SKIPPED: no nvidia-smi"; return 77; }
     [ -s "$W/qs-smi.csv" ] || { echo "needs the quickstart check's nvidia-smi samples"; return 1; }
     [ -n "$QS_PEAK" ] || { echo "tailor printed no GPU memory line (quickstart.log)"; return 1; }
-    local smi
-    smi=$(awk -F', *' '$2 ~ /^[0-9]+$/ && $2 > m { m = $2 } END { print m + 0 }' "$W/qs-smi.csv")
-    [ "$smi" -gt 0 ] || { echo "nvidia-smi reported no process memory (qs-smi.csv)"; return 1; }
-    echo "tailor peak $QS_PEAK MiB allocated, nvidia-smi peak $smi MiB for the process"
+    local smi how="for the process"
+    smi=$(awk -F', *' '$1 == "proc" && $2 ~ /^[0-9]+$/ && $2 > m { m = $2 } END { print m + 0 }' "$W/qs-smi.csv")
+    if [ "$smi" = 0 ]; then
+        how="card used minus before"
+        smi=$(awk -F', *' '$1 == "base" { b = $2 } $1 == "card" && $2 ~ /^[0-9]+$/ && $2 > m { m = $2 }
+            END { print m - b }' "$W/qs-smi.csv")
+    fi
+    [ "$smi" -gt 0 ] 2>/dev/null || { echo "nvidia-smi showed no memory in use (qs-smi.csv)"; return 1; }
+    echo "tailor peak $QS_PEAK MiB allocated, nvidia-smi peak $smi MiB ($how)"
     awk -v t="$QS_PEAK" -v s="$smi" 'BEGIN { exit !(s >= t && s - t < 1024) }'
 }
 

@@ -329,7 +329,7 @@ static void chart(sbuf *b, const series *s, int ns, char *const *names, const ch
         sb_printf(b, "<polyline class=\"line\" data-key=\"%s\"", key);
         if (names) {
             sb_puts(b, " data-adapter=\"");
-            sb_esc(b, names[k]);
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
             sb_printf(b, "\" style=\"stroke:%s\"", palette[k % REPORT_MAX_CURVES]);
         }
         sb_puts(b, " points=\"");
@@ -339,7 +339,7 @@ static void chart(sbuf *b, const series *s, int ns, char *const *names, const ch
         }
         if (names) {
             sb_puts(b, "\"><title>");
-            sb_esc(b, names[k]);
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
             sb_puts(b, "</title></polyline>\n");
         } else {
             sb_puts(b, "\"/>\n");
