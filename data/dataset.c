@@ -889,6 +889,11 @@ tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64
     return st;
 }
 
+tl_status tl_h5_has(tl_h5_reader *r, const char *name, int *exists, tl_error *err) {
+    r->err = err;
+    return find_object(r, name, exists);
+}
+
 tl_status tl_check_offsets(const char *path, const char *name, const int64_t *off, int64_t n,
                            const char *tokens_name, int64_t n_tokens, tl_error *err) {
     if (off[0] != 0)

@@ -22,6 +22,7 @@
 #include "data/tl_dataset.h"
 #include "data/tl_model_tokenizer.h"
 #include "data/tl_pref.h"
+#include "data/tl_prompt.h"
 #include "kernels/tl_text.h"
 #include "data/tl_io.h" /* TL_PATH_MAX */
 
@@ -375,8 +376,46 @@ static int write_attr_str(hid_t file, const char *name, const char *v) {
     return rc ? -1 : 0;
 }
 
+/* A prompt from chat messages (kind prompt): the messages rendered with the ChatML template plus the generation
+ * prompt; a trailing assistant message is not part of the prompt but its reference answer (*reference, NULL when
+ * the last message is not the assistant's). */
+static tl_status chat_prompt_only(ctx *c, const cJSON *msgs, char **prompt, char **reference) {
+    int n = cJSON_GetArraySize(msgs);
+    if (n < 1) return row_fail(c, "%s: needs at least one message", "messages");
+    tl_chat_msg *m = calloc((size_t)n, sizeof *m);
+    if (!m) return tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, msgs) {
+        m[i].role = get_str(it, "role"), m[i].content = get_str(it, "content");
+        if (!m[i].role || !m[i].content) {
+            free(m);
+            char what[64];
+            snprintf(what, sizeof what, "messages[%d]", i);
+            return row_fail(c, "%s: expected an object with string fields role and content", what);
+        }
+        i++;
+    }
+    int ref = strcmp(m[n - 1].role, "assistant") == 0;
+    if (ref && n == 1) {
+        free(m);
+        return row_fail(c, "%s: only an assistant message, expected at least one message to answer", "messages");
+    }
+    size_t len;
+    tl_status s = tl_chat_render(m, (size_t)(n - ref), 1, prompt, &len, c->err);
+    if (!s && ref) {
+        size_t k = strlen(m[n - 1].content);
+        *reference = malloc(k + 16);
+        if (!*reference) s = tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+        else snprintf(*reference, k + 16, "%s<|im_end|>\n", m[n - 1].content);
+    }
+    free(m);
+    return s;
+}
+
+/* kind: 0 sft, 1 preference, 2 prompt */
 static tl_status write_h5(const char *path, int pref, const users *u, run *runs, int n_runs, const vec *user_of,
-                          int64_t vocab, tl_error *err) {
+                          int64_t vocab, int has_ref, tl_error *err) {
     H5E_auto2_t old_fn;
     void *old_data;
     H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
@@ -387,21 +426,32 @@ static tl_status write_h5(const char *path, int pref, const users *u, run *runs,
     bad |= f < 0 || st < 0;
     if (!bad) {
         bad |= write_attr_int(f, "tailor_format", 1);
-        bad |= write_attr_str(f, "kind", pref ? "preference" : "sft");
+        bad |= write_attr_str(f, "kind", pref == 2 ? "prompt" : pref ? "preference" : "sft");
         bad |= write_attr_int(f, "vocab_size", vocab);
         bad |= write_ds(f, "/users/name", st, st, (size_t)u->n_users, u->names);
         if (u->n_users && u->groups[0]) bad |= write_ds(f, "/users/group", st, st, (size_t)u->n_users, u->groups);
         static const char *const pref_names[3] = {"prompt", "chosen", "rejected"};
         char nm[64];
         for (int r = 0; r < n_runs && !bad; r++) {
-            if (pref) {
+            if (pref == 1) {
                 snprintf(nm, sizeof nm, "/pref/%s/tokens", pref_names[r]);
                 bad |= write_ds(f, nm, H5T_NATIVE_INT32, H5T_STD_I32LE, runs[r].tok.n, runs[r].tok.p);
                 snprintf(nm, sizeof nm, "/pref/%s/offsets", pref_names[r]);
                 bad |= write_ds(f, nm, H5T_NATIVE_INT64, H5T_STD_I64LE, runs[r].off.n, runs[r].off.p);
             }
         }
-        if (pref) {
+        if (pref == 2) {
+            /* prompt: run 0 the prompts, run 1 the reference answers (written when every row has one) */
+            bad |= write_ds(f, "/prompt/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[0].tok.n, runs[0].tok.p);
+            bad |= write_ds(f, "/prompt/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[0].off.n, runs[0].off.p);
+            bad |= write_ds(f, "/prompt/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
+            if (has_ref) {
+                bad |= write_ds(f, "/prompt/reference/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[1].tok.n,
+                                runs[1].tok.p);
+                bad |= write_ds(f, "/prompt/reference/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[1].off.n,
+                                runs[1].off.p);
+            }
+        } else if (pref) {
             bad |= write_ds(f, "/pref/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
         } else {
             /* sft: one token array; prompt_len from the prompt run, offsets over prompt+response */
@@ -424,7 +474,11 @@ static tl_status check_output(const char *tmp, const char *out, int pref, tl_err
     tl_error ve;
     memset(&ve, 0, sizeof ve);
     tl_status vs;
-    if (pref) {
+    if (pref == 2) {
+        tl_prompt_dataset d;
+        vs = tl_prompt_open(tmp, 0, &d, &ve);
+        if (vs == TL_OK) tl_prompt_free(&d);
+    } else if (pref) {
         tl_pref_dataset d;
         vs = tl_pref_open(tmp, 0, &d, &ve);
         if (vs == TL_OK) tl_pref_free(&d);
@@ -474,7 +528,9 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     int pref;
     if (!strcmp(kind, "sft")) pref = 0;
     else if (!strcmp(kind, "preference")) pref = 1;
-    else return tl_fail(err, TL_ERR_INPUT, "--kind: '%s' is not a dataset kind (expected sft or preference)", kind);
+    else if (!strcmp(kind, "prompt")) pref = 2;
+    else return tl_fail(err, TL_ERR_INPUT, "--kind: '%s' is not a dataset kind (expected sft, preference or prompt)",
+                        kind);
     tl_tokenizer *tk = NULL;
     TL_TRY(tl_tokenizer_for_model(model, &tk, err));
     FILE *f = fopen(in, "r");
@@ -498,6 +554,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
     size_t cap = 0;
     int any_group = -1; /* unknown until the first row */
     int any_trainable = 0;
+    int any_ref = -1; /* prompt kind: unknown until the first row; then every row has a reference or none */
     ssize_t got;
     int too_long = 0;
     while (!s && (got = read_line(f, &line, &cap, &too_long)) != -1) {
@@ -517,7 +574,24 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         else if ((any_group == 1 && !group) || (any_group == 0 && group))
             s = row_fail(&c, "%s: either every row has a group or none does", "group");
         if (!s) any_group = group != NULL;
-        if (!s && pref) {
+        if (!s && pref == 2) {
+            const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
+            if (msgs) {
+                if (!cJSON_IsArray(msgs)) s = row_fail(&c, "%s: expected an array of messages", "messages");
+                else s = chat_prompt_only(&c, msgs, &prompt_alloc, &resp_alloc);
+                texts[0] = prompt_alloc, texts[1] = resp_alloc;
+            } else {
+                texts[0] = get_str(row, "prompt"), texts[1] = get_str(row, "reference");
+                if (!texts[0]) s = row_fail(&c, "%s: expected a string (or give \"messages\")", "prompt");
+                else if (!texts[0][0]) s = row_fail(&c, "%s: empty prompt, expected text to answer", "prompt");
+                else if (cJSON_GetObjectItemCaseSensitive(row, "reference") && !texts[1])
+                    s = row_fail(&c, "%s: expected a string", "reference");
+            }
+            if (!s && ((any_ref == 1 && !texts[1]) || (any_ref == 0 && texts[1])))
+                s = row_fail(&c, "%s: either every row has a reference answer (\"reference\" or a last assistant "
+                             "message) or none does", texts[1] ? "reference" : "prompt");
+            if (!s) any_ref = texts[1] != NULL;
+        } else if (!s && pref) {
             static const char *const keys[3] = {"prompt", "chosen", "rejected"};
             for (int r = 0; r < 3 && !s; r++) {
                 texts[r] = get_str(row, keys[r]);
@@ -547,7 +621,13 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         }
         if (!s) {
             int64_t ntok = 0;
-            if (pref) {
+            if (pref == 2) {
+                int64_t before = ntok;
+                s = add_text(&c, tk, texts[0], &runs[0], &ntok);
+                if (!s && ntok == before) s = row_fail(&c, "%s: tokenizes to no token", "prompt");
+                if (!s && texts[1]) s = add_text(&c, tk, texts[1], &runs[1], &ntok);
+                if (!s) any_trainable = 1;
+            } else if (pref) {
                 int64_t part[3] = {0, 0, 0};
                 for (int r = 0; r < 3 && !s; r++) {
                     int64_t before = ntok;
@@ -593,7 +673,9 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         s = tl_fail(err, TL_ERR_RUNTIME, "%s:%ld: out of memory reading the line", in, c.line + 1);
     if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
     fclose(f);
-    if (!s && user_of.n == 0) s = tl_fail(err, TL_ERR_INPUT, "%s: no examples (the file has no non-blank line)", in);
+    if (!s && user_of.n == 0)
+        s = tl_fail(err, TL_ERR_INPUT, "%s: no %s (the file has no non-blank line)", in,
+                    pref == 2 ? "prompts" : pref ? "pairs" : "examples");
     /* the rule of the dataset readers (tl_dataset.h, tl_pref.h), said in terms of the input */
     if (!s && !any_trainable)
         s = tl_fail(err, TL_ERR_INPUT, "%s: no %s has a token to train on (each is an empty prompt with a 1-token "
@@ -609,7 +691,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
             s = tl_fail(err, TL_ERR_INPUT, "%s: cannot create the output: %s", tmp, strerror(errno));
         } else {
             close(fd);
-            s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), err);
+            s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), any_ref == 1, err);
             if (!s) s = check_output(tmp, out, pref, err); /* never publish what train would refuse */
             if (!s && rename(tmp, out) != 0) {
                 int e = errno; /* OUT being a directory or not writable is the user's to fix: bad usage */
@@ -620,9 +702,9 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         }
     }
     if (!s && report) {
-        fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, pref ? "pairs" : "examples",
-                u.n_users, kind);
-        fprintf(report, "  %-28s %9s %10s\n", "user", pref ? "pairs" : "examples", "tokens");
+        const char *unit = pref == 2 ? "prompts" : pref ? "pairs" : "examples";
+        fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, unit, u.n_users, kind);
+        fprintf(report, "  %-28s %9s %10s\n", "user", unit, "tokens");
         char nb[TL_ESC_CAP]; /* user names from the JSONL: shown escaped (tl_text.h) */
         for (int i = 0; i < u.n_users; i++)
             fprintf(report, "  %-28.28s %9lld %10lld\n", tl_escape(nb, sizeof nb, u.names[i]), (long long)u.examples[i], (long long)u.tokens[i]);

@@ -82,6 +82,9 @@ int tl_utf8_valid(const unsigned char *s, size_t len);
 /* A rank-1 dataset of exactly int32 / int64 (either byte order), read whole into a new malloc'd array. */
 tl_status tl_h5_read_i32(tl_h5_reader *r, const char *name, int32_t **out, int64_t *len, tl_error *err);
 tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64_t *len, tl_error *err);
+/* Whether the object `name` (an absolute path) exists, every component of it a hard link (a soft or external
+ * link on the way is TL_ERR_INPUT): for optional datasets. */
+tl_status tl_h5_has(tl_h5_reader *r, const char *name, int *exists, tl_error *err);
 
 /* An offsets array off[0..n] (n >= 0 items) into a token array of n_tokens: off[0] = 0, never decreasing,
  * off[n] = n_tokens. `name` and `tokens_name` are the datasets named in the messages. */

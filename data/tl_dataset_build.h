@@ -1,4 +1,4 @@
-/* tl_data_build: `tailor data build IN.jsonl OUT.h5 --model PATH [--kind sft|preference]` — tokenizes a JSONL file
+/* tl_data_build: `tailor data build IN.jsonl OUT.h5 --model PATH [--kind sft|preference|prompt]` — tokenizes a JSONL file
  * of per-user examples with the model's tokenizer and writes tailor's HDF5 schema (docs/data-format.md).
  *
  * Rows (one JSON object per line; blank lines skipped; optional "group" on every row of a user):
@@ -7,6 +7,10 @@
  *               the generation prompt ("<|im_start|>assistant\n") as the prompt, and its content + "<|im_end|>\n"
  *               is the response (so the model learns to stop)
  *   preference: {"user", "prompt", "chosen", "rejected"}
+ *   prompt:     {"user", "prompt"[, "reference"]}  or  {"user", "messages": [...]}: the messages rendered with the
+ *               ChatML template plus the generation prompt; a last assistant message is the reference answer
+ *               (+ "<|im_end|>\n"), not part of the prompt. Every row has a reference or none does; a prompt
+ *               must not be empty (online RL: task.type grpo / rloo)
  * Prompt and response are tokenized separately (the boundary is exact). A bad row is TL_ERR_INPUT naming the file
  * and its line; the output is written under a temporary name and renamed, so it never exists half-written. */
 #ifndef TL_DATA_BUILD_H

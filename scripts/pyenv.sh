@@ -8,9 +8,13 @@ stamp=.pyenv/.requirements
 if [ ! -x .pyenv/bin/python ] || ! cmp -s "$req" "$stamp"; then
   echo "pyenv: installing $(grep -c '^[a-z]' "$req") packages into .pyenv/" >&2
   /usr/bin/python3 -m venv --system-site-packages .pyenv
-  grep '^[a-z]' "$req" | grep -v '^peft' | xargs .pyenv/bin/pip install -q --disable-pip-version-check >&2
+  grep '^[a-z]' "$req" | grep -v -e '^peft' -e '^llama-cpp-python' | xargs .pyenv/bin/pip install -q --disable-pip-version-check >&2
   grep '^peft' "$req" | xargs .pyenv/bin/pip install -q --no-deps --disable-pip-version-check >&2
-  .pyenv/bin/python -c "import torch, h5py, numpy, gguf, tokenizers, transformers, peft" >&2
+  # llama-cpp-python: built from its source package (CPU, portable: no -march=native), a long compile
+  grep '^llama-cpp-python' "$req" | CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    xargs .pyenv/bin/pip install -q --no-deps --no-binary llama-cpp-python --disable-pip-version-check >&2
+  .pyenv/bin/python -c "import torch, h5py, numpy, gguf, tokenizers, transformers, peft, llama_cpp" >&2
   cp "$req" "$stamp"
 fi
 echo "$PWD/.pyenv/bin/python"

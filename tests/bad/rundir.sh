@@ -8,7 +8,8 @@ rd_report_step_negative rd_report_step_fraction rd_report_loss_inf rd_report_eva
 rd_report_eval_loss_inf rd_export_out_foreign_index
 rd_export_out_unlisted_file rd_export_out_symlink rd_export_ckpt_outside_run rd_export_default_in_run
 rd_init_from_dotdot rd_init_from_absolute rd_init_from_symlink rd_init_from_nan rd_resume_never_sets_aside
-rd_resume_given_sets_later_aside"
+rd_resume_given_sets_later_aside rd_report_adapter_loss_inf rd_report_adapter_not_string rd_report_rss_inf
+rd_report_eval_huge_values"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -119,6 +120,22 @@ case $case_name in
       "$([ $case_name = rd_report_eval_loss_inf ] && echo 5 || echo 4611686018427387904)" \
       "$([ $case_name = rd_report_eval_loss_inf ] && echo -1e999 || echo 1.5)" >"$RUN/eval.json"
     expect2 "adapters[0]" "$TAILOR_BIN" report "$RUN"; [ ! -e "$RUN/report.html" ] || die "report written" ;;
+  rd_report_adapter_loss_inf)  # the per-adapter records of metrics.jsonl (tl_metrics.h) are checked like the rest
+    mkdir -p "$RUN"; metrics '{"step": 1, "adapter": "ann", "adapter_loss": 1e999}'
+    expect2 "metrics.jsonl line 2: \"adapter_loss\"" "$TAILOR_BIN" report "$RUN"; [ ! -e "$RUN/report.html" ] || die "report written" ;;
+  rd_report_adapter_not_string)
+    mkdir -p "$RUN"; metrics '{"step": 1, "adapter": ["<b>"], "adapter_loss": 1}'
+    expect2 "metrics.jsonl line 2: \"adapter\" is not a string" "$TAILOR_BIN" report "$RUN" ;;
+  rd_report_rss_inf)
+    mkdir -p "$RUN"; metrics '{"step": 2, "loss": 2, "rss_mib": -1e999, "tokens_per_s": 5}'
+    expect2 "metrics.jsonl line 2: \"rss_mib\"" "$TAILOR_BIN" report "$RUN" ;;
+  rd_report_eval_huge_values)  # good path: finite, but base_loss - loss overflows; no value for the histogram
+    mkdir -p "$RUN"; metrics '{"step": 2, "loss": 2}'
+    printf '{"step": 2, "adapters": [{"name": "ann", "loss": -1e308, "base_loss": 1e308}, {"name": "bo", "loss": 1,
+      "base_loss": 1e301}, {"name": "cy", "loss": 1, "base_loss": 1.5}]}\n' >"$RUN/eval.json"
+    "$TAILOR_BIN" report "$RUN" >/dev/null || die "report failed"
+    grep -q 'data-n="1" data-better="1"' "$RUN/report.html" || die "the histogram should hold cy alone"
+    ! grep -qi 'inf\|nan' "$RUN/report.html" || die "a non-finite number reached the page"; echo ok ;;
   rd_export_out_foreign_index)  # a folder of the user's that merely holds a file named index.json
     train; mkdir -p "$T/mine"; echo '{"adapters": []}' >"$T/mine/index.json"; echo keep >"$T/mine/notes.txt"
     expect2 "$T/mine" "$TAILOR_BIN" export "$RUN" --out "$T/mine"

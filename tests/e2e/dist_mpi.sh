@@ -12,7 +12,14 @@ import json, os, sys
 a, b = sys.argv[1], sys.argv[2]
 def recs(d):
     return [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
-ra, rb = recs(a), recs(b)
+# the sampled adapters' own losses (records with "adapter"): the same records, the same losses
+def per_adapter(rs):
+    return {(r["step"], r["adapter"]): r["adapter_loss"] for r in rs if "adapter" in r}
+pa, pb = per_adapter(recs(a)), per_adapter(recs(b))
+assert pa.keys() == pb.keys() and pa, ("per-adapter records differ", sorted(pa.keys() ^ pb.keys())[:5])
+for k in pa:
+    assert abs(pa[k] - pb[k]) <= 1e-5 * max(1, abs(pa[k])), (k, pa[k], pb[k])
+ra, rb = [r for r in recs(a) if "adapter" not in r], [r for r in recs(b) if "adapter" not in r]
 assert [r["step"] for r in ra] == [r["step"] for r in rb], "metrics steps differ"
 for x, y in zip(ra, rb):
     for k in ("loss", "grad_norm", "lr"):

@@ -30,8 +30,14 @@ grep -q "base_loss" "$T/eval.out" || die "no table from tailor eval"
 
 "$TAILOR_BIN" export "$T/run" --out "$T/exp1" >/dev/null || die "export of a run failed"
 "$TAILOR_BIN" export "$T/run/checkpoints/step-00000006" --out "$T/exp2" >/dev/null || die "export of a checkpoint failed"
-diff -r "$T/run/adapters" "$T/exp1" >/dev/null || die "export of the run differs from the run's own adapters"
-diff -r "$T/exp1" "$T/exp2" >/dev/null || die "export of the checkpoint differs"
+# the manifests name each export's own absolute folder, so they differ by that path alone
+diff -r -x vllm-lora-modules.json -x lorax-adapters.json "$T/run/adapters" "$T/exp1" >/dev/null ||
+  die "export of the run differs from the run's own adapters"
+for m in vllm-lora-modules.json lorax-adapters.json; do
+  diff <(sed "s|$T/run/adapters/|DIR/|" "$T/run/adapters/$m") <(sed "s|$T/exp1/|DIR/|" "$T/exp1/$m") >/dev/null ||
+    die "$m of the two exports differ beyond their folder"
+done
+diff -r -x vllm-lora-modules.json -x lorax-adapters.json "$T/exp1" "$T/exp2" >/dev/null || die "export of the checkpoint differs"
 "$TAILOR_BIN" export "$T/run/checkpoints/step-00000003" --out "$T/exp3" >/dev/null || die "export of step 3 failed"
 ! diff -r "$T/exp1" "$T/exp3" >/dev/null || die "step 3 and step 6 exports are identical"
 

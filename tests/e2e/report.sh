@@ -46,6 +46,7 @@ class Page(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.tags, self.cells, self.polylines, self.names, self.titles = [], [], {}, [], []
+        self.curves = {}
         self.in_name = self.in_title = 0
         self.text = []
     def handle_starttag(self, tag, attrs):
@@ -63,7 +64,10 @@ class Page(HTMLParser):
             pts = a["points"].split()
             for p in pts:
                 x, y = map(float, p.split(","))
-            self.polylines[a["data-key"]] = len(pts)
+            if "data-adapter" in a:
+                self.curves[a["data-adapter"]] = len(pts)
+            else:
+                self.polylines[a["data-key"]] = len(pts)
         if tag == "td" and a.get("class") == "name":
             self.in_name, self.buf = 1, []
         if tag == "title":
@@ -93,9 +97,45 @@ for name in names:
     for ch in "<>\"&":
         if ch in name:
             assert name not in raw, f"name {name!r} is in the page unescaped"
-steps = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
+recs = [json.loads(l) for l in open(f"{run}/metrics.jsonl") if l.strip()]
+steps = [r for r in recs if "adapter" not in r]
 losses = [r for r in steps if isinstance(r.get("loss"), (int, float))]
 assert p.polylines.get("loss") == len(losses), (p.polylines, len(losses))
+# memory and throughput over the run: every step record has both, one point each
+train_recs = [r for r in steps if "grad_norm" in r]
+assert all(isinstance(r["rss_mib"], float) and 1 < r["rss_mib"] < 1e6 for r in train_recs), train_recs[:2]
+assert p.polylines.get("rss_mib") == len(train_recs) and p.polylines.get("tokens_per_s") == len(train_recs), p.polylines
+# per-adapter records: fewer than 16 adapters, so all are sampled; each trained adapter has a record in each logged
+# step, after that step's record; one curve per adapter with one point per record
+logged = {r["step"] for r in train_recs}
+per = {}
+last_step = None
+for r in recs:
+    if "adapter" in r:
+        assert r["step"] == last_step and set(r) == {"step", "adapter", "adapter_loss"}, r
+        per.setdefault(r["adapter"], []).append(r["adapter_loss"])
+    else:
+        last_step = r["step"]
+def name_hash(s):  # tl_metrics_name_hash: FNV-1a 64, murmur3's finalizer
+    M = (1 << 64) - 1
+    x = 0xcbf29ce484222325
+    for c in s.encode():
+        x = ((x ^ c) * 0x100000001b3) & M
+    for k in (0xff51afd7ed558ccd, 0xc4ceb9fe1a85ec53):
+        x ^= x >> 33; x = (x * k) & M
+    return x ^ (x >> 33)
+sample = set(sorted(set(names), key=lambda s: (name_hash(s), s.encode()))[:16])
+assert set(per) <= sample, (sorted(set(per) - sample), sorted(sample))
+if len(names) <= 16:
+    assert set(per) == set(names), (sorted(per), names)
+assert sum(len(v) for v in per.values()) >= len(logged), "too few adapter records"
+for name, ls in per.items():
+    assert p.curves.get(name) == len([x for x in ls if x is not None]), (name, p.curves.get(name), len(ls))
+# the step's mean loss is the mean of its adapters' losses (sft: one record per trained adapter)
+if kind != "dpo" and len(names) <= 16:
+    for r in train_recs:
+        mine = [x["adapter_loss"] for x in recs if "adapter" in x and x["step"] == r["step"]]
+        assert len(mine) == r["adapters"] and abs(sum(mine) / len(mine) - r["loss"]) < 1e-5, (r, mine)
 if any("eval_loss" in r for r in steps):
     assert p.polylines.get("eval_loss") == sum("eval_loss" in r for r in steps), p.polylines
 metric = "accuracy" if kind == "dpo" else "loss"

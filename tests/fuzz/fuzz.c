@@ -28,6 +28,7 @@
 #include "data/tl_hf_config.h"
 #include "data/tl_model_tokenizer.h"
 #include "data/tl_pref.h"
+#include "data/tl_prompt.h"
 #include "data/tl_safetensors.h"
 #include "data/tl_tokenizer.h"
 #include "kernels/tl_backend.h"
@@ -388,6 +389,17 @@ static int run_h5_pref(const char *dir, const char *input) {
     return 0;
 }
 
+static int run_h5_prompt(const char *dir, const char *input) {
+    inspect_to_null(input);
+    tl_error e = {0};
+    tl_prompt_dataset ds;
+    memset(&ds, 0, sizeof ds);
+    tl_status s = tl_prompt_open(input, g_vocab, &ds, &e);
+    check(s, &e, "tl_prompt_open");
+    if (s == TL_OK) tl_prompt_free(&ds);
+    return 0;
+}
+
 static int run_config(const char *dir, const char *input) {
     static tl_config c, c2;
     tl_error e = {0};
@@ -586,6 +598,11 @@ static const char *PREF_ROWS =
     "{\"user\": \"ann\", \"group\": \"g\", \"prompt\": \"Answer:\", \"chosen\": \" short\", \"rejected\": \" long words\"}\n"
     "{\"user\": \"bob\", \"group\": \"g\", \"prompt\": \"Q: 2+2?\", \"chosen\": \" 4\", \"rejected\": \" 5\"}\n"
     "{\"user\": \"ann\", \"group\": \"g\", \"prompt\": \"\\u4e2d\\u6587\", \"chosen\": \"\\u597d\", \"rejected\": \"\\u4e0d\"}\n";
+static const char *PROMPT_ROWS =
+    "{\"user\": \"ann\", \"group\": \"g\", \"prompt\": \"Answer:\", \"reference\": \" short\"}\n"
+    "{\"user\": \"bob\", \"group\": \"g\", \"messages\": [{\"role\": \"user\", \"content\": \"Q: 2+2?\"}, "
+    "{\"role\": \"assistant\", \"content\": \"4\"}]}\n"
+    "{\"user\": \"ann\", \"group\": \"g\", \"prompt\": \"\\u4e2d\\u6587\", \"reference\": \"\"}\n";
 
 /* YAML features the configs/ files do not use: a directive, flow mappings, quoting and escapes, a folded scalar */
 static const char *CONFIG_STYLES =
@@ -1334,6 +1351,7 @@ static target g_targets[] = {
     {"gguf", 0, "model.gguf", run_gguf, {{0}}, 0, {{0}}, 0},
     {"h5_sft", 0, "data.h5", run_h5_sft, {{0}}, 0, {{0}}, 0},
     {"h5_pref", 0, "data.h5", run_h5_pref, {{0}}, 0, {{0}}, 0},
+    {"h5_prompt", 0, "data.h5", run_h5_prompt, {{0}}, 0, {{0}}, 0},
     {"config", 1, "config.yaml", run_config, {{0}}, 0, {{0}}, 0},
     {"config_override", 1, "overrides.txt", run_config_override, {{0}}, 0, {{0}}, 0},
     {"tokenizer_json", 1, "tok/tokenizer.json", run_tokenizer_json, {{0}}, 0, {{0}}, 0},
@@ -1391,6 +1409,8 @@ static void make_seeds(target *t) {
         build_h5_seed(t, SFT_ROWS, "sft", "sft");
     } else if (!strcmp(t->name, "h5_pref")) {
         build_h5_seed(t, PREF_ROWS, "preference", "pref");
+    } else if (!strcmp(t->name, "h5_prompt")) {
+        build_h5_seed(t, PROMPT_ROWS, "prompt", "prompt");
     } else if (!strcmp(t->name, "config")) {
         static const char *const files[] = {"sft_lora.yaml", "dpo_conflict.yaml", "quickstart_cluster.yaml"};
         for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {

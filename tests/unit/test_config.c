@@ -429,6 +429,17 @@ static const bad_case BAD[] = {
     {"key_bad2.yaml", M "adapter:\n  key: everyone #<\n", "adapter.key", "user, group or global"},
     {"task_loss_bad.yaml", M "task:\n  loss: kto #<\n", "task.loss", "sigmoid"},
     {"task_ls_bad.yaml", M "task:\n  label_smoothing: 0.5 #<\n", "task.label_smoothing", "0.5"},
+    /* online RL keys (docs/rl.md) */
+    {"task_ngen_one.yaml", M "task:\n  num_generations: 1 #<\n", "task.num_generations", "1"},
+    {"task_maxc_zero.yaml", M "task:\n  max_completion_length: 0 #<\n", "task.max_completion_length", "0"},
+    {"task_top_p_zero.yaml", M "task:\n  top_p: 0 #<\n", "task.top_p", "0"},
+    {"task_top_p_big.yaml", M "task:\n  top_p: 1.5 #<\n", "task.top_p", "1.5"},
+    {"task_eps_one.yaml", M "task:\n  epsilon: 1 #<\n", "task.epsilon", "1"},
+    {"task_eps_high_neg.yaml", M "task:\n  epsilon_high: -0.1 #<\n", "task.epsilon_high", "-0.1"},
+    {"task_temp_neg.yaml", M "task:\n  temperature: -1 #<\n", "task.temperature", "-1"},
+    {"task_beta_neg.yaml", M "task:\n  beta: -0.5 #<\n", "task.beta", "-0.5"},
+    {"task_loss_type_bad.yaml", M "task:\n  loss_type: dapo #<\n", "task.loss_type", "grpo, bnpo or dr_grpo"},
+    {"task_scale_bad.yaml", M "task:\n  scale_rewards: maybe #<\n", "task.scale_rewards", "maybe"},
     {"task_bad.yaml", M "task:\n  type: pretrain #<\n", "task.type", "expected sft"},
     {"backend_bad.yaml", M "train:\n  backend: gpu #<\n", "train.backend", "auto, cpu or cuda"},
     {"schedule_bad.yaml", M "train:\n  schedule: cosin #<\n", "train.schedule", "did you mean cosine?"},
@@ -595,7 +606,7 @@ static void test_overrides(void) {
         {"adapter.rank=0", "adapter.rank", "1 <= adapter.rank <= 1024"},
         {"train.steps=010", "train.steps", "leading zero"},
         {"train.steps=9007199254740993", "train.steps", "9007199254740992"}, /* 2^53 + 1: past what JSON keeps */
-        {"task.type=ppo", "task.type", "sft, dpo or reward"},
+        {"task.type=ppo", "task.type", "sft, dpo, reward, grpo or rloo"},
         {"train.micro_batch_tokens=16", "train.micro_batch_tokens", "data.max_seq_len (128"},
         {"data.max_seq_len=2048", "data.max_seq_len", "train.micro_batch_tokens (1024"},
     };
@@ -687,6 +698,17 @@ static void rnd_config(tl_config *c) {
     default: c->resume = TL_RESUME_PATH, rnd_string(c->resume_path, sizeof c->resume_path, 1);
     }
     c->dist_strategy = (tl_dist_strategy)(rnd() % 3); /* auto, user_shard, data_parallel */
+    c->task_type = (tl_task_type)(rnd() % 5); /* sft, dpo, reward, grpo, rloo */
+    c->task_beta = rnd() % 3 ? rnd_unit() : 0.0;
+    if (rnd() & 1) rnd_string(c->task_reward_model, sizeof c->task_reward_model, 1);
+    c->task_num_generations = rnd_int(2, 65536);
+    c->task_max_completion_length = rnd_int(1, 1 << 20);
+    c->task_temperature = rnd() % 3 ? rnd_unit() * 3 : 0.0;
+    c->task_top_p = 1.0 - rnd_unit() * 0.99;
+    c->task_epsilon = 0.01 + rnd_unit() * 0.98;
+    c->task_epsilon_high = rnd() % 2 ? rnd_unit() : 0.0;
+    c->task_loss_type = (tl_task_loss_type)(rnd() % 3); /* grpo, bnpo, dr_grpo */
+    c->task_scale_rewards = (int)(rnd() & 1);
     c->dist_timeout_s = exp(rnd_unit() * 10);
     if (rnd() & 1) rnd_string(c->dist_rendezvous_dir, sizeof c->dist_rendezvous_dir, 1);
     c->cluster_nodes = rnd_int(1, 100000);
@@ -783,6 +805,9 @@ static void test_random_values(void) {
         rnd_config(&want);
         tl_config_defaults(&dflt); /* the text below leaves the dist and cluster sections (the struct's tail) out */
         memcpy(&want.dist_strategy, &dflt.dist_strategy, sizeof want - offsetof(tl_config, dist_strategy));
+        /* ... and the task section */
+        memcpy(&want.task_type, &dflt.task_type,
+               offsetof(tl_config, task_scale_rewards) + sizeof want.task_scale_rewards - offsetof(tl_config, task_type));
         rnd_string(want.run_name, sizeof want.run_name, 0);
         rnd_string(want.output_dir, sizeof want.output_dir, 0);
         snprintf(want.model_path, sizeof want.model_path, "m%d", it);

@@ -273,11 +273,26 @@ static void check_adapter_dir(const tl_lora_pool *p, int s, const char *dir, con
 static void check_export(const tl_lora_pool *p, const char *root, const char *out, const char *base_model,
                          double want_alpha) {
     CHECK(only_entry(root, "adapters"), "export wrote outside its directory");
-    CHECK(count_entries(out) == p->n_slots + 1, "%s: %d entries, expected %d", out, count_entries(out),
-          p->n_slots + 1);
+    /* index.json, the adapter folders, and the vLLM and LoRAX manifests (listed in index.json's "files") */
+    CHECK(count_entries(out) == p->n_slots + 3, "%s: %d entries, expected %d", out, count_entries(out),
+          p->n_slots + 3);
     char path[TL_PATH_MAX], dir[TL_PATH_MAX], want[160];
     xpath(path, sizeof path, "%s/index.json", out);
     cJSON *idx = read_json(path);
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(idx, "files");
+    CHECK(cJSON_GetArraySize(files) == 2 && !strcmp(cJSON_GetArrayItem(files, 0)->valuestring, "vllm-lora-modules.json") &&
+          !strcmp(cJSON_GetArrayItem(files, 1)->valuestring, "lorax-adapters.json"), "index.json files");
+    for (int k = 0; k < 2; k++) {
+        char mp[TL_PATH_MAX];
+        xpath(mp, sizeof mp, "%s/%s", out, k ? "lorax-adapters.json" : "vllm-lora-modules.json");
+        cJSON *man = read_json(mp);
+        CHECK(cJSON_GetArraySize(man) == p->n_slots, "%s: %d entries", mp, cJSON_GetArraySize(man));
+        for (int s = 0; s < p->n_slots && s < cJSON_GetArraySize(man); s++) {
+            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(man, s), "name");
+            CHECK(cJSON_IsString(nm) && !strcmp(nm->valuestring, p->names[s]), "%s: entry %d name", mp, s);
+        }
+        cJSON_Delete(man);
+    }
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(idx, "adapters");
     CHECK(cJSON_IsArray(list) && cJSON_GetArraySize(list) == p->n_slots, "index.json adapters");
     for (int s = 0; s < p->n_slots; s++) {

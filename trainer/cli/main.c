@@ -26,7 +26,10 @@ static const char *usage =
     "  train CONFIG [key=value ...]       train one LoRA adapter per user (or group, or one global); as many\n"
     "                                     processes under mpirun or srun (docs/cluster.md)\n"
     "  eval CONFIG [key=value ...]        per-adapter loss/perplexity on data.eval vs. the base model\n"
-    "  export RUN_OR_CHECKPOINT [--out DIR]  write HF PEFT adapter directories\n"
+    "  export RUN_OR_CHECKPOINT [--out DIR] [--format peft|gguf|merged|merged-gguf] [--user NAME]\n"
+    "         [--dtype f32|f16|bf16] [--shard-mb N]\n"
+    "                                     PEFT adapter dirs (default), llama.cpp GGUF LoRAs, or the base\n"
+    "                                     model with one user's adapter merged (HF dir or GGUF)\n"
     "  generate --model PATH (--adapter DIR ... | --run DIR --user NAME ... | --run DIR --all-users) [--base]\n"
     "           --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]\n"
     "                                     KV-cache decoding with one or many adapters side by side\n"
@@ -34,7 +37,7 @@ static const char *usage =
     "  submit CONFIG [--dry-run] [key=value ...]\n"
     "                                     write the run's Slurm job script (docs/cluster.md) and sbatch it\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
-    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]\n"
+    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]\n"
     "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
     "  make-model DIR [options]           write a random Llama-family model in HF layout (tests, demos)\n"
     "      --vocab N --hidden N --layers N --heads N --kv-heads N --ffn N --head-dim N\n"
@@ -67,26 +70,56 @@ static int cmd_train_or_eval(int argc, char **argv, int eval) {
 
 static int cmd_export(int argc, char **argv) {
     const char *src = NULL, *out = NULL;
+    tl_export_opts o = {.format = TL_EXPORT_PEFT, .dtype = TL_EXPORT_F32};
+    int have_dtype = 0;
     for (int i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--out")) {
-            if (i + 1 >= argc) return usage_error("%s needs a directory", "--out");
-            out = argv[++i];
+        const char *a = argv[i];
+        if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--user") || !strcmp(a, "--dtype") ||
+            !strcmp(a, "--shard-mb")) {
+            if (i + 1 >= argc) return usage_error("%s needs a value", a);
+            const char *v = argv[++i];
+            if (!strcmp(a, "--out")) {
+                out = v;
+            } else if (!strcmp(a, "--format")) {
+                int f = tl_export_format_parse(v);
+                if (f < 0) return usage_error("--format '%s' is unknown (expected peft, gguf, merged or merged-gguf)", v);
+                o.format = (tl_export_format)f;
+            } else if (!strcmp(a, "--user")) {
+                o.user = v;
+            } else if (!strcmp(a, "--dtype")) {
+                int d = tl_export_dtype_parse(v);
+                if (d < 0) return usage_error("--dtype '%s' is unknown (expected f32, f16 or bf16)", v);
+                o.dtype = (tl_export_dtype)d;
+                have_dtype = 1;
+            } else {
+                char *end = NULL;
+                long long mb = strtoll(v, &end, 10);
+                if (!*v || *end || mb < 1 || mb > (1ll << 30)) return usage_error("--shard-mb '%s': expected MiB >= 1", v);
+                o.shard_bytes = (uint64_t)mb << 20;
+            }
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("export: unknown option '%s'", a);
         } else if (!src) {
-            src = argv[i];
+            src = a;
         } else {
-            return usage_error("unexpected argument '%s'", argv[i]);
+            return usage_error("unexpected argument '%s'", a);
         }
     }
     if (!src) return usage_error("%s needs a run directory or a checkpoint directory", "export");
+    int merged = o.format == TL_EXPORT_MERGED || o.format == TL_EXPORT_MERGED_GGUF;
+    if (merged && !o.user) return usage_error("--format %s needs --user NAME (the adapter to merge)", tl_export_format_name(o.format));
+    if (!merged && o.user) return usage_error("--user is for --format merged or merged-gguf, not %s", tl_export_format_name(o.format));
+    if (o.format == TL_EXPORT_PEFT && have_dtype && o.dtype != TL_EXPORT_F32)
+        return usage_error("--format %s writes F32 only", "peft");
     tl_error err = {0};
     tl_ui ui = make_ui();
-    if (tl_export_cmd(src, out, &ui, &err)) return fail(&err);
+    if (tl_export_cmd(src, out, &o, &ui, &err)) return fail(&err);
     return 0;
 }
 
 static int cmd_data(int argc, char **argv) {
     if (argc < 1 || strcmp(argv[0], "build") != 0)
-        return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference]'", "data");
+        return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]'", "data");
     const char *in = NULL, *out = NULL, *model = NULL, *kind = "sft";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--kind")) {

@@ -58,11 +58,13 @@ static const char *const SECTIONS[] = {"run", "model", "adapter", "data", "task"
 
 /* the words of each choice key in the order of its enum (tl_config.h), NULL-terminated */
 const char *const tl_adapter_key_names[] = {"user", "group", "global", NULL};
-const char *const tl_task_type_names[] = {"sft", "dpo", "reward", NULL};
+const char *const tl_task_type_names[] = {"sft", "dpo", "reward", "grpo", "rloo", NULL};
+const char *const tl_task_loss_type_names[] = {"grpo", "bnpo", "dr_grpo", NULL};
 const char *const tl_backend_choice_names[] = {"auto", "cpu", "cuda", NULL};
 const char *const tl_schedule_names[] = {"constant", "linear", "cosine", NULL};
 const char *const tl_task_loss_names[] = {"sigmoid", "ipo", "hinge", "robust", "simpo", NULL};
 const char *const tl_dist_strategy_names[] = {"auto", "user_shard", "data_parallel", NULL};
+const char *const tl_store_choice_names[] = {"auto", "on", "off", NULL};
 #define KEY_CHOICES tl_adapter_key_names
 #define TASK_CHOICES tl_task_type_names
 #define BACKEND_CHOICES tl_backend_choice_names
@@ -72,7 +74,8 @@ const char *const tl_dist_strategy_names[] = {"auto", "user_shard", "data_parall
 /* K_ENUM stores an int: every choice enum must be one */
 _Static_assert(sizeof(tl_adapter_key) == sizeof(int) && sizeof(tl_task_type) == sizeof(int) &&
                    sizeof(tl_task_loss) == sizeof(int) && sizeof(tl_backend_choice) == sizeof(int) &&
-                   sizeof(tl_schedule) == sizeof(int) && sizeof(tl_dist_strategy) == sizeof(int),
+                   sizeof(tl_schedule) == sizeof(int) && sizeof(tl_dist_strategy) == sizeof(int) &&
+                   sizeof(tl_store_choice) == sizeof(int) && sizeof(tl_task_loss_type) == sizeof(int),
                "choice enums are ints");
 
 #define F(field) offsetof(tl_config, field)
@@ -104,13 +107,22 @@ static const key_desc KEYS[] = {
     INT("data.max_seq_len", data_max_seq_len, 2, INT_MAX),
     INT("data.eval_generate", data_eval_generate, 0, 4096),
     ENUM("task.type", task_type, TASK_CHOICES),
-    DBL("task.beta", task_beta, 0, 0, D_LO_OPEN),
+    DBL("task.beta", task_beta, 0, 0, 0), /* > 0 for dpo: checked by tl_pref_opts_check */
     ENUM("task.loss", task_loss, PREF_LOSS_CHOICES),
     DBL("task.label_smoothing", task_label_smoothing, 0, 0.5, D_HAS_HI | D_HI_OPEN),
     DBL("task.gamma", task_gamma, 0, 0, 0),
     DBL("task.sft_weight", task_sft_weight, 0, 0, 0),
     {"task.precompute_ref", K_BOOL, F(task_precompute_ref), 0, 0, 0, 0, 0, 0, NULL},
     DBL("task.center_rewards", task_center_rewards, 0, 0, 0),
+    OPTSTR("task.reward_model", task_reward_model),
+    INT("task.num_generations", task_num_generations, 2, 65536),
+    INT("task.max_completion_length", task_max_completion_length, 1, INT_MAX),
+    DBL("task.temperature", task_temperature, 0, 0, 0),
+    DBL("task.top_p", task_top_p, 0, 1, D_LO_OPEN | D_HAS_HI),
+    DBL("task.epsilon", task_epsilon, 0, 1, D_LO_OPEN | D_HAS_HI | D_HI_OPEN),
+    DBL("task.epsilon_high", task_epsilon_high, 0, 0, 0),
+    ENUM("task.loss_type", task_loss_type, tl_task_loss_type_names),
+    {"task.scale_rewards", K_BOOL, F(task_scale_rewards), 0, 0, 0, 0, 0, 0, NULL},
     ENUM("train.backend", backend, BACKEND_CHOICES),
     INT("train.threads", threads, 0, TL_MAX_THREADS),
     I64("train.steps", steps, 1),
@@ -129,6 +141,9 @@ static const key_desc KEYS[] = {
     I64("train.eval_every", eval_every, 0),
     I64("train.checkpoint_every", checkpoint_every, 0),
     INT("train.keep_checkpoints", keep_checkpoints, 1, INT_MAX),
+    ENUM("train.store", store, tl_store_choice_names),
+    I64("train.store_min_bytes", store_min_bytes, 0),
+    {"train.continue", K_BOOL, F(continue_run), 0, 0, 0, 0, 0, 0, NULL},
     {"train.resume", K_RESUME, F(resume), sizeof(((tl_config *)0)->resume_path), 0, 0, 0, 0, 0, NULL},
     ENUM("dist.strategy", dist_strategy, STRATEGY_CHOICES),
     DBL("dist.timeout_s", dist_timeout_s, 0, 0, D_LO_OPEN),
@@ -179,6 +194,13 @@ void tl_config_defaults(tl_config *c) {
     c->task_beta = 0.1;
     c->task_loss = TL_LOSS_SIGMOID;
     c->task_gamma = 0.5;
+    c->task_num_generations = 4;
+    c->task_max_completion_length = 64;
+    c->task_temperature = 1.0;
+    c->task_top_p = 1.0;
+    c->task_epsilon = 0.2;
+    c->task_loss_type = TL_RL_LOSS_BNPO;
+    c->task_scale_rewards = 1;
     c->backend = TL_BACKEND_AUTO;
     c->threads = 0;
     c->steps = 100;
@@ -199,6 +221,8 @@ void tl_config_defaults(tl_config *c) {
     c->keep_checkpoints = 2;
     c->resume = TL_RESUME_AUTO;
     c->dist_strategy = TL_STRATEGY_AUTO;
+    c->store = TL_STORE_AUTO;
+    c->store_min_bytes = (int64_t)2 << 30;
     c->dist_timeout_s = 600.0;
     c->cluster_nodes = 1;
     snprintf(c->cluster_mpi, sizeof c->cluster_mpi, "pmix");

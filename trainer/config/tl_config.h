@@ -24,18 +24,24 @@ extern const char *const tl_target_names[TL_N_TARGETS]; /* "q_proj", ..., "down_
 /* The choice keys, parsed into enums once by tl_config_load (and written back as the same words). Each enum's
  * order is its names array's, so tl_*_names[value] is the word of the YAML file. adapter.key is tl_adapter_key
  * (data/tl_batcher.h: user, group, global); task.loss is the order of tl_pref_kind (tl_pref_loss.h). */
-typedef enum { TL_TASK_SFT, TL_TASK_DPO, TL_TASK_REWARD } tl_task_type;
+typedef enum { TL_TASK_SFT, TL_TASK_DPO, TL_TASK_REWARD, TL_TASK_GRPO, TL_TASK_RLOO } tl_task_type;
+/* online RL (task.type grpo | rloo; docs/rl.md): prompts in, rollouts scored by reward models */
+#define TL_TASK_IS_RL(t) ((t) == TL_TASK_GRPO || (t) == TL_TASK_RLOO)
+typedef enum { TL_RL_LOSS_GRPO, TL_RL_LOSS_BNPO, TL_RL_LOSS_DR_GRPO } tl_task_loss_type;
 typedef enum { TL_LOSS_SIGMOID, TL_LOSS_IPO, TL_LOSS_HINGE, TL_LOSS_ROBUST, TL_LOSS_SIMPO } tl_task_loss;
 typedef enum { TL_BACKEND_AUTO, TL_BACKEND_CPU, TL_BACKEND_CUDA } tl_backend_choice;
 typedef enum { TL_SCHEDULE_CONSTANT, TL_SCHEDULE_LINEAR, TL_SCHEDULE_COSINE } tl_schedule;
 typedef enum { TL_RESUME_AUTO, TL_RESUME_NEVER, TL_RESUME_PATH } tl_resume;
 typedef enum { TL_STRATEGY_AUTO, TL_STRATEGY_USER_SHARD, TL_STRATEGY_DATA_PARALLEL } tl_dist_strategy;
+typedef enum { TL_STORE_AUTO, TL_STORE_ON, TL_STORE_OFF } tl_store_choice;
 extern const char *const tl_adapter_key_names[];   /* "user", "group", "global" */
-extern const char *const tl_task_type_names[];     /* "sft", "dpo", "reward" */
+extern const char *const tl_task_type_names[];     /* "sft", "dpo", "reward", "grpo", "rloo" */
+extern const char *const tl_task_loss_type_names[]; /* "grpo", "bnpo", "dr_grpo" (task.loss_type) */
 extern const char *const tl_task_loss_names[];     /* "sigmoid", "ipo", "hinge", "robust", "simpo" */
 extern const char *const tl_backend_choice_names[]; /* "auto", "cpu", "cuda" */
 extern const char *const tl_schedule_names[];      /* "constant", "linear", "cosine" */
 extern const char *const tl_dist_strategy_names[]; /* "auto", "user_shard", "data_parallel" */
+extern const char *const tl_store_choice_names[];  /* "auto", "on", "off" */
 
 typedef struct {
     /* run */
@@ -66,6 +72,16 @@ typedef struct {
     double task_sft_weight;       /* dpo: weight of the SFT loss on the chosen response, default 0 */
     int task_precompute_ref;      /* dpo: cache reference log-probabilities per pair, default false */
     double task_center_rewards;   /* reward: coefficient of mean((r_c + r_r)^2), default 0 */
+    /* online RL, task.type grpo | rloo (docs/rl.md); task.beta is the k3 KL weight there (0 allowed) */
+    char task_reward_model[TL_PATH_MAX]; /* a run directory or adapters/ folder of task.type reward; required */
+    int task_num_generations;     /* completions per prompt, default 4, >= 2 */
+    int task_max_completion_length; /* default 64, >= 1 */
+    double task_temperature;      /* sampling temperature, default 1.0, >= 0 (0: greedy) */
+    double task_top_p;            /* default 1.0, (0, 1] */
+    double task_epsilon;          /* clip range low, default 0.2, (0, 1) */
+    double task_epsilon_high;     /* clip range high, default 0 = task.epsilon */
+    tl_task_loss_type task_loss_type; /* grpo | bnpo (default, TRL v0.19) | dr_grpo */
+    int task_scale_rewards;       /* grpo: divide by the group std; rloo: normalize advantages; default true */
     /* train */
     tl_backend_choice backend;    /* auto (default) | cpu | cuda */
     int threads;                  /* 0 = all cores; at most TL_MAX_THREADS */
@@ -83,6 +99,10 @@ typedef struct {
     int64_t eval_every;           /* default 0 = only at the end (when data.eval is set) */
     int64_t checkpoint_every;     /* default 0 = only at the end */
     int keep_checkpoints;         /* default 2 */
+    tl_store_choice store;        /* auto (default: on when the adapters' state would pass train.store_min_bytes) |
+                                     on | off: the adapter store (docs/scale.md) */
+    int64_t store_min_bytes;      /* default 2 GiB: auto turns the store on above this much adapter state */
+    int continue_run;             /* train.continue, default false: train again on a grown dataset (docs/scale.md) */
     tl_resume resume;             /* auto (default) | never | a path of a checkpoint directory: */
     char resume_path[TL_PATH_MAX]; /* TL_RESUME_PATH: that path ("" otherwise) */
     /* dist: many processes (docs/cluster.md) */

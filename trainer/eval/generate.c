@@ -147,6 +147,21 @@ static void proj(const tl_decoder *d, const tl_mb *mb, int l, int t, tl_act *y, 
     }
 }
 
+tl_status tl_decoder_reset(tl_decoder *d, const tl_lora_pool *p, const int32_t *slots, tl_error *err) {
+    if (p && p != d->p) {
+        if (!d->p || p->rank != d->p->rank || p->targets != d->p->targets || p->P != d->p->P)
+            return tl_fail(err, TL_ERR_RUNTIME, "decoder: a pool of another layout than the one it was made for");
+        d->p = p;
+    }
+    for (int s = 0; s < d->n_seqs; s++)
+        if (slots[s] >= (d->p ? d->p->n_slots : 0))
+            return tl_fail(err, TL_ERR_INPUT, "decoder: sequence %d names adapter slot %d of a pool of %d", s,
+                           slots[s], d->p ? d->p->n_slots : 0);
+    memcpy(d->slots, slots, (size_t)d->n_seqs * sizeof(int32_t));
+    memset(d->len, 0, (size_t)d->n_seqs * sizeof(int));
+    return TL_OK;
+}
+
 tl_status tl_decoder_append(tl_decoder *d, const int32_t *tokens, const int *n_new, float *logits, tl_error *err) {
     const tl_model *m = d->m;
     const tl_model_config *c = &m->cfg;

@@ -20,6 +20,14 @@
 #define REPORT_MAX_STEP ((int64_t)1 << 53) /* steps are exact in a double up to here */
 #define REPORT_MAX_VALUE 1e300             /* |metric| bound: chart ranges stay finite */
 #define REPORT_MAX_TICKS 64                /* grid lines per axis, whatever the data */
+#define REPORT_MAX_POINTS 1000             /* points drawn per curve: longer curves are thinned evenly */
+#define REPORT_MAX_DOTS 64                 /* a per-adapter curve of at most this many points shows them as dots */
+#define REPORT_MAX_CURVES 16               /* per-adapter loss curves (metrics.jsonl's sample, tl_metrics.h) */
+#define REPORT_MAX_ROWS 200                /* rows of a full per-adapter or per-user table; the rest: eval.json */
+#define REPORT_TOP 10                      /* best and worst adapters listed */
+#define REPORT_BINS 40                     /* bars of the improvement histogram */
+#define REPORT_NAME_CHARS 256              /* a name's code points shown in a table cell */
+#define REPORT_HEATMAP_MAX 32              /* adapters of the adapter x user heatmap (TL_EVAL_CROSS_MAX) */
 
 /* ---- growing output buffer; an allocation failure is remembered and reported once at the end ---- */
 typedef struct {
@@ -106,12 +114,15 @@ static void sb_esc_n(sbuf *b, const char *s, size_t max_chars) {
 static void sb_esc(sbuf *b, const char *s) { sb_esc_n(b, s, 0); }
 
 /* ---- metrics.jsonl ---- */
-enum { S_LOSS, S_EVAL_LOSS, S_EVAL_ACC, S_ACC, S_MARGIN, S_COUNT };
+enum { S_LOSS, S_EVAL_LOSS, S_EVAL_ACC, S_ACC, S_MARGIN, S_REWARD, S_TOKS, S_RSS, S_COUNT };
 static const char *const series_key[S_COUNT] = {"loss", "eval_loss", "eval_accuracy", "rewards/accuracies",
-                                                "rewards/margins"};
+                                                "rewards/margins", "reward", "tokens_per_s", "rss_mib"};
 static const char *const series_title[S_COUNT] = {"Training loss", "Eval loss", "Eval preference accuracy",
                                                   "Training preference accuracy (rewards/accuracies)",
-                                                  "Training reward margin (rewards/margins)"};
+                                                  "Training reward margin (rewards/margins)",
+                                                  "Mean reward of the step's sampled answers (grpo / rloo)",
+                                                  "Throughput (tokens/s since the previous record)",
+                                                  "Resident memory of the training process (MiB)"};
 
 typedef struct {
     double *x, *y;
@@ -135,14 +146,68 @@ static int series_push(series *s, double x, double y) {
     return 0;
 }
 
-static void series_free(series *s) {
-    for (int k = 0; k < S_COUNT; k++) {
+static void series_free(series *s, int n) {
+    for (int k = 0; k < n; k++) {
         free(s[k].x);
         free(s[k].y);
     }
 }
 
-static tl_status read_metrics(const char *path, series *s, size_t *records, tl_error *err) {
+/* The per-adapter records of metrics.jsonl ({"step", "adapter", "adapter_loss"}): one curve per adapter name, for
+ * the first REPORT_MAX_CURVES names met; the records of any further names are counted, not drawn. */
+typedef struct {
+    char *name[REPORT_MAX_CURVES];
+    series s[REPORT_MAX_CURVES];
+    int n;
+    size_t dropped; /* records of adapters past the first REPORT_MAX_CURVES */
+} curves;
+
+static void curves_free(curves *c) {
+    for (int i = 0; i < c->n; i++) free(c->name[i]);
+    series_free(c->s, c->n);
+}
+
+static int curves_push(curves *c, const char *name, double x, double y) {
+    int i = 0;
+    while (i < c->n && strcmp(c->name[i], name)) i++;
+    if (i == c->n) {
+        if (c->n == REPORT_MAX_CURVES) {
+            c->dropped++;
+            return 0;
+        }
+        if (!(c->name[i] = strdup(name))) return -1;
+        memset(&c->s[i], 0, sizeof c->s[i]);
+        c->n++;
+    }
+    return series_push(&c->s[i], x, y);
+}
+
+/* v: absent or null (no value: *have = 0), or a finite number of magnitude <= 1e300 */
+static int metric_value(const cJSON *v, double *y, int *have) {
+    *have = 0;
+    if (!v || cJSON_IsNull(v)) return 1;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > REPORT_MAX_VALUE) return 0;
+    *y = v->valuedouble, *have = 1;
+    return 1;
+}
+
+/* grpo / rloo records carry "users": {name: {"reward": ...}, ...} (a sample of the step's adapters, docs/rl.md) */
+static tl_status push_user_rewards(const char *path, size_t line_no, const cJSON *users, double x, curves *rw,
+                                   tl_error *err) {
+    const cJSON *u;
+    cJSON_ArrayForEach(u, users) {
+        double y = 0;
+        int have = 0;
+        if (!cJSON_IsObject(u) || !u->string) continue;
+        if (!metric_value(cJSON_GetObjectItemCaseSensitive(u, "reward"), &y, &have))
+            return tl_fail(err, TL_ERR_INPUT, "%s line %zu: users.*.reward is not a finite number of magnitude "
+                           "<= 1e300 (or null)", path, line_no);
+        if (have && curves_push(rw, u->string, x, y)) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    }
+    return TL_OK;
+}
+
+static tl_status read_metrics(const char *path, series *s, curves *cv, curves *rw, size_t *records, tl_error *err) {
     if (!tl_is_file(path)) return tl_fail(err, TL_ERR_INPUT, "%s: missing (not a tailor run directory?)", path);
     char *text;
     size_t len;
@@ -170,17 +235,32 @@ static tl_status read_metrics(const char *path, series *s, size_t *records, tl_e
             } else if (!tl_json_int(step->valuedouble, 0, REPORT_MAX_STEP, &(int64_t){0})) {
                 st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"step\" is %g, expected an integer in [0, 2^53]", path,
                              line_no, step->valuedouble);
+            } else if (cJSON_GetObjectItemCaseSensitive(o, "adapter")) { /* one sampled adapter's loss */
+                (*records)++;
+                const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "adapter");
+                double y = 0;
+                int have = 0;
+                if (!cJSON_IsString(name))
+                    st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"adapter\" is not a string", path, line_no);
+                else if (!metric_value(cJSON_GetObjectItemCaseSensitive(o, "adapter_loss"), &y, &have))
+                    st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"adapter_loss\" is not a finite number of "
+                                 "magnitude <= 1e300 (or null)", path, line_no);
+                else if (have && curves_push(cv, name->valuestring, step->valuedouble, y))
+                    st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
             } else {
                 (*records)++;
                 for (int k = 0; k < S_COUNT && st == TL_OK; k++) {
-                    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, series_key[k]);
-                    if (!v || cJSON_IsNull(v)) continue;
-                    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > REPORT_MAX_VALUE)
+                    double y = 0;
+                    int have = 0;
+                    if (!metric_value(cJSON_GetObjectItemCaseSensitive(o, series_key[k]), &y, &have))
                         st = tl_fail(err, TL_ERR_INPUT, "%s line %zu: \"%s\" is not a finite number of magnitude "
                                      "<= 1e300 (or null)", path, line_no, series_key[k]);
-                    else if (series_push(&s[k], step->valuedouble, v->valuedouble))
+                    else if (have && series_push(&s[k], step->valuedouble, y))
                         st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
                 }
+                const cJSON *users = cJSON_GetObjectItemCaseSensitive(o, "users");
+                if (st == TL_OK && cJSON_IsObject(users))
+                    st = push_user_rewards(path, line_no, users, step->valuedouble, rw, err);
             }
             cJSON_Delete(o);
         }
@@ -198,13 +278,29 @@ static double nice_step(double range, int target) {
     return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
 }
 
-static void chart(sbuf *b, const series *s, const char *key, const char *title) {
+/* distinct line colours of the per-adapter curves */
+static const char *const palette[REPORT_MAX_CURVES] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                                                       "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939",
+                                                       "#8c6d31", "#843c39", "#7b4173", "#3182bd"};
+
+/* the i-th of at most REPORT_MAX_POINTS points drawn of n (all of them when n is small; else evenly spaced, the
+ * first and the last always) */
+static size_t drawn_count(size_t n) { return n < REPORT_MAX_POINTS ? n : REPORT_MAX_POINTS; }
+static size_t drawn_index(size_t n, size_t i) {
+    size_t m = drawn_count(n);
+    return m == n || m < 2 ? i : (size_t)((double)i * (double)(n - 1) / (double)(m - 1) + 0.5);
+}
+
+/* One line chart of ns series (ns >= 1, each with points). names == NULL: one unnamed series, drawn as
+ * <polyline class="line" data-key=KEY>; else one coloured polyline per name (data-adapter) and a legend. */
+static void chart(sbuf *b, const series *s, int ns, char *const *names, const char *key, const char *title) {
     const double W = 640, H = 260, L = 64, R = 16, T = 28, B = 44;
-    double x0 = s->x[0], x1 = s->x[0], y0 = s->y[0], y1 = s->y[0];
-    for (size_t i = 1; i < s->n; i++) {
-        x0 = fmin(x0, s->x[i]), x1 = fmax(x1, s->x[i]);
-        y0 = fmin(y0, s->y[i]), y1 = fmax(y1, s->y[i]);
-    }
+    double x0 = s[0].x[0], x1 = s[0].x[0], y0 = s[0].y[0], y1 = s[0].y[0];
+    for (int k = 0; k < ns; k++)
+        for (size_t i = 0; i < s[k].n; i++) {
+            x0 = fmin(x0, s[k].x[i]), x1 = fmax(x1, s[k].x[i]);
+            y0 = fmin(y0, s[k].y[i]), y1 = fmax(y1, s[k].y[i]);
+        }
     if (x1 <= x0) x0 -= 1, x1 += 1;
     if (!(y1 - y0 > 1e-12 * fmax(fabs(y0), fabs(y1)))) {
         double d = fabs(y0) > 0 ? fabs(y0) * 0.1 : 1;
@@ -245,12 +341,53 @@ static void chart(sbuf *b, const series *s, const char *key, const char *title) 
               L, T, L, T + ph, L, T + ph, W - R, T + ph);
     sb_printf(b, "<text class=\"label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">step</text>\n", L + pw / 2,
               H - 6);
-    sb_printf(b, "<polyline class=\"line\" data-key=\"%s\" points=\"", key);
-    for (size_t i = 0; i < s->n; i++) sb_printf(b, "%s%.2f,%.2f", i ? " " : "", PX(s->x[i]), PY(s->y[i]));
-    sb_puts(b, "\"/>\n");
-    if (s->n == 1) sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"3\"/>\n", PX(s->x[0]), PY(s->y[0]));
-    sb_printf(b, "</svg><figcaption>%zu points; last: step %.6g, %.6g</figcaption></figure>\n", s->n,
-              s->x[s->n - 1], s->y[s->n - 1]);
+    size_t points = 0, drawn = 0;
+    for (int k = 0; k < ns; k++) {
+        const series *c = &s[k];
+        size_t m = drawn_count(c->n);
+        points += c->n, drawn += m;
+        sb_printf(b, "<polyline class=\"line\" data-key=\"%s\"", key);
+        if (names) {
+            sb_puts(b, " data-adapter=\"");
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
+            sb_printf(b, "\" style=\"stroke:%s\"", palette[k % REPORT_MAX_CURVES]);
+        }
+        sb_puts(b, " points=\"");
+        for (size_t i = 0; i < m; i++) {
+            size_t j = drawn_index(c->n, i);
+            sb_printf(b, "%s%.2f,%.2f", i ? " " : "", PX(c->x[j]), PY(c->y[j]));
+        }
+        if (names) {
+            sb_puts(b, "\"><title>");
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
+            sb_puts(b, "</title></polyline>\n");
+        } else {
+            sb_puts(b, "\"/>\n");
+        }
+        if (c->n == 1 && !names)
+            sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"3\"/>\n", PX(c->x[0]), PY(c->y[0]));
+        else if (names && c->n <= REPORT_MAX_DOTS) /* a sparse curve (an adapter trains in few steps): its points */
+            for (size_t i = 0; i < c->n; i++)
+                sb_printf(b, "<circle class=\"dot\" cx=\"%.2f\" cy=\"%.2f\" r=\"2.5\" style=\"fill:%s\"/>\n",
+                          PX(c->x[i]), PY(c->y[i]), palette[k % REPORT_MAX_CURVES]);
+    }
+    sb_puts(b, "</svg><figcaption>");
+    if (drawn < points)
+        sb_printf(b, "%zu points (%zu drawn, evenly spaced)", points, drawn);
+    else
+        sb_printf(b, "%zu points", points);
+    if (!names) sb_printf(b, "; last: step %.6g, %.6g", s->x[s->n - 1], s->y[s->n - 1]);
+    sb_puts(b, "</figcaption>");
+    if (names) {
+        sb_puts(b, "<ul class=\"legend\">");
+        for (int k = 0; k < ns; k++) {
+            sb_printf(b, "<li><span style=\"background:%s\"></span>", palette[k % REPORT_MAX_CURVES]);
+            sb_esc_n(b, names[k], 64);
+            sb_printf(b, " (last: step %.6g, %.4g)</li>", s[k].x[s[k].n - 1], s[k].y[s[k].n - 1]);
+        }
+        sb_puts(b, "</ul>");
+    }
+    sb_puts(b, "</figure>\n");
 #undef PX
 #undef PY
 }
@@ -274,19 +411,24 @@ typedef struct {
     int integer;
 } column;
 
+/* The rows of `rows` in eval.json order, at most REPORT_MAX_ROWS of them, then a line that says how many more
+ * eval.json holds; the total row after them. */
 static void table(sbuf *b, const char *cls, const cJSON *rows, const cJSON *total, const column *cols, int ncols,
                   int with_group) {
     sb_printf(b, "<table class=\"%s\"><thead><tr><th>name</th>%s", cls, with_group ? "<th>group</th>" : "");
     for (int c = 0; c < ncols; c++) sb_printf(b, "<th>%s</th>", cols[c].head);
     sb_puts(b, "</tr></thead><tbody>\n");
     const cJSON *r;
+    int shown = 0, all = cJSON_GetArraySize(rows);
     cJSON_ArrayForEach(r, rows) {
+        if (shown == REPORT_MAX_ROWS) break;
+        shown++;
         sb_puts(b, "<tr><td class=\"name\">");
-        sb_esc(b, str_or(r, "name", "?"));
+        sb_esc_n(b, str_or(r, "name", "?"), REPORT_NAME_CHARS);
         sb_puts(b, "</td>");
         if (with_group) {
             sb_puts(b, "<td>");
-            sb_esc(b, str_or(r, "group", ""));
+            sb_esc_n(b, str_or(r, "group", ""), REPORT_NAME_CHARS);
             sb_puts(b, "</td>");
         }
         for (int c = 0; c < ncols; c++) num_cell(b, r, cols[c].key, cols[c].integer);
@@ -298,6 +440,158 @@ static void table(sbuf *b, const char *cls, const cJSON *rows, const cJSON *tota
         sb_puts(b, "</tr>\n");
     }
     sb_puts(b, "</tbody></table>\n");
+    if (shown < all)
+        sb_printf(b, "<p class=\"more\" data-shown=\"%d\" data-total=\"%d\">The first %d of %d rows; every row is in "
+                     "eval.json (\"%s\").</p>\n",
+                  shown, all, shown, all, cls);
+}
+
+/* ---- many users: the distribution of the per-adapter improvement, the best and the worst ---- */
+typedef struct {
+    double v;
+    int i; /* the row in eval.json's adapters */
+} scored;
+
+static int by_value_desc(const void *pa, const void *pb) { /* best first; ties in eval.json order */
+    const scored *a = pa, *b = pb;
+    return a->v != b->v ? (a->v < b->v ? 1 : -1) : (a->i > b->i) - (a->i < b->i);
+}
+
+/* The histogram of v[0..n) (sorted descending) in REPORT_BINS equal bins over [lo, hi]; a value goes to the bin
+ * whose edges [e_k, e_k+1) hold it (the last bin closed), the edges printed exactly (%.17g). */
+static void histogram(sbuf *b, const scored *v, int n, const char *what, int zero_line) {
+    const double W = 640, H = 240, L = 64, R = 16, T = 28, B = 44;
+    double lo = v[n - 1].v, hi = v[0].v;
+    int nb = hi > lo ? REPORT_BINS : 1;
+    double edge[REPORT_BINS + 1];
+    for (int k = 0; k <= nb; k++) edge[k] = k == nb ? hi : lo + (hi - lo) * ((double)k / nb);
+    int count[REPORT_BINS] = {0}, top = 0;
+    for (int i = 0; i < n; i++) {
+        double x = v[i].v;
+        int k = nb > 1 ? (int)((x - lo) / (hi - lo) * nb) : 0;
+        if (k < 0) k = 0;
+        if (k > nb - 1) k = nb - 1;
+        while (k > 0 && x < edge[k]) k--;
+        while (k < nb - 1 && x >= edge[k + 1]) k++;
+        count[k]++;
+    }
+    for (int k = 0; k < nb; k++) top = count[k] > top ? count[k] : top;
+    double pw = W - L - R, ph = H - T - B, bw = pw / nb;
+    sb_printf(b, "<figure><svg class=\"histogram\" data-bins=\"%d\" xmlns=\"http://www.w3.org/2000/svg\" "
+                 "width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" role=\"img\">\n",
+              nb, W, H, W, H);
+    sb_printf(b, "<text class=\"title\" x=\"%.0f\" y=\"18\">", L);
+    sb_esc(b, what);
+    sb_printf(b, " (%d adapters)</text>\n", n);
+    /* count ticks: whole numbers, a nice step, at most 5 intervals */
+    double cs = top > 4 ? ceil(nice_step((double)top, 4)) : 1;
+    for (int t = 0; t <= REPORT_MAX_TICKS && t * cs <= top; t++) {
+        double c = t * cs, y = T + ph - (top ? c / top * ph : 0);
+        sb_printf(b, "<line class=\"gridline\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
+                     "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n",
+                  L, y, W - R, y, L - 6, y + 4, c);
+    }
+    /* value ticks at a nice step inside [lo, hi], counted (never stepped towards a bound) */
+    if (hi > lo) {
+        double xs = nice_step(hi - lo, 6), k0 = ceil(lo / xs), nk = floor(hi / xs) - k0;
+        int nt = isfinite(nk) && nk >= 0 ? (int)fmin(REPORT_MAX_TICKS, nk) : -1;
+        for (int t = 0; t <= nt; t++) {
+            double val = (k0 + t) * xs, x = L + (val - lo) / (hi - lo) * pw;
+            sb_printf(b, "<line class=\"gridline\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>"
+                         "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.4g</text>\n",
+                      x, T + ph, x, T + ph + 4, x, T + ph + 16, fabs(val) < xs * 1e-9 ? 0.0 : val);
+        }
+    }
+    for (int k = 0; k < nb; k++) {
+        double h = top ? (double)count[k] / top * ph : 0;
+        sb_printf(b, "<rect class=\"bar\" data-lo=\"%.17g\" data-hi=\"%.17g\" data-count=\"%d\" x=\"%.2f\" "
+                     "y=\"%.2f\" width=\"%.2f\" height=\"%.2f\"><title>[%.4g, %.4g%s: %d</title></rect>\n",
+                  edge[k], edge[k + 1], count[k], L + k * bw, T + ph - h, bw > 1 ? bw - 0.5 : bw, h, edge[k],
+                  edge[k + 1], k == nb - 1 ? "]" : ")", count[k]);
+    }
+    sb_printf(b, "<line class=\"axis\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"/>\n", L, T + ph, W - R, T + ph);
+    if (zero_line && lo < 0 && hi > 0) {
+        double x = L + (0 - lo) / (hi - lo) * pw;
+        sb_printf(b, "<line class=\"zero\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\"><title>0: no change"
+                     "</title></line>\n",
+                  x, T, x, T + ph);
+    }
+    sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">min %.4g</text><text class=\"tick\" x=\"%.1f\" "
+                 "y=\"%.1f\" text-anchor=\"end\">max %.4g</text>\n",
+              L, T + ph + 32, lo, W - R, T + ph + 32, hi);
+    sb_puts(b, "</svg><figcaption>adapters per bin; hover a bar for its range</figcaption></figure>\n");
+}
+
+static double num_or_nan(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static void top_table(sbuf *b, const char *cls, const cJSON *const *rows, const scored *v, int n, int from_end,
+                      const char *what, const column *cols, int ncols) {
+    sb_printf(b, "<table class=\"%s\"><thead><tr><th>#</th><th>name</th><th>%s</th>", cls, what);
+    for (int c = 0; c < ncols; c++) sb_printf(b, "<th>%s</th>", cols[c].head);
+    sb_puts(b, "</tr></thead><tbody>\n");
+    int m = n < REPORT_TOP ? n : REPORT_TOP;
+    for (int k = 0; k < m; k++) {
+        const scored *e = from_end ? &v[n - 1 - k] : &v[k];
+        sb_printf(b, "<tr><td class=\"num\">%d</td><td class=\"name\">", k + 1);
+        sb_esc_n(b, str_or(rows[e->i], "name", "?"), REPORT_NAME_CHARS);
+        sb_printf(b, "</td><td class=\"num gain\">%.4f</td>", e->v);
+        for (int c = 0; c < ncols; c++) num_cell(b, rows[e->i], cols[c].key, cols[c].integer);
+        sb_puts(b, "</tr>\n");
+    }
+    sb_puts(b, "</tbody></table>\n");
+}
+
+/* sft: base_loss - loss of every adapter that has both (positive: the adapter does better than the base model on
+ * its users' held-out data); preference: the held-out accuracy (rewards/accuracies), as eval.json has no base
+ * accuracy. A value of magnitude above 1e300 (or an overflow) counts as no value. A histogram, the share improved,
+ * and the REPORT_TOP best and worst. */
+static tl_status improvement_section(sbuf *b, const char *path, const cJSON *adapters, int pref, const column *cols,
+                                     int ncols, tl_error *err) {
+    int n = cJSON_GetArraySize(adapters), m = 0;
+    scored *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    const cJSON **rows = malloc((size_t)(n ? n : 1) * sizeof *rows);
+    if (!v || !rows) {
+        free(v), free(rows);
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    }
+    const cJSON *r;
+    int i = 0;
+    cJSON_ArrayForEach(r, adapters) {
+        rows[i] = r;
+        double x = pref ? num_or_nan(r, "rewards/accuracies") : num_or_nan(r, "base_loss") - num_or_nan(r, "loss");
+        if (isfinite(x) && fabs(x) <= REPORT_MAX_VALUE) v[m].v = x, v[m].i = i, m++; /* sums and ranges stay finite */
+        i++;
+    }
+    const char *what = pref ? "held-out preference accuracy" : "improvement over the base model (base_loss - loss)";
+    sb_printf(b, "<h3>Per-adapter %s</h3>\n", pref ? "accuracy" : "improvement");
+    if (!m) {
+        sb_puts(b, "<p class=\"note\">No adapter has the numbers for this (every value is null).</p>\n");
+        free(v), free(rows);
+        return TL_OK;
+    }
+    qsort(v, (size_t)m, sizeof *v, by_value_desc);
+    int better = 0;
+    double sum = 0;
+    for (int k = 0; k < m; k++) better += pref ? v[k].v > 0.5 : v[k].v > 0, sum += v[k].v;
+    double median = m % 2 ? v[m / 2].v : (v[m / 2 - 1].v + v[m / 2].v) / 2;
+    sb_printf(b, "<p class=\"summary\" data-n=\"%d\" data-better=\"%d\" data-mean=\"%.17g\" data-median=\"%.17g\">"
+                 "%d of %d adapters have a value; %d (%.1f%%) %s; mean %.4f, median %.4f, best %.4f, worst "
+                 "%.4f.%s</p>\n",
+              m, better, sum / m, median, m, n, better, 100.0 * better / m,
+              pref ? "prefer the chosen answer more often than not (accuracy above 0.5)"
+                   : "do better than the base model (improvement above 0)",
+              sum / m, median, v[0].v, v[m - 1].v,
+              pref ? " eval.json holds no base-model accuracy, so this is the accuracy itself (0.5: chance)." : "");
+    histogram(b, v, m, what, !pref);
+    sb_printf(b, "<h3>Best %d</h3>\n", m < REPORT_TOP ? m : REPORT_TOP);
+    top_table(b, "best", rows, v, m, 0, pref ? "accuracy" : "improvement", cols, ncols);
+    sb_printf(b, "<h3>Worst %d</h3>\n", m < REPORT_TOP ? m : REPORT_TOP);
+    top_table(b, "worst", rows, v, m, 1, pref ? "accuracy" : "improvement", cols, ncols);
+    free(v), free(rows);
+    return TL_OK;
 }
 
 /* t in [0, 1], 1 = best: pale yellow (worst) to deep blue (best) */
@@ -426,11 +720,12 @@ static tl_status check_eval_numbers(const char *path, const cJSON *ev, tl_error 
                 int ok = count ? tl_json_int(v->valuedouble, 0, REPORT_MAX_STEP, &ignored)
                                : isfinite(v->valuedouble);
                 if (ok) continue;
+                const char *want = count ? "an integer in [0, 2^53]" : "a finite number";
                 if (l < 0)
                     return tl_fail(err, TL_ERR_INPUT, "%s: \"%.64s\" is %g, expected %s", path, v->string,
-                                   v->valuedouble, count ? "an integer in [0, 2^53]" : "a finite number");
+                                   v->valuedouble, want);
                 return tl_fail(err, TL_ERR_INPUT, "%s: %s[%d].%.64s is %g, expected %s", path, lists[l], i, v->string,
-                               v->valuedouble, count ? "an integer in [0, 2^53]" : "a finite number");
+                               v->valuedouble, want);
             }
         }
     }
@@ -447,11 +742,25 @@ static tl_status eval_section(sbuf *b, const char *path, const cJSON *ev, tl_err
     const cJSON *first = cJSON_GetArrayItem(adapters, 0);
     int pref = acc != NULL || cJSON_GetObjectItemCaseSensitive(first, "rewards/accuracies") != NULL ||
                cJSON_GetObjectItemCaseSensitive(ev, "rewards/accuracies") != NULL;
+    static const column pc[] = {{"pairs", "pairs", 1},
+                                {"loss", "loss", 0},
+                                {"rewards/accuracies", "accuracy", 0},
+                                {"rewards/margins", "margin", 0}};
+    static const column sc[] = {{"examples", "examples", 1}, {"tokens", "tokens", 1}, {"loss", "loss", 0},
+                                {"ppl", "ppl", 0},           {"base_loss", "base_loss", 0}};
+    const column *cols = pref ? pc : sc;
+    int ncols = pref ? 4 : 5, n = cJSON_GetArraySize(adapters);
     const cJSON *step = cJSON_GetObjectItemCaseSensitive(ev, "step");
     sb_puts(b, "<h2>Evaluation</h2>\n");
     if (cJSON_IsNumber(step)) sb_printf(b, "<p>Held-out evaluation at step %.0f.</p>\n", step->valuedouble);
+    sb_printf(b, "<p class=\"count\" data-adapters=\"%d\">%d adapter(s) in eval.json.</p>\n", n, n);
+    if (n > 0) TL_TRY(improvement_section(b, path, adapters, pref, cols, ncols, err));
     sb_puts(b, "<h3>Adapter x user</h3>\n");
-    if (pref && acc) {
+    if (n > REPORT_HEATMAP_MAX) {
+        sb_printf(b, "<p class=\"note\">%d adapters: the adapter x user heatmap is drawn for up to %d (eval.json "
+                     "has its cross matrix only up to the same number).</p>\n",
+                  n, REPORT_HEATMAP_MAX);
+    } else if (pref && acc) {
         TL_TRY(heatmap(b, path, adapters, acc, "accuracy", 1, err));
     } else if (!pref && cJSON_GetObjectItemCaseSensitive(cross, "loss")) {
         TL_TRY(heatmap(b, path, adapters, cJSON_GetObjectItemCaseSensitive(cross, "loss"), "loss", 0, err));
@@ -460,29 +769,14 @@ static tl_status eval_section(sbuf *b, const char *path, const cJSON *ev, tl_err
                    "off).</p>\n");
     }
     sb_puts(b, "<h3>Per adapter</h3>\n");
-    if (pref) {
-        static const column pc[] = {{"pairs", "pairs", 1},
-                                    {"loss", "loss", 0},
-                                    {"rewards/accuracies", "accuracy", 0},
-                                    {"rewards/margins", "margin", 0}};
-        table(b, "adapters", adapters, ev, pc, 4, 0);
-        const cJSON *users = cJSON_GetObjectItemCaseSensitive(ev, "users");
-        if (cJSON_IsArray(users)) {
-            int groups = 0;
-            const cJSON *u;
-            cJSON_ArrayForEach(u, users) groups |= cJSON_GetObjectItemCaseSensitive(u, "group") != NULL;
-            sb_puts(b, "<h3>Per user</h3>\n");
-            table(b, "users", users, NULL, pc, 4, groups);
-        }
-    } else {
-        static const column sc[] = {{"examples", "examples", 1}, {"tokens", "tokens", 1}, {"loss", "loss", 0},
-                                    {"ppl", "ppl", 0},           {"base_loss", "base_loss", 0}};
-        table(b, "adapters", adapters, ev, sc, 5, 0);
-        const cJSON *users = cJSON_GetObjectItemCaseSensitive(ev, "users");
-        if (cJSON_IsArray(users)) {
-            sb_puts(b, "<h3>Per user</h3>\n");
-            table(b, "users", users, NULL, sc, 5, 0);
-        }
+    table(b, "adapters", adapters, ev, cols, ncols, 0);
+    const cJSON *users = cJSON_GetObjectItemCaseSensitive(ev, "users");
+    if (cJSON_IsArray(users)) {
+        int groups = 0;
+        const cJSON *u;
+        if (pref) cJSON_ArrayForEach(u, users) groups |= cJSON_GetObjectItemCaseSensitive(u, "group") != NULL;
+        sb_puts(b, "<h3>Per user</h3>\n");
+        table(b, "users", users, NULL, cols, ncols, groups);
     }
     return TL_OK;
 }
@@ -495,6 +789,9 @@ static const char *style =
     "font-weight:600}\n"
     ".grid line{stroke:#e4e4e4}.axis{stroke:#444}.line{fill:none;stroke:#1f77b4;stroke-width:1.6}"
     ".dot{fill:#1f77b4}\n"
+    ".bar{fill:#4c8fc4}.bar:hover{fill:#08306b}.zero{stroke:#a33;stroke-dasharray:4 3}.gridline{stroke:#e4e4e4}\n"
+    ".legend{list-style:none;padding:0;margin:.2em 0;font-size:.8em;max-width:640px}.legend li{display:inline-block;"
+    "margin-right:1em;word-break:break-all}.legend span{display:inline-block;width:10px;height:10px;margin-right:4px}\n"
     ".cell:hover{stroke:#000;stroke-width:1.5}table{border-collapse:collapse;margin:.5em 0 1.5em}\n"
     "td,th{border:1px solid #ccc;padding:3px 8px}td.num{text-align:right;font-variant-numeric:tabular-nums}\n"
     "td.name{max-width:28em;word-break:break-all}tr.total{font-weight:600}.note{color:#a33}\n"
@@ -506,10 +803,15 @@ static tl_status build(sbuf *b, const char *run_dir, tl_error *err) {
     TL_TRY(tl_path_join(epath, sizeof epath, run_dir, "eval.json", err));
     series s[S_COUNT];
     memset(s, 0, sizeof s);
+    curves cv, rw;
+    memset(&cv, 0, sizeof cv);
+    memset(&rw, 0, sizeof rw);
     size_t records = 0;
-    tl_status st = read_metrics(mpath, s, &records, err);
+    tl_status st = read_metrics(mpath, s, &cv, &rw, &records, err);
     if (st) {
-        series_free(s);
+        series_free(s, S_COUNT);
+        curves_free(&cv);
+        curves_free(&rw);
         return st;
     }
     sb_puts(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>tailor report: ");
@@ -518,10 +820,39 @@ static tl_status build(sbuf *b, const char *run_dir, tl_error *err) {
     sb_esc(b, run_dir);
     sb_printf(b, "</h1>\n<h2>Training curves</h2>\n<p>%zu records in metrics.jsonl.</p>\n", records);
     int any = 0;
-    for (int k = 0; k < S_COUNT; k++)
-        if (s[k].n) chart(b, &s[k], series_key[k], series_title[k]), any = 1;
+    for (int k = 0; k < S_TOKS; k++)
+        if (s[k].n) chart(b, &s[k], 1, NULL, series_key[k], series_title[k]), any = 1;
     if (!any) sb_puts(b, "<p class=\"note\">metrics.jsonl holds no loss records yet.</p>\n");
-    series_free(s);
+    sb_puts(b, "<h2>Per-adapter training loss (a sample)</h2>\n");
+    if (cv.n) {
+        sb_printf(b, "<p>The training loss of %d sampled adapter(s) at each logged step in which they trained (the "
+                     "adapters of smallest name hash, the same in every run over the same users).</p>\n",
+                  cv.n);
+        chart(b, cv.s, cv.n, cv.name, "adapter_loss", "Training loss per sampled adapter");
+        if (cv.dropped)
+            sb_printf(b, "<p class=\"note\">%zu record(s) of further adapters not drawn (at most %d curves).</p>\n",
+                      cv.dropped, REPORT_MAX_CURVES);
+    } else {
+        sb_puts(b, "<p class=\"note\">metrics.jsonl holds no per-adapter records (a run from before they were "
+                   "written, or no logged step yet).</p>\n");
+    }
+    if (rw.n) { /* grpo / rloo */
+        sb_printf(b, "<h2>Per-user reward (a sample)</h2>\n<p>The mean reward of each user's sampled answers under "
+                     "their own reward model at each logged step, for %d user(s) (the first met in metrics.jsonl's "
+                     "per-step samples).</p>\n", rw.n);
+        chart(b, rw.s, rw.n, rw.name, "user_reward", "Reward per user");
+        if (rw.dropped)
+            sb_printf(b, "<p class=\"note\">%zu point(s) of further users not drawn (at most %d curves).</p>\n",
+                      rw.dropped, REPORT_MAX_CURVES);
+    }
+    curves_free(&rw);
+    sb_puts(b, "<h2>Throughput and memory</h2>\n");
+    if (!s[S_TOKS].n && !s[S_RSS].n) sb_puts(b, "<p class=\"note\">metrics.jsonl holds no throughput or memory "
+                                                "records.</p>\n");
+    for (int k = S_TOKS; k < S_COUNT; k++)
+        if (s[k].n) chart(b, &s[k], 1, NULL, series_key[k], series_title[k]);
+    series_free(s, S_COUNT);
+    curves_free(&cv);
 
     if (!tl_path_exists(epath)) {
         sb_puts(b, "<h2>Evaluation</h2>\n<p class=\"note\">No eval.json in this run directory: the run had no "

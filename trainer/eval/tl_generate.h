@@ -20,6 +20,11 @@ typedef struct tl_decoder tl_decoder;
 tl_status tl_decoder_create(const tl_model *m, const tl_lora_pool *p, int n_seqs, const int32_t *slots,
                             int max_ctx, int max_rows, tl_decoder **out, tl_error *err);
 void tl_decoder_free(tl_decoder *d);
+/* Empties every sequence and gives sequence s the adapter slot slots[s] (checked as at create): a decoder made
+ * once serves batch after batch (the RL rollouts of each step) without allocating. p: NULL keeps the pool of
+ * create, else another pool of the same rank and targets (a frozen copy of the adapters: the RL evaluation of the
+ * starting adapters); TL_ERR_RUNTIME when its layout differs. */
+tl_status tl_decoder_reset(tl_decoder *d, const tl_lora_pool *p, const int32_t *slots, tl_error *err);
 /* tokens held by sequence s so far */
 int tl_decoder_len(const tl_decoder *d, int s);
 /* Appends n_new[s] tokens to each sequence s (tokens: flat, sequence after sequence; n_new[s] may be 0) and

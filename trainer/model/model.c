@@ -266,6 +266,45 @@ static uint64_t fnv1a(const char *s) {
     return h;
 }
 
+void tl_lora_fresh_params(const tl_lora_pool *p, uint64_t seed, const char *name, float *host) {
+    memset(host, 0, p->P * sizeof(float));
+    uint64_t slot_seed = tl_mix64(seed ^ tl_mix64(fnv1a(name)));
+    for (int l = 0; l < p->n_layers; l++)
+        for (int t = 0; t < TL_N_TARGETS; t++) {
+            if (!(p->targets & (1u << t))) continue;
+            float bound = 1.0f / sqrtf((float)p->in_dim[t]);
+            float *A = host + p->off_A[l * TL_N_TARGETS + t];
+            size_t nA = (size_t)p->rank * p->in_dim[t];
+            uint64_t site = (uint64_t)l * TL_N_TARGETS + t;
+            for (size_t i = 0; i < nA; i++) A[i] = (2.0f * tl_uniform(slot_seed, site, i) - 1.0f) * bound;
+        }
+    for (int i = 0; i < p->head_dim; i++) { /* Box-Muller: normal(0, 0.02) */
+        float u1 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i),
+              u2 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i + 1);
+        host[p->off_head + i] = 0.02f * sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.2831853f * u2);
+    }
+}
+
+tl_status tl_lora_pool_set_slot(tl_lora_pool *p, tl_backend *be, int slot, const char *name, const float *params,
+                                const float *m, const float *v, int64_t steps, tl_error *err) {
+    if (slot < 0 || slot >= p->n_slots)
+        return tl_fail(err, TL_ERR_RUNTIME, "adapter pool: slot %d out of [0, %d)", slot, p->n_slots);
+    if (strcmp(p->names[slot], name) != 0) {
+        char *nm = strdup(name);
+        if (!nm) return tl_fail(err, TL_ERR_RUNTIME, "adapter pool: out of host memory");
+        free(p->names[slot]);
+        p->names[slot] = nm;
+    }
+    size_t off = (size_t)slot * p->P, bytes = p->P * sizeof(float);
+    be->upload(be, p->params + off, params, bytes);
+    if (m) be->upload(be, p->m + off, m, bytes);
+    else be->zero(be, p->m + off, bytes);
+    if (v) be->upload(be, p->v + off, v, bytes);
+    else be->zero(be, p->v + off, bytes);
+    p->steps[slot] = steps;
+    return be->status(be, err);
+}
+
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
                             const tl_lora_opts *o, tl_error *err) {
     int rank = o->rank, rslora = o->rslora, with_head = o->with_head;
@@ -320,21 +359,7 @@ tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, cha
     float *host = malloc(P * sizeof(float));
     if (!host) goto oom;
     for (int s = 0; s < n_slots; s++) {
-        memset(host, 0, P * sizeof(float));
-        uint64_t slot_seed = tl_mix64(seed ^ tl_mix64(fnv1a(names[s])));
-        for (int l = 0; l < p->n_layers; l++)
-            for (int t = 0; t < TL_N_TARGETS; t++) {
-                if (!(targets & (1u << t))) continue;
-                float bound = 1.0f / sqrtf((float)p->in_dim[t]);
-                float *A = host + p->off_A[l * TL_N_TARGETS + t];
-                size_t nA = (size_t)rank * p->in_dim[t];
-                uint64_t site = (uint64_t)l * TL_N_TARGETS + t;
-                for (size_t i = 0; i < nA; i++) A[i] = (2.0f * tl_uniform(slot_seed, site, i) - 1.0f) * bound;
-            }
-        for (int i = 0; i < p->head_dim; i++) { /* Box-Muller: normal(0, 0.02) */
-            float u1 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i), u2 = tl_uniform(slot_seed, 0xffffu, 2 * (uint64_t)i + 1);
-            host[p->off_head + i] = 0.02f * sqrtf(-2.0f * logf(1.0f - u1)) * cosf(6.2831853f * u2);
-        }
+        tl_lora_fresh_params(p, seed, names[s], host);
         be->upload(be, p->params + (size_t)s * P, host, P * sizeof(float));
     }
     free(host);

@@ -94,6 +94,13 @@ typedef struct {
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
                             const tl_lora_opts *o, tl_error *err);
 void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be);
+/* The initial parameters tl_lora_pool_init gives the adapter `name` (host, P floats): they depend only on the
+ * seed, the name and the layout, so an adapter created later (a store's, a grown run's) starts as it would have. */
+void tl_lora_fresh_params(const tl_lora_pool *p, uint64_t seed, const char *name, float *host);
+/* Puts an adapter's state into slot `slot` (host arrays of P floats; m, v NULL: zero) with its name and step count:
+ * how an adapter store moves adapters in and out of a pool of fewer slots than adapters. */
+tl_status tl_lora_pool_set_slot(tl_lora_pool *p, tl_backend *be, int slot, const char *name, const float *params,
+                                const float *m, const float *v, int64_t steps, tl_error *err);
 
 /* Activation buffers for micro-batches of up to max_tokens rows, allocated once. */
 typedef struct tl_workspace tl_workspace;

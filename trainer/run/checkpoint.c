@@ -255,30 +255,84 @@ static tl_status prune(const char *ckdir, const char *just_written, int keep, tl
     return s;
 }
 
-static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
-                      const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+/* What goes into a checkpoint beside its config: the pool's state file, or an adapter store's manifest. */
+typedef struct {
+    const tl_lora_pool *p;
+    tl_backend *be;
+    const tl_state_reader *rd;
+    const tl_cursor *cursors;
+    tl_store *store; /* set: the store's manifest instead of the state file */
+    int64_t round_start;
+} state_src;
+
+static tl_status save(const char *run_dir, const tl_config *cfg, const state_src *src, int64_t global_step, int keep,
                       tl_error *err);
 
 tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
                              int64_t global_step, const tl_cursor *cursors, int keep, tl_error *err) {
-    return save(run_dir, cfg, p, be, NULL, global_step, cursors, keep, err);
+    const state_src src = {.p = p, .be = be, .cursors = cursors};
+    return save(run_dir, cfg, &src, global_step, keep, err);
 }
 
 tl_status tl_checkpoint_save_from(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p,
                                   const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
                                   tl_error *err) {
-    return save(run_dir, cfg, p, NULL, rd, global_step, cursors, keep, err);
+    const state_src src = {.p = p, .rd = rd, .cursors = cursors};
+    return save(run_dir, cfg, &src, global_step, keep, err);
+}
+
+/* After a store checkpoint and the pruning of older checkpoints: the store's segments no retained manifest uses
+ * are removed. */
+static tl_status prune_store(const char *ckdir, tl_store *store, tl_error *err) {
+    ck_entry *v;
+    int n;
+    TL_TRY(list_checkpoints(ckdir, &v, &n, 0, err));
+    char **paths = calloc((size_t)n + 1, sizeof *paths);
+    tl_status s = paths ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    int m = 0;
+    for (int i = 0; i < n && !s; i++) {
+        char path[TL_PATH_MAX + 80];
+        snprintf(path, sizeof path, "%s/%s/%s", ckdir, v[i].name, TL_STORE_MANIFEST);
+        if (!tl_is_file(path)) continue; /* a checkpoint of a run without the store */
+        paths[m] = strdup(path);
+        if (!paths[m++]) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    }
+    if (!s) s = tl_store_prune(store, paths, m, err);
+    for (int i = 0; i < m; i++) free(paths[i]);
+    free(paths);
+    free(v);
+    return s;
+}
+
+tl_status tl_checkpoint_save_store(const char *run_dir, const tl_config *cfg, tl_store *store, int64_t global_step,
+                                   int64_t round_start, int keep, tl_error *err) {
+    const state_src src = {.store = store, .round_start = round_start};
+    TL_TRY(save(run_dir, cfg, &src, global_step, keep, err));
+    char ckdir[TL_PATH_MAX];
+    TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
+    if (prune_store(ckdir, store, err) != TL_OK) return tl_wrap(err, "removing unused store segments");
+    return TL_OK;
+}
+
+int tl_checkpoint_has_store(const char *ckpt_dir) {
+    char path[TL_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", ckpt_dir, TL_STORE_MANIFEST);
+    return tl_is_file(path);
 }
 
 /* The files of a checkpoint, written into its temporary directory tmp: config, state, then the COMPLETE marker. */
-static tl_status write_files(const char *tmp, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
-                             const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors,
+static tl_status write_files(const char *tmp, const tl_config *cfg, const state_src *src, int64_t global_step,
                              tl_error *err) {
     char path[TL_PATH_MAX];
     TL_TRY(tl_path_join(path, sizeof path, tmp, CONFIG_FILE, err));
     TL_TRY(tl_config_write_file(cfg, path, err));
-    TL_TRY(tl_path_join(path, sizeof path, tmp, STATE_FILE, err));
-    TL_TRY(write_state(path, p, be, rd, global_step, cursors, err));
+    if (src->store) {
+        TL_TRY(tl_path_join(path, sizeof path, tmp, TL_STORE_MANIFEST, err));
+        TL_TRY(tl_store_commit(src->store, global_step, src->round_start, path, err));
+    } else {
+        TL_TRY(tl_path_join(path, sizeof path, tmp, STATE_FILE, err));
+        TL_TRY(write_state(path, src->p, src->be, src->rd, global_step, src->cursors, err));
+    }
     TL_TRY(tl_path_join(path, sizeof path, tmp, COMPLETE_FILE, err));
     char text[96];
     int k = snprintf(text, sizeof text, "%s step %lld\n", TL_CHECKPOINT_FORMAT, (long long)global_step);
@@ -286,11 +340,11 @@ static tl_status write_files(const char *tmp, const tl_config *cfg, const tl_lor
     return tl_fsync_dir(tmp, err);
 }
 
-static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p, tl_backend *be,
-                      const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
+static tl_status save(const char *run_dir, const tl_config *cfg, const state_src *src, int64_t global_step, int keep,
                       tl_error *err) {
     if (global_step < 0) return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: negative step %lld", (long long)global_step);
-    if (p->n_slots <= 0 || (!rd && (!p->params || !p->m || !p->v)) || !p->steps || !p->names)
+    const tl_lora_pool *p = src->p;
+    if (!src->store && (p->n_slots <= 0 || (!src->rd && (!p->params || !p->m || !p->v)) || !p->steps || !p->names))
         return tl_fail(err, TL_ERR_RUNTIME, "checkpoint: adapter pool without state (%d slots)", p->n_slots);
     char ckdir[TL_PATH_MAX], name[64], tmpname[96], fin[TL_PATH_MAX], tmp[TL_PATH_MAX];
     TL_TRY(tl_path_join(ckdir, sizeof ckdir, run_dir, "checkpoints", err));
@@ -302,7 +356,7 @@ static tl_status save(const char *run_dir, const tl_config *cfg, const tl_lora_p
     TL_TRY(tl_remove_tree(tmp, err));
     if (mkdir(tmp, 0755) != 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
 
-    tl_status s = write_files(tmp, cfg, p, be, rd, global_step, cursors, err);
+    tl_status s = write_files(tmp, cfg, src, global_step, err);
     if (s == TL_OK) s = tl_replace_dir(tmp, fin, err);
     if (s != TL_OK) {
         tl_error ignored;
@@ -646,8 +700,8 @@ tl_status tl_checkpoint_read_step(const char *ckpt_dir, int64_t *global_step, tl
 
 /* ---- setting an earlier run aside ---- */
 
-static const char *const RUN_OUTPUTS[] = {"checkpoints", "adapters", "metrics.jsonl", "eval.json", "report.html",
-                                          "config.yaml"};
+static const char *const RUN_OUTPUTS[] = {"checkpoints", "store", "adapters", "metrics.jsonl", "eval.json",
+                                          "report.html", "config.yaml"};
 #define N_RUN_OUTPUTS ((int)(sizeof RUN_OUTPUTS / sizeof RUN_OUTPUTS[0]))
 
 /* Creates <run_dir>/previous/.tmp-<stamp>-<pid> and names the final <run_dir>/previous/<stamp>[-k] that is free. */
@@ -704,7 +758,7 @@ tl_status tl_run_set_aside(const char *run_dir, int64_t after, char *dest, size_
         TL_TRY(list_checkpoints(ckdir, &v, &n, 0, err));
         for (int i = 0; i < n; i++) any |= v[i].step > after;
     } else {
-        for (int i = 0; i < 4; i++) { /* outputs of a run; config.yaml and report.html alone are not one */
+        for (int i = 0; i < 5; i++) { /* outputs of a run; config.yaml and report.html alone are not one */
             TL_TRY(tl_path_join(from, sizeof from, run_dir, RUN_OUTPUTS[i], err));
             any |= tl_path_exists(from);
         }

@@ -6,6 +6,8 @@
  * safe and unique here, and the true name travels in the metadata and in index.json. */
 #include "trainer/run/tl_export.h"
 
+#include "trainer/run/export_impl.h"
+
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <dirent.h>
@@ -355,13 +357,22 @@ static tl_status check_replaceable(const char *out_dir, tl_error *err) {
     while (d && (e = readdir(d))) {
         const char *nm = e->d_name;
         if (!strcmp(nm, ".") || !strcmp(nm, "..") || (index && !strcmp(nm, "index.json"))) continue;
-        int listed = 0;
+        int listed = 0, file = 0;
         const cJSON *it, *list = cJSON_GetObjectItemCaseSensitive(index, "adapters");
         cJSON_ArrayForEach(it, list) {
             const cJSON *dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
             if (cJSON_IsString(dir) && tl_plain_name(dir->valuestring) && !strcmp(dir->valuestring, nm)) listed = 1;
+            const cJSON *fl = cJSON_GetObjectItemCaseSensitive(it, "file");
+            if (cJSON_IsString(fl) && tl_plain_name(fl->valuestring) && !strcmp(fl->valuestring, nm)) file = 1;
         }
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(index, "files"))
+            if (cJSON_IsString(it) && tl_plain_name(it->valuestring) && !strcmp(it->valuestring, nm)) file = 1;
         char sub[TL_PATH_MAX];
+        if (!listed && file) { /* a file the export wrote at the top level (a GGUF, a shard, a manifest) */
+            if (tl_path_join(sub, sizeof sub, out_dir, nm, err) == TL_OK && lstat(sub, &st) == 0 &&
+                S_ISREG(st.st_mode))
+                continue;
+        }
         if (listed && (tl_path_join(sub, sizeof sub, out_dir, nm, err) != TL_OK || lstat(sub, &st) != 0 ||
                        !S_ISDIR(st.st_mode)))
             listed = 0;
@@ -391,7 +402,7 @@ static tl_status check_replaceable(const char *out_dir, tl_error *err) {
                        out_dir, why);
     if (stranger[0])
         return tl_fail(err, TL_ERR_INPUT, "%s: exists and holds '%s', which is not part of a tailor export (an "
-                       "index.json with \"format\": \"" TL_EXPORT_FORMAT "\" listing it); refusing to replace it",
+                       "index.json with \"format\": \"" TL_EXPORT_FORMAT "\" listing it); refusing to replace it (nothing was written or deleted)",
                        out_dir, stranger);
     return TL_OK;
 }
@@ -424,84 +435,157 @@ static tl_status check_finite_slot(const tl_lora_pool *p, const float *w, const 
     return TL_OK;
 }
 
-/* Builds the whole export tree in tmp. */
-static tl_status build_tree(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, double alpha,
-                            double dropout, const char *base_model, const char *tmp, char **dirs, tl_error *err) {
-    float *w = malloc((p->P ? p->P : 1) * sizeof *w);
-    cJSON *index = cJSON_CreateObject();
-    cJSON *list = index && cJSON_AddStringToObject(index, "format", TL_EXPORT_FORMAT)
-                      ? cJSON_AddArrayToObject(index, "adapters") : NULL;
-    if (!w || !index || !list) {
-        free(w);
-        cJSON_Delete(index);
-        return tl_fail(err, TL_ERR_RUNTIME, "export: out of memory for %zu parameters", p->P);
+/* ---- the export driver: every format ---- */
+
+tl_status tl_export_read_slot(const tl_export_job *j, int slot, float *w, tl_error *err) {
+    const tl_lora_pool *p = j->p;
+    tl_status s = j->rd->read(j->rd->ctx, 0, (size_t)slot * p->P, w, p->P, err);
+    if (s != TL_OK) {
+        tl_wrap(err, "exporting adapter '%s'", p->names[slot]);
+        return s;
     }
+    char what[TL_PATH_MAX];
+    snprintf(what, sizeof what, "export: adapter '%.200s'", p->names[slot]);
+    return check_finite_slot(p, w, what, err);
+}
+
+tl_status tl_export_add_file(tl_export_job *j, const char *name, tl_error *err) {
+    cJSON *str = cJSON_CreateString(name);
+    if (!str || !cJSON_AddItemToArray(j->files, str)) {
+        cJSON_Delete(str);
+        return tl_fail(err, TL_ERR_RUNTIME, "export: out of memory building index.json");
+    }
+    return TL_OK;
+}
+
+tl_status tl_export_write_text(tl_export_job *j, const char *name, char *text, tl_error *err) {
+    char path[TL_PATH_MAX];
+    if (tl_path_join(path, sizeof path, j->tmp, name, err) != TL_OK) {
+        cJSON_free(text);
+        return TL_ERR_RUNTIME;
+    }
+    TL_TRY(write_json(path, text, err));
+    return tl_export_add_file(j, name, err);
+}
+
+/* Adds {"name", "dir" or "file", "steps"} to index.json's adapters. */
+static tl_status index_entry(tl_export_job *j, int slot, const char *dir, const char *file, tl_error *err) {
+    cJSON *list = cJSON_GetObjectItemCaseSensitive(j->index, "adapters");
+    cJSON *e = cJSON_CreateObject();
+    int ok = e && cJSON_AddItemToArray(list, e);
+    if (!ok) cJSON_Delete(e);
+    ok = ok && cJSON_AddStringToObject(e, "name", j->p->names[slot]);
+    if (dir) ok = ok && cJSON_AddStringToObject(e, "dir", dir);
+    if (file) ok = ok && cJSON_AddStringToObject(e, "file", file);
+    ok = ok && cJSON_AddNumberToObject(e, "steps", j->p->steps ? (double)j->p->steps[slot] : 0.0);
+    return ok ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "export: out of memory building index.json");
+}
+
+/* The PEFT tree: one adapter directory per slot, read one adapter at a time. */
+static tl_status build_peft(tl_export_job *j, double dropout, tl_error *err) {
+    const tl_lora_pool *p = j->p;
+    float *w = malloc((p->P ? p->P : 1) * sizeof *w);
+    if (!w) return tl_fail(err, TL_ERR_RUNTIME, "export: out of memory for %zu parameters", p->P);
     tl_status s = TL_OK;
-    char dir[TL_PATH_MAX], what[TL_PATH_MAX];
-    for (int i = 0; i < p->n_slots; i++) {
-        if ((s = tl_path_join(dir, sizeof dir, tmp, dirs[i], err)) != TL_OK) goto done;
+    char dir[TL_PATH_MAX];
+    for (int i = 0; i < p->n_slots && s == TL_OK; i++) {
+        if ((s = tl_path_join(dir, sizeof dir, j->tmp, j->dirs[i], err)) != TL_OK) break;
         if (mkdir(dir, 0755) != 0) {
             s = tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create directory: %s", dir, strerror(errno));
-            goto done;
+            break;
         }
-        if (rd) {
-            s = rd->read(rd->ctx, 0, (size_t)i * p->P, w, p->P, err);
-        } else {
-            be->download(be, w, p->params + (size_t)i * p->P, p->P * sizeof *w);
-            s = be->status(be, err);
-        }
-        if (s != TL_OK) {
+        if ((s = tl_export_read_slot(j, i, w, err)) != TL_OK) break;
+        if ((s = write_adapter(p, w, p->names[i], j->alpha, dropout, j->base_model, dir, err)) != TL_OK) {
             tl_wrap(err, "exporting adapter '%s'", p->names[i]);
-            goto done;
+            break;
         }
-        snprintf(what, sizeof what, "export: adapter '%.200s'", p->names[i]);
-        if ((s = check_finite_slot(p, w, what, err)) != TL_OK) goto done;
-        if ((s = write_adapter(p, w, p->names[i], alpha, dropout, base_model, dir, err)) != TL_OK) {
-            tl_wrap(err, "exporting adapter '%s'", p->names[i]);
-            goto done;
-        }
-        cJSON *e = cJSON_CreateObject();
-        int ok = e && cJSON_AddItemToArray(list, e);
-        ok = ok && cJSON_AddStringToObject(e, "name", p->names[i]);
-        ok = ok && cJSON_AddStringToObject(e, "dir", dirs[i]);
-        ok = ok && cJSON_AddNumberToObject(e, "steps", p->steps ? (double)p->steps[i] : 0.0);
-        if (!ok) {
-            s = tl_fail(err, TL_ERR_RUNTIME, "export: out of memory building index.json");
-            goto done;
-        }
+        s = index_entry(j, i, j->dirs[i], NULL, err);
     }
-    char *text = cJSON_Print(index);
-    if ((s = tl_path_join(dir, sizeof dir, tmp, "index.json", err)) != TL_OK) {
-        cJSON_free(text);
-        goto done;
-    }
-    if ((s = write_json(dir, text, err)) != TL_OK) goto done;
-    s = tl_fsync_dir(tmp, err);
-done:
     free(w);
-    cJSON_Delete(index);
     return s;
 }
 
-static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, const tl_config *cfg,
-                             const char *base_model, const char *out_dir, int *n_written, tl_error *err);
+/* The backend's own memory as a reader (tl_export_pool). */
+typedef struct {
+    const tl_lora_pool *p;
+    tl_backend *be;
+} backend_reader;
+
+static tl_status read_backend(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err) {
+    backend_reader *b = ctx;
+    if (k != 0) return tl_fail(err, TL_ERR_RUNTIME, "export: reader asked for state %d", k);
+    b->be->download(b->be, dst, b->p->params + first, n * sizeof *dst);
+    return b->be->status(b->be, err);
+}
+
+static const char *const format_names[] = {"peft", "gguf", "merged", "merged-gguf"};
+
+int tl_export_format_parse(const char *s) {
+    for (int i = 0; s && i < 4; i++)
+        if (!strcmp(s, format_names[i])) return i;
+    return -1;
+}
+
+const char *tl_export_format_name(tl_export_format f) { return (unsigned)f < 4 ? format_names[f] : "?"; }
+
+int tl_export_dtype_parse(const char *s) {
+    if (!s) return -1;
+    if (!strcmp(s, "f32")) return TL_EXPORT_F32;
+    if (!strcmp(s, "f16")) return TL_EXPORT_F16;
+    if (!strcmp(s, "bf16")) return TL_EXPORT_BF16;
+    return -1;
+}
+
+static tl_status run_export(const tl_lora_pool *p, const tl_state_reader *rd, const tl_config *cfg,
+                            const tl_export_opts *o, const char *out_dir, int *n_written, tl_error *err);
 
 tl_status tl_export_pool(const tl_lora_pool *p, tl_backend *be, const tl_config *cfg, const char *base_model,
                          const char *out_dir, int *n_written, tl_error *err) {
-    return export_pool(p, be, NULL, cfg, base_model, out_dir, n_written, err);
+    backend_reader b = {p, be};
+    tl_state_reader rd = {read_backend, &b};
+    tl_export_opts o = {.format = TL_EXPORT_PEFT, .base_model = base_model};
+    return run_export(p, &rd, cfg, &o, out_dir, n_written, err);
 }
 
 tl_status tl_export_pool_from(const tl_lora_pool *p, const tl_state_reader *rd, const tl_config *cfg,
                               const char *base_model, const char *out_dir, int *n_written, tl_error *err) {
-    return export_pool(p, NULL, rd, cfg, base_model, out_dir, n_written, err);
+    tl_export_opts o = {.format = TL_EXPORT_PEFT, .base_model = base_model};
+    return run_export(p, rd, cfg, &o, out_dir, n_written, err);
 }
 
-static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_state_reader *rd, const tl_config *cfg,
-                             const char *base_model, const char *out_dir, int *n_written, tl_error *err) {
+tl_status tl_export_run(const tl_lora_pool *layout, const tl_state_reader *rd, const tl_config *cfg,
+                        const tl_export_opts *o, const char *out_dir, int *n_written, tl_error *err) {
+    return run_export(layout, rd, cfg, o, out_dir, n_written, err);
+}
+
+static int ends_with_gguf(const char *p) {
+    size_t n = strlen(p);
+    return n >= 5 && !strcmp(p + n - 5, ".gguf");
+}
+
+/* The slot of the adapter named user; TL_ERR_INPUT naming the run's first adapters when absent. */
+static tl_status find_user(const tl_lora_pool *p, const char *user, int *slot, tl_error *err) {
+    if (!user || !*user)
+        return tl_fail(err, TL_ERR_INPUT, "export: --user NAME is needed for a merged export (one adapter is merged "
+                       "into the base model)");
+    for (int i = 0; i < p->n_slots; i++)
+        if (!strcmp(p->names[i], user)) {
+            *slot = i;
+            return TL_OK;
+        }
+    return tl_fail(err, TL_ERR_INPUT, "export: --user '%.200s' is not an adapter of this run (%d adapters, the first "
+                   "'%.100s')", user, p->n_slots, p->n_slots ? p->names[0] : "");
+}
+
+static tl_status run_export(const tl_lora_pool *p, const tl_state_reader *rd, const tl_config *cfg,
+                            const tl_export_opts *o, const char *out_dir, int *n_written, tl_error *err) {
     if (n_written) *n_written = 0;
     if (!out_dir || !*out_dir) return tl_fail(err, TL_ERR_INPUT, "export: empty output directory");
+    if (!rd || !o) return tl_fail(err, TL_ERR_RUNTIME, "export: no reader or options");
+    if ((unsigned)o->format > TL_EXPORT_MERGED_GGUF || (unsigned)o->dtype > TL_EXPORT_BF16)
+        return tl_fail(err, TL_ERR_INPUT, "export: unknown format %d or dtype %d", (int)o->format, (int)o->dtype);
     TL_TRY(check_pool_layout(p, err));
-    if (!base_model) base_model = cfg ? cfg->model_path : "";
+    const char *base_model = o->base_model ? o->base_model : cfg ? cfg->model_path : "";
     double alpha = float_decimal(p->alpha), dropout = float_decimal(p->dropout);
     if (cfg) {
         if (cfg->adapter_rank != p->rank || cfg->adapter_targets != p->targets ||
@@ -520,36 +604,81 @@ static tl_status export_pool(const tl_lora_pool *p, tl_backend *be, const tl_sta
     for (int i = 0; i < p->n_slots; i++)
         if (!p->names[i] || !utf8_valid(p->names[i]))
             return tl_fail(err, TL_ERR_INPUT, "export: name of adapter %d is not valid UTF-8 (JSON requires UTF-8)", i);
+    int slot = -1;
+    if (o->format == TL_EXPORT_MERGED || o->format == TL_EXPORT_MERGED_GGUF) TL_TRY(find_user(p, o->user, &slot, err));
+    if (o->format != TL_EXPORT_PEFT && p->head_dim > 0)
+        return tl_fail(err, TL_ERR_INPUT, "export: --format %s: these adapters carry a reward model's score head "
+                       "(task.type reward), which %s cannot take; export them with --format peft (SEQ_CLS)",
+                       tl_export_format_name(o->format),
+                       o->format == TL_EXPORT_GGUF ? "a llama.cpp LoRA" : "a causal language model");
+
+    if (o->format == TL_EXPORT_MERGED_GGUF && !ends_with_gguf(base_model))
+        return tl_fail(err, TL_ERR_INPUT, "export: --format merged-gguf needs a GGUF base model (model.path ending in "
+                       ".gguf), but the run's base is the HF directory %s: write --format merged and convert that "
+                       "directory with llama.cpp's convert_hf_to_gguf.py", base_model);
 
     char fin[TL_PATH_MAX], parent[TL_PATH_MAX], tmp[TL_PATH_MAX];
     TL_TRY(tl_path_trim(out_dir, fin, sizeof fin, err));
     if (strcmp(fin, "/") == 0) return tl_fail(err, TL_ERR_INPUT, "export: refusing to export into /");
     int k = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", fin);
     if (k < 0 || (size_t)k >= sizeof tmp) return tl_fail(err, TL_ERR_INPUT, "%s: path too long", fin);
+    tl_export_job j = {.p = p, .rd = rd, .o = o, .base_model = base_model, .alpha = alpha, .tmp = tmp};
+    if (fin[0] == '/') {
+        snprintf(j.final_abs, sizeof j.final_abs, "%s", fin);
+    } else {
+        char cwd[TL_PATH_MAX];
+        if (!getcwd(cwd, sizeof cwd)) return tl_fail(err, TL_ERR_RUNTIME, "export: getcwd: %s", strerror(errno));
+        TL_TRY(tl_path_join(j.final_abs, sizeof j.final_abs, cwd, fin, err));
+    }
     TL_TRY(check_replaceable(fin, err));
     TL_TRY(tl_path_parent(fin, parent, sizeof parent, err));
+    int parent_made = !tl_path_exists(parent); /* removed again (when empty) if the export fails */
     TL_TRY(tl_mkdir_p(parent, err));
     /* a new sibling of a fresh name: nothing that exists is ever removed to make room for it */
     if (!mkdtemp(tmp)) return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
     if (chmod(tmp, 0755) != 0) {
         int e = errno;
         (void)rmdir(tmp);
+        if (parent_made) (void)rmdir(parent);
         return tl_fail(err, TL_ERR_RUNTIME, "%s: cannot chmod: %s", tmp, strerror(e));
     }
 
-    char **dirs = calloc((size_t)p->n_slots + 1, sizeof *dirs);
-    tl_status s = dirs ? assign_dirs(p, dirs, err) : tl_fail(err, TL_ERR_RUNTIME, "export: out of memory");
-    if (s == TL_OK) s = build_tree(p, be, rd, alpha, dropout, base_model, tmp, dirs, err);
+    j.dirs = calloc((size_t)p->n_slots + 1, sizeof *j.dirs);
+    j.index = cJSON_CreateObject();
+    int ok = j.dirs && j.index && cJSON_AddStringToObject(j.index, "format", TL_EXPORT_FORMAT) &&
+             cJSON_AddStringToObject(j.index, "kind", tl_export_format_name(o->format)) &&
+             cJSON_AddArrayToObject(j.index, "adapters") && (j.files = cJSON_AddArrayToObject(j.index, "files"));
+    tl_status s = ok ? assign_dirs(p, j.dirs, err) : tl_fail(err, TL_ERR_RUNTIME, "export: out of memory");
+    if (s == TL_OK) {
+        switch (o->format) {
+        case TL_EXPORT_PEFT: s = build_peft(&j, dropout, err); break;
+        case TL_EXPORT_GGUF: s = tl_export_write_gguf_loras(&j, err); break;
+        case TL_EXPORT_MERGED: s = tl_export_write_merged(&j, slot, err); break;
+        case TL_EXPORT_MERGED_GGUF: s = tl_export_write_merged_gguf(&j, slot, err); break;
+        }
+    }
+    if (s == TL_OK && slot >= 0) s = index_entry(&j, slot, NULL, NULL, err);
+    if (s == TL_OK && (o->format == TL_EXPORT_PEFT || o->format == TL_EXPORT_GGUF))
+        s = tl_export_write_manifests(&j, err);
+    if (s == TL_OK) {
+        char path[TL_PATH_MAX];
+        s = tl_path_join(path, sizeof path, tmp, "index.json", err);
+        if (s == TL_OK) s = write_json(path, cJSON_Print(j.index), err);
+    }
+    if (s == TL_OK) s = tl_fsync_dir(tmp, err);
     if (s == TL_OK) s = tl_replace_dir(tmp, fin, err);
     if (s != TL_OK) {
         tl_error ignored;
         (void)tl_remove_tree(tmp, &ignored); /* the first error is the one to report */
+        if (parent_made) (void)rmdir(parent);
     }
-    for (int i = 0; dirs && i < p->n_slots; i++) free(dirs[i]);
-    free(dirs);
-    if (s == TL_OK && n_written) *n_written = p->n_slots;
+    for (int i = 0; j.dirs && i < p->n_slots; i++) free(j.dirs[i]);
+    free(j.dirs);
+    cJSON_Delete(j.index);
+    if (s == TL_OK && n_written) *n_written = slot >= 0 ? 1 : p->n_slots;
     return s;
 }
+
 
 /* ---- reading an adapter back ---- */
 

@@ -9,6 +9,7 @@
 #include "data/tl_dataset.h"
 #include "data/tl_gguf.h"
 #include "data/tl_pref.h"
+#include "data/tl_prompt.h"
 #include "data/tl_hf_config.h"
 #include "data/tl_model_tokenizer.h"
 #include "data/tl_safetensors.h"
@@ -189,6 +190,31 @@ static tl_status inspect_dataset(const char *path, FILE *out, tl_error *err) {
     return TL_OK;
 }
 
+static tl_status inspect_prompt(const char *path, FILE *out, tl_error *err) {
+    tl_prompt_dataset ds;
+    TL_TRY(tl_prompt_open(path, 0, &ds, err));
+    int64_t *n = calloc((size_t)ds.n_users, sizeof(int64_t));
+    if (!n) {
+        tl_prompt_free(&ds);
+        return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    }
+    for (int64_t i = 0; i < ds.n_prompts; i++) n[ds.user[i]]++;
+    fprintf(out, "dataset %s: kind prompt, %d user(s), %lld prompt(s), %lld tokens (longest prompt %lld)%s%s\n",
+            path, ds.n_users, (long long)ds.n_prompts, (long long)ds.n_tokens, (long long)ds.max_prompt_len,
+            ds.has_reference ? ", with reference answers" : "", ds.user_groups ? ", with groups" : "");
+    fprintf(out, "  %-28s %-16s %9s\n", "user", "group", "prompts");
+    char nb[TL_ESC_CAP], gb[TL_ESC_CAP]; /* names from the file: shown escaped (tl_text.h) */
+    for (int u = 0; u < ds.n_users && u < 50; u++)
+        fprintf(out, "  %-28.28s %-16.16s %9lld%s\n", tl_escape(nb, sizeof nb, ds.user_names[u]),
+                tl_escape(gb, sizeof gb, ds.user_groups ? ds.user_groups[u] : "-"), (long long)n[u],
+                n[u] ? "" : "  (no prompts)");
+    if (ds.n_users > 50) fprintf(out, "  ... (%d more users)\n", ds.n_users - 50);
+    free(n);
+    tl_prompt_free(&ds);
+    fprintf(out, "valid\n");
+    return TL_OK;
+}
+
 static tl_status inspect_pref(const char *path, FILE *out, tl_error *err) {
     tl_pref_dataset ds;
     TL_TRY(tl_pref_open(path, 0, &ds, err));
@@ -310,6 +336,7 @@ tl_status tl_inspect(const char *path, FILE *out, tl_error *err) {
     if (got == 8 && memcmp(magic, "\x89HDF\r\n\x1a\n", 8) == 0) {
         char kind[32];
         TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
+        if (strcmp(kind, "prompt") == 0) return inspect_prompt(path, out, err);
         return strcmp(kind, "preference") == 0 ? inspect_pref(path, out, err) : inspect_dataset(path, out, err);
     }
     size_t len = strlen(path);

@@ -10,6 +10,7 @@
 #include "trainer/eval/tl_eval.h"
 #include "trainer/eval/tl_pref_eval.h"
 #include "trainer/eval/tl_rouge.h"
+#include "trainer/run/resident.h"
 #include "trainer/run/tl_export.h"
 #include "trainer/run/tl_metrics.h"
 
@@ -23,6 +24,8 @@ tl_lora_opts tl_session_lora_opts(const tl_config *cfg, float dropout, int with_
 }
 
 void tl_session_close(tl_session *S) {
+    if (S->res) tl_resident_free(S->res);
+    free(S->res);
     if (S->batcher) tl_batcher_free(S->batcher);
     if (S->pref_batcher) tl_pref_batcher_free(S->pref_batcher);
     tl_pref_scratch_free(S->pref_scratch);
@@ -34,6 +37,8 @@ void tl_session_close(tl_session *S) {
     if (S->have_eval) tl_sft_free(&S->eval);
     if (S->have_pref_train) tl_pref_free(&S->pref_train);
     if (S->have_pref_eval) tl_pref_free(&S->pref_eval_set);
+    if (S->have_prompt_train) tl_prompt_free(&S->prompt_train);
+    if (S->have_prompt_eval) tl_prompt_free(&S->prompt_eval);
     if (S->model_loaded) tl_model_free(&S->model);
     free(S->global_index);
     free(S->eval_mine);
@@ -43,11 +48,12 @@ void tl_session_close(tl_session *S) {
     memset(S, 0, sizeof *S);
 }
 
-/* A dataset for this task: SFT files for sft, preference files for dpo and reward, said clearly otherwise. */
+/* A dataset for this task: SFT files for sft, preference files for dpo and reward, prompt files for grpo and rloo,
+ * said clearly otherwise. */
 static tl_status check_kind(const char *key, const char *path, tl_task_type task, tl_error *err) {
     char kind[32];
     TL_TRY(tl_h5_kind(path, kind, sizeof kind, err));
-    const char *want = task == TL_TASK_SFT ? "sft" : "preference";
+    const char *want = task == TL_TASK_SFT ? "sft" : TL_TASK_IS_RL(task) ? "prompt" : "preference";
     if (strcmp(kind, want) != 0)
         return tl_fail(err, TL_ERR_INPUT, "%s: %s is a '%s' dataset, but task.type %s needs kind '%s'", key, path, kind,
                        tl_task_type_names[task], want);
@@ -82,6 +88,15 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
             TL_TRY(tl_sft_open(cfg->data_eval, V, &S->eval, err));
             S->have_eval = 1;
         }
+    } else if (TL_TASK_IS_RL(S->task)) {
+        if (open_train) {
+            TL_TRY(tl_prompt_open(cfg->data_train, V, &S->prompt_train, err));
+            S->have_prompt_train = 1;
+        }
+        if (open_eval) {
+            TL_TRY(tl_prompt_open(cfg->data_eval, V, &S->prompt_eval, err));
+            S->have_prompt_eval = 1;
+        }
     } else {
         if (open_train) {
             TL_TRY(tl_pref_open(cfg->data_train, V, &S->pref_train, err));
@@ -99,47 +114,57 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
     return TL_OK;
 }
 
-/* adapter.init_from: one PEFT directory for every adapter, or a run's adapters/ directory (index.json) from
- * which each adapter starts from the one of the same name. */
-tl_status tl_load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
-    char idx[TL_PATH_MAX + 16];
-    TL_TRY(tl_path_join(idx, sizeof idx, from, "index.json", err));
-    if (!tl_is_file(idx)) {
-        for (int s = 0; s < p->n_slots; s++) TL_TRY(tl_peft_load(from, p, be, s, err));
-        return TL_OK;
-    }
+tl_status tl_init_from_open(tl_init_from *f, const char *from, tl_error *err) {
+    memset(f, 0, sizeof *f);
+    f->from = from;
+    TL_TRY(tl_path_join(f->index_path, sizeof f->index_path, from, "index.json", err));
+    if (!tl_is_file(f->index_path)) return TL_OK; /* one PEFT directory for every adapter */
     char *text = NULL;
     size_t n = 0;
-    TL_TRY(tl_read_file(idx, 64u << 20, &text, &n, err));
-    cJSON *root = cJSON_ParseWithLength(text, n);
+    TL_TRY(tl_read_file(f->index_path, 64u << 20, &text, &n, err));
+    f->index = cJSON_ParseWithLength(text, n);
     free(text);
-    const cJSON *arr = root ? cJSON_GetObjectItemCaseSensitive(root, "adapters") : NULL;
-    tl_status st = cJSON_IsArray(arr) ? TL_OK
-                                      : tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s: expected {\"adapters\": [...]}", idx);
-    for (int s = 0; !st && s < p->n_slots; s++) {
-        const cJSON *it, *dir = NULL;
-        cJSON_ArrayForEach(it, arr) {
-            const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
-            if (cJSON_IsString(nm) && !strcmp(nm->valuestring, p->names[s])) dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
-        }
-        if (!cJSON_IsString(dir)) {
-            st = tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", idx, p->names[s]);
-            break;
-        }
-        /* the entry is metadata: it names a folder inside `from`, never a path elsewhere (nor a symlink out) */
-        char path[TL_PATH_MAX + 256], what[TL_PATH_MAX + 64];
-        snprintf(what, sizeof what, "adapter.init_from: %s: adapter '%.200s': dir", idx, p->names[s]);
-        if (!tl_plain_name(dir->valuestring)) {
-            st = tl_fail(err, TL_ERR_INPUT, "%s '%.200s': expected a folder name inside %s (no '/', no leading '.')",
-                         what, dir->valuestring, from);
-            break;
-        }
-        st = tl_path_join(path, sizeof path, from, dir->valuestring, err);
-        if (!st) st = tl_path_inside(from, path, what, err);
-        if (!st) st = tl_peft_load(path, p, be, s, err);
+    f->adapters = f->index ? cJSON_GetObjectItemCaseSensitive(f->index, "adapters") : NULL;
+    if (!cJSON_IsArray(f->adapters)) {
+        tl_init_from_close(f);
+        return tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s: expected {\"adapters\": [...]}", f->index_path);
     }
-    cJSON_Delete(root);
-    return st;
+    return TL_OK;
+}
+
+void tl_init_from_close(tl_init_from *f) {
+    cJSON_Delete(f->index);
+    f->index = NULL, f->adapters = NULL;
+}
+
+tl_status tl_init_from_load(const tl_init_from *f, tl_lora_pool *p, tl_backend *be, int slot, tl_error *err) {
+    if (!f->index) return tl_peft_load(f->from, p, be, slot, err);
+    const char *name = p->names[slot];
+    const cJSON *it, *dir = NULL;
+    cJSON_ArrayForEach(it, f->adapters) {
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
+        if (cJSON_IsString(nm) && !strcmp(nm->valuestring, name)) dir = cJSON_GetObjectItemCaseSensitive(it, "dir");
+    }
+    if (!cJSON_IsString(dir))
+        return tl_fail(err, TL_ERR_INPUT, "adapter.init_from: %s has no adapter named '%s'", f->index_path, name);
+    /* the entry is metadata: it names a folder inside `from`, never a path elsewhere (nor a symlink out) */
+    char path[TL_PATH_MAX + 256], what[TL_PATH_MAX + 64];
+    snprintf(what, sizeof what, "adapter.init_from: %s: adapter '%.200s': dir", f->index_path, name);
+    if (!tl_plain_name(dir->valuestring))
+        return tl_fail(err, TL_ERR_INPUT, "%s '%.200s': expected a folder name inside %s (no '/', no leading '.')",
+                       what, dir->valuestring, f->from);
+    TL_TRY(tl_path_join(path, sizeof path, f->from, dir->valuestring, err));
+    TL_TRY(tl_path_inside(f->from, path, what, err));
+    return tl_peft_load(path, p, be, slot, err);
+}
+
+tl_status tl_load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err) {
+    tl_init_from f;
+    TL_TRY(tl_init_from_open(&f, from, err));
+    tl_status s = TL_OK;
+    for (int slot = 0; !s && slot < p->n_slots; slot++) s = tl_init_from_load(&f, p, be, slot, err);
+    tl_init_from_close(&f);
+    return s;
 }
 
 static tl_pref_eval_opts pref_eval_opts(const tl_session *S, const tl_config *cfg) {
@@ -216,8 +241,154 @@ static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const c
 
 /* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table
  * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
+/* ---- evaluation with the adapter store: the population streams through the pool's slots ---- */
+
+/* Entries [c0, c0 + c) of the store into slots 0..c-1 (every dirty slot was written back and the slots dropped). */
+static tl_status load_chunk(tl_session *S, int64_t c0, int c, float *host, tl_error *err) {
+    tl_resident *r = S->res;
+    for (int j = 0; j < c; j++) {
+        int64_t e = c0 + j;
+        TL_TRY(tl_resident_params(r, e, host, err));
+        TL_TRY(tl_lora_pool_set_slot(&S->pool, S->be, j, tl_store_name(r->store, e), host, NULL, NULL,
+                                     tl_store_meta_at(r->store, e)->steps, err));
+        if (!S->have_ref) continue; /* the DPO reference: the adapter as adapter.init_from has it */
+        TL_TRY(tl_lora_pool_set_slot(&S->ref, S->be, j, tl_store_name(r->store, e), host, NULL, NULL, 0, err));
+        TL_TRY(tl_init_from_load(r->init_from, &S->ref, S->be, j, err));
+    }
+    return TL_OK;
+}
+
+/* Per-adapter held-out loss (SFT) or preference metrics for every adapter of the store, K at a time; the slots are
+ * dropped afterwards (the next step loads what it needs). The cross matrix is left out (docs/scale.md). */
+static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
+                            int final, tl_error *err) {
+    tl_resident *res = S->res;
+    TL_TRY(tl_resident_flush(res, err));
+    tl_resident_evict_all(res);
+    if (final && cfg->data_eval_generate > 0)
+        fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
+                "(docs/scale.md)\n");
+    int64_t N64 = tl_store_count(res->store);
+    int K = S->pool.n_slots, N = (int)N64;
+    char path[TL_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
+    char **names = malloc((size_t)(N ? N : 1) * sizeof *names);
+    float *host = malloc(S->pool.P * sizeof(float));
+    tl_eval_result all = {.n = N, .n_cols = N};
+    tl_pref_eval_result pall = {.n = N, .n_cols = N};
+    int sft = S->task == TL_TASK_SFT;
+    if (sft) {
+        all.examples = calloc((size_t)N + 1, sizeof(int64_t)), all.tokens = calloc((size_t)N + 1, sizeof(int64_t));
+        all.loss = calloc((size_t)N + 1, sizeof(double)), all.base_loss = calloc((size_t)N + 1, sizeof(double));
+    } else {
+        pall.own = calloc((size_t)N + 1, sizeof *pall.own);
+    }
+    tl_status s = names && host && (sft ? all.examples && all.tokens && all.loss && all.base_loss : pall.own != NULL)
+                      ? TL_OK
+                      : tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory for %d adapters", N);
+    for (int i = 0; !s && i < N; i++) names[i] = (char *)tl_store_name(res->store, i);
+    tl_lora_pool view = S->pool;
+    /* the cross matrix as without the store: at the end, for up to TL_EVAL_CROSS_MAX adapters, each chunk's rows
+     * over every adapter's users */
+    int cross = final && N <= TL_EVAL_CROSS_MAX;
+    const tl_eval_part cols = {.cols = names, .n_cols = N};
+    const tl_eval_opts eo = {.key = cfg->adapter_key, .micro_batch_tokens = cfg->micro_batch_tokens,
+                             .max_seq_len = cfg->data_max_seq_len, .with_base = 1, .with_cross = cross,
+                             .part = cross ? &cols : NULL};
+    if (!s && cross && sft && !(all.cross = calloc((size_t)N * N + 1, sizeof(double))))
+        s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    if (!s && cross && !sft && !(pall.cross_acc = calloc((size_t)N * N + 1, sizeof(double))))
+        s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    tl_pref_eval_opts po = pref_eval_opts(S, cfg);
+    tl_lora_pool refview = S->ref;
+    if (S->have_ref) po.ref = &refview;
+    for (int c0 = 0; !s && c0 < N; c0 += K) {
+        int c = N - c0 < K ? N - c0 : K;
+        s = load_chunk(S, c0, c, host, err);
+        view.n_slots = c, refview.n_slots = c;
+        if (s) break;
+        if (sft) {
+            tl_eval_result r;
+            s = tl_eval_run(&S->model, &view, S->ws, &S->eval, &eo, &r, err);
+            for (int j = 0; !s && j < c; j++) {
+                all.examples[c0 + j] = r.examples[j], all.tokens[c0 + j] = r.tokens[j];
+                all.loss[c0 + j] = r.loss[j], all.base_loss[c0 + j] = r.base_loss[j];
+                if (cross) memcpy(all.cross + (size_t)(c0 + j) * N, r.cross + (size_t)j * N, (size_t)N * sizeof(double));
+            }
+            if (!s) tl_eval_result_free(&r);
+        } else {
+            tl_pref_eval_result r;
+            s = tl_pref_eval_run(&S->model, &view, S->ws, S->pref_scratch, &S->pref_eval_set, &eo, &po, &r, err);
+            for (int j = 0; !s && j < c; j++) {
+                pall.own[c0 + j] = r.own[j];
+                if (cross)
+                    memcpy(pall.cross_acc + (size_t)(c0 + j) * N, r.cross_acc + (size_t)j * N,
+                           (size_t)N * sizeof(double));
+            }
+            if (!s) tl_pref_eval_result_free(&r);
+        }
+        if (!ui->quiet && ui->is_tty)
+            fprintf(ui->out, "\reval: %d of %d adapter(s)", c0 + c, N), fflush(ui->out);
+    }
+    if (!ui->quiet && ui->is_tty && N > 0) fputc('\n', ui->out);
+    tl_resident_evict_all(res);
+    tl_lora_pool byname = S->pool;
+    byname.n_slots = N, byname.names = names;
+    if (!s && sft) {
+        double l, b;
+        int64_t t;
+        tl_eval_totals(&all, &l, &b, &t);
+        if (final) {
+            s = tl_eval_write_json(&all, &byname, path, step, err);
+            if (!s && N <= 64) {
+                fprintf(ui->out, "eval on %s:\n", cfg->data_eval);
+                tl_eval_print(&all, &byname, ui->out);
+            } else if (!s) {
+                int better = 0, with = 0;
+                for (int a = 0; a < N; a++)
+                    if (all.tokens[a]) with++, better += all.loss[a] < all.base_loss[a];
+                fprintf(ui->out, "eval on %s: %d adapter(s) with held-out data, %d of them below the base model's loss; "
+                        "loss %.4f vs %.4f for the base model over %lld tokens (per adapter: %s)\n", cfg->data_eval,
+                        with, better, l, b, (long long)t, path);
+            }
+        } else {
+            tl_metrics_eval_sft(metrics, step, l, b, t);
+            if (!ui->quiet) fprintf(ui->out, "eval step %lld: loss %.4f (base model %.4f)\n", (long long)step, l, b);
+        }
+    } else if (!s) {
+        tl_pref_stats tot;
+        tl_pref_stats_init(&tot);
+        for (int a = 0; a < N; a++) tl_pref_stats_merge(&tot, &pall.own[a]);
+        double mean[TL_PREF_N_METRICS];
+        tl_pref_stats_mean(&tot, mean);
+        if (final) {
+            s = tl_pref_eval_write_json(&pall, &byname, path, step, err);
+            if (!s && N <= 64) {
+                fprintf(ui->out, "eval on %s (accuracy: reward of the chosen response > the rejected one's):\n",
+                        cfg->data_eval);
+                tl_pref_eval_print(&pall, &byname, ui->out);
+            } else if (!s) {
+                fprintf(ui->out, "eval on %s: %d adapter(s), loss %.4f, preference accuracy %.4f (per adapter: %s)\n",
+                        cfg->data_eval, N, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES], path);
+            }
+        } else {
+            tl_metrics_eval_pref(metrics, step, mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES],
+                                 mean[TL_PREF_M_REWARDS_MARGINS]);
+            if (!ui->quiet)
+                fprintf(ui->out, "eval step %lld: loss %.4f, preference accuracy %.4f\n", (long long)step,
+                        mean[TL_PREF_M_LOSS], mean[TL_PREF_M_REWARDS_ACCURACIES]);
+        }
+    }
+    tl_eval_result_free(&all);
+    tl_pref_eval_result_free(&pall);
+    free(names);
+    free(host);
+    return s;
+}
+
 tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
                           int final, tl_error *err) {
+    if (S->res) return store_eval(S, cfg, ui, metrics, step, final, err);
     char path[TL_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/eval.json", cfg->output_dir);
     tl_adapter_key key = cfg->adapter_key;
@@ -343,7 +514,7 @@ tl_status tl_session_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, 
 tl_status tl_session_workspace(tl_session *S, const tl_config *cfg, tl_error *err) {
     /* a sequence holds at least one token, so a micro-batch holds at most micro_batch_tokens sequences */
     TL_TRY(tl_workspace_create(&S->model, &S->pool, cfg->micro_batch_tokens, cfg->micro_batch_tokens, &S->ws, err));
-    if (S->task == TL_TASK_SFT) return TL_OK;
+    if (S->task == TL_TASK_SFT || TL_TASK_IS_RL(S->task)) return TL_OK;
     return tl_pref_scratch_create(cfg->micro_batch_tokens, cfg->micro_batch_tokens, S->model.cfg.hidden_size,
                                   &S->pref_scratch, err);
 }

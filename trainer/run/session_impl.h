@@ -6,13 +6,17 @@
 
 #include "data/tl_batcher.h"
 #include "data/tl_dataset.h"
+#include "data/tl_io.h"
 #include "data/tl_pref.h"
+#include "data/tl_prompt.h"
 #include "trainer/config/tl_config.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/model/tl_model.h"
 #include "trainer/run/tl_metrics.h"
 #include "trainer/run/tl_train.h"
 #include "trainer/step/tl_pref_step.h"
+
+typedef struct tl_resident tl_resident; /* resident.h */
 
 /* Everything a command holds open; tl_session_close releases whatever was opened. */
 typedef struct {
@@ -24,6 +28,8 @@ typedef struct {
     int have_train, have_eval;
     tl_pref_dataset pref_train, pref_eval_set; /* dpo, reward */
     int have_pref_train, have_pref_eval;
+    tl_prompt_dataset prompt_train, prompt_eval; /* grpo, rloo */
+    int have_prompt_train, have_prompt_eval;
     tl_adapter_map map;
     int have_map;
     tl_lora_pool pool;
@@ -49,6 +55,9 @@ typedef struct {
     int have_local_map;
     uint8_t *eval_mine;  /* data_parallel with world > 1: [n_slots] the adapters this rank evaluates */
     int device, threads; /* where this process runs: CUDA device, CPU threads (0 = default) */
+    /* The adapter store (train.store, docs/scale.md): the run's adapters live in <run>/store and the pool (and
+     * ref) hold the slots a step needs, moved in and out by res. NULL without a store. */
+    tl_resident *res;
 } tl_session;
 
 void tl_session_close(tl_session *S);
@@ -61,6 +70,17 @@ tl_status tl_session_open(tl_session *S, const tl_config *cfg, int need_train, i
 /* adapter.init_from into every slot of p: one PEFT directory for every adapter, or a run's adapters/ directory
  * (index.json) from which each adapter starts from the one of the same name. */
 tl_status tl_load_init_from(tl_lora_pool *p, tl_backend *be, const char *from, tl_error *err);
+/* The same one slot at a time (a store's pool fills its slots as adapters come in): index.json parsed once. */
+typedef struct {
+    const char *from;
+    char index_path[TL_PATH_MAX + 16];
+    struct cJSON *index;           /* NULL: `from` is one PEFT directory for every adapter */
+    const struct cJSON *adapters;  /* index's "adapters" array */
+} tl_init_from;
+tl_status tl_init_from_open(tl_init_from *f, const char *from, tl_error *err);
+/* slot's adapter (p->names[slot]) from its init_from source; Adam moments and steps reset (tl_peft_load) */
+tl_status tl_init_from_load(const tl_init_from *f, tl_lora_pool *p, tl_backend *be, int slot, tl_error *err);
+void tl_init_from_close(tl_init_from *f);
 /* The workspace (and for dpo / reward the pair scratch) for micro-batches of train.micro_batch_tokens. */
 tl_status tl_session_workspace(tl_session *S, const tl_config *cfg, tl_error *err);
 /* Evaluates on data.eval, every rank its share of the adapters. Rank 0 writes eval.json and prints the table

@@ -21,6 +21,7 @@
 #include "kernels/tl_backend.h"
 #include "trainer/config/tl_config.h"
 #include "trainer/model/tl_model.h"
+#include "trainer/run/tl_store.h"
 
 #define TL_CHECKPOINT_FORMAT "tailor-checkpoint-1"
 /* The largest step count, cursor or epoch a checkpoint may hold (2^53: exact as a JSON number). */
@@ -40,6 +41,14 @@ tl_status tl_checkpoint_save(const char *run_dir, const tl_config *cfg, const tl
 tl_status tl_checkpoint_save_from(const char *run_dir, const tl_config *cfg, const tl_lora_pool *p,
                                   const tl_state_reader *rd, int64_t global_step, const tl_cursor *cursors, int keep,
                                   tl_error *err);
+
+/* The same for a run with an adapter store (tl_store.h): the checkpoint holds the store's manifest (written by
+ * tl_store_commit, which first makes the records it names durable) instead of a state file; after the older
+ * checkpoints are pruned, so are the store segments none of the kept manifests uses. */
+tl_status tl_checkpoint_save_store(const char *run_dir, const tl_config *cfg, tl_store *store, int64_t global_step,
+                                   int64_t round_start, int keep, tl_error *err);
+/* Whether a checkpoint directory is a store checkpoint (holds manifest.bin). */
+int tl_checkpoint_has_store(const char *ckpt_dir);
 
 /* The newest complete checkpoint of run_dir: the step-<digits> directory with the largest step that holds a
  * COMPLETE file. Temporary directories and directories without COMPLETE are ignored. *found = 0 (and TL_OK)

@@ -67,4 +67,36 @@ tl_status tl_peft_key(int layer, int target, char which, char *out, size_t cap, 
  * exact shape, and no other tensor in the file. The slot is written only after the whole file has been read. */
 tl_status tl_peft_load(const char *dir, tl_lora_pool *p, tl_backend *be, int slot, tl_error *err);
 
+/* ---- every format (docs/export.md): tailor export --format peft|gguf|merged|merged-gguf ---- */
+typedef enum { TL_EXPORT_PEFT = 0, TL_EXPORT_GGUF, TL_EXPORT_MERGED, TL_EXPORT_MERGED_GGUF } tl_export_format;
+typedef enum { TL_EXPORT_F32 = 0, TL_EXPORT_F16, TL_EXPORT_BF16 } tl_export_dtype;
+
+typedef struct {
+    tl_export_format format;
+    tl_export_dtype dtype;  /* tensors written (gguf, merged, merged-gguf; peft is always F32) */
+    const char *user;       /* merged, merged-gguf: the adapter's true name */
+    const char *base_model; /* NULL: cfg->model_path */
+    uint64_t shard_bytes;   /* merged: largest safetensors shard (0: TL_EXPORT_SHARD_BYTES) */
+} tl_export_opts;
+
+#define TL_EXPORT_SHARD_BYTES ((uint64_t)2 << 30)
+
+/* "peft" -> TL_EXPORT_PEFT etc.; -1 when unknown. */
+int tl_export_format_parse(const char *s);
+const char *tl_export_format_name(tl_export_format f);
+/* "f32" | "f16" | "bf16"; -1 when unknown. */
+int tl_export_dtype_parse(const char *s);
+
+/* Writes the export of format o->format into out_dir (replacing it as tl_export_pool does, refusing a folder
+ * that holds anything an earlier tailor export of any format did not write). layout gives the adapters' layout,
+ * names and steps (its params are not used); each adapter's parameters are read through rd one at a time
+ * (k = 0, P floats), so no format holds more than one adapter. cfg as in tl_export_pool (may be NULL).
+ * peft: tl_export_pool's tree plus manifests for vLLM and LoRAX; gguf: one llama.cpp LoRA GGUF per adapter plus
+ * a llama.cpp server manifest; merged: the base model with adapter o->user merged in, as an HF directory;
+ * merged-gguf: the same as one GGUF file. A user not in the pool, a reward model's score head (no place in
+ * llama.cpp's LoRA or a causal LM) or a base model llama.cpp cannot take is TL_ERR_INPUT. *n_written: adapters
+ * written (1 for the merged formats). */
+tl_status tl_export_run(const tl_lora_pool *layout, const tl_state_reader *rd, const tl_config *cfg,
+                        const tl_export_opts *o, const char *out_dir, int *n_written, tl_error *err);
+
 #endif

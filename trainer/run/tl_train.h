@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "trainer/config/tl_config.h"
+#include "trainer/run/tl_export.h"
 
 typedef struct {
     FILE *out;  /* progress lines, tables */
@@ -29,8 +30,10 @@ typedef struct {
 tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error *err);
 /* Evaluates the run's latest checkpoint on data.eval (per adapter and the base model). */
 tl_status tl_eval(const tl_config *cfg, const tl_ui *ui, tl_error *err);
-/* Exports the adapters of a run directory's latest checkpoint, or of a checkpoint directory, as PEFT dirs
- * into out_dir (default: <run>/adapters). */
-tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_ui *ui, tl_error *err);
+/* Exports the adapters of a run directory's latest checkpoint, or of a checkpoint directory, in format o->format
+ * (o NULL: PEFT) into out_dir (default: <run>/adapters, <run>/adapters-gguf, <run>/merged/<user>,
+ * <run>/merged-gguf/<user>), reading one adapter at a time. o->base_model NULL: the run's model.path. */
+tl_status tl_export_cmd(const char *run_or_ckpt, const char *out_dir, const tl_export_opts *o, const tl_ui *ui,
+                        tl_error *err);
 
 #endif

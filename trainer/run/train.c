@@ -19,7 +19,9 @@
 #include "kernels/tl_text.h"
 #include "trainer/dist/tl_dist.h"
 #include "trainer/dist/tl_dist_pool.h"
+#include "trainer/run/rl_run.h"
 #include "trainer/run/session_impl.h"
+#include "trainer/run/resident.h"
 #include "trainer/run/tl_checkpoint.h"
 #include "trainer/run/tl_export.h"
 #include "trainer/run/tl_metrics.h"
@@ -34,7 +36,7 @@ static tl_status make_pools(tl_session *S, const tl_config *cfg, char *const *na
     S->have_pool = 1;
     if (!cfg->adapter_init_from[0]) return TL_OK;
     TL_TRY(tl_load_init_from(&S->pool, S->be, cfg->adapter_init_from, err));
-    if (S->task != TL_TASK_DPO) return TL_OK;
+    if (S->task != TL_TASK_DPO && !TL_TASK_IS_RL(S->task)) return TL_OK;
     /* the reference runs without dropout, as TRL's reference model is in eval mode */
     tl_lora_opts reference = tl_session_lora_opts(cfg, 0.0f, 0);
     TL_TRY(tl_lora_pool_init(&S->ref, &S->model, n, names, &reference, err));
@@ -129,9 +131,9 @@ typedef struct {
 } tl_ref_cache;
 
 /* One training step's micro-batches for DPO or reward models; per-adapter stats into st[]. */
-static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_step *PS, tl_ref_cache *rc,
-                           int32_t *buf, double *wbuf, tl_pref_stats *st, tl_error *err) {
-    const tl_step_batch *B = PS->batch;
+/* B: PS's batch in the pool's slot space (PS->batch itself without the store). */
+static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_step *PS, const tl_step_batch *B,
+                           tl_ref_cache *rc, int32_t *buf, double *wbuf, tl_pref_stats *st, tl_error *err) {
     int64_t k0 = 0;
     for (int mbi = 0; mbi < B->n_mb; mbi++) {
         int64_t k1 = k0;
@@ -213,7 +215,7 @@ static void adapter_costs(const tl_session *S, const tl_config *cfg, const int64
  * owners' rows arrive through collectives (tl_dist_collect_*: the other ranks serve the same sequence);
  * otherwise from its own pool (data_parallel keeps every rank's pool identical). The ranks then meet, so a
  * failure on rank 0 reaches the others as a failed collective and no rank runs ahead of a checkpoint. */
-static tl_status save_run_state(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
+static tl_status save_pool_state(tl_session *S, const tl_config *cfg, int64_t done_steps, tl_cursor *cursors,
                                 int checkpoint, int export_adapters, const tl_ui *ui, tl_error *err) {
     int rank0 = tl_dist_rank(S->dist) == 0;
     char adir[TL_PATH_MAX + 16];
@@ -282,6 +284,8 @@ typedef struct {
     int handlers;  /* the stop handlers are installed (old_* to restore) */
     int rank, world;
     int pref;      /* dpo or reward: preference pairs */
+    int rl;        /* grpo or rloo: prompts, rollouts, reward models (rl_run.h) */
+    tl_rl_run *rl_run;
     tl_cursor *cursors;        /* the batcher's, saved in every checkpoint */
     int64_t *total_steps;      /* [slots] optimizer steps each adapter takes over the run */
     double *adapter_loss;      /* [slots] this step's loss of each adapter */
@@ -300,9 +304,51 @@ typedef struct {
     int64_t kill_after;        /* fault injection, -1: none */
     int64_t tokens_since_log, truncated;
     double truncated_all;      /* sequences truncated over the run, summed over ranks at the last log step */
-    tl_step_batch *batch;      /* the current step's */
+    tl_step_batch *batch;      /* the current step's (in slot space with a store) */
     tl_pref_step *pref_batch;  /* the current step's pairs (dpo / reward) */
+    int64_t end;               /* the step this run stops after: round_start + train.steps */
+    /* with the adapter store (S.res; docs/scale.md) */
+    int64_t round_start;       /* the global step at which this round began (runs that grow) */
+    int nothing_new;           /* train.continue found no adapter with new data: the run ends at once */
+    tl_adapter_map round_map;  /* this round's adapters and their examples (what the batcher schedules) */
+    int have_round_map;
+    int32_t *active_slots;     /* [slots] the step's active adapters' slots */
+    int64_t *slot_targets;     /* [slots] the step's trained rows per slot */
+    int64_t *slot_total;       /* [slots] the schedule length of the adapter in each slot */
+    tl_step_batch slot_batch;  /* the step's batch in slot space */
+    uint64_t ckpt_bytes;       /* store bytes written up to the last checkpoint */
 } tl_run;
+
+/* Rank 0 writes the checkpoint (every `checkpoint`) and the exported adapters; with the adapter store, the
+ * store's manifest after every trained slot is written back, and the export streams from the store. */
+static tl_status save_run_state(tl_run *R, int64_t done_steps, int checkpoint, int export_adapters, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    if (!S->res) return save_pool_state(S, cfg, done_steps, R->cursors, checkpoint, export_adapters, &R->ui, err);
+    tl_resident *res = S->res;
+    TL_TRY(tl_resident_flush(res, err));
+    if (checkpoint) {
+        for (int a = 0; a < res->n; a++)
+            tl_store_set_cursor(res->store, res->entry[a], R->cursors[a].epoch, R->cursors[a].pos);
+        double t0 = tl_now_s();
+        TL_TRY(tl_checkpoint_save_store(cfg->output_dir, cfg, res->store, done_steps, R->round_start,
+                                        cfg->keep_checkpoints, err));
+        /* what this checkpoint cost: the records written back since the last one, and the manifest */
+        uint64_t bytes = tl_store_bytes_written(res->store) - R->ckpt_bytes;
+        R->ckpt_bytes = tl_store_bytes_written(res->store);
+        fprintf(R->ui.log, "checkpoint at step %lld: %.1f MiB of adapter records since the last one (%llu "
+                "adapter(s)), manifest of %lld adapter(s), %.2f s\n", (long long)done_steps,
+                (double)bytes / (1 << 20), (unsigned long long)(bytes / tl_store_record_bytes(S->pool.P)),
+                (long long)tl_store_count(res->store), tl_now_s() - t0);
+    }
+    if (!export_adapters) return TL_OK;
+    char adir[TL_PATH_MAX + 16];
+    snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
+    int written = 0;
+    TL_TRY(tl_resident_export(res, cfg, NULL, adir, &written, err));
+    fprintf(R->ui.out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
+    return TL_OK;
+}
 
 static void restore_stop_handlers(tl_run *R) {
     if (!R->handlers) return;
@@ -328,6 +374,11 @@ static void tl_run_close(tl_run *R) {
     free(R->ref_cache.v);
     free(R->ref_cache.in);
     free(R->ref_cache.out);
+    tl_rl_run_free(R->rl_run, R->S.be);
+    free(R->active_slots);
+    free(R->slot_targets);
+    free(R->slot_total);
+    if (R->have_round_map) tl_adapter_map_free(&R->round_map);
     tl_session_close(&R->S);
     memset(R, 0, sizeof *R);
 }
@@ -356,8 +407,17 @@ static tl_status setup_inputs(tl_run *R, tl_error *err) {
     tl_adapter_key key = cfg->adapter_key;
     S->data_parallel = cfg->dist_strategy == TL_STRATEGY_DATA_PARALLEL ||
                        (cfg->dist_strategy == TL_STRATEGY_AUTO && key == TL_KEY_GLOBAL);
-    R->pref = S->task != TL_TASK_SFT;
-    if (R->pref) {
+    R->pref = S->task == TL_TASK_DPO || S->task == TL_TASK_REWARD;
+    R->rl = TL_TASK_IS_RL(S->task);
+    if (R->rl) {
+        if (R->world > 1)
+            return tl_fail(err, TL_ERR_INPUT, "task.type %s: runs as one process only for now (%d ranks given)",
+                           tl_task_type_names[S->task], R->world);
+        TL_TRY(tl_adapter_map_build_prompt(&S->prompt_train, key, NULL, 0, &S->map, err));
+        S->have_map = 1;
+        warn_empty_users(&R->ui, S->prompt_train.path, S->prompt_train.n_users, S->prompt_train.user_names, &S->map,
+                         key);
+    } else if (R->pref) {
         TL_TRY(tl_adapter_map_build_pref(&S->pref_train, key, NULL, 0, &S->map, err));
         S->have_map = 1;
         warn_empty_users(&R->ui, S->pref_train.path, S->pref_train.n_users, S->pref_train.user_names, &S->map, key);
@@ -421,7 +481,10 @@ static tl_status setup_batcher_and_pools(tl_run *R, tl_error *err) {
                           .micro_batch_tokens = cfg->micro_batch_tokens,
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
-    if (R->pref) {
+    if (R->rl) { /* prompts as units of the SFT engine: the same streams, round robin and cursors */
+        tl_unit_source src = tl_prompt_source(&S->prompt_train);
+        TL_TRY(tl_batcher_init_units(&src, train_map, &bo, &S->batcher, err));
+    } else if (R->pref) {
         TL_TRY(tl_pref_batcher_init(&S->pref_train, train_map, &bo, &S->pref_batcher, err));
         if (S->local_pool) TL_TRY(tl_pref_batcher_set_global(S->pref_batcher, S->global_index, S->n_global, err));
     } else {
@@ -461,10 +524,15 @@ static tl_status connect_and_make_run_dir(tl_run *R, tl_error *err) {
             fprintf(R->ui.log, "note: train.resume is never: the earlier run's outputs in %s were moved to %s/\n",
                     cfg->output_dir, aside);
     }
-    TL_TRY(tl_mkdir_p(cfg->output_dir, err));
+    return tl_mkdir_p(cfg->output_dir, err);
+}
+
+/* The run's resolved config, once what the run resumes from was found valid (rank 0). */
+static tl_status write_run_config(const tl_run *R, tl_error *err) {
+    if (R->rank != 0) return TL_OK;
     char path[TL_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/config.yaml", cfg->output_dir);
-    return tl_config_write_file(cfg, path, err);
+    snprintf(path, sizeof path, "%s/config.yaml", R->cfg->output_dir);
+    return tl_config_write_file(R->cfg, path, err);
 }
 
 /* train.resume: the checkpoint rank 0 finds (auto) or is given, loaded by every rank; then metrics.jsonl. */
@@ -509,6 +577,218 @@ static tl_status resume_run(tl_run *R, tl_error *err) {
     }
     R->last_checkpoint = found ? R->start : -1;
     if (R->rank == 0) TL_TRY(tl_metrics_open(&R->metrics, cfg->output_dir, found ? R->start : -1, err));
+    return TL_OK;
+}
+
+/* ---- the adapter store (train.store; docs/scale.md) ---- */
+
+/* Whether this run keeps its adapters in a store: train.store on, or auto when the adapters' state (parameters,
+ * gradients and Adam moments, 16 bytes per parameter) would pass train.store_min_bytes. */
+static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
+    const tl_config *cfg = R->cfg;
+    tl_session *S = &R->S;
+    *use = 0;
+    if (cfg->store == TL_STORE_OFF && cfg->continue_run)
+        return tl_fail(err, TL_ERR_INPUT, "train.continue: true needs the adapter store: set train.store: on");
+    if (cfg->store == TL_STORE_OFF) return TL_OK;
+    if (R->rl) { /* the reward pool is laid out by the policy pool's names: no store for grpo / rloo yet */
+        if (cfg->store == TL_STORE_AUTO) return TL_OK;
+        return tl_fail(err, TL_ERR_INPUT, "train.store: not supported with task.type %s yet: set train.store: off",
+                       tl_task_type_names[cfg->task_type]);
+    }
+    if (cfg->store == TL_STORE_AUTO) {
+        tl_lora_pool probe; /* one slot: the layout's size */
+        tl_lora_opts o = tl_session_lora_opts(cfg, 0.0f, S->task == TL_TASK_REWARD);
+        TL_TRY(tl_lora_pool_init(&probe, &S->model, 1, S->map.names, &o, err));
+        double bytes = 16.0 * (double)probe.P * (double)S->map.n_adapters;
+        tl_lora_pool_free(&probe, S->be);
+        if (bytes <= (double)cfg->store_min_bytes && !cfg->continue_run) return TL_OK;
+    }
+    if (R->world > 1)
+        return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store runs in one process for now (%d ranks "
+                       "here): set train.store: off, or run one process", R->world);
+    *use = 1;
+    return TL_OK;
+}
+
+static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Every adapter the store holds must still be in the dataset: a renamed or removed user would otherwise be
+ * silently dropped from exports and evaluations. */
+static tl_status check_store_users(const tl_store *st, const tl_adapter_map *map, const char *data, tl_error *err) {
+    int64_t N = tl_store_count(st);
+    char **sorted = malloc((size_t)(map->n_adapters ? map->n_adapters : 1) * sizeof *sorted);
+    if (!sorted) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    memcpy(sorted, map->names, (size_t)map->n_adapters * sizeof *sorted);
+    qsort(sorted, (size_t)map->n_adapters, sizeof *sorted, cmp_str_ptr);
+    int64_t missing = 0;
+    char shown[512] = "";
+    for (int64_t i = 0; i < N; i++) {
+        const char *name = tl_store_name(st, i);
+        if (bsearch(&name, sorted, (size_t)map->n_adapters, sizeof *sorted, cmp_str_ptr)) continue;
+        if (missing++ < 3) {
+            char nb[TL_ESC_CAP];
+            size_t l = strlen(shown);
+            snprintf(shown + l, sizeof shown - l, "%s'%s'", l ? ", " : "", tl_escape(nb, sizeof nb, name));
+        }
+    }
+    free(sorted);
+    if (!missing) return TL_OK;
+    return tl_fail(err, TL_ERR_INPUT, "%s: %lld adapter(s) of the run's store are not in this dataset (users renamed "
+                   "or removed?): %s%s; nothing was changed: train on a dataset that still has them, or start a new "
+                   "run (another train.output_dir, or train.resume: never)", data, (long long)missing, shown,
+                   missing > 3 ? ", ..." : "");
+}
+
+/* The round this run trains (docs/scale.md, "Runs that grow"): a fresh run's round is every adapter; a resumed
+ * round keeps the adapters enrolled in it; a run whose round is complete with train.continue starts a round of the
+ * adapters that are new or whose example count changed. Fills *idx (map indices) and the run's steps. */
+static tl_status plan_round(tl_run *R, tl_store *st, int found, int64_t G, int64_t round_start, int32_t **idx,
+                            int *n_round, int *n_new, tl_error *err) {
+    const tl_config *cfg = R->cfg;
+    const tl_adapter_map *map = &R->S.map;
+    int n = map->n_adapters;
+    *idx = malloc((size_t)(n ? n : 1) * sizeof **idx);
+    if (!*idx) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    *n_round = 0, *n_new = 0;
+    int new_round = !found || (cfg->continue_run && G >= round_start + cfg->steps);
+    if (new_round) round_start = found ? G : 0;
+    for (int a = 0; a < n; a++) {
+        int64_t e = tl_store_find(st, map->names[a]);
+        const tl_store_meta *m = e >= 0 ? tl_store_meta_at(st, e) : NULL;
+        int take = new_round ? !m || m->n_examples != map->n_examples[a] : m && m->round == round_start;
+        if (!take) continue;
+        if (new_round) {
+            if (!m) (*n_new)++;
+            TL_TRY(tl_store_add(st, map->names[a], &e, err));
+            tl_store_set_round(st, e, round_start, map->n_examples[a]);
+        }
+        (*idx)[(*n_round)++] = a;
+    }
+    R->round_start = round_start;
+    R->start = found ? G : 0;
+    R->end = *n_round ? round_start + cfg->steps : R->start;
+    R->nothing_new = found && new_round && *n_round == 0;
+    return TL_OK;
+}
+
+/* Store mode setup: the pools of K slots, the store and the checkpoint to go on from, the round, its batcher and
+ * the resident slots. Runs after the run directory is made (a fresh run's earlier outputs are set aside first). */
+static tl_status setup_store_run(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    int n = S->map.n_adapters;
+    int K = cfg->adapters_per_step <= 0 || cfg->adapters_per_step >= n ? n : cfg->adapters_per_step;
+    TL_TRY(make_pools(S, cfg, S->map.names, K, err));
+    tl_store_layout L = {.P = S->pool.P, .rank = S->pool.rank, .n_layers = S->pool.n_layers,
+                         .targets = S->pool.targets, .head_dim = S->pool.head_dim};
+    char ckpt[TL_PATH_MAX], man[TL_PATH_MAX + 32];
+    int found = 0;
+    int64_t G = 0, round_start = 0;
+    tl_status s = TL_OK;
+    if (cfg->resume == TL_RESUME_AUTO) {
+        s = tl_checkpoint_latest(cfg->output_dir, ckpt, sizeof ckpt, &found, err);
+    } else if (cfg->resume == TL_RESUME_PATH) {
+        snprintf(ckpt, sizeof ckpt, "%s", cfg->resume_path);
+        found = 1;
+    }
+    if (!s && found && cfg->resume == TL_RESUME_PATH) { /* only the newest: restoring an older one would drop the
+                                                            store records the later checkpoints use */
+        char latest[TL_PATH_MAX];
+        int any = 0;
+        s = tl_checkpoint_latest(cfg->output_dir, latest, sizeof latest, &any, err);
+        char rp1[TL_PATH_MAX], rp2[TL_PATH_MAX];
+        if (!s && (!any || !realpath(ckpt, rp1) || !realpath(latest, rp2) || strcmp(rp1, rp2) != 0))
+            s = tl_fail(err, TL_ERR_INPUT, "train.resume: %s: a run with the adapter store resumes from its newest "
+                        "checkpoint only (%s), whose store records the older ones share; copy the run directory "
+                        "to branch from an older step", ckpt, any ? latest : "none in train.output_dir");
+    }
+    if (!s && found && !tl_checkpoint_has_store(ckpt))
+        s = tl_fail(err, TL_ERR_INPUT, "%s: a checkpoint of a run without the adapter store: resume it with "
+                    "train.store: off, or start over with train.resume: never", ckpt);
+    /* the store (created when absent) only once the checkpoint to go on from is known to be a store's */
+    tl_store *st = NULL;
+    TL_TRY(s);
+    TL_TRY(tl_store_open(cfg->output_dir, &L, &st, err));
+    if (!s && found) {
+        snprintf(man, sizeof man, "%s/%s", ckpt, TL_STORE_MANIFEST);
+        s = tl_store_restore(st, man, &G, &round_start, err);
+    } else if (!s) {
+        s = tl_store_start_fresh(st, err);
+    }
+    if (!s) s = check_store_users(st, &S->map, R->pref ? S->pref_train.path : S->train.path, err);
+    int32_t *idx = NULL;
+    int n_round = 0, n_new = 0;
+    if (!s) s = plan_round(R, st, found, G, round_start, &idx, &n_round, &n_new, err);
+    char **names = NULL;
+    if (!s) {
+        names = malloc((size_t)(n_round ? n_round : 1) * sizeof *names);
+        if (!names) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+        for (int i = 0; !s && i < n_round; i++) names[i] = S->map.names[idx[i]];
+    }
+    if (!s && n_round > 0) {
+        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_round, &R->round_map, err)
+                    : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_round, &R->round_map, err);
+        if (!s) R->have_round_map = 1;
+    }
+    free(idx);
+    free(names);
+    if (!s) {
+        S->res = calloc(1, sizeof *S->res);
+        if (!S->res) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    }
+    if (s) {
+        tl_store_close(st);
+        return s;
+    }
+    /* the resident slots take the store; their adapters are the round's (the map's names outlive them) */
+    char *const *rnames = R->have_round_map ? R->round_map.names : NULL;
+    s = tl_resident_init(S->res, st, &S->pool, S->have_ref ? &S->ref : NULL, S->be, cfg->seed,
+                         cfg->adapter_init_from, rnames, R->have_round_map ? R->round_map.n_adapters : 0, err);
+    if (s) {
+        free(S->res);
+        S->res = NULL;
+        return s;
+    }
+    R->ckpt_bytes = 0;
+    if (R->nothing_new)
+        fprintf(R->ui.out, "train.continue: no user has new data since step %lld (%lld adapter(s) in the store): "
+                "nothing to train\n", (long long)G, (long long)tl_store_count(st));
+    else if (found && R->start == R->round_start && cfg->continue_run)
+        fprintf(R->ui.out, "continuing %s from step %lld: a new round of %lld step(s) for %d adapter(s) (%d new, %d "
+                "with new data); %lld others untouched\n", cfg->output_dir, (long long)G, (long long)cfg->steps,
+                S->res->n, n_new, S->res->n - n_new, (long long)tl_store_count(st) - S->res->n);
+    else if (found)
+        fprintf(R->ui.out, "resuming from %s (step %lld)\n", ckpt, (long long)G);
+    R->last_checkpoint = found ? G : -1;
+    if (R->rank == 0) TL_TRY(tl_metrics_open(&R->metrics, cfg->output_dir, found ? R->start : -1, err));
+    if (!R->have_round_map) return TL_OK;
+    /* the batcher over the round, cursors and steps from the store, each adapter's schedule over its history */
+    const tl_adapter_map *rm = &R->round_map;
+    tl_batcher_opts bo = {.examples_per_adapter = cfg->examples_per_adapter,
+                          .adapters_per_step = cfg->adapters_per_step,
+                          .micro_batch_tokens = cfg->micro_batch_tokens,
+                          .max_seq_len = cfg->data_max_seq_len,
+                          .seed = cfg->seed};
+    if (R->pref)
+        TL_TRY(tl_pref_batcher_init(&S->pref_train, rm, &bo, &S->pref_batcher, err));
+    else
+        TL_TRY(tl_batcher_init(&S->train, rm, &bo, &S->batcher, err));
+    R->cursors = R->pref ? tl_pref_batcher_cursors(S->pref_batcher) : tl_batcher_cursors(S->batcher);
+    free(R->total_steps);
+    R->total_steps = NULL;
+    TL_TRY(count_adapter_steps(cfg, rm->n_adapters, &R->total_steps, err));
+    for (int a = 0; a < rm->n_adapters; a++) {
+        const tl_store_meta *m = tl_store_meta_at(st, S->res->entry[a]);
+        R->cursors[a].epoch = m->epoch, R->cursors[a].pos = m->pos;
+        R->total_steps[a] += m->steps0;
+    }
+    size_t k = (size_t)S->pool.n_slots;
+    R->active_slots = malloc(k * sizeof *R->active_slots);
+    R->slot_targets = malloc(k * sizeof *R->slot_targets);
+    R->slot_total = calloc(k, sizeof *R->slot_total);
+    if (!R->active_slots || !R->slot_targets || !R->slot_total)
+        return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     return TL_OK;
 }
 
@@ -559,6 +839,10 @@ static void print_banner(const tl_run *R) {
                 S->data_parallel ? "data_parallel" : "user_shard",
                 S->data_parallel ? ": each step's micro-batches are dealt to the ranks, gradients summed per adapter"
                                  : ": each rank trains its own adapters, balanced by tokens");
+    if (S->res)
+        fprintf(R->ui.out, "adapter store: %lld adapter(s) in %s/store, %d in this round, %d slot(s) in memory "
+                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir, S->res->n,
+                S->pool.n_slots, 16.0 * (double)S->pool.P * S->pool.n_slots / (1 << 20));
 }
 
 /* Setup: everything the run reads is opened and checked before rank 0 writes the run directory. *R is always
@@ -570,15 +854,27 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
     install_stop_handlers(&R->old_term, &R->old_usr1);
     R->handlers = 1;
     TL_TRY(setup_inputs(R, err));
+    TL_TRY(tl_metrics_sample_init(&R->metrics, R->S.map.names, R->S.map.n_adapters, err)); /* per-adapter curves */
     R->S.local_pool = R->world > 1 && !R->S.data_parallel;
     if (R->S.local_pool) TL_TRY(shard_adapters(R, err));
-    TL_TRY(setup_batcher_and_pools(R, err));
-    TL_TRY(connect_and_make_run_dir(R, err));
-    TL_TRY(resume_run(R, err));
+    int store = 0;
+    TL_TRY(choose_store(R, &store, err));
+    R->end = cfg->steps;
+    if (store) {
+        TL_TRY(connect_and_make_run_dir(R, err));
+        TL_TRY(setup_store_run(R, err));
+    } else {
+        TL_TRY(setup_batcher_and_pools(R, err));
+        /* grpo / rloo: the reward models and the rollout plan, checked before the run directory exists */
+        if (R->rl) TL_TRY(tl_rl_run_setup(&R->S, cfg, R->world, &R->rl_run, err));
+        TL_TRY(connect_and_make_run_dir(R, err));
+        TL_TRY(resume_run(R, err));
+    }
+    TL_TRY(write_run_config(R, err));
     TL_TRY(alloc_step_buffers(R, err));
     print_banner(R);
     R->kill_after = fault_kill_step(R->rank);
-    tl_metrics_start(&R->metrics, R->start, cfg->steps);
+    tl_metrics_start(&R->metrics, R->start, R->end);
     return TL_OK;
 }
 
@@ -586,13 +882,27 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
  * share of them under data_parallel, then summed over ranks), and AdamW. */
 static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
     tl_session *S = &R->S;
+    /* the batchers count in adapters; with the store, the pool in slots (tl_resident_remap) */
+    const int64_t *adapter_steps = S->res ? S->res->steps : S->pool.steps;
+    int64_t round_step = step - R->round_start;
     if (R->pref) {
-        tl_pref_batcher_set_adapter_steps(S->pref_batcher, S->pool.steps);
-        TL_TRY(tl_pref_batcher_next(S->pref_batcher, step, &R->pref_batch, err));
+        tl_pref_batcher_set_adapter_steps(S->pref_batcher, adapter_steps);
+        TL_TRY(tl_pref_batcher_next(S->pref_batcher, round_step, &R->pref_batch, err));
         R->batch = R->pref_batch->batch;
     } else {
-        tl_batcher_set_adapter_steps(S->batcher, S->pool.steps);
-        TL_TRY(tl_batcher_next(S->batcher, step, &R->batch, err));
+        tl_batcher_set_adapter_steps(S->batcher, adapter_steps);
+        TL_TRY(tl_batcher_next(S->batcher, round_step, &R->batch, err));
+    }
+    const tl_step_batch *by_adapter = R->batch;
+    const int64_t *total_steps = R->total_steps;
+    if (S->res) {
+        TL_TRY(tl_resident_acquire(S->res, by_adapter->active, by_adapter->n_active, err));
+        tl_resident_remap(S->res, R->batch, R->pref ? R->pref_batch : NULL, R->active_slots, R->slot_targets,
+                          &R->slot_batch);
+        for (int i = 0; i < by_adapter->n_active; i++)
+            R->slot_total[R->active_slots[i]] = R->total_steps[by_adapter->active[i]];
+        R->batch = &R->slot_batch;
+        total_steps = R->slot_total;
     }
     tl_step_batch *B = R->batch;
     if (S->data_parallel && R->world > 1 && B->n_mb < R->world && step == R->start)
@@ -606,20 +916,24 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
         S->be->zero(S->be, S->pool.grads + (size_t)a * S->pool.P, S->pool.P * sizeof(float));
     }
     if (R->pref) {
-        TL_TRY(pref_step(S, R->cfg, R->pref_batch, &R->ref_cache, R->pair_buf, R->pair_weight, R->pref_stats, err));
+        TL_TRY(pref_step(S, R->cfg, R->pref_batch, B, &R->ref_cache, R->pair_buf, R->pair_weight, R->pref_stats,
+                         err));
         for (int i = 0; i < B->n_active; i++) {
             double mean[TL_PREF_N_METRICS];
             tl_pref_stats_mean(&R->pref_stats[B->active[i]], mean);
             R->adapter_loss[B->active[i]] = mean[TL_PREF_M_LOSS];
         }
+    } else if (R->rl) {
+        TL_TRY(tl_rl_run_step(R->rl_run, S, B, R->adapter_loss, err));
     } else {
         for (int k = 0; k < B->n_mb; k++)
             if (runs_microbatch(S, k))
                 TL_TRY(tl_sft_microbatch(&S->model, &S->pool, S->ws, &B->mb[k], R->logp, R->adapter_loss, err));
     }
     if (S->data_parallel) TL_TRY(tl_dist_pool_reduce_grads(S->dist, &S->pool, B->active, B->n_active, step, err));
-    TL_TRY(tl_optim_step(&S->pool, S->be, &R->optim, B->active, B->n_active, R->total_steps, R->grad_norm, R->lr,
+    TL_TRY(tl_optim_step(&S->pool, S->be, &R->optim, B->active, B->n_active, total_steps, R->grad_norm, R->lr,
                          R->adam, err));
+    if (S->res) tl_resident_trained(S->res, by_adapter->active, by_adapter->n_active);
     R->tokens_since_log += B->n_tokens;
     R->truncated += B->n_truncated;
     return TL_OK;
@@ -629,6 +943,8 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
 typedef struct {
     double loss, gn, lr, cnt, tokens, tok_since, truncated;
     tl_pref_stats all;
+    double sample[TL_METRICS_SAMPLE]; /* the sampled adapters' losses (R->metrics' sample) */
+    uint8_t sampled[TL_METRICS_SAMPLE]; /* 1: that adapter trained in this step */
 } tl_log_sums;
 
 /* The step's log numbers, the same on every rank. data_parallel: each rank holds partial per-adapter sums
@@ -672,12 +988,19 @@ static tl_status log_sums(tl_run *R, int64_t step, tl_log_sums *o, tl_error *err
         if (B->target_count[a] == 0) continue;
         o->loss += aloss[a], o->gn += gnorm[i], o->lr += lrs[i], o->cnt += 1;
         if (pst) tl_pref_stats_merge(&o->all, &pst[a]);
+        int j = tl_metrics_sample_index(&R->metrics, S->pool.names[a]);
+        if (j >= 0) o->sample[j] = aloss[a], o->sampled[j] = 1;
     }
     o->tokens = (double)B->n_tokens, o->tok_since = (double)tok_since, o->truncated = (double)truncated;
     if (S->data_parallel || world == 1) return TL_OK;
-    double v[7 + TL_PSTAT_N] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
+    enum { NV = 7 + TL_PSTAT_N + 2 * TL_METRICS_SAMPLE };
+    double v[NV] = {o->loss, o->gn, o->lr, o->cnt, o->tokens, o->tok_since, o->truncated};
     tl_pstat_pack(&o->all, v + 7);
-    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, 7 + TL_PSTAT_N, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++) /* each sampled adapter trains on one rank at most */
+        v[7 + TL_PSTAT_N + 2 * j] = o->sample[j], v[8 + TL_PSTAT_N + 2 * j] = o->sampled[j];
+    TL_TRY(tl_dist_allreduce_f64_host(S->dist, v, NV, what, err));
+    for (int j = 0; j < TL_METRICS_SAMPLE; j++)
+        o->sample[j] = v[7 + TL_PSTAT_N + 2 * j], o->sampled[j] = v[8 + TL_PSTAT_N + 2 * j] > 0.5;
     o->loss = v[0], o->gn = v[1], o->lr = v[2], o->cnt = v[3], o->tokens = v[4], o->tok_since = v[5];
     o->truncated = v[6];
     tl_pstat_unpack(v + 7, &o->all);
@@ -691,7 +1014,9 @@ static tl_status log_step(tl_run *R, int64_t done_steps, tl_error *err) {
     R->truncated_all = L.truncated;
     tl_step_record rec = {.done_steps = done_steps, .loss = L.loss, .lr = L.lr, .grad_norm = L.gn,
                           .tokens = (int64_t)L.tokens, .truncated = (int64_t)L.truncated, .adapters = (int)L.cnt,
-                          .pref = R->pref_stats ? &L.all : NULL};
+                          .pref = R->pref_stats ? &L.all : NULL, .rss_mib = tl_metrics_rss_mib(),
+                          .sample_loss = L.sample, .sample_trained = L.sampled,
+                          .extra = R->rl ? tl_rl_run_metrics(R->rl_run, &R->S, R->batch) : NULL};
     if (rec.adapters) rec.loss /= rec.adapters, rec.grad_norm /= rec.adapters, rec.lr /= rec.adapters;
     double t = tl_now_s();
     rec.tokens_per_s = L.tok_since / fmax(t - R->metrics.t_last, 1e-9);
@@ -706,7 +1031,7 @@ static tl_status after_step(tl_run *R, int64_t done_steps, int *stopped, tl_erro
     tl_session *S = &R->S;
     const tl_config *cfg = R->cfg;
     const tl_ui *ui = &R->ui;
-    if (done_steps % cfg->log_every == 0 || done_steps == cfg->steps || done_steps == R->start + 1)
+    if (done_steps % cfg->log_every == 0 || done_steps == R->end || done_steps == R->start + 1)
         TL_TRY(log_step(R, done_steps, err));
     int stop_sig = g_stop_signal;
     if (R->world > 1) {
@@ -714,22 +1039,22 @@ static tl_status after_step(tl_run *R, int64_t done_steps, int *stopped, tl_erro
         snprintf(what, sizeof what, "stop vote after step %lld", (long long)done_steps);
         TL_TRY(tl_dist_allreduce_max_int_host(S->dist, &stop_sig, 1, what, err));
     }
-    if (stop_sig && done_steps < cfg->steps) {
+    if (stop_sig && done_steps < R->end) {
         if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
-        TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
+        TL_TRY(save_run_state(R, done_steps, 1, 0, err));
         fprintf(ui->out, "stopped by %s after step %lld of %lld: checkpoint written; run the same command to "
                 "resume (exit code %d)\n",
                 stop_sig == SIGUSR1 ? "SIGUSR1" : stop_sig == SIGTERM ? "SIGTERM" : "a signal",
-                (long long)done_steps, (long long)cfg->steps, TL_EXIT_PREEMPTED);
+                (long long)done_steps, (long long)R->end, TL_EXIT_PREEMPTED);
         *stopped = 1;
         return TL_OK;
     }
-    if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < cfg->steps) {
-        TL_TRY(save_run_state(S, cfg, done_steps, R->cursors, 1, 0, ui, err));
+    if (cfg->checkpoint_every > 0 && done_steps % cfg->checkpoint_every == 0 && done_steps < R->end) {
+        TL_TRY(save_run_state(R, done_steps, 1, 0, err));
         R->last_checkpoint = done_steps;
     }
     if ((S->have_eval || S->have_pref_eval) && cfg->eval_every > 0 && done_steps % cfg->eval_every == 0 &&
-        done_steps < cfg->steps) {
+        done_steps < R->end) {
         if (ui->is_tty && !ui->quiet) fputc('\n', ui->out);
         /* each rank its own adapters: no gather */
         TL_TRY(tl_session_eval(S, cfg, ui, &R->metrics, done_steps, 0, err));
@@ -752,16 +1077,21 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
         fprintf(ui->log, "note: %.0f sequence(s) were longer than data.max_seq_len=%d and were truncated (prompt "
                          "dropped from the left)\n",
                 R->truncated_all, cfg->data_max_seq_len);
-    TL_TRY(save_run_state(S, cfg, cfg->steps, R->cursors, R->last_checkpoint != cfg->steps, 1, ui, err));
-    if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, cfg->steps, 1, err));
+    TL_TRY(save_run_state(R, R->end, R->last_checkpoint != R->end, 1, err));
+    if (S->have_eval || S->have_pref_eval) TL_TRY(tl_session_eval(S, cfg, ui, NULL, R->end, 1, err));
+    if (R->rl && S->have_prompt_eval) TL_TRY(tl_rl_run_eval(R->rl_run, S, cfg, ui, err));
     if (S->be->mem_stats) {
         size_t now_b = 0, peak_b = 0;
         S->be->mem_stats(S->be, &now_b, &peak_b);
         fprintf(ui->out, "GPU memory: planned %.1f MiB of activations, peak %.1f MiB allocated\n",
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
+    if (S->res)
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
+                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
+                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
-            S->have_eval || S->have_pref_eval ? ", eval.json" : "");
+            S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
 }
 
@@ -787,11 +1117,11 @@ tl_status tl_train(const tl_config *cfg, const tl_ui *ui, int *stopped, tl_error
     tl_run R;
     *stopped = 0;
     tl_status s = setup_run(&R, cfg, ui, err);
-    for (int64_t step = R.start; !s && !*stopped && step < cfg->steps; step++) {
+    for (int64_t step = R.start; !s && !*stopped && step < R.end; step++) {
         s = train_step(&R, step, err);
         if (!s) s = after_step(&R, step + 1, stopped, err);
     }
-    if (!s && !*stopped) s = finish_run(&R, err);
+    if (!s && !*stopped && !R.nothing_new) s = finish_run(&R, err);
     if (s) abort_job_on_failure(&R, s, err);
     tl_run_close(&R);
     return s;

@@ -22,7 +22,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 MODE=all
-case "${1:-}" in --build-only) MODE=build; shift ;; --run-only) MODE=run; shift ;; esac
+case "${1:-}" in --build-only) MODE=build; shift ;; --run-only) MODE=run; shift ;; --tailor) MODE=tailor; shift ;; esac
 B=${1:-$ROOT/build-emu}
 E=$ROOT/tests/gpu/emu
 CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
@@ -31,6 +31,42 @@ if [ ! -f "$CUDA_INC/cuda_bf16.h" ] || ! command -v g++ >/dev/null 2>&1 || ! com
     exit 77
 fi
 TESTS="test_cuda_ops test_decode_ops"
+# --tailor: BUILD_DIR/tailor_emu, the whole tailor executable (data/, trainer/, cli/) over the emulated CUDA
+# backend and the CPU backend, so that `tailor train ... train.backend=cuda` runs a real training step through the
+# CUDA backend's host code and kernels (tests/gpu/e2e_cuda.sh compares it with train.backend=cpu). Needs the
+# kernel objects of --build-only in BUILD_DIR and the HDF5, libyaml, cJSON and PCRE2 development packages. No MPI
+# or NCCL (one process).
+if [ "$MODE" = tailor ]; then
+    [ -f "$B/obj/emu_runtime.o" ] || { echo "run_emu: $B/obj is not built (run --build-only first)" >&2; exit 1; }
+    if ! PKG=$(pkg-config --cflags --libs yaml-0.1 libcjson libpcre2-8 2>/dev/null); then
+        echo "SKIPPED: tailor_emu needs the libyaml, cJSON and PCRE2 development packages (pkg-config)"
+        exit 77
+    fi
+    H5=$(pkg-config --cflags --libs hdf5 2>/dev/null || echo "-I/usr/include/hdf5/serial -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5")
+    mkdir -p "$B/obj_tailor"
+    rm -f "$B"/obj_tailor/*.o
+    TF="-std=c11 -O1 -g -fopenmp -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DTL_HAVE_CUDA=1 -I$ROOT
+        -I$ROOT/tests/gpu/support $PKG $H5 ${TL_EMU_SANITIZE:+-fsanitize=address,undefined}"
+    srcs=("$ROOT"/kernels/backend.c "$ROOT"/data/*.c "$ROOT"/trainer/*/*.c)
+    # two compilers at a time: the machine this runs on in CI is small and shared
+    i=0
+    pids=()
+    for f in "${srcs[@]}"; do
+        o="$B/obj_tailor/$(basename "$(dirname "$f")")_$(basename "$f" .c).o"
+        gcc $TF -c "$f" -o "$o" &
+        pids+=($!)
+        i=$((i + 1))
+        if [ $((i % 2)) = 0 ]; then for p in "${pids[@]}"; do wait "$p"; done; pids=(); fi
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    lib=()
+    for o in "$B"/obj/*.o; do case "$o" in */c_test_*.o) ;; *) lib+=("$o") ;; esac; done
+    rm -f "$B/tailor_emu"
+    g++ ${TL_EMU_SANITIZE:+-fsanitize=address,undefined} -fopenmp "$B"/obj_tailor/*.o "${lib[@]}" -o "$B/tailor_emu" \
+        $PKG $H5 -lm
+    echo "run_emu: built $B/tailor_emu"
+    exit 0
+fi
 run() {
     for t in $TESTS; do
         # leak checking would report the emulator's fiber stacks, which live until exit

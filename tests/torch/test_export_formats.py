@@ -1,0 +1,192 @@
+"""`tailor export --format merged|gguf|peft` on tiny random HF models, checked with outside readers (~20 s).
+
+For a Llama model with untied embeddings and one with tied embeddings, attention biases and rsLoRA, two users'
+adapters are trained by `tailor train` (so every B is non-zero), then:
+
+- merged (--dtype f32): transformers' AutoModelForCausalLM loads each user's merged directory, and its logits equal
+  tailor's own forward with that user's adapter (tests/tools/tl_dump fed the exported PEFT matrices) to 1e-5
+  relative; --dtype bf16 and f16 load too, every tensor is the f32 merged tensor rounded to that type (to
+  nearest even), and config.json says torch_dtype;
+- gguf: each user's GGUF LoRA, read with PyPI's gguf package (llama.cpp's gguf-py), has general.type "adapter",
+  adapter.type "lora", adapter.lora.alpha such that alpha / r is the trained scale (alpha * sqrt(r) with rsLoRA,
+  since llama.cpp has no rsLoRA), llama.cpp's tensor names blk.L.<name>.weight.lora_{a,b} with ne [in, r] and
+  [r, out], A equal to PEFT's lora_A, and B equal to PEFT's lora_B after undoing llama.cpp's row permutation of
+  q and k (n_head heads for q, n_kv_head for k); nothing else;
+- manifests: vllm-lora-modules.json and lorax-adapters.json list every adapter under its true name, pointing to
+  the export's folders, each of which PEFT loads; llama-server-lora.json lists every GGUF in index order, and
+  llama-server-args.txt holds the matching "--lora PATH" lines.
+
+Env (from ctest): TAILOR_BIN, TAILOR_SRC, TL_TEST_BIN. Exit 77 when transformers, peft or gguf are missing."""
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+try:
+    import numpy as np
+    import torch
+    import gguf
+    from transformers import AutoModelForCausalLM
+except ImportError as e:
+    common.skip(e)
+import test_peft_export as pe  # noqa: E402  (training config, tl_dump logits, PEFT loading)
+
+TOL = 1e-5
+GGUF_NAME = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+CASES = [("untied", ["--seed", "11"], False), ("tied_bias_rslora", ["--tie", "--bias", "--seed", "13"], True)]
+
+failures = []
+
+
+def check(case, qty, got, want, tol=TOL):
+    e, why = common.rel_err(got, want)
+    print(f"{case:18s} {qty:58s} {e:.3g}")
+    if not e <= tol:
+        failures.append(f"{case}: {qty}: relative error {e:.3g} > {tol:g} {why}".rstrip())
+
+
+def unpermute(b, n_head):
+    """llama.cpp's q/k row order (per head: rows 2j + i) back to HF's (rows i * half + j)."""
+    out, r = b.shape
+    return b.reshape(n_head, out // n_head // 2, 2, r).swapaxes(1, 2).reshape(out, r)
+
+
+def to_half_bits(x, dtype):
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return t.to(torch.bfloat16 if dtype == "bf16" else torch.float16).float().numpy()
+
+
+def run_case(tailor, tool, work, name, mm_opts, rslora, data, gen):
+    model_dir = os.path.join(work, name)
+    pe.sh([tailor, "make-model", model_dir] + pe.MODEL_ARGS + mm_opts, "make-model")
+    cfg_path, run = os.path.join(work, name + ".yaml"), os.path.join(work, name + ".run")
+    pe.write_config(cfg_path, model_dir, data, run, rslora)
+    pe.sh([tailor, "train", cfg_path], f"tailor train ({name})")
+    hf_cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    n_layers, n_head, n_kv = hf_cfg["num_hidden_layers"], hf_cfg["num_attention_heads"], hf_cfg["num_key_value_heads"]
+    ads = pe.exported(run)
+    files = [pe.ref.read_safetensors(os.path.join(d, "adapter_model.safetensors"))[0] for _, d in ads]
+    seqs = pe.random_seqs(gen, [9, 5, 12, 3])
+    slots = [0, 0, 1, 1]
+    t_logits = pe.tailor_logits(tool, work, name, model_dir, n_layers, files, seqs, slots, rslora)
+
+    # merged, f32: transformers vs tailor's forward with the adapter
+    for s, (an, _) in enumerate(ads):
+        out = os.path.join(work, f"{name}.merged.{s}")
+        pe.sh([tailor, "export", run, "--format", "merged", "--user", an, "--out", out], "export merged")
+        idx = json.load(open(os.path.join(out, "index.json")))
+        if idx.get("kind") != "merged" or [a["name"] for a in idx["adapters"]] != [an]:
+            failures.append(f"{name}: merged index.json is {idx}")
+        m = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+        m.eval()
+        with torch.no_grad():
+            got = [m(input_ids=torch.tensor([q])).logits[0].numpy() for q, sl in zip(seqs, slots) if sl == s]
+        want = [t for t, sl in zip(t_logits, slots) if sl == s]
+        check(name, f"merged f32 logits {an} (transformers vs tailor)", np.concatenate(got), np.concatenate(want))
+        if s == 0:
+            f32 = pe.ref.read_safetensors(os.path.join(out, "model.safetensors"))[0]
+            for dt in ("bf16", "f16"):
+                o2 = out + "." + dt
+                pe.sh([tailor, "export", run, "--format", "merged", "--user", an, "--out", o2, "--dtype", dt],
+                      f"export merged {dt}")
+                torch_dtype = json.load(open(os.path.join(o2, "config.json"))).get("torch_dtype")
+                if torch_dtype != {"bf16": "bfloat16", "f16": "float16"}[dt]:
+                    failures.append(f"{name}: merged {dt}: config.json torch_dtype {torch_dtype}")
+                m2 = AutoModelForCausalLM.from_pretrained(o2, torch_dtype=torch.float32)
+                sd = {k: v.float().numpy() for k, v in m2.state_dict().items()}
+                bad = [k for k in f32 if not np.array_equal(sd[k], to_half_bits(f32[k], dt))]
+                if bad:
+                    failures.append(f"{name}: merged {dt}: tensors are not the f32 merge rounded: {bad[:3]}")
+                print(f"{name:18s} merged {dt}: {len(f32)} tensors equal the f32 merge rounded to {dt}")
+
+    # gguf LoRA: layout as llama.cpp's convert_lora_to_gguf.py writes it
+    gdir = os.path.join(work, name + ".gguf")
+    pe.sh([tailor, "export", run, "--format", "gguf", "--out", gdir], "export gguf")
+    gidx = json.load(open(os.path.join(gdir, "index.json")))
+    if [a["name"] for a in gidx["adapters"]] != [a for a, _ in ads]:
+        failures.append(f"{name}: gguf index.json names {gidx['adapters']}")
+    for e, f in zip(gidx["adapters"], files):
+        r = gguf.GGUFReader(os.path.join(gdir, e["file"]))
+        kv = {k: fl.contents() for k, fl in r.fields.items() if not k.startswith("GGUF.")}
+        want_alpha = pe.ALPHA * (pe.RANK ** 0.5 if rslora else 1.0)
+        if kv.get("general.type") != "adapter" or kv.get("adapter.type") != "lora" or \
+                kv.get("general.architecture") != "llama" or abs(kv.get("adapter.lora.alpha", 0) - want_alpha) > 1e-5:
+            failures.append(f"{name}/{e['name']}: gguf keys {kv}")
+        tensors = {t.name: t for t in r.tensors}
+        want_names = set()
+        for l in range(n_layers):
+            for tg in pe.TARGETS:
+                base = f"blk.{l}.{GGUF_NAME[tg]}.weight"
+                want_names |= {base + ".lora_a", base + ".lora_b"}
+                A, B = f[pe.peft_key(l, tg) + ".lora_A.weight"], f[pe.peft_key(l, tg) + ".lora_B.weight"]
+                ta, tb = tensors.get(base + ".lora_a"), tensors.get(base + ".lora_b")
+                if ta is None or tb is None:
+                    continue
+                if list(ta.shape) != [A.shape[1], A.shape[0]] or list(tb.shape) != [B.shape[1], B.shape[0]]:
+                    failures.append(f"{name}: {base}: ne {list(ta.shape)}, {list(tb.shape)} for A {A.shape}, B {B.shape}")
+                    continue
+                ga, gb = np.array(ta.data).reshape(A.shape), np.array(tb.data).reshape(B.shape)
+                heads = {"q_proj": n_head, "k_proj": n_kv}.get(tg)
+                if heads:
+                    gb = unpermute(gb, heads)
+                if not (np.array_equal(ga, A) and np.array_equal(gb, B)):
+                    failures.append(f"{name}/{e['name']}: {base}: A or B differs from PEFT's (permutation?)")
+        if set(tensors) != want_names:
+            failures.append(f"{name}: gguf tensors differ: extra {sorted(set(tensors) - want_names)[:3]}, missing "
+                            f"{sorted(want_names - set(tensors))[:3]}")
+    print(f"{name:18s} gguf: {len(gidx['adapters'])} adapters, names, shapes, alpha and q/k permutation checked")
+    lj = json.load(open(os.path.join(gdir, "llama-server-lora.json")))
+    args = open(os.path.join(gdir, "llama-server-args.txt")).read().splitlines()
+    want_paths = [os.path.join(os.path.abspath(gdir), e["file"]) for e in gidx["adapters"]]
+    if [x["path"] for x in lj] != want_paths or [x["id"] for x in lj] != list(range(len(want_paths))) or \
+            args != [f"--lora {p}" for p in want_paths] or [x["name"] for x in lj] != [a for a, _ in ads]:
+        failures.append(f"{name}: llama.cpp server manifest {lj} / {args}")
+
+    # manifests of the PEFT export: every entry is an adapter PEFT loads
+    adir = os.path.join(run, "adapters")
+    vl = json.load(open(os.path.join(adir, "vllm-lora-modules.json")))
+    lx = json.load(open(os.path.join(adir, "lorax-adapters.json")))
+    if [x["name"] for x in vl] != [a for a, _ in ads] or [x["path"] for x in vl] != [os.path.abspath(d) for _, d in ads]:
+        failures.append(f"{name}: vllm manifest {vl}")
+    if [(x["name"], x["adapter_id"], x["adapter_source"]) for x in lx] != [(x["name"], x["path"], "local") for x in vl]:
+        failures.append(f"{name}: lorax manifest {lx}")
+    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = None
+    for i, x in enumerate(vl):
+        if x["base_model_name"] != model_dir:
+            failures.append(f"{name}: vllm base_model_name {x['base_model_name']}")
+        model, _ = pe.load_peft(model if model is not None else base, x["path"], f"m{i}", work)
+        model.set_adapter(f"m{i}")
+        with torch.no_grad():
+            got = np.concatenate([model(input_ids=torch.tensor([q])).logits[0].numpy()
+                                  for q, sl in zip(seqs, slots) if sl == i])
+        check(name, f"vllm manifest entry {x['name']}: PEFT logits vs tailor", got,
+              np.concatenate([t for t, sl in zip(t_logits, slots) if sl == i]), tol=pe.TOL)
+
+
+def main():
+    tailor = os.environ["TAILOR_BIN"]
+    tool = common.built_tool("tl_dump")
+    if tool is None:
+        raise SystemExit(1)
+    gen = torch.Generator().manual_seed(5)
+    with tempfile.TemporaryDirectory() as work:
+        data = os.path.join(work, "sft.h5")
+        pe.sh([sys.executable, os.path.join(os.environ["TAILOR_SRC"], "scripts", "make_sft_data.py"), "--out", data,
+               "--users", "2", "--examples-per-user", "16", "--vocab", str(pe.VOCAB), "--seed", "2"], "make_sft_data")
+        for name, mm, rs in CASES:
+            run_case(tailor, tool, work, name, mm, rs, data, gen)
+    failures.extend(pe.failures)
+    if failures:
+        print("\n".join(failures))
+        raise SystemExit("FAIL")
+    print("PASS")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+/* test_store: the adapter store (trainer/run/tl_store.h): round trips of records and manifests on random values,
+ * a crash between a write and a commit, pruning, and the refusals: another store's manifest, another layout, a
+ * truncated segment, a corrupt record, a corrupt manifest. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/lib/tl_check.h"
+#include "tests/lib/tl_fs_fixture.h"
+#include "tests/lib/tl_rng_splitmix.h"
+#include "trainer/run/tl_store.h"
+
+#define NP 37
+
+static void fill(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)((double)(rnd() >> 11) / 9007199254740992.0 - 0.5);
+}
+
+static int count_segments(const char *run) {
+    char path[512];
+    int n = 0;
+    for (int k = 0; k < 64; k++) {
+        snprintf(path, sizeof path, "%s/store/seg-%08d.bin", run, k);
+        n += access(path, F_OK) == 0;
+    }
+    return n;
+}
+
+int main(void) {
+    uint64_t seed = (uint64_t)time(NULL);
+    g_rng = seed;
+    char run[256], run2[256], man1[512], man2[512], man3[512];
+    snprintf(run, sizeof run, "/tmp/tl_test_store_%d", (int)getpid());
+    snprintf(run2, sizeof run2, "%s_other", run);
+    rm_rf(run), rm_rf(run2);
+    mkdir(run, 0755), mkdir(run2, 0755);
+    snprintf(man1, sizeof man1, "%s/m1.bin", run);
+    snprintf(man2, sizeof man2, "%s/m2.bin", run);
+    snprintf(man3, sizeof man3, "%s/m3.bin", run);
+    tl_error err = {0};
+    tl_store_layout L = {.P = NP, .rank = 2, .n_layers = 3, .targets = 5, .head_dim = 0};
+    tl_store *st = NULL;
+    CHECK_OK(tl_store_open(run, &L, &st, &err), err);
+    if (!st) return tl_check_done("test_store");
+    CHECK(tl_store_exists(run) && !tl_store_exists(run2));
+
+    /* ---- records: write three adapters, read them back bit for bit ---- */
+    enum { N = 3 };
+    const char *names[N] = {"alice", "b\xc3\xb6" "b", "carol with spaces"};
+    float want[N][3][NP], got[3][NP];
+    int64_t idx[N];
+    for (int a = 0; a < N; a++) {
+        CHECK_OK(tl_store_add(st, names[a], &idx[a], &err), err);
+        for (int k = 0; k < 3; k++) fill(want[a][k], NP);
+        CHECK_OK(tl_store_write(st, idx[a], want[a][0], want[a][1], want[a][2], 10 + a, &err), err);
+    }
+    int64_t again = -1;
+    CHECK_OK(tl_store_add(st, "alice", &again, &err), err);
+    CHECK(again == idx[0] && tl_store_count(st) == N, "adding a known name keeps its entry");
+    CHECK(tl_store_find(st, "nobody") == -1);
+    for (int a = 0; a < N; a++) {
+        CHECK_OK(tl_store_read(st, idx[a], got[0], got[1], got[2], &err), err);
+        CHECK(!memcmp(got, want[a], sizeof got), "record %d round trip", a);
+        CHECK(tl_store_meta_at(st, idx[a])->steps == 10 + a && tl_store_meta_at(st, idx[a])->has_state);
+    }
+    /* a newer record of alice supersedes the first */
+    float alice2[3][NP];
+    for (int k = 0; k < 3; k++) fill(alice2[k], NP);
+    CHECK_OK(tl_store_write(st, idx[0], alice2[0], alice2[1], alice2[2], 11, &err), err);
+    CHECK_OK(tl_store_read(st, idx[0], got[0], got[1], got[2], &err), err);
+    CHECK(!memcmp(got, alice2, sizeof got), "the newest record wins");
+    int64_t dan;
+    CHECK_OK(tl_store_add(st, "dan", &dan, &err), err); /* known, never written */
+    tl_store_set_cursor(st, dan, 2, 5);
+    tl_store_set_round(st, dan, 40, 7);
+    CHECK(!tl_store_meta_at(st, dan)->has_state);
+
+    /* ---- commit, more writes (a crash after them), restore: the manifest's state comes back ---- */
+    CHECK_OK(tl_store_commit(st, 42, 40, man1, &err), err);
+    float later[3][NP];
+    for (int k = 0; k < 3; k++) fill(later[k], NP);
+    CHECK_OK(tl_store_write(st, idx[1], later[0], later[1], later[2], 99, &err), err);
+    CHECK(count_segments(run) == 2, "a write after a commit opens a new segment (%d)", count_segments(run));
+    tl_store_close(st); /* as if killed: segment 1 holds an uncommitted record */
+    st = NULL;
+    CHECK_OK(tl_store_open(run, &L, &st, &err), err);
+    if (!st) return tl_check_done("test_store");
+    int64_t step = -1, round = -1;
+    CHECK_OK(tl_store_restore(st, man1, &step, &round, &err), err);
+    CHECK(step == 42 && round == 40 && tl_store_count(st) == N + 1, "restore: step %lld, %lld entries", (long long)step,
+          (long long)tl_store_count(st));
+    CHECK(count_segments(run) == 1, "the crashed run's segment is removed (%d left)", count_segments(run));
+    for (int a = 0; a < N; a++) {
+        int64_t i = tl_store_find(st, names[a]);
+        CHECK(i == a, "manifest order kept");
+        CHECK_OK(tl_store_read(st, i, got[0], got[1], got[2], &err), err);
+        CHECK(!memcmp(got, a == 0 ? alice2 : want[a], sizeof got), "restored record %d", a);
+    }
+    const tl_store_meta *dm = tl_store_meta_at(st, tl_store_find(st, "dan"));
+    CHECK(!dm->has_state && dm->epoch == 2 && dm->pos == 5 && dm->n_examples == 7 && dm->round == 40,
+          "cursor, round and examples restored");
+
+    /* ---- pruning: after a second commit that rewrites everyone, segment 0 is dead unless m1 is retained ---- */
+    for (int a = 0; a < N; a++) CHECK_OK(tl_store_write(st, a, want[a][0], want[a][1], want[a][2], 50, &err), err);
+    CHECK_OK(tl_store_commit(st, 50, 40, man2, &err), err);
+    char *keep1[] = {man1, man2};
+    CHECK_OK(tl_store_prune(st, keep1, 2, &err), err);
+    CHECK(count_segments(run) == 2, "segment 0 kept while a retained manifest refers to it");
+    char *keep2[] = {man2};
+    CHECK_OK(tl_store_prune(st, keep2, 1, &err), err);
+    CHECK(count_segments(run) == 1, "segment 0 removed once no manifest refers to it (%d)", count_segments(run));
+    CHECK_OK(tl_store_read(st, 0, got[0], NULL, NULL, &err), err);
+    CHECK(!memcmp(got[0], want[0][0], sizeof got[0]), "params only read");
+    CHECK(tl_store_bytes_written(st) == 3 * tl_store_record_bytes(NP));
+
+    /* ---- refusals ---- */
+    tl_store_layout L2 = L;
+    L2.rank = 4;
+    tl_store *bad = NULL;
+    CHECK(tl_store_open(run, &L2, &bad, &err) == TL_ERR_INPUT && !bad && strstr(err.msg, "store.json") &&
+              strstr(err.msg, "another shape"),
+          "another layout: %s", err.msg);
+    tl_store *other = NULL;
+    CHECK_OK(tl_store_open(run2, &L, &other, &err), err);
+    if (other) {
+        CHECK(tl_store_restore(other, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "another store"),
+              "another run's manifest: %s", err.msg);
+        tl_store_close(other);
+    }
+    /* a corrupt manifest: one byte flipped */
+    FILE *f = fopen(man2, "rb");
+    unsigned char buf[4096];
+    size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+    if (f) fclose(f);
+    CHECK(n > 60 && n < sizeof buf);
+    buf[n / 2] ^= 0x40;
+    f = fopen(man3, "wb");
+    if (f) fwrite(buf, 1, n, f), fclose(f);
+    CHECK(tl_store_restore(st, man3, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "CRC-32"),
+          "corrupt manifest: %s", err.msg);
+    f = fopen(man3, "wb");
+    if (f) fwrite(buf, 1, 30, f), fclose(f);
+    CHECK(tl_store_restore(st, man3, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "not a tailor store manifest"),
+          "truncated manifest: %s", err.msg);
+    /* a failed restore leaves the store usable: restore the good one again */
+    CHECK_OK(tl_store_restore(st, man2, &step, NULL, &err), err);
+    /* a corrupt record: flip a payload byte of segment 1 */
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/store/seg-%08d.bin", run, 1);
+    f = fopen(seg, "r+b");
+    if (f) {
+        fseek(f, 48 + 5, SEEK_SET);
+        int c = fgetc(f);
+        fseek(f, 48 + 5, SEEK_SET);
+        fputc(c ^ 1, f);
+        fclose(f);
+    }
+    CHECK(tl_store_read(st, 0, got[0], got[1], got[2], &err) == TL_ERR_INPUT && strstr(err.msg, "corrupt"),
+          "corrupt record: %s", err.msg);
+    /* a truncated segment: restore names the adapter whose record is cut */
+    CHECK(truncate(seg, (off_t)(2 * tl_store_record_bytes(NP) + 10)) == 0);
+    CHECK(tl_store_restore(st, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "truncated store file") &&
+              strstr(err.msg, "carol"),
+          "truncated segment: %s", err.msg);
+    unlink(seg);
+    CHECK(tl_store_restore(st, man2, &step, NULL, &err) == TL_ERR_INPUT && strstr(err.msg, "missing"),
+          "missing segment: %s", err.msg);
+    tl_store_close(st);
+    rm_rf(run), rm_rf(run2);
+    return tl_check_done_seed("test_store", (unsigned long long)seed);
+}
