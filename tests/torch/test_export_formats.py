@@ -3,7 +3,9 @@
 For a Llama model with untied embeddings and one with tied embeddings, attention biases and rsLoRA, two users'
 adapters are trained by `tailor train` (so every B is non-zero), then:
 
-- merged (--dtype f32): transformers' AutoModelForCausalLM loads each user's merged directory, and its logits equal
+- merged (--dtype f32): the base's tokenizer and generation files are copied byte for byte (a stranger file is
+  not), index.json's "files" lists every file; transformers' AutoModelForCausalLM loads each user's merged
+  directory, and its logits equal
   tailor's own forward with that user's adapter (tests/tools/tl_dump fed the exported PEFT matrices) to 1e-5
   relative; --dtype bf16 and f16 load too, every tensor is the f32 merged tensor rounded to that type (to
   nearest even), and config.json says torch_dtype;
@@ -67,6 +69,12 @@ def run_case(tailor, tool, work, name, mm_opts, rslora, data, gen):
     cfg_path, run = os.path.join(work, name + ".yaml"), os.path.join(work, name + ".run")
     pe.write_config(cfg_path, model_dir, data, run, rslora)
     pe.sh([tailor, "train", cfg_path], f"tailor train ({name})")
+    # side files of an HF model directory: copied byte for byte when present; anything else is not
+    side = {"tokenizer.json": '{"version": "1.0", "model": {"type": "BPE"}}\n',
+            "tokenizer_config.json": '{"model_max_length": 64}\n', "generation_config.json": '{"do_sample": false}\n'}
+    for fn, text in side.items():
+        open(os.path.join(model_dir, fn), "w").write(text)
+    open(os.path.join(model_dir, "notes.txt"), "w").write("not a model file\n")
     hf_cfg = json.load(open(os.path.join(model_dir, "config.json")))
     n_layers, n_head, n_kv = hf_cfg["num_hidden_layers"], hf_cfg["num_attention_heads"], hf_cfg["num_key_value_heads"]
     ads = pe.exported(run)
@@ -80,6 +88,14 @@ def run_case(tailor, tool, work, name, mm_opts, rslora, data, gen):
         out = os.path.join(work, f"{name}.merged.{s}")
         pe.sh([tailor, "export", run, "--format", "merged", "--user", an, "--out", out], "export merged")
         idx = json.load(open(os.path.join(out, "index.json")))
+        for fn, text in side.items():
+            if not os.path.exists(os.path.join(out, fn)) or open(os.path.join(out, fn)).read() != text:
+                failures.append(f"{name}: merged directory: {fn} not copied from the base")
+        if os.path.exists(os.path.join(out, "notes.txt")):
+            failures.append(f"{name}: merged directory: notes.txt copied")
+        if sorted(idx.get("files", [])) != sorted(os.listdir(out)) and \
+                sorted(idx.get("files", []) + ["index.json"]) != sorted(os.listdir(out)):
+            failures.append(f"{name}: index.json files {idx.get('files')} vs {sorted(os.listdir(out))}")
         if idx.get("kind") != "merged" or [a["name"] for a in idx["adapters"]] != [an]:
             failures.append(f"{name}: merged index.json is {idx}")
         m = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
