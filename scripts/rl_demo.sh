@@ -80,7 +80,7 @@ ro = sum(r["rollout_tokens_per_s"] for r in recs) / len(recs)
 tr = sum(r["train_tokens_per_s"] for r in recs) / len(recs)
 print(f"mean over the steps: rollout {ro:.1f} completion tokens/s, training {tr:.1f} rows/s, ratio {ro / tr:.2f}")
 ev = json.load(open(f"{out}/grpo/rl_eval.json"))["adapters"]
-print("== held-out reward (rl_eval.json): trained vs base, ratio of the gains")
+print("== held-out reward (rl_eval.json): trained vs base (gain)")
 for a in ev:
     print(f"{a['name']}: {a['reward']:+.3f} vs {a['reward_base']:+.3f} ({a['reward'] - a['reward_base']:+.3f})")
 PY
