@@ -74,7 +74,7 @@ void tl_gguf_writer_free(tl_gguf_writer *w) {
 }
 
 static void put(tl_gguf_writer *w, const void *p, size_t n) {
-    if (w->bad) return;
+    if (w->bad || n == 0) return;
     if (w->kv_n + n > w->kv_cap) {
         size_t cap = w->kv_cap ? w->kv_cap : 4096;
         while (cap < w->kv_n + n) cap *= 2;

@@ -7,6 +7,9 @@
 #   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--seqs S] [--seq-len T]
 #                        [--omp-wait passive|active|unset] [--build DIR] [--model DIR]
 #
+# Besides wall-clock tokens/s both sides report the process CPU seconds of the median step (torch/tailor is
+# printed, so above 1 means tailor needs less CPU): the steadier figure when other jobs share the cores.
+# tl_bench also prints the step's FLOP rate as a fraction of the machine's sgemm rate measured in the same run.
 # --adapters 4 (default): one adapter per sequence, mixed in one batch; --adapters 1: one shared adapter.
 # The model is written once by tl_bench --make-model (about 540 MB, default /tmp/tailor_bench_smollm2_135m).
 # The build directory (default ./build, or $TL_BUILD) must hold tl_bench; it is built there if missing.
@@ -21,7 +24,7 @@ build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;
@@ -63,7 +66,7 @@ echo "== torch ($threads threads, $adapters adapter(s))"
 
 get() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 load_after=$(cut -d' ' -f1 /proc/loadavg)
-for k in tokens_per_s tokens_per_s_mean peak_rss_mb rss_after_load_mb loss0; do
+for k in tokens_per_s tokens_per_s_mean cpu_s_median peak_rss_mb rss_after_load_mb loss0; do
   eval "tl_$k=\$(get \"\$log/tailor.txt\" $k)"
   eval "pt_$k=\$(get \"\$log/torch.txt\" $k)"
 done
@@ -74,10 +77,11 @@ echo "LoRA SFT step, SmolLM2-135M shape, $seqs x $seq_len tokens, rank 8 x 7 tar
 awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
     -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" \
     -v am="$tl_tokens_per_s_mean" -v bm="$pt_tokens_per_s_mean" -v la="$load_before" -v lb="$load_after" \
-    -v thr="$threads" 'BEGIN {
+    -v thr="$threads" -v tc="$tl_cpu_s_median" -v pc="$pt_cpu_s_median" 'BEGIN {
   printf "%-26s %14s %14s %16s\n", "", "tailor", "torch", "tailor/torch"
   printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s (median step)", a, b, a / b
   printf "%-26s %14.1f %14.1f %16.2f\n", "tokens/s (mean)", am, bm, am / bm
+  printf "%-26s %14.3f %14.3f %16.2f\n", "CPU s per step (median)", tc, pc, pc / tc
   printf "%-26s %14.0f %14.0f %16.2f\n", "peak RSS (MiB)", c, d, c / d
   printf "%-26s %14.0f %14.0f %16.2f\n", "RSS after model load (MiB)", e, f, e / f
   printf "%-26s %14.6f %14.6f\n", "first-step loss", g, h
@@ -86,3 +90,6 @@ awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d=
     printf "note: load average %s before, %s after: other processes shared the CPU, timings are noisy\n", la, lb
   if (rel > 1e-3) { printf "WARNING: first-step losses differ by %.2g (relative): not the same computation\n", rel; exit 1 }
 }'
+echo "tailor step: $(get "$log/tailor.txt" gflops) GFLOP/s of the $(get "$log/tailor.txt" sgemm_gflops) GFLOP/s" \
+  "sgemm measured in this run (fraction $(get "$log/tailor.txt" sgemm_fraction) by wall-clock," \
+  "$(get "$log/tailor.txt" sgemm_cpu_fraction) by CPU time)"

@@ -73,9 +73,9 @@ def main():
     print(f"torch {torch.__version__}: {a.threads} threads, {cfg.num_hidden_layers} layers, {n_tok} tokens in {S} "
           f"sequences, {a.adapters} adapter(s), rank {a.rank}, "
           f"{sum(p.numel() for p in lora.parameters(0))} LoRA params per adapter; load {t_load:.1f} s")
-    timed, loss0, loss, times = 0.0, None, None, []
+    timed, loss0, loss, times, ctimes = 0.0, None, None, [], []
     for step in range(a.warmup + a.steps):
-        ts = time.perf_counter()
+        ts, cs = time.perf_counter(), time.process_time()
         logits = model.forward(tokens, slots=slots, lora=lora)[:, :-1]
         ce = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none").view(S, T - 1)
         per_seq = ce.sum(1)
@@ -87,20 +87,21 @@ def main():
         norms = [torch.nn.utils.clip_grad_norm_(lora.parameters(ad), 1.0) for ad in range(a.adapters)]
         opt.step()
         opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - ts
+        dt, dc = time.perf_counter() - ts, time.process_time() - cs
         loss = float(total)
         if loss0 is None:
             loss0 = loss
         if step >= a.warmup:
             timed += dt
             times.append(dt)
+            ctimes.append(dc)
         print(f"torch: step {step}{' (warmup)' if step < a.warmup else ''} {dt:.3f} s  loss {loss:.6f}  "
               f"grad-norm[0] {float(norms[0]):.4g}", flush=True)
         del logits, ce, per_seq, total
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     med = statistics.median(times)  # robust to a step slowed by other processes on a shared machine
     print(f"RESULT impl=torch tokens_per_s={n_tok / med:.2f} tokens_per_s_mean={n_tok * a.steps / timed:.2f} "
-          f"step_s_median={med:.4f} "
+          f"step_s_median={med:.4f} cpu_s_median={statistics.median(ctimes):.4f} "
           f"peak_rss_mb={peak:.1f} rss_after_load_mb={rss_load:.1f} rss_after_import_mb={rss_import:.1f} "
           f"loss0={loss0:.6f} loss_last={loss:.6f} threads={a.threads} adapters={a.adapters} tokens={n_tok}")
 

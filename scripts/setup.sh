@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(build-essential cmake pkg-config libhdf5-dev libopenblas-dev libyaml-dev libcjson-dev libpcre2-dev
+PKGS=(build-essential cmake pkg-config libhdf5-dev zlib1g-dev libopenblas-dev libyaml-dev libcjson-dev libpcre2-dev
       python3 python3-venv python3-numpy python3-h5py python3-torch
       libopenmpi-dev openmpi-bin libpmix-dev slurm-wlm munge)
 missing=()

@@ -89,30 +89,6 @@ static inline float dotf(const float *a, const float *b, int n) {
     return s;
 }
 
-/* exp(x) for x in [-88, 88], in plain arithmetic so that loops over it vectorise (Cephes expf: x = n ln2 + r,
- * |r| <= ln2/2, degree-6 polynomial; relative error about 2e-7). x below about -87.7 gives +0 (the exponent field
- * becomes 0); NaN stays NaN. Callers clamp x first, in a loop of their own: a clamp inside the same loop turns
- * into branches that stop the vectoriser. */
-static inline float fast_expf(float x) {
-    union {
-        float f;
-        uint32_t u;
-    } t, e;
-    t.f = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: the low mantissa bits hold round(x log2 e) */
-    float n = t.f - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    e.u = (t.u - 0x4B400000u + 127u) << 23; /* 2^n */
-    return y * e.f;
-}
-
 /* max of x[0 .. n), n >= 1 */
 static float row_max(const float *x, int n) {
     float lane[LANES];
@@ -142,14 +118,14 @@ static float row_exp(float *x, int cnt, int n, float sub) {
     for (; j + LANES <= cnt; j += LANES) {
 #pragma omp simd
         for (int t = 0; t < LANES; t++) {
-            float e = fast_expf(x[j + t]);
+            float e = tl_cpu_expf(x[j + t]);
             x[j + t] = e;
             lane[t] += e;
         }
     }
     float s = 0.0f;
     for (; j < cnt; j++) {
-        x[j] = fast_expf(x[j]);
+        x[j] = tl_cpu_expf(x[j]);
         s += x[j];
     }
     for (; j < n; j++) x[j] = 0.0f;

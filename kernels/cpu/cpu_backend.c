@@ -93,8 +93,9 @@ tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
     }
     c->threads = threads > 0 ? threads : omp_get_max_threads();
     if (c->threads < 1) c->threads = 1;
-    /* OpenBLAS (pthread build) keeps its own pool; it has no per-call thread count, so set it here. */
-    if (threads > 0) openblas_set_num_threads(threads);
+    /* OpenBLAS (pthread build) keeps its own pool, whose workers spin between calls and compete with the OpenMP
+     * team: every product is split over the team instead (tl_cpu_gemm) and OpenBLAS runs on one thread. */
+    openblas_set_num_threads(1);
     c->scratch = scratch;
     c->scratch_n = TL_CPU_SCRATCH_FLOATS;
 

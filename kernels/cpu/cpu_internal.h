@@ -44,6 +44,35 @@ static inline void tl_cpu_sgemm(int transA, int transB, int M, int N, int K, flo
                 alpha, A, lda > 0 ? lda : 1, B, ldb > 0 ? ldb : 1, beta, C, ldc > 0 ? ldc : 1);
 }
 
+/* exp(x) for x in [-88, 88], in plain arithmetic so that loops over it vectorise (Cephes expf: x = n ln2 + r,
+ * |r| <= ln2/2, degree-6 polynomial; relative error about 2e-7). x below about -87.7 gives +0 (the exponent field
+ * becomes 0); NaN stays NaN. Callers clamp x first, in a loop of their own: a clamp inside the same loop turns
+ * into branches that stop the vectoriser. Used by attention, cross-entropy and SwiGLU. */
+static inline float tl_cpu_expf(float x) {
+    union {
+        float f;
+        uint32_t u;
+    } t, e;
+    t.f = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: the low mantissa bits hold round(x log2 e) */
+    float n = t.f - 12582912.0f;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * (r * r) + r + 1.0f;
+    e.u = (t.u - 0x4B400000u + 127u) << 23; /* 2^n */
+    return y * e.f;
+}
+
+/* cpu_gemm.c: tl_cpu_sgemm split over the backend's OpenMP team (OpenBLAS itself runs single-threaded); called
+ * from serial code, it runs on one thread inside a parallel region. */
+void tl_cpu_gemm(tl_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+
 /* cpu_elementwise.c */
 void tl_cpu_embed_fwd(tl_backend *be, tl_act *out, const tl_act *table, const int32_t *tokens, int n, int d);
 void tl_cpu_add(tl_backend *be, tl_act *y, const tl_act *x, size_t n);

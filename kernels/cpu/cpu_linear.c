@@ -1,4 +1,5 @@
-/* cpu_linear: the frozen dense layers on the CPU backend, y = x W^T (+ bias) and dx = dy W, with OpenBLAS.
+/* cpu_linear: the frozen dense layers on the CPU backend, y = x W^T (+ bias) and dx = dy W, with OpenBLAS
+ * (split over the backend's team by tl_cpu_gemm).
  * Weights are HF [out, in]; there is no dW because base weights never train. */
 #include <string.h>
 
@@ -22,11 +23,10 @@ void tl_cpu_linear_fwd(tl_backend *be, tl_act *y_, const tl_act *x_, const tl_ac
         }
         beta = 1.0f;
     }
-    tl_cpu_sgemm(0, 1, n, out, in, 1.0f, x, in, W, in, beta, y, out);
+    tl_cpu_gemm(be, 0, 1, n, out, in, 1.0f, x, in, W, in, beta, y, out);
 }
 
 void tl_cpu_linear_bwd_x(tl_backend *be, tl_act *dx, const tl_act *dy, const tl_act *W, int n, int in, int out,
                          int accumulate) {
-    (void)be;
-    tl_cpu_sgemm(0, 0, n, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
+    tl_cpu_gemm(be, 0, 0, n, in, out, 1.0f, dy, out, W, in, accumulate ? 1.0f : 0.0f, dx, in);
 }

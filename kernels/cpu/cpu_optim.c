@@ -19,6 +19,7 @@ void tl_cpu_grad_sqnorm(tl_backend *be, float *out_host, const float *g, size_t 
         for (int b = 0; b < TL_SQNORM_PARTS; b++) {
             size_t lo = (size_t)b * per, hi = lo + per < P ? lo + per : P;
             double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
             for (size_t i = lo; i < hi; i++) acc += (double)gs[i] * gs[i];
             part[b] = acc;
         }
@@ -37,7 +38,7 @@ void tl_cpu_adamw(tl_backend *be, float *p, float *m, float *v, const float *g, 
         size_t off = (size_t)a.slot * slot_stride;
         float *ps = p + off, *ms = m + off, *vs = v + off;
         const float *gs = g + off;
-#pragma omp parallel for num_threads(nthr) if (P > 16384)
+#pragma omp parallel for simd num_threads(nthr) if (P > 16384)
         for (size_t i = 0; i < P; i++)
             tl_adamw_update(&ps[i], &ms[i], &vs[i], gs[i] * a.gscale, a.lr, b1f, b2f, omb1, omb2, eps, wd, a.bc1,
                             a.bc2);

@@ -2,7 +2,7 @@
 # deletes nothing (the output folder and its files are left as they were).
 # `export.sh --list` prints the case names (CMake registers one test per case).
 CASES="ex_user_not_in_run ex_format_unknown ex_dtype_unknown ex_merged_no_user ex_user_with_peft
-ex_gguf_reward_head ex_merged_reward_head ex_gguf_out_foreign ex_merged_out_foreign ex_merged_gguf_hf_base"
+ex_gguf_reward_head ex_merged_reward_head ex_gguf_out_foreign ex_merged_out_foreign ex_merged_gguf_hf_base ex_out_listed_stranger"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -63,6 +63,13 @@ case $case_name in
     train_sft
     expect_fail "needs a GGUF base model" "$TAILOR_BIN" export "$RUN" --format merged-gguf --user user0000
     [ ! -e "$RUN/merged-gguf" ] || die "$case_name: an output was written" ;;
+  ex_out_listed_stranger)  # an index.json that lists a file of the user's under "files" does not make it ours
+    train_sft; "$TAILOR_BIN" export "$RUN" --format gguf --out "$T/g" >/dev/null || die "export"
+    echo keep >"$T/g/notes.txt"
+    "$TL_PYTHON" -c "import json,sys; p=sys.argv[1]; i=json.load(open(p)); i['files'].append('notes.txt'); json.dump(i, open(p, 'w'))" "$T/g/index.json"
+    before=$(snapshot "$T/g")
+    expect_fail "notes.txt" "$TAILOR_BIN" export "$RUN" --format gguf --out "$T/g"
+    [ "$(snapshot "$T/g")" = "$before" ] || die "$case_name: the folder changed" ;;
   *) die "unknown case $case_name" ;;
 esac
 echo "ok: $case_name"

@@ -19,6 +19,7 @@ for kind in ("sft", "pref"):
     names = [f"user{i:05d}" for i in range(n)]
     for k, h in enumerate(hostile):
         names[1000 * k + 3] = h
+    names[5] = "z" * 5000  # a sampled adapter with a long name: shown cut to 256 characters
     rows = []
     for i, name in enumerate(names):
         if kind == "sft":
@@ -100,6 +101,9 @@ class Page(HTMLParser):
     def handle_data(self, d):
         if self.cell is not None: self.cell.append(d)
 
+def shown(name):  # what the page shows of a name (REPORT_NAME_CHARS)
+    return name if len(name) <= 256 else name[:256] + "\u2026"
+
 run, kind = sys.argv[1], sys.argv[2]
 raw = open(f"{run}/report.html", encoding="utf-8").read()
 size = len(raw.encode())
@@ -132,11 +136,12 @@ assert float(s["data-median"]) == median, (s["data-median"], median)
 desc = sorted(vals, key=lambda t: (-t[0], t[1]))
 for cls, pick in (("best", desc[:10]), ("worst", desc[::-1][:10])):
     got = p.tables[cls]
-    assert [r[1] for r in got] == [rows[i]["name"] for _, i in pick], (cls, [r[1] for r in got])
+    assert [r[1] for r in got] == [shown(rows[i]["name"]) for _, i in pick], (cls, [r[1] for r in got])
     assert [r[2] for r in got] == [f"{v:.4f}" for v, _ in pick], (cls, [r[2] for r in got])
 # the full tables stop at 200 rows (+ the total row) and say so
 assert len(p.tables["adapters"]) == 200 + 1, len(p.tables["adapters"])
-assert [r[0] for r in p.tables["adapters"][:200]] == [r["name"] for r in rows[:200]]
+assert [r[0] for r in p.tables["adapters"][:200]] == [shown(r["name"]) for r in rows[:200]]
+assert "z" * 257 not in raw, "a long name was not cut"
 want_more = [(200, len(rows))] + ([(200, len(ev["users"]))] if "users" in ev else [])
 assert p.more == want_more, (p.more, want_more)
 assert p.cells == 0 and "the adapter x user heatmap is drawn for up to 32" in raw
@@ -151,9 +156,9 @@ per = {}
 for r in recs:
     if "adapter" in r: per.setdefault(r["adapter"], []).append(r)
 drawn = [a for a in per if not a.startswith("extra")]
-assert sorted(p.curves) == sorted(drawn), sorted(p.curves)
+assert sorted(p.curves) == sorted(map(shown, drawn)), sorted(p.curves)
 for a in drawn:
-    assert p.curves[a] == min(1000, len(per[a])), (a, p.curves[a], len(per[a]))
+    assert p.curves[shown(a)] == min(1000, len(per[a])), (a, p.curves[shown(a)], len(per[a]))
 dropped = sum(len(v) for a, v in per.items() if a.startswith("extra"))
 assert f"{dropped} record(s) of further adapters not drawn" in raw, dropped
 for key in ("loss", "rss_mib", "tokens_per_s"):

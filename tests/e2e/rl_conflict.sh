@@ -81,6 +81,10 @@ for a in ev["adapters"]:
     assert a["reward"] > a["reward_base"] + 0.5, a
 PY
 done
+# report.html draws the per-user reward curves
+"$TAILOR_BIN" report "$T/grpo" >/dev/null || die "tailor report failed"
+[ "$(grep -o 'data-key="user_reward" data-adapter="user000[0-3]"' "$T/grpo/report.html" | sort -u | wc -l)" -eq 4 ] \
+  || die "report.html lacks a per-user reward curve"
 # one global reward model and one global policy on the same data
 "$TAILOR_BIN" train "$T/rm.yaml" adapter.key=global run.output_dir="$T/rm_global" >/dev/null 2>&1 || die "global reward model failed"
 "$TAILOR_BIN" train "$T/grpo.yaml" adapter.key=global task.reward_model="$T/rm_global" run.output_dir="$T/grpo_global" \

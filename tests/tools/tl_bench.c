@@ -11,7 +11,11 @@
  * (scripts/bench_cpu_torch.py uses the same formula), no prompt (every next token is a target), sequence k on
  * adapter k mod A, loss = per-adapter mean cross-entropy summed over adapters. The model is written by a
  * separate invocation so that its generation buffers do not count in the measured process's peak RSS.
+ * Each step is timed in wall-clock and in process CPU time (the steadier figure on a shared machine). After the
+ * steps the machine's own sgemm rate is measured (OpenBLAS threaded, 1024 x 1536 x 576) and the step's FLOP rate
+ * is reported as a fraction of it, by wall-clock and by CPU time.
  * The last line is machine-readable: "RESULT key=value ...". */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,12 @@ enum { D = 576, F = 1536, L = 30, HQ = 9, HKV = 3, HD = 64, V = 49152 };
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -218,6 +228,34 @@ static tl_status build_batch(bench_ctx *c, const bench_opts *o, tl_error *err) {
     return TL_OK;
 }
 
+/* The machine's sgemm rate (GFLOP/s) at the shape of the MLP's products, 1024 x 1536 x 576, with OpenBLAS's own
+ * threading at `threads` threads: the median of 7 timed calls after 2 warmup calls. Measured after the steps, so
+ * the backend's setting of OpenBLAS's thread count is overridden here and no step depends on it. */
+static double sgemm_rate(int threads, double *cpu_rate) {
+    enum { M = 1024, N = 1536, K = 576 };
+    float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)N * K * sizeof(float));
+    float *cc = malloc((size_t)M * N * sizeof(float));
+    if (!a || !b || !cc) {
+        free(a), free(b), free(cc);
+        return 0.0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
+    openblas_set_num_threads(threads);
+    double t[9], tc[9];
+    for (int i = 0; i < 9; i++) {
+        double t0 = now_s(), c0 = cpu_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, cc, N);
+        t[i] = now_s() - t0, tc[i] = cpu_s() - c0;
+    }
+    openblas_set_num_threads(1);
+    qsort(t + 2, 7, sizeof(double), cmp_double);
+    qsort(tc + 2, 7, sizeof(double), cmp_double);
+    free(a), free(b), free(cc);
+    *cpu_rate = 2.0 * M * N * K / tc[2 + 3] * 1e-9;
+    return 2.0 * M * N * K / t[2 + 3] * 1e-9;
+}
+
 static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
     double t0 = now_s();
     TL_TRY(tl_backend_open(o->backend, o->threads, &c->be, err));
@@ -252,14 +290,14 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
 
     size_t gbytes = (size_t)o->adapters * c->p.P * sizeof(float);
     double timed = 0.0, loss0 = 0.0, loss_last = 0.0;
-    double *times = malloc((size_t)o->steps * sizeof(double));
+    double *times = malloc(2 * (size_t)o->steps * sizeof(double)), *ctimes = times + o->steps;
     if (!times) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
     printf("tailor: backend %s, %d threads, %d layers, %d tokens in %d sequences, %d adapter(s), rank %d, "
            "%zu LoRA params per adapter; load %.1f s, workspace %.0f MiB\n",
            c->be->name, o->threads, c->m.cfg.num_hidden_layers, c->mb.n_tok, c->mb.n_seq, o->adapters, o->rank,
            c->p.P, t_load, (double)tl_workspace_bytes(c->ws) / 1048576.0);
     for (int step = 0; step < o->warmup + o->steps; step++) {
-        double ts = now_s();
+        double ts = now_s(), cs = cpu_s();
         c->be->zero(c->be, c->p.grads, gbytes);
         tl_status s = tl_model_step(&c->m, &c->p, c->ws, &c->mb, 1, c->logp, err);
         if (!s) s = tl_optim_step(&c->p, c->be, &optim, active, o->adapters, total, gnorm, lr, adam, err);
@@ -267,30 +305,43 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
             free(times);
             return s;
         }
-        double dt = now_s() - ts;
+        double dt = now_s() - ts, dc = cpu_s() - cs;
         double loss = 0.0;
         for (int i = 0; i < c->mb.n_tok; i++) loss -= (double)c->mb.weight[i] * (double)c->logp[i];
         if (step == 0) loss0 = loss;
         loss_last = loss;
-        if (step >= o->warmup) timed += dt, times[step - o->warmup] = dt;
-        printf("tailor: step %d%s %.3f s  loss %.6f  grad-norm[0] %.4g\n", step, step < o->warmup ? " (warmup)" : "",
-               dt, loss, gnorm[0]);
+        if (step >= o->warmup) timed += dt, times[step - o->warmup] = dt, ctimes[step - o->warmup] = dc;
+        printf("tailor: step %d%s %.3f s (cpu %.3f s)  loss %.6f  grad-norm[0] %.4g\n", step, step < o->warmup ? " (warmup)" : "",
+               dt, dc, loss, gnorm[0]);
         fflush(stdout);
     }
     /* the median step is robust to a step slowed by other processes on a shared machine */
     qsort(times, (size_t)o->steps, sizeof(double), cmp_double);
     double med = o->steps % 2 ? times[o->steps / 2] : 0.5 * (times[o->steps / 2 - 1] + times[o->steps / 2]);
+    qsort(ctimes, (size_t)o->steps, sizeof(double), cmp_double);
+    double cmed = o->steps % 2 ? ctimes[o->steps / 2] : 0.5 * (ctimes[o->steps / 2 - 1] + ctimes[o->steps / 2]);
     free(times);
+    /* the step's floating-point work: 2 flops per multiply-add of the frozen products, forward (6 per layer +
+     * LM head) and backward input gradients (the same again), plus attention's four products per (query, key)
+     * pair forward and backward; LoRA and elementwise work are left out (under 1%) */
+    double Lf = (double)c->m.cfg.num_hidden_layers, Dd = D, Ff = F, qd = HQ * HD, kvd = HKV * HD;
+    double per_tok = Lf * (Dd * qd * 2 + Dd * kvd * 2 + 3 * Dd * Ff) + Dd * V;
+    double pairs = (double)o->seqs * o->seq_len * (o->seq_len + 1) / 2.0;
+    double flops = 2.0 * 2.0 * per_tok * c->mb.n_tok + Lf * HQ * pairs * HD * 2.0 * (2 + 5);
+    double gflops_wall = flops / med * 1e-9;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return tl_fail(err, TL_ERR_RUNTIME, "getrusage failed");
+    double sg_cpu = 0.0, sg = sgemm_rate(o->threads, &sg_cpu);
     size_t dev_now = 0, dev_peak = 0; /* device bytes held by the backend (GPU backends; 0 on the CPU) */
     if (c->be->mem_stats) c->be->mem_stats(c->be, &dev_now, &dev_peak);
-    printf("RESULT impl=tailor tokens_per_s=%.2f tokens_per_s_mean=%.2f step_s_median=%.4f peak_rss_mb=%.1f "
-           "rss_after_load_mb=%.1f loss0=%.6f loss_last=%.6f threads=%d adapters=%d tokens=%d peak_dev_mb=%.1f "
-           "lora_params=%zu\n",
-           (double)c->mb.n_tok / med, (double)c->mb.n_tok * o->steps / timed, med, (double)ru.ru_maxrss / 1024.0,
-           (double)rss_load / 1024.0, loss0, loss_last, o->threads, o->adapters, c->mb.n_tok,
-           (double)dev_peak / 1048576.0, c->p.P);
+    printf("RESULT impl=tailor tokens_per_s=%.2f tokens_per_s_mean=%.2f step_s_median=%.4f cpu_s_median=%.4f "
+           "peak_rss_mb=%.1f rss_after_load_mb=%.1f loss0=%.6f loss_last=%.6f threads=%d adapters=%d tokens=%d "
+           "peak_dev_mb=%.1f lora_params=%zu step_gflops=%.1f gflops=%.1f sgemm_gflops=%.1f sgemm_fraction=%.3f "
+           "gflops_per_cpu_s=%.1f sgemm_gflops_per_cpu_s=%.1f sgemm_cpu_fraction=%.3f\n",
+           (double)c->mb.n_tok / med, (double)c->mb.n_tok * o->steps / timed, med, cmed,
+           (double)ru.ru_maxrss / 1024.0, (double)rss_load / 1024.0, loss0, loss_last, o->threads, o->adapters,
+           c->mb.n_tok, (double)dev_peak / 1048576.0, c->p.P, flops * 1e-9, gflops_wall, sg,
+           sg > 0 ? gflops_wall / sg : 0.0, flops / cmed * 1e-9, sg_cpu, sg_cpu > 0 ? flops / cmed * 1e-9 / sg_cpu : 0.0);
     return TL_OK;
 }
 

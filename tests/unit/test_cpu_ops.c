@@ -288,6 +288,35 @@ static double swiglu_loss(void *p) {
     return L;
 }
 
+/* |g| beyond the range where exp over- or underflows: silu(g) = g * sigmoid(g) saturates to g or 0, no NaN */
+static void test_swiglu_extreme(void) {
+    enum { N = 8 };
+    static const float gv[N] = {-1000.0f, -200.0f, -90.0f, -87.0f, 87.0f, 90.0f, 200.0f, 1000.0f};
+    float *g = dev_f(N), *u = dev_f(N), *h = dev_f(N), *dh = dev_f(N), *dg = dev_f(N), *du = dev_f(N);
+    float ones[N];
+    for (int i = 0; i < N; i++) ones[i] = 1.0f;
+    g_be->upload(g_be, g, gv, sizeof gv);
+    g_be->upload(g_be, u, ones, sizeof ones);
+    g_be->upload(g_be, dh, ones, sizeof ones);
+    g_be->swiglu_fwd(g_be, h, g, u, N);
+    g_be->swiglu_bwd(g_be, dg, du, dh, g, u, N);
+    float hv[N], dgv[N], duv[N];
+    g_be->download(g_be, hv, h, sizeof hv);
+    g_be->download(g_be, dgv, dg, sizeof dgv);
+    g_be->download(g_be, duv, du, sizeof duv);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        double ref = silu_d(gv[i]), dref = gv[i] > 0 ? 1.0 : 0.0;
+        double e = fabs(hv[i] - ref) / (fabs(ref) + 1e-30), ed = fabs(dgv[i] - dref);
+        if (!isfinite(hv[i]) || !isfinite(dgv[i]) || !isfinite(duv[i])) e = 1.0;
+        if (fabs(ref) < 1e-30) e = fabs(hv[i]);
+        worst = e > worst ? e : worst;
+        worst = ed > worst ? ed : worst;
+    }
+    check("swiglu fwd/bwd at |g| up to 1000 (saturated, finite)", worst, 1e-5);
+    release_all();
+}
+
 static void test_swiglu(size_t n, int fd) {
     char name[128];
     float *g = dev_rand(n, -6, 6), *u = dev_rand(n, -1, 1), *h = dev_f(n);
@@ -356,10 +385,20 @@ static void test_linear(int n, int in, int out, int use_bias, int acc) {
     g_be->linear_bwd_x(g_be, dx, R, W, n, in, out, acc);
     lin_ctx c = {xd, Wd, bd, to_d(R, ny), n, in, out};
     double *g = host_d(nx);
-    fd_grad(lin_loss, &c, xd, nx, g);
+    int fd = nx <= 4096; /* beyond, finite differences take too long: the exact dx = R W in double */
+    if (fd) {
+        fd_grad(lin_loss, &c, xd, nx, g);
+    } else {
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < in; k++) {
+                double a = 0.0;
+                for (int o = 0; o < out; o++) a += c.R[(size_t)i * out + o] * Wd[(size_t)o * in + k];
+                g[(size_t)i * in + k] = a;
+            }
+    }
     if (acc)
         for (size_t i = 0; i < nx; i++) g[i] += dx0[i];
-    snprintf(name, sizeof name, "linear_bwd_x vs FD n=%d in=%d out=%d acc=%d", n, in, out, acc);
+    snprintf(name, sizeof name, "linear_bwd_x vs %s n=%d in=%d out=%d acc=%d", fd ? "FD" : "exact", n, in, out, acc);
     check(name, relerr(dx, g, nx), TOL_BWD);
     release_all();
 }
@@ -516,17 +555,21 @@ static void test_lora(int r, float dropout) {
 }
 
 /* Rows beyond one scratch block: the blocked products must match the closed-form reference. */
-static void test_lora_blocked(float dropout) {
+/* one_seg = 0: two adapters' segments and a bare one (shared out over the threads by slot); 1: one segment of one
+ * adapter (the segments in turn, each product split over the threads) */
+static void test_lora_blocked(float dropout, int one_seg) {
     char name[160];
     const int n = 1100, in = 2048, out = 24, r = 4;
-    static const tl_seg segs[3] = {{0, 1030, 1}, {1030, 1040, -1}, {1040, 1100, 0}};
+    static const tl_seg segs3[3] = {{0, 1030, 1}, {1030, 1040, -1}, {1040, 1100, 0}}, segs1[1] = {{0, 1100, 1}};
+    const tl_seg *segs = one_seg ? segs1 : segs3;
+    const int n_seg = one_seg ? 1 : 3;
     const uint32_t site = 3;
     size_t stride = (size_t)r * in + (size_t)out * r, npool = 2 * stride;
     size_t nx = (size_t)n * in, ny = (size_t)n * out, nh = (size_t)n * r;
     float scale = 0.5f;
     uint64_t *seeds = host_b((size_t)n * sizeof(uint64_t));
     for (int i = 0; i < n; i++) seeds[i] = next_u64();
-    tl_mb mb = make_mb(n, segs, 3, seeds);
+    tl_mb mb = make_mb(n, segs, n_seg, seeds);
     float *x = dev_rand(nx, -1, 1), *pool = dev_rand(npool, -0.1, 0.1);
     float *y = dev_rand(ny, -1, 1), *y0 = copy_f(y, ny), *h = dev_f(nh);
     tl_lora_site ls = {pool, pool + (size_t)r * in, stride, r, scale, dropout, site};
@@ -535,11 +578,11 @@ static void test_lora_blocked(float dropout) {
     for (int i = 0; i < n; i++)
         for (int col = 0; col < in; col++)
             mask[(size_t)i * in + col] = tl_dropout_mul(seeds[i], site, (uint32_t)col, dropout);
-    lora_ctx c = {to_d(x, nx), to_d(pool, npool), mask, NULL, segs, 3, n, in, out, r, stride, scale};
+    lora_ctx c = {to_d(x, nx), to_d(pool, npool), mask, NULL, segs, n_seg, n, in, out, r, stride, scale};
     double *yref = host_d(ny), *href = host_d(nh);
     ref_lora(yref, href, &c);
     for (size_t i = 0; i < ny; i++) yref[i] += y0[i];
-    snprintf(name, sizeof name, "lora_fwd blocked n=%d in=%d dropout=%.1f", n, in, dropout);
+    snprintf(name, sizeof name, "lora_fwd blocked n=%d in=%d dropout=%.1f segments=%d", n, in, dropout, n_seg);
     check(name, relerr(y, yref, ny), TOL_FWD);
 
     float *R = dev_rand(ny, -1, 1), *gp = dev_f(npool), *dx = dev_f(nx);
@@ -549,9 +592,9 @@ static void test_lora_blocked(float dropout) {
     c.R = to_d(R, ny);
     double *gref = host_d(npool), *dxref = host_d(nx), *hd = to_d(h, nh);
     ref_lora_bwd(gref, dxref, &c, hd);
-    snprintf(name, sizeof name, "lora_bwd blocked dA,dB n=%d in=%d dropout=%.1f", n, in, dropout);
+    snprintf(name, sizeof name, "lora_bwd blocked dA,dB n=%d in=%d dropout=%.1f segments=%d", n, in, dropout, n_seg);
     check(name, relerr(gp, gref, npool), TOL_FWD);
-    snprintf(name, sizeof name, "lora_bwd blocked dx n=%d in=%d dropout=%.1f", n, in, dropout);
+    snprintf(name, sizeof name, "lora_bwd blocked dx n=%d in=%d dropout=%.1f segments=%d", n, in, dropout, n_seg);
     check(name, relerr(dx, dxref, nx), TOL_FWD);
     release_all();
 }
@@ -970,17 +1013,22 @@ int main(void) {
     test_rope(5, 2, 16);
     test_swiglu(777, 1);
     test_swiglu(10007, 0);
+    test_swiglu_extreme();
     test_linear(7, 13, 9, 0, 0);
     test_linear(7, 13, 9, 1, 0);
     test_linear(1, 5, 3, 1, 1);
     test_linear(20, 40, 17, 0, 1);
     test_linear(20, 40, 17, 1, 1);
+    test_linear(300, 200, 70, 1, 0); /* large enough to be split over the threads: by rows */
+    test_linear(64, 100, 520, 0, 1); /* by columns */
     for (int r = 2; r <= 4; r++) {
         test_lora(r, 0.0f);
         test_lora(r, 0.3f);
     }
-    test_lora_blocked(0.0f);
-    test_lora_blocked(0.3f);
+    test_lora_blocked(0.0f, 0);
+    test_lora_blocked(0.3f, 0);
+    test_lora_blocked(0.0f, 1);
+    test_lora_blocked(0.3f, 1);
     {
         const int lens1[4] = {5, 1, 8, 3}, lens2[3] = {1, 6, 4}, lens3[3] = {7, 1, 9};
         test_attention(lens1, 4, 4, 2, 8);
@@ -994,6 +1042,7 @@ int main(void) {
     test_ce(13, 9, 50, 4);
     test_ce(13, 9, 50, 13);
     test_ce(7, 16, 53, 32);
+    test_ce(5, 32, 1000, 3); /* several blocks of the softmax sum, a product split over the threads */
     test_grad_sqnorm(1000);
     test_grad_sqnorm(70001);
     test_adamw();

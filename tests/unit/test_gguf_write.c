@@ -191,10 +191,10 @@ static void test_permutation(const char *dir) {
     CHECK_OK(tl_gguf_writer_kv_f32(w, "llama.rope.freq_base", 10000.0f, &e), e);
     const char *toks[V] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
     CHECK_OK(tl_gguf_writer_kv_str_array(w, "tokenizer.ggml.tokens", toks, NULL, V, &e), e);
-    static float hf_q[NH * HD * H], hf_k[NKV * HD * H], gq[NH * HD * H], gk[NKV * HD * H], other[V * H];
+    static float hf_q[NH * HD * H], hf_k[NKV * HD * H], gq[NH * HD * H], gk[NKV * HD * H], other[4 * NH * HD * H];
     for (int i = 0; i < NH * HD * H; i++) hf_q[i] = rndf();
     for (int i = 0; i < NKV * HD * H; i++) hf_k[i] = rndf();
-    for (int i = 0; i < V * H; i++) other[i] = rndf();
+    for (int i = 0; i < 4 * NH * HD * H; i++) other[i] = rndf();
     tl_export_permute_rows(gq, hf_q, NH * HD, H, NH);
     tl_export_permute_rows(gk, hf_k, NKV * HD, H, NKV);
     struct {

@@ -128,6 +128,7 @@ void tl_eval_result_free(tl_eval_result *r) {
     free(r->loss);
     free(r->base_loss);
     free(r->cross);
+    free(r->sample_cross);
     memset(r, 0, sizeof *r);
 }
 
@@ -226,6 +227,21 @@ tl_status tl_eval_write_json(const tl_eval_result *r, const tl_lora_pool *p, con
         for (int a = 0; a < r->n; a++) {
             cJSON *row = cJSON_CreateArray();
             for (int c = 0; c < r->n; c++) cJSON_AddItemToArray(row, num_or_null(r->cross[(size_t)a * r->n + c]));
+            cJSON_AddItemToArray(rows, row);
+        }
+    }
+    if (r->sample_cross) {
+        cJSON *cr = cJSON_AddObjectToObject(root, "cross_sample");
+        cJSON_AddStringToObject(cr, "meaning", "loss[i][j]: adapter adapters[i] evaluated on the examples of adapter "
+                                               "adapters[j]'s users; an evenly spaced sample of the adapters");
+        cJSON_AddNumberToObject(cr, "of", (double)r->n);
+        cJSON *names = cJSON_AddArrayToObject(cr, "adapters");
+        for (int i = 0; i < r->n_sample; i++) cJSON_AddItemToArray(names, cJSON_CreateString(p->names[r->sample[i]]));
+        cJSON *rows = cJSON_AddArrayToObject(cr, "loss");
+        for (int i = 0; i < r->n_sample; i++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int j = 0; j < r->n_sample; j++)
+                cJSON_AddItemToArray(row, num_or_null(r->sample_cross[(size_t)i * r->n_sample + j]));
             cJSON_AddItemToArray(rows, row);
         }
     }

@@ -147,6 +147,7 @@ tl_status tl_pref_eval_run(const tl_model *m, tl_lora_pool *p, tl_workspace *ws,
 void tl_pref_eval_result_free(tl_pref_eval_result *r) {
     free(r->own);
     free(r->cross_acc);
+    free(r->sample_cross_acc);
     free(r->by_user);
     memset(r, 0, sizeof *r);
 }
@@ -221,6 +222,21 @@ tl_status tl_pref_eval_write_json(const tl_pref_eval_result *r, const tl_lora_po
         for (int a = 0; a < r->n; a++) {
             cJSON *row = cJSON_CreateArray();
             for (int b = 0; b < r->n; b++) cJSON_AddItemToArray(row, num_or_null(r->cross_acc[(size_t)a * r->n + b]));
+            cJSON_AddItemToArray(rows, row);
+        }
+    }
+    if (r->sample_cross_acc) {
+        cJSON *cr = cJSON_AddObjectToObject(root, "cross_sample");
+        cJSON_AddStringToObject(cr, "meaning", "accuracy[i][j]: adapter adapters[i] on the pairs of adapter adapters[j]'s "
+                                               "users; an evenly spaced sample of the adapters");
+        cJSON_AddNumberToObject(cr, "of", (double)r->n);
+        cJSON *names = cJSON_AddArrayToObject(cr, "adapters");
+        for (int i = 0; i < r->n_sample; i++) cJSON_AddItemToArray(names, cJSON_CreateString(p->names[r->sample[i]]));
+        cJSON *rows = cJSON_AddArrayToObject(cr, "accuracy");
+        for (int i = 0; i < r->n_sample; i++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int j = 0; j < r->n_sample; j++)
+                cJSON_AddItemToArray(row, num_or_null(r->sample_cross_acc[(size_t)i * r->n_sample + j]));
             cJSON_AddItemToArray(rows, row);
         }
     }

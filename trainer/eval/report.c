@@ -114,12 +114,13 @@ static void sb_esc_n(sbuf *b, const char *s, size_t max_chars) {
 static void sb_esc(sbuf *b, const char *s) { sb_esc_n(b, s, 0); }
 
 /* ---- metrics.jsonl ---- */
-enum { S_LOSS, S_EVAL_LOSS, S_EVAL_ACC, S_ACC, S_MARGIN, S_TOKS, S_RSS, S_COUNT };
+enum { S_LOSS, S_EVAL_LOSS, S_EVAL_ACC, S_ACC, S_MARGIN, S_REWARD, S_TOKS, S_RSS, S_COUNT };
 static const char *const series_key[S_COUNT] = {"loss", "eval_loss", "eval_accuracy", "rewards/accuracies",
-                                                "rewards/margins", "tokens_per_s", "rss_mib"};
+                                                "rewards/margins", "reward", "tokens_per_s", "rss_mib"};
 static const char *const series_title[S_COUNT] = {"Training loss", "Eval loss", "Eval preference accuracy",
                                                   "Training preference accuracy (rewards/accuracies)",
                                                   "Training reward margin (rewards/margins)",
+                                                  "Mean reward of the step's sampled answers (grpo / rloo)",
                                                   "Throughput (tokens/s since the previous record)",
                                                   "Resident memory of the training process (MiB)"};
 
@@ -190,7 +191,23 @@ static int metric_value(const cJSON *v, double *y, int *have) {
     return 1;
 }
 
-static tl_status read_metrics(const char *path, series *s, curves *cv, size_t *records, tl_error *err) {
+/* grpo / rloo records carry "users": {name: {"reward": ...}, ...} (a sample of the step's adapters, docs/rl.md) */
+static tl_status push_user_rewards(const char *path, size_t line_no, const cJSON *users, double x, curves *rw,
+                                   tl_error *err) {
+    const cJSON *u;
+    cJSON_ArrayForEach(u, users) {
+        double y = 0;
+        int have = 0;
+        if (!cJSON_IsObject(u) || !u->string) continue;
+        if (!metric_value(cJSON_GetObjectItemCaseSensitive(u, "reward"), &y, &have))
+            return tl_fail(err, TL_ERR_INPUT, "%s line %zu: users.*.reward is not a finite number of magnitude "
+                           "<= 1e300 (or null)", path, line_no);
+        if (have && curves_push(rw, u->string, x, y)) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    }
+    return TL_OK;
+}
+
+static tl_status read_metrics(const char *path, series *s, curves *cv, curves *rw, size_t *records, tl_error *err) {
     if (!tl_is_file(path)) return tl_fail(err, TL_ERR_INPUT, "%s: missing (not a tailor run directory?)", path);
     char *text;
     size_t len;
@@ -241,6 +258,9 @@ static tl_status read_metrics(const char *path, series *s, curves *cv, size_t *r
                     else if (have && series_push(&s[k], step->valuedouble, y))
                         st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
                 }
+                const cJSON *users = cJSON_GetObjectItemCaseSensitive(o, "users");
+                if (st == TL_OK && cJSON_IsObject(users))
+                    st = push_user_rewards(path, line_no, users, step->valuedouble, rw, err);
             }
             cJSON_Delete(o);
         }
@@ -329,7 +349,7 @@ static void chart(sbuf *b, const series *s, int ns, char *const *names, const ch
         sb_printf(b, "<polyline class=\"line\" data-key=\"%s\"", key);
         if (names) {
             sb_puts(b, " data-adapter=\"");
-            sb_esc(b, names[k]);
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
             sb_printf(b, "\" style=\"stroke:%s\"", palette[k % REPORT_MAX_CURVES]);
         }
         sb_puts(b, " points=\"");
@@ -339,7 +359,7 @@ static void chart(sbuf *b, const series *s, int ns, char *const *names, const ch
         }
         if (names) {
             sb_puts(b, "\"><title>");
-            sb_esc(b, names[k]);
+            sb_esc_n(b, names[k], REPORT_NAME_CHARS);
             sb_puts(b, "</title></polyline>\n");
         } else {
             sb_puts(b, "\"/>\n");
@@ -783,13 +803,15 @@ static tl_status build(sbuf *b, const char *run_dir, tl_error *err) {
     TL_TRY(tl_path_join(epath, sizeof epath, run_dir, "eval.json", err));
     series s[S_COUNT];
     memset(s, 0, sizeof s);
-    curves cv;
+    curves cv, rw;
     memset(&cv, 0, sizeof cv);
+    memset(&rw, 0, sizeof rw);
     size_t records = 0;
-    tl_status st = read_metrics(mpath, s, &cv, &records, err);
+    tl_status st = read_metrics(mpath, s, &cv, &rw, &records, err);
     if (st) {
         series_free(s, S_COUNT);
         curves_free(&cv);
+        curves_free(&rw);
         return st;
     }
     sb_puts(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>tailor report: ");
@@ -814,6 +836,16 @@ static tl_status build(sbuf *b, const char *run_dir, tl_error *err) {
         sb_puts(b, "<p class=\"note\">metrics.jsonl holds no per-adapter records (a run from before they were "
                    "written, or no logged step yet).</p>\n");
     }
+    if (rw.n) { /* grpo / rloo */
+        sb_printf(b, "<h2>Per-user reward (a sample)</h2>\n<p>The mean reward of each user's sampled answers under "
+                     "their own reward model at each logged step, for %d user(s) (the first met in metrics.jsonl's "
+                     "per-step samples).</p>\n", rw.n);
+        chart(b, rw.s, rw.n, rw.name, "user_reward", "Reward per user");
+        if (rw.dropped)
+            sb_printf(b, "<p class=\"note\">%zu point(s) of further users not drawn (at most %d curves).</p>\n",
+                      rw.dropped, REPORT_MAX_CURVES);
+    }
+    curves_free(&rw);
     sb_puts(b, "<h2>Throughput and memory</h2>\n");
     if (!s[S_TOKS].n && !s[S_RSS].n) sb_puts(b, "<p class=\"note\">metrics.jsonl holds no throughput or memory "
                                                 "records.</p>\n");

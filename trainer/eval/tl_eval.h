@@ -13,6 +13,11 @@ typedef struct {
     int64_t *examples, *tokens; /* target tokens per adapter */
     double *loss, *base_loss;   /* mean CE per target token, with the adapter and with the bare base model */
     double *cross; /* [n * n_cols] or NULL: cross[a * n_cols + b] = adapter a's loss on adapter b's users' examples */
+    /* Above TL_EVAL_CROSS_MAX adapters, the cross matrix of an evenly spaced sample of them (NULL: none):
+     * sample_cross[i * n_sample + j] = adapter sample[i]'s loss on adapter sample[j]'s users' examples. */
+    int n_sample;
+    const int32_t *sample; /* [n_sample] adapter indices, borrowed */
+    double *sample_cross;  /* [n_sample * n_sample], owned */
     int n_cols;    /* columns of cross (= n unless a tl_eval_part named others) */
     /* Generation metrics (data.eval_generate > 0), borrowed from a tl_eval_rouge_result, or NULL: mean ROUGE-1 /
      * ROUGE-L F of greedy answers vs the reference responses, with the adapter and with the base model. */

@@ -14,6 +14,9 @@ typedef struct {
     int n;
     tl_pref_stats *own; /* [n] each adapter on its own users' pairs */
     double *cross_acc;  /* [n * n_cols] or NULL: accuracy of adapter a on adapter b's users' pairs */
+    int n_sample;              /* as tl_eval_result's: a sampled cross matrix above TL_EVAL_CROSS_MAX adapters */
+    const int32_t *sample;     /* [n_sample], borrowed */
+    double *sample_cross_acc;  /* [n_sample * n_sample], owned */
     int n_cols;
     /* When adapters are shared (adapter.key group or global): each user's pairs under that user's adapter, so
      * that a shared adapter that serves one group and fails another shows it. NULL for adapter.key user. */

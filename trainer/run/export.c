@@ -314,6 +314,21 @@ static tl_status assign_dirs(const tl_lora_pool *p, char **dirs, tl_error *err) 
     return s;
 }
 
+/* The top-level file names an export writes: GGUF files, safetensors shards, manifests, config and the HF side
+ * files of a merged directory. A file listed in index.json under another name is never replaced. */
+static int export_file_name(const char *nm) {
+    static const char *const fixed[] = {"vllm-lora-modules.json", "lorax-adapters.json", "llama-server-lora.json",
+                                        "llama-server-args.txt", "config.json", "model.safetensors.index.json",
+                                        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+                                        "chat_template.jinja", "chat_template.json", "generation_config.json"};
+    size_t n = strlen(nm);
+    if ((n > 5 && !strcmp(nm + n - 5, ".gguf")) || (n > 12 && !strcmp(nm + n - 12, ".safetensors"))) return 1;
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        if (!strcmp(nm, fixed[i])) return 1;
+    return 0;
+}
+
 /* An existing out_dir may be replaced only if it is empty, or is an earlier tailor export: its index.json (a
  * regular file) carries "format": TL_EXPORT_FORMAT, every entry of out_dir is index.json or an adapter folder
  * that index.json lists, and each such folder holds only adapter_config.json and adapter_model.safetensors.
@@ -367,6 +382,7 @@ static tl_status check_replaceable(const char *out_dir, tl_error *err) {
         }
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(index, "files"))
             if (cJSON_IsString(it) && tl_plain_name(it->valuestring) && !strcmp(it->valuestring, nm)) file = 1;
+        if (file && !export_file_name(nm)) file = 0; /* listed, but not a name any export writes: a stranger */
         char sub[TL_PATH_MAX];
         if (!listed && file) { /* a file the export wrote at the top level (a GGUF, a shard, a manifest) */
             if (tl_path_join(sub, sizeof sub, out_dir, nm, err) == TL_OK && lstat(sub, &st) == 0 &&

@@ -243,11 +243,12 @@ static tl_status merge_pref_stats(const tl_merge *M, tl_pref_stats **st, const c
  * when `final`, else appends one record to metrics.jsonl (metrics may be NULL) and prints one line. */
 /* ---- evaluation with the adapter store: the population streams through the pool's slots ---- */
 
-/* Entries [c0, c0 + c) of the store into slots 0..c-1 (every dirty slot was written back and the slots dropped). */
-static tl_status load_chunk(tl_session *S, int64_t c0, int c, float *host, tl_error *err) {
+/* Entries [c0, c0 + c) of the store (of list[], when given) into slots 0..c-1 (every dirty slot was written back
+ * and the slots dropped). */
+static tl_status load_chunk(tl_session *S, int64_t c0, int c, const int32_t *list, float *host, tl_error *err) {
     tl_resident *r = S->res;
     for (int j = 0; j < c; j++) {
-        int64_t e = c0 + j;
+        int64_t e = list ? list[c0 + j] : c0 + j;
         TL_TRY(tl_resident_params(r, e, host, err));
         TL_TRY(tl_lora_pool_set_slot(&S->pool, S->be, j, tl_store_name(r->store, e), host, NULL, NULL,
                                      tl_store_meta_at(r->store, e)->steps, err));
@@ -304,7 +305,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     if (S->have_ref) po.ref = &refview;
     for (int c0 = 0; !s && c0 < N; c0 += K) {
         int c = N - c0 < K ? N - c0 : K;
-        s = load_chunk(S, c0, c, host, err);
+        s = load_chunk(S, c0, c, NULL, host, err);
         view.n_slots = c, refview.n_slots = c;
         if (s) break;
         if (sft) {
@@ -331,6 +332,43 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
             fprintf(ui->out, "\reval: %d of %d adapter(s)", c0 + c, N), fflush(ui->out);
     }
     if (!ui->quiet && ui->is_tty && N > 0) fputc('\n', ui->out);
+    /* above TL_EVAL_CROSS_MAX adapters, the cross matrix of an evenly spaced sample of them */
+    int32_t sample[TL_EVAL_CROSS_MAX];
+    char *snames[TL_EVAL_CROSS_MAX];
+    int ns = final && N > TL_EVAL_CROSS_MAX ? TL_EVAL_CROSS_MAX : 0;
+    for (int i = 0; i < ns; i++) sample[i] = (int32_t)((int64_t)i * N / ns), snames[i] = names[sample[i]];
+    double *scross = NULL;
+    if (!s && ns && !(scross = calloc((size_t)ns * ns, sizeof(double))))
+        s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    const tl_eval_part scols = {.cols = snames, .n_cols = ns};
+    const tl_eval_opts so = {.key = cfg->adapter_key, .micro_batch_tokens = cfg->micro_batch_tokens,
+                             .max_seq_len = cfg->data_max_seq_len, .with_cross = 1, .part = &scols};
+    for (int c0 = 0; !s && c0 < ns; c0 += K) {
+        int c = ns - c0 < K ? ns - c0 : K;
+        s = load_chunk(S, c0, c, sample, host, err);
+        view.n_slots = c, refview.n_slots = c;
+        if (s) break;
+        const double *rows = NULL;
+        tl_eval_result r = {0};
+        tl_pref_eval_result pr = {0};
+        if (sft) {
+            s = tl_eval_run(&S->model, &view, S->ws, &S->eval, &so, &r, err);
+            rows = r.cross;
+        } else {
+            s = tl_pref_eval_run(&S->model, &view, S->ws, S->pref_scratch, &S->pref_eval_set, &so, &po, &pr, err);
+            rows = pr.cross_acc;
+        }
+        if (!s) memcpy(scross + (size_t)c0 * ns, rows, (size_t)c * ns * sizeof(double));
+        tl_eval_result_free(&r);
+        tl_pref_eval_result_free(&pr);
+    }
+    if (!s && ns) {
+        if (sft) all.n_sample = ns, all.sample = sample, all.sample_cross = scross;
+        else pall.n_sample = ns, pall.sample = sample, pall.sample_cross_acc = scross;
+        scross = NULL;
+        fprintf(ui->out, "cross matrix: %d of the %d adapters, evenly spaced, in eval.json's cross_sample\n", ns, N);
+    }
+    free(scross);
     tl_resident_evict_all(res);
     tl_lora_pool byname = S->pool;
     byname.n_slots = N, byname.names = names;

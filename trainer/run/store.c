@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <zlib.h>
 
 #include "data/tl_io.h"
 
@@ -48,22 +49,17 @@ struct tl_store {
     unsigned char *buf; /* one record */
 };
 
-/* ---- CRC-32 (IEEE 802.3, reflected, as zlib) ---- */
-
-static uint32_t crc_table[256];
-static void crc_init(void) {
-    if (crc_table[1]) return;
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
+/* CRC-32 (IEEE 802.3) by zlib: its braided implementation runs at several GB/s, where a byte-wise table loop
+ * took most of the store's time (a record is 12 bytes per LoRA parameter). */
 static uint32_t crc32_update(uint32_t crc, const void *data, size_t n) {
     const unsigned char *p = data;
-    crc = ~crc;
-    for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    uLong c = crc;
+    while (n) { /* zlib takes uInt lengths */
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        c = crc32(c, p, k);
+        p += k, n -= k;
+    }
+    return (uint32_t)c;
 }
 
 static uint64_t fnv64(const char *s) {
@@ -248,7 +244,6 @@ static uint64_t fresh_run_id(void) {
 
 tl_status tl_store_open(const char *run_dir, const tl_store_layout *L, tl_store **out, tl_error *err) {
     *out = NULL;
-    crc_init();
     if (L->P == 0) return tl_fail(err, TL_ERR_RUNTIME, "store: empty adapter layout");
     tl_store *st = calloc(1, sizeof *st);
     if (!st) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");

@@ -131,9 +131,9 @@ typedef struct {
 } tl_ref_cache;
 
 /* One training step's micro-batches for DPO or reward models; per-adapter stats into st[]. */
-static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_step *PS, tl_ref_cache *rc,
-                           int32_t *buf, double *wbuf, tl_pref_stats *st, tl_error *err) {
-    const tl_step_batch *B = PS->batch;
+/* B: PS's batch in the pool's slot space (PS->batch itself without the store). */
+static tl_status pref_step(tl_session *S, const tl_config *cfg, const tl_pref_step *PS, const tl_step_batch *B,
+                           tl_ref_cache *rc, int32_t *buf, double *wbuf, tl_pref_stats *st, tl_error *err) {
     int64_t k0 = 0;
     for (int mbi = 0; mbi < B->n_mb; mbi++) {
         int64_t k1 = k0;
@@ -916,7 +916,8 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
         S->be->zero(S->be, S->pool.grads + (size_t)a * S->pool.P, S->pool.P * sizeof(float));
     }
     if (R->pref) {
-        TL_TRY(pref_step(S, R->cfg, R->pref_batch, &R->ref_cache, R->pair_buf, R->pair_weight, R->pref_stats, err));
+        TL_TRY(pref_step(S, R->cfg, R->pref_batch, B, &R->ref_cache, R->pair_buf, R->pair_weight, R->pref_stats,
+                         err));
         for (int i = 0; i < B->n_active; i++) {
             double mean[TL_PREF_N_METRICS];
             tl_pref_stats_mean(&R->pref_stats[B->active[i]], mean);

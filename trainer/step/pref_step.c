@@ -118,6 +118,17 @@ tl_status tl_dpo_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace *ws
     return tl_model_backward(m, p, ws, err);
 }
 
+/* The slot of the segment that holds row `row` (segments are ordered and cover the micro-batch). */
+static int row_slot(const tl_host_mb *mb, int row) {
+    int lo = 0, hi = mb->n_seg - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (mb->segs[mid].row0 <= row) lo = mid;
+        else hi = mid - 1;
+    }
+    return mb->n_seg > 0 ? mb->segs[lo].slot : -1;
+}
+
 tl_status tl_reward_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_pref_scratch *sc,
                                const tl_host_mb *mb, const tl_pair_set *ps, double center_rewards, int train,
                                tl_pref_acc *acc, tl_error *err) {
@@ -131,11 +142,15 @@ tl_status tl_reward_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace 
     TL_TRY(tl_model_forward(m, p, ws, mb, 0, err));
     TL_TRY(tl_model_hidden_rows(m, ws, sc->rows, mb->n_seq, sc->hid, err));
     memset(sc->dhid, 0, (size_t)mb->n_seq * d * sizeof(float));
-    /* pairs of one adapter are contiguous in a micro-batch: handle the head adapter by adapter */
+    /* pairs of one adapter are contiguous in a micro-batch: handle the head adapter by adapter. The head is the one
+     * of the slot whose LoRA scored the sequence (its segment's): the owner's in training, the evaluated adapter's
+     * when an evaluation forces every segment to one slot (cross matrices), never another adapter's. */
     for (int k0 = 0; k0 < ps->n;) {
         int a = ps->adapter[k0], k1 = k0;
-        while (k1 < ps->n && ps->adapter[k1] == a) k1++;
-        be->download(be, sc->head, p->params + (size_t)a * p->P + p->off_head, (size_t)d * sizeof(float));
+        int hs = row_slot(mb, mb->cu_seqlens[ps->seq_c[k0]]);
+        if (hs < 0) hs = a;
+        while (k1 < ps->n && ps->adapter[k1] == a && row_slot(mb, mb->cu_seqlens[ps->seq_c[k1]]) == hs) k1++;
+        be->download(be, sc->head, p->params + (size_t)hs * p->P + p->off_head, (size_t)d * sizeof(float));
         memset(sc->dhead, 0, (size_t)d * sizeof(float));
         for (int k = k0; k < k1; k++) {
             int c = ps->seq_c[k], r = ps->seq_r[k];
@@ -159,7 +174,7 @@ tl_status tl_reward_microbatch(const tl_model *m, tl_lora_pool *p, tl_workspace 
             }
         }
         if (train) { /* the head's gradient joins the adapter's other gradients (clipping, AdamW) */
-            float *g = p->grads + (size_t)a * p->P + p->off_head;
+            float *g = p->grads + (size_t)hs * p->P + p->off_head;
             be->download(be, sc->head, g, (size_t)d * sizeof(float));
             for (int j = 0; j < d; j++) sc->head[j] += sc->dhead[j];
             be->upload(be, g, sc->head, (size_t)d * sizeof(float));
