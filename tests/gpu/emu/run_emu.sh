@@ -34,12 +34,12 @@ TESTS="test_cuda_ops test_decode_ops"
 # --tailor: BUILD_DIR/tailor_emu, the whole tailor executable (data/, trainer/, cli/) over the emulated CUDA
 # backend and the CPU backend, so that `tailor train ... train.backend=cuda` runs a real training step through the
 # CUDA backend's host code and kernels (tests/gpu/e2e_cuda.sh compares it with train.backend=cpu). Needs the
-# kernel objects of --build-only in BUILD_DIR and the HDF5, libyaml, cJSON and PCRE2 development packages. No MPI
+# kernel objects of --build-only in BUILD_DIR and the HDF5, libyaml, cJSON, PCRE2 and zlib development packages. No MPI
 # or NCCL (one process).
 if [ "$MODE" = tailor ]; then
     [ -f "$B/obj/emu_runtime.o" ] || { echo "run_emu: $B/obj is not built (run --build-only first)" >&2; exit 1; }
-    if ! PKG=$(pkg-config --cflags --libs yaml-0.1 libcjson libpcre2-8 2>/dev/null); then
-        echo "SKIPPED: tailor_emu needs the libyaml, cJSON and PCRE2 development packages (pkg-config)"
+    if ! PKG=$(pkg-config --cflags --libs yaml-0.1 libcjson libpcre2-8 zlib 2>/dev/null); then
+        echo "SKIPPED: tailor_emu needs the libyaml, cJSON, PCRE2 and zlib development packages (pkg-config)"
         exit 77
     fi
     H5=$(pkg-config --cflags --libs hdf5 2>/dev/null || echo "-I/usr/include/hdf5/serial -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5")
