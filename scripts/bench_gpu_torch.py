@@ -71,8 +71,10 @@ def sdpa(q, k, v, allow_fallback):
 
 
 def load_lora_model(path, dev, dtype, rank):
+    import transformers
     from transformers import AutoModelForCausalLM
-    kw = {"torch_dtype": dtype}
+    # transformers 5 (the device image has 5.17) names it dtype; 4.x torch_dtype
+    kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
     if dev.type == "cuda":
         kw["attn_implementation"] = "sdpa"
     model = AutoModelForCausalLM.from_pretrained(path, **kw).to(dev)

@@ -111,9 +111,9 @@ worst_l2() { sed -nE 's/.*relative L2 ([0-9.e+-]+)\)/\1/p' "$1" | sort -g | tail
 
 check_train() {
     config "$W/train.yaml" "$W/train-cpu" "$W/sft.h5" "steps: $STEPS" "checkpoint_every: 0"
-    run_tl "$W/train-cpu.log" train "$W/train.yaml" train.backend=cpu || { echo "cpu run failed (train-cpu.log)"; return 1; }
+    run_tl "$W/train-cpu.log" train "$W/train.yaml" train.backend=cpu || { echo "cpu run failed (train-cpu.log): $(tail -1 "$W/train-cpu.log")"; return 1; }
     run_tl "$W/train-cuda.log" train "$W/train.yaml" train.backend=cuda run.output_dir="$W/train-cuda" ||
-        { echo "cuda run failed (train-cuda.log)"; return 1; }
+        { echo "cuda run failed (train-cuda.log): $(tail -1 "$W/train-cuda.log")"; return 1; }
     local l a
     l=$(compare_losses "$W/train-cpu/metrics.jsonl" "$W/train-cuda/metrics.jsonl" "$LOSS_TOL" 2>&1) || { echo "$l"; return 1; }
     "$PY" "$ROOT/tests/lib/compare_adapters.py" "$W/train-cpu/adapters" "$W/train-cuda/adapters" "$ADAPTER_L2" --l2 \
@@ -153,7 +153,7 @@ PY
         config "$W/iso-$d.yaml" "$W/iso-$d" "$W/iso-$d.h5" "steps: $steps" "checkpoint_every: 0" "backend: cuda" \
             "micro_batch_tokens: 96"
         sed -i 's/^adapter: .*/adapter: {rank: 4, alpha: 8, dropout: 0.2, targets: all-linear}/' "$W/iso-$d.yaml"
-        run_tl "$W/iso-$d.log" train "$W/iso-$d.yaml" || { echo "cuda run '$d' failed (iso-$d.log)"; return 1; }
+        run_tl "$W/iso-$d.log" train "$W/iso-$d.yaml" || { echo "cuda run '$d' failed (iso-$d.log): $(tail -1 "$W/iso-$d.log")"; return 1; }
     done
     # only alice is in both runs: compare her adapter alone
     mkdir -p "$W/iso-cmp/a/x" "$W/iso-cmp/b/x"
@@ -201,9 +201,9 @@ check_pref() {
     for t in dpo reward; do
         config "$W/$t.yaml" "$W/$t-cpu" "$W/pref.h5" "steps: 2" "checkpoint_every: 0" "examples_per_adapter: 2"
         echo "task: {type: $t}" >>"$W/$t.yaml"
-        run_tl "$W/$t-cpu.log" train "$W/$t.yaml" train.backend=cpu || { echo "$t cpu run failed ($t-cpu.log)"; return 1; }
+        run_tl "$W/$t-cpu.log" train "$W/$t.yaml" train.backend=cpu || { echo "$t cpu run failed ($t-cpu.log): $(tail -1 "$W/$t-cpu.log")"; return 1; }
         run_tl "$W/$t-cuda.log" train "$W/$t.yaml" train.backend=cuda run.output_dir="$W/$t-cuda" ||
-            { echo "$t cuda run failed ($t-cuda.log)"; return 1; }
+            { echo "$t cuda run failed ($t-cuda.log): $(tail -1 "$W/$t-cuda.log")"; return 1; }
         local l
         l=$(compare_losses "$W/$t-cpu/metrics.jsonl" "$W/$t-cuda/metrics.jsonl" "$LOSS_TOL" 2>&1) ||
             { echo "$t: $l"; return 1; }
