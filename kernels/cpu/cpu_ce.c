@@ -11,8 +11,8 @@
 #include "kernels/tl_math.h"
 #include "kernels/cpu/cpu_internal.h"
 
-/* columns per partial sum of the softmax denominator: float within a block, double across blocks */
-#define CE_BLOCK 256
+/* partial sums of the softmax denominator: one per lane, in float, added in double at the end of the row */
+#define CE_LANES 16
 
 void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x_, const tl_act *W_,
                        const int32_t *targets, const float *dlogp, int n, int d, int V, float *work,
@@ -49,24 +49,29 @@ void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x
                 float e = zi[c] - zmax;
                 zi[c] = e < -88.0f ? -88.0f : e;
             }
-            double sum = 0.0;
-            for (int b0 = 0; b0 < V; b0 += CE_BLOCK) {
-                int b1 = b0 + CE_BLOCK < V ? b0 + CE_BLOCK : V;
-                float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-                for (int c = b0; c < b1; c++) {
-                    float e = tl_cpu_expf(zi[c]);
-                    zi[c] = e;
-                    part += e;
+            /* 16 float partial sums (the loop vectorises; see cpu_attention.c's row_exp), added in double */
+            float lane[CE_LANES] = {0.0f};
+            int c = 0;
+            for (; c + CE_LANES <= V; c += CE_LANES) {
+#pragma omp simd
+                for (int q = 0; q < CE_LANES; q++) {
+                    float e = tl_cpu_expf(zi[c + q]);
+                    zi[c + q] = e;
+                    lane[q] += e;
                 }
-                sum += part;
             }
+            double sum = 0.0;
+            for (; c < V; c++) {
+                zi[c] = tl_cpu_expf(zi[c]);
+                sum += zi[c];
+            }
+            for (int q = 0; q < CE_LANES; q++) sum += lane[q];
             float lse = zmax + (float)log(sum);
             logp[row] = zt - lse;
             if (dx) {
                 float g = dlogp[row], inv = (float)(1.0 / sum);
 #pragma omp simd
-                for (int c = 0; c < V; c++) zi[c] = tl_ce_dlogit(g, zi[c] * inv, 0);
+                for (int k = 0; k < V; k++) zi[k] = tl_ce_dlogit(g, zi[k] * inv, 0);
                 zi[t] += g;
             }
         }

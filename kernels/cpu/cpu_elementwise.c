@@ -96,17 +96,24 @@ void tl_cpu_rope_bwd(tl_backend *be, tl_act *dx, const int32_t *pos, const float
 
 /* ---- SwiGLU ---- */
 
-/* sigmoid(g) = 1 / (1 + exp(-g)) with the vectorisable tl_cpu_expf; -g is clamped to [-88, 88], where the
- * result is already 0 or 1 to float precision. The formulas are tl_math.h's (tl_silu, tl_silu_grad). */
-static inline float sigmoid_v(float g) {
-    float x = -g;
-    x = x < -88.0f ? -88.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    return 1.0f / (1.0f + tl_cpu_expf(x));
-}
+/* sigmoid(g) = 1 / (1 + exp(-g)) with the vectorisable tl_cpu_expf; -g is clamped to [-88, 88] first, in a loop
+ * of its own (a clamp inside the exp loop turns into branches that stop the vectoriser), where the result is
+ * already 0 or 1 to float precision. The formulas are tl_math.h's (tl_silu, tl_silu_grad). */
 
-/* elements per parallel chunk: long enough for the vector loop, short enough to share out */
-#define SWIGLU_CHUNK 4096
+/* elements per parallel chunk: long enough for the vector loops, small enough for a stack buffer */
+#define SWIGLU_CHUNK 2048
+
+/* s[i] = sigmoid(g[i]) for i < n <= SWIGLU_CHUNK */
+static void sigmoid_chunk(float *s, const float *g, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float x = -g[i];
+        x = x < -88.0f ? -88.0f : x;
+        s[i] = x > 88.0f ? 88.0f : x;
+    }
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) s[i] = 1.0f / (1.0f + tl_cpu_expf(s[i]));
+}
 
 void tl_cpu_swiglu_fwd(tl_backend *be, tl_act *h_, const tl_act *g_, const tl_act *u_, size_t n) {
     float *h = h_;
@@ -114,9 +121,11 @@ void tl_cpu_swiglu_fwd(tl_backend *be, tl_act *h_, const tl_act *g_, const tl_ac
     size_t nb = (n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
 #pragma omp parallel for num_threads(tl_cpu(be)->threads) if (n > TL_CPU_PAR_MIN)
     for (size_t b = 0; b < nb; b++) {
-        size_t i1 = (b + 1) * SWIGLU_CHUNK < n ? (b + 1) * SWIGLU_CHUNK : n;
+        size_t i0 = b * SWIGLU_CHUNK, m = n - i0 < SWIGLU_CHUNK ? n - i0 : SWIGLU_CHUNK;
+        float s[SWIGLU_CHUNK];
+        sigmoid_chunk(s, g + i0, m);
 #pragma omp simd
-        for (size_t i = b * SWIGLU_CHUNK; i < i1; i++) h[i] = g[i] * sigmoid_v(g[i]) * u[i];
+        for (size_t i = 0; i < m; i++) h[i0 + i] = g[i0 + i] * s[i] * u[i0 + i];
     }
 }
 
@@ -127,13 +136,15 @@ void tl_cpu_swiglu_bwd(tl_backend *be, tl_act *dg_, tl_act *du_, const tl_act *d
     size_t nb = (n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
 #pragma omp parallel for num_threads(tl_cpu(be)->threads) if (n > TL_CPU_PAR_MIN)
     for (size_t b = 0; b < nb; b++) {
-        size_t i1 = (b + 1) * SWIGLU_CHUNK < n ? (b + 1) * SWIGLU_CHUNK : n;
+        size_t i0 = b * SWIGLU_CHUNK, m = n - i0 < SWIGLU_CHUNK ? n - i0 : SWIGLU_CHUNK;
+        float s[SWIGLU_CHUNK];
+        sigmoid_chunk(s, g + i0, m);
 #pragma omp simd
-        for (size_t i = b * SWIGLU_CHUNK; i < i1; i++) {
+        for (size_t i = 0; i < m; i++) {
             /* read everything first: callers may pass dg aliasing g or du aliasing u */
-            float gi = g[i], ui = u[i], dhi = dh[i], s = sigmoid_v(gi);
-            dg[i] = dhi * ui * (s * (1.0f + gi * (1.0f - s)));
-            du[i] = dhi * (gi * s);
+            float gi = g[i0 + i], ui = u[i0 + i], dhi = dh[i0 + i], si = s[i];
+            dg[i0 + i] = dhi * ui * (si * (1.0f + gi * (1.0f - si)));
+            du[i0 + i] = dhi * (gi * si);
         }
     }
 }
