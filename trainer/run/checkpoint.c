@@ -578,6 +578,21 @@ static tl_status check_compatible(tl_st_file *f, const tl_lora_pool *p, char *co
     return TL_OK;
 }
 
+tl_status tl_checkpoint_check(const char *ckpt_dir, const tl_lora_pool *layout, tl_error *err) {
+    tl_st_file *f = NULL;
+    TL_TRY(open_state(ckpt_dir, &f, err));
+    size_t ns = (size_t)layout->n_slots;
+    int64_t *ints = malloc((ns * 3 + 1) * sizeof *ints);
+    tl_status s = ints ? check_compatible(f, layout, layout->names, layout->n_slots, err)
+                       : tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", ckpt_dir);
+    if (!s) s = read_i64(f, "steps", ints, ns, err);
+    if (!s) s = read_i64(f, "cursors", ints + ns, ns * 2, err);
+    if (!s) s = read_i64(f, "global_step", ints + ns * 3, 1, err);
+    free(ints);
+    tl_st_close(f);
+    return s;
+}
+
 tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
                              tl_cursor *cursors, tl_error *err) {
     if (p->n_slots <= 0 || !p->params || !p->m || !p->v || !p->steps || !p->names)

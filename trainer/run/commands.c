@@ -1,6 +1,7 @@
 /* commands: tailor eval and tailor export, over a run's checkpoint (see tl_train.h). */
 #include "trainer/run/tl_train.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -186,7 +187,12 @@ typedef struct {
 static tl_status ckpt_read(void *ctx, int k, size_t first, float *dst, size_t n, tl_error *err) {
     ckpt_rows *c = ctx;
     if (k != 0) return tl_fail(err, TL_ERR_RUNTIME, "export: checkpoint reader asked for state %d", k);
-    return tl_st_read_range(c->f, "params", (uint64_t)first * sizeof *dst, dst, (uint64_t)n * sizeof *dst, err);
+    TL_TRY(tl_st_read_range(c->f, "params", (uint64_t)first * sizeof *dst, dst, (uint64_t)n * sizeof *dst, err));
+    for (size_t i = 0; i < n; i++) /* as tl_checkpoint_load: a NaN or Inf is named where it lies */
+        if (!isfinite(dst[i]))
+            return tl_fail(err, TL_ERR_INPUT, "%s: tensor 'params' [element %zu] is %g, expected a finite number",
+                           tl_st_path(c->f), first + i, (double)dst[i]);
+    return TL_OK;
 }
 
 /* What an export needs from a checkpoint: S->pool with the adapters' layout, names and steps only (its own
@@ -214,6 +220,7 @@ static tl_status open_export_source(tl_session *S, const tl_config *cfg, const c
     p->names = names, p->n_slots = n;
     p->steps = calloc((size_t)n, sizeof *p->steps);
     if (!p->steps) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    TL_TRY(tl_checkpoint_check(ckpt, p, err)); /* format, names, layout and the integer state, as a load checks */
     char path[TL_PATH_MAX];
     TL_TRY(tl_path_join(path, sizeof path, ckpt, "state.safetensors", err));
     TL_TRY(tl_st_open(path, &rows->f, err));

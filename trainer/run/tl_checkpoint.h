@@ -63,6 +63,10 @@ tl_status tl_checkpoint_latest(const char *run_dir, char *path, size_t cap, int 
 tl_status tl_checkpoint_load(const char *ckpt_dir, tl_lora_pool *p, tl_backend *be, int64_t *global_step,
                              tl_cursor *cursors, tl_error *err);
 
+/* Every check of tl_checkpoint_load but the large tensors' values, against a layout-only pool (names, rank,
+ * targets, P; its params may be NULL): for readers that stream the rows themselves (exports). */
+tl_status tl_checkpoint_check(const char *ckpt_dir, const tl_lora_pool *layout, tl_error *err);
+
 /* The same for a pool that holds some of the run's adapters (one rank's share under user_shard): the
  * checkpoint must hold the run's adapters run_names[n_run] in that order (with p's rank, targets and P); slot a
  * of p receives row rows[a] (p->names[a] must be run_names[rows[a]]), reading only those rows of the large
