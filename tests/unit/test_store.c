@@ -50,7 +50,7 @@ int main(void) {
 
     /* ---- records: write three adapters, read them back bit for bit ---- */
     enum { N = 3 };
-    const char *names[N] = {"alice", "b\xc3\xb6" "b", "carol with spaces"};
+    const char *names[N] = {"alice", "b\303\266b", "carol with spaces"};
     float want[N][3][NP], got[3][NP];
     int64_t idx[N];
     for (int a = 0; a < N; a++) {
