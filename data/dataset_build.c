@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -23,8 +25,8 @@
 #include "data/tl_model_tokenizer.h"
 #include "data/tl_pref.h"
 #include "data/tl_prompt.h"
-#include "kernels/tl_text.h"
 #include "data/tl_io.h" /* TL_PATH_MAX */
+#include "kernels/tl_text.h"
 
 /* a growable int32 or int64 array */
 typedef struct {
@@ -44,11 +46,6 @@ static int vec_push(vec *v, const void *x, size_t count) {
     v->n += count;
     return 0;
 }
-
-/* One token run (prompt, response, chosen, rejected): tokens and offsets. */
-typedef struct {
-    vec tok, off;
-} run;
 
 typedef struct {
     int n_users, cap;
@@ -283,19 +280,6 @@ static tl_status parse_row(ctx *c, const char *line, size_t len, cJSON **row) {
     return TL_OK;
 }
 
-/* Tokenizes text and appends it as one run entry. */
-static tl_status add_text(ctx *c, const tl_tokenizer *tk, const char *text, run *r, int64_t *count) {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    TL_TRY(tl_tokenizer_encode(tk, text, strlen(text), 0, &ids, &n, c->err));
-    int64_t end = (int64_t)(r->tok.n + n);
-    int bad = vec_push(&r->tok, ids, n) || vec_push(&r->off, &end, 1);
-    free(ids);
-    if (bad) return tl_fail(c->err, TL_ERR_RUNTIME, "%s:%ld: out of memory", c->in, c->line);
-    *count += (int64_t)n;
-    return TL_OK;
-}
-
 /* SFT from chat messages: prompt = the messages before the last rendered + generation prompt; response = the
  * last (assistant) message's content + "<|im_end|>\n". */
 static tl_status chat_prompt_response(ctx *c, const cJSON *msgs, char **prompt, char **response) {
@@ -413,58 +397,155 @@ static tl_status chat_prompt_only(ctx *c, const cJSON *msgs, char **prompt, char
     return s;
 }
 
-/* kind: 0 sft, 1 preference, 2 prompt */
-static tl_status write_h5(const char *path, int pref, const users *u, run *runs, int n_runs, const vec *user_of,
-                          int64_t vocab, int has_ref, tl_error *err) {
+/* ---------------------------------------------------------------------------------------------------------
+ * The streaming writer. Each output array is a column: rows append to its buffer, and when the buffers of all
+ * columns together hold flush_bytes (default TL_BUILD_FLUSH_BYTES, TAILOR_DATA_BUILD_FLUSH_BYTES) they are
+ * written out: the first flush creates every column as a chunked, extendible dataset (chunks of at most 1 MiB,
+ * the largest the reader accepts for a dataset smaller than its chunk), later ones extend it. A file that ends
+ * before its first flush is written contiguous in one go, as small files always were. Either way the datasets'
+ * names, dtypes and contents are those of docs/data-format.md. */
+
+#define TL_BUILD_FLUSH_BYTES ((size_t)8 << 20)
+#define TL_BUILD_CHUNK_BYTES ((size_t)1 << 20)
+#define TL_BUILD_MAX_COLS 8
+
+typedef struct {
+    char name[40];
+    hid_t mem, file_type;
+    vec buf;         /* pending elements */
+    int64_t written; /* elements in the file */
+    hid_t ds;        /* H5I_INVALID_HID until the first flush */
+    int on;          /* written at all (the prompt kind's reference columns only when every row has one) */
+} column;
+
+typedef struct {
+    hid_t f;
+    column col[TL_BUILD_MAX_COLS];
+    int n_cols;
+    size_t pending, flush_bytes; /* bytes buffered in all columns; the flush threshold */
+    int64_t n_flushes;
+    int silenced; /* HDF5's error printing is off (old_fn, old_data: the caller's setting) */
     H5E_auto2_t old_fn;
     void *old_data;
-    H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    int bad = 0;
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT); /* the empty file tl_data_build made */
-    hid_t st = vlen_str_type();
-    bad |= f < 0 || st < 0;
-    if (!bad) {
-        bad |= write_attr_int(f, "tailor_format", 1);
-        bad |= write_attr_str(f, "kind", pref == 2 ? "prompt" : pref ? "preference" : "sft");
-        bad |= write_attr_int(f, "vocab_size", vocab);
-        bad |= write_ds(f, "/users/name", st, st, (size_t)u->n_users, u->names);
-        if (u->n_users && u->groups[0]) bad |= write_ds(f, "/users/group", st, st, (size_t)u->n_users, u->groups);
-        static const char *const pref_names[3] = {"prompt", "chosen", "rejected"};
-        char nm[64];
-        for (int r = 0; r < n_runs && !bad; r++) {
-            if (pref == 1) {
-                snprintf(nm, sizeof nm, "/pref/%s/tokens", pref_names[r]);
-                bad |= write_ds(f, nm, H5T_NATIVE_INT32, H5T_STD_I32LE, runs[r].tok.n, runs[r].tok.p);
-                snprintf(nm, sizeof nm, "/pref/%s/offsets", pref_names[r]);
-                bad |= write_ds(f, nm, H5T_NATIVE_INT64, H5T_STD_I64LE, runs[r].off.n, runs[r].off.p);
-            }
-        }
-        if (pref == 2) {
-            /* prompt: run 0 the prompts, run 1 the reference answers (written when every row has one) */
-            bad |= write_ds(f, "/prompt/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[0].tok.n, runs[0].tok.p);
-            bad |= write_ds(f, "/prompt/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[0].off.n, runs[0].off.p);
-            bad |= write_ds(f, "/prompt/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
-            if (has_ref) {
-                bad |= write_ds(f, "/prompt/reference/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[1].tok.n,
-                                runs[1].tok.p);
-                bad |= write_ds(f, "/prompt/reference/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[1].off.n,
-                                runs[1].off.p);
-            }
-        } else if (pref) {
-            bad |= write_ds(f, "/pref/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
-        } else {
-            /* sft: one token array; prompt_len from the prompt run, offsets over prompt+response */
-            bad |= write_ds(f, "/sft/tokens", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[0].tok.n, runs[0].tok.p);
-            bad |= write_ds(f, "/sft/offsets", H5T_NATIVE_INT64, H5T_STD_I64LE, runs[0].off.n, runs[0].off.p);
-            bad |= write_ds(f, "/sft/prompt_len", H5T_NATIVE_INT32, H5T_STD_I32LE, runs[1].tok.n, runs[1].tok.p);
-            bad |= write_ds(f, "/sft/user", H5T_NATIVE_INT32, H5T_STD_I32LE, user_of->n, user_of->p);
-        }
+} writer;
+
+static int64_t col_total(const column *c) { return c->written + (int64_t)c->buf.n; }
+
+static int col_add(writer *w, const char *name, int is64) {
+    column *c = &w->col[w->n_cols];
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->mem = is64 ? H5T_NATIVE_INT64 : H5T_NATIVE_INT32;
+    c->file_type = is64 ? H5T_STD_I64LE : H5T_STD_I32LE;
+    c->buf.elem = is64 ? sizeof(int64_t) : sizeof(int32_t);
+    c->ds = H5I_INVALID_HID;
+    c->on = 1;
+    return w->n_cols++;
+}
+
+static int col_push(writer *w, int i, const void *x, size_t count) {
+    if (vec_push(&w->col[i].buf, x, count)) return -1;
+    w->pending += count * w->col[i].buf.elem;
+    return 0;
+}
+
+/* Appends the buffered elements of column c to its dataset (created chunked and extendible on first use). */
+static int col_flush(writer *w, column *c) {
+    if (!c->on) return 0;
+    if (c->ds < 0) {
+        hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {TL_BUILD_CHUNK_BYTES / c->buf.elem};
+        hid_t sp = H5Screate_simple(1, dims, maxdims), lcpl = H5Pcreate(H5P_LINK_CREATE);
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE), dapl = H5Pcreate(H5P_DATASET_ACCESS);
+        /* the chunk cache holds the partly filled chunk between flushes, so each chunk is written about once */
+        if (sp >= 0 && lcpl >= 0 && dcpl >= 0 && dapl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0 &&
+            H5Pset_chunk(dcpl, 1, chunk) >= 0 && H5Pset_chunk_cache(dapl, 521, 3 * TL_BUILD_CHUNK_BYTES, 1.0) >= 0)
+            c->ds = H5Dcreate2(w->f, c->name, c->file_type, sp, lcpl, dcpl, dapl);
+        if (sp >= 0) H5Sclose(sp);
+        if (lcpl >= 0) H5Pclose(lcpl);
+        if (dcpl >= 0) H5Pclose(dcpl);
+        if (dapl >= 0) H5Pclose(dapl);
+        if (c->ds < 0) return -1;
     }
-    if (st >= 0) H5Tclose(st);
-    if (f >= 0 && H5Fclose(f) < 0) bad = 1;
-    H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
-    return bad ? tl_fail(err, TL_ERR_RUNTIME, "%s: writing the HDF5 file failed", path) : TL_OK;
+    if (!c->buf.n) return 0;
+    hsize_t start[1] = {(hsize_t)c->written}, count[1] = {c->buf.n}, size[1] = {(hsize_t)col_total(c)};
+    if (H5Dset_extent(c->ds, size) < 0) return -1;
+    hid_t fs = H5Dget_space(c->ds), ms = H5Screate_simple(1, count, NULL);
+    int rc = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+             H5Dwrite(c->ds, c->mem, ms, fs, H5P_DEFAULT, c->buf.p) < 0;
+    if (fs >= 0) H5Sclose(fs);
+    if (ms >= 0) H5Sclose(ms);
+    if (rc) return -1;
+    c->written += (int64_t)c->buf.n;
+    c->buf.n = 0;
+    return 0;
+}
+
+static tl_status writer_flush(writer *w, const char *path, tl_error *err) {
+    for (int i = 0; i < w->n_cols; i++)
+        if (col_flush(w, &w->col[i]) < 0)
+            return tl_fail(err, TL_ERR_RUNTIME, "%s: %s: writing the HDF5 file failed", path, w->col[i].name);
+    w->pending = 0;
+    w->n_flushes++;
+    return TL_OK;
+}
+
+/* Creates the HDF5 file at path (the empty file tl_data_build made) with its root attributes; HDF5's own error
+ * printing is off until writer_close. */
+static tl_status writer_open(writer *w, const char *path, const char *kind, int64_t vocab, tl_error *err) {
+    H5Eget_auto2(H5E_DEFAULT, &w->old_fn, &w->old_data);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    w->silenced = 1;
+    w->f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->f < 0 || write_attr_int(w->f, "tailor_format", 1) || write_attr_str(w->f, "kind", kind) ||
+        write_attr_int(w->f, "vocab_size", vocab))
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: writing the HDF5 file failed", path);
+    return TL_OK;
+}
+
+/* Writes what is left (contiguous datasets when nothing was flushed yet), then the users table when st is TL_OK;
+ * always closes the file, frees the buffers and restores HDF5's error printing. */
+static tl_status writer_close(writer *w, tl_status st, const char *path, const users *u, tl_error *err) {
+    int bad = 0;
+    if (st == TL_OK && w->f >= 0) {
+        if (w->n_flushes) {
+            bad = writer_flush(w, path, err) != TL_OK;
+        } else {
+            for (int i = 0; i < w->n_cols && !bad; i++)
+                if (w->col[i].on)
+                    bad = write_ds(w->f, w->col[i].name, w->col[i].mem, w->col[i].file_type, w->col[i].buf.n,
+                                   w->col[i].buf.p) < 0;
+        }
+        hid_t t = vlen_str_type();
+        bad |= t < 0;
+        if (!bad) bad |= write_ds(w->f, "/users/name", t, t, (size_t)u->n_users, u->names) < 0;
+        if (!bad && u->n_users && u->groups[0])
+            bad |= write_ds(w->f, "/users/group", t, t, (size_t)u->n_users, u->groups) < 0;
+        if (t >= 0) H5Tclose(t);
+    }
+    for (int i = 0; i < w->n_cols; i++) {
+        if (w->col[i].ds >= 0 && H5Dclose(w->col[i].ds) < 0) bad = 1;
+        free(w->col[i].buf.p);
+    }
+    if (w->f >= 0 && H5Fclose(w->f) < 0) bad = 1;
+    w->f = H5I_INVALID_HID;
+    if (w->silenced) H5Eset_auto2(H5E_DEFAULT, w->old_fn, w->old_data);
+    if (st == TL_OK && bad) st = tl_fail(err, TL_ERR_RUNTIME, "%s: writing the HDF5 file failed", path);
+    return st;
+}
+
+/* Tokenizes text and appends it as one entry of columns tok (the tokens) and off (the end offset). */
+static tl_status add_text(ctx *c, writer *w, const tl_tokenizer *tk, const char *text, int tok, int off,
+                          int64_t *count) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    TL_TRY(tl_tokenizer_encode(tk, text, strlen(text), 0, &ids, &n, c->err));
+    int bad = col_push(w, tok, ids, n);
+    int64_t end = col_total(&w->col[tok]);
+    bad = bad || col_push(w, off, &end, 1);
+    free(ids);
+    if (bad) return tl_fail(c->err, TL_ERR_RUNTIME, "%s:%ld: out of memory", c->in, c->line);
+    *count += (int64_t)n;
+    return TL_OK;
 }
 
 /* Opens the written file with the reader train uses (no model: its vocabulary check is train's), so that data
@@ -523,14 +604,101 @@ static ssize_t read_line(FILE *f, char **line, size_t *cap, int *too_long) {
     return (ssize_t)n;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    FILE *out;
+    int tty;
+    double every, t0, t_last;
+    int64_t in_size; /* bytes of the input, 0 when unknown (not a regular file) */
+    int printed;     /* a line was printed: the final one is too (a short build prints none) */
+} progress;
+
+static void progress_line(progress *p, long lines, int64_t bytes, int64_t rows, int final) {
+    if (!p->out) return;
+    double t = now_s();
+    if (final ? !p->printed : t - p->t_last < p->every) return;
+    p->t_last = t;
+    p->printed = 1;
+    double dt = t - p->t0 > 1e-9 ? t - p->t0 : 1e-9;
+    char pct[32] = "";
+    if (p->in_size > 0) snprintf(pct, sizeof pct, " (%.0f%%)", 100.0 * (double)bytes / (double)p->in_size);
+    fprintf(p->out, "%sdata build: %ld lines, %.1f MiB%s read, %.1f MiB/s, %.0f rows/s%s", p->tty ? "\r" : "", lines,
+            (double)bytes / 1048576.0, pct, (double)bytes / 1048576.0 / dt, (double)rows / dt,
+            p->tty ? (final ? "   \n" : "   ") : "\n");
+    fflush(p->out);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The closing report: totals, then one line per user, or above 64 users (unless report_users) the distribution
+ * of rows per user and the 5 largest users. */
+static void print_report(FILE *f, const char *out, const char *kind, const char *unit, int64_t rows, int64_t tokens,
+                         const users *u, int report_users) {
+    fprintf(f, "%s: %lld %s from %d user(s), kind %s\n", out, (long long)rows, unit, u->n_users, kind);
+    char nb[TL_ESC_CAP]; /* user names from the JSONL: shown escaped (tl_text.h) */
+    if (report_users || u->n_users <= 64) {
+        fprintf(f, "  %-28s %9s %10s\n", "user", unit, "tokens");
+        for (int i = 0; i < u->n_users; i++)
+            fprintf(f, "  %-28.28s %9lld %10lld\n", tl_escape(nb, sizeof nb, u->names[i]), (long long)u->examples[i],
+                    (long long)u->tokens[i]);
+        return;
+    }
+    fprintf(f, "  %lld tokens; %s per user: ", (long long)tokens, unit);
+    int64_t *s = malloc((size_t)u->n_users * sizeof *s);
+    if (s) {
+        memcpy(s, u->examples, (size_t)u->n_users * sizeof *s);
+        qsort(s, (size_t)u->n_users, sizeof *s, cmp_i64);
+        int n = u->n_users;
+        double med = n % 2 ? (double)s[n / 2] : 0.5 * (double)(s[n / 2 - 1] + s[n / 2]);
+        fprintf(f, "min %lld, median %g, max %lld\n", (long long)s[0], med, (long long)s[n - 1]);
+        free(s);
+    } else {
+        fprintf(f, "(no memory to sort them)\n");
+    }
+    /* the 5 largest by rows (ties: the earlier user), one pass */
+    int top[5], nt = 0;
+    for (int i = 0; i < u->n_users; i++) {
+        int at = nt;
+        while (at > 0 && u->examples[top[at - 1]] < u->examples[i]) at--;
+        if (at >= 5) continue;
+        if (nt < 5) nt++;
+        for (int k = nt - 1; k > at; k--) top[k] = top[k - 1];
+        top[at] = i;
+    }
+    fprintf(f, "  the %d largest users (all %d: --report-users):\n", nt, u->n_users);
+    fprintf(f, "  %-28s %9s %10s\n", "user", unit, "tokens");
+    for (int k = 0; k < nt; k++)
+        fprintf(f, "  %-28.28s %9lld %10lld\n", tl_escape(nb, sizeof nb, u->names[top[k]]),
+                (long long)u->examples[top[k]], (long long)u->tokens[top[k]]);
+}
+
 tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
                         tl_error *err) {
+    tl_data_build_opts o = {.report = report};
+    return tl_data_build_ex(in, out, model, kind, &o, err);
+}
+
+tl_status tl_data_build_ex(const char *in, const char *out, const char *model, const char *kind,
+                           const tl_data_build_opts *opts, tl_error *err) {
     int pref;
     if (!strcmp(kind, "sft")) pref = 0;
     else if (!strcmp(kind, "preference")) pref = 1;
     else if (!strcmp(kind, "prompt")) pref = 2;
     else return tl_fail(err, TL_ERR_INPUT, "--kind: '%s' is not a dataset kind (expected sft, preference or prompt)",
                         kind);
+    int64_t flush_bytes = (int64_t)TL_BUILD_FLUSH_BYTES;
+    const char *fe = getenv("TAILOR_DATA_BUILD_FLUSH_BYTES");
+    if (fe && *fe && tl_parse_i64("TAILOR_DATA_BUILD_FLUSH_BYTES", fe, 1, (int64_t)1 << 40, &flush_bytes, err))
+        return tl_fail(err, TL_ERR_INPUT, "environment TAILOR_DATA_BUILD_FLUSH_BYTES: \"%.40s\", expected an integer "
+                       "in [1, 2^40]", fe);
     tl_tokenizer *tk = NULL;
     TL_TRY(tl_tokenizer_for_model(model, &tk, err));
     FILE *f = fopen(in, "r");
@@ -538,27 +706,72 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         tl_tokenizer_free(tk);
         return tl_fail(err, TL_ERR_INPUT, "%s: %s", in, strerror(errno));
     }
-    /* sft: run 0 = whole sequences (prompt + response), run 1's tok = prompt lengths; preference: 3 runs */
-    run runs[3];
-    for (int r = 0; r < 3; r++) {
-        runs[r].tok = (vec){.elem = sizeof(int32_t)};
-        runs[r].off = (vec){.elem = sizeof(int64_t)};
-        int64_t zero = 0;
-        vec_push(&runs[r].off, &zero, 1);
-    }
-    vec user_of = {.elem = sizeof(int32_t)};
+    progress pg = {.out = opts ? opts->progress : NULL, .tty = opts && opts->progress_tty};
+    pg.every = pg.tty ? 1.0 : 10.0;
+    const char *pe = getenv("TAILOR_DATA_BUILD_PROGRESS_S"); /* tests: a line per row with 0 */
+    if (pe && *pe) pg.every = atof(pe);
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode)) pg.in_size = (int64_t)sb.st_size;
+    pg.t0 = pg.t_last = now_s();
     users u = {0};
     ctx c = {.in = in, .line = 0, .err = err};
     tl_status s = TL_OK;
+    writer w;
+    memset(&w, 0, sizeof w);
+    w.f = H5I_INVALID_HID;
+    w.flush_bytes = (size_t)flush_bytes;
+    /* columns: sft 0 tokens, 1 offsets (over prompt + response), 2 prompt_len, 3 user; preference 0-5 the tokens
+     * and offsets of prompt, chosen, rejected, 6 user; prompt 0 tokens, 1 offsets, 2 user, 3-4 reference */
+    int c_user;
+    if (pref == 1) {
+        static const char *const parts[3] = {"prompt", "chosen", "rejected"};
+        char nm[64];
+        for (int r = 0; r < 3; r++) {
+            snprintf(nm, sizeof nm, "/pref/%s/tokens", parts[r]);
+            col_add(&w, nm, 0);
+            snprintf(nm, sizeof nm, "/pref/%s/offsets", parts[r]);
+            col_add(&w, nm, 1);
+        }
+        c_user = col_add(&w, "/pref/user", 0);
+    } else if (pref == 2) {
+        col_add(&w, "/prompt/tokens", 0), col_add(&w, "/prompt/offsets", 1);
+        c_user = col_add(&w, "/prompt/user", 0);
+        col_add(&w, "/prompt/reference/tokens", 0), col_add(&w, "/prompt/reference/offsets", 1);
+    } else {
+        col_add(&w, "/sft/tokens", 0), col_add(&w, "/sft/offsets", 1), col_add(&w, "/sft/prompt_len", 0);
+        c_user = col_add(&w, "/sft/user", 0);
+    }
+    int64_t zero = 0;
+    for (int i = 0; i < w.n_cols && !s; i++)
+        if (w.col[i].mem == H5T_NATIVE_INT64 && col_push(&w, i, &zero, 1)) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    /* claim a fresh name first (O_EXCL: never an existing file), so only what this call created is removed */
+    char tmp[TL_PATH_MAX + 64];
+    int made_tmp = 0;
+    if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid()) >= sizeof tmp)
+        s = tl_fail(err, TL_ERR_INPUT, "%.200s...: output path longer than %d bytes", out, TL_PATH_MAX);
+    if (!s) {
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd < 0) {
+            s = tl_fail(err, TL_ERR_INPUT, "%s: cannot create the output: %s", tmp, strerror(errno));
+        } else {
+            close(fd);
+            made_tmp = 1;
+            s = writer_open(&w, tmp, pref == 2 ? "prompt" : pref ? "preference" : "sft",
+                            (int64_t)tl_tokenizer_vocab_size(tk), err);
+        }
+    }
     char *line = NULL;
     size_t cap = 0;
     int any_group = -1; /* unknown until the first row */
     int any_trainable = 0;
     int any_ref = -1; /* prompt kind: unknown until the first row; then every row has a reference or none */
+    int64_t n_rows = 0, n_tokens = 0, bytes_read = 0;
     ssize_t got;
     int too_long = 0;
     while (!s && (got = read_line(f, &line, &cap, &too_long)) != -1) {
         c.line++;
+        bytes_read += got;
+        progress_line(&pg, c.line, bytes_read, n_rows, 0);
         const char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
         if (!*p && p == line + got) continue;
@@ -591,6 +804,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
                 s = row_fail(&c, "%s: either every row has a reference answer (\"reference\" or a last assistant "
                              "message) or none does", texts[1] ? "reference" : "prompt");
             if (!s) any_ref = texts[1] != NULL;
+            if (!s) w.col[3].on = w.col[4].on = any_ref;
         } else if (!s && pref) {
             static const char *const keys[3] = {"prompt", "chosen", "rejected"};
             for (int r = 0; r < 3 && !s; r++) {
@@ -622,44 +836,42 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         if (!s) {
             int64_t ntok = 0;
             if (pref == 2) {
-                int64_t before = ntok;
-                s = add_text(&c, tk, texts[0], &runs[0], &ntok);
-                if (!s && ntok == before) s = row_fail(&c, "%s: tokenizes to no token", "prompt");
-                if (!s && texts[1]) s = add_text(&c, tk, texts[1], &runs[1], &ntok);
+                s = add_text(&c, &w, tk, texts[0], 0, 1, &ntok);
+                if (!s && ntok == 0) s = row_fail(&c, "%s: tokenizes to no token", "prompt");
+                if (!s && texts[1]) s = add_text(&c, &w, tk, texts[1], 3, 4, &ntok);
                 if (!s) any_trainable = 1;
             } else if (pref) {
                 int64_t part[3] = {0, 0, 0};
                 for (int r = 0; r < 3 && !s; r++) {
                     int64_t before = ntok;
-                    s = add_text(&c, tk, texts[r], &runs[r], &ntok);
+                    s = add_text(&c, &w, tk, texts[r], 2 * r, 2 * r + 1, &ntok);
                     part[r] = ntok - before;
                 }
                 if (!s && part[0] + part[1] >= 2 && part[0] + part[2] >= 2) any_trainable = 1;
             } else {
-                /* tokenize prompt and response separately; the sequence is their concatenation */
-                int64_t before = ntok;
-                s = add_text(&c, tk, texts[0], &runs[2], &ntok); /* scratch run for the prompt */
-                int32_t plen = (int32_t)(ntok - before);
-                if (!s) s = add_text(&c, tk, texts[1], &runs[2], &ntok);
+                /* tokenize prompt and response separately (the boundary is exact); the sequence is their
+                 * concatenation */
+                int32_t *ids[2] = {NULL, NULL};
+                size_t n[2] = {0, 0};
+                for (int k = 0; k < 2 && !s; k++) s = tl_tokenizer_encode(tk, texts[k], strlen(texts[k]), 0, &ids[k], &n[k], err);
                 if (!s) {
-                    /* move the two scratch entries into run 0 as one sequence */
-                    int64_t *off = runs[2].off.p;
-                    size_t n2 = runs[2].off.n;
-                    int64_t start = off[n2 - 3], end = off[n2 - 1];
-                    int32_t *tok = runs[2].tok.p;
-                    int64_t seq_end = (int64_t)runs[0].tok.n + (end - start);
-                    if (end - start >= 2 && plen < end - start) any_trainable = 1;
-                    if (end - start > INT32_MAX || vec_push(&runs[0].tok, tok + start, (size_t)(end - start)) ||
-                        vec_push(&runs[0].off, &seq_end, 1) || vec_push(&runs[1].tok, &plen, 1))
+                    int64_t len = (int64_t)(n[0] + n[1]), end = col_total(&w.col[0]) + len;
+                    int32_t plen = (int32_t)n[0];
+                    if (len >= 2 && (int64_t)plen < len) any_trainable = 1;
+                    if (len > INT32_MAX || col_push(&w, 0, ids[0], n[0]) || col_push(&w, 0, ids[1], n[1]) ||
+                        col_push(&w, 1, &end, 1) || col_push(&w, 2, &plen, 1))
                         s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
-                    runs[2].tok.n = (size_t)start, runs[2].off.n = n2 - 2;
+                    ntok = len;
                 }
+                free(ids[0]), free(ids[1]);
             }
             if (!s) {
                 int32_t u32 = ui;
-                if (vec_push(&user_of, &u32, 1)) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+                if (col_push(&w, c_user, &u32, 1)) s = tl_fail(err, TL_ERR_RUNTIME, "out of memory");
                 u.examples[ui]++, u.tokens[ui] += ntok;
+                n_rows++, n_tokens += ntok;
             }
+            if (!s && w.pending >= w.flush_bytes) s = writer_flush(&w, tmp, err);
         }
         free(prompt_alloc);
         free(resp_alloc);
@@ -673,7 +885,7 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         s = tl_fail(err, TL_ERR_RUNTIME, "%s:%ld: out of memory reading the line", in, c.line + 1);
     if (!s && ferror(f)) s = tl_fail(err, TL_ERR_RUNTIME, "%s: read error", in);
     fclose(f);
-    if (!s && user_of.n == 0)
+    if (!s && n_rows == 0)
         s = tl_fail(err, TL_ERR_INPUT, "%s: no %s (the file has no non-blank line)", in,
                     pref == 2 ? "prompts" : pref ? "pairs" : "examples");
     /* the rule of the dataset readers (tl_dataset.h, tl_pref.h), said in terms of the input */
@@ -681,36 +893,18 @@ tl_status tl_data_build(const char *in, const char *out, const char *model, cons
         s = tl_fail(err, TL_ERR_INPUT, "%s: no %s has a token to train on (each is an empty prompt with a 1-token "
                     "response), expected at least one whose prompt and response make 2 or more tokens", in,
                     pref ? "pair" : "example");
-    char tmp[TL_PATH_MAX + 64];
-    if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid()) >= sizeof tmp)
-        s = tl_fail(err, TL_ERR_INPUT, "%.200s...: output path longer than %d bytes", out, TL_PATH_MAX);
-    if (!s) {
-        /* claim a fresh name first (O_EXCL: never an existing file), so only what this call created is removed */
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-        if (fd < 0) {
-            s = tl_fail(err, TL_ERR_INPUT, "%s: cannot create the output: %s", tmp, strerror(errno));
-        } else {
-            close(fd);
-            s = write_h5(tmp, pref, &u, runs, 3, &user_of, (int64_t)tl_tokenizer_vocab_size(tk), any_ref == 1, err);
-            if (!s) s = check_output(tmp, out, pref, err); /* never publish what train would refuse */
-            if (!s && rename(tmp, out) != 0) {
-                int e = errno; /* OUT being a directory or not writable is the user's to fix: bad usage */
-                s = tl_fail(err, e == EISDIR || e == ENOTDIR || e == EACCES || e == EPERM ? TL_ERR_INPUT : TL_ERR_RUNTIME,
-                            "%s: cannot rename the output into place: %s", out, strerror(e));
-            }
-            if (s) unlink(tmp);
-        }
+    if (!s) progress_line(&pg, c.line, bytes_read, n_rows, 1);
+    s = writer_close(&w, s, tmp, &u, err);
+    if (!s) s = check_output(tmp, out, pref, err); /* never publish what train would refuse */
+    if (!s && rename(tmp, out) != 0) {
+        int e = errno; /* OUT being a directory or not writable is the user's to fix: bad usage */
+        s = tl_fail(err, e == EISDIR || e == ENOTDIR || e == EACCES || e == EPERM ? TL_ERR_INPUT : TL_ERR_RUNTIME,
+                    "%s: cannot rename the output into place: %s", out, strerror(e));
     }
-    if (!s && report) {
-        const char *unit = pref == 2 ? "prompts" : pref ? "pairs" : "examples";
-        fprintf(report, "%s: %zu %s from %d user(s), kind %s\n", out, user_of.n, unit, u.n_users, kind);
-        fprintf(report, "  %-28s %9s %10s\n", "user", unit, "tokens");
-        char nb[TL_ESC_CAP]; /* user names from the JSONL: shown escaped (tl_text.h) */
-        for (int i = 0; i < u.n_users; i++)
-            fprintf(report, "  %-28.28s %9lld %10lld\n", tl_escape(nb, sizeof nb, u.names[i]), (long long)u.examples[i], (long long)u.tokens[i]);
-    }
-    for (int r = 0; r < 3; r++) free(runs[r].tok.p), free(runs[r].off.p);
-    free(user_of.p);
+    if (s && made_tmp) unlink(tmp);
+    if (!s && opts && opts->report)
+        print_report(opts->report, out, kind, pref == 2 ? "prompts" : pref ? "pairs" : "examples", n_rows, n_tokens,
+                     &u, opts->report_users);
     for (int i = 0; i < u.n_users; i++) free(u.names[i]), free(u.groups[i]);
     free(u.names), free(u.groups), free(u.examples), free(u.tokens), free(u.slot);
     tl_tokenizer_free(tk);

@@ -12,7 +12,14 @@
  *               (+ "<|im_end|>\n"), not part of the prompt. Every row has a reference or none does; a prompt
  *               must not be empty (online RL: task.type grpo / rloo)
  * Prompt and response are tokenized separately (the boundary is exact). A bad row is TL_ERR_INPUT naming the file
- * and its line; the output is written under a temporary name and renamed, so it never exists half-written. */
+ * and its line; the output is written under a temporary name and renamed, so it never exists half-written.
+ *
+ * Streaming: rows are written as they are read, in batches of TAILOR_DATA_BUILD_FLUSH_BYTES (default 8 MiB) of
+ * tokens and per-row values, into chunked extendible datasets (1 MiB chunks); an input that fits one batch is
+ * written contiguous, as before. What is held while reading is O(users) (each user's name, group, row and token
+ * counts and a hash slot: about 40 bytes plus the names) and the batch, never the dataset; the users table is
+ * written after the rows from that. The final check (the reader train uses, on the finished file) still loads the
+ * whole file once, 4 bytes per token and 16 per row: that, not the writing, sets the build's peak memory. */
 #ifndef TL_DATA_BUILD_H
 #define TL_DATA_BUILD_H
 
@@ -20,7 +27,19 @@
 
 #include "kernels/tl_status.h"
 
-/* model: an HF model directory holding tokenizer.json, or a GGUF file (tokenizer.ggml.*). report: per-user summary lines (may be NULL). */
+typedef struct {
+    FILE *report;     /* the closing summary (NULL: none) */
+    int report_users; /* 1: one line per user in the summary whatever their number (otherwise only up to 64 users;
+                       * above, the distribution of rows per user and the 5 largest users) */
+    FILE *progress;   /* a progress line (lines, MiB and rows per second) every 10 s, or 1 s on a terminal (NULL:
+                       * none); TAILOR_DATA_BUILD_PROGRESS_S overrides the interval */
+    int progress_tty; /* progress is a terminal: one self-rewriting line */
+} tl_data_build_opts;
+
+/* model: an HF model directory holding tokenizer.json, or a GGUF file (tokenizer.ggml.*). opts may be NULL. */
+tl_status tl_data_build_ex(const char *in, const char *out, const char *model, const char *kind,
+                           const tl_data_build_opts *opts, tl_error *err);
+/* The same with only a report stream (may be NULL). */
 tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
                         tl_error *err);
 

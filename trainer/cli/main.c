@@ -37,7 +37,7 @@ static const char *usage =
     "  submit CONFIG [--dry-run] [key=value ...]\n"
     "                                     write the run's Slurm job script (docs/cluster.md) and sbatch it\n"
     "  inspect PATH                       summarize and validate a model dir, .safetensors, dataset, checkpoint\n"
-    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]\n"
+    "  data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt] [--report-users]\n"
     "                                     tokenize per-user JSONL rows into an HDF5 dataset (docs/data-format.md)\n"
     "  make-model DIR [options]           write a random Llama-family model in HF layout (tests, demos)\n"
     "      --vocab N --hidden N --layers N --heads N --kv-heads N --ffn N --head-dim N\n"
@@ -121,8 +121,11 @@ static int cmd_data(int argc, char **argv) {
     if (argc < 1 || strcmp(argv[0], "build") != 0)
         return usage_error("%s: expected 'data build IN.jsonl OUT.h5 --model DIR [--kind sft|preference|prompt]'", "data");
     const char *in = NULL, *out = NULL, *model = NULL, *kind = "sft";
+    int report_users = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--kind")) {
+        if (!strcmp(argv[i], "--report-users")) {
+            report_users = 1;
+        } else if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "--kind")) {
             if (i + 1 >= argc) return usage_error("data build: %s needs a value", argv[i]);
             if (!strcmp(argv[i], "--model")) model = argv[++i];
             else kind = argv[++i];
@@ -139,7 +142,10 @@ static int cmd_data(int argc, char **argv) {
     if (!in || !out) return usage_error("data build: %s", "needs IN.jsonl and OUT.h5");
     if (!model) return usage_error("data build: %s", "needs --model DIR (its tokenizer.json)");
     tl_error err = {0};
-    if (tl_data_build(in, out, model, kind, stdout, &err)) return fail(&err);
+    /* progress like train's: a self-rewriting line on a terminal, otherwise a line every 10 s */
+    tl_data_build_opts o = {.report = stdout, .report_users = report_users, .progress = stdout,
+                            .progress_tty = isatty(fileno(stdout))};
+    if (tl_data_build_ex(in, out, model, kind, &o, &err)) return fail(&err);
     return 0;
 }
 
