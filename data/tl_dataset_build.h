@@ -17,7 +17,7 @@
  * Streaming: rows are written as they are read, in batches of TAILOR_DATA_BUILD_FLUSH_BYTES (default 8 MiB) of
  * tokens and per-row values, into chunked extendible datasets (1 MiB chunks); an input that fits one batch is
  * written contiguous, as before. What is held while reading is O(users) (each user's name, group, row and token
- * counts and a hash slot: about 40 bytes plus the names) and the batch, never the dataset; the users table is
+ * counts and a hash slot: about 50 bytes plus the names) and the batch, never the dataset; the users table is
  * written after the rows from that. The final check (the reader train uses, on the finished file) still loads the
  * whole file once, 4 bytes per token and 16 per row: that, not the writing, sets the build's peak memory. */
 #ifndef TL_DATA_BUILD_H
