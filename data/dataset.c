@@ -235,9 +235,10 @@ static tl_status open_1d(rd_ctx *c, const char *name, hid_t *dset, int64_t *len,
     return TL_OK;
 }
 
-/* Reads a rank-1 signed integer dataset of exactly `width` bytes per element (4 or 8) into a new array. */
-static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **out, int64_t *len) {
-    *out = NULL;
+/* Opens a rank-1 signed integer dataset of exactly `width` bytes per element (4 or 8) after every check short of
+ * reading it (links, storage, dtype, declared size against the file). */
+static tl_status open_int_1d(rd_ctx *c, const char *name, size_t width, hid_t *dset, int64_t *len) {
+    *dset = H5I_INVALID_HID;
     hid_t d;
     int deflated = 0;
     TL_TRY(open_1d(c, name, &d, len, &deflated));
@@ -259,6 +260,15 @@ static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **o
         H5Dclose(d);
         return sst;
     }
+    *dset = d;
+    return TL_OK;
+}
+
+/* Reads a rank-1 signed integer dataset of exactly `width` bytes per element (4 or 8) into a new array. */
+static tl_status read_int_1d(rd_ctx *c, const char *name, size_t width, void **out, int64_t *len) {
+    *out = NULL;
+    hid_t d;
+    TL_TRY(open_int_1d(c, name, width, &d, len));
     size_t n = (size_t)*len;
     void *buf = malloc((n ? n : 1) * width);
     if (!buf) {
@@ -887,6 +897,54 @@ tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64
     tl_status st = read_int_1d(r, name, 8, &buf, len);
     *out = buf;
     return st;
+}
+
+struct tl_h5_array {
+    rd_ctx *r;
+    hid_t d;
+    size_t width;
+    int64_t len;
+    char name[64];
+};
+
+tl_status tl_h5_array_open(tl_h5_reader *r, const char *name, size_t width, tl_h5_array **out, int64_t *len,
+                           tl_error *err) {
+    r->err = err;
+    *out = NULL;
+    tl_h5_array *a = calloc(1, sizeof *a);
+    if (!a) return tl_fail(err, TL_ERR_RUNTIME, "%s: %s: out of memory", r->path, name);
+    tl_status st = open_int_1d(r, name, width, &a->d, len);
+    if (st != TL_OK) {
+        free(a);
+        return st;
+    }
+    a->r = r, a->width = width, a->len = *len;
+    snprintf(a->name, sizeof a->name, "%s", name);
+    *out = a;
+    return TL_OK;
+}
+
+tl_status tl_h5_array_read(tl_h5_array *a, int64_t start, int64_t count, void *out, tl_error *err) {
+    if (start < 0 || count < 0 || start > a->len || count > a->len - start)
+        return tl_fail(err, TL_ERR_RUNTIME, "%s: %s: elements [%lld, %lld) of %lld requested", a->r->path, a->name,
+                       (long long)start, (long long)(start + count), (long long)a->len);
+    if (!count) return TL_OK;
+    hsize_t s[1] = {(hsize_t)start}, n[1] = {(hsize_t)count};
+    hid_t fs = H5Dget_space(a->d), ms = H5Screate_simple(1, n, NULL);
+    int bad = fs < 0 || ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, s, NULL, n, NULL) < 0 ||
+              H5Dread(a->d, a->width == 4 ? H5T_NATIVE_INT32 : H5T_NATIVE_INT64, ms, fs, H5P_DEFAULT, out) < 0;
+    if (fs >= 0) H5Sclose(fs);
+    if (ms >= 0) H5Sclose(ms);
+    if (bad)
+        return tl_fail(err, TL_ERR_INPUT, "%s: %s: read failed (corrupt file or unsupported filter)", a->r->path,
+                       a->name);
+    return TL_OK;
+}
+
+void tl_h5_array_close(tl_h5_array *a) {
+    if (!a) return;
+    H5Dclose(a->d);
+    free(a);
 }
 
 tl_status tl_h5_has(tl_h5_reader *r, const char *name, int *exists, tl_error *err) {

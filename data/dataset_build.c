@@ -548,25 +548,216 @@ static tl_status add_text(ctx *c, writer *w, const tl_tokenizer *tk, const char 
     return TL_OK;
 }
 
-/* Opens the written file with the reader train uses (no model: its vocabulary check is train's), so that data
- * build never publishes a file that train or inspect would refuse. The checks above should make this never
- * fire; if it does, the message names OUT and the reader's complaint. */
+/* ---------------------------------------------------------------------------------------------------------
+ * The final check, in bounded memory. The finished file is read back through the readers' own building blocks
+ * (tl_dataset.h: tl_h5_reader_open, the root attributes, the users table, and tl_h5_array_open's link, storage,
+ * dtype and size checks on every array) and the readers' content rules are checked block by block: at most
+ * CHECK_ROWS rows and, per token array, CHECK_TOKENS tokens (or one row) at a time. Memory: the users table (the
+ * reader's copy, O(users)) and the blocks (about 10 MiB), never the dataset. Files up to TL_BUILD_FULL_CHECK
+ * bytes are in addition opened whole with the very reader train uses (tl_sft_open, ...). */
+
+#define CHECK_ROWS ((int64_t)1 << 16)
+#define CHECK_TOKENS ((int64_t)1 << 20)
+#define TL_BUILD_FULL_CHECK ((int64_t)64 << 20)
+
+typedef struct {
+    const char *tok_name, *off_name;
+    tl_h5_array *tok, *off;
+    int64_t n_tok, n_off;
+    int64_t *o; /* offsets [i0, i1] of the block */
+    int32_t *t; /* its tokens */
+} chk_run;
+
+/* Checks the token runs (tokens + offsets) and the per-row arrays (rows[], the user array last) of one kind
+ * (0 sft, 1 preference, 2 prompt) block by block. Whatever it opens or allocates is left in runs, rows and rv for
+ * the caller to free, also on failure. */
+static tl_status chk_runs(const char *path, tl_h5_reader *r, chk_run *runs, int n_runs, tl_h5_array **rows,
+                          int32_t **rv, const char *const *row_names, int n_row_arrays, int kind, int64_t vattr,
+                          int n_users, tl_error *err) {
+    static const char *const item_of[3] = {"example", "pair", "prompt"};
+    const char *item = item_of[kind];
+    int64_t nr[2] = {0, 0};
+    for (int k = 0; k < n_runs; k++) {
+        TL_TRY(tl_h5_array_open(r, runs[k].tok_name, 4, &runs[k].tok, &runs[k].n_tok, err));
+        TL_TRY(tl_h5_array_open(r, runs[k].off_name, 8, &runs[k].off, &runs[k].n_off, err));
+        if (runs[k].n_off == 0)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: no elements, expected N+1 (at least 1)", path, runs[k].off_name);
+        if (runs[k].n_off != runs[0].n_off)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: length %lld, expected %lld (the length of %s)", path,
+                           runs[k].off_name, (long long)runs[k].n_off, (long long)runs[0].n_off, runs[0].off_name);
+    }
+    const int64_t n = runs[0].n_off - 1;
+    if (n == 0) return tl_fail(err, TL_ERR_INPUT, "%s: %s: empty dataset (no %ss)", path, runs[0].off_name, item);
+    for (int a = 0; a < n_row_arrays; a++) {
+        TL_TRY(tl_h5_array_open(r, row_names[a], 4, &rows[a], &nr[a], err));
+        if (nr[a] != n)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: length %lld, expected %lld (one per %s)", path, row_names[a],
+                           (long long)nr[a], (long long)n, item);
+    }
+    for (int a = 0; a < n_row_arrays; a++)
+        if (!(rv[a] = malloc((size_t)CHECK_ROWS * sizeof(int32_t)))) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    for (int k = 0; k < n_runs; k++)
+        if (!(runs[k].o = malloc((size_t)(CHECK_ROWS + 1) * sizeof(int64_t))))
+            return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+    int trainable = 0;
+    for (int64_t i0 = 0; i0 < n;) {
+        int64_t i1 = n - i0 < CHECK_ROWS ? n : i0 + CHECK_ROWS;
+        for (int k = 0; k < n_runs; k++) {
+            chk_run *R = &runs[k];
+            TL_TRY(tl_h5_array_read(R->off, i0, i1 - i0 + 1, R->o, err));
+            if (i0 == 0 && R->o[0] != 0)
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s: offsets[0] = %lld, expected 0", path, R->off_name,
+                               (long long)R->o[0]);
+            for (int64_t j = 0; j < i1 - i0; j++) {
+                if (R->o[j + 1] < R->o[j])
+                    return tl_fail(err, TL_ERR_INPUT, "%s: %s: decreasing at index %lld (%lld < %lld)", path,
+                                   R->off_name, (long long)(i0 + j + 1), (long long)R->o[j + 1], (long long)R->o[j]);
+                if (R->o[j + 1] > R->n_tok)
+                    return tl_fail(err, TL_ERR_INPUT, "%s: %s: offset %lld at index %lld, expected at most %lld (the "
+                                   "length of %s)", path, R->off_name, (long long)R->o[j + 1], (long long)(i0 + j + 1),
+                                   (long long)R->n_tok, R->tok_name);
+            }
+            /* fewer rows when their tokens exceed the block (at least one row) */
+            int64_t j = i1 - i0;
+            while (j > 1 && R->o[j] - R->o[0] > CHECK_TOKENS) j--;
+            i1 = i0 + j;
+        }
+        for (int k = 0; k < n_runs; k++) {
+            chk_run *R = &runs[k];
+            int64_t m = R->o[i1 - i0] - R->o[0];
+            free(R->t);
+            if (!(R->t = malloc((size_t)(m ? m : 1) * sizeof(int32_t)))) return tl_fail(err, TL_ERR_RUNTIME, "out of memory");
+            TL_TRY(tl_h5_array_read(R->tok, R->o[0], m, R->t, err));
+            for (int64_t j = 0; j < i1 - i0; j++)
+                for (int64_t q = R->o[j]; q < R->o[j + 1]; q++) {
+                    int32_t tok = R->t[q - R->o[0]];
+                    if (tok < 0 || (vattr > 0 && tok >= vattr))
+                        return tl_fail(err, TL_ERR_INPUT, "%s: %s: %s %lld position %lld: token %d, expected 0 <= "
+                                       "token < %lld (attribute vocab_size)", path, R->tok_name, item,
+                                       (long long)(i0 + j), (long long)(q - R->o[j]), (int)tok, (long long)vattr);
+                }
+        }
+        for (int a = 0; a < n_row_arrays; a++) TL_TRY(tl_h5_array_read(rows[a], i0, i1 - i0, rv[a], err));
+        for (int64_t j = 0; j < i1 - i0; j++) {
+            int32_t us = rv[n_row_arrays - 1][j]; /* the user array comes last */
+            if (us < 0 || us >= n_users)
+                return tl_fail(err, TL_ERR_INPUT, "%s: %s: %s %lld has user %d, expected 0 <= user < %d", path,
+                               row_names[n_row_arrays - 1], item, (long long)(i0 + j), (int)us, n_users);
+            int64_t len[3];
+            for (int k = 0; k < n_runs; k++) len[k] = runs[k].o[j + 1] - runs[k].o[j];
+            if (kind == 0) { /* sft: prompt_len, then something to train on */
+                int32_t p = rv[0][j];
+                if (p < 0 || p > len[0])
+                    return tl_fail(err, TL_ERR_INPUT, "%s: /sft/prompt_len: example %lld has prompt_len %d, expected 0 "
+                                   "<= prompt_len <= %lld (its length)", path, (long long)(i0 + j), (int)p,
+                                   (long long)len[0]);
+                trainable |= len[0] - p >= 1 && len[0] >= 2;
+            } else if (kind == 1) { /* preference: non-empty responses, 2 or more tokens per side somewhere */
+                for (int k = 1; k < 3; k++)
+                    if (len[k] == 0)
+                        return tl_fail(err, TL_ERR_INPUT, "%s: %s: pair %lld has an empty %s response, expected at "
+                                       "least one token", path, runs[k].off_name, (long long)(i0 + j),
+                                       k == 1 ? "chosen" : "rejected");
+                trainable |= len[0] + len[1] >= 2 && len[0] + len[2] >= 2;
+            } else { /* prompt: every prompt has a token */
+                if (len[0] == 0)
+                    return tl_fail(err, TL_ERR_INPUT, "%s: /prompt/offsets: prompt %lld is empty, expected at least one "
+                                   "token", path, (long long)(i0 + j));
+                trainable = 1;
+            }
+        }
+        i0 = i1;
+    }
+    for (int k = 0; k < n_runs; k++) {
+        int64_t last = 0;
+        TL_TRY(tl_h5_array_read(runs[k].off, n, 1, &last, err));
+        if (last != runs[k].n_tok)
+            return tl_fail(err, TL_ERR_INPUT, "%s: %s: last offset %lld, expected %lld (the length of %s)", path,
+                           runs[k].off_name, (long long)last, (long long)runs[k].n_tok, runs[k].tok_name);
+    }
+    if (!trainable && kind == 0)
+        return tl_fail(err, TL_ERR_INPUT, "%s: /sft/prompt_len: no example has a token to train on (each is all "
+                       "prompt or shorter than 2 tokens), expected at least one example with a response", path);
+    if (!trainable)
+        return tl_fail(err, TL_ERR_INPUT, "%s: /pref/prompt/offsets: no pair has a token to train on (each has an "
+                       "empty prompt and a 1-token response), expected at least one pair with 2 or more tokens per "
+                       "side", path);
+    return TL_OK;
+}
+
+tl_status tl_data_check_bounded(const char *path, const char *kind, tl_error *err) {
+    int pref;
+    if (!strcmp(kind, "sft")) pref = 0;
+    else if (!strcmp(kind, "preference")) pref = 1;
+    else if (!strcmp(kind, "prompt")) pref = 2;
+    else return tl_fail(err, TL_ERR_INPUT, "'%s' is not a dataset kind (expected sft, preference or prompt)", kind);
+    tl_h5_reader *r = NULL;
+    TL_TRY(tl_h5_reader_open(path, &r, err));
+    int64_t vattr = 0;
+    int n_users = 0;
+    char **names = NULL, **groups = NULL;
+    tl_status st = tl_h5_read_root(r, pref == 2 ? "prompt" : pref ? "preference" : "sft", 0, &vattr, err);
+    if (st == TL_OK) st = tl_h5_read_users(r, &n_users, &names, &groups, err);
+    tl_free_strings(names, n_users);
+    tl_free_strings(groups, n_users);
+    chk_run runs[3];
+    memset(runs, 0, sizeof runs);
+    tl_h5_array *rows[2] = {NULL, NULL};
+    int32_t *rv[2] = {NULL, NULL};
+    if (st == TL_OK && pref == 1) {
+        runs[0] = (chk_run){.tok_name = "/pref/prompt/tokens", .off_name = "/pref/prompt/offsets"};
+        runs[1] = (chk_run){.tok_name = "/pref/chosen/tokens", .off_name = "/pref/chosen/offsets"};
+        runs[2] = (chk_run){.tok_name = "/pref/rejected/tokens", .off_name = "/pref/rejected/offsets"};
+        static const char *const rn[1] = {"/pref/user"};
+        st = chk_runs(path, r, runs, 3, rows, rv, rn, 1, 1, vattr, n_users, err);
+    } else if (st == TL_OK && pref == 2) {
+        int has_t = 0, has_o = 0;
+        st = tl_h5_has(r, "/prompt/reference/tokens", &has_t, err);
+        if (st == TL_OK) st = tl_h5_has(r, "/prompt/reference/offsets", &has_o, err);
+        if (st == TL_OK && has_t != has_o)
+            st = tl_fail(err, TL_ERR_INPUT, "%s: %s: missing dataset, expected /prompt/reference/tokens and "
+                         "/prompt/reference/offsets together or neither", path,
+                         has_t ? "/prompt/reference/offsets" : "/prompt/reference/tokens");
+        runs[0] = (chk_run){.tok_name = "/prompt/tokens", .off_name = "/prompt/offsets"};
+        runs[1] = (chk_run){.tok_name = "/prompt/reference/tokens", .off_name = "/prompt/reference/offsets"};
+        static const char *const rn[1] = {"/prompt/user"};
+        if (st == TL_OK) st = chk_runs(path, r, runs, has_t ? 2 : 1, rows, rv, rn, 1, 2, vattr, n_users, err);
+    } else if (st == TL_OK) {
+        runs[0] = (chk_run){.tok_name = "/sft/tokens", .off_name = "/sft/offsets"};
+        static const char *const rn[2] = {"/sft/prompt_len", "/sft/user"};
+        st = chk_runs(path, r, runs, 1, rows, rv, rn, 2, 0, vattr, n_users, err);
+    }
+    for (int k = 0; k < 3; k++) {
+        tl_h5_array_close(runs[k].tok), tl_h5_array_close(runs[k].off);
+        free(runs[k].o), free(runs[k].t);
+    }
+    for (int a = 0; a < 2; a++) tl_h5_array_close(rows[a]), free(rv[a]);
+    return tl_h5_reader_close(r, st, err);
+}
+
+/* Checks the written file before it is published, so that data build never publishes a file that train or inspect
+ * would refuse: in bounded memory always (check_bounded), and with the reader train uses (no model: its
+ * vocabulary check is train's) when the file is at most TL_BUILD_FULL_CHECK bytes. The row checks above should
+ * make this never fire; if it does, the message names OUT and the reader's complaint. */
 static tl_status check_output(const char *tmp, const char *out, int pref, tl_error *err) {
     tl_error ve;
     memset(&ve, 0, sizeof ve);
-    tl_status vs;
-    if (pref == 2) {
-        tl_prompt_dataset d;
-        vs = tl_prompt_open(tmp, 0, &d, &ve);
-        if (vs == TL_OK) tl_prompt_free(&d);
-    } else if (pref) {
-        tl_pref_dataset d;
-        vs = tl_pref_open(tmp, 0, &d, &ve);
-        if (vs == TL_OK) tl_pref_free(&d);
-    } else {
-        tl_sft_dataset d;
-        vs = tl_sft_open(tmp, 0, &d, &ve);
-        if (vs == TL_OK) tl_sft_free(&d);
+    tl_status vs = tl_data_check_bounded(tmp, pref == 2 ? "prompt" : pref ? "preference" : "sft", &ve);
+    struct stat sb;
+    if (vs == TL_OK && stat(tmp, &sb) == 0 && (int64_t)sb.st_size <= TL_BUILD_FULL_CHECK) {
+        if (pref == 2) {
+            tl_prompt_dataset d;
+            vs = tl_prompt_open(tmp, 0, &d, &ve);
+            if (vs == TL_OK) tl_prompt_free(&d);
+        } else if (pref) {
+            tl_pref_dataset d;
+            vs = tl_pref_open(tmp, 0, &d, &ve);
+            if (vs == TL_OK) tl_pref_free(&d);
+        } else {
+            tl_sft_dataset d;
+            vs = tl_sft_open(tmp, 0, &d, &ve);
+            if (vs == TL_OK) tl_sft_free(&d);
+        }
     }
     if (vs == TL_OK) return TL_OK;
     return tl_fail(err, vs, "%s: the built dataset fails tailor's own checks: %.900s", out, ve.msg);

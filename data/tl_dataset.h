@@ -82,6 +82,14 @@ int tl_utf8_valid(const unsigned char *s, size_t len);
 /* A rank-1 dataset of exactly int32 / int64 (either byte order), read whole into a new malloc'd array. */
 tl_status tl_h5_read_i32(tl_h5_reader *r, const char *name, int32_t **out, int64_t *len, tl_error *err);
 tl_status tl_h5_read_i64(tl_h5_reader *r, const char *name, int64_t **out, int64_t *len, tl_error *err);
+/* A rank-1 int32 (width 4) or int64 (width 8) dataset read in pieces, for files too large to hold: open checks it
+ * as tl_h5_read_i32/i64 do (links, storage, dtype, declared size against the file) without reading it and gives
+ * its length; read copies elements [start, start + count) into out. Close every array before the reader. */
+typedef struct tl_h5_array tl_h5_array;
+tl_status tl_h5_array_open(tl_h5_reader *r, const char *name, size_t width, tl_h5_array **out, int64_t *len,
+                           tl_error *err);
+tl_status tl_h5_array_read(tl_h5_array *a, int64_t start, int64_t count, void *out, tl_error *err);
+void tl_h5_array_close(tl_h5_array *a); /* NULL is allowed */
 /* Whether the object `name` (an absolute path) exists, every component of it a hard link (a soft or external
  * link on the way is TL_ERR_INPUT): for optional datasets. */
 tl_status tl_h5_has(tl_h5_reader *r, const char *name, int *exists, tl_error *err);

@@ -16,10 +16,11 @@
  *
  * Streaming: rows are written as they are read, in batches of TAILOR_DATA_BUILD_FLUSH_BYTES (default 8 MiB) of
  * tokens and per-row values, into chunked extendible datasets (1 MiB chunks); an input that fits one batch is
- * written contiguous, as before. What is held while reading is O(users) (each user's name, group, row and token
- * counts and a hash slot: about 50 bytes plus the names) and the batch, never the dataset; the users table is
- * written after the rows from that. The final check (the reader train uses, on the finished file) still loads the
- * whole file once, 4 bytes per token and 16 per row: that, not the writing, sets the build's peak memory. */
+ * written contiguous, as before. Memory is O(users) (each user's name, group, row and token counts and a hash
+ * slot: about 50 bytes plus the names) plus fixed buffers, never the dataset: the batch, HDF5's chunk caches
+ * (3 MiB per array at most) and the final check's blocks (tl_data_check_bounded, about 10 MiB). The users table
+ * is written after the last row, from those per-user records. Outputs of at most 64 MiB are also opened whole
+ * with the reader train uses before they are published. */
 #ifndef TL_DATA_BUILD_H
 #define TL_DATA_BUILD_H
 
@@ -39,6 +40,11 @@ typedef struct {
 /* model: an HF model directory holding tokenizer.json, or a GGUF file (tokenizer.ggml.*). opts may be NULL. */
 tl_status tl_data_build_ex(const char *in, const char *out, const char *model, const char *kind,
                            const tl_data_build_opts *opts, tl_error *err);
+/* The check data build runs on its output before publishing it, in bounded memory (a few MiB at a time, plus the
+ * users table): the reader's rules for a file of `kind` (sft, preference, prompt), storage and dtypes included,
+ * except the model's vocabulary. In-process, without the reader's crash isolation: for files tailor wrote.
+ * A file that breaks a rule is TL_ERR_INPUT "<file>: <dataset>: <problem>" as from the reader. */
+tl_status tl_data_check_bounded(const char *path, const char *kind, tl_error *err);
 /* The same with only a report stream (may be NULL). */
 tl_status tl_data_build(const char *in, const char *out, const char *model, const char *kind, FILE *report,
                         tl_error *err);

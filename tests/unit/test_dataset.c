@@ -421,6 +421,52 @@ static void test_isolation(void) {
     unsetenv("TAILOR_HDF5_ISOLATE");
 }
 
+/* tl_h5_array (data build's bounded check): random ranges of a random file read back exactly what was written;
+ * open applies tl_h5_read_i32/i64's checks (dtype) and a range beyond the end is an error, not a read. */
+static void test_array(void) {
+    for (int rep = 0; rep < 30; rep++) {
+        spec s;
+        random_spec(&s, 1000);
+        char path[512];
+        write_spec(&s, path, sizeof path);
+        tl_h5_reader *r = NULL;
+        tl_error e = {0};
+        CHECK_OK(tl_h5_reader_open(path, &r, &e), e);
+        if (!r) continue;
+        tl_h5_array *a = NULL, *o = NULL;
+        int64_t nt = -1, no = -1;
+        CHECK_OK(tl_h5_array_open(r, "/sft/tokens", 4, &a, &nt, &e), e);
+        CHECK_OK(tl_h5_array_open(r, "/sft/offsets", 8, &o, &no, &e), e);
+        CHECK(nt == s.n_tok && no == s.n_off, "array lengths %lld %lld", (long long)nt, (long long)no);
+        for (int k = 0; a && o && k < 20; k++) {
+            int32_t tb[256];
+            int64_t ob[64];
+            int64_t st = rnd_int(0, (int)nt), n = rnd_int(0, (int)(nt - st));
+            memset(tb, 0x5a, sizeof tb);
+            CHECK_OK(tl_h5_array_read(a, st, n, tb, &e), e);
+            CHECK(memcmp(tb, s.tokens + st, (size_t)n * 4) == 0, "tokens [%lld, +%lld) differ", (long long)st,
+                  (long long)n);
+            st = rnd_int(0, (int)no), n = rnd_int(0, (int)(no - st));
+            CHECK_OK(tl_h5_array_read(o, st, n, ob, &e), e);
+            CHECK(memcmp(ob, s.offsets + st, (size_t)n * 8) == 0, "offsets [%lld, +%lld) differ", (long long)st,
+                  (long long)n);
+        }
+        int32_t one;
+        if (a) CHECK(tl_h5_array_read(a, nt, 1, &one, &e) == TL_ERR_RUNTIME && strstr(e.msg, "/sft/tokens"),
+                     "a read past the end: %s", e.msg);
+        tl_h5_array *bad = NULL;
+        int64_t nb = 0;
+        CHECK(tl_h5_array_open(r, "/sft/tokens", 8, &bad, &nb, &e) == TL_ERR_INPUT && !bad &&
+                  strstr(e.msg, "/sft/tokens: dtype int32, expected int64"), "wrong width: %s", e.msg);
+        CHECK(tl_h5_array_open(r, "/sft/nothing", 4, &bad, &nb, &e) == TL_ERR_INPUT && !bad &&
+                  strstr(e.msg, "missing dataset"), "missing: %s", e.msg);
+        tl_h5_array_close(a);
+        tl_h5_array_close(o);
+        CHECK_OK(tl_h5_reader_close(r, TL_OK, &e), e);
+        remove(path);
+    }
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own expected failures must not print stacks */
     test_isolation();
@@ -429,6 +475,7 @@ int main(void) {
     if (fx_scratch_init("tl_test_dataset")) return 1;
     test_valid();
     test_errors();
+    test_array();
     /* clean up the scratch directory */
     char p[512];
     snprintf(p, sizeof p, "%s/not_hdf5.h5", g_dir);
