@@ -64,6 +64,9 @@ inspect() {
   awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; w = s}
               /Maximum resident set size/ {r = $2} END {print w, r}' "$dir/$name.itime" >"$dir/$name.inspect"
 }
+# the floor: a tailor process that does nothing (its shared libraries: CUDA, BLAS, MPI when linked)
+floor() { /usr/bin/time -v "$1" version 2>&1 >/dev/null | awk -F': ' '/Maximum resident set size/ {print $2}'; }
+floor_base=$(floor "$base") floor_new=$(floor "$new")
 run base "$base"
 run new "$new"
 inspect base
@@ -98,6 +101,10 @@ for s in base new; do
 done
 read -r bw bc br <"$dir/base.stat"; read -r nw nc nr <"$dir/new.stat"
 read -r biw bir <"$dir/base.inspect"; read -r niw nir <"$dir/new.inspect"
-printf 'new/base: wall %.2fx, cpu %.2fx, peak RSS %.2fx; inspect wall %.2fx\n' "$(echo "$nw / $bw" | bc -l)" \
-  "$(echo "$nc / $bc" | bc -l)" "$(echo "$nr / $br" | bc -l)" "$(echo "$niw / $biw" | bc -l)"
+printf 'peak RSS above the floor of `tailor version` (base %.0f MiB, new %.0f MiB): base %.0f MiB, new %.0f MiB\n' \
+  "$(echo "$floor_base / 1024" | bc -l)" "$(echo "$floor_new / 1024" | bc -l)" "$(echo "($br - $floor_base) / 1024" | bc -l)" \
+  "$(echo "($nr - $floor_new) / 1024" | bc -l)"
+printf 'new/base: wall %.2fx, cpu %.2fx, peak RSS %.2fx (above the floor %.2fx); inspect wall %.2fx\n' \
+  "$(echo "$nw / $bw" | bc -l)" "$(echo "$nc / $bc" | bc -l)" "$(echo "$nr / $br" | bc -l)" \
+  "$(echo "($nr - $floor_new) / ($br - $floor_base)" | bc -l)" "$(echo "$niw / $biw" | bc -l)"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
