@@ -1,6 +1,6 @@
 /* test_store: the adapter store (trainer/run/tl_store.h): round trips of records and manifests on random values,
  * a crash between a write and a commit, pruning, and the refusals: another store's manifest, another layout, a
- * truncated segment, a corrupt record, a corrupt manifest; and two ranks sharing one store. */
+ * truncated segment, a corrupt record, a corrupt manifest; two ranks sharing one store; compaction. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +112,69 @@ static void shard_section(const char *run) {
     CHECK_OK(tl_store_prune(one, keep, 1, &err), err);
     CHECK(count_segments(run) == 2, "after pruning: %d segments", count_segments(run));
     tl_store_close(one);
+    rm_rf(run);
+}
+
+/* Compaction: a segment whose live records fell under the threshold gives them to the open segment; pruning then
+ * removes it; the records read back bit for bit; an adapter of the current round stays where it is. */
+static void compact_section(const char *run) {
+    tl_error err = {0};
+    tl_store_layout L = {.P = NP, .rank = 2, .n_layers = 3, .targets = 5, .head_dim = 0};
+    rm_rf(run);
+    mkdir(run, 0755);
+    tl_store *st = NULL;
+    CHECK_OK(tl_store_open(run, &L, &st, &err), err);
+    if (!st) return;
+    enum { N = 8 };
+    static float want[N][3][NP], got[3][NP];
+    char nm[16], m1[400], m2[400], m3[400];
+    snprintf(m1, sizeof m1, "%s/c1.bin", run), snprintf(m2, sizeof m2, "%s/c2.bin", run);
+    snprintf(m3, sizeof m3, "%s/c3.bin", run);
+    for (int a = 0; a < N; a++) {
+        snprintf(nm, sizeof nm, "a%d", a);
+        int64_t idx;
+        CHECK_OK(tl_store_add(st, nm, &idx, &err), err);
+        for (int k = 0; k < 3; k++) fill(want[a][k], NP);
+        CHECK_OK(tl_store_write(st, idx, want[a][0], want[a][1], want[a][2], 1, &err), err);
+    }
+    CHECK_OK(tl_store_commit(st, 4, 0, m1, &err), err);
+    /* a later round (starting at step 4) retrains a0..a6: segment 0 keeps a7 alone, 1/8 of its bytes */
+    for (int a = 0; a < N - 1; a++) {
+        tl_store_set_round(st, a, 4, 1);
+        for (int k = 0; k < 3; k++) fill(want[a][k], NP);
+        CHECK_OK(tl_store_write(st, a, want[a][0], want[a][1], want[a][2], 2, &err), err);
+    }
+    CHECK_OK(tl_store_commit(st, 8, 4, m2, &err), err);
+    tl_store_compaction c;
+    CHECK_OK(tl_store_compact(st, 0, 4, &c, &err), err);
+    CHECK(c.n_moved == 0 && c.segments == 0, "below = 0 compacted");
+    CHECK_OK(tl_store_compact(st, 0.1, 4, &c, &err), err);
+    CHECK(c.n_moved == 0, "12.5%% live is not under 10%%");
+    /* a7 in the round: it stays */
+    tl_store_set_round(st, 7, 4, 1);
+    CHECK_OK(tl_store_compact(st, 0.25, 4, &c, &err), err);
+    CHECK(c.segments == 1 && c.n_moved == 0, "an adapter of the round moved (%d segments, %lld moved)", c.segments,
+          (long long)c.n_moved);
+    tl_store_compaction_free(&c);
+    tl_store_set_round(st, 7, 0, 1);
+    CHECK_OK(tl_store_compact(st, 0.25, 4, &c, &err), err);
+    CHECK(c.segments == 1 && c.n_moved == 1 && c.moved[0] == 7 && c.bytes == tl_store_record_bytes(NP),
+          "compaction: %d segments, %lld moved", c.segments, (long long)c.n_moved);
+    tl_store_compaction_free(&c);
+    CHECK_OK(tl_store_commit(st, 8, 4, m3, &err), err);
+    char *keep2[2] = {m2, m3};
+    CHECK_OK(tl_store_prune(st, keep2, 2, &err), err);
+    CHECK(count_segments(run) == 3, "m2 still uses segment 0: %d segments", count_segments(run));
+    char *keep1[1] = {m3};
+    CHECK_OK(tl_store_prune(st, keep1, 1, &err), err);
+    CHECK(count_segments(run) == 2, "after pruning: %d segments", count_segments(run));
+    int64_t step;
+    CHECK_OK(tl_store_restore(st, m3, &step, NULL, &err), err);
+    for (int a = 0; a < N; a++) {
+        CHECK_OK(tl_store_read(st, a, got[0], got[1], got[2], &err), err);
+        CHECK(!memcmp(got, want[a], sizeof got), "adapter %d after compaction", a);
+    }
+    tl_store_close(st);
     rm_rf(run);
 }
 
@@ -257,5 +320,6 @@ int main(void) {
     tl_store_close(st);
     rm_rf(run), rm_rf(run2);
     shard_section(run3_of(run));
+    compact_section(run3_of(run));
     return tl_check_done_seed("test_store", (unsigned long long)seed);
 }

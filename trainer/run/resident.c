@@ -240,7 +240,8 @@ tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_expo
 
 /* ---- many ranks (user_shard) ---- */
 
-tl_status tl_resident_sync(tl_resident *r, tl_dist *d, uint64_t *bytes_written, tl_error *err) {
+tl_status tl_resident_sync(tl_resident *r, tl_dist *d, const int64_t *extra, int64_t n_extra, uint64_t *bytes_written,
+                           tl_error *err) {
     TL_TRY(tl_resident_flush(r, err));
     TL_TRY(tl_store_seal(r->store, err));
     int64_t N = tl_store_count(r->store);
@@ -253,6 +254,11 @@ tl_status tl_resident_sync(tl_resident *r, tl_dist *d, uint64_t *bytes_written, 
         int64_t e = r->entry[a];
         tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
         buf[(size_t)e * W + W - 1] = 1;
+    }
+    for (int64_t k = 0; k < n_extra; k++) { /* entries this rank moved (compaction: adapters outside the round) */
+        int64_t e = extra[k];
+        tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
+        buf[(size_t)e * W + W - 1] += 1;
     }
     buf[n - 2] = N;
     buf[n - 1] = (int64_t)tl_store_bytes_written(r->store);

@@ -295,7 +295,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     /* many ranks (user_shard): every rank sees every rank's newest records, and evaluates every world-th chunk
      * of K adapters (the chunks of one process, so the same numbers); the results are summed over ranks */
     int world = tl_dist_world(S->dist), rank = tl_dist_rank(S->dist);
-    if (world > 1) TL_TRY(tl_resident_sync(res, S->dist, NULL, err));
+    if (world > 1) TL_TRY(tl_resident_sync(res, S->dist, NULL, 0, NULL, err));
     else TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
     if (final && cfg->data_eval_generate > 0)

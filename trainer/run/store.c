@@ -718,3 +718,53 @@ tl_status tl_store_entry_unpack(tl_store *st, int64_t i, const int64_t w[TL_STOR
                               .round = w[7], .steps0 = w[8]};
     return TL_OK;
 }
+
+/* ---- compaction ---- */
+
+tl_status tl_store_compact(tl_store *st, double below, int64_t round, tl_store_compaction *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    uint32_t first_open = st->next_seg; /* this interval's segments (every rank's) are still being written */
+    if (below <= 0 || first_open == 0) return TL_OK;
+    size_t rec = tl_store_record_bytes(st->L.P);
+    uint64_t *live = calloc(first_open, sizeof *live);
+    if (!live) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    for (int64_t i = 0; i < st->n; i++)
+        if (st->e[i].seg < first_open) live[st->e[i].seg] += rec;
+    /* a segment is sparse when its live records are under `below` of its bytes; an adapter of the current round
+     * stays (with many ranks its rank owns its entry), every other live record of a sparse segment moves */
+    uint8_t *sparse = calloc(first_open, 1);
+    tl_status s = sparse ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    for (uint32_t k = 0; !s && k < first_open; k++) {
+        if (!live[k]) continue; /* dead already: pruning removes it once no kept checkpoint uses it */
+        char path[TL_PATH_MAX];
+        struct stat sb;
+        s = seg_path(st, k, path, sizeof path, err);
+        if (!s && stat(path, &sb) == 0 && (double)live[k] < below * (double)sb.st_size) {
+            sparse[k] = 1;
+            out->segments++;
+        }
+    }
+    float *x = NULL;
+    if (!s && out->segments) {
+        x = malloc(3 * st->L.P * sizeof *x);
+        out->moved = malloc((size_t)(st->n ? st->n : 1) * sizeof *out->moved);
+        if (!x || !out->moved) s = tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    }
+    for (int64_t i = 0; !s && out->segments && i < st->n; i++) {
+        entry *e = &st->e[i];
+        if (e->seg >= first_open || !sparse[e->seg] || e->meta.round == round) continue;
+        float *p = x, *m = x + st->L.P, *v = x + 2 * st->L.P;
+        /* read (CRC-checked) and append as a write-back would: the copy is the same record */
+        s = tl_store_read(st, i, p, m, v, err);
+        if (!s) s = tl_store_write(st, i, p, m, v, e->meta.steps, err);
+        if (!s) out->moved[out->n_moved++] = i, out->bytes += rec;
+    }
+    free(x), free(sparse), free(live);
+    if (s) tl_store_compaction_free(out);
+    return s;
+}
+
+void tl_store_compaction_free(tl_store_compaction *c) {
+    free(c->moved);
+    memset(c, 0, sizeof *c);
+}

@@ -112,6 +112,23 @@ tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *
 void tl_store_entry_pack(const tl_store *st, int64_t i, int64_t w[TL_STORE_ENTRY_WORDS]);
 tl_status tl_store_entry_unpack(tl_store *st, int64_t i, const int64_t w[TL_STORE_ENTRY_WORDS], tl_error *err);
 
+/* Compaction: without it an adapter that never trains again pins its segment, and every dead record beside it,
+ * for the life of the run. A closed segment whose live records (those the index points to) are under `below` of
+ * its bytes is sparse; every live record in it, except those of adapters enrolled in the round that began at
+ * global step `round` (they are being trained, and with many ranks another rank owns their entries), is copied to
+ * the open segment, CRC-checked, as a write-back would. The sparse segment is then dead to the index, and pruning
+ * removes it once no retained checkpoint refers to it. Each byte moved follows at least (1 - below) / below dead
+ * bytes that training wrote, so over a run compaction costs at most that fraction of the write-backs' bytes.
+ * below <= 0: nothing. out->moved lists the moved entries (free with tl_store_compaction_free). */
+typedef struct {
+    int64_t *moved;     /* [n_moved] entries whose record moved */
+    int64_t n_moved;
+    int segments;       /* sparse segments found */
+    uint64_t bytes;     /* bytes appended */
+} tl_store_compaction;
+tl_status tl_store_compact(tl_store *st, double below, int64_t round, tl_store_compaction *out, tl_error *err);
+void tl_store_compaction_free(tl_store_compaction *c);
+
 /* Bytes appended to segments since the store was opened (for the checkpoint size line and the benchmark). */
 uint64_t tl_store_bytes_written(const tl_store *st);
 /* Bytes of one record (header + 3 P floats). */

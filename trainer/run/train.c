@@ -335,21 +335,33 @@ static tl_status save_run_state(tl_run *R, int64_t done_steps, int checkpoint, i
     for (int a = 0; a < res->n; a++)
         tl_store_set_cursor(res->store, res->entry[a], R->cursors[a].epoch, R->cursors[a].pos);
     uint64_t written_all = 0; /* store bytes appended by every rank */
-    if (R->world > 1) { /* user_shard: each rank's records sealed, and every rank's entries on every rank */
-        TL_TRY(tl_resident_sync(res, S->dist, &written_all, err));
-    } else {
-        TL_TRY(tl_resident_flush(res, err));
+    tl_store_compaction cp = {0};
+    TL_TRY(tl_resident_flush(res, err));
+    /* a checkpoint compacts the store (rank 0: the adapters outside the round, which no rank owns) */
+    if (checkpoint && R->rank == 0)
+        TL_TRY(tl_store_compact(res->store, cfg->store_compact_below, R->round_start, &cp, err));
+    tl_status s = TL_OK;
+    if (R->world > 1) /* user_shard: each rank's records sealed, and every rank's entries on every rank */
+        s = tl_resident_sync(res, S->dist, cp.moved, cp.n_moved, &written_all, err);
+    else
         written_all = tl_store_bytes_written(res->store);
-    }
+    int n_moved = (int)cp.n_moved, n_sparse = cp.segments;
+    uint64_t moved_bytes = cp.bytes;
+    tl_store_compaction_free(&cp);
+    TL_TRY(s);
     if (checkpoint && R->rank == 0) { /* rank 0 writes the manifest (and prunes) for every rank */
         TL_TRY(tl_checkpoint_save_store(cfg->output_dir, cfg, res->store, done_steps, R->round_start,
                                         cfg->keep_checkpoints, err));
         /* what this checkpoint cost: the records written back since the last one, and the manifest */
-        uint64_t bytes = written_all - R->ckpt_bytes;
+        uint64_t bytes = written_all - R->ckpt_bytes - moved_bytes;
         fprintf(R->ui.log, "checkpoint at step %lld: %.1f MiB of adapter records since the last one (%llu "
                 "adapter(s)), manifest of %lld adapter(s), %.2f s\n", (long long)done_steps,
                 (double)bytes / (1 << 20), (unsigned long long)(bytes / tl_store_record_bytes(S->pool.P)),
                 (long long)tl_store_count(res->store), tl_now_s() - t0);
+        if (n_moved)
+            fprintf(R->ui.log, "store compaction: %d record(s) (%.1f MiB) moved out of %d sparse segment(s), which "
+                    "pruning removes once no kept checkpoint uses them\n", n_moved, (double)moved_bytes / (1 << 20),
+                    n_sparse);
     }
     if (checkpoint) R->ckpt_bytes = written_all;
     if (export_adapters && R->rank == 0) { /* rank 0 reads every rank's records from the shared store */
