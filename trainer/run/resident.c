@@ -283,3 +283,45 @@ tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_expo
     free(names), free(steps);
     return s;
 }
+
+/* ---- many ranks (user_shard) ---- */
+
+tl_status tl_resident_sync(tl_resident *r, tl_dist *d, const int64_t *extra, int64_t n_extra, uint64_t *bytes_written,
+                           tl_error *err) {
+    TL_TRY(tl_resident_flush(r, err));
+    TL_TRY(tl_store_seal(r->store, err));
+    int64_t N = tl_store_count(r->store);
+    enum { W = TL_STORE_ENTRY_WORDS + 1 }; /* an entry, then its owner count */
+    /* + the check that every rank has the same index, and the bytes every rank wrote */
+    size_t n = (size_t)N * W + 2;
+    int64_t *buf = calloc(n, sizeof *buf);
+    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "adapter store: out of host memory for %lld entries", (long long)N);
+    for (int a = 0; a < r->n; a++) {
+        int64_t e = r->entry[a];
+        tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
+        buf[(size_t)e * W + W - 1] = 1;
+    }
+    for (int64_t k = 0; k < n_extra; k++) { /* entries this rank moved (compaction: adapters outside the round) */
+        int64_t e = extra[k];
+        tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
+        buf[(size_t)e * W + W - 1] += 1;
+    }
+    buf[n - 2] = N;
+    buf[n - 1] = (int64_t)tl_store_bytes_written(r->store);
+    tl_status s = tl_dist_allreduce_i64_host(d, buf, n, "adapter store index", err);
+    int world = tl_dist_world(d);
+    if (!s && buf[n - 2] != N * world)
+        s = tl_fail(err, TL_ERR_RUNTIME, "adapter store: the ranks hold indexes of different sizes (%lld here)",
+                    (long long)N);
+    for (int64_t e = 0; !s && e < N; e++) {
+        int64_t owners = buf[(size_t)e * W + W - 1];
+        if (owners > 1)
+            s = tl_fail(err, TL_ERR_RUNTIME, "adapter store: adapter '%.100s' is trained by %lld ranks",
+                        tl_store_name(r->store, e), (long long)owners);
+        else if (owners == 1) /* the owner's entry; an adapter nobody trains this round is the same everywhere */
+            s = tl_store_entry_unpack(r->store, e, buf + (size_t)e * W, err);
+    }
+    if (!s && bytes_written) *bytes_written = (uint64_t)buf[n - 1];
+    free(buf);
+    return s;
+}

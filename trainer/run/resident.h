@@ -16,6 +16,7 @@
 
 #include "data/tl_batcher.h"
 #include "data/tl_pref.h"
+#include "trainer/dist/tl_dist.h"
 #include "trainer/model/tl_model.h"
 #include "trainer/run/session_impl.h"
 #include "trainer/run/tl_export.h"
@@ -70,6 +71,15 @@ double tl_resident_io_bg_s(tl_resident *r);
 tl_status tl_resident_flush(tl_resident *r, tl_error *err);
 /* Drops every slot (after a flush): the next acquire loads afresh, in the order asked. */
 void tl_resident_evict_all(tl_resident *r);
+
+/* user_shard with many ranks, each training its own adapters over the one shared store: writes back every dirty
+ * slot, seals this rank's segment, and gives every rank the whole index (each adapter's entry from the rank that
+ * trains it; a sum over ranks, so O(adapters) integers, about as much as a manifest). Every rank calls it at the
+ * same points: before a checkpoint's manifest, an evaluation or an export. *bytes_written: the store bytes all
+ * ranks appended since they opened it (NULL: not wanted). extra[0..n_extra): entries of adapters no rank trains
+ * this round whose records this rank moved (tl_store_compact), published the same way. */
+tl_status tl_resident_sync(tl_resident *r, tl_dist *d, const int64_t *extra, int64_t n_extra, uint64_t *bytes_written,
+                           tl_error *err);
 
 /* Rewrites a step's batch into slot space: segment slots and row adapters of every micro-batch (and the pairs'
  * owners when PS is given) become slots; *out is B with active and target_count replaced by the caller's

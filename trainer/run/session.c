@@ -259,12 +259,44 @@ static tl_status load_chunk(tl_session *S, int64_t c0, int c, const int32_t *lis
     return TL_OK;
 }
 
+/* Many ranks: each adapter's results come from the one rank that evaluated its chunk, the other ranks hold zeros
+ * there, so a sum over ranks is exact. */
+static tl_status store_eval_merge(tl_session *S, int sft, tl_eval_result *all, tl_pref_eval_result *pall, int cross,
+                                  double *scross, int ns, tl_error *err) {
+    int N = sft ? all->n : pall->n;
+    tl_status s = TL_OK;
+    if (sft) {
+        s = tl_dist_allreduce_i64_host(S->dist, all->examples, (size_t)N, "eval example counts", err);
+        if (!s) s = tl_dist_allreduce_i64_host(S->dist, all->tokens, (size_t)N, "eval token counts", err);
+        if (!s) s = tl_dist_allreduce_f64_host(S->dist, all->loss, (size_t)N, "eval losses", err);
+        if (!s) s = tl_dist_allreduce_f64_host(S->dist, all->base_loss, (size_t)N, "eval base losses", err);
+        if (!s && cross) s = tl_dist_allreduce_f64_host(S->dist, all->cross, (size_t)N * N, "eval cross matrix", err);
+    } else {
+        double *buf = calloc((size_t)N * TL_PSTAT_N + 1, sizeof *buf);
+        if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+        int K = S->pool.n_slots, world = tl_dist_world(S->dist), rank = tl_dist_rank(S->dist);
+        for (int a = 0; a < N; a++)
+            if ((a / K) % world == rank) tl_pstat_pack(&pall->own[a], buf + (size_t)a * TL_PSTAT_N);
+        s = tl_dist_allreduce_f64_host(S->dist, buf, (size_t)N * TL_PSTAT_N, "eval preference metrics", err);
+        for (int a = 0; !s && a < N; a++) tl_pstat_unpack(buf + (size_t)a * TL_PSTAT_N, &pall->own[a]);
+        free(buf);
+        if (!s && cross)
+            s = tl_dist_allreduce_f64_host(S->dist, pall->cross_acc, (size_t)N * N, "eval cross accuracies", err);
+    }
+    if (!s && ns) s = tl_dist_allreduce_f64_host(S->dist, scross, (size_t)ns * ns, "eval cross sample", err);
+    return s;
+}
+
 /* Per-adapter held-out loss (SFT) or preference metrics for every adapter of the store, K at a time; the slots are
  * dropped afterwards (the next step loads what it needs). The cross matrix is left out (docs/scale.md). */
 static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
                             int final, tl_error *err) {
     tl_resident *res = S->res;
-    TL_TRY(tl_resident_flush(res, err));
+    /* many ranks (user_shard): every rank sees every rank's newest records, and evaluates every world-th chunk
+     * of K adapters (the chunks of one process, so the same numbers); the results are summed over ranks */
+    int world = tl_dist_world(S->dist), rank = tl_dist_rank(S->dist);
+    if (world > 1) TL_TRY(tl_resident_sync(res, S->dist, NULL, 0, NULL, err));
+    else TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
     if (final && cfg->data_eval_generate > 0)
         fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
@@ -305,6 +337,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     if (S->have_ref) po.ref = &refview;
     for (int c0 = 0; !s && c0 < N; c0 += K) {
         int c = N - c0 < K ? N - c0 : K;
+        if ((c0 / K) % world != rank) continue;
         s = load_chunk(S, c0, c, NULL, host, err);
         view.n_slots = c, refview.n_slots = c;
         if (s) break;
@@ -345,6 +378,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                              .max_seq_len = cfg->data_max_seq_len, .with_cross = 1, .part = &scols};
     for (int c0 = 0; !s && c0 < ns; c0 += K) {
         int c = ns - c0 < K ? ns - c0 : K;
+        if ((c0 / K) % world != rank) continue;
         s = load_chunk(S, c0, c, sample, host, err);
         view.n_slots = c, refview.n_slots = c;
         if (s) break;
@@ -362,17 +396,21 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
         tl_eval_result_free(&r);
         tl_pref_eval_result_free(&pr);
     }
+    if (!s && world > 1) s = store_eval_merge(S, sft, &all, &pall, cross, scross, ns, err);
     if (!s && ns) {
         if (sft) all.n_sample = ns, all.sample = sample, all.sample_cross = scross;
         else pall.n_sample = ns, pall.sample = sample, pall.sample_cross_acc = scross;
         scross = NULL;
-        fprintf(ui->out, "cross matrix: %d of the %d adapters, evenly spaced, in eval.json's cross_sample\n", ns, N);
+        if (rank == 0)
+            fprintf(ui->out, "cross matrix: %d of the %d adapters, evenly spaced, in eval.json's cross_sample\n", ns,
+                    N);
     }
     free(scross);
     tl_resident_evict_all(res);
     tl_lora_pool byname = S->pool;
     byname.n_slots = N, byname.names = names;
-    if (!s && sft) {
+    if (rank != 0) { /* rank 0 speaks for the run */
+    } else if (!s && sft) {
         double l, b;
         int64_t t;
         tl_eval_totals(&all, &l, &b, &t);
