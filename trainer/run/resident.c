@@ -273,9 +273,8 @@ tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_expo
         names[i] = (char *)tl_store_name(r->store, i);
         steps[i] = tl_store_meta_at(r->store, i)->steps;
     }
-    tl_lora_pool layout = *r->pool; /* the shape; the rows come from the store, one adapter at a time */
-    layout.n_slots = (int)N, layout.names = names, layout.steps = steps;
-    layout.params = layout.grads = layout.m = layout.v = NULL;
+    /* the shape; the rows come from the store, one adapter at a time */
+    tl_lora_pool layout = tl_lora_pool_layout(r->pool, (int)N, names, steps);
     export_ctx c = {.r = r};
     tl_state_reader rd = {.read = export_read, .ctx = &c};
     tl_export_opts peft = {.format = TL_EXPORT_PEFT, .base_model = cfg->model_path};

@@ -237,9 +237,7 @@ static tl_status save_pool_state(tl_session *S, const tl_config *cfg, int64_t do
         s = steps && cur ? tl_dist_collect_ints(&c, cursors, steps, cur, err)
                          : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
         /* the whole run's layout, names and step counts; its rows come from the reader */
-        tl_lora_pool run = S->pool;
-        run.n_slots = nG, run.names = S->map.names, run.steps = steps;
-        run.params = run.grads = run.m = run.v = NULL;
+        tl_lora_pool run = tl_lora_pool_layout(&S->pool, nG, S->map.names, steps);
         tl_state_reader rd = tl_dist_collect_reader(&c);
         if (!s && checkpoint)
             s = rank0 ? tl_checkpoint_save_from(cfg->output_dir, cfg, &run, &rd, done_steps, cur,
