@@ -348,7 +348,8 @@ static void test_reference(void) {
             char label[96];
             snprintf(label, sizeof label, "reference rep %d step %lld", rep, (long long)t);
             { /* the peek is the step's window (adapters (t K + i) mod A, i < K), ascending, and holds `active` */
-                int A = m.n_adapters, K = o.adapters_per_step == 0 || o.adapters_per_step >= A ? A : o.adapters_per_step;
+                int A = m.n_adapters;
+                int K = o.adapters_per_step == 0 || o.adapters_per_step >= A ? A : o.adapters_per_step;
                 int inwin[16] = {0}, nwin = 0;
                 for (int i = 0; i < K; i++) inwin[(t * K + i) % A] = 1;
                 for (int a = 0; a < A; a++) nwin += inwin[a];

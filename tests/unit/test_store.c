@@ -95,7 +95,8 @@ static void staged_reads(const char *run) {
             if (!params) continue;
             CHECK_OK(tl_store_read(st, idx[a], got[0], got[1], got[2], &err), err);
             CHECK(memcmp(params, got, sizeof got) == 0, "adapter %d: the staged record differs from a direct read", a);
-            CHECK(memcmp(params, want[a], sizeof got) == 0, "adapter %d: the staged record differs from the written", a);
+            CHECK(memcmp(params, want[a], sizeof got) == 0, "adapter %d: the staged record differs from the written",
+                  a);
             /* the snapshot taken before the rewrite names the old record: not handed out for the new location */
             const float *p2 = NULL;
             CHECK_OK(tl_prefetch_take(pf, a + 1000, &now, &p2, &err), err);

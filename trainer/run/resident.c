@@ -73,6 +73,7 @@ static tl_status write_back(tl_resident *r, int slot, tl_error *err) {
     r->dirty[slot] = 0;
     r->writebacks++;
     r->io_s += tl_now_s() - t0;
+    r->wb_s += tl_now_s() - t0;
     return TL_OK;
 }
 
@@ -138,7 +139,10 @@ tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl
     if (n > K)
         return tl_fail(err, TL_ERR_RUNTIME, "adapter store: a step of %d adapters for a pool of %d slots", n, K);
     r->tick++;
-    if (r->pf) r->io_s += tl_prefetch_wait(r->pf); /* the thread is idle until the next tl_resident_prefetch */
+    if (r->pf) { /* the thread is idle from here until the next tl_resident_prefetch */
+        double w = tl_prefetch_wait(r->pf);
+        r->io_s += w, r->wait_s += w;
+    }
     for (int i = 0; i < n; i++) {
         int k = r->slot_of[adapters[i]];
         if (k >= 0) r->used[k] = r->tick;

@@ -43,6 +43,7 @@ struct tl_resident {
     /* what it cost, for the progress line and the benchmark */
     int64_t loads, inits, writebacks;
     double io_s;             /* seconds the step loop spent in store I/O or waiting for the prefetch */
+    double wb_s, wait_s;     /* of io_s: writing back, waiting for the prefetch thread */
     /* train.store_prefetch (prefetch.h): the next step's records read while a step computes */
     struct tl_prefetch *pf;  /* NULL: off */
     struct tl_prefetch_req *req; /* [K] */
