@@ -91,8 +91,9 @@ run() { # NAME: train under /usr/bin/time; its peak RSS (KiB) and wall seconds i
 if [ "$prefetch" = 1 ]; then
   config pf_off "$W/large.h5" "" "on, store_prefetch: false" "$steps" "$ck"
   config pf_on "$W/large.h5" "" "on, store_prefetch: true" "$steps" "$ck"
-  run pf_off
-  run pf_on
+  # each run starts with no dirty pages of the other's records left to flush (the write-backs are page-cache writes)
+  sync; run pf_off
+  sync; run pf_on
   uptime_after=$(uptime)
   "$python" - "$W" "$users" "$uptime_before" "$uptime_after" <<'PY'
 import json, re, statistics, sys
