@@ -42,7 +42,11 @@ struct tl_resident {
     float *host;             /* [3 P] staging */
     /* what it cost, for the progress line and the benchmark */
     int64_t loads, inits, writebacks;
-    double io_s;
+    double io_s;             /* seconds the step loop spent in store I/O or waiting for the prefetch */
+    /* train.store_prefetch (prefetch.h): the next step's records read while a step computes */
+    struct tl_prefetch *pf;  /* NULL: off */
+    struct tl_prefetch_req *req; /* [K] */
+    int64_t prefetched;      /* loads served from a staged record */
 };
 
 /* Takes the store (closed by tl_resident_free), registers the run's adapters in it (an entry each; no state is
@@ -55,6 +59,14 @@ void tl_resident_free(tl_resident *r);
 tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl_error *err);
 /* The listed adapters were trained: their slots are dirty, their step counts copied from the pool. */
 void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n);
+/* train.store_prefetch: starts the reader thread (joined by tl_resident_free). */
+tl_status tl_resident_prefetch_start(tl_resident *r, tl_error *err);
+/* With the prefetch on, after the current step's acquire: starts reading the records of the listed adapters (the
+ * next step's, or a superset) that are not resident and have a record. Results never depend on the list: the next
+ * acquire uses a staged record only when it is the adapter's current one, and reads the others itself. */
+void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n);
+/* Seconds the reader thread spent reading records (0 with the prefetch off). */
+double tl_resident_io_bg_s(tl_resident *r);
 /* Writes every dirty slot back to the store. */
 tl_status tl_resident_flush(tl_resident *r, tl_error *err);
 /* Drops every slot (after a flush): the next acquire loads afresh, in the order asked. */

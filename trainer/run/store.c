@@ -341,39 +341,75 @@ static tl_status write_all(int fd, const void *src, size_t n, const char *path, 
     return TL_OK;
 }
 
-tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err) {
-    const entry *x = &st->e[i];
-    if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
-    char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, x->seg, path, sizeof path, err));
-    size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
-    /* params alone (exports, evaluations) read the header and the params: a third of the record */
-    size_t want = m || v ? rec : REC_HEADER + bytes;
+/* Reads and checks one record (its header and `want` bytes from its start: all of it, or the header and the
+ * params) into buf. Touches no store state: the main thread's tl_store_read and the prefetch thread's
+ * tl_store_read_at both come here, so both report a bad record in the same words. */
+static tl_status read_record(const char *path, uint64_t run_id, size_t P, uint64_t off, int64_t steps,
+                             const char *name, unsigned char *buf, size_t want, tl_error *err) {
+    size_t rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
     int fd = -1;
     int64_t size = 0;
     TL_TRY(tl_open_regular(path, "store segment", &fd, &size, err));
-    tl_status s = (uint64_t)size < x->off || (uint64_t)size - x->off < rec
+    tl_status s = (uint64_t)size < off || (uint64_t)size - off < rec
                       ? tl_fail(err, TL_ERR_INPUT, "%s: truncated: adapter '%s''s record at byte %" PRIu64
-                                " ends past the end of the file (%" PRId64 " bytes)", path, x->name, x->off, size)
-                      : pread_all(fd, st->buf, want, x->off, path, err);
+                                " ends past the end of the file (%" PRId64 " bytes)", path, name, off, size)
+                      : pread_all(fd, buf, want, off, path, err);
     close(fd);
     TL_TRY(s);
-    const unsigned char *h = st->buf;
+    const unsigned char *h = buf;
     if (memcmp(h, REC_MAGIC, 8) != 0)
-        return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": not a store record (adapter '%s')", path, x->off,
-                       x->name);
-    if (get_u64(h + 8) != st->run_id)
+        return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": not a store record (adapter '%s')", path, off, name);
+    if (get_u64(h + 8) != run_id)
         return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record belongs to another store (run_id %016" PRIx64
-                       ", this store's %016" PRIx64 ")", path, x->name, get_u64(h + 8), st->run_id);
-    if (get_u64(h + 16) != P || get_u64(h + 32) != fnv64(x->name) || (int64_t)get_u64(h + 24) != x->meta.steps)
+                       ", this store's %016" PRIx64 ")", path, name, get_u64(h + 8), run_id);
+    if (get_u64(h + 16) != P || get_u64(h + 32) != fnv64(name) || (int64_t)get_u64(h + 24) != steps)
         return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": the record is not adapter '%s''s (shape, name or "
-                       "step count differ from the index)", path, x->off, x->name);
+                       "step count differ from the index)", path, off, name);
     if (crc32_update(0, h + REC_HEADER, bytes) != get_u32(h + 40) ||
         (want == rec && crc32_update(0, h + REC_HEADER + bytes, 2 * bytes) != get_u32(h + 44)))
-        return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record is corrupt (CRC-32 mismatch)", path, x->name);
+        return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record is corrupt (CRC-32 mismatch)", path, name);
+    return TL_OK;
+}
+
+tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err) {
+    const entry *x = &st->e[i];
+    if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
+    size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
+    /* params alone (exports, evaluations) read the header and the params: a third of the record */
+    size_t want = m || v ? rec : REC_HEADER + bytes;
+    char path[TL_PATH_MAX];
+    TL_TRY(seg_path(st, x->seg, path, sizeof path, err));
+    TL_TRY(read_record(path, st->run_id, P, x->off, x->meta.steps, x->name, st->buf, want, err));
+    const unsigned char *h = st->buf;
     if (params) memcpy(params, h + REC_HEADER, bytes);
     if (m) memcpy(m, h + REC_HEADER + bytes, bytes);
     if (v) memcpy(v, h + REC_HEADER + 2 * bytes, bytes);
+    return TL_OK;
+}
+
+void tl_store_reader_of(const tl_store *st, tl_store_reader *rd) { rd->run_id = st->run_id, rd->P = st->L.P; }
+
+int tl_store_loc_of(const tl_store *st, int64_t i, tl_store_loc *loc) {
+    const entry *x = &st->e[i];
+    loc->seg = 0, loc->off = 0, loc->steps = 0, loc->path[0] = 0;
+    if (x->seg == SEG_NONE) return 0;
+    loc->seg = x->seg, loc->off = x->off, loc->steps = x->meta.steps;
+    tl_error e = {0};
+    if (seg_path(st, x->seg, loc->path, sizeof loc->path, &e)) loc->path[0] = 0; /* too long: read_at says so */
+    return 1;
+}
+
+int tl_store_loc_same(const tl_store_loc *a, const tl_store_loc *b) {
+    return a->seg == b->seg && a->off == b->off && a->steps == b->steps;
+}
+
+tl_status tl_store_read_at(const tl_store_reader *rd, const tl_store_loc *loc, const char *name, unsigned char *rec,
+                           const float **params, tl_error *err) {
+    *params = NULL;
+    if (!loc->path[0]) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s''s segment path is too long", name);
+    TL_TRY(read_record(loc->path, rd->run_id, rd->P, loc->off, loc->steps, name, rec, tl_store_record_bytes(rd->P),
+                       err));
+    *params = (const float *)(const void *)(rec + REC_HEADER);
     return TL_OK;
 }
 

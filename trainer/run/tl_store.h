@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/tl_io.h"
 #include "kernels/tl_status.h"
 
 #define TL_STORE_FORMAT "tailor-store-1"
@@ -84,6 +85,34 @@ void tl_store_set_round(tl_store *st, int64_t i, int64_t round, int64_t n_exampl
 /* Reads entry i's record (which must have state) into params, m, v (host, P floats each; m and v may be NULL):
  * TL_ERR_INPUT naming the segment when the record is missing, truncated, from another store or corrupt. */
 tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err);
+/* Reading from another thread (the prefetch of the next step's adapters, prefetch.h). tl_store is not
+ * thread-safe; a reader on another thread gets what it needs as values taken on the main thread: the store's fixed
+ * facts (tl_store_reader_of: they never change after tl_store_open) and a snapshot of an entry's location
+ * (tl_store_loc_of). tl_store_read_at then touches no tl_store at all. A location is safe to read while the main
+ * thread writes: records are appended and never overwritten, and an entry points at a record only once it was
+ * written whole, so the bytes at a snapshot's location never change; a segment is removed (tl_store_prune) only
+ * when no entry of the index points into it. The snapshot may go stale (the entry written again): the caller
+ * compares it with tl_store_loc_of before using what was read. */
+typedef struct {
+    uint64_t run_id;
+    size_t P;
+} tl_store_reader;
+typedef struct {
+    uint32_t seg;
+    uint64_t off;
+    int64_t steps;              /* what the record's header must say */
+    char path[TL_PATH_MAX];     /* the segment's file */
+} tl_store_loc;
+void tl_store_reader_of(const tl_store *st, tl_store_reader *rd);
+/* Entry i's location (0 and *loc zeroed when it has no record). */
+int tl_store_loc_of(const tl_store *st, int64_t i, tl_store_loc *loc);
+/* Whether two snapshots name the same record. */
+int tl_store_loc_same(const tl_store_loc *a, const tl_store_loc *b);
+/* Reads and checks (as tl_store_read: the same messages) the record at loc of adapter `name` into rec
+ * (tl_store_record_bytes(P) bytes, from malloc); *params points into rec at the record's params, m and v follow
+ * (P floats each). */
+tl_status tl_store_read_at(const tl_store_reader *rd, const tl_store_loc *loc, const char *name, unsigned char *rec,
+                           const float **params, tl_error *err);
 /* Appends a record for entry i (params, m, v: P floats each) to the open segment and points the index at it. */
 tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const float *m, const float *v, int64_t steps,
                          tl_error *err);

@@ -320,6 +320,7 @@ typedef struct {
     int64_t *slot_total;       /* [slots] the schedule length of the adapter in each slot */
     tl_step_batch slot_batch;  /* the step's batch in slot space */
     uint64_t ckpt_bytes;       /* store bytes written up to the last checkpoint */
+    int32_t *next_adapters;    /* [slots] train.store_prefetch: the next step's adapters (tl_batcher_peek) */
 } tl_run;
 
 /* Rank 0 writes the checkpoint (every `checkpoint`) and the exported adapters; with the adapter store, the
@@ -401,6 +402,7 @@ static void tl_run_close(tl_run *R) {
     free(R->active_slots);
     free(R->slot_targets);
     free(R->slot_total);
+    free(R->next_adapters);
     if (R->have_round_map) tl_adapter_map_free(&R->round_map);
     free(R->round_gidx);
     tl_session_close(&R->S);
@@ -960,6 +962,11 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
     if (store) {
         TL_TRY(connect_and_make_run_dir(R, err));
         TL_TRY(setup_store_run(R, err));
+        if (cfg->store_prefetch && R->S.res && R->have_round_map) { /* docs/scale.md: the prefetch */
+            R->next_adapters = malloc((size_t)R->S.pool.n_slots * sizeof *R->next_adapters);
+            if (!R->next_adapters) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+            TL_TRY(tl_resident_prefetch_start(R->S.res, err));
+        }
     } else {
         TL_TRY(setup_batcher_and_pools(R, err));
         /* grpo / rloo: the reward models and the rollout plan, checked before the run directory exists */
@@ -1004,6 +1011,11 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
             R->slot_total[R->active_slots[i]] = R->total_steps[by_adapter->active[i]];
         R->batch = &R->slot_batch;
         total_steps = R->slot_total;
+        if (R->next_adapters && step + 1 < R->end) { /* the next step's records are read while this one runs */
+            int n = R->pref ? tl_pref_batcher_peek(S->pref_batcher, round_step + 1, R->next_adapters, S->pool.n_slots)
+                            : tl_batcher_peek(S->batcher, round_step + 1, R->next_adapters, S->pool.n_slots);
+            tl_resident_prefetch(S->res, R->next_adapters, n);
+        }
     }
     tl_step_batch *B = R->batch;
     if (S->data_parallel && R->world > 1 && B->n_mb < R->world && step == R->start)
@@ -1188,9 +1200,11 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
     if (S->res)
-        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
-                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
-                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records (%lld prefetched), "
+                "initialized %lld, wrote back %lld: %.1f s of store I/O waited on by the steps, %.1f s read in the "
+                "background\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
+                (long long)S->res->prefetched, (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s,
+                tl_resident_io_bg_s(S->res));
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
             S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
