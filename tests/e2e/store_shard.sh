@@ -7,7 +7,7 @@
 #  3. a rank killed by SIGKILL mid-run: the job ends, and rerunning it resumes to the uninterrupted run's adapters
 #     bit for bit; a run killed at 2 ranks resumes on 3 (records of any rank are read by any rank);
 #  4. a run that grows by one user on 3 ranks (two ranks train nothing in that round) gives the one-process result;
-#  5. DPO with a per-user reference on 2 ranks gives the one-process result;
+#  5. DPO with a per-user reference, and one adapter per group, on 2 ranks give the one-process results;
 #  6. the store refuses data_parallel (every rank would write every adapter).
 source "$TAILOR_SRC/tests/lib/common.sh"
 need_mpi
@@ -118,6 +118,14 @@ run1 "$T/d1.yaml" "$T/d1.out"
 runN 2 "$T/d2.yaml" "$T/d2.out"
 same_adapters "$T/d1/adapters" "$T/d2/adapters" 1e-5 || die "DPO with the store on 2 ranks differs from one process"
 same_metrics "$T/d1" "$T/d2" || die "DPO with the store on 2 ranks: metrics or eval differ"
+# one adapter per group: eval.json's per-user rows come from the rank that evaluated each group
+for r in k1 k2; do
+  sed "s#$T/d1\b#$T/$r#; s#init_from: [^,]*, ##; s/^adapter: {/adapter: {key: group, /" "$T/d1.yaml" >"$T/$r.yaml"
+done
+run1 "$T/k1.yaml" "$T/k1.out"
+runN 2 "$T/k2.yaml" "$T/k2.out"
+grep -q '"users"' "$T/k2/eval.json" || die "group DPO on 2 ranks with the store: no per-user rows"
+same_metrics "$T/k1" "$T/k2" || die "group DPO with the store on 2 ranks: metrics or eval differ"
 
 # ---- 6. data_parallel is refused ----
 cfg dp "store: on"

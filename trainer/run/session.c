@@ -339,6 +339,10 @@ static tl_status store_eval_merge(tl_session *S, int sft, tl_eval_result *all, t
         free(buf);
         if (!s && cross)
             s = tl_dist_allreduce_f64_host(S->dist, pall->cross_acc, (size_t)N * N, "eval cross accuracies", err);
+        if (!s && pall->by_user) { /* users, not adapters: each user's entry is empty but on its chunk's rank */
+            tl_merge U = {.d = S->dist, .n = pall->n_users, .nG = pall->n_users};
+            s = merge_pref_stats(&U, &pall->by_user, "eval per-user metrics", err);
+        }
     }
     if (!s && ns) s = tl_dist_allreduce_f64_host(S->dist, scross, (size_t)ns * ns, "eval cross sample", err);
     return s;
@@ -390,6 +394,13 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     if (!s && cross && !sft && !(pall.cross_acc = calloc((size_t)N * N + 1, sizeof(double))))
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     tl_pref_eval_opts po = pref_eval_opts(S, cfg);
+    if (!s && !sft && cfg->adapter_key != TL_KEY_USER) { /* per-user rows of shared adapters, on every rank */
+        const tl_pref_dataset *ed = &S->pref_eval_set;
+        pall.n_users = ed->n_users;
+        pall.user_names = (const char *const *)ed->user_names, pall.user_groups = (const char *const *)ed->user_groups;
+        if (!(pall.by_user = calloc((size_t)ed->n_users + 1, sizeof *pall.by_user)))
+            s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    }
     tl_lora_pool refview = S->ref;
     if (S->have_ref) po.ref = &refview;
     for (int c0 = 0; !s && c0 < N; c0 += K) {
@@ -417,6 +428,9 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                     memcpy(pall.cross_acc + (size_t)(c0 + j) * N, r.cross_acc + (size_t)j * N,
                            (size_t)N * sizeof(double));
             }
+            /* shared (group / global) adapters: each user's results, filled by the chunk holding its adapter */
+            for (int u = 0; !s && r.by_user && pall.by_user && u < r.n_users && u < pall.n_users; u++)
+                tl_pref_stats_merge(&pall.by_user[u], &r.by_user[u]);
             if (!s) tl_pref_eval_result_free(&r);
         }
         if (!ui->quiet && ui->is_tty)
