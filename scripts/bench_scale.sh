@@ -8,8 +8,9 @@
 # the store's bytes written and checkpoint times; then large/small. With --full the large run makes a whole pass
 # over its users (ceil(USERS / 64) steps), then evaluates every user on one held-out example each, exports every
 # adapter and writes report.html, and the table adds those times and sizes. With --prefetch it runs instead the
-# large store run twice, train.store_prefetch false then true, and compares the store I/O the steps waited for
-# (with many more users than slots, e.g. --users 256 --steps 12: from step 5 on every step loads 64 records).
+# large store run four times, train.store_prefetch off, on, on, off (the order cancels the second run's slower
+# page-cache writes), and compares the store I/O the steps waited for, each setting's two runs averaged (with many
+# more users than slots, e.g. --users 256 --steps 12: from step 5 on every step loads 64 records).
 #
 #   scripts/bench_scale.sh [--users N] [--steps N] [--full] [--prefetch] [--threads N] [--build DIR] [--model DIR]
 #                          [--keep DIR]
@@ -91,9 +92,10 @@ run() { # NAME: train under /usr/bin/time; its peak RSS (KiB) and wall seconds i
 if [ "$prefetch" = 1 ]; then
   config pf_off "$W/large.h5" "" "on, store_prefetch: false" "$steps" "$ck"
   config pf_on "$W/large.h5" "" "on, store_prefetch: true" "$steps" "$ck"
-  # each run starts with no dirty pages of the other's records left to flush (the write-backs are page-cache writes)
-  sync; run pf_off
-  sync; run pf_on
+  config pf_on2 "$W/large.h5" "" "on, store_prefetch: true" "$steps" "$ck"
+  config pf_off2 "$W/large.h5" "" "on, store_prefetch: false" "$steps" "$ck"
+  # each run starts with no dirty pages of the others' records left to flush (the write-backs are page-cache writes)
+  for r in pf_off pf_on pf_on2 pf_off2; do sync; run $r; rm -rf "$W/$r/store" "$W/$r/adapters" "$W/$r/checkpoints"; done
   uptime_after=$(uptime)
   "$python" - "$W" "$users" "$uptime_before" "$uptime_after" <<'PY'
 import json, re, statistics, sys
@@ -112,13 +114,21 @@ def one(name):
     return dict(wall=wall, step=statistics.median(dt[3:] or dt), loads=int(m.group(1)), pf=int(m.group(2)),
                 wb=int(m.group(4)), waited=float(m.group(5)), wb_s=float(m.group(6)), wait=float(m.group(7)),
                 bg=float(m.group(8)), steps=len(recs))
-a, b = one("pf_off"), one("pf_on")
+runs = {n: one(n) for n in ("pf_off", "pf_on", "pf_on2", "pf_off2")}
+def mean2(x, y):
+    return {k: (x[k] + y[k]) / 2 if isinstance(x[k], float) else x[k] for k in x}
+a, b = mean2(runs["pf_off"], runs["pf_off2"]), mean2(runs["pf_on"], runs["pf_on2"])
 print()
+print("each run (off, on, on, off): waited / writing back / background (s): " +
+      ", ".join(f"{runs[n]['waited']:.1f}/{runs[n]['wb_s']:.1f}/{runs[n]['bg']:.1f}" for n in runs))
 print(f"adapter store prefetch: {users} users, 64 adapters per step, {a['steps']} steps, rank 4 on q_proj and v_proj")
-print(f"{'':44s} {'prefetch off':>13s} {'prefetch on':>13s} {'on/off':>8s}")
+print(f"{'(means of two runs each)':44s} {'prefetch off':>13s} {'prefetch on':>13s} {'on/off':>8s}")
 for k, label in [("waited", "store I/O the steps waited for (s)"), ("wb_s", "  of which writing back (s)"),
                  ("wait", "  of which waiting for the prefetch (s)"), ("bg", "store reads in the background (s)"),
                  ("step", "step time (s, median after step 4)"), ("wall", "wall time of the run (s)")]:
+    if k == "wb_s":
+        print(f"{'  not writing back (loads, inits) (s)':44s} {a['waited'] - a['wb_s']:13.2f} "
+              f"{b['waited'] - b['wb_s']:13.2f}")
     r = f"{b[k] / a[k]:8.2f}" if a[k] > 0 else f"{'-':>8s}"
     print(f"{label:44s} {a[k]:13.2f} {b[k]:13.2f} {r}")
 print(f"{'records loaded (prefetched) / written back':44s} {a['loads']:>6d} ({a['pf']:>3d}) {b['loads']:>6d} ({b['pf']:>3d})"
@@ -126,9 +136,11 @@ print(f"{'records loaded (prefetched) / written back':44s} {a['loads']:>6d} ({a[
 print(f"uptime before: {ub.strip()}")
 print(f"uptime after:  {ua.strip()}")
 PY
-  cmp <(grep -E '"loss"' "$W/pf_off/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//') \
-      <(grep -E '"loss"' "$W/pf_on/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//') >/dev/null &&
-    echo "losses: identical with the prefetch off and on" || { echo "bench_scale.sh: the prefetch changed the losses" >&2; exit 1; }
+  losses() { grep -E '"loss"' "$W/$1/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//'; }
+  for r in pf_on pf_on2 pf_off2; do
+    cmp <(losses pf_off) <(losses $r) >/dev/null || { echo "bench_scale.sh: $r's losses differ from pf_off's" >&2; exit 1; }
+  done
+  echo "losses: identical in the four runs"
   exit 0
 fi
 run small
