@@ -584,6 +584,29 @@ void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps) {
 
 tl_cursor *tl_batcher_cursors(tl_batcher *b) { return b->cursors; }
 
+int tl_batcher_peek(const tl_batcher *b, int64_t step, int32_t *out, int cap) {
+    int n = 0;
+    if (step < 0) return 0;
+    const int A = b->A, K = b->k_eff;
+    /* the window of tl_batcher_next, in the same order */
+    if (b->gidx) {
+        const int64_t NG = b->n_global, aps = b->o.adapters_per_step;
+        const int64_t KG = (aps == 0 || aps >= NG) ? NG : aps;
+        const int64_t sg = KG == NG ? 0 : (int64_t)(((uint64_t)(step % NG) * (uint64_t)KG) % (uint64_t)NG);
+        for (int a = 0; a < A && n < cap; a++)
+            if (((b->gidx[a] - sg) % NG + NG) % NG < KG && b->map->n_examples[a] > 0) out[n++] = (int32_t)a;
+    } else {
+        int64_t s = K == A ? 0 : (int64_t)(((uint64_t)(step % A) * (uint64_t)K) % (uint64_t)A);
+        int64_t wrap = s + K > A ? s + K - A : 0;
+        for (int pass = 0; pass < 2; pass++) {
+            int64_t lo = pass == 0 ? 0 : s, hi = pass == 0 ? wrap : (s + K < A ? s + K : A);
+            for (int64_t a = lo; a < hi && n < cap; a++)
+                if (b->map->n_examples[a] > 0) out[n++] = (int32_t)a;
+        }
+    }
+    return n;
+}
+
 const tl_unit_place *tl_batcher_units(const tl_batcher *b, int64_t *n_units, int64_t *n_skipped) {
     if (n_units) *n_units = b->n_placed;
     if (n_skipped) *n_skipped = b->n_skipped;

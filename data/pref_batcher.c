@@ -108,6 +108,10 @@ void tl_pref_batcher_set_adapter_steps(tl_pref_batcher *b, const int64_t *adapte
 
 tl_cursor *tl_pref_batcher_cursors(tl_pref_batcher *b) { return tl_batcher_cursors(b->core); }
 
+int tl_pref_batcher_peek(const tl_pref_batcher *b, int64_t step, int32_t *out, int cap) {
+    return tl_batcher_peek(b->core, step, out, cap);
+}
+
 tl_status tl_pref_batcher_set_global(tl_pref_batcher *b, const int32_t *gidx, int n_global, tl_error *err) {
     return tl_batcher_set_global(b->core, gidx, n_global, err);
 }

@@ -114,6 +114,11 @@ tl_status tl_batcher_next(tl_batcher *b, int64_t step, tl_step_batch **out, tl_e
 /* Per-adapter adapter step counts are kept by the trainer; the batcher only needs it for row seeds. */
 void tl_batcher_set_adapter_steps(tl_batcher *b, const int64_t *adapter_steps);
 tl_cursor *tl_batcher_cursors(tl_batcher *b); /* [n_adapters], read/write (checkpoint save/restore) */
+/* The adapters step `step` may train, without drawing anything (no cursor, cache or state changes): its round
+ * robin window's adapters that have examples, ascending, into out[0 .. return) (at most cap). A superset of the
+ * `active` list tl_batcher_next returns for that step: an adapter whose drawn units have no trained token is left
+ * out of `active` only. For the adapter store's prefetch of the next step's adapters. */
+int tl_batcher_peek(const tl_batcher *b, int64_t step, int32_t *out, int cap);
 /* Many processes, dist.strategy user_shard: this batcher's adapters are one rank's share of a pool of n_global
  * adapters, adapter a being adapter gidx[a] of that pool (ascending). The round robin of adapters_per_step then
  * runs over the whole pool and this batcher's adapters take part when the window covers them, so an adapter's

@@ -97,6 +97,8 @@ void tl_pref_batcher_free(tl_pref_batcher *b);
 tl_status tl_pref_batcher_next(tl_pref_batcher *b, int64_t step, tl_pref_step **out, tl_error *err);
 void tl_pref_batcher_set_adapter_steps(tl_pref_batcher *b, const int64_t *adapter_steps);
 tl_cursor *tl_pref_batcher_cursors(tl_pref_batcher *b); /* [n_adapters], read/write (checkpoints) */
+/* tl_batcher_peek on the pairs' batcher: a superset of step `step`'s active adapters, drawing nothing. */
+int tl_pref_batcher_peek(const tl_pref_batcher *b, int64_t step, int32_t *out, int cap);
 /* as tl_batcher_set_global */
 tl_status tl_pref_batcher_set_global(tl_pref_batcher *b, const int32_t *gidx, int n_global, tl_error *err);
 

@@ -7,9 +7,13 @@
 # Prints, for each: steady step time (median of the steps after the first 3, checkpoint steps excluded), peak RSS,
 # the store's bytes written and checkpoint times; then large/small. With --full the large run makes a whole pass
 # over its users (ceil(USERS / 64) steps), then evaluates every user on one held-out example each, exports every
-# adapter and writes report.html, and the table adds those times and sizes.
+# adapter and writes report.html, and the table adds those times and sizes. With --prefetch it runs instead the
+# large store run four times, train.store_prefetch off, on, on, off (the order cancels the second run's slower
+# page-cache writes), and compares the store I/O the steps waited for, each setting's two runs averaged (with many
+# more users than slots, e.g. --users 256 --steps 12: from step 5 on every step loads 64 records).
 #
-#   scripts/bench_scale.sh [--users N] [--steps N] [--full] [--threads N] [--build DIR] [--model DIR] [--keep DIR]
+#   scripts/bench_scale.sh [--users N] [--steps N] [--full] [--prefetch] [--threads N] [--build DIR] [--model DIR]
+#                          [--keep DIR]
 #
 # --steps: steps of each run without --full (default 24). --keep DIR keeps the runs and data in DIR (default: a
 # temporary folder removed at the end). The build directory (default ./build, or $TL_BUILD) must hold tailor and
@@ -17,18 +21,19 @@
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-users=10000 steps=24 full=0 threads=2 keep=""
+users=10000 steps=24 full=0 threads=2 keep="" prefetch=0
 build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 [ -x "$src/.pyenv/bin/python" ] && python=${TL_PYTHON:-$src/.pyenv/bin/python}
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) users=${2:?}; shift 2 ;;
     --steps) steps=${2:?}; shift 2 ;;
     --full) full=1; shift ;;
+    --prefetch) prefetch=1; shift ;;
     --threads) threads=${2:?}; shift 2 ;;
     --build) build=${2:?}; shift 2 ;;
     --model) model=${2:?}; shift 2 ;;
@@ -77,12 +82,67 @@ else config large "$W/large.h5" "" on "$large_steps" "$ck"; fi
 
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads OMP_WAIT_POLICY=passive
 load_before=$(cut -d' ' -f1 /proc/loadavg)
+uptime_before=$(uptime)
 run() { # NAME: train under /usr/bin/time; its peak RSS (KiB) and wall seconds in NAME.time
   echo "== train $1 ($(grep -o 'steps: [0-9]*' "$W/$1.yaml" | head -1))"
   /usr/bin/time -f "%M %e" -o "$W/$1.time" "$build/tailor" train "$W/$1.yaml" >"$W/$1.out" 2>"$W/$1.err" ||
     { cat "$W/$1.out" "$W/$1.err"; echo "bench_scale.sh: the $1 run failed" >&2; exit 1; }
   grep -E "^checkpoint at|^eval on|^exported" "$W/$1.err" "$W/$1.out" | sed 's/^[^:]*://' | sed 's/^/   /' || true
 }
+if [ "$prefetch" = 1 ]; then
+  config pf_off "$W/large.h5" "" "on, store_prefetch: false" "$steps" "$ck"
+  config pf_on "$W/large.h5" "" "on, store_prefetch: true" "$steps" "$ck"
+  config pf_on2 "$W/large.h5" "" "on, store_prefetch: true" "$steps" "$ck"
+  config pf_off2 "$W/large.h5" "" "on, store_prefetch: false" "$steps" "$ck"
+  # each run starts with no dirty pages of the others' records left to flush (the write-backs are page-cache writes)
+  for r in pf_off pf_on pf_on2 pf_off2; do sync; run $r; rm -rf "$W/$r/store" "$W/$r/adapters" "$W/$r/checkpoints"; done
+  uptime_after=$(uptime)
+  "$python" - "$W" "$users" "$uptime_before" "$uptime_after" <<'PY'
+import json, re, statistics, sys
+W, users, ub, ua = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def one(name):
+    recs = [json.loads(l) for l in open(f"{W}/{name}/metrics.jsonl") if '"loss"' in l]
+    t = [r["elapsed_s"] for r in recs]
+    dt = [b - a for a, b in zip(t, t[1:])]
+    wall = float(open(f"{W}/{name}.time").read().split()[-1])
+    m = None
+    for l in open(f"{W}/{name}.err"):
+        m = re.search(r"loaded (\d+) from records \((\d+) prefetched\), initialized (\d+), wrote back (\d+): "
+                      r"([\d.]+) s of store I/O waited on by the steps \(([\d.]+) s writing back, ([\d.]+) s waiting for the "
+                      r"prefetch\), ([\d.]+) s read in the background", l) or m
+    if not m: sys.exit(f"bench_scale.sh: no store I/O line in {W}/{name}.err")
+    return dict(wall=wall, step=statistics.median(dt[3:] or dt), loads=int(m.group(1)), pf=int(m.group(2)),
+                wb=int(m.group(4)), waited=float(m.group(5)), wb_s=float(m.group(6)), wait=float(m.group(7)),
+                bg=float(m.group(8)), steps=len(recs))
+runs = {n: one(n) for n in ("pf_off", "pf_on", "pf_on2", "pf_off2")}
+def mean2(x, y):
+    return {k: (x[k] + y[k]) / 2 if isinstance(x[k], float) else x[k] for k in x}
+a, b = mean2(runs["pf_off"], runs["pf_off2"]), mean2(runs["pf_on"], runs["pf_on2"])
+print()
+print("each run (off, on, on, off): waited / writing back / background (s): " +
+      ", ".join(f"{runs[n]['waited']:.1f}/{runs[n]['wb_s']:.1f}/{runs[n]['bg']:.1f}" for n in runs))
+print(f"adapter store prefetch: {users} users, 64 adapters per step, {a['steps']} steps, rank 4 on q_proj and v_proj")
+print(f"{'(means of two runs each)':44s} {'prefetch off':>13s} {'prefetch on':>13s} {'on/off':>8s}")
+for k, label in [("waited", "store I/O the steps waited for (s)"), ("wb_s", "  of which writing back (s)"),
+                 ("wait", "  of which waiting for the prefetch (s)"), ("bg", "store reads in the background (s)"),
+                 ("step", "step time (s, median after step 4)"), ("wall", "wall time of the run (s)")]:
+    r = f"{b[k] / a[k]:8.2f}" if a[k] > 0 else f"{'-':>8s}"
+    print(f"{label:44s} {a[k]:13.2f} {b[k]:13.2f} {r}")
+    if k == "wb_s":
+        print(f"{'  of which loads and initializations (s)':44s} {a['waited'] - a['wb_s'] - a['wait']:13.2f} "
+              f"{b['waited'] - b['wb_s'] - b['wait']:13.2f}")
+print(f"{'records loaded (prefetched) / written back':44s} {a['loads']:>6d} ({a['pf']:>3d}) {b['loads']:>6d} ({b['pf']:>3d})"
+      f"   {a['wb']}/{b['wb']}")
+print(f"uptime before: {ub.strip()}")
+print(f"uptime after:  {ua.strip()}")
+PY
+  losses() { grep -E '"loss"' "$W/$1/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//'; }
+  for r in pf_on pf_on2 pf_off2; do
+    cmp <(losses pf_off) <(losses $r) >/dev/null || { echo "bench_scale.sh: $r's losses differ from pf_off's" >&2; exit 1; }
+  done
+  echo "losses: identical in the four runs"
+  exit 0
+fi
 run small
 run large
 report_s=""

@@ -2,7 +2,7 @@
 # stderr naming the file or field, and leave the run directory's files as they were (nothing lost).
 # `store.sh --list` prints the case names (CMake registers one test per case).
 CASES="store_truncated_segment store_missing_segment store_corrupt_record store_foreign_manifest store_checkpoint_without_store
-store_other_shape store_json_bad store_resume_older_checkpoint store_manifest_truncated"
+store_other_shape store_json_bad store_resume_older_checkpoint store_manifest_truncated store_corrupt_record_prefetched"
 if [ "${1:-}" = "--list" ]; then echo $CASES; exit 0; fi
 source "$TAILOR_SRC/tests/lib/common.sh"
 case_name=$1
@@ -69,6 +69,27 @@ PY
     m="$RUN/checkpoints/step-00000004/manifest.bin"
     truncate -s 40 "$m"
     refused "not a tailor store manifest" "$TAILOR_BIN" train "$T/c6.yaml" ;;
+  store_corrupt_record_prefetched)  # a bad record read by the prefetch thread: reported at the step that needs it,
+    # as a direct read reports it. 3 users, 1 per step: the resumed run trains step 5 on the 2nd adapter (read
+    # directly), and step 6's 3rd adapter is read in the background while step 5 runs; only its record is bad.
+    "$TL_PYTHON" - "$RUN" <<'PY'
+import json, struct, sys
+run = sys.argv[1]
+P = json.load(open(f"{run}/store/store.json"))["P"]
+b = open(f"{run}/checkpoints/step-00000004/manifest.bin", "rb").read()
+p, ents = 56, []
+for _ in range(struct.unpack_from("<Q", b, 40)[0]):
+    n = struct.unpack_from("<I", b, p)[0]; p += 4
+    name = b[p:p + n].decode(); p += n
+    seg, _, off = struct.unpack_from("<IIQ", b, p); p += 64
+    ents.append((name, seg, off))
+name, seg, off = ents[2]
+f = f"{run}/store/seg-{seg:08d}.bin"
+d = bytearray(open(f, "rb").read()); d[off + 60] ^= 1; open(f, "wb").write(d)
+print(name)
+PY
+    expect_fail "corrupt (CRC-32 mismatch)" "$TAILOR_BIN" train "$T/c6.yaml"
+    grep -q '"step": 5,' "$RUN/metrics.jsonl" || die "$case_name: the bad record was not found at step 6" ;;
   *) die "unknown case $case_name" ;;
 esac
 echo ok

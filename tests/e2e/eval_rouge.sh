@@ -2,7 +2,8 @@
 # held-out example is answered greedily with its adapter and with the base model; each answer must equal what
 # `tailor generate` prints for the same prompt and adapter, each reference the example's response text, and the
 # per-adapter ROUGE-1 / ROUGE-L F means must equal the means recomputed from those answers (tl_rouge_tool, which
-# tests/torch/test_rouge_vs_package.py checks against rouge-score) to 1e-12.
+# tests/torch/test_rouge_vs_package.py checks against rouge-score) to 1e-12; and the same ROUGE in eval.json with
+# the adapter store as without it.
 source "$TAILOR_SRC/tests/lib/common.sh"
 : "${TL_TEST_BIN:?set by ctest}"
 "$TL_PYTHON" -c "import tokenizers, h5py" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing (scripts/pyenv.sh)"; exit 77; }
@@ -109,5 +110,28 @@ print("\n".join(f"FAIL: {f}" for f in fail) or f"ok: {len(out['answers'])} answe
 print(json.dumps(out["adapters"]), file=sys.stderr)
 if "TL_VERBOSE" in __import__("os").environ: print(json.dumps(out["answers"], indent=0), file=sys.stderr)
 sys.exit(1 if fail else 0)
+PY
+
+# with the adapter store (K = 1 slot: the adapters are evaluated one at a time from their records), the final
+# eval's ROUGE in eval.json equals the run's without the store
+for st in off on; do
+  cat >"$T/s_$st.yaml" <<Y
+run: {name: t, output_dir: $T/s_$st, seed: 1}
+model: {path: $T/model}
+adapter: {rank: 4, alpha: 8, targets: [q_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}
+data: {train: $T/train.h5, eval: $T/eval.h5, max_seq_len: 48, eval_generate: 8}
+train: {backend: cpu, threads: 2, steps: 40, lr: 0.1, micro_batch_tokens: 512, log_every: 100, adapters_per_step: 1, store: $st}
+Y
+  "$TAILOR_BIN" train "$T/s_$st.yaml" >"$T/s_$st.out" 2>&1 || { cat "$T/s_$st.out"; die "train with store $st failed"; }
+done
+"$TL_PYTHON" - "$T/s_off/eval.json" "$T/s_on/eval.json" <<'PY' || die "ROUGE with the store differs"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+keys = ("rouge1", "rougeL", "base_rouge1", "base_rougeL")
+ra = {x["name"]: [x.get(k) for k in keys] for x in a["adapters"]}
+rb = {x["name"]: [x.get(k) for k in keys] for x in b["adapters"]}
+assert ra.keys() == rb.keys() and all(v[0] is not None for v in ra.values()), (ra, rb)
+assert ra == rb, (ra, rb)
+print("store ROUGE ok:", ra)
 PY
 echo ok

@@ -4,7 +4,10 @@
 #  2. a kill -9 after a step, halfway through writing a record back, and between a manifest and its checkpoint's
 #     completion: each resumes to the uninterrupted run's adapters, bit for bit, and metrics.jsonl holds each step
 #     once;
-#  3. pruning keeps the store to the segments the kept checkpoints use.
+#  3. pruning keeps the store to the segments the kept checkpoints use;
+#  4. train.store_prefetch (on by default: the next step's records are read while a step computes) changes
+#     nothing: off gives the same adapters and losses bit for bit, also when a run killed with one setting resumes
+#     with the other.
 source "$TAILOR_SRC/tests/lib/common.sh"
 make_model "$T/model" --vocab 64 --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --seed 9
 make_data "$T/train.h5" "$T/eval.h5" --users 5 --examples-per-user 12 --eval-examples-per-user 3 --vocab 64 --seed 4
@@ -24,6 +27,23 @@ cmp <(grep -E '"loss"|"adapter"' "$T/off/metrics.jsonl" | sed 's/"tokens_per_s":
     <(grep -E '"loss"|"adapter"' "$T/on/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//') ||
   die "the store changed the logged losses"
 cmp "$T/off/eval.json" "$T/on/eval.json" || die "the store changed eval.json"
+# ---- train.store_prefetch: false reads every record when its step needs it; nothing else may change ----
+sed "s#$T/off#$T/nopf#; s/store: off/store: on/" "$T/off.yaml" >"$T/nopf.yaml"
+echo "  store_prefetch: false" >>"$T/nopf.yaml"
+run "$T/nopf.yaml" "$T/nopf.out"
+same_adapters "$T/on/adapters" "$T/nopf/adapters" 0 || die "train.store_prefetch changed the trained adapters"
+cmp <(grep -E '"loss"|"adapter"' "$T/on/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//') \
+    <(grep -E '"loss"|"adapter"' "$T/nopf/metrics.jsonl" | sed 's/"tokens_per_s":[^,}]*//; s/"elapsed_s":[^,}]*//; s/"rss_mib":[^,}]*//') ||
+  die "train.store_prefetch changed the logged losses"
+cmp "$T/on/eval.json" "$T/nopf/eval.json" || die "train.store_prefetch changed eval.json"
+# 5 users, 2 slots: from the third step on, every step loads adapters that have records
+grep -qE 'loaded [1-9][0-9]* from records \([1-9][0-9]* prefetched\)' "$T/on.out" ||
+  { cat "$T/on.out"; die "the prefetch served no load"; }
+grep -qE 'loaded [1-9][0-9]* from records \(0 prefetched\)' "$T/nopf.out" ||
+  { cat "$T/nopf.out"; die "train.store_prefetch: false still prefetched"; }
+grep -qE 's of store I/O waited on by the steps \([0-9.]+ s writing back, [0-9.]+ s waiting for the prefetch\), [0-9.]+ s read in the background' "$T/on.out" ||
+  { cat "$T/on.out"; die "the finish line does not split the store I/O"; }
+
 # keep_checkpoints 1: the segments of pruned checkpoints are gone; what is left is what step 24 uses
 nseg=$(ls "$T/on/store" | grep -c '^seg-')
 [ "$nseg" -le 2 ] || { ls -l "$T/on/store"; die "pruning left $nseg segments"; }
@@ -38,11 +58,15 @@ cp "$T/on/eval.json" "$T/eval.train.json"
 cmp "$T/eval.train.json" "$T/on/eval.json" || die "tailor eval of a store run differs from the run's final eval.json"
 
 # ---- crashes: each resumed run must end where the straight store run ended ----
-crash() { # NAME ENV=VALUE: the run dies by SIGKILL at the fault, then resumes
-  local name=$1 fault=$2
+crash() { # NAME ENV=VALUE [PREFETCH1 PREFETCH2]: the run dies by SIGKILL at the fault, then resumes (with
+          # train.store_prefetch PREFETCH1, then PREFETCH2; default true)
+  local name=$1 fault=$2 pf1=${3:-true} pf2=${4:-true}
   sed "s#$T/off#$T/$name#; s/store: off/store: on/" "$T/off.yaml" >"$T/$name.yaml"
+  sed "s#$T/off#$T/$name#; s/store: off/store: on/" "$T/off.yaml" >"$T/$name.1.yaml"
+  echo "  store_prefetch: $pf1" >>"$T/$name.1.yaml"
+  echo "  store_prefetch: $pf2" >>"$T/$name.yaml"
   set +e
-  env "$fault" "$TAILOR_BIN" train "$T/$name.yaml" >"$T/$name.1.out" 2>&1
+  env "$fault" "$TAILOR_BIN" train "$T/$name.1.yaml" >"$T/$name.1.out" 2>&1
   local rc=$?
   set -e
   [ $rc -eq 137 ] || { cat "$T/$name.1.out"; die "$name: expected death by SIGKILL (137), got $rc"; }
@@ -59,5 +83,7 @@ PY
 crash after_step TAILOR_FAULT_KILL_AFTER_STEP=13        # between checkpoints, with records written back
 crash mid_record TAILOR_FAULT_STORE_KILL_RECORD=21      # halfway through a record after the step-8 checkpoint
 crash mid_commit TAILOR_FAULT_STORE_KILL_COMMIT=2       # the step-16 manifest written, its checkpoint not complete
+crash pf_off_on TAILOR_FAULT_KILL_AFTER_STEP=13 false true   # killed without the prefetch, resumed with it
+crash pf_on_off TAILOR_FAULT_KILL_AFTER_STEP=11 true false   # and the other way round
 [ -f "$T/mid_commit/checkpoints/step-00000024/COMPLETE" ] || die "mid_commit: no final checkpoint"
 echo ok

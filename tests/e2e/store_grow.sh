@@ -4,7 +4,8 @@
 #    unchanged;
 #  - the grown user continues from its stored adapter (its step count goes on), the new users start fresh;
 #  - a third call with nothing new trains nothing and changes nothing;
-#  - a dataset that lost a user of the store is refused (exit 2, naming the user), and nothing is changed.
+#  - a dataset that lost a user of the store is refused (exit 2, naming the user), and nothing is changed;
+#  - compaction moves a lone untouched record out of a sparse segment, which pruning then removes.
 source "$TAILOR_SRC/tests/lib/common.sh"
 make_model "$T/model" --vocab 64 --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --seed 9
 make_data "$T/train.h5" "$T/eval.h5" --users 5 --examples-per-user 12 --eval-examples-per-user 3 --vocab 64 --seed 4
@@ -13,9 +14,9 @@ write_config "$T/a.yaml" "$T/model" "$T/train.h5" "" "$T/run" "steps: 10" "examp
 "$TAILOR_BIN" train "$T/a.yaml" >"$T/a.out" 2>&1 || { cat "$T/a.out"; die "first round failed"; }
 cp -r "$T/run/adapters" "$T/adapters.round1"
 # grown.h5: user0001 gets 3 more examples, newbie0 and newbie1 arrive (copies of user0000's examples)
-"$TL_PYTHON" - "$T/train.h5" "$T/grown.h5" "$T/shrunk.h5" <<'PY'
+"$TL_PYTHON" - "$T/train.h5" "$T/grown.h5" "$T/shrunk.h5" "$T/most.h5" <<'PY'
 import sys, h5py, numpy as np
-src, grown, shrunk = sys.argv[1:]
+src, grown, shrunk = sys.argv[1:4]
 f = h5py.File(src, "r")
 tok, off, pl, usr = (f["sft/tokens"][:], f["sft/offsets"][:], f["sft/prompt_len"][:], f["sft/user"][:])
 names = [n.decode() if isinstance(n, bytes) else n for n in f["users/name"][:]]
@@ -35,6 +36,8 @@ u0 = [e for e in ex if e[2] == 0]
 more = ex + u1 + [(e[0], e[1], 5) for e in u0] + [(e[0], e[1], 6) for e in u0]
 write(grown, more, names + ["newbie0", "newbie1"])
 write(shrunk, [e for e in ex if e[2] != 4], names[:4])  # user0004 is gone
+extra = [e for u in range(4) for e in [x for x in ex if x[2] == u][:3]]
+write(sys.argv[4], ex + extra, names)  # most.h5: users 0-3 have new data, user0004 none
 PY
 sed "s#$T/train.h5#$T/grown.h5#" "$T/a.yaml" >"$T/b.yaml"
 snap() { (cd "$T/run/store" && for f in seg-*.bin; do printf '%s %s\n' "$f" "$(md5sum <"$f")"; done) >"$1"; }
@@ -74,4 +77,30 @@ case_name=store_user_removed
 expect_fail "not in this dataset (users renamed or removed?): 'user0004'" "$TAILOR_BIN" train "$T/d.yaml"
 snap "$T/segs.after_refusal"
 cmp "$T/segs.round2" "$T/segs.after_refusal" || die "a refused run changed the store"
+
+# compaction (train.store_compact_below, default 0.25): every adapter resident, one checkpoint per round, so round
+# 1's records share one segment; round 2 retrains 4 of the 5 users, leaving user0004's record alone in it (20% live):
+# the round's checkpoint moves that record out, and pruning (keep 1) removes the old segment. user0004's adapter is
+# unchanged byte for byte; a run with compaction off keeps the segment.
+for c in cmp nocmp; do
+  write_config "$T/$c.yaml" "$T/model" "$T/train.h5" "" "$T/$c" "steps: 4" "examples_per_adapter: 2" "store: on" \
+    "continue: true" "keep_checkpoints: 1"
+done
+echo "  store_compact_below: 0" >>"$T/nocmp.yaml"
+for c in cmp nocmp; do
+  "$TAILOR_BIN" train "$T/$c.yaml" >"$T/$c.1.out" 2>&1 || { cat "$T/$c.1.out"; die "$c: round 1 failed"; }
+  cp -r "$T/$c/adapters" "$T/$c.adapters.1"
+  sed -i "s#$T/train.h5#$T/most.h5#" "$T/$c.yaml"
+  "$TAILOR_BIN" train "$T/$c.yaml" >"$T/$c.2.out" 2>&1 || { cat "$T/$c.2.out"; die "$c: round 2 failed"; }
+done
+grep -q "store compaction: 1 record(s) (.* MiB) moved out of 1 sparse segment(s)" "$T/cmp.2.out" ||
+  { cat "$T/cmp.2.out"; die "no compaction in round 2"; }
+! grep -q "store compaction" "$T/nocmp.2.out" || die "store_compact_below: 0 still compacted"
+[ ! -e "$T/cmp/store/seg-00000000.bin" ] || { ls "$T/cmp/store"; die "the compacted segment was not pruned"; }
+[ -e "$T/nocmp/store/seg-00000000.bin" ] || { ls "$T/nocmp/store"; die "without compaction round 1's segment must stay"; }
+same_adapters "$T/cmp/adapters" "$T/nocmp/adapters" 0 || die "compaction changed the adapters"
+cmp "$T/cmp.adapters.1/user0004/adapter_model.safetensors" "$T/cmp/adapters/user0004/adapter_model.safetensors" ||
+  die "compaction changed the untouched user's adapter"
+"$TAILOR_BIN" export "$T/cmp" --out "$T/cmp.exp" >"$T/cmp.exp.out" 2>&1 || { cat "$T/cmp.exp.out"; die "export after compaction"; }
+same_adapters "$T/cmp/adapters" "$T/cmp.exp" 0 || die "export after compaction differs"
 echo ok

@@ -50,6 +50,8 @@ mpirun_tl() {
 
 # same_adapters DIR_A DIR_B TOL: every adapter of two adapters/ directories within TOL (0 = bit-identical)
 same_adapters() { "$TL_PYTHON" "$TAILOR_SRC/tests/lib/compare_adapters.py" "$@"; }
+# same_metrics RUN_A RUN_B: the same logged steps, losses, grad norms, tokens and eval.json within 1e-5
+same_metrics() { "$TL_PYTHON" "$TAILOR_SRC/tests/lib/same_metrics.py" "$1" "$2"; }
 
 # expect_fail NEEDLE CMD...: the bad-input contract for one command: exit 2, exactly one line on stderr holding
 # NEEDLE (a fixed string), no raw ESC or BEL byte in it. Messages name $case_name (set by the runner).

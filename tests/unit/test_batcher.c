@@ -338,11 +338,31 @@ static void test_reference(void) {
                 for (int a = 0; a < m.n_adapters; a++) asteps[a] = rnd_int(0, 1000);
                 tl_batcher_set_adapter_steps(b, asteps);
             }
+            /* the peek of this step and the next draws nothing: the comparisons with the reference below hold */
+            int32_t pk[16], pk1[16];
+            int np = tl_batcher_peek(b, t, pk, 16);
+            (void)tl_batcher_peek(b, t + 1, pk1, 16);
             tl_step_batch *sb;
             REQUIRE_OK(tl_batcher_next(b, t, &sb, err));
             ref_step(&ds, &m, &o, t, cur, &r);
             char label[96];
             snprintf(label, sizeof label, "reference rep %d step %lld", rep, (long long)t);
+            { /* the peek is the step's window (adapters (t K + i) mod A, i < K), ascending, and holds `active` */
+                int A = m.n_adapters;
+                int K = o.adapters_per_step == 0 || o.adapters_per_step >= A ? A : o.adapters_per_step;
+                int inwin[16] = {0}, nwin = 0;
+                for (int i = 0; i < K; i++) inwin[(t * K + i) % A] = 1;
+                for (int a = 0; a < A; a++) nwin += inwin[a];
+                CHECK(np == nwin, "%s: peek of %d adapters, the window has %d", label, np, nwin);
+                for (int i = 0; i < np; i++)
+                    CHECK(inwin[pk[i]] && (i == 0 || pk[i] > pk[i - 1]), "%s: peek entry %d (adapter %d)", label, i,
+                          pk[i]);
+                for (int i = 0; i < sb->n_active; i++) {
+                    int found = 0;
+                    for (int j = 0; j < np; j++) found |= pk[j] == sb->active[i];
+                    CHECK(found, "%s: active adapter %d not in the peek", label, sb->active[i]);
+                }
+            }
             compare_step(&ds, &m, &o, asteps, &r, sb, label);
             check_invariants(&ds, &m, &o, sb, label);
             fx_check_cursors(label, tl_batcher_cursors(b), cur, m.n_adapters);
@@ -622,7 +642,15 @@ static void test_global_schedule(void) {
             for (int i = 0; i < bwb->n_active; i++) active_w[bwb->active[i]] = 1;
             int nexp = 0;
             for (int a = 0; a < nl; a++) nexp += active_w[gidx[a]];
+            int32_t pk[7];
+            int np = tl_batcher_peek(bp, t, pk, 7);
             REQUIRE_OK(tl_batcher_next(bp, t, &bpb, err));
+            for (int i = 0; i < bpb->n_active; i++) {
+                int found = 0;
+                for (int j = 0; j < np; j++) found |= pk[j] == bpb->active[i];
+                CHECK(found, "global schedule step %lld: active adapter %d not in the peek", (long long)t,
+                      bpb->active[i]);
+            }
             CHECK(bpb->n_active == nexp, "global schedule (aps %d) step %lld: %d active, expected %d", aps_cases[c],
                   (long long)t, bpb->n_active, nexp);
             for (int i = 0; i < bpb->n_active; i++) {

@@ -237,6 +237,7 @@ static void check_defaults(const tl_config *c) {
     CHECK(c->eval_every == 0, "eval_every");
     CHECK(c->checkpoint_every == 0, "ckpt_every");
     CHECK(c->keep_checkpoints == 2, "keep");
+    CHECK(c->store_prefetch == 1, "store_prefetch");
     CHECK(c->resume == TL_RESUME_AUTO && !c->resume_path[0], "resume");
 }
 
@@ -442,6 +443,7 @@ static const bad_case BAD[] = {
     {"task_scale_bad.yaml", M "task:\n  scale_rewards: maybe #<\n", "task.scale_rewards", "maybe"},
     {"task_bad.yaml", M "task:\n  type: pretrain #<\n", "task.type", "expected sft"},
     {"backend_bad.yaml", M "train:\n  backend: gpu #<\n", "train.backend", "auto, cpu or cuda"},
+    {"store_prefetch_bad.yaml", M "train:\n  store_prefetch: sometimes #<\n", "train.store_prefetch", "sometimes"},
     {"schedule_bad.yaml", M "train:\n  schedule: cosin #<\n", "train.schedule", "did you mean cosine?"},
     {"enum_list.yaml", M "train:\n  schedule: [cosine] #<\n", "train.schedule", "got a list"},
     /* targets */

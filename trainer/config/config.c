@@ -143,6 +143,8 @@ static const key_desc KEYS[] = {
     INT("train.keep_checkpoints", keep_checkpoints, 1, INT_MAX),
     ENUM("train.store", store, tl_store_choice_names),
     I64("train.store_min_bytes", store_min_bytes, 0),
+    {"train.store_prefetch", K_BOOL, F(store_prefetch), 0, 0, 0, 0, 0, 0, NULL},
+    DBL("train.store_compact_below", store_compact_below, 0, 1, D_HAS_HI | D_HI_OPEN),
     {"train.continue", K_BOOL, F(continue_run), 0, 0, 0, 0, 0, 0, NULL},
     {"train.resume", K_RESUME, F(resume), sizeof(((tl_config *)0)->resume_path), 0, 0, 0, 0, 0, NULL},
     ENUM("dist.strategy", dist_strategy, STRATEGY_CHOICES),
@@ -223,6 +225,8 @@ void tl_config_defaults(tl_config *c) {
     c->dist_strategy = TL_STRATEGY_AUTO;
     c->store = TL_STORE_AUTO;
     c->store_min_bytes = (int64_t)2 << 30;
+    c->store_prefetch = 1;
+    c->store_compact_below = 0.25;
     c->dist_timeout_s = 600.0;
     c->cluster_nodes = 1;
     snprintf(c->cluster_mpi, sizeof c->cluster_mpi, "pmix");

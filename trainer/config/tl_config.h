@@ -102,6 +102,9 @@ typedef struct {
     tl_store_choice store;        /* auto (default: on when the adapters' state would pass train.store_min_bytes) |
                                      on | off: the adapter store (docs/scale.md) */
     int64_t store_min_bytes;      /* default 2 GiB: auto turns the store on above this much adapter state */
+    int store_prefetch;           /* default true: read the next step's adapters from the store while a step runs */
+    double store_compact_below;   /* default 0.25: a checkpoint compacts store segments whose live records are under
+                                     this fraction of their bytes; 0: never */
     int continue_run;             /* train.continue, default false: train again on a grown dataset (docs/scale.md) */
     tl_resume resume;             /* auto (default) | never | a path of a checkpoint directory: */
     char resume_path[TL_PATH_MAX]; /* TL_RESUME_PATH: that path ("" otherwise) */

@@ -305,6 +305,13 @@ tl_status tl_lora_pool_set_slot(tl_lora_pool *p, tl_backend *be, int slot, const
     return be->status(be, err);
 }
 
+tl_lora_pool tl_lora_pool_layout(const tl_lora_pool *p, int n_slots, char **names, int64_t *steps) {
+    tl_lora_pool l = *p;
+    l.n_slots = n_slots, l.names = names, l.steps = steps;
+    l.params = l.grads = l.m = l.v = NULL;
+    return l;
+}
+
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
                             const tl_lora_opts *o, tl_error *err) {
     int rank = o->rank, rslora = o->rslora, with_head = o->with_head;

@@ -94,6 +94,9 @@ typedef struct {
 tl_status tl_lora_pool_init(tl_lora_pool *p, const tl_model *m, int n_slots, char *const *names,
                             const tl_lora_opts *o, tl_error *err);
 void tl_lora_pool_free(tl_lora_pool *p, tl_backend *be);
+/* p's layout for n_slots adapters named names[] with step counts steps[] (borrowed), holding no state (every buffer
+ * NULL): what exports and checkpoints take when each adapter's rows come from a reader (a store, other ranks). */
+tl_lora_pool tl_lora_pool_layout(const tl_lora_pool *p, int n_slots, char **names, int64_t *steps);
 /* The initial parameters tl_lora_pool_init gives the adapter `name` (host, P floats): they depend only on the
  * seed, the name and the layout, so an adapter created later (a store's, a grown run's) starts as it would have. */
 void tl_lora_fresh_params(const tl_lora_pool *p, uint64_t seed, const char *name, float *host);

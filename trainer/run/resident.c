@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "data/tl_io.h"
+#include "trainer/run/prefetch.h"
 #include "trainer/run/tl_export.h"
 
 tl_status tl_resident_init(tl_resident *r, tl_store *store, tl_lora_pool *pool, tl_lora_pool *ref, tl_backend *be,
@@ -49,6 +50,8 @@ tl_status tl_resident_init(tl_resident *r, tl_store *store, tl_lora_pool *pool, 
 }
 
 void tl_resident_free(tl_resident *r) {
+    tl_prefetch_stop(r->pf); /* joined before the store and the names it reads go */
+    free(r->req);
     if (r->init_from) tl_init_from_close(&r->init_from_src);
     tl_store_close(r->store);
     free(r->entry), free(r->slot_of), free(r->steps), free(r->adapter_of), free(r->dirty), free(r->used);
@@ -70,6 +73,7 @@ static tl_status write_back(tl_resident *r, int slot, tl_error *err) {
     r->dirty[slot] = 0;
     r->writebacks++;
     r->io_s += tl_now_s() - t0;
+    r->wb_s += tl_now_s() - t0;
     return TL_OK;
 }
 
@@ -97,9 +101,21 @@ static tl_status load(tl_resident *r, int a, int k, tl_error *err) {
     double t0 = tl_now_s();
     const tl_store_meta *meta = tl_store_meta_at(r->store, r->entry[a]);
     if (meta->has_state) {
-        float *params = r->host, *m = r->host + P, *v = r->host + 2 * P;
-        TL_TRY(tl_store_read(r->store, r->entry[a], params, m, v, err));
-        TL_TRY(tl_lora_pool_set_slot(p, r->be, k, r->names[a], params, m, v, meta->steps, err));
+        const float *staged = NULL;
+        if (r->pf) { /* the record as the prefetch read it, when it read the entry's current one */
+            tl_store_loc loc;
+            tl_store_loc_of(r->store, r->entry[a], &loc);
+            TL_TRY(tl_prefetch_take(r->pf, a, &loc, &staged, err));
+        }
+        if (staged) {
+            TL_TRY(tl_lora_pool_set_slot(p, r->be, k, r->names[a], staged, staged + P, staged + 2 * P, meta->steps,
+                                         err));
+            r->prefetched++;
+        } else {
+            float *params = r->host, *m = r->host + P, *v = r->host + 2 * P;
+            TL_TRY(tl_store_read(r->store, r->entry[a], params, m, v, err));
+            TL_TRY(tl_lora_pool_set_slot(p, r->be, k, r->names[a], params, m, v, meta->steps, err));
+        }
         r->loads++;
     } else {
         tl_lora_fresh_params(p, r->seed, r->names[a], r->host);
@@ -123,6 +139,10 @@ tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl
     if (n > K)
         return tl_fail(err, TL_ERR_RUNTIME, "adapter store: a step of %d adapters for a pool of %d slots", n, K);
     r->tick++;
+    if (r->pf) { /* the thread is idle from here until the next tl_resident_prefetch */
+        double w = tl_prefetch_wait(r->pf);
+        r->io_s += w, r->wait_s += w;
+    }
     for (int i = 0; i < n; i++) {
         int k = r->slot_of[adapters[i]];
         if (k >= 0) r->used[k] = r->tick;
@@ -153,6 +173,36 @@ tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl
     }
     return TL_OK;
 }
+
+tl_status tl_resident_prefetch_start(tl_resident *r, tl_error *err) {
+    int K = r->pool->n_slots;
+    r->req = malloc((size_t)K * sizeof *r->req);
+    if (!r->req) return tl_fail(err, TL_ERR_RUNTIME, "adapter store: out of host memory for the prefetch");
+    tl_store_reader rd;
+    tl_store_reader_of(r->store, &rd);
+    return tl_prefetch_start(&rd, K, &r->pf, err);
+}
+
+/* Which records may be read while the main thread goes on: the listed adapters are not resident, so nothing
+ * writes their entries until the next acquire (write_back writes resident slots only, and the next acquire waits
+ * for the thread first). Their records were written whole before the snapshot and are never overwritten; the
+ * write-backs, checkpoints and prunes that run meanwhile append to the open segment, close it, or remove
+ * segments no entry points into, and these entries point into theirs. */
+void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n) {
+    if (!r->pf) return;
+    int K = r->pool->n_slots, m = 0;
+    for (int i = 0; i < n && m < K; i++) {
+        int a = adapters[i];
+        if (a < 0 || a >= r->n || r->slot_of[a] >= 0) continue;
+        tl_prefetch_req *q = &r->req[m];
+        if (!tl_store_loc_of(r->store, r->entry[a], &q->loc)) continue; /* initialized, not read */
+        q->adapter = a, q->name = r->names[a];
+        m++;
+    }
+    tl_prefetch_submit(r->pf, r->req, m);
+}
+
+double tl_resident_io_bg_s(tl_resident *r) { return r->pf ? tl_prefetch_busy_s(r->pf) : 0.0; }
 
 void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n) {
     for (int i = 0; i < n; i++) {
@@ -227,13 +277,54 @@ tl_status tl_resident_export(tl_resident *r, const tl_config *cfg, const tl_expo
         names[i] = (char *)tl_store_name(r->store, i);
         steps[i] = tl_store_meta_at(r->store, i)->steps;
     }
-    tl_lora_pool layout = *r->pool; /* the shape; the rows come from the store, one adapter at a time */
-    layout.n_slots = (int)N, layout.names = names, layout.steps = steps;
-    layout.params = layout.grads = layout.m = layout.v = NULL;
+    /* the shape; the rows come from the store, one adapter at a time */
+    tl_lora_pool layout = tl_lora_pool_layout(r->pool, (int)N, names, steps);
     export_ctx c = {.r = r};
     tl_state_reader rd = {.read = export_read, .ctx = &c};
     tl_export_opts peft = {.format = TL_EXPORT_PEFT, .base_model = cfg->model_path};
     tl_status s = tl_export_run(&layout, &rd, cfg, o ? o : &peft, out_dir, written, err);
     free(names), free(steps);
+    return s;
+}
+
+/* ---- many ranks (user_shard) ---- */
+
+tl_status tl_resident_sync(tl_resident *r, tl_dist *d, const int64_t *extra, int64_t n_extra, uint64_t *bytes_written,
+                           tl_error *err) {
+    TL_TRY(tl_resident_flush(r, err));
+    TL_TRY(tl_store_seal(r->store, err));
+    int64_t N = tl_store_count(r->store);
+    enum { W = TL_STORE_ENTRY_WORDS + 1 }; /* an entry, then its owner count */
+    /* + the check that every rank has the same index, and the bytes every rank wrote */
+    size_t n = (size_t)N * W + 2;
+    int64_t *buf = calloc(n, sizeof *buf);
+    if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "adapter store: out of host memory for %lld entries", (long long)N);
+    for (int a = 0; a < r->n; a++) {
+        int64_t e = r->entry[a];
+        tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
+        buf[(size_t)e * W + W - 1] = 1;
+    }
+    for (int64_t k = 0; k < n_extra; k++) { /* entries this rank moved (compaction: adapters outside the round) */
+        int64_t e = extra[k];
+        tl_store_entry_pack(r->store, e, buf + (size_t)e * W);
+        buf[(size_t)e * W + W - 1] += 1;
+    }
+    buf[n - 2] = N;
+    buf[n - 1] = (int64_t)tl_store_bytes_written(r->store);
+    tl_status s = tl_dist_allreduce_i64_host(d, buf, n, "adapter store index", err);
+    int world = tl_dist_world(d);
+    if (!s && buf[n - 2] != N * world)
+        s = tl_fail(err, TL_ERR_RUNTIME, "adapter store: the ranks hold indexes of different sizes (%lld here)",
+                    (long long)N);
+    for (int64_t e = 0; !s && e < N; e++) {
+        int64_t owners = buf[(size_t)e * W + W - 1];
+        if (owners > 1)
+            s = tl_fail(err, TL_ERR_RUNTIME, "adapter store: adapter '%.100s' is trained by %lld ranks",
+                        tl_store_name(r->store, e), (long long)owners);
+        else if (owners == 1) /* the owner's entry; an adapter nobody trains this round is the same everywhere */
+            s = tl_store_entry_unpack(r->store, e, buf + (size_t)e * W, err);
+    }
+    if (!s && bytes_written) *bytes_written = (uint64_t)buf[n - 1];
+    free(buf);
     return s;
 }

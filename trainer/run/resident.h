@@ -16,6 +16,7 @@
 
 #include "data/tl_batcher.h"
 #include "data/tl_pref.h"
+#include "trainer/dist/tl_dist.h"
 #include "trainer/model/tl_model.h"
 #include "trainer/run/session_impl.h"
 #include "trainer/run/tl_export.h"
@@ -41,7 +42,12 @@ struct tl_resident {
     float *host;             /* [3 P] staging */
     /* what it cost, for the progress line and the benchmark */
     int64_t loads, inits, writebacks;
-    double io_s;
+    double io_s;             /* seconds the step loop spent in store I/O or waiting for the prefetch */
+    double wb_s, wait_s;     /* of io_s: writing back, waiting for the prefetch thread */
+    /* train.store_prefetch (prefetch.h): the next step's records read while a step computes */
+    struct tl_prefetch *pf;  /* NULL: off */
+    struct tl_prefetch_req *req; /* [K] */
+    int64_t prefetched;      /* loads served from a staged record */
 };
 
 /* Takes the store (closed by tl_resident_free), registers the run's adapters in it (an entry each; no state is
@@ -54,10 +60,27 @@ void tl_resident_free(tl_resident *r);
 tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl_error *err);
 /* The listed adapters were trained: their slots are dirty, their step counts copied from the pool. */
 void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n);
+/* train.store_prefetch: starts the reader thread (joined by tl_resident_free). */
+tl_status tl_resident_prefetch_start(tl_resident *r, tl_error *err);
+/* With the prefetch on, after the current step's acquire: starts reading the records of the listed adapters (the
+ * next step's, or a superset) that are not resident and have a record. Results never depend on the list: the next
+ * acquire uses a staged record only when it is the adapter's current one, and reads the others itself. */
+void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n);
+/* Seconds the reader thread spent reading records (0 with the prefetch off). */
+double tl_resident_io_bg_s(tl_resident *r);
 /* Writes every dirty slot back to the store. */
 tl_status tl_resident_flush(tl_resident *r, tl_error *err);
 /* Drops every slot (after a flush): the next acquire loads afresh, in the order asked. */
 void tl_resident_evict_all(tl_resident *r);
+
+/* user_shard with many ranks, each training its own adapters over the one shared store: writes back every dirty
+ * slot, seals this rank's segment, and gives every rank the whole index (each adapter's entry from the rank that
+ * trains it; a sum over ranks, so O(adapters) integers, about as much as a manifest). Every rank calls it at the
+ * same points: before a checkpoint's manifest, an evaluation or an export. *bytes_written: the store bytes all
+ * ranks appended since they opened it (NULL: not wanted). extra[0..n_extra): entries of adapters no rank trains
+ * this round whose records this rank moved (tl_store_compact), published the same way. */
+tl_status tl_resident_sync(tl_resident *r, tl_dist *d, const int64_t *extra, int64_t n_extra, uint64_t *bytes_written,
+                           tl_error *err);
 
 /* Rewrites a step's batch into slot space: segment slots and row adapters of every micro-batch (and the pairs'
  * owners when PS is given) become slots; *out is B with active and target_count replaced by the caller's

@@ -259,16 +259,106 @@ static tl_status load_chunk(tl_session *S, int64_t c0, int c, const int32_t *lis
     return TL_OK;
 }
 
+/* ROUGE in store mode: the tokenizer, and the per-adapter means of every adapter of the store. */
+typedef struct {
+    tl_tokenizer *tok;
+    tl_eval_rouge_result r; /* [N] */
+} store_rouge;
+
+static tl_status store_rouge_open(store_rouge *g, tl_session *S, const tl_config *cfg, const tl_ui *ui, int N,
+                                  tl_error *err) {
+    (void)S;
+    TL_TRY(tl_tokenizer_for_model(cfg->model_path, &g->tok, err));
+    size_t n = (size_t)N + 1;
+    g->r.n = N;
+    g->r.examples = calloc(n, sizeof(int64_t));
+    g->r.rouge1 = calloc(n, sizeof(double)), g->r.rougeL = calloc(n, sizeof(double));
+    g->r.base_rouge1 = calloc(n, sizeof(double)), g->r.base_rougeL = calloc(n, sizeof(double));
+    if (!g->r.examples || !g->r.rouge1 || !g->r.rougeL || !g->r.base_rouge1 || !g->r.base_rougeL)
+        return tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory for ROUGE of %d adapters", N);
+    if (!ui->quiet)
+        fprintf(ui->out, "generating answers for ROUGE (up to %d tokens each), %d adapter(s)...\n",
+                cfg->data_eval_generate, N);
+    return TL_OK;
+}
+
+/* The chunk's c adapters (names[0..c), in view's slots 0..c) answer their own users' held-out prompts. */
+static tl_status store_rouge_chunk(store_rouge *g, tl_session *S, const tl_config *cfg, const tl_lora_pool *view,
+                                   char **names, int c, int c0, tl_error *err) {
+    tl_adapter_map map;
+    TL_TRY(tl_adapter_map_build(&S->eval, cfg->adapter_key, names, c, &map, err));
+    const tl_eval_rouge_opts ro = {.max_new_tokens = cfg->data_eval_generate, .with_base = 1};
+    tl_eval_rouge_result rr = {0};
+    tl_status s = tl_eval_rouge(&S->model, view, g->tok, &S->eval, &map, &ro, &rr, err);
+    tl_adapter_map_free(&map);
+    for (int j = 0; !s && j < c; j++) {
+        g->r.examples[c0 + j] = rr.examples[j];
+        g->r.rouge1[c0 + j] = rr.rouge1[j], g->r.rougeL[c0 + j] = rr.rougeL[j];
+        g->r.base_rouge1[c0 + j] = rr.base_rouge1[j], g->r.base_rougeL[c0 + j] = rr.base_rougeL[j];
+    }
+    tl_eval_rouge_result_free(&rr);
+    return s;
+}
+
+/* Many ranks: each adapter's ROUGE from the rank that evaluated its chunk (zeros elsewhere; a NaN mean of an
+ * adapter without examples stays NaN). */
+static tl_status store_rouge_merge(store_rouge *g, tl_session *S, tl_error *err) {
+    size_t n = (size_t)g->r.n;
+    TL_TRY(tl_dist_allreduce_i64_host(S->dist, g->r.examples, n, "ROUGE example counts", err));
+    double *v[4] = {g->r.rouge1, g->r.rougeL, g->r.base_rouge1, g->r.base_rougeL};
+    for (int k = 0; k < 4; k++) TL_TRY(tl_dist_allreduce_f64_host(S->dist, v[k], n, "ROUGE scores", err));
+    return TL_OK;
+}
+
+static void store_rouge_close(store_rouge *g) {
+    tl_eval_rouge_result_free(&g->r);
+    tl_tokenizer_free(g->tok);
+    memset(g, 0, sizeof *g);
+}
+
+/* Many ranks: each adapter's results come from the one rank that evaluated its chunk, the other ranks hold zeros
+ * there, so a sum over ranks is exact. */
+static tl_status store_eval_merge(tl_session *S, int sft, tl_eval_result *all, tl_pref_eval_result *pall, int cross,
+                                  double *scross, int ns, tl_error *err) {
+    int N = sft ? all->n : pall->n;
+    tl_status s = TL_OK;
+    if (sft) {
+        s = tl_dist_allreduce_i64_host(S->dist, all->examples, (size_t)N, "eval example counts", err);
+        if (!s) s = tl_dist_allreduce_i64_host(S->dist, all->tokens, (size_t)N, "eval token counts", err);
+        if (!s) s = tl_dist_allreduce_f64_host(S->dist, all->loss, (size_t)N, "eval losses", err);
+        if (!s) s = tl_dist_allreduce_f64_host(S->dist, all->base_loss, (size_t)N, "eval base losses", err);
+        if (!s && cross) s = tl_dist_allreduce_f64_host(S->dist, all->cross, (size_t)N * N, "eval cross matrix", err);
+    } else {
+        double *buf = calloc((size_t)N * TL_PSTAT_N + 1, sizeof *buf);
+        if (!buf) return tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+        int K = S->pool.n_slots, world = tl_dist_world(S->dist), rank = tl_dist_rank(S->dist);
+        for (int a = 0; a < N; a++)
+            if ((a / K) % world == rank) tl_pstat_pack(&pall->own[a], buf + (size_t)a * TL_PSTAT_N);
+        s = tl_dist_allreduce_f64_host(S->dist, buf, (size_t)N * TL_PSTAT_N, "eval preference metrics", err);
+        for (int a = 0; !s && a < N; a++) tl_pstat_unpack(buf + (size_t)a * TL_PSTAT_N, &pall->own[a]);
+        free(buf);
+        if (!s && cross)
+            s = tl_dist_allreduce_f64_host(S->dist, pall->cross_acc, (size_t)N * N, "eval cross accuracies", err);
+        if (!s && pall->by_user) { /* users, not adapters: each user's entry is empty but on its chunk's rank */
+            tl_merge U = {.d = S->dist, .n = pall->n_users, .nG = pall->n_users};
+            s = merge_pref_stats(&U, &pall->by_user, "eval per-user metrics", err);
+        }
+    }
+    if (!s && ns) s = tl_dist_allreduce_f64_host(S->dist, scross, (size_t)ns * ns, "eval cross sample", err);
+    return s;
+}
+
 /* Per-adapter held-out loss (SFT) or preference metrics for every adapter of the store, K at a time; the slots are
  * dropped afterwards (the next step loads what it needs). The cross matrix is left out (docs/scale.md). */
 static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui, tl_metrics *metrics, int64_t step,
                             int final, tl_error *err) {
     tl_resident *res = S->res;
-    TL_TRY(tl_resident_flush(res, err));
+    /* many ranks (user_shard): every rank sees every rank's newest records, and evaluates every world-th chunk
+     * of K adapters (the chunks of one process, so the same numbers); the results are summed over ranks */
+    int world = tl_dist_world(S->dist), rank = tl_dist_rank(S->dist);
+    if (world > 1) TL_TRY(tl_resident_sync(res, S->dist, NULL, 0, NULL, err));
+    else TL_TRY(tl_resident_flush(res, err));
     tl_resident_evict_all(res);
-    if (final && cfg->data_eval_generate > 0)
-        fprintf(ui->log, "note: data.eval_generate: ROUGE of generated answers is not computed with the adapter store "
-                "(docs/scale.md)\n");
     int64_t N64 = tl_store_count(res->store);
     int K = S->pool.n_slots, N = (int)N64;
     char path[TL_PATH_MAX + 16];
@@ -296,15 +386,26 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     const tl_eval_opts eo = {.key = cfg->adapter_key, .micro_batch_tokens = cfg->micro_batch_tokens,
                              .max_seq_len = cfg->data_max_seq_len, .with_base = 1, .with_cross = cross,
                              .part = cross ? &cols : NULL};
+    /* data.eval_generate: ROUGE of greedy answers, per chunk as per adapter (each on its own users' examples) */
+    store_rouge rg = {0};
+    if (!s && sft && final && cfg->data_eval_generate > 0) s = store_rouge_open(&rg, S, cfg, ui, N, err);
     if (!s && cross && sft && !(all.cross = calloc((size_t)N * N + 1, sizeof(double))))
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     if (!s && cross && !sft && !(pall.cross_acc = calloc((size_t)N * N + 1, sizeof(double))))
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     tl_pref_eval_opts po = pref_eval_opts(S, cfg);
+    if (!s && !sft && cfg->adapter_key != TL_KEY_USER) { /* per-user rows of shared adapters, on every rank */
+        const tl_pref_dataset *ed = &S->pref_eval_set;
+        pall.n_users = ed->n_users;
+        pall.user_names = (const char *const *)ed->user_names, pall.user_groups = (const char *const *)ed->user_groups;
+        if (!(pall.by_user = calloc((size_t)ed->n_users + 1, sizeof *pall.by_user)))
+            s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
+    }
     tl_lora_pool refview = S->ref;
     if (S->have_ref) po.ref = &refview;
     for (int c0 = 0; !s && c0 < N; c0 += K) {
         int c = N - c0 < K ? N - c0 : K;
+        if ((c0 / K) % world != rank) continue;
         s = load_chunk(S, c0, c, NULL, host, err);
         view.n_slots = c, refview.n_slots = c;
         if (s) break;
@@ -317,6 +418,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                 if (cross) memcpy(all.cross + (size_t)(c0 + j) * N, r.cross + (size_t)j * N, (size_t)N * sizeof(double));
             }
             if (!s) tl_eval_result_free(&r);
+            if (!s && rg.tok) s = store_rouge_chunk(&rg, S, cfg, &view, names + c0, c, c0, err);
         } else {
             tl_pref_eval_result r;
             s = tl_pref_eval_run(&S->model, &view, S->ws, S->pref_scratch, &S->pref_eval_set, &eo, &po, &r, err);
@@ -326,6 +428,9 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                     memcpy(pall.cross_acc + (size_t)(c0 + j) * N, r.cross_acc + (size_t)j * N,
                            (size_t)N * sizeof(double));
             }
+            /* shared (group / global) adapters: each user's results, filled by the chunk holding its adapter */
+            for (int u = 0; !s && r.by_user && pall.by_user && u < r.n_users && u < pall.n_users; u++)
+                tl_pref_stats_merge(&pall.by_user[u], &r.by_user[u]);
             if (!s) tl_pref_eval_result_free(&r);
         }
         if (!ui->quiet && ui->is_tty)
@@ -345,6 +450,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                              .max_seq_len = cfg->data_max_seq_len, .with_cross = 1, .part = &scols};
     for (int c0 = 0; !s && c0 < ns; c0 += K) {
         int c = ns - c0 < K ? ns - c0 : K;
+        if ((c0 / K) % world != rank) continue;
         s = load_chunk(S, c0, c, sample, host, err);
         view.n_slots = c, refview.n_slots = c;
         if (s) break;
@@ -362,17 +468,25 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
         tl_eval_result_free(&r);
         tl_pref_eval_result_free(&pr);
     }
+    if (!s && world > 1) s = store_eval_merge(S, sft, &all, &pall, cross, scross, ns, err);
+    if (!s && world > 1 && rg.tok) s = store_rouge_merge(&rg, S, err);
+    if (!s && rg.tok)
+        all.rouge1 = rg.r.rouge1, all.rougeL = rg.r.rougeL, all.base_rouge1 = rg.r.base_rouge1,
+        all.base_rougeL = rg.r.base_rougeL;
     if (!s && ns) {
         if (sft) all.n_sample = ns, all.sample = sample, all.sample_cross = scross;
         else pall.n_sample = ns, pall.sample = sample, pall.sample_cross_acc = scross;
         scross = NULL;
-        fprintf(ui->out, "cross matrix: %d of the %d adapters, evenly spaced, in eval.json's cross_sample\n", ns, N);
+        if (rank == 0)
+            fprintf(ui->out, "cross matrix: %d of the %d adapters, evenly spaced, in eval.json's cross_sample\n", ns,
+                    N);
     }
     free(scross);
     tl_resident_evict_all(res);
     tl_lora_pool byname = S->pool;
     byname.n_slots = N, byname.names = names;
-    if (!s && sft) {
+    if (rank != 0) { /* rank 0 speaks for the run */
+    } else if (!s && sft) {
         double l, b;
         int64_t t;
         tl_eval_totals(&all, &l, &b, &t);
@@ -419,6 +533,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
     }
     tl_eval_result_free(&all);
     tl_pref_eval_result_free(&pall);
+    store_rouge_close(&rg);
     free(names);
     free(host);
     return s;

@@ -41,7 +41,8 @@ struct tl_store {
     int64_t n, cap;
     int64_t *table; /* open addressing over e, -1 empty; size a power of two >= 2 n */
     int64_t tsize;
-    uint32_t next_seg; /* the segment the next write goes to */
+    uint32_t next_seg; /* the first segment of the current interval: this process writes to next_seg + rank */
+    int rank, world;   /* user_shard: this process's place; its writes go to a segment of its own */
     int fd;            /* that segment, open for appending; -1 when none is open */
     uint64_t fd_size;
     uint64_t written;
@@ -243,12 +244,20 @@ static uint64_t fresh_run_id(void) {
 }
 
 tl_status tl_store_open(const char *run_dir, const tl_store_layout *L, tl_store **out, tl_error *err) {
+    return tl_store_open_shard(run_dir, L, 0, 1, out, err);
+}
+
+tl_status tl_store_open_shard(const char *run_dir, const tl_store_layout *L, int rank, int world, tl_store **out,
+                              tl_error *err) {
     *out = NULL;
     if (L->P == 0) return tl_fail(err, TL_ERR_RUNTIME, "store: empty adapter layout");
+    if (world < 1 || rank < 0 || rank >= world || world > (1 << 16))
+        return tl_fail(err, TL_ERR_RUNTIME, "store: rank %d of %d", rank, world);
     tl_store *st = calloc(1, sizeof *st);
     if (!st) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
     st->fd = -1;
     st->L = *L;
+    st->rank = rank, st->world = world;
     tl_status s = tl_path_join(st->dir, sizeof st->dir, run_dir, "store", err);
     char meta[TL_PATH_MAX + 16];
     if (!s) s = tl_path_join(meta, sizeof meta, st->dir, "store.json", err);
@@ -262,6 +271,9 @@ tl_status tl_store_open(const char *run_dir, const tl_store_layout *L, tl_store 
                         "%d): a different model or adapter.* config; use another train.output_dir",
                         meta, have.P, have.rank, have.targets, have.n_layers, have.head_dim, L->P, L->rank,
                         L->targets, L->n_layers, L->head_dim);
+    } else if (!s && rank > 0) { /* rank 0 created it before the ranks met (tl_train) */
+        s = tl_fail(err, TL_ERR_INPUT, "%s: missing on rank %d, though rank 0 created it: train.output_dir must be "
+                    "on a file system every rank shares", meta, rank);
     } else if (!s) {
         s = tl_mkdir_p(st->dir, err);
         st->run_id = fresh_run_id();
@@ -329,45 +341,84 @@ static tl_status write_all(int fd, const void *src, size_t n, const char *path, 
     return TL_OK;
 }
 
-tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err) {
-    const entry *x = &st->e[i];
-    if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
-    char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, x->seg, path, sizeof path, err));
-    size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
-    /* params alone (exports, evaluations) read the header and the params: a third of the record */
-    size_t want = m || v ? rec : REC_HEADER + bytes;
+/* Reads and checks one record (its header and `want` bytes from its start: all of it, or the header and the
+ * params) into buf. Touches no store state: the main thread's tl_store_read and the prefetch thread's
+ * tl_store_read_at both come here, so both report a bad record in the same words. */
+static tl_status read_record(const char *path, uint64_t run_id, size_t P, uint64_t off, int64_t steps,
+                             const char *name, unsigned char *buf, size_t want, tl_error *err) {
+    size_t rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
     int fd = -1;
     int64_t size = 0;
     TL_TRY(tl_open_regular(path, "store segment", &fd, &size, err));
-    tl_status s = (uint64_t)size < x->off || (uint64_t)size - x->off < rec
+    tl_status s = (uint64_t)size < off || (uint64_t)size - off < rec
                       ? tl_fail(err, TL_ERR_INPUT, "%s: truncated: adapter '%s''s record at byte %" PRIu64
-                                " ends past the end of the file (%" PRId64 " bytes)", path, x->name, x->off, size)
-                      : pread_all(fd, st->buf, want, x->off, path, err);
+                                " ends past the end of the file (%" PRId64 " bytes)", path, name, off, size)
+                      : pread_all(fd, buf, want, off, path, err);
     close(fd);
     TL_TRY(s);
-    const unsigned char *h = st->buf;
+    const unsigned char *h = buf;
     if (memcmp(h, REC_MAGIC, 8) != 0)
-        return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": not a store record (adapter '%s')", path, x->off,
-                       x->name);
-    if (get_u64(h + 8) != st->run_id)
+        return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": not a store record (adapter '%s')", path, off, name);
+    if (get_u64(h + 8) != run_id)
         return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record belongs to another store (run_id %016" PRIx64
-                       ", this store's %016" PRIx64 ")", path, x->name, get_u64(h + 8), st->run_id);
-    if (get_u64(h + 16) != P || get_u64(h + 32) != fnv64(x->name) || (int64_t)get_u64(h + 24) != x->meta.steps)
+                       ", this store's %016" PRIx64 ")", path, name, get_u64(h + 8), run_id);
+    if (get_u64(h + 16) != P || get_u64(h + 32) != fnv64(name) || (int64_t)get_u64(h + 24) != steps)
         return tl_fail(err, TL_ERR_INPUT, "%s: byte %" PRIu64 ": the record is not adapter '%s''s (shape, name or "
-                       "step count differ from the index)", path, x->off, x->name);
+                       "step count differ from the index)", path, off, name);
     if (crc32_update(0, h + REC_HEADER, bytes) != get_u32(h + 40) ||
         (want == rec && crc32_update(0, h + REC_HEADER + bytes, 2 * bytes) != get_u32(h + 44)))
-        return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record is corrupt (CRC-32 mismatch)", path, x->name);
+        return tl_fail(err, TL_ERR_INPUT, "%s: adapter '%s''s record is corrupt (CRC-32 mismatch)", path, name);
+    return TL_OK;
+}
+
+tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err) {
+    const entry *x = &st->e[i];
+    if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
+    size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
+    /* params alone (exports, evaluations) read the header and the params: a third of the record */
+    size_t want = m || v ? rec : REC_HEADER + bytes;
+    char path[TL_PATH_MAX];
+    TL_TRY(seg_path(st, x->seg, path, sizeof path, err));
+    TL_TRY(read_record(path, st->run_id, P, x->off, x->meta.steps, x->name, st->buf, want, err));
+    const unsigned char *h = st->buf;
     if (params) memcpy(params, h + REC_HEADER, bytes);
     if (m) memcpy(m, h + REC_HEADER + bytes, bytes);
     if (v) memcpy(v, h + REC_HEADER + 2 * bytes, bytes);
     return TL_OK;
 }
 
+void tl_store_reader_of(const tl_store *st, tl_store_reader *rd) { rd->run_id = st->run_id, rd->P = st->L.P; }
+
+int tl_store_loc_of(const tl_store *st, int64_t i, tl_store_loc *loc) {
+    const entry *x = &st->e[i];
+    loc->seg = 0, loc->off = 0, loc->steps = 0, loc->path[0] = 0;
+    if (x->seg == SEG_NONE) return 0;
+    loc->seg = x->seg, loc->off = x->off, loc->steps = x->meta.steps;
+    tl_error e = {0};
+    if (seg_path(st, x->seg, loc->path, sizeof loc->path, &e)) loc->path[0] = 0; /* too long: read_at says so */
+    return 1;
+}
+
+int tl_store_loc_same(const tl_store_loc *a, const tl_store_loc *b) {
+    return a->seg == b->seg && a->off == b->off && a->steps == b->steps;
+}
+
+tl_status tl_store_read_at(const tl_store_reader *rd, const tl_store_loc *loc, const char *name, unsigned char *rec,
+                           const float **params, tl_error *err) {
+    *params = NULL;
+    if (!loc->path[0]) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s''s segment path is too long", name);
+    TL_TRY(read_record(loc->path, rd->run_id, rd->P, loc->off, loc->steps, name, rec, tl_store_record_bytes(rd->P),
+                       err));
+    *params = (const float *)(const void *)(rec + REC_HEADER);
+    return TL_OK;
+}
+
+/* The segment this process appends to in the current interval. */
+static uint32_t my_segment(const tl_store *st) { return st->next_seg + (uint32_t)st->rank; }
+
 static tl_status open_segment(tl_store *st, tl_error *err) {
     char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, st->next_seg, path, sizeof path, err));
+    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
     /* O_EXCL: a segment past the restored index was removed by tl_store_restore; one that exists now is not
      * ours to append to */
     st->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -393,7 +444,7 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
     put_u32(h + 40, crc32_update(0, h + REC_HEADER, bytes));             /* params */
     put_u32(h + 44, crc32_update(0, h + REC_HEADER + bytes, 2 * bytes)); /* m, v */
     char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, st->next_seg, path, sizeof path, err));
+    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
     if (getenv("TAILOR_FAULT_STORE_KILL_RECORD")) { /* half a record, then the fault */
         st->n_records++;
         TL_TRY(write_all(st->fd, h, rec / 2, path, err));
@@ -403,7 +454,7 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
         TL_TRY(write_all(st->fd, h, rec, path, err));
     }
     entry *x = &st->e[i];
-    x->seg = st->next_seg, x->off = st->fd_size, x->meta.has_state = 1, x->meta.steps = steps;
+    x->seg = my_segment(st), x->off = st->fd_size, x->meta.has_state = 1, x->meta.steps = steps;
     st->fd_size += rec;
     st->written += rec;
     return TL_OK;
@@ -411,19 +462,26 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
 
 /* ---- manifests ---- */
 
-tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start, const char *manifest_path,
-                          tl_error *err) {
-    if (st->fd >= 0) { /* the records this manifest refers to reach the disk before it does */
+tl_status tl_store_seal(tl_store *st, tl_error *err) {
+    if (st->fd >= 0) { /* the records a manifest refers to reach the disk before it does */
         if (fsync(st->fd) != 0) {
             char path[TL_PATH_MAX];
-            TL_TRY(seg_path(st, st->next_seg, path, sizeof path, err));
+            TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
             return tl_fail(err, TL_ERR_RUNTIME, "%s: fsync failed: %s", path, strerror(errno));
         }
         close(st->fd);
         st->fd = -1;
-        st->next_seg++;
         TL_TRY(tl_fsync_dir(st->dir, err));
+        if (st->world == 1) st->next_seg++;
     }
+    /* many ranks: every rank seals at the same points, so the intervals stay aligned whoever wrote */
+    if (st->world > 1) st->next_seg += (uint32_t)st->world;
+    return TL_OK;
+}
+
+tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start, const char *manifest_path,
+                          tl_error *err) {
+    if (st->fd >= 0) TL_TRY(tl_store_seal(st, err)); /* many ranks: sealed by every rank before (tl_resident_sync) */
     size_t cap = MAN_HEADER;
     for (int64_t i = 0; i < st->n; i++) cap += 4 + strlen(st->e[i].name) + ENTRY_FIXED;
     cap += 4;
@@ -628,15 +686,16 @@ tl_status tl_store_restore(tl_store *st, const char *manifest_path, int64_t *glo
     st->next_seg = (uint32_t)M.next_seg;
     *global_step = M.global_step;
     if (round_start) *round_start = M.round_start;
-    /* a crashed run's segments (written after this checkpoint) are debris */
-    return remove_segments(st, st->next_seg, NULL, err);
+    /* a crashed run's segments (written after this checkpoint) are debris; rank 0 removes them before the ranks
+     * meet again, the others only read */
+    return st->rank == 0 ? remove_segments(st, st->next_seg, NULL, err) : TL_OK;
 }
 
 tl_status tl_store_start_fresh(tl_store *st, tl_error *err) {
     if (st->fd >= 0) close(st->fd), st->fd = -1;
     clear_index(st);
     st->next_seg = 0;
-    return remove_segments(st, 0, NULL, err);
+    return st->rank == 0 ? remove_segments(st, 0, NULL, err) : TL_OK;
 }
 
 typedef struct {
@@ -654,7 +713,7 @@ static tl_status prune_cb(void *ctx, const char *name, uint32_t seg, uint64_t of
 
 tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *err) {
     uint32_t ns = st->next_seg;
-    if (ns == 0) return TL_OK;
+    if (ns == 0 || st->rank != 0) return TL_OK; /* rank 0 prunes for every rank */
     uint8_t *keep = calloc(ns, 1);
     if (!keep) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
     for (int64_t i = 0; i < st->n; i++)
@@ -672,4 +731,76 @@ tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *
     if (!s) s = remove_segments(st, ns, keep, err);
     free(keep);
     return s;
+}
+
+/* ---- many ranks: the index entries travel as integers (tl_resident_sync) ---- */
+
+void tl_store_entry_pack(const tl_store *st, int64_t i, int64_t w[TL_STORE_ENTRY_WORDS]) {
+    const entry *x = &st->e[i];
+    w[0] = x->seg, w[1] = (int64_t)x->off, w[2] = x->meta.has_state, w[3] = x->meta.steps, w[4] = x->meta.epoch;
+    w[5] = x->meta.pos, w[6] = x->meta.n_examples, w[7] = x->meta.round, w[8] = x->meta.steps0;
+}
+
+tl_status tl_store_entry_unpack(tl_store *st, int64_t i, const int64_t w[TL_STORE_ENTRY_WORDS], tl_error *err) {
+    entry *x = &st->e[i];
+    int has = w[2] != 0;
+    if (w[0] < 0 || w[0] > (int64_t)SEG_NONE || w[1] < 0 || (has && w[0] >= (int64_t)st->next_seg) ||
+        (!has && w[0] != (int64_t)SEG_NONE) || w[3] < 0 || w[4] < 0 || w[5] < 0 || w[6] < 0 || w[7] < 0 ||
+        w[8] < 0 || w[8] > w[3])
+        return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%.100s': inconsistent index entry from its rank",
+                       x->name);
+    x->seg = (uint32_t)w[0], x->off = (uint64_t)w[1];
+    x->meta = (tl_store_meta){.has_state = has, .steps = w[3], .epoch = w[4], .pos = w[5], .n_examples = w[6],
+                              .round = w[7], .steps0 = w[8]};
+    return TL_OK;
+}
+
+/* ---- compaction ---- */
+
+tl_status tl_store_compact(tl_store *st, double below, int64_t round, tl_store_compaction *out, tl_error *err) {
+    memset(out, 0, sizeof *out);
+    uint32_t first_open = st->next_seg; /* this interval's segments (every rank's) are still being written */
+    if (below <= 0 || first_open == 0) return TL_OK;
+    size_t rec = tl_store_record_bytes(st->L.P);
+    uint64_t *live = calloc(first_open, sizeof *live);
+    if (!live) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    for (int64_t i = 0; i < st->n; i++)
+        if (st->e[i].seg < first_open) live[st->e[i].seg] += rec;
+    /* a segment is sparse when its live records are under `below` of its bytes; an adapter of the current round
+     * stays (with many ranks its rank owns its entry), every other live record of a sparse segment moves */
+    uint8_t *sparse = calloc(first_open, 1);
+    tl_status s = sparse ? TL_OK : tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    for (uint32_t k = 0; !s && k < first_open; k++) {
+        if (!live[k]) continue; /* dead already: pruning removes it once no kept checkpoint uses it */
+        char path[TL_PATH_MAX];
+        struct stat sb;
+        s = seg_path(st, k, path, sizeof path, err);
+        if (!s && stat(path, &sb) == 0 && (double)live[k] < below * (double)sb.st_size) {
+            sparse[k] = 1;
+            out->segments++;
+        }
+    }
+    float *x = NULL;
+    if (!s && out->segments) {
+        x = malloc(3 * st->L.P * sizeof *x);
+        out->moved = malloc((size_t)(st->n ? st->n : 1) * sizeof *out->moved);
+        if (!x || !out->moved) s = tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
+    }
+    for (int64_t i = 0; !s && out->segments && i < st->n; i++) {
+        entry *e = &st->e[i];
+        if (e->seg >= first_open || !sparse[e->seg] || e->meta.round == round) continue;
+        float *p = x, *m = x + st->L.P, *v = x + 2 * st->L.P;
+        /* read (CRC-checked) and append as a write-back would: the copy is the same record */
+        s = tl_store_read(st, i, p, m, v, err);
+        if (!s) s = tl_store_write(st, i, p, m, v, e->meta.steps, err);
+        if (!s) out->moved[out->n_moved++] = i, out->bytes += rec;
+    }
+    free(x), free(sparse), free(live);
+    if (s) tl_store_compaction_free(out);
+    return s;
+}
+
+void tl_store_compaction_free(tl_store_compaction *c) {
+    free(c->moved);
+    memset(c, 0, sizeof *c);
 }

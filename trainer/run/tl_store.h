@@ -4,7 +4,8 @@
  * Layout (docs/scale.md has it in full):
  *   <run_dir>/store/store.json          format, run_id and the layout (P, rank, targets, n_layers, head_dim);
  *                                       written once, when the store is created
- *   <run_dir>/store/seg-<%08d>.bin      append-only segments of records: a 48-byte header (magic, run_id, P,
+ *   <run_dir>/store/seg-<%08d>.bin      append-only segments of records (with many ranks, each rank its own:
+ *                                       tl_store_open_shard): a 48-byte header (magic, run_id, P,
  *                                       steps, name hash, CRC-32 of params, CRC-32 of m and v) then params, m, v
  *                                       as F32 [P] (a reader of params alone reads a third of the record)
  *   <run_dir>/checkpoints/step-N/manifest.bin   the index at step N: for every adapter its name, its record's
@@ -25,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data/tl_io.h"
 #include "kernels/tl_status.h"
 
 #define TL_STORE_FORMAT "tailor-store-1"
@@ -54,6 +56,12 @@ typedef struct {
  * this format and layout: TL_ERR_INPUT naming store.json and the field otherwise. The index starts empty:
  * tl_store_restore fills it from a checkpoint. */
 tl_status tl_store_open(const char *run_dir, const tl_store_layout *L, tl_store **out, tl_error *err);
+/* The same for one of `world` processes of a user_shard run, all opening one store on a shared file system.
+ * Rank 0 opens first (creating the store) and alone removes files (tl_store_restore's debris, start_fresh,
+ * prune); the others require store.json. Each rank appends to segments of its own (interval base + rank), and
+ * tl_store_seal advances every rank's interval by world, so segment numbers never collide. */
+tl_status tl_store_open_shard(const char *run_dir, const tl_store_layout *L, int rank, int world, tl_store **out,
+                              tl_error *err);
 void tl_store_close(tl_store *st);
 
 /* Whether a run directory has a store (store/store.json). */
@@ -77,10 +85,41 @@ void tl_store_set_round(tl_store *st, int64_t i, int64_t round, int64_t n_exampl
 /* Reads entry i's record (which must have state) into params, m, v (host, P floats each; m and v may be NULL):
  * TL_ERR_INPUT naming the segment when the record is missing, truncated, from another store or corrupt. */
 tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err);
+/* Reading from another thread (the prefetch of the next step's adapters, prefetch.h). tl_store is not
+ * thread-safe; a reader on another thread gets what it needs as values taken on the main thread: the store's fixed
+ * facts (tl_store_reader_of: they never change after tl_store_open) and a snapshot of an entry's location
+ * (tl_store_loc_of). tl_store_read_at then touches no tl_store at all. A location is safe to read while the main
+ * thread writes: records are appended and never overwritten, and an entry points at a record only once it was
+ * written whole, so the bytes at a snapshot's location never change; a segment is removed (tl_store_prune) only
+ * when no entry of the index points into it. The snapshot may go stale (the entry written again): the caller
+ * compares it with tl_store_loc_of before using what was read. */
+typedef struct {
+    uint64_t run_id;
+    size_t P;
+} tl_store_reader;
+typedef struct {
+    uint32_t seg;
+    uint64_t off;
+    int64_t steps;              /* what the record's header must say */
+    char path[TL_PATH_MAX];     /* the segment's file */
+} tl_store_loc;
+void tl_store_reader_of(const tl_store *st, tl_store_reader *rd);
+/* Entry i's location (0 and *loc zeroed when it has no record). */
+int tl_store_loc_of(const tl_store *st, int64_t i, tl_store_loc *loc);
+/* Whether two snapshots name the same record. */
+int tl_store_loc_same(const tl_store_loc *a, const tl_store_loc *b);
+/* Reads and checks (as tl_store_read: the same messages) the record at loc of adapter `name` into rec
+ * (tl_store_record_bytes(P) bytes, from malloc); *params points into rec at the record's params, m and v follow
+ * (P floats each). */
+tl_status tl_store_read_at(const tl_store_reader *rd, const tl_store_loc *loc, const char *name, unsigned char *rec,
+                           const float **params, tl_error *err);
 /* Appends a record for entry i (params, m, v: P floats each) to the open segment and points the index at it. */
 tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const float *m, const float *v, int64_t steps,
                          tl_error *err);
 
+/* Ends the current interval: fsyncs and closes the open segment (if any); the next write opens a new one. With
+ * many ranks every rank calls it at the same points (before a manifest, tl_resident_sync). */
+tl_status tl_store_seal(tl_store *st, tl_error *err);
 /* Checkpoint: fsyncs and closes the open segment, then writes the index at global_step to manifest_path
  * (atomically). The next write opens a new segment. */
 tl_status tl_store_commit(tl_store *st, int64_t global_step, int64_t round_start, const char *manifest_path,
@@ -95,6 +134,29 @@ tl_status tl_store_start_fresh(tl_store *st, tl_error *err);
 /* Removes the segments that none of the given manifests (the retained checkpoints') and the open index refer
  * to. */
 tl_status tl_store_prune(tl_store *st, char *const *manifests, int n, tl_error *err);
+
+/* Many ranks: an index entry as integers (record location, state, cursor, round), for a sum over ranks in which
+ * only the adapter's owner contributes. unpack checks the values against this store (TL_ERR_RUNTIME). */
+#define TL_STORE_ENTRY_WORDS 9
+void tl_store_entry_pack(const tl_store *st, int64_t i, int64_t w[TL_STORE_ENTRY_WORDS]);
+tl_status tl_store_entry_unpack(tl_store *st, int64_t i, const int64_t w[TL_STORE_ENTRY_WORDS], tl_error *err);
+
+/* Compaction: without it an adapter that never trains again pins its segment, and every dead record beside it,
+ * for the life of the run. A closed segment whose live records (those the index points to) are under `below` of
+ * its bytes is sparse; every live record in it, except those of adapters enrolled in the round that began at
+ * global step `round` (they are being trained, and with many ranks another rank owns their entries), is copied to
+ * the open segment, CRC-checked, as a write-back would. The sparse segment is then dead to the index, and pruning
+ * removes it once no retained checkpoint refers to it. Each byte moved follows at least (1 - below) / below dead
+ * bytes that training wrote, so over a run compaction costs at most that fraction of the write-backs' bytes.
+ * below <= 0: nothing. out->moved lists the moved entries (free with tl_store_compaction_free). */
+typedef struct {
+    int64_t *moved;     /* [n_moved] entries whose record moved */
+    int64_t n_moved;
+    int segments;       /* sparse segments found */
+    uint64_t bytes;     /* bytes appended */
+} tl_store_compaction;
+tl_status tl_store_compact(tl_store *st, double below, int64_t round, tl_store_compaction *out, tl_error *err);
+void tl_store_compaction_free(tl_store_compaction *c);
 
 /* Bytes appended to segments since the store was opened (for the checkpoint size line and the benchmark). */
 uint64_t tl_store_bytes_written(const tl_store *st);

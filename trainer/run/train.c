@@ -191,12 +191,13 @@ static void install_stop_handlers(struct sigaction *old_term, struct sigaction *
 
 /* The tokens adapter a will train on over the run (its steps x examples per step x its mean example length,
  * capped at max_seq_len): the cost that user_shard balances. */
-static void adapter_costs(const tl_session *S, const tl_config *cfg, const int64_t *total_steps, double *cost) {
-    for (int a = 0; a < S->map.n_adapters; a++) {
+static void adapter_costs(const tl_session *S, const tl_adapter_map *map, const tl_config *cfg,
+                          const int64_t *total_steps, double *cost) {
+    for (int a = 0; a < map->n_adapters; a++) {
         double len = 0;
-        int64_t n = S->map.n_examples[a];
+        int64_t n = map->n_examples[a];
         for (int64_t i = 0; i < n; i++) {
-            int64_t e = S->map.examples[a][i], l;
+            int64_t e = map->examples[a][i], l;
             if (S->task == TL_TASK_SFT)
                 l = S->train.offsets[e + 1] - S->train.offsets[e];
             else
@@ -236,9 +237,7 @@ static tl_status save_pool_state(tl_session *S, const tl_config *cfg, int64_t do
         s = steps && cur ? tl_dist_collect_ints(&c, cursors, steps, cur, err)
                          : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
         /* the whole run's layout, names and step counts; its rows come from the reader */
-        tl_lora_pool run = S->pool;
-        run.n_slots = nG, run.names = S->map.names, run.steps = steps;
-        run.params = run.grads = run.m = run.v = NULL;
+        tl_lora_pool run = tl_lora_pool_layout(&S->pool, nG, S->map.names, steps);
         tl_state_reader rd = tl_dist_collect_reader(&c);
         if (!s && checkpoint)
             s = rank0 ? tl_checkpoint_save_from(cfg->output_dir, cfg, &run, &rd, done_steps, cur,
@@ -310,13 +309,18 @@ typedef struct {
     /* with the adapter store (S.res; docs/scale.md) */
     int64_t round_start;       /* the global step at which this round began (runs that grow) */
     int nothing_new;           /* train.continue found no adapter with new data: the run ends at once */
-    tl_adapter_map round_map;  /* this round's adapters and their examples (what the batcher schedules) */
+    tl_adapter_map round_map;  /* this round's adapters and their examples (what the batcher schedules); many
+                                  ranks: this rank's share of them */
     int have_round_map;
+    int32_t *round_gidx;       /* many ranks: [round_map.n_adapters] each one's index in the whole round */
+    int n_round;               /* many ranks: the adapters of the whole round */
+    tl_step_batch empty_batch; /* the step of a rank that trains no adapter this round */
     int32_t *active_slots;     /* [slots] the step's active adapters' slots */
     int64_t *slot_targets;     /* [slots] the step's trained rows per slot */
     int64_t *slot_total;       /* [slots] the schedule length of the adapter in each slot */
     tl_step_batch slot_batch;  /* the step's batch in slot space */
     uint64_t ckpt_bytes;       /* store bytes written up to the last checkpoint */
+    int32_t *next_adapters;    /* [slots] train.store_prefetch: the next step's adapters (tl_batcher_peek) */
 } tl_run;
 
 /* Rank 0 writes the checkpoint (every `checkpoint`) and the exported adapters; with the adapter store, the
@@ -326,28 +330,48 @@ static tl_status save_run_state(tl_run *R, int64_t done_steps, int checkpoint, i
     const tl_config *cfg = R->cfg;
     if (!S->res) return save_pool_state(S, cfg, done_steps, R->cursors, checkpoint, export_adapters, &R->ui, err);
     tl_resident *res = S->res;
+    double t0 = tl_now_s();
+    for (int a = 0; a < res->n; a++)
+        tl_store_set_cursor(res->store, res->entry[a], R->cursors[a].epoch, R->cursors[a].pos);
+    uint64_t written_all = 0; /* store bytes appended by every rank */
+    tl_store_compaction cp = {0};
     TL_TRY(tl_resident_flush(res, err));
-    if (checkpoint) {
-        for (int a = 0; a < res->n; a++)
-            tl_store_set_cursor(res->store, res->entry[a], R->cursors[a].epoch, R->cursors[a].pos);
-        double t0 = tl_now_s();
+    /* a checkpoint compacts the store (rank 0: the adapters outside the round, which no rank owns) */
+    if (checkpoint && R->rank == 0)
+        TL_TRY(tl_store_compact(res->store, cfg->store_compact_below, R->round_start, &cp, err));
+    tl_status s = TL_OK;
+    if (R->world > 1) /* user_shard: each rank's records sealed, and every rank's entries on every rank */
+        s = tl_resident_sync(res, S->dist, cp.moved, cp.n_moved, &written_all, err);
+    else
+        written_all = tl_store_bytes_written(res->store);
+    int n_moved = (int)cp.n_moved, n_sparse = cp.segments;
+    uint64_t moved_bytes = cp.bytes;
+    tl_store_compaction_free(&cp);
+    TL_TRY(s);
+    if (checkpoint && R->rank == 0) { /* rank 0 writes the manifest (and prunes) for every rank */
         TL_TRY(tl_checkpoint_save_store(cfg->output_dir, cfg, res->store, done_steps, R->round_start,
                                         cfg->keep_checkpoints, err));
         /* what this checkpoint cost: the records written back since the last one, and the manifest */
-        uint64_t bytes = tl_store_bytes_written(res->store) - R->ckpt_bytes;
-        R->ckpt_bytes = tl_store_bytes_written(res->store);
+        uint64_t bytes = written_all - R->ckpt_bytes - moved_bytes;
         fprintf(R->ui.log, "checkpoint at step %lld: %.1f MiB of adapter records since the last one (%llu "
                 "adapter(s)), manifest of %lld adapter(s), %.2f s\n", (long long)done_steps,
                 (double)bytes / (1 << 20), (unsigned long long)(bytes / tl_store_record_bytes(S->pool.P)),
                 (long long)tl_store_count(res->store), tl_now_s() - t0);
+        if (n_moved)
+            fprintf(R->ui.log, "store compaction: %d record(s) (%.1f MiB) moved out of %d sparse segment(s), which "
+                    "pruning removes once no kept checkpoint uses them\n", n_moved, (double)moved_bytes / (1 << 20),
+                    n_sparse);
     }
-    if (!export_adapters) return TL_OK;
-    char adir[TL_PATH_MAX + 16];
-    snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
-    int written = 0;
-    TL_TRY(tl_resident_export(res, cfg, NULL, adir, &written, err));
-    fprintf(R->ui.out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
-    return TL_OK;
+    if (checkpoint) R->ckpt_bytes = written_all;
+    if (export_adapters && R->rank == 0) { /* rank 0 reads every rank's records from the shared store */
+        char adir[TL_PATH_MAX + 16];
+        snprintf(adir, sizeof adir, "%s/adapters", cfg->output_dir);
+        int written = 0;
+        TL_TRY(tl_resident_export(res, cfg, NULL, adir, &written, err));
+        fprintf(R->ui.out, "exported %d PEFT adapter(s) to %s/\n", written, adir);
+    }
+    if (R->world == 1) return TL_OK;
+    return tl_dist_barrier(S->dist, export_adapters ? "export by rank 0" : "checkpoint written by rank 0", err);
 }
 
 static void restore_stop_handlers(tl_run *R) {
@@ -378,7 +402,9 @@ static void tl_run_close(tl_run *R) {
     free(R->active_slots);
     free(R->slot_targets);
     free(R->slot_total);
+    free(R->next_adapters);
     if (R->have_round_map) tl_adapter_map_free(&R->round_map);
+    free(R->round_gidx);
     tl_session_close(&R->S);
     memset(R, 0, sizeof *R);
 }
@@ -451,7 +477,7 @@ static tl_status shard_adapters(tl_run *R, tl_error *err) {
                                                                   : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     int n_local = 0;
     if (!s) {
-        adapter_costs(S, R->cfg, R->total_steps, cost);
+        adapter_costs(S, &S->map, R->cfg, R->total_steps, cost);
         tl_dist_assign_owners(cost, n_global, world, owner);
         for (int g = 0; g < n_global; g++)
             if (owner[g] == R->rank)
@@ -535,6 +561,19 @@ static tl_status write_run_config(const tl_run *R, tl_error *err) {
     return tl_config_write_file(R->cfg, path, err);
 }
 
+/* Many ranks: every rank goes on from the checkpoint rank 0 chose (the file system may show them others). */
+static tl_status agree_on_checkpoint(tl_run *R, int *found, char *ckpt, tl_error *err) {
+    int64_t f = *found;
+    char pathbuf[TL_PATH_MAX];
+    memset(pathbuf, 0, sizeof pathbuf);
+    if (*found) snprintf(pathbuf, sizeof pathbuf, "%s", ckpt);
+    TL_TRY(tl_dist_bcast_host(R->S.dist, &f, sizeof f, 0, "resume decision", err));
+    TL_TRY(tl_dist_bcast_host(R->S.dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
+    *found = (int)f;
+    memcpy(ckpt, pathbuf, TL_PATH_MAX);
+    return TL_OK;
+}
+
 /* train.resume: the checkpoint rank 0 finds (auto) or is given, loaded by every rank; then metrics.jsonl. */
 static tl_status resume_run(tl_run *R, tl_error *err) {
     tl_session *S = &R->S;
@@ -548,16 +587,7 @@ static tl_status resume_run(tl_run *R, tl_error *err) {
         snprintf(ckpt, sizeof ckpt, "%s", cfg->resume_path);
         found = 1;
     }
-    if (R->world > 1) { /* every rank resumes from the checkpoint rank 0 found, whatever the file system shows it */
-        int64_t fs[2] = {found, 0};
-        char pathbuf[TL_PATH_MAX];
-        memset(pathbuf, 0, sizeof pathbuf);
-        if (found) snprintf(pathbuf, sizeof pathbuf, "%s", ckpt);
-        TL_TRY(tl_dist_bcast_host(S->dist, fs, sizeof fs, 0, "resume decision", err));
-        TL_TRY(tl_dist_bcast_host(S->dist, pathbuf, sizeof pathbuf, 0, "resume checkpoint path", err));
-        found = (int)fs[0];
-        memcpy(ckpt, pathbuf, sizeof ckpt);
-    }
+    if (R->world > 1) TL_TRY(agree_on_checkpoint(R, &found, ckpt, err));
     if (found) {
         TL_TRY(load_run_state(S, ckpt, &R->start, R->cursors, err));
         if (R->start > cfg->steps)
@@ -604,9 +634,10 @@ static tl_status choose_store(tl_run *R, int *use, tl_error *err) {
         tl_lora_pool_free(&probe, S->be);
         if (bytes <= (double)cfg->store_min_bytes && !cfg->continue_run) return TL_OK;
     }
-    if (R->world > 1)
-        return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store runs in one process for now (%d ranks "
-                       "here): set train.store: off, or run one process", R->world);
+    if (R->world > 1 && S->data_parallel) /* every rank would hold and write every adapter */
+        return tl_fail(err, TL_ERR_INPUT, "train.store: the adapter store shards users over ranks (dist.strategy "
+                       "user_shard), and this run is data_parallel over %d ranks: set train.store: off, or "
+                       "dist.strategy: user_shard", R->world);
     *use = 1;
     return TL_OK;
 }
@@ -672,27 +703,18 @@ static tl_status plan_round(tl_run *R, tl_store *st, int found, int64_t G, int64
     return TL_OK;
 }
 
-/* Store mode setup: the pools of K slots, the store and the checkpoint to go on from, the round, its batcher and
- * the resident slots. Runs after the run directory is made (a fresh run's earlier outputs are set aside first). */
-static tl_status setup_store_run(tl_run *R, tl_error *err) {
-    tl_session *S = &R->S;
+/* The checkpoint a store run goes on from (train.resume): *found = 0 for none. */
+static tl_status find_store_checkpoint(tl_run *R, char *ckpt, int *found, tl_error *err) {
     const tl_config *cfg = R->cfg;
-    int n = S->map.n_adapters;
-    int K = cfg->adapters_per_step <= 0 || cfg->adapters_per_step >= n ? n : cfg->adapters_per_step;
-    TL_TRY(make_pools(S, cfg, S->map.names, K, err));
-    tl_store_layout L = {.P = S->pool.P, .rank = S->pool.rank, .n_layers = S->pool.n_layers,
-                         .targets = S->pool.targets, .head_dim = S->pool.head_dim};
-    char ckpt[TL_PATH_MAX], man[TL_PATH_MAX + 32];
-    int found = 0;
-    int64_t G = 0, round_start = 0;
     tl_status s = TL_OK;
+    *found = 0;
     if (cfg->resume == TL_RESUME_AUTO) {
-        s = tl_checkpoint_latest(cfg->output_dir, ckpt, sizeof ckpt, &found, err);
+        s = tl_checkpoint_latest(cfg->output_dir, ckpt, TL_PATH_MAX, found, err);
     } else if (cfg->resume == TL_RESUME_PATH) {
-        snprintf(ckpt, sizeof ckpt, "%s", cfg->resume_path);
-        found = 1;
+        snprintf(ckpt, TL_PATH_MAX, "%s", cfg->resume_path);
+        *found = 1;
     }
-    if (!s && found && cfg->resume == TL_RESUME_PATH) { /* only the newest: restoring an older one would drop the
+    if (!s && *found && cfg->resume == TL_RESUME_PATH) { /* only the newest: restoring an older one would drop the
                                                             store records the later checkpoints use */
         char latest[TL_PATH_MAX];
         int any = 0;
@@ -703,36 +725,107 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
                         "checkpoint only (%s), whose store records the older ones share; copy the run directory "
                         "to branch from an older step", ckpt, any ? latest : "none in train.output_dir");
     }
-    if (!s && found && !tl_checkpoint_has_store(ckpt))
+    if (!s && *found && !tl_checkpoint_has_store(ckpt))
         s = tl_fail(err, TL_ERR_INPUT, "%s: a checkpoint of a run without the adapter store: resume it with "
                     "train.store: off, or start over with train.resume: never", ckpt);
-    /* the store (created when absent) only once the checkpoint to go on from is known to be a store's */
+    return s;
+}
+
+/* Opens this rank's view of the store and fills its index from the checkpoint (or starts it empty). */
+static tl_status open_store_at(tl_run *R, const tl_store_layout *L, int found, const char *ckpt, tl_store **out,
+                               int64_t *G, int64_t *round_start, tl_error *err) {
     tl_store *st = NULL;
-    TL_TRY(s);
-    TL_TRY(tl_store_open(cfg->output_dir, &L, &st, err));
-    if (!s && found) {
+    TL_TRY(tl_store_open_shard(R->cfg->output_dir, L, R->rank, R->world, &st, err));
+    tl_status s;
+    if (found) {
+        char man[TL_PATH_MAX + 32];
         snprintf(man, sizeof man, "%s/%s", ckpt, TL_STORE_MANIFEST);
-        s = tl_store_restore(st, man, &G, &round_start, err);
-    } else if (!s) {
+        s = tl_store_restore(st, man, G, round_start, err);
+    } else {
         s = tl_store_start_fresh(st, err);
+    }
+    if (s) {
+        tl_store_close(st);
+        return s;
+    }
+    *out = st;
+    return TL_OK;
+}
+
+/* The round's adapter map (map indices idx[0..n_round)). With many ranks (user_shard), the round's adapters are
+ * shared out by the tokens each will train on (tl_dist_assign_owners, the same on every rank), and R->round_map
+ * holds this rank's; R->round_gidx maps them to their index in the round, whose round robin every rank follows.
+ * A round of fewer adapters than ranks leaves some ranks none (a run that grows by one user): they take part in
+ * the collectives and train nothing. */
+static tl_status build_round_maps(tl_run *R, const int32_t *idx, int n_round, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    char **names = malloc((size_t)n_round * sizeof *names);
+    if (!names) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    for (int i = 0; i < n_round; i++) names[i] = S->map.names[idx[i]];
+    tl_adapter_map whole;
+    tl_status s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_round, &whole, err)
+                          : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_round, &whole, err);
+    if (s || R->world == 1) {
+        free(names);
+        if (!s) R->round_map = whole, R->have_round_map = 1;
+        return s;
+    }
+    int64_t *steps = NULL;
+    double *cost = malloc((size_t)n_round * sizeof *cost);
+    int *owner = malloc((size_t)n_round * sizeof *owner);
+    R->round_gidx = malloc((size_t)n_round * sizeof *R->round_gidx);
+    s = cost && owner && R->round_gidx ? count_adapter_steps(cfg, n_round, &steps, err)
+                                        : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    int n_local = 0;
+    if (!s) {
+        adapter_costs(S, &whole, cfg, steps, cost);
+        tl_dist_assign_owners(cost, n_round, R->world, owner);
+        for (int g = 0; g < n_round; g++)
+            if (owner[g] == R->rank) R->round_gidx[n_local] = g, names[n_local] = names[g], n_local++;
+        R->n_round = n_round;
+    }
+    if (!s && n_local > 0) {
+        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_local, &R->round_map, err)
+                    : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_local, &R->round_map, err);
+        if (!s) R->have_round_map = 1;
+    }
+    tl_adapter_map_free(&whole);
+    free(steps), free(cost), free(owner), free(names);
+    return s;
+}
+
+/* Store mode setup: the pools of K slots, the store and the checkpoint to go on from, the round, its batcher and
+ * the resident slots. Runs after the run directory is made (a fresh run's earlier outputs are set aside first). */
+static tl_status setup_store_run(tl_run *R, tl_error *err) {
+    tl_session *S = &R->S;
+    const tl_config *cfg = R->cfg;
+    int n = S->map.n_adapters;
+    int K = cfg->adapters_per_step <= 0 || cfg->adapters_per_step >= n ? n : cfg->adapters_per_step;
+    TL_TRY(make_pools(S, cfg, S->map.names, K, err));
+    tl_store_layout L = {.P = S->pool.P, .rank = S->pool.rank, .n_layers = S->pool.n_layers,
+                         .targets = S->pool.targets, .head_dim = S->pool.head_dim};
+    char ckpt[TL_PATH_MAX];
+    int found = 0;
+    int64_t G = 0, round_start = 0;
+    tl_status s = TL_OK;
+    /* rank 0 decides (it may have just set an earlier run aside); the others follow */
+    if (R->rank == 0) TL_TRY(find_store_checkpoint(R, ckpt, &found, err));
+    if (R->world > 1) TL_TRY(agree_on_checkpoint(R, &found, ckpt, err));
+    /* the store (created when absent) only once the checkpoint to go on from is known to be a store's. Many
+     * ranks: rank 0 creates it and removes a crashed run's segments before the others open it and write */
+    tl_store *st = NULL;
+    if (R->rank == 0) TL_TRY(open_store_at(R, &L, found, ckpt, &st, &G, &round_start, err));
+    if (R->world > 1) {
+        s = tl_dist_barrier(S->dist, "adapter store opened by rank 0", err);
+        if (!s && R->rank > 0) s = open_store_at(R, &L, found, ckpt, &st, &G, &round_start, err);
     }
     if (!s) s = check_store_users(st, &S->map, R->pref ? S->pref_train.path : S->train.path, err);
     int32_t *idx = NULL;
     int n_round = 0, n_new = 0;
     if (!s) s = plan_round(R, st, found, G, round_start, &idx, &n_round, &n_new, err);
-    char **names = NULL;
-    if (!s) {
-        names = malloc((size_t)(n_round ? n_round : 1) * sizeof *names);
-        if (!names) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
-        for (int i = 0; !s && i < n_round; i++) names[i] = S->map.names[idx[i]];
-    }
-    if (!s && n_round > 0) {
-        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_round, &R->round_map, err)
-                    : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_round, &R->round_map, err);
-        if (!s) R->have_round_map = 1;
-    }
+    if (!s && n_round > 0) s = build_round_maps(R, idx, n_round, err);
     free(idx);
-    free(names);
     if (!s) {
         S->res = calloc(1, sizeof *S->res);
         if (!S->res) s = tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
@@ -757,7 +850,7 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
     else if (found && R->start == R->round_start && cfg->continue_run)
         fprintf(R->ui.out, "continuing %s from step %lld: a new round of %lld step(s) for %d adapter(s) (%d new, %d "
                 "with new data); %lld others untouched\n", cfg->output_dir, (long long)G, (long long)cfg->steps,
-                S->res->n, n_new, S->res->n - n_new, (long long)tl_store_count(st) - S->res->n);
+                n_round, n_new, n_round - n_new, (long long)tl_store_count(st) - n_round);
     else if (found)
         fprintf(R->ui.out, "resuming from %s (step %lld)\n", ckpt, (long long)G);
     R->last_checkpoint = found ? G : -1;
@@ -770,18 +863,23 @@ static tl_status setup_store_run(tl_run *R, tl_error *err) {
                           .micro_batch_tokens = cfg->micro_batch_tokens,
                           .max_seq_len = cfg->data_max_seq_len,
                           .seed = cfg->seed};
-    if (R->pref)
+    if (R->pref) {
         TL_TRY(tl_pref_batcher_init(&S->pref_train, rm, &bo, &S->pref_batcher, err));
-    else
+        if (R->world > 1) TL_TRY(tl_pref_batcher_set_global(S->pref_batcher, R->round_gidx, R->n_round, err));
+    } else {
         TL_TRY(tl_batcher_init(&S->train, rm, &bo, &S->batcher, err));
+        if (R->world > 1) TL_TRY(tl_batcher_set_global(S->batcher, R->round_gidx, R->n_round, err));
+    }
     R->cursors = R->pref ? tl_pref_batcher_cursors(S->pref_batcher) : tl_batcher_cursors(S->batcher);
     free(R->total_steps);
     R->total_steps = NULL;
-    TL_TRY(count_adapter_steps(cfg, rm->n_adapters, &R->total_steps, err));
+    /* the schedule is the whole round's: a rank's adapter a is the round's adapter round_gidx[a] */
+    TL_TRY(count_adapter_steps(cfg, R->world > 1 ? R->n_round : rm->n_adapters, &R->total_steps, err));
     for (int a = 0; a < rm->n_adapters; a++) {
         const tl_store_meta *m = tl_store_meta_at(st, S->res->entry[a]);
         R->cursors[a].epoch = m->epoch, R->cursors[a].pos = m->pos;
-        R->total_steps[a] += m->steps0;
+        /* in place: round_gidx ascends and round_gidx[a] >= a */
+        R->total_steps[a] = (R->world > 1 ? R->total_steps[R->round_gidx[a]] : R->total_steps[a]) + m->steps0;
     }
     size_t k = (size_t)S->pool.n_slots;
     R->active_slots = malloc(k * sizeof *R->active_slots);
@@ -841,7 +939,8 @@ static void print_banner(const tl_run *R) {
                                  : ": each rank trains its own adapters, balanced by tokens");
     if (S->res)
         fprintf(R->ui.out, "adapter store: %lld adapter(s) in %s/store, %d in this round, %d slot(s) in memory "
-                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir, S->res->n,
+                "(%.1f MiB of adapter state)\n", (long long)tl_store_count(S->res->store), cfg->output_dir,
+                R->world > 1 ? R->n_round : S->res->n,
                 S->pool.n_slots, 16.0 * (double)S->pool.P * S->pool.n_slots / (1 << 20));
 }
 
@@ -856,13 +955,18 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
     TL_TRY(setup_inputs(R, err));
     TL_TRY(tl_metrics_sample_init(&R->metrics, R->S.map.names, R->S.map.n_adapters, err)); /* per-adapter curves */
     R->S.local_pool = R->world > 1 && !R->S.data_parallel;
-    if (R->S.local_pool) TL_TRY(shard_adapters(R, err));
     int store = 0;
     TL_TRY(choose_store(R, &store, err));
+    if (R->S.local_pool && !store) TL_TRY(shard_adapters(R, err)); /* with the store: each round's (setup_store_run) */
     R->end = cfg->steps;
     if (store) {
         TL_TRY(connect_and_make_run_dir(R, err));
         TL_TRY(setup_store_run(R, err));
+        if (cfg->store_prefetch && R->S.res && R->have_round_map) { /* docs/scale.md: the prefetch */
+            R->next_adapters = malloc((size_t)R->S.pool.n_slots * sizeof *R->next_adapters);
+            if (!R->next_adapters) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+            TL_TRY(tl_resident_prefetch_start(R->S.res, err));
+        }
     } else {
         TL_TRY(setup_batcher_and_pools(R, err));
         /* grpo / rloo: the reward models and the rollout plan, checked before the run directory exists */
@@ -882,6 +986,10 @@ static tl_status setup_run(tl_run *R, const tl_config *cfg, const tl_ui *ui, tl_
  * share of them under data_parallel, then summed over ranks), and AdamW. */
 static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
     tl_session *S = &R->S;
+    if (S->res && !R->have_round_map) { /* many ranks: this rank has no adapter in the round */
+        R->batch = &R->empty_batch;
+        return TL_OK;
+    }
     /* the batchers count in adapters; with the store, the pool in slots (tl_resident_remap) */
     const int64_t *adapter_steps = S->res ? S->res->steps : S->pool.steps;
     int64_t round_step = step - R->round_start;
@@ -903,6 +1011,11 @@ static tl_status train_step(tl_run *R, int64_t step, tl_error *err) {
             R->slot_total[R->active_slots[i]] = R->total_steps[by_adapter->active[i]];
         R->batch = &R->slot_batch;
         total_steps = R->slot_total;
+        if (R->next_adapters && step + 1 < R->end) { /* the next step's records are read while this one runs */
+            int n = R->pref ? tl_pref_batcher_peek(S->pref_batcher, round_step + 1, R->next_adapters, S->pool.n_slots)
+                            : tl_batcher_peek(S->batcher, round_step + 1, R->next_adapters, S->pool.n_slots);
+            tl_resident_prefetch(S->res, R->next_adapters, n);
+        }
     }
     tl_step_batch *B = R->batch;
     if (S->data_parallel && R->world > 1 && B->n_mb < R->world && step == R->start)
@@ -1087,9 +1200,12 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
     if (S->res)
-        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records, initialized %lld, wrote "
-                "back %lld: %.1f s of store I/O\n", (long long)tl_store_count(S->res->store), (long long)S->res->loads,
-                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s);
+        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records (%lld prefetched), "
+                "initialized %lld, wrote back %lld: %.1f s of store I/O waited on by the steps (%.1f s writing "
+                "back, %.1f s waiting for the prefetch), %.1f s read in the background\n",
+                (long long)tl_store_count(S->res->store), (long long)S->res->loads, (long long)S->res->prefetched,
+                (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s, S->res->wb_s, S->res->wait_s,
+                tl_resident_io_bg_s(S->res));
     fprintf(ui->out, "run directory: %s (metrics.jsonl, checkpoints/, adapters/%s)\n", cfg->output_dir,
             S->have_eval || S->have_pref_eval ? ", eval.json" : S->have_prompt_eval ? ", rl_eval.json" : "");
     return TL_OK;
