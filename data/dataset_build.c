@@ -280,41 +280,56 @@ static tl_status parse_row(ctx *c, const char *line, size_t len, cJSON **row) {
     return TL_OK;
 }
 
-/* SFT from chat messages: prompt = the messages before the last rendered + generation prompt; response = the
- * last (assistant) message's content + "<|im_end|>\n". */
-static tl_status chat_prompt_response(ctx *c, const cJSON *msgs, char **prompt, char **response) {
-    int n = cJSON_GetArraySize(msgs);
-    if (n < 1) return row_fail(c, "%s: needs at least one message", "messages");
-    tl_chat_msg *m = calloc((size_t)n, sizeof *m);
-    if (!m) return tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+/* The row's messages as role/content pairs (*n >= 1; free *m), or the row error naming the first bad one. */
+static tl_status parse_messages(ctx *c, const cJSON *msgs, tl_chat_msg **m, int *n) {
+    *m = NULL;
+    *n = cJSON_GetArraySize(msgs);
+    if (*n < 1) return row_fail(c, "%s: needs at least one message", "messages");
+    tl_chat_msg *mm = calloc((size_t)*n, sizeof *mm);
+    if (!mm) return tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
     int i = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, msgs) {
-        m[i].role = get_str(it, "role"), m[i].content = get_str(it, "content");
-        if (!m[i].role || !m[i].content) {
-            free(m);
+        mm[i].role = get_str(it, "role"), mm[i].content = get_str(it, "content");
+        if (!mm[i].role || !mm[i].content) {
+            free(mm);
             char what[64];
             snprintf(what, sizeof what, "messages[%d]", i);
             return row_fail(c, "%s: expected an object with string fields role and content", what);
         }
         i++;
     }
-    if (strcmp(m[n - 1].role, "assistant") != 0) {
-        free(m);
-        return row_fail(c, "%s: the last message must be the assistant's (the response to train on)", "messages");
-    }
-    if (!m[n - 1].content[0]) {
-        free(m);
-        return row_fail(c, "%s: the assistant's last message is empty", "messages");
-    }
+    *m = mm;
+    return TL_OK;
+}
+
+/* Renders the first n_prompt messages with the ChatML template and the generation prompt into *prompt and, when
+ * answer is not NULL, *answer = answer + "<|im_end|>\n" (the response or reference answer, so the model learns
+ * to stop). */
+static tl_status render_chat(ctx *c, const tl_chat_msg *m, int n_prompt, const char *answer, char **prompt,
+                             char **out_answer) {
     size_t len;
-    tl_status s = tl_chat_render(m, (size_t)n - 1, 1, prompt, &len, c->err);
-    if (!s) {
-        size_t k = strlen(m[n - 1].content);
-        *response = malloc(k + 16);
-        if (!*response) s = tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
-        else snprintf(*response, k + 16, "%s<|im_end|>\n", m[n - 1].content);
+    tl_status s = tl_chat_render(m, (size_t)n_prompt, 1, prompt, &len, c->err);
+    if (!s && answer) {
+        size_t k = strlen(answer);
+        *out_answer = malloc(k + 16);
+        if (!*out_answer) s = tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
+        else snprintf(*out_answer, k + 16, "%s<|im_end|>\n", answer);
     }
+    return s;
+}
+
+/* SFT from chat messages: prompt = the messages before the last rendered + generation prompt; response = the
+ * last (assistant) message's content + "<|im_end|>\n". */
+static tl_status chat_prompt_response(ctx *c, const cJSON *msgs, char **prompt, char **response) {
+    tl_chat_msg *m;
+    int n;
+    TL_TRY(parse_messages(c, msgs, &m, &n));
+    tl_status s = TL_OK;
+    if (strcmp(m[n - 1].role, "assistant") != 0)
+        s = row_fail(c, "%s: the last message must be the assistant's (the response to train on)", "messages");
+    else if (!m[n - 1].content[0]) s = row_fail(c, "%s: the assistant's last message is empty", "messages");
+    else s = render_chat(c, m, n - 1, m[n - 1].content, prompt, response);
     free(m);
     return s;
 }
@@ -364,37 +379,39 @@ static int write_attr_str(hid_t file, const char *name, const char *v) {
  * prompt; a trailing assistant message is not part of the prompt but its reference answer (*reference, NULL when
  * the last message is not the assistant's). */
 static tl_status chat_prompt_only(ctx *c, const cJSON *msgs, char **prompt, char **reference) {
-    int n = cJSON_GetArraySize(msgs);
-    if (n < 1) return row_fail(c, "%s: needs at least one message", "messages");
-    tl_chat_msg *m = calloc((size_t)n, sizeof *m);
-    if (!m) return tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
-    int i = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, msgs) {
-        m[i].role = get_str(it, "role"), m[i].content = get_str(it, "content");
-        if (!m[i].role || !m[i].content) {
-            free(m);
-            char what[64];
-            snprintf(what, sizeof what, "messages[%d]", i);
-            return row_fail(c, "%s: expected an object with string fields role and content", what);
-        }
-        i++;
-    }
+    tl_chat_msg *m;
+    int n;
+    TL_TRY(parse_messages(c, msgs, &m, &n));
     int ref = strcmp(m[n - 1].role, "assistant") == 0;
-    if (ref && n == 1) {
-        free(m);
-        return row_fail(c, "%s: only an assistant message, expected at least one message to answer", "messages");
-    }
-    size_t len;
-    tl_status s = tl_chat_render(m, (size_t)(n - ref), 1, prompt, &len, c->err);
-    if (!s && ref) {
-        size_t k = strlen(m[n - 1].content);
-        *reference = malloc(k + 16);
-        if (!*reference) s = tl_fail(c->err, TL_ERR_RUNTIME, "out of memory");
-        else snprintf(*reference, k + 16, "%s<|im_end|>\n", m[n - 1].content);
-    }
+    tl_status s;
+    if (ref && n == 1) s = row_fail(c, "%s: only an assistant message, expected at least one message to answer", "messages");
+    else s = render_chat(c, m, n - ref, ref ? m[n - 1].content : NULL, prompt, reference);
     free(m);
     return s;
+}
+
+/* The two texts of an SFT row or a prompt row (prompt_kind): from "messages" (chat_prompt_response or
+ * chat_prompt_only, allocated in *pa and *ra), or from "prompt" and "response" (SFT: required, not empty) or
+ * "reference" (prompt kind: optional; the prompt must not be empty). The rules SFT and prompt rows share. */
+static tl_status row_texts(ctx *c, const cJSON *row, int prompt_kind, const char *texts[3], char **pa, char **ra) {
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
+    if (msgs) {
+        if (!cJSON_IsArray(msgs)) return row_fail(c, "%s: expected an array of messages", "messages");
+        tl_status s = prompt_kind ? chat_prompt_only(c, msgs, pa, ra) : chat_prompt_response(c, msgs, pa, ra);
+        texts[0] = *pa, texts[1] = *ra;
+        return s;
+    }
+    texts[0] = get_str(row, "prompt"), texts[1] = get_str(row, prompt_kind ? "reference" : "response");
+    if (!texts[0]) return row_fail(c, "%s: expected a string (or give \"messages\")", "prompt");
+    if (prompt_kind) {
+        if (!texts[0][0]) return row_fail(c, "%s: empty prompt, expected text to answer", "prompt");
+        if (cJSON_GetObjectItemCaseSensitive(row, "reference") && !texts[1])
+            return row_fail(c, "%s: expected a string", "reference");
+        return TL_OK;
+    }
+    if (!texts[1]) return row_fail(c, "%s: expected a string", "response");
+    if (!texts[1][0]) return row_fail(c, "%s: empty response", "response");
+    return TL_OK;
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -979,18 +996,7 @@ tl_status tl_data_build_ex(const char *in, const char *out, const char *model, c
             s = row_fail(&c, "%s: either every row has a group or none does", "group");
         if (!s) any_group = group != NULL;
         if (!s && pref == 2) {
-            const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
-            if (msgs) {
-                if (!cJSON_IsArray(msgs)) s = row_fail(&c, "%s: expected an array of messages", "messages");
-                else s = chat_prompt_only(&c, msgs, &prompt_alloc, &resp_alloc);
-                texts[0] = prompt_alloc, texts[1] = resp_alloc;
-            } else {
-                texts[0] = get_str(row, "prompt"), texts[1] = get_str(row, "reference");
-                if (!texts[0]) s = row_fail(&c, "%s: expected a string (or give \"messages\")", "prompt");
-                else if (!texts[0][0]) s = row_fail(&c, "%s: empty prompt, expected text to answer", "prompt");
-                else if (cJSON_GetObjectItemCaseSensitive(row, "reference") && !texts[1])
-                    s = row_fail(&c, "%s: expected a string", "reference");
-            }
+            s = row_texts(&c, row, 1, texts, &prompt_alloc, &resp_alloc);
             if (!s && ((any_ref == 1 && !texts[1]) || (any_ref == 0 && texts[1])))
                 s = row_fail(&c, "%s: either every row has a reference answer (\"reference\" or a last assistant "
                              "message) or none does", texts[1] ? "reference" : "prompt");
@@ -1004,17 +1010,7 @@ tl_status tl_data_build_ex(const char *in, const char *out, const char *model, c
                 else if (r > 0 && !texts[r][0]) s = row_fail(&c, "%s: empty response", keys[r]);
             }
         } else if (!s) {
-            const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, "messages");
-            if (msgs) {
-                if (!cJSON_IsArray(msgs)) s = row_fail(&c, "%s: expected an array of messages", "messages");
-                else s = chat_prompt_response(&c, msgs, &prompt_alloc, &resp_alloc);
-                texts[0] = prompt_alloc, texts[1] = resp_alloc;
-            } else {
-                texts[0] = get_str(row, "prompt"), texts[1] = get_str(row, "response");
-                if (!texts[0]) s = row_fail(&c, "%s: expected a string (or give \"messages\")", "prompt");
-                else if (!texts[1]) s = row_fail(&c, "%s: expected a string", "response");
-                else if (!texts[1][0]) s = row_fail(&c, "%s: empty response", "response");
-            }
+            s = row_texts(&c, row, 0, texts, &prompt_alloc, &resp_alloc);
         }
         int ui = -1;
         if (!s) {
