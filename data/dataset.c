@@ -661,32 +661,61 @@ void tl_sft_free(tl_sft_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
-static tl_status sft_open_direct(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    tl_h5_reader *r = NULL;
-    TL_TRY(tl_h5_reader_open(path, &r, err));
-    tl_status st = TL_OK;
-    out->path = strdup(path);
-    if (!out->path) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    if (st == TL_OK) st = tl_h5_read_root(r, "sft", model_vocab, &out->vocab_size_attr, err);
-    if (st == TL_OK) st = tl_h5_read_users(r, &out->n_users, &out->user_names, &out->user_groups, err);
-    if (st == TL_OK) st = check_sft(r, out, model_vocab);
-    st = tl_h5_reader_close(r, st, err);
-    if (st != TL_OK) tl_sft_free(out);
-    return st;
+static tl_h5_common sft_fields(void *p) {
+    tl_sft_dataset *d = p;
+    return (tl_h5_common){&d->path, &d->n_users, &d->user_names, &d->user_groups, &d->vocab_size_attr};
 }
-
-static tl_status sft_job(const char *path, void *arg, tl_error *err) {
-    tl_sft_dataset ds;
-    tl_status st = sft_open_direct(path, *(const int *)arg, &ds, err);
-    if (st == TL_OK) tl_sft_free(&ds);
-    return st;
+static tl_status sft_body(tl_h5_reader *r, void *ds, int model_vocab, tl_error *err) {
+    r->err = err;
+    return check_sft(r, ds, model_vocab);
 }
+static void sft_free(void *ds) { tl_sft_free(ds); }
 
 tl_status tl_sft_open(const char *path, int model_vocab, tl_sft_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    TL_TRY(tl_h5_isolated(path, sft_job, &model_vocab, err));
-    return sft_open_direct(path, model_vocab, out, err);
+    static const tl_h5_kind_reader k = {"sft", sizeof(tl_sft_dataset), sft_fields, sft_body, sft_free};
+    return tl_h5_open_isolated(path, model_vocab, &k, out, err);
+}
+
+/* The open of any kind in this process (tl_h5_open_isolated's second half). */
+static tl_status open_direct(const char *path, int model_vocab, const tl_h5_kind_reader *k, void *out,
+                             tl_error *err) {
+    memset(out, 0, k->size);
+    tl_h5_reader *r = NULL;
+    TL_TRY(tl_h5_reader_open(path, &r, err));
+    tl_h5_common c = k->fields(out);
+    tl_status st = TL_OK;
+    *c.path = strdup(path);
+    if (!*c.path) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    if (st == TL_OK) st = tl_h5_read_root(r, k->kind, model_vocab, c.vocab_size_attr, err);
+    if (st == TL_OK) st = tl_h5_read_users(r, c.n_users, c.user_names, c.user_groups, err);
+    if (st == TL_OK) st = k->body(r, out, model_vocab, err);
+    st = tl_h5_reader_close(r, st, err);
+    if (st != TL_OK) k->free(out);
+    return st;
+}
+
+typedef struct {
+    const tl_h5_kind_reader *k;
+    int model_vocab;
+} open_job_arg;
+
+/* The isolation child's job: the whole open into a scratch struct, freed. */
+static tl_status open_job(const char *path, void *arg, tl_error *err) {
+    const open_job_arg *a = arg;
+    void *ds = malloc(a->k->size);
+    if (!ds) return tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
+    tl_status st = open_direct(path, a->model_vocab, a->k, ds, err);
+    if (st == TL_OK) a->k->free(ds);
+    free(ds);
+    return st;
+}
+
+tl_status tl_h5_open_isolated(const char *path, int model_vocab, const tl_h5_kind_reader *k, void *out,
+                              tl_error *err) {
+    memset(out, 0, k->size);
+    open_job_arg a = {k, model_vocab};
+    TL_TRY(tl_h5_isolated(path, open_job, &a, err));
+    return open_direct(path, model_vocab, k, out, err);
 }
 
 /* ------------------------------------------------------------------------------------------------------------

@@ -86,32 +86,18 @@ void tl_pref_free(tl_pref_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
-static tl_status pref_open_direct(const char *path, int model_vocab, tl_pref_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    tl_h5_reader *r = NULL;
-    TL_TRY(tl_h5_reader_open(path, &r, err));
-    tl_status st = TL_OK;
-    out->path = strdup(path);
-    if (!out->path) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    if (st == TL_OK) st = tl_h5_read_root(r, "preference", model_vocab, &out->vocab_size_attr, err);
-    if (st == TL_OK) st = tl_h5_read_users(r, &out->n_users, &out->user_names, &out->user_groups, err);
-    if (st == TL_OK) st = read_pairs(r, out, model_vocab, err);
-    st = tl_h5_reader_close(r, st, err);
-    if (st != TL_OK) tl_pref_free(out);
-    return st;
+static tl_h5_common pref_fields(void *p) {
+    tl_pref_dataset *d = p;
+    return (tl_h5_common){&d->path, &d->n_users, &d->user_names, &d->user_groups, &d->vocab_size_attr};
 }
-
-static tl_status pref_job(const char *path, void *arg, tl_error *err) {
-    tl_pref_dataset ds;
-    tl_status st = pref_open_direct(path, *(const int *)arg, &ds, err);
-    if (st == TL_OK) tl_pref_free(&ds);
-    return st;
+static tl_status pref_body(tl_h5_reader *r, void *ds, int model_vocab, tl_error *err) {
+    return read_pairs(r, ds, model_vocab, err);
 }
+static void pref_free(void *ds) { tl_pref_free(ds); }
 
 /* First the whole open in a separate process (tl_h5_isolated: a crash or hang of libhdf5 on a corrupt file
- * becomes one error line), then in this one. */
+ * becomes one error line), then in this one (tl_h5_open_isolated). */
 tl_status tl_pref_open(const char *path, int model_vocab, tl_pref_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    TL_TRY(tl_h5_isolated(path, pref_job, &model_vocab, err));
-    return pref_open_direct(path, model_vocab, out, err);
+    static const tl_h5_kind_reader k = {"preference", sizeof(tl_pref_dataset), pref_fields, pref_body, pref_free};
+    return tl_h5_open_isolated(path, model_vocab, &k, out, err);
 }

@@ -73,32 +73,18 @@ void tl_prompt_free(tl_prompt_dataset *ds) {
     memset(ds, 0, sizeof *ds);
 }
 
-static tl_status prompt_open_direct(const char *path, int model_vocab, tl_prompt_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    tl_h5_reader *r = NULL;
-    TL_TRY(tl_h5_reader_open(path, &r, err));
-    tl_status st = TL_OK;
-    out->path = strdup(path);
-    if (!out->path) st = tl_fail(err, TL_ERR_RUNTIME, "%s: out of memory", path);
-    if (st == TL_OK) st = tl_h5_read_root(r, "prompt", model_vocab, &out->vocab_size_attr, err);
-    if (st == TL_OK) st = tl_h5_read_users(r, &out->n_users, &out->user_names, &out->user_groups, err);
-    if (st == TL_OK) st = read_prompts(r, out, model_vocab, err);
-    st = tl_h5_reader_close(r, st, err);
-    if (st != TL_OK) tl_prompt_free(out);
-    return st;
+static tl_h5_common prompt_fields(void *p) {
+    tl_prompt_dataset *d = p;
+    return (tl_h5_common){&d->path, &d->n_users, &d->user_names, &d->user_groups, &d->vocab_size_attr};
 }
-
-static tl_status prompt_job(const char *path, void *arg, tl_error *err) {
-    tl_prompt_dataset ds;
-    tl_status st = prompt_open_direct(path, *(const int *)arg, &ds, err);
-    if (st == TL_OK) tl_prompt_free(&ds);
-    return st;
+static tl_status prompt_body(tl_h5_reader *r, void *ds, int model_vocab, tl_error *err) {
+    return read_prompts(r, ds, model_vocab, err);
 }
+static void prompt_free(void *ds) { tl_prompt_free(ds); }
 
 tl_status tl_prompt_open(const char *path, int model_vocab, tl_prompt_dataset *out, tl_error *err) {
-    memset(out, 0, sizeof *out);
-    TL_TRY(tl_h5_isolated(path, prompt_job, &model_vocab, err));
-    return prompt_open_direct(path, model_vocab, out, err);
+    static const tl_h5_kind_reader k = {"prompt", sizeof(tl_prompt_dataset), prompt_fields, prompt_body, prompt_free};
+    return tl_h5_open_isolated(path, model_vocab, &k, out, err);
 }
 
 tl_status tl_adapter_map_build_prompt(const tl_prompt_dataset *ds, tl_adapter_key key, char *const *names, int n_names,

@@ -62,6 +62,27 @@ typedef struct tl_h5_reader tl_h5_reader;
 typedef tl_status (*tl_h5_job)(const char *path, void *arg, tl_error *err);
 tl_status tl_h5_isolated(const char *path, tl_h5_job job, void *arg, tl_error *err);
 
+/* The open every kind shares. A kind's reader describes its dataset struct: where it keeps the common fields
+ * (fields), how it reads and checks its own arrays once the root attributes (kind, model_vocab) and the users
+ * table are read (body), and how it is freed. tl_h5_open_isolated zeroes *out, runs the whole open in the
+ * isolation child (tl_h5_isolated, into a scratch struct freed there) and then in this process: reader open, a
+ * copy of the path, root attributes, users table, body, reader close; on any failure *out is freed (zeroed). */
+typedef struct {
+    char **path;
+    int *n_users;
+    char ***user_names, ***user_groups;
+    int64_t *vocab_size_attr;
+} tl_h5_common;
+typedef struct {
+    const char *kind; /* the root attribute `kind` */
+    size_t size;      /* of the dataset struct */
+    tl_h5_common (*fields)(void *ds);
+    tl_status (*body)(tl_h5_reader *r, void *ds, int model_vocab, tl_error *err);
+    void (*free)(void *ds);
+} tl_h5_kind_reader;
+tl_status tl_h5_open_isolated(const char *path, int model_vocab, const tl_h5_kind_reader *k, void *out,
+                              tl_error *err);
+
 /* Checks that path is a readable file (not a directory) in HDF5 format and opens it read-only. HDF5's own error
  * printing is off from here until tl_h5_reader_close, which restores the caller's setting. `path` must outlive
  * the reader. */
