@@ -36,13 +36,10 @@ build() {
   "$TL_PYTHON" -c "import tokenizers" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing"; exit 77; }
   "$TL_PYTHON" - "$T/model" <<'PY'
 import sys
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-tok = Tokenizer(models.BPE())
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
-tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-tok.train_from_iterator(["hello world, a small corpus"] * 10, tr)
+import os
+sys.path.insert(0, os.environ["TAILOR_SRC"] + "/tests/lib")
+from tiny_tokenizer import tiny_tokenizer
+tok = tiny_tokenizer(["hello world, a small corpus"] * 10)
 tok.save(sys.argv[1] + "/tokenizer.json")
 PY
   printf "$1" >"$T/in.jsonl"

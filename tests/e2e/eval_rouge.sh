@@ -10,16 +10,13 @@ source "$TAILOR_SRC/tests/lib/common.sh"
 "$TL_PYTHON" - "$T" <<'PY'
 import json, sys
 import h5py, numpy as np
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+import os
+sys.path.insert(0, os.environ["TAILOR_SRC"] + "/tests/lib")
+from tiny_tokenizer import tiny_tokenizer
 d = sys.argv[1]
 corpus = ["The quick brown fox jumps over the lazy dog.", "A lazy cat sleeps on the warm mat.",
           "Red apples and green pears fill the basket."]
-tok = Tokenizer(models.BPE())
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
-tr = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-tok.train_from_iterator(corpus * 20, tr)
+tok = tiny_tokenizer(corpus * 20, vocab_size=320)
 tok.save(f"{d}/tokenizer.json")
 end = tok.token_to_id("<|im_end|>")
 users = ["alice", "bob"]

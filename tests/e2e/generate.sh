@@ -5,13 +5,10 @@ source "$TAILOR_SRC/tests/lib/common.sh"
 "$TL_PYTHON" -c "import tokenizers" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing (scripts/pyenv.sh)"; exit 77; }
 "$TL_PYTHON" - "$T" <<'PY'
 import sys
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-tok = Tokenizer(models.BPE())
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
-tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-tok.train_from_iterator(["The quick brown fox jumps over the lazy dog."] * 20, tr)
+import os
+sys.path.insert(0, os.environ["TAILOR_SRC"] + "/tests/lib")
+from tiny_tokenizer import tiny_tokenizer
+tok = tiny_tokenizer(["The quick brown fox jumps over the lazy dog."] * 20)
 tok.save(f"{sys.argv[1]}/tokenizer.json")
 print(tok.get_vocab_size(), file=open(f"{sys.argv[1]}/V", "w"))
 PY

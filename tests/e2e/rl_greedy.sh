@@ -5,15 +5,12 @@ source "$TAILOR_SRC/tests/lib/common.sh"
 "$TL_PYTHON" -c "import tokenizers" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing (scripts/pyenv.sh)"; exit 77; }
 "$TL_PYTHON" - "$T" <<'PY'
 import json, sys
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+import os
+sys.path.insert(0, os.environ["TAILOR_SRC"] + "/tests/lib")
+from tiny_tokenizer import tiny_tokenizer
 T = sys.argv[1]
-tok = Tokenizer(models.BPE())
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
 corpus = ["The quick brown fox jumps over the lazy dog.", "short answers please", "1234 5678 numbers"] * 20
-tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-tok.train_from_iterator(corpus, tr)
+tok = tiny_tokenizer(corpus)
 tok.save(f"{T}/tokenizer.json")
 with open(f"{T}/prompts.jsonl", "w") as f:
     for u in ("ann", "bob"):

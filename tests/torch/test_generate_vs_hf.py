@@ -24,8 +24,10 @@ try:
     import torch
     import transformers
     from peft import PeftModel
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoModelForCausalLM
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+    from tiny_tokenizer import tiny_tokenizer
 except ImportError as e:
     common.skip(e)
 
@@ -58,14 +60,9 @@ def main():
     torch.set_num_threads(2)
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="tl_gen_") as T:
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
         corpus = ["The quick brown fox jumps over the lazy dog.", "Bonjour, ça va très bien !",
                   "short answers please", "Long, detailed answers with many words are what I want."] * 20
-        tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(corpus, tr)
+        tok = tiny_tokenizer(corpus)
         V = tok.get_vocab_size()
         model = os.path.join(T, "model")
         sh([tailor, "make-model", model, "--vocab", str(V), "--hidden", "32", "--layers", "2", "--heads", "4",
