@@ -3,7 +3,8 @@
 # the export and eval.json from every rank's records.
 #  1. 2 ranks, every adapter each step: the adapters, metrics and eval.json of a one-process run (1e-5, as
 #     user_shard without the store), and a store of segments written by both ranks;
-#  2. 3 ranks, 2 adapters per step: bit for bit the 3-rank run without the store (the same micro-batches per rank);
+#  2. 3 ranks, 2 adapters per step: bit for bit the 3-rank run without the store (the same micro-batches per rank),
+#     with the prefetch on (the default) and off;
 #  3. a rank killed by SIGKILL mid-run: the job ends, and rerunning it resumes to the uninterrupted run's adapters
 #     bit for bit; a run killed at 2 ranks resumes on 3 (records of any rank are read by any rank);
 #  4. a run that grows by one user on 3 ranks (two ranks train nothing in that round) gives the one-process result;
@@ -51,6 +52,11 @@ runN 3 "$T/rr_on.yaml" "$T/rr_on.out"
 same_adapters "$T/rr_off/adapters" "$T/rr_on/adapters" 0 || die "3 ranks: the store changed the adapters"
 cmp "$T/rr_off/eval.json" "$T/rr_on/eval.json" || die "3 ranks: the store changed eval.json"
 same_metrics "$T/rr_off" "$T/rr_on" || die "3 ranks: the store changed the metrics"
+# the prefetch thread on each rank changes nothing either
+cfg rr_nopf "adapters_per_step: 2" "store: on" "store_prefetch: false"
+runN 3 "$T/rr_nopf.yaml" "$T/rr_nopf.out"
+same_adapters "$T/rr_on/adapters" "$T/rr_nopf/adapters" 0 || die "3 ranks: the prefetch changed the adapters"
+cmp "$T/rr_on/eval.json" "$T/rr_nopf/eval.json" || die "3 ranks: the prefetch changed eval.json"
 
 # ---- 3. kill -9 of one rank, resume; a different number of ranks on resume ----
 cfg kill "adapters_per_step: 2" "store: on"
