@@ -265,9 +265,7 @@ typedef struct {
     tl_eval_rouge_result r; /* [N] */
 } store_rouge;
 
-static tl_status store_rouge_open(store_rouge *g, tl_session *S, const tl_config *cfg, const tl_ui *ui, int N,
-                                  tl_error *err) {
-    (void)S;
+static tl_status store_rouge_open(store_rouge *g, const tl_config *cfg, const tl_ui *ui, int N, tl_error *err) {
     TL_TRY(tl_tokenizer_for_model(cfg->model_path, &g->tok, err));
     size_t n = (size_t)N + 1;
     g->r.n = N;
@@ -388,7 +386,7 @@ static tl_status store_eval(tl_session *S, const tl_config *cfg, const tl_ui *ui
                              .part = cross ? &cols : NULL};
     /* data.eval_generate: ROUGE of greedy answers, per chunk as per adapter (each on its own users' examples) */
     store_rouge rg = {0};
-    if (!s && sft && final && cfg->data_eval_generate > 0) s = store_rouge_open(&rg, S, cfg, ui, N, err);
+    if (!s && sft && final && cfg->data_eval_generate > 0) s = store_rouge_open(&rg, cfg, ui, N, err);
     if (!s && cross && sft && !(all.cross = calloc((size_t)N * N + 1, sizeof(double))))
         s = tl_fail(err, TL_ERR_RUNTIME, "eval: out of host memory");
     if (!s && cross && !sft && !(pall.cross_acc = calloc((size_t)N * N + 1, sizeof(double))))

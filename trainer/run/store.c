@@ -427,10 +427,11 @@ static tl_status open_segment(tl_store *st, tl_error *err) {
     return TL_OK;
 }
 
+static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err);
+
 tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const float *m, const float *v, int64_t steps,
                          tl_error *err) {
-    if (st->fd < 0) TL_TRY(open_segment(st, err));
-    size_t P = st->L.P, bytes = P * sizeof(float), rec = tl_store_record_bytes(P);
+    size_t P = st->L.P, bytes = P * sizeof(float);
     unsigned char *h = st->buf;
     memset(h, 0, REC_HEADER);
     memcpy(h, REC_MAGIC, 8);
@@ -443,6 +444,15 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
     memcpy(h + REC_HEADER + 2 * bytes, v, bytes);
     put_u32(h + 40, crc32_update(0, h + REC_HEADER, bytes));             /* params */
     put_u32(h + 44, crc32_update(0, h + REC_HEADER + bytes, 2 * bytes)); /* m, v */
+    return append_record(st, i, steps, err);
+}
+
+/* Appends the whole record in st->buf (entry i's, `steps` optimizer steps) to this process's open segment and
+ * points the index at it. */
+static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err) {
+    if (st->fd < 0) TL_TRY(open_segment(st, err));
+    size_t rec = tl_store_record_bytes(st->L.P);
+    const unsigned char *h = st->buf;
     char path[TL_PATH_MAX];
     TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
     if (getenv("TAILOR_FAULT_STORE_KILL_RECORD")) { /* half a record, then the fault */
@@ -780,22 +790,19 @@ tl_status tl_store_compact(tl_store *st, double below, int64_t round, tl_store_c
             out->segments++;
         }
     }
-    float *x = NULL;
-    if (!s && out->segments) {
-        x = malloc(3 * st->L.P * sizeof *x);
-        out->moved = malloc((size_t)(st->n ? st->n : 1) * sizeof *out->moved);
-        if (!x || !out->moved) s = tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
-    }
+    if (!s && out->segments && !(out->moved = malloc((size_t)(st->n ? st->n : 1) * sizeof *out->moved)))
+        s = tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
     for (int64_t i = 0; !s && out->segments && i < st->n; i++) {
         entry *e = &st->e[i];
         if (e->seg >= first_open || !sparse[e->seg] || e->meta.round == round) continue;
-        float *p = x, *m = x + st->L.P, *v = x + 2 * st->L.P;
-        /* read (CRC-checked) and append as a write-back would: the copy is the same record */
-        s = tl_store_read(st, i, p, m, v, err);
-        if (!s) s = tl_store_write(st, i, p, m, v, e->meta.steps, err);
+        /* the record's bytes, checked as a read checks them (CRC-32s included), appended as they are */
+        char path[TL_PATH_MAX];
+        s = seg_path(st, e->seg, path, sizeof path, err);
+        if (!s) s = read_record(path, st->run_id, st->L.P, e->off, e->meta.steps, e->name, st->buf, rec, err);
+        if (!s) s = append_record(st, i, e->meta.steps, err);
         if (!s) out->moved[out->n_moved++] = i, out->bytes += rec;
     }
-    free(x), free(sparse), free(live);
+    free(sparse), free(live);
     if (s) tl_store_compaction_free(out);
     return s;
 }

@@ -461,6 +461,35 @@ static tl_status setup_inputs(tl_run *R, tl_error *err) {
 
 /* user_shard over many ranks: each rank owns a share of the adapters (balanced by the tokens each will train on)
  * and its pool, batcher and optimizer hold those only (S->local_map); the round robin stays the whole run's. */
+/* The training map over the given adapter names (a rank's share, a round). */
+static tl_status train_map_of(tl_run *R, char *const *names, int n, tl_adapter_map *out, tl_error *err) {
+    tl_session *S = &R->S;
+    tl_adapter_key key = R->cfg->adapter_key;
+    return R->pref ? tl_adapter_map_build_pref(&S->pref_train, key, names, n, out, err)
+                   : tl_adapter_map_build(&S->train, key, names, n, out, err);
+}
+
+/* user_shard: this rank's share of map's adapters, balanced by the tokens each will train on (steps[a] optimizer
+ * steps), the same on every rank (tl_dist_assign_owners). gidx[0 .. *n_local) receive their indices in map
+ * (ascending) and names[] their names; both hold map->n_adapters entries. */
+static tl_status my_share(tl_run *R, const tl_adapter_map *map, const int64_t *steps, int32_t *gidx, char **names,
+                          int *n_local, tl_error *err) {
+    int n = map->n_adapters;
+    int *owner = malloc((size_t)(n ? n : 1) * sizeof *owner);
+    double *cost = malloc((size_t)(n ? n : 1) * sizeof *cost);
+    *n_local = 0;
+    if (!owner || !cost) {
+        free(owner), free(cost);
+        return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    }
+    adapter_costs(&R->S, map, R->cfg, steps, cost);
+    tl_dist_assign_owners(cost, n, R->world, owner);
+    for (int g = 0; g < n; g++)
+        if (owner[g] == R->rank) gidx[*n_local] = g, names[*n_local] = map->names[g], (*n_local)++;
+    free(owner), free(cost);
+    return TL_OK;
+}
+
 static tl_status shard_adapters(tl_run *R, tl_error *err) {
     tl_session *S = &R->S;
     int n_global = S->n_global, world = R->world;
@@ -468,31 +497,18 @@ static tl_status shard_adapters(tl_run *R, tl_error *err) {
         return tl_fail(err, TL_ERR_INPUT, "dist.strategy user_shard: %d ranks for %d adapter(s), so a rank would "
                        "own none: run at most %d ranks, or set dist.strategy: data_parallel", world, n_global,
                        n_global);
-    /* owners are needed only here: this rank's share is S->global_index */
-    int *owner = malloc((size_t)n_global * sizeof *owner);
     S->global_index = malloc((size_t)n_global * sizeof *S->global_index);
-    double *cost = malloc((size_t)n_global * sizeof *cost);
     char **local_names = malloc((size_t)n_global * sizeof *local_names);
-    tl_status s = owner && S->global_index && cost && local_names ? TL_OK
-                                                                  : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     int n_local = 0;
-    if (!s) {
-        adapter_costs(S, &S->map, R->cfg, R->total_steps, cost);
-        tl_dist_assign_owners(cost, n_global, world, owner);
-        for (int g = 0; g < n_global; g++)
-            if (owner[g] == R->rank)
-                S->global_index[n_local] = g, local_names[n_local] = S->map.names[g],
-                R->total_steps[n_local] = R->total_steps[g], n_local++;
-        /* cannot happen with n_global >= world (tl_dist_assign_owners); a pool of none would mean all */
-        if (n_local == 0) s = tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", R->rank, world);
-    }
-    tl_adapter_key key = R->cfg->adapter_key;
-    if (!s)
-        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, key, local_names, n_local, &S->local_map, err)
-                    : tl_adapter_map_build(&S->train, key, local_names, n_local, &S->local_map, err);
+    tl_status s = S->global_index && local_names
+                      ? my_share(R, &S->map, R->total_steps, S->global_index, local_names, &n_local, err)
+                      : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    /* cannot happen with n_global >= world (tl_dist_assign_owners); a pool of none would mean all */
+    if (!s && n_local == 0) s = tl_fail(err, TL_ERR_RUNTIME, "rank %d of %d: owns no adapter", R->rank, world);
+    for (int a = 0; !s && a < n_local; a++) /* in place: global_index ascends and global_index[a] >= a */
+        R->total_steps[a] = R->total_steps[S->global_index[a]];
+    if (!s) s = train_map_of(R, local_names, n_local, &S->local_map, err);
     if (!s) S->have_local_map = 1;
-    free(owner);
-    free(cost);
     free(local_names);
     return s;
 }
@@ -759,39 +775,30 @@ static tl_status open_store_at(tl_run *R, const tl_store_layout *L, int found, c
  * the collectives and train nothing. */
 static tl_status build_round_maps(tl_run *R, const int32_t *idx, int n_round, tl_error *err) {
     tl_session *S = &R->S;
-    const tl_config *cfg = R->cfg;
     char **names = malloc((size_t)n_round * sizeof *names);
     if (!names) return tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     for (int i = 0; i < n_round; i++) names[i] = S->map.names[idx[i]];
     tl_adapter_map whole;
-    tl_status s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_round, &whole, err)
-                          : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_round, &whole, err);
+    tl_status s = train_map_of(R, names, n_round, &whole, err);
     if (s || R->world == 1) {
         free(names);
         if (!s) R->round_map = whole, R->have_round_map = 1;
         return s;
     }
     int64_t *steps = NULL;
-    double *cost = malloc((size_t)n_round * sizeof *cost);
-    int *owner = malloc((size_t)n_round * sizeof *owner);
-    R->round_gidx = malloc((size_t)n_round * sizeof *R->round_gidx);
-    s = cost && owner && R->round_gidx ? count_adapter_steps(cfg, n_round, &steps, err)
-                                        : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
     int n_local = 0;
-    if (!s) {
-        adapter_costs(S, &whole, cfg, steps, cost);
-        tl_dist_assign_owners(cost, n_round, R->world, owner);
-        for (int g = 0; g < n_round; g++)
-            if (owner[g] == R->rank) R->round_gidx[n_local] = g, names[n_local] = names[g], n_local++;
-        R->n_round = n_round;
-    }
+    R->round_gidx = malloc((size_t)n_round * sizeof *R->round_gidx);
+    s = R->round_gidx ? count_adapter_steps(R->cfg, n_round, &steps, err)
+                      : tl_fail(err, TL_ERR_RUNTIME, "out of host memory");
+    /* names[] now receives this rank's share (whole's strings: the round map copies them) */
+    if (!s) s = my_share(R, &whole, steps, R->round_gidx, names, &n_local, err);
+    R->n_round = n_round;
     if (!s && n_local > 0) {
-        s = R->pref ? tl_adapter_map_build_pref(&S->pref_train, cfg->adapter_key, names, n_local, &R->round_map, err)
-                    : tl_adapter_map_build(&S->train, cfg->adapter_key, names, n_local, &R->round_map, err);
+        s = train_map_of(R, names, n_local, &R->round_map, err);
         if (!s) R->have_round_map = 1;
     }
     tl_adapter_map_free(&whole);
-    free(steps), free(cost), free(owner), free(names);
+    free(steps), free(names);
     return s;
 }
 
