@@ -57,6 +57,14 @@ CASES = [
     ("llama_attention_bias", base_config(attention_bias=True),  # q/k/v and o_proj biases, as LlamaAttention
      dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
      [(6, 2, 0), (3, 0, 1), (7, 3, 2), (4, 1, -1)]),
+    # q and v only (the bench shape): xn2 and the SwiGLU output are not kept per layer (one buffer for every layer)
+    ("qv_only", base_config(num_hidden_layers=3),
+     dict(rank=4, alpha=8, rslora=False, targets=("q_proj", "v_proj"), n_slots=3),
+     [(6, 2, 0), (3, 0, 1), (7, 3, 2), (4, 1, -1)]),
+    # no q/k/v: the attention input xn1 is not kept per layer either
+    ("o_gate_only", base_config(num_hidden_layers=3),
+     dict(rank=4, alpha=8, rslora=False, targets=("o_proj", "gate_proj"), n_slots=2),
+     [(5, 1, 0), (4, 0, 1), (6, 2, -1)]),
     ("head_dim_12", base_config(head_dim=12, num_attention_heads=4, num_key_value_heads=1, num_hidden_layers=3),
      dict(rank=4, alpha=8, rslora=False, targets=ref.TARGETS, n_slots=3),
      [(5, 0, 0), (2, 0, 1), (8, 3, 1), (6, 2, 2), (3, 1, -1)]),

@@ -404,6 +404,7 @@ typedef struct {
 
 struct tl_workspace {
     int max_tokens, max_seqs, chunk;
+    uint32_t lora_kept;   /* the LoRA targets whose inputs the backward finds kept (tl_workspace_create's pool) */
     tl_act **resid;       /* [L + 1] residual stream at each layer's input (and the output) */
     tl_layer_acts *layer; /* [L] */
     tl_act *xf;           /* final normed hidden */
@@ -467,18 +468,33 @@ tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_
         if (s) goto fail;                                            \
     } while (0)
     for (int l = 0; l <= L; l++) AL(ws->resid[l], n * d * A);
+    /* The base is frozen, so a projection's input is needed by the backward only for its LoRA term's gradient:
+     * the normed inputs of attention (xn1) and of the MLP (xn2) and the SwiGLU output (hsw) are kept per layer
+     * only when a target reads them, else every layer's forward writes one shared buffer that its next
+     * projection consumes at once. With q and v targeted (the usual LoRA) that is a quarter of the activations. */
+    uint32_t tg = ws->lora_kept = p->targets;
+    int keep_xn1 = (tg & (1u << TL_T_Q | 1u << TL_T_K | 1u << TL_T_V)) != 0;
+    int keep_xn2 = (tg & (1u << TL_T_GATE | 1u << TL_T_UP)) != 0;
+    int keep_hsw = (tg & 1u << TL_T_DOWN) != 0;
+    tl_act *xn1 = NULL, *xn2 = NULL, *hsw = NULL;
+    if (!keep_xn1) AL(xn1, n * d * A);
+    if (!keep_xn2) AL(xn2, n * d * A);
+    if (!keep_hsw) AL(hsw, n * f * A);
     for (int l = 0; l < L; l++) {
         tl_layer_acts *a = &ws->layer[l];
-        AL(a->xn1, n * d * A);
+        if (keep_xn1) AL(a->xn1, n * d * A);
+        else a->xn1 = xn1;
         AL(a->q, n * qd * A);
         AL(a->k, n * kvd * A);
         AL(a->v, n * kvd * A);
         AL(a->att, n * qd * A);
         AL(a->resid_mid, n * d * A);
-        AL(a->xn2, n * d * A);
+        if (keep_xn2) AL(a->xn2, n * d * A);
+        else a->xn2 = xn2;
         AL(a->g, n * f * A);
         AL(a->u, n * f * A);
-        AL(a->hsw, n * f * A);
+        if (keep_hsw) AL(a->hsw, n * f * A);
+        else a->hsw = hsw;
         AL(a->rstd1, n * sizeof(float));
         AL(a->rstd2, n * sizeof(float));
         AL(a->lse, n * (size_t)c->num_attention_heads * sizeof(float));
@@ -732,6 +748,11 @@ tl_status tl_model_set_dhidden_rows(const tl_model *m, tl_workspace *ws, const i
 
 tl_status tl_model_backward(const tl_model *m, tl_lora_pool *p, tl_workspace *ws, tl_error *err) {
     TL_TRY(need_forward(ws, "tl_model_backward", err));
+    if (p->targets & ~ws->lora_kept)
+        return tl_fail(err, TL_ERR_RUNTIME,
+                       "tl_model_backward: the pool has LoRA targets (0x%x) whose inputs the workspace, planned "
+                       "for targets 0x%x, does not keep",
+                       (unsigned)p->targets, (unsigned)ws->lora_kept);
     backward(m, p, ws, &ws->mb);
     return m->be->status(m->be, err);
 }

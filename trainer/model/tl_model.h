@@ -105,7 +105,9 @@ void tl_lora_fresh_params(const tl_lora_pool *p, uint64_t seed, const char *name
 tl_status tl_lora_pool_set_slot(tl_lora_pool *p, tl_backend *be, int slot, const char *name, const float *params,
                                 const float *m, const float *v, int64_t steps, tl_error *err);
 
-/* Activation buffers for micro-batches of up to max_tokens rows, allocated once. */
+/* Activation buffers for micro-batches of up to max_tokens rows, allocated once. What the backward keeps per layer
+ * follows p's LoRA targets (a projection's input only where its LoRA gradient needs it): a backward with a pool
+ * that has targets p lacks fails (TL_ERR_RUNTIME); forwards with any pool are fine. */
 typedef struct tl_workspace tl_workspace;
 tl_status tl_workspace_create(const tl_model *m, const tl_lora_pool *p, int max_tokens, int max_seqs,
                               tl_workspace **out, tl_error *err);
