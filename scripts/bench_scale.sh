@@ -109,11 +109,11 @@ def one(name):
     for l in open(f"{W}/{name}.err"):
         m = re.search(r"loaded (\d+) from records \((\d+) prefetched\), initialized (\d+), wrote back (\d+): "
                       r"([\d.]+) s of store I/O waited on by the steps \(([\d.]+) s writing back, ([\d.]+) s waiting for the "
-                      r"prefetch\), ([\d.]+) s read in the background", l) or m
+                      r"prefetch\), ([\d.]+) s read and ([\d.]+) s written in the background", l) or m
     if not m: sys.exit(f"bench_scale.sh: no store I/O line in {W}/{name}.err")
     return dict(wall=wall, step=statistics.median(dt[3:] or dt), loads=int(m.group(1)), pf=int(m.group(2)),
                 wb=int(m.group(4)), waited=float(m.group(5)), wb_s=float(m.group(6)), wait=float(m.group(7)),
-                bg=float(m.group(8)), steps=len(recs))
+                bg=float(m.group(8)), bgw=float(m.group(9)), steps=len(recs))
 runs = {n: one(n) for n in ("pf_off", "pf_on", "pf_on2", "pf_off2")}
 def mean2(x, y):
     return {k: (x[k] + y[k]) / 2 if isinstance(x[k], float) else x[k] for k in x}

@@ -2,7 +2,9 @@
  * a crash between a write and a commit, pruning, and the refusals: another store's manifest, another layout, a
  * truncated segment, a corrupt record, a corrupt manifest; two ranks sharing one store; compaction. The prefetch
  * thread's staged reads (prefetch.h): equal to direct reads while the main thread appends, stale snapshots never
- * used, a corrupt record and a record past the end of its segment reported with the direct read's message. */
+ * used, a corrupt record and a record past the end of its segment reported with the direct read's message. Its
+ * write-behind: records written on the thread read back bit for bit (staged reads queued after them see them),
+ * reads and seals of records in flight refused until they land, a failed write reported and the rest skipped. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +58,7 @@ static void staged_reads(const char *run) {
     tl_store_reader rd;
     tl_store_reader_of(st, &rd);
     tl_prefetch *pf = NULL;
-    CHECK_OK(tl_prefetch_start(&rd, NB, &pf, &err), err);
+    CHECK_OK(tl_prefetch_start(&rd, NB, NB, &pf, &err), err);
     if (!pf) {
         tl_store_close(st);
         return;
@@ -102,7 +104,7 @@ static void staged_reads(const char *run) {
             CHECK_OK(tl_prefetch_take(pf, a + 1000, &now, &p2, &err), err);
             CHECK(p2 == NULL);
         }
-        CHECK(tl_prefetch_reads(pf) == (int64_t)(round + 1) * NB && tl_prefetch_busy_s(pf) >= 0);
+        CHECK(tl_prefetch_reads(pf) == (int64_t)(round + 1) * NB && tl_prefetch_read_s(pf) >= 0);
     }
     /* a corrupt record: the staged read reports what tl_store_read reports */
     tl_prefetch_req bad = {.adapter = 3, .name = names[3]};
@@ -287,6 +289,93 @@ static void compact_section(const char *run) {
     rm_rf(run);
 }
 
+/* Write-behind: rounds of NW records written through the thread (reserve on this thread, checksum and write on
+ * the thread), with reads of the same records queued right behind them; the store must refuse a direct read and a
+ * seal while they may be in flight, then give every record back bit for bit. */
+static void write_behind(const char *run) {
+    enum { NR = 12, NW = 5 };
+    tl_error err = {0};
+    tl_store_layout L = {.P = NP, .rank = 2, .n_layers = 3, .targets = 5, .head_dim = 0};
+    tl_store *st = NULL;
+    mkdir(run, 0755);
+    CHECK_OK(tl_store_open(run, &L, &st, &err), err);
+    if (!st) return;
+    static float want[NR][3][NP];
+    float got[3][NP];
+    int64_t idx[NR];
+    char names[NR][32];
+    for (int a = 0; a < NR; a++) {
+        snprintf(names[a], sizeof names[a], "wb-%d", a);
+        CHECK_OK(tl_store_add(st, names[a], &idx[a], &err), err);
+    }
+    tl_store_reader rd;
+    tl_store_reader_of(st, &rd);
+    tl_prefetch *pf = NULL;
+    CHECK_OK(tl_prefetch_start(&rd, NW, NW - 2, &pf, &err), err); /* fewer write buffers than writes: waits */
+    if (!pf) {
+        tl_store_close(st);
+        return;
+    }
+    int64_t written = 0;
+    for (int round = 0; round < 4; round++) {
+        tl_prefetch_req req[NW];
+        int first = (int)(rnd() % NR);
+        for (int i = 0; i < NW; i++) {
+            int a = (first + i) % NR;
+            unsigned char *rec = NULL;
+            int wb = tl_prefetch_wbuf(pf, &rec, NULL);
+            float *body = tl_store_record_body(rec);
+            for (int k = 0; k < 3; k++) fill(want[a][k], NP), memcpy(body + k * NP, want[a][k], sizeof want[a][k]);
+            tl_store_wloc w;
+            CHECK_OK(tl_store_reserve(st, idx[a], 7 + round, rec, &w, &err), err);
+            tl_prefetch_write(pf, wb, a, &w);
+            written++;
+            req[i].adapter = a, req[i].name = names[a];
+            CHECK(tl_store_loc_of(st, idx[a], &req[i].loc));
+        }
+        /* a record may still be in flight: reading it directly or sealing its segment is refused */
+        tl_error e = {0};
+        CHECK(tl_store_read(st, idx[first], got[0], got[1], got[2], &e) == TL_ERR_RUNTIME &&
+                  strstr(e.msg, "still being written"),
+              "a direct read of a record in flight: %s", e.msg);
+        CHECK(tl_store_seal(st, &e) == TL_ERR_RUNTIME && strstr(e.msg, "still being written"), "seal: %s", e.msg);
+        tl_prefetch_submit(pf, req, NW); /* waits for the writes, then reads them back on the thread */
+        tl_prefetch_wait(pf);
+        CHECK_OK(tl_prefetch_write_status(pf, &err), err);
+        tl_store_landed(st);
+        for (int i = 0; i < NW; i++) {
+            int a = req[i].adapter;
+            const float *params = NULL;
+            CHECK_OK(tl_prefetch_take(pf, a, &req[i].loc, &params, &err), err);
+            CHECK(params && memcmp(params, want[a], sizeof got) == 0, "round %d adapter %d: staged read", round, a);
+            CHECK_OK(tl_store_read(st, idx[a], got[0], got[1], got[2], &err), err);
+            CHECK(memcmp(got, want[a], sizeof got) == 0, "round %d adapter %d: direct read", round, a);
+            CHECK(tl_store_meta_at(st, idx[a])->steps == 7 + round);
+        }
+        if (round == 1) CHECK_OK(tl_store_seal(st, &err), err); /* the next round writes a new segment */
+    }
+    CHECK(tl_prefetch_writes(pf) == written && tl_prefetch_write_s(pf) >= 0, "%lld writes of %lld",
+          (long long)tl_prefetch_writes(pf), (long long)written);
+    /* a write that fails (its descriptor is not open) is reported, and the writes after it are skipped */
+    unsigned char *rec = NULL;
+    int wb = tl_prefetch_wbuf(pf, &rec, NULL);
+    tl_store_wloc w;
+    CHECK_OK(tl_store_reserve(st, idx[0], 99, rec, &w, &err), err);
+    w.fd = -1;
+    tl_prefetch_write(pf, wb, 0, &w);
+    wb = tl_prefetch_wbuf(pf, &rec, NULL);
+    CHECK_OK(tl_store_reserve(st, idx[1], 99, rec, &w, &err), err);
+    tl_prefetch_write(pf, wb, 1, &w);
+    tl_prefetch_wait(pf);
+    tl_error e = {0};
+    CHECK(tl_prefetch_write_status(pf, &e) == TL_ERR_RUNTIME && strstr(e.msg, "write failed"), "failed write: %s",
+          e.msg);
+    CHECK(tl_prefetch_writes(pf) == written + 1, "the write after a failure was not skipped");
+    /* stopping with writes queued finishes them first */
+    tl_prefetch_stop(pf);
+    tl_store_close(st);
+}
+
 int main(void) {
     uint64_t seed = (uint64_t)time(NULL);
     g_rng = seed;
@@ -434,6 +523,8 @@ int main(void) {
     snprintf(run4, sizeof run4, "%s_staged", run);
     rm_rf(run4);
     staged_reads(run4);
+    rm_rf(run4);
+    write_behind(run4);
     rm_rf(run4);
     return tl_check_done_seed("test_store", (unsigned long long)seed);
 }

@@ -59,17 +59,38 @@ void tl_resident_free(tl_resident *r) {
     memset(r, 0, sizeof *r);
 }
 
+/* With the I/O thread: waits for every queued read and write, and makes the store's index whole again (every
+ * reserved record landed). A write that failed fails here. */
+static tl_status settle(tl_resident *r, tl_error *err) {
+    if (!r->pf) return TL_OK;
+    double w = tl_prefetch_wait(r->pf);
+    r->io_s += w, r->wait_s += w;
+    TL_TRY(tl_prefetch_write_status(r->pf, err));
+    tl_store_landed(r->store);
+    return TL_OK;
+}
+
+/* Writes the slot's state back: straight into a record buffer that the I/O thread checksums and writes while the
+ * step computes (write-behind), or, with no thread, through tl_store_write. */
 static tl_status write_back(tl_resident *r, int slot, tl_error *err) {
     int a = r->adapter_of[slot];
     tl_lora_pool *p = r->pool;
     size_t P = p->P, off = (size_t)slot * P;
-    float *params = r->host, *m = r->host + P, *v = r->host + 2 * P;
     double t0 = tl_now_s();
+    unsigned char *rec = NULL;
+    int wbuf = r->pf ? tl_prefetch_wbuf(r->pf, &rec, &r->wait_s) : -1;
+    float *params = rec ? tl_store_record_body(rec) : r->host, *m = params + P, *v = params + 2 * P;
     r->be->download(r->be, params, p->params + off, P * sizeof(float));
     r->be->download(r->be, m, p->m + off, P * sizeof(float));
     r->be->download(r->be, v, p->v + off, P * sizeof(float));
     TL_TRY(r->be->status(r->be, err));
-    TL_TRY(tl_store_write(r->store, r->entry[a], params, m, v, p->steps[slot], err));
+    if (rec) {
+        tl_store_wloc w;
+        TL_TRY(tl_store_reserve(r->store, r->entry[a], p->steps[slot], rec, &w, err));
+        tl_prefetch_write(r->pf, wbuf, a, &w);
+    } else {
+        TL_TRY(tl_store_write(r->store, r->entry[a], params, m, v, p->steps[slot], err));
+    }
     r->dirty[slot] = 0;
     r->writebacks++;
     r->io_s += tl_now_s() - t0;
@@ -78,6 +99,7 @@ static tl_status write_back(tl_resident *r, int slot, tl_error *err) {
 }
 
 tl_status tl_resident_params(tl_resident *r, int64_t entry, float *params, tl_error *err) {
+    TL_TRY(settle(r, err));
     const tl_store_meta *m = tl_store_meta_at(r->store, entry);
     if (m->has_state) return tl_store_read(r->store, entry, params, NULL, NULL, err);
     if (!r->init_from) {
@@ -112,6 +134,8 @@ static tl_status load(tl_resident *r, int a, int k, tl_error *err) {
                                          err));
             r->prefetched++;
         } else {
+            /* evicted a moment ago by this acquire, its record may still be on its way to the store */
+            if (r->pf && tl_prefetch_writing(r->pf, a)) TL_TRY(settle(r, err));
             float *params = r->host, *m = r->host + P, *v = r->host + 2 * P;
             TL_TRY(tl_store_read(r->store, r->entry[a], params, m, v, err));
             TL_TRY(tl_lora_pool_set_slot(p, r->be, k, r->names[a], params, m, v, meta->steps, err));
@@ -139,10 +163,8 @@ tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl
     if (n > K)
         return tl_fail(err, TL_ERR_RUNTIME, "adapter store: a step of %d adapters for a pool of %d slots", n, K);
     r->tick++;
-    if (r->pf) { /* the thread is idle from here until the next tl_resident_prefetch */
-        double w = tl_prefetch_wait(r->pf);
-        r->io_s += w, r->wait_s += w;
-    }
+    /* the thread is idle from here until this acquire's first write-back or the next tl_resident_prefetch */
+    TL_TRY(settle(r, err));
     for (int i = 0; i < n; i++) {
         int k = r->slot_of[adapters[i]];
         if (k >= 0) r->used[k] = r->tick;
@@ -180,14 +202,15 @@ tl_status tl_resident_prefetch_start(tl_resident *r, tl_error *err) {
     if (!r->req) return tl_fail(err, TL_ERR_RUNTIME, "adapter store: out of host memory for the prefetch");
     tl_store_reader rd;
     tl_store_reader_of(r->store, &rd);
-    return tl_prefetch_start(&rd, K, &r->pf, err);
+    return tl_prefetch_start(&rd, K, K, &r->pf, err);
 }
 
 /* Which records may be read while the main thread goes on: the listed adapters are not resident, so nothing
  * writes their entries until the next acquire (write_back writes resident slots only, and the next acquire waits
- * for the thread first). Their records were written whole before the snapshot and are never overwritten; the
- * write-backs, checkpoints and prunes that run meanwhile append to the open segment, close it, or remove
- * segments no entry points into, and these entries point into theirs. */
+ * for the thread first). A record being written back by this step (evicted by the acquire just done) is read
+ * after its write: the thread runs its jobs in order. Every other record was written whole before the snapshot
+ * and is never overwritten; the write-backs, checkpoints and prunes that run meanwhile append to the open
+ * segment, close it, or remove segments no entry points into, and these entries point into theirs. */
 void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n) {
     if (!r->pf) return;
     int K = r->pool->n_slots, m = 0;
@@ -202,7 +225,8 @@ void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n) {
     tl_prefetch_submit(r->pf, r->req, m);
 }
 
-double tl_resident_io_bg_s(tl_resident *r) { return r->pf ? tl_prefetch_busy_s(r->pf) : 0.0; }
+double tl_resident_read_bg_s(tl_resident *r) { return r->pf ? tl_prefetch_read_s(r->pf) : 0.0; }
+double tl_resident_write_bg_s(tl_resident *r) { return r->pf ? tl_prefetch_write_s(r->pf) : 0.0; }
 
 void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n) {
     for (int i = 0; i < n; i++) {
@@ -216,7 +240,7 @@ void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n) {
 tl_status tl_resident_flush(tl_resident *r, tl_error *err) {
     for (int k = 0; k < r->pool->n_slots; k++)
         if (r->adapter_of[k] >= 0 && r->dirty[k]) TL_TRY(write_back(r, k, err));
-    return TL_OK;
+    return settle(r, err);
 }
 
 void tl_resident_evict_all(tl_resident *r) {

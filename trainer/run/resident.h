@@ -43,7 +43,7 @@ struct tl_resident {
     /* what it cost, for the progress line and the benchmark */
     int64_t loads, inits, writebacks;
     double io_s;             /* seconds the step loop spent in store I/O or waiting for the prefetch */
-    double wb_s, wait_s;     /* of io_s: writing back, waiting for the prefetch thread */
+    double wb_s, wait_s;     /* of io_s: writing back, waiting for the I/O thread */
     /* train.store_prefetch (prefetch.h): the next step's records read while a step computes */
     struct tl_prefetch *pf;  /* NULL: off */
     struct tl_prefetch_req *req; /* [K] */
@@ -60,15 +60,18 @@ void tl_resident_free(tl_resident *r);
 tl_status tl_resident_acquire(tl_resident *r, const int32_t *adapters, int n, tl_error *err);
 /* The listed adapters were trained: their slots are dirty, their step counts copied from the pool. */
 void tl_resident_trained(tl_resident *r, const int32_t *adapters, int n);
-/* train.store_prefetch: starts the reader thread (joined by tl_resident_free). */
+/* train.store_prefetch: starts the store I/O thread (prefetch.h; joined by tl_resident_free): the next step's
+ * records are read and evicted adapters written back while a step computes. */
 tl_status tl_resident_prefetch_start(tl_resident *r, tl_error *err);
 /* With the prefetch on, after the current step's acquire: starts reading the records of the listed adapters (the
  * next step's, or a superset) that are not resident and have a record. Results never depend on the list: the next
  * acquire uses a staged record only when it is the adapter's current one, and reads the others itself. */
 void tl_resident_prefetch(tl_resident *r, const int32_t *adapters, int n);
-/* Seconds the reader thread spent reading records (0 with the prefetch off). */
-double tl_resident_io_bg_s(tl_resident *r);
-/* Writes every dirty slot back to the store. */
+/* Seconds the I/O thread spent reading records, and writing them (0 with the prefetch off). */
+double tl_resident_read_bg_s(tl_resident *r);
+double tl_resident_write_bg_s(tl_resident *r);
+/* Writes every dirty slot back to the store and waits until every record has landed (the store's index may then
+ * be committed, sealed or read). */
 tl_status tl_resident_flush(tl_resident *r, tl_error *err);
 /* Drops every slot (after a flush): the next acquire loads afresh, in the order asked. */
 void tl_resident_evict_all(tl_resident *r);

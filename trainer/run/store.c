@@ -25,6 +25,7 @@
 #define ENTRY_FIXED 64 /* after the name: segment, 0, offset, steps, epoch, pos, n_examples, round, steps0 */
 #define NAME_MAX_BYTES 4096
 #define SEG_NONE UINT32_MAX
+#define NO_PENDING UINT64_MAX
 
 typedef struct {
     char *name;
@@ -44,7 +45,9 @@ struct tl_store {
     uint32_t next_seg; /* the first segment of the current interval: this process writes to next_seg + rank */
     int rank, world;   /* user_shard: this process's place; its writes go to a segment of its own */
     int fd;            /* that segment, open for appending; -1 when none is open */
-    uint64_t fd_size;
+    uint64_t fd_size;  /* its size with every record reserved in it (records are written at their offsets) */
+    uint64_t pending_from; /* write-behind: the offset of the first record reserved and not yet landed, or
+                            * NO_PENDING; records at or past it may still be in flight (tl_store_reserve) */
     uint64_t written;
     uint64_t n_records, n_commits; /* for the fault injection */
     unsigned char *buf; /* one record */
@@ -256,6 +259,7 @@ tl_status tl_store_open_shard(const char *run_dir, const tl_store_layout *L, int
     tl_store *st = calloc(1, sizeof *st);
     if (!st) return tl_fail(err, TL_ERR_RUNTIME, "store: out of host memory");
     st->fd = -1;
+    st->pending_from = NO_PENDING;
     st->L = *L;
     st->rank = rank, st->world = world;
     tl_status s = tl_path_join(st->dir, sizeof st->dir, run_dir, "store", err);
@@ -330,15 +334,23 @@ static tl_status pread_all(int fd, void *dst, size_t n, uint64_t off, const char
     return TL_OK;
 }
 
-static tl_status write_all(int fd, const void *src, size_t n, const char *path, tl_error *err) {
+/* Records go to their offsets (pwrite), never to the file position: the write-behind thread writes reserved
+ * records while the main thread may append others (compaction) to the same segment. */
+static tl_status write_all(int fd, const void *src, size_t n, uint64_t off, const char *path, tl_error *err) {
     const unsigned char *p = src;
     while (n) {
-        ssize_t k = write(fd, p, n);
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) return tl_fail(err, TL_ERR_RUNTIME, "%s: write failed: %s", path, k < 0 ? strerror(errno) : "0");
-        p += k, n -= (size_t)k;
+        p += k, n -= (size_t)k, off += (uint64_t)k;
     }
     return TL_OK;
+}
+
+/* Whether entry x's record may still be in flight (reserved, not landed). */
+static int in_flight(const tl_store *st, const entry *x) {
+    return st->pending_from != NO_PENDING && st->fd >= 0 && x->seg == st->next_seg + (uint32_t)st->rank &&
+           x->off >= st->pending_from;
 }
 
 /* Reads and checks one record (its header and `want` bytes from its start: all of it, or the header and the
@@ -374,6 +386,9 @@ static tl_status read_record(const char *path, uint64_t run_id, size_t P, uint64
 tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float *v, tl_error *err) {
     const entry *x = &st->e[i];
     if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
+    if (in_flight(st, x))
+        return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s''s record is still being written (read after "
+                       "tl_store_landed)", x->name);
     size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
     /* params alone (exports, evaluations) read the header and the params: a third of the record */
     size_t want = m || v ? rec : REC_HEADER + bytes;
@@ -429,50 +444,102 @@ static tl_status open_segment(tl_store *st, tl_error *err) {
 
 static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err);
 
+/* The header of entry i's record of `steps` steps, CRC-32s aside (seal_record). */
+static void fill_header(const tl_store *st, int64_t i, int64_t steps, unsigned char *h) {
+    memset(h, 0, REC_HEADER);
+    memcpy(h, REC_MAGIC, 8);
+    put_u64(h + 8, st->run_id);
+    put_u64(h + 16, st->L.P);
+    put_u64(h + 24, (uint64_t)steps);
+    put_u64(h + 32, fnv64(st->e[i].name));
+}
+
+/* The CRC-32s of a record whose header and body are filled. */
+static void seal_record(unsigned char *h, size_t P) {
+    size_t bytes = P * sizeof(float);
+    put_u32(h + 40, crc32_update(0, h + REC_HEADER, bytes));             /* params */
+    put_u32(h + 44, crc32_update(0, h + REC_HEADER + bytes, 2 * bytes)); /* m, v */
+}
+
+/* Writes a whole record at off; TAILOR_FAULT_STORE_KILL_RECORD's record (fault set) is killed halfway. */
+static tl_status put_record(int fd, const unsigned char *h, size_t rec, uint64_t off, int fault, const char *path,
+                            tl_error *err) {
+    if (!fault) return write_all(fd, h, rec, off, path, err);
+    TL_TRY(write_all(fd, h, rec / 2, off, path, err));
+    raise(SIGKILL);
+    return write_all(fd, h + rec / 2, rec - rec / 2, off + rec / 2, path, err);
+}
+
 tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const float *m, const float *v, int64_t steps,
                          tl_error *err) {
     size_t P = st->L.P, bytes = P * sizeof(float);
     unsigned char *h = st->buf;
-    memset(h, 0, REC_HEADER);
-    memcpy(h, REC_MAGIC, 8);
-    put_u64(h + 8, st->run_id);
-    put_u64(h + 16, P);
-    put_u64(h + 24, (uint64_t)steps);
-    put_u64(h + 32, fnv64(st->e[i].name));
+    fill_header(st, i, steps, h);
     memcpy(h + REC_HEADER, params, bytes);
     memcpy(h + REC_HEADER + bytes, m, bytes);
     memcpy(h + REC_HEADER + 2 * bytes, v, bytes);
-    put_u32(h + 40, crc32_update(0, h + REC_HEADER, bytes));             /* params */
-    put_u32(h + 44, crc32_update(0, h + REC_HEADER + bytes, 2 * bytes)); /* m, v */
+    seal_record(h, P);
     return append_record(st, i, steps, err);
 }
 
-/* Appends the whole record in st->buf (entry i's, `steps` optimizer steps) to this process's open segment and
- * points the index at it. */
-static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err) {
+/* Whether the next record is the one TAILOR_FAULT_STORE_KILL_RECORD names (1-based, over this process). */
+static int next_record_faults(tl_store *st) {
+    const char *f = getenv("TAILOR_FAULT_STORE_KILL_RECORD");
+    if (!f) return 0;
+    return strtoull(f, NULL, 10) == ++st->n_records;
+}
+
+/* Reserves the next record's place in this process's open segment (opened when none is) and points entry i at
+ * it; *off receives the place. */
+static tl_status reserve(tl_store *st, int64_t i, int64_t steps, uint64_t *off, tl_error *err) {
     if (st->fd < 0) TL_TRY(open_segment(st, err));
     size_t rec = tl_store_record_bytes(st->L.P);
-    const unsigned char *h = st->buf;
-    char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
-    if (getenv("TAILOR_FAULT_STORE_KILL_RECORD")) { /* half a record, then the fault */
-        st->n_records++;
-        TL_TRY(write_all(st->fd, h, rec / 2, path, err));
-        fault_point("TAILOR_FAULT_STORE_KILL_RECORD", st->n_records);
-        TL_TRY(write_all(st->fd, h + rec / 2, rec - rec / 2, path, err));
-    } else {
-        TL_TRY(write_all(st->fd, h, rec, path, err));
-    }
     entry *x = &st->e[i];
+    *off = st->fd_size;
     x->seg = my_segment(st), x->off = st->fd_size, x->meta.has_state = 1, x->meta.steps = steps;
     st->fd_size += rec;
     st->written += rec;
     return TL_OK;
 }
 
+/* Appends the whole record in st->buf (entry i's, `steps` optimizer steps) to this process's open segment and
+ * points the index at it. */
+static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err) {
+    int fault = next_record_faults(st);
+    uint64_t off;
+    TL_TRY(reserve(st, i, steps, &off, err));
+    char path[TL_PATH_MAX];
+    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
+    return put_record(st->fd, st->buf, tl_store_record_bytes(st->L.P), off, fault, path, err);
+}
+
+float *tl_store_record_body(unsigned char *rec) { return (float *)(void *)(rec + REC_HEADER); }
+
+tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w,
+                           tl_error *err) {
+    w->fault = next_record_faults(st);
+    TL_TRY(reserve(st, i, steps, &w->off, err));
+    TL_TRY(seg_path(st, my_segment(st), w->path, sizeof w->path, err));
+    fill_header(st, i, steps, rec);
+    w->fd = st->fd;
+    w->P = st->L.P;
+    if (st->pending_from == NO_PENDING) st->pending_from = w->off;
+    return TL_OK;
+}
+
+tl_status tl_store_write_at(const tl_store_wloc *w, unsigned char *rec, tl_error *err) {
+    seal_record(rec, w->P);
+    return put_record(w->fd, rec, tl_store_record_bytes(w->P), w->off, w->fault, w->path, err);
+}
+
+void tl_store_landed(tl_store *st) { st->pending_from = NO_PENDING; }
+
 /* ---- manifests ---- */
 
 tl_status tl_store_seal(tl_store *st, tl_error *err) {
+    if (st->fd >= 0 && st->pending_from != NO_PENDING)
+        return tl_fail(err, TL_ERR_RUNTIME, "store: sealing a segment with records still being written (seal after "
+                       "tl_store_landed)");
     if (st->fd >= 0) { /* the records a manifest refers to reach the disk before it does */
         if (fsync(st->fd) != 0) {
             char path[TL_PATH_MAX];

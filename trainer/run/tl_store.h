@@ -117,6 +117,28 @@ tl_status tl_store_read_at(const tl_store_reader *rd, const tl_store_loc *loc, c
 tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const float *m, const float *v, int64_t steps,
                          tl_error *err);
 
+/* Write-behind: tl_store_write in two halves, so that the checksums and the write of a record run on another
+ * thread (prefetch.h) while a step computes. On the main thread tl_store_reserve takes the record's place at the
+ * end of the open segment, points entry i's index entry at it and fills rec's header (rec: a buffer of
+ * tl_store_record_bytes(P) into whose body, tl_store_record_body, the caller puts params, m and v). Any thread
+ * then calls tl_store_write_at (it touches no tl_store). Until the main thread calls tl_store_landed, after every
+ * reserved record was written, the records may be in flight: tl_store_read of such an entry and tl_store_seal /
+ * tl_store_commit fail (TL_ERR_RUNTIME) rather than read or fsync a record that is not there yet, and a reader
+ * on another thread must be ordered after the write (the prefetch thread does both in order). */
+typedef struct {
+    int fd;                 /* the open segment's descriptor (valid until tl_store_seal) */
+    uint64_t off;           /* the record's place in it */
+    size_t P;
+    int fault;              /* TAILOR_FAULT_STORE_KILL_RECORD names this record: killed halfway */
+    char path[TL_PATH_MAX]; /* for messages */
+} tl_store_wloc;
+float *tl_store_record_body(unsigned char *rec); /* params, then m, then v: P floats each */
+tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w,
+                           tl_error *err);
+tl_status tl_store_write_at(const tl_store_wloc *w, unsigned char *rec, tl_error *err);
+/* Every reserved record has been written (or the run is failing and will not read them). */
+void tl_store_landed(tl_store *st);
+
 /* Ends the current interval: fsyncs and closes the open segment (if any); the next write opens a new one. With
  * many ranks every rank calls it at the same points (before a manifest, tl_resident_sync). */
 tl_status tl_store_seal(tl_store *st, tl_error *err);
