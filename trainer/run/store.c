@@ -387,8 +387,10 @@ tl_status tl_store_read(tl_store *st, int64_t i, float *params, float *m, float 
     const entry *x = &st->e[i];
     if (x->seg == SEG_NONE) return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s' has no record", x->name);
     if (in_flight(st, x))
-        return tl_fail(err, TL_ERR_RUNTIME, "store: adapter '%s''s record is still being written (read after "
-                       "tl_store_landed)", x->name);
+        return tl_fail(err, TL_ERR_RUNTIME,
+                       "store: adapter '%s''s record is still being written (read after "
+                       "tl_store_landed)",
+                       x->name);
     size_t P = st->L.P, rec = tl_store_record_bytes(P), bytes = P * sizeof(float);
     /* params alone (exports, evaluations) read the header and the params: a third of the record */
     size_t want = m || v ? rec : REC_HEADER + bytes;
@@ -538,7 +540,8 @@ void tl_store_landed(tl_store *st) { st->pending_from = NO_PENDING; }
 
 tl_status tl_store_seal(tl_store *st, tl_error *err) {
     if (st->fd >= 0 && st->pending_from != NO_PENDING)
-        return tl_fail(err, TL_ERR_RUNTIME, "store: sealing a segment with records still being written (seal after "
+        return tl_fail(err, TL_ERR_RUNTIME,
+                       "store: sealing a segment with records still being written (seal after "
                        "tl_store_landed)");
     if (st->fd >= 0) { /* the records a manifest refers to reach the disk before it does */
         if (fsync(st->fd) != 0) {

@@ -126,15 +126,14 @@ tl_status tl_store_write(tl_store *st, int64_t i, const float *params, const flo
  * tl_store_commit fail (TL_ERR_RUNTIME) rather than read or fsync a record that is not there yet, and a reader
  * on another thread must be ordered after the write (the prefetch thread does both in order). */
 typedef struct {
-    int fd;                 /* the open segment's descriptor (valid until tl_store_seal) */
-    uint64_t off;           /* the record's place in it */
+    int fd;       /* the open segment's descriptor (valid until tl_store_seal) */
+    uint64_t off; /* the record's place in it */
     size_t P;
     int fault;              /* TAILOR_FAULT_STORE_KILL_RECORD names this record: killed halfway */
     char path[TL_PATH_MAX]; /* for messages */
 } tl_store_wloc;
 float *tl_store_record_body(unsigned char *rec); /* params, then m, then v: P floats each */
-tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w,
-                           tl_error *err);
+tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w, tl_error *err);
 tl_status tl_store_write_at(const tl_store_wloc *w, unsigned char *rec, tl_error *err);
 /* Every reserved record has been written (or the run is failing and will not read them). */
 void tl_store_landed(tl_store *st);

@@ -1207,7 +1207,8 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
                 (double)tl_workspace_bytes(S->ws) / (1 << 20), (double)peak_b / (1 << 20));
     }
     if (S->res)
-        fprintf(ui->log, "adapter store: %lld adapter(s); this run loaded %lld from records (%lld prefetched), "
+        fprintf(ui->log,
+                "adapter store: %lld adapter(s); this run loaded %lld from records (%lld prefetched), "
                 "initialized %lld, wrote back %lld: %.1f s of store I/O waited on by the steps (%.1f s writing "
                 "back, %.1f s waiting for the prefetch), %.1f s read and %.1f s written in the background\n",
                 (long long)tl_store_count(S->res->store), (long long)S->res->loads, (long long)S->res->prefetched,
