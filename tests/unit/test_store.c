@@ -339,7 +339,7 @@ static void write_behind(const char *run) {
                   strstr(e.msg, "still being written"),
               "a direct read of a record in flight: %s", e.msg);
         CHECK(tl_store_seal(st, &e) == TL_ERR_RUNTIME && strstr(e.msg, "still being written"), "seal: %s", e.msg);
-        tl_prefetch_submit(pf, req, NW); /* waits for the writes, then reads them back on the thread */
+        tl_prefetch_submit(pf, req, NW); /* queued behind the writes: read back once written */
         tl_prefetch_wait(pf);
         CHECK_OK(tl_prefetch_write_status(pf, &err), err);
         tl_store_landed(st);

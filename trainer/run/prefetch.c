@@ -45,6 +45,7 @@ struct tl_prefetch {
     pthread_cond_t work; /* a job was queued, or stop */
     pthread_cond_t done; /* a job is done */
     int stop;
+    int reads_queued; /* read jobs not done yet (under mu) */
     double read_s, write_s; /* under mu */
     int64_t reads, writes;
     tl_status wstatus; /* the first failed write (under mu) */
@@ -77,6 +78,7 @@ static void *run(void *arg) {
         pthread_mutex_lock(&pf->mu);
         if (!j.write) {
             pf->b[j.i].done = 1;
+            pf->reads_queued--;
             pf->read_s += dt, pf->reads++;
         } else {
             pf->wb[j.i].busy = 0;
@@ -155,7 +157,11 @@ double tl_prefetch_wait(tl_prefetch *pf) {
 }
 
 void tl_prefetch_submit(tl_prefetch *pf, const tl_prefetch_req *reqs, int n) {
-    tl_prefetch_wait(pf); /* the thread is idle from here until the reads below are queued */
+    /* the staging buffers are free once the last list's reads are done; writes queued before (this step's
+     * write-backs) go on meanwhile, and the reads below run after them */
+    pthread_mutex_lock(&pf->mu);
+    while (pf->reads_queued > 0) pthread_cond_wait(&pf->done, &pf->mu);
+    pthread_mutex_unlock(&pf->mu);
     if (n > pf->n_bufs) n = pf->n_bufs;
     for (int i = 0; i < n; i++) {
         staged *x = &pf->b[i];
@@ -168,6 +174,7 @@ void tl_prefetch_submit(tl_prefetch *pf, const tl_prefetch_req *reqs, int n) {
     }
     pthread_mutex_lock(&pf->mu);
     pf->n_read = n;
+    pf->reads_queued += n;
     for (int i = 0; i < n; i++) enqueue(pf, 0, i);
     pthread_mutex_unlock(&pf->mu);
 }

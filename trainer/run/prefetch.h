@@ -30,8 +30,8 @@ typedef struct tl_prefetch_req {
 
 /* Starts the thread with n_bufs read staging buffers and n_wbufs write buffers for records of rd->P floats. */
 tl_status tl_prefetch_start(const tl_store_reader *rd, int n_bufs, int n_wbufs, tl_prefetch **out, tl_error *err);
-/* Waits for every queued job, then queues reads of reqs[0 .. n) (at most n_bufs of them; the rest are not
- * staged and will be read directly). */
+/* Waits for the last list's reads (not for queued writes), then queues reads of reqs[0 .. n) behind whatever is
+ * queued (at most n_bufs of them; the rest are not staged and will be read directly). */
 void tl_prefetch_submit(tl_prefetch *pf, const tl_prefetch_req *reqs, int n);
 /* Waits until the thread has done every queued job, reads and writes; returns the seconds this call waited. */
 double tl_prefetch_wait(tl_prefetch *pf);
