@@ -3,7 +3,7 @@
 # `tailor generate` prints for the same prompt and adapter, each reference the example's response text, and the
 # per-adapter ROUGE-1 / ROUGE-L F means must equal the means recomputed from those answers (tl_rouge_tool, which
 # tests/torch/test_rouge_vs_package.py checks against rouge-score) to 1e-12; and the same ROUGE in eval.json with
-# the adapter store as without it.
+# the adapter store as without it, on one rank and (where MPI exists) on two.
 source "$TAILOR_SRC/tests/lib/common.sh"
 : "${TL_TEST_BIN:?set by ctest}"
 "$TL_PYTHON" -c "import tokenizers, h5py" 2>/dev/null || { echo "SKIPPED: the tokenizers package is missing (scripts/pyenv.sh)"; exit 77; }
@@ -121,7 +121,16 @@ train: {backend: cpu, threads: 2, steps: 40, lr: 0.1, micro_batch_tokens: 512, l
 Y
   "$TAILOR_BIN" train "$T/s_$st.yaml" >"$T/s_$st.out" 2>&1 || { cat "$T/s_$st.out"; die "train with store $st failed"; }
 done
-"$TL_PYTHON" - "$T/s_off/eval.json" "$T/s_on/eval.json" <<'PY' || die "ROUGE with the store differs"
+# and with the store on 2 ranks (user_shard: each rank answers its own users' prompts, rank 0 merges the means),
+# where MPI exists
+mpi=0
+if command -v mpirun >/dev/null 2>&1 && "$TAILOR_BIN" version | grep -q "multi-process: mpi"; then
+  mpi=1
+  sed "s#$T/s_on#$T/s_on2#" "$T/s_on.yaml" >"$T/s_on2.yaml"
+  mpirun_tl 2 "$TAILOR_BIN" train "$T/s_on2.yaml" >"$T/s_on2.out" 2>&1 || { cat "$T/s_on2.out"; die "2-rank store run failed"; }
+fi
+for other in s_on $([ $mpi = 1 ] && echo s_on2); do
+"$TL_PYTHON" - "$T/s_off/eval.json" "$T/$other/eval.json" <<'PY' || die "ROUGE with the store ($other) differs"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:])
 keys = ("rouge1", "rougeL", "base_rouge1", "base_rougeL")
@@ -129,6 +138,7 @@ ra = {x["name"]: [x.get(k) for k in keys] for x in a["adapters"]}
 rb = {x["name"]: [x.get(k) for k in keys] for x in b["adapters"]}
 assert ra.keys() == rb.keys() and all(v[0] is not None for v in ra.values()), (ra, rb)
 assert ra == rb, (ra, rb)
-print("store ROUGE ok:", ra)
+print("store ROUGE ok:", sys.argv[2], ra)
 PY
+done
 echo ok
