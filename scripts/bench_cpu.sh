@@ -10,7 +10,9 @@
 # Besides wall-clock tokens/s both sides report the process CPU seconds of the median step (torch/tailor is
 # printed, so above 1 means tailor needs less CPU): the steadier figure when other jobs share the cores.
 # tl_bench also prints the step's FLOP rate as a fraction of the machine's sgemm rate measured in the same run.
-# --adapters 4 (default): one adapter per sequence, mixed in one batch; --adapters 1: one shared adapter.
+# --adapters 4 (default): one adapter per sequence, mixed in one batch; --adapters 1: one shared adapter. With
+# several adapters the torch side stacks each projection's adapters and runs each adapter's LoRA product on its
+# own rows, all in one torch.bmm (bench_cpu_torch.py, --lora-impl), with per-adapter clipping and one AdamW.
 # The model is written once by tl_bench --make-model (about 540 MB, default /tmp/tailor_bench_smollm2_135m).
 # The build directory (default ./build, or $TL_BUILD) must hold tl_bench; it is built there if missing.
 # --omp-wait sets OMP_WAIT_POLICY for both (default passive): tailor and this torch both run libgomp next to
@@ -24,7 +26,7 @@ build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;

@@ -54,9 +54,24 @@ static void cpu_download_act(tl_backend *be, float *dst, const tl_act *src, size
     if (n) memcpy(dst, src, n * sizeof(float));
 }
 
+/* below this many bytes one thread zeroes: a parallel region costs a few microseconds */
+#define TL_ZERO_PAR_MIN ((size_t)1 << 22)
+
+/* Large blocks (the gradients of every active adapter, 9.8 MB each at rank 8 on SmolLM2-135M, before each step)
+ * are split over the team: one core's stores do not reach the memory bandwidth (625 MB for 64 adapters took
+ * 0.065 s on one thread, 0.036 s on two). */
 static void cpu_zero(tl_backend *be, void *p, size_t bytes) {
-    (void)be;
-    if (bytes) memset(p, 0, bytes);
+    int nthr = tl_cpu(be)->threads;
+    if (bytes < TL_ZERO_PAR_MIN || nthr <= 1 || omp_in_parallel()) {
+        if (bytes) memset(p, 0, bytes);
+        return;
+    }
+    size_t per = (bytes / (size_t)nthr + 4095) & ~(size_t)4095; /* whole pages per thread */
+#pragma omp parallel for num_threads(nthr) schedule(static, 1)
+    for (int t = 0; t < nthr; t++) {
+        size_t lo = (size_t)t * per, hi = lo + per < bytes ? lo + per : bytes;
+        if (lo < hi) memset((char *)p + lo, 0, hi - lo);
+    }
 }
 
 static tl_status cpu_status(tl_backend *be, tl_error *err) {
