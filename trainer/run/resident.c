@@ -31,8 +31,9 @@ tl_status tl_resident_init(tl_resident *r, tl_store *store, tl_lora_pool *pool, 
     r->adapter_of = malloc(nk * sizeof *r->adapter_of);
     r->dirty = calloc(nk, 1);
     r->used = calloc(nk, sizeof *r->used);
-    r->host = malloc(3 * pool->P * sizeof(float));
-    if (!r->entry || !r->slot_of || !r->steps || !r->adapter_of || !r->dirty || !r->used || !r->host) {
+    r->rec = malloc(tl_store_record_bytes(pool->P)); /* a whole record: write-backs fill it in place */
+    r->host = r->rec ? tl_store_record_body(r->rec) : NULL;
+    if (!r->entry || !r->slot_of || !r->steps || !r->adapter_of || !r->dirty || !r->used || !r->rec) {
         tl_resident_free(r);
         return tl_fail(err, TL_ERR_RUNTIME, "adapter store: out of host memory for %d adapters", n);
     }
@@ -55,7 +56,7 @@ void tl_resident_free(tl_resident *r) {
     if (r->init_from) tl_init_from_close(&r->init_from_src);
     tl_store_close(r->store);
     free(r->entry), free(r->slot_of), free(r->steps), free(r->adapter_of), free(r->dirty), free(r->used);
-    free(r->host);
+    free(r->rec);
     memset(r, 0, sizeof *r);
 }
 
@@ -70,26 +71,27 @@ static tl_status settle(tl_resident *r, tl_error *err) {
     return TL_OK;
 }
 
-/* Writes the slot's state back: straight into a record buffer that the I/O thread checksums and writes while the
- * step computes (write-behind), or, with no thread, through tl_store_write. */
+/* Writes the slot's state back, downloaded straight into a record: one of the I/O thread's buffers, which it
+ * checksums and writes while the step computes (write-behind), or, with no thread, r->rec, written here. */
 static tl_status write_back(tl_resident *r, int slot, tl_error *err) {
     int a = r->adapter_of[slot];
     tl_lora_pool *p = r->pool;
     size_t P = p->P, off = (size_t)slot * P;
     double t0 = tl_now_s();
-    unsigned char *rec = NULL;
+    unsigned char *rec = r->rec;
     int wbuf = r->pf ? tl_prefetch_wbuf(r->pf, &rec, &r->wait_s) : -1;
-    float *params = rec ? tl_store_record_body(rec) : r->host, *m = params + P, *v = params + 2 * P;
+    float *params = tl_store_record_body(rec);
     r->be->download(r->be, params, p->params + off, P * sizeof(float));
-    r->be->download(r->be, m, p->m + off, P * sizeof(float));
-    r->be->download(r->be, v, p->v + off, P * sizeof(float));
+    r->be->download(r->be, params + P, p->m + off, P * sizeof(float));
+    r->be->download(r->be, params + 2 * P, p->v + off, P * sizeof(float));
     TL_TRY(r->be->status(r->be, err));
-    if (rec) {
-        tl_store_wloc w;
-        TL_TRY(tl_store_reserve(r->store, r->entry[a], p->steps[slot], rec, &w, err));
+    tl_store_wloc w;
+    TL_TRY(tl_store_reserve(r->store, r->entry[a], p->steps[slot], rec, &w, err));
+    if (r->pf) {
         tl_prefetch_write(r->pf, wbuf, a, &w);
     } else {
-        TL_TRY(tl_store_write(r->store, r->entry[a], params, m, v, p->steps[slot], err));
+        TL_TRY(tl_store_write_at(&w, rec, err));
+        tl_store_landed(r->store);
     }
     r->dirty[slot] = 0;
     r->writebacks++;

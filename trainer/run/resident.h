@@ -39,7 +39,8 @@ struct tl_resident {
     uint64_t *used;          /* [K] tick of the last step that needed it */
     uint64_t tick;
     int64_t *steps;          /* [n] optimizer steps of every adapter (what the batchers read) */
-    float *host;             /* [3 P] staging */
+    unsigned char *rec;      /* one store record (tl_store_record_bytes): write-backs without the I/O thread */
+    float *host;             /* [3 P] staging: rec's body */
     /* what it cost, for the progress line and the benchmark */
     int64_t loads, inits, writebacks;
     double io_s;             /* seconds the step loop spent in store I/O or waiting for the prefetch */

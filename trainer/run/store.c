@@ -507,11 +507,11 @@ static tl_status reserve(tl_store *st, int64_t i, int64_t steps, uint64_t *off, 
 /* Appends the whole record in st->buf (entry i's, `steps` optimizer steps) to this process's open segment and
  * points the index at it. */
 static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err) {
+    char path[TL_PATH_MAX];
+    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err)); /* before the index points anywhere */
     int fault = next_record_faults(st);
     uint64_t off;
     TL_TRY(reserve(st, i, steps, &off, err));
-    char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err));
     return put_record(st->fd, st->buf, tl_store_record_bytes(st->L.P), off, fault, path, err);
 }
 
@@ -519,9 +519,9 @@ float *tl_store_record_body(unsigned char *rec) { return (float *)(void *)(rec +
 
 tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w,
                            tl_error *err) {
+    TL_TRY(seg_path(st, my_segment(st), w->path, sizeof w->path, err)); /* before the index points anywhere */
     w->fault = next_record_faults(st);
     TL_TRY(reserve(st, i, steps, &w->off, err));
-    TL_TRY(seg_path(st, my_segment(st), w->path, sizeof w->path, err));
     fill_header(st, i, steps, rec);
     w->fd = st->fd;
     w->P = st->L.P;
