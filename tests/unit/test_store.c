@@ -35,23 +35,33 @@ static int count_segments(const char *run) {
     return n;
 }
 
-/* The staged read path: NR adapters with random records, the prefetch thread reading some while this thread
- * appends more (and rewrites one being read); then a corrupt record and one cut short. */
-static void staged_reads(const char *run) {
-    enum { NR = 24, NB = 8 };
+/* A fresh store in run (the layout every section uses) with n entries named "<prefix>-<a>" and no records;
+ * NULL when it could not be opened (the check has failed). */
+static tl_store *open_named(const char *run, const char *prefix, int n, char (*names)[32], int64_t *idx) {
     tl_error err = {0};
     tl_store_layout L = {.P = NP, .rank = 2, .n_layers = 3, .targets = 5, .head_dim = 0};
     tl_store *st = NULL;
     mkdir(run, 0755);
     CHECK_OK(tl_store_open(run, &L, &st, &err), err);
-    if (!st) return;
+    for (int a = 0; st && a < n; a++) {
+        snprintf(names[a], sizeof names[a], "%s-%d", prefix, a);
+        CHECK_OK(tl_store_add(st, names[a], &idx[a], &err), err);
+    }
+    return st;
+}
+
+/* The staged read path: NR adapters with random records, the prefetch thread reading some while this thread
+ * appends more (and rewrites one being read); then a corrupt record and one cut short. */
+static void staged_reads(const char *run) {
+    enum { NR = 24, NB = 8 };
+    tl_error err = {0};
     static float want[NR][3][NP];
     float got[3][NP];
     int64_t idx[NR];
     char names[NR][32];
+    tl_store *st = open_named(run, "user", NR, names, idx);
+    if (!st) return;
     for (int a = 0; a < NR; a++) {
-        snprintf(names[a], sizeof names[a], "user-%d", a);
-        CHECK_OK(tl_store_add(st, names[a], &idx[a], &err), err);
         for (int k = 0; k < 3; k++) fill(want[a][k], NP);
         if (a < NR / 2) CHECK_OK(tl_store_write(st, idx[a], want[a][0], want[a][1], want[a][2], 5 + a, &err), err);
     }
@@ -295,19 +305,12 @@ static void compact_section(const char *run) {
 static void write_behind(const char *run) {
     enum { NR = 12, NW = 5 };
     tl_error err = {0};
-    tl_store_layout L = {.P = NP, .rank = 2, .n_layers = 3, .targets = 5, .head_dim = 0};
-    tl_store *st = NULL;
-    mkdir(run, 0755);
-    CHECK_OK(tl_store_open(run, &L, &st, &err), err);
-    if (!st) return;
     static float want[NR][3][NP];
     float got[3][NP];
     int64_t idx[NR];
     char names[NR][32];
-    for (int a = 0; a < NR; a++) {
-        snprintf(names[a], sizeof names[a], "wb-%d", a);
-        CHECK_OK(tl_store_add(st, names[a], &idx[a], &err), err);
-    }
+    tl_store *st = open_named(run, "wb", NR, names, idx);
+    if (!st) return;
     tl_store_reader rd;
     tl_store_reader_of(st, &rd);
     tl_prefetch *pf = NULL;
