@@ -5,7 +5,7 @@
 # the ratios tailor/torch. Each side runs in its own process (peak RSS = that process's ru_maxrss).
 #
 #   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--seqs S] [--seq-len T]
-#                        [--omp-wait passive|active|unset] [--build DIR] [--model DIR]
+#                        [--omp-wait passive|active|unset] [--torch-malloc jemalloc|glibc] [--build DIR] [--model DIR]
 #
 # Besides wall-clock tokens/s both sides report the process CPU seconds of the median step (torch/tailor is
 # printed, so above 1 means tailor needs less CPU): the steadier figure when other jobs share the cores.
@@ -18,15 +18,17 @@
 # --omp-wait sets OMP_WAIT_POLICY for both (default passive): tailor and this torch both run libgomp next to
 # OpenBLAS's own pthread pool, and spinning OpenMP workers starve the BLAS threads whenever the cores are
 # shared (with 2 threads on a busy 2-core machine, steps were 7-25x slower); "unset" leaves the environment.
+# --torch-malloc jemalloc (default) runs torch with jemalloc keeping freed pages, as PyTorch's CPU guides advise;
+# glibc is the plain figure (scripts/torch_malloc.sh says why: page faults were a third of torch's CPU time).
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-threads=2 adapters=4 steps=5 warmup=2 seqs=4 seq_len=256 omp_wait=passive
+threads=2 adapters=4 steps=5 warmup=2 seqs=4 seq_len=256 omp_wait=passive torch_malloc=jemalloc
 build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --seqs) seqs=${2:?}; shift 2 ;;
     --seq-len) seq_len=${2:?}; shift 2 ;;
     --omp-wait) omp_wait=${2:?}; shift 2 ;;
+    --torch-malloc) torch_malloc=${2:?}; shift 2 ;;
     --build) build=${2:?}; shift 2 ;;
     --model) model=${2:?}; shift 2 ;;
     -h|--help) usage ;;
@@ -53,6 +56,10 @@ if [ ! -f "$model/model.safetensors" ] || [ ! -f "$model/config.json" ]; then
   "$build/tl_bench" --make-model "$model"
 fi
 
+# shellcheck source=scripts/torch_malloc.sh
+. "$src/scripts/torch_malloc.sh"
+torch_malloc_env "$torch_malloc" || exit 2
+
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 if [ "$omp_wait" != unset ]; then export OMP_WAIT_POLICY=$omp_wait; fi
 common=(--model "$model" --threads "$threads" --adapters "$adapters" --warmup "$warmup" --steps "$steps"
@@ -63,8 +70,8 @@ trap 'rm -rf "$log"' EXIT
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 echo "== tailor ($threads threads, $adapters adapter(s)); load average $load_before"
 "$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
-echo "== torch ($threads threads, $adapters adapter(s))"
-"$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
+echo "== torch ($threads threads, $adapters adapter(s), malloc $torch_malloc)"
+env "${torch_env[@]}" "$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
 
 get() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 load_after=$(cut -d' ' -f1 /proc/loadavg)
@@ -75,7 +82,7 @@ done
 
 echo
 echo "LoRA SFT step, SmolLM2-135M shape, $seqs x $seq_len tokens, rank 8 x 7 targets, $adapters adapter(s)," \
-  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}, torch malloc $torch_malloc"
 awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
     -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" \
     -v am="$tl_tokens_per_s_mean" -v bm="$pt_tokens_per_s_mean" -v la="$load_before" -v lb="$load_after" \

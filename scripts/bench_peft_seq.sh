@@ -9,16 +9,19 @@
 # wall-clock and CPU seconds of each whole process, where each side's time went, and the ratios.
 #
 #   scripts/bench_peft_seq.sh [--users U] [--examples E] [--seq-len T] [--steps S] [--threads N] [--build DIR]
-#                             [--model DIR]
+#                             [--model DIR] [--torch-malloc jemalloc|glibc]
+#
+# --torch-malloc jemalloc (default) runs the PEFT side with jemalloc keeping freed pages, as PyTorch's CPU guides
+# advise; glibc is the plain figure (scripts/torch_malloc.sh).
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-users=64 examples=2 seq_len=16 steps=2 threads=2
+users=64 examples=2 seq_len=16 steps=2 threads=2 torch_malloc=jemalloc
 build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-$src/.pyenv/bin/python}
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) users=${2:?}; shift 2 ;;
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?}; shift 2 ;;
     --build) build=${2:?}; shift 2 ;;
     --model) model=${2:?}; shift 2 ;;
+    --torch-malloc) torch_malloc=${2:?}; shift 2 ;;
     -h|--help) usage ;;
     *) echo "bench_peft_seq.sh: unknown argument '$1'" >&2; usage ;;
   esac
@@ -40,6 +44,9 @@ if [ ! -f "$model/model.safetensors" ] || [ ! -f "$model/config.json" ]; then
   "$build/tl_bench" --make-model "$model"
 fi
 
+# shellcheck source=scripts/torch_malloc.sh
+. "$src/scripts/torch_malloc.sh"
+torch_malloc_env "$torch_malloc" || exit 2
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads OMP_WAIT_POLICY=passive
 T=$(mktemp -d /tmp/tl_bench_peft_seq.XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -59,8 +66,8 @@ echo "== tailor: $users users at once, $steps steps ($users x $seq_len tokens pe
 /usr/bin/time -f "TIME wall=%e cpu=%U+%S rss_kb=%M" "$build/tailor" train "$T/train.yaml" >"$T/tailor.txt" 2>&1 ||
   { cat "$T/tailor.txt"; exit 1; }
 tail -n 4 "$T/tailor.txt"
-echo "== peft + torch: $users users one after another, $steps steps each (1 x $seq_len tokens per step)"
-/usr/bin/time -f "TIME wall=%e cpu=%U+%S rss_kb=%M" "$python" "$src/scripts/bench_peft_seq.py" peft --model "$model" \
+echo "== peft + torch: $users users one after another, $steps steps each (1 x $seq_len tokens per step), malloc $torch_malloc"
+env "${torch_env[@]}" /usr/bin/time -f "TIME wall=%e cpu=%U+%S rss_kb=%M" "$python" "$src/scripts/bench_peft_seq.py" peft --model "$model" \
   --data "$T/data.h5" --steps "$steps" --threads "$threads" >"$T/peft.txt" 2>&1 || { cat "$T/peft.txt"; exit 1; }
 grep -v '^RESULT' "$T/peft.txt" | tail -n 3
 load_after=$(cut -d' ' -f1 /proc/loadavg)
