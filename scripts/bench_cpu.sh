@@ -18,6 +18,8 @@
 # --omp-wait sets OMP_WAIT_POLICY for both (default passive): tailor and this torch both run libgomp next to
 # OpenBLAS's own pthread pool, and spinning OpenMP workers starve the BLAS threads whenever the cores are
 # shared (with 2 threads on a busy 2-core machine, steps were 7-25x slower); "unset" leaves the environment.
+# With passive, tl_bench also gets GOMP_SPINCOUNT=10000, which the `tailor` command sets for itself (a short spin
+# before sleeping: trainer/cli/main.c); torch's OpenMP waits as the policy says.
 # --torch-malloc jemalloc (default) runs torch with jemalloc keeping freed pages, as PyTorch's CPU guides advise;
 # glibc is the plain figure (scripts/torch_malloc.sh says why: page faults were a third of torch's CPU time).
 set -euo pipefail
@@ -28,7 +30,7 @@ build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;
@@ -69,7 +71,9 @@ trap 'rm -rf "$log"' EXIT
 
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 echo "== tailor ($threads threads, $adapters adapter(s)); load average $load_before"
-"$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
+tailor_env=()
+if [ "$omp_wait" = passive ]; then tailor_env=(GOMP_SPINCOUNT=10000); fi
+env "${tailor_env[@]}" "$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
 echo "== torch ($threads threads, $adapters adapter(s), malloc $torch_malloc)"
 env "${torch_env[@]}" "$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
 

@@ -193,19 +193,24 @@ static int cmd_make_model(int argc, char **argv) {
     return 0;
 }
 
-/* OpenMP threads that spin while waiting starve OpenBLAS's own threads whenever cores are shared: measured on the
- * 2-core development machine, a 64-token training step took 9.4 s with spinning workers and 0.74 s with passive
- * ones. libgomp reads OMP_WAIT_POLICY when it loads, before main, so when the user has not chosen a policy we set
- * PASSIVE and re-execute once. */
-static void prefer_passive_omp(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+/* How the OpenMP workers wait between parallel regions. Workers that spin without bound starve any other thread
+ * on shared cores: measured on the 2-core development machine (2026-11-28, when OpenBLAS still ran its own thread
+ * pool), a 64-token training step took 9.4 s with spinning workers and 0.74 s with passive ones. Workers that go
+ * to sleep at once pay a futex wake-up at each of the thousands of parallel regions of a step (every matrix
+ * product and elementwise op): a short spin first saved 3% of a 64 x 16-token step with nothing else running
+ * and 18% of a 128-token step beside two busy processes (2026-12-06). So when the user has chosen neither,
+ * OMP_WAIT_POLICY=PASSIVE (libomp: sleep at once) and GOMP_SPINCOUNT=10000 (libgomp: spin about 0.1 ms, then
+ * sleep; libgomp lets the spin count override the policy). Both runtimes read them when they load, before main,
+ * so we set them and re-execute once. */
+static void prefer_short_omp_spin(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0 || setenv("GOMP_SPINCOUNT", "10000", 1) != 0) return;
     execv("/proc/self/exe", argv);
     /* exec failed (no /proc): run on with the default policy */
 }
 
 int main(int argc, char **argv) {
-    prefer_passive_omp(argv);
+    prefer_short_omp_spin(argv);
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
