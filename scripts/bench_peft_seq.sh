@@ -76,8 +76,9 @@ load_after=$(cut -d' ' -f1 /proc/loadavg)
 tf() { sed -n "s/^TIME .*$2=\([^ ]*\).*/\1/p" "$1"; }
 tl_wall=$(tf "$T/tailor.txt" wall) tl_cpu=$(tf "$T/tailor.txt" cpu | bc -l)
 pt_wall=$(tf "$T/peft.txt" wall) pt_cpu=$(tf "$T/peft.txt" cpu | bc -l)
-# tailor's steps: elapsed_s of its last metrics record (from the start of training to the end of the last step)
-tl_steps=$(tail -n 1 "$T/run/metrics.jsonl" | sed -n 's/.*"elapsed_s": \([0-9.]*\).*/\1/p')
+# tailor's steps: elapsed_s of its last step record (from the start of training to the end of the last step; the
+# per-adapter records that follow a step's line carry no time)
+tl_steps=$(grep '"elapsed_s"' "$T/run/metrics.jsonl" | tail -n 1 | sed -n 's/.*"elapsed_s": \([0-9.]*\).*/\1/p')
 get() { grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 echo
 echo "$users users x $steps steps x $seq_len tokens, rank 8 x 7 targets, $threads threads, SmolLM2-135M shape"
