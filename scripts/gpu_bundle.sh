@@ -6,7 +6,8 @@
 #   scripts/gpu_bundle.sh --from-build BUILD_DIR BUNDLE_DIR   (pack that build's binaries; no cmake here)
 #   scripts/gpu_bundle.sh --check BUNDLE_DIR  (only the size and closure checks of an existing bundle)
 #
-# Builds in TL_BUNDLE_BUILD (default build-gpu-bundle): Release, -DTAILOR_CUDA=ON, TL_GPU_ARCH (default 90), no MPI
+# Builds in TL_BUNDLE_BUILD (default build-gpu-bundle): Release, -DTAILOR_CUDA=ON, TL_GPU_ARCH (default 90), no MPI,
+# -DTAILOR_NATIVE=OFF (the CPU kernels for any x86-64 host)
 # (one process per GPU bootstraps NCCL through NCCL_COMM_ID), then fills BUNDLE_DIR with
 #   bin/      tailor, tl_dist_check, gpu_test_cuda_ops, gpu_test_decode_ops, tl_bench, tl_bench_ops
 #   lib.tar.xz  lib/ compressed (59 MiB -> 12 MiB; env.sh unpacks it on first use): every shared library `ldd`
@@ -63,13 +64,18 @@ if [ "${1:-}" = --from-build ]; then
     for b in $BINS; do
         [ -x "$BUILD/$b" ] || { echo "SKIPPED: $BUILD/$b is not built (a build with the CUDA backend has it)"; exit 77; }
     done
+    if grep -q '^TAILOR_NATIVE:BOOL=ON' "$BUILD/CMakeCache.txt" 2>/dev/null; then
+        echo "gpu_bundle: note: $BUILD has TAILOR_NATIVE=ON: its CPU kernels need this machine's instruction set," \
+             "which the device's host may lack (a bundle for the trip: scripts/gpu_bundle.sh without --from-build)"
+    fi
 else
     OUT=${1:-build-gpu-carry}
     BUILD=${TL_BUNDLE_BUILD:-build-gpu-bundle}
     export PATH="/usr/local/cuda/bin:$PATH"
     command -v nvcc >/dev/null || { echo "gpu_bundle: nvcc not found: the bundle needs the CUDA toolkit here" >&2; exit 1; }
+    # TAILOR_NATIVE=OFF: the device's host CPU is not this one (an AVX-512 build would stop there on SIGILL)
     cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTAILOR_CUDA=ON -DTAILOR_CUDA_ARCHS="$ARCH" -DTAILOR_MPI=OFF \
-        >"$BUILD.log" 2>&1 || { tail -20 "$BUILD.log"; exit 1; }
+        -DTAILOR_NATIVE=OFF >"$BUILD.log" 2>&1 || { tail -20 "$BUILD.log"; exit 1; }
     # shellcheck disable=SC2086
     cmake --build "$BUILD" -j"${TL_BUNDLE_JOBS:-2}" --target $BINS >>"$BUILD.log" 2>&1 || { tail -20 "$BUILD.log"; exit 1; }
     grep -q "NCCL ON" "$BUILD.log" || echo "gpu_bundle: note: built without NCCL (no nccl.h / libnccl here)"
