@@ -108,8 +108,8 @@ def one(name):
     m = None
     for l in open(f"{W}/{name}.err"):
         m = re.search(r"loaded (\d+) from records \((\d+) prefetched\), initialized (\d+), wrote back (\d+): "
-                      r"([\d.]+) s of store I/O waited on by the steps \(([\d.]+) s writing back, ([\d.]+) s waiting for the "
-                      r"prefetch\), ([\d.]+) s read and ([\d.]+) s written in the background", l) or m
+                      r"([\d.]+) s of store I/O waited on by the steps and checkpoints \(([\d.]+) s writing back, ([\d.]+) s "
+                      r"waiting for the I/O thread\), ([\d.]+) s read and ([\d.]+) s written in the background", l) or m
     if not m: sys.exit(f"bench_scale.sh: no store I/O line in {W}/{name}.err")
     return dict(wall=wall, step=statistics.median(dt[3:] or dt), loads=int(m.group(1)), pf=int(m.group(2)),
                 wb=int(m.group(4)), waited=float(m.group(5)), wb_s=float(m.group(6)), wait=float(m.group(7)),
@@ -124,7 +124,7 @@ print("each run (off, on, on, off): waited / writing back / background (s): " +
 print(f"adapter store prefetch: {users} users, 64 adapters per step, {a['steps']} steps, rank 4 on q_proj and v_proj")
 print(f"{'(means of two runs each)':44s} {'prefetch off':>13s} {'prefetch on':>13s} {'on/off':>8s}")
 for k, label in [("waited", "store I/O the steps waited for (s)"), ("wb_s", "  of which writing back (s)"),
-                 ("wait", "  of which waiting for the prefetch (s)"), ("bg", "store reads in the background (s)"),
+                 ("wait", "  of which waiting for the I/O thread (s)"), ("bg", "store reads in the background (s)"),
                  ("step", "step time (s, median after step 4)"), ("wall", "wall time of the run (s)")]:
     r = f"{b[k] / a[k]:8.2f}" if a[k] > 0 else f"{'-':>8s}"
     print(f"{label:44s} {a[k]:13.2f} {b[k]:13.2f} {r}")

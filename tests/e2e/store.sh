@@ -41,7 +41,7 @@ grep -qE 'loaded [1-9][0-9]* from records \([1-9][0-9]* prefetched\)' "$T/on.out
   { cat "$T/on.out"; die "the prefetch served no load"; }
 grep -qE 'loaded [1-9][0-9]* from records \(0 prefetched\)' "$T/nopf.out" ||
   { cat "$T/nopf.out"; die "train.store_prefetch: false still prefetched"; }
-grep -qE 's of store I/O waited on by the steps \([0-9.]+ s writing back, [0-9.]+ s waiting for the prefetch\), [0-9.]+ s read and [0-9.]+ s written in the background' "$T/on.out" ||
+grep -qE 's of store I/O waited on by the steps and checkpoints \([0-9.]+ s writing back, [0-9.]+ s waiting for the I/O thread\), [0-9.]+ s read and [0-9.]+ s written in the background' "$T/on.out" ||
   { cat "$T/on.out"; die "the finish line does not split the store I/O"; }
 
 # keep_checkpoints 1: the segments of pruned checkpoints are gone; what is left is what step 24 uses

@@ -1209,8 +1209,9 @@ static tl_status finish_run(tl_run *R, tl_error *err) {
     if (S->res)
         fprintf(ui->log,
                 "adapter store: %lld adapter(s); this run loaded %lld from records (%lld prefetched), "
-                "initialized %lld, wrote back %lld: %.1f s of store I/O waited on by the steps (%.1f s writing "
-                "back, %.1f s waiting for the prefetch), %.1f s read and %.1f s written in the background\n",
+                "initialized %lld, wrote back %lld: %.1f s of store I/O waited on by the steps and checkpoints (%.1f "
+                "s writing back, %.1f s waiting for the I/O thread), %.1f s read and %.1f s written in the "
+                "background\n",
                 (long long)tl_store_count(S->res->store), (long long)S->res->loads, (long long)S->res->prefetched,
                 (long long)S->res->inits, (long long)S->res->writebacks, S->res->io_s, S->res->wb_s, S->res->wait_s,
                 tl_resident_read_bg_s(S->res), tl_resident_write_bg_s(S->res));
