@@ -247,6 +247,16 @@ int main(int argc, char **argv) {
                ""
 #endif
         );
+        /* what decides CPU speed on this machine: the kernels' instruction set and how the OpenMP workers wait
+         * (as this process runs: set by the user, else by prefer_short_omp_spin) */
+        const char *wp = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
+        printf("cpu kernels: %s; OpenMP: OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n",
+#ifdef TL_KERNELS_NATIVE
+               "built for this machine's instruction set (TAILOR_NATIVE)",
+#else
+               "built for the compiler's baseline instruction set",
+#endif
+               wp ? wp : "(unset)", sc ? sc : "(unset)");
         return 0;
     }
     return usage_error("unknown command '%s'", cmd);
