@@ -123,7 +123,7 @@ print("each run (off, on, on, off): waited / writing back / background (s): " +
       ", ".join(f"{runs[n]['waited']:.1f}/{runs[n]['wb_s']:.1f}/{runs[n]['bg']:.1f}" for n in runs))
 print(f"adapter store prefetch: {users} users, 64 adapters per step, {a['steps']} steps, rank 4 on q_proj and v_proj")
 print(f"{'(means of two runs each)':44s} {'prefetch off':>13s} {'prefetch on':>13s} {'on/off':>8s}")
-for k, label in [("waited", "store I/O waited for, steps + checkpoints (s)"), ("wb_s", "  of which writing back (s)"),
+for k, label in [("waited", "store I/O waited for, with checkpoints (s)"), ("wb_s", "  of which writing back (s)"),
                  ("wait", "  of which waiting for the I/O thread (s)"), ("bg", "store reads in the background (s)"),
                  ("step", "step time (s, median after step 4)"), ("wall", "wall time of the run (s)")]:
     r = f"{b[k] / a[k]:8.2f}" if a[k] > 0 else f"{'-':>8s}"
