@@ -491,40 +491,35 @@ static int next_record_faults(tl_store *st) {
     return strtoull(f, NULL, 10) == ++st->n_records;
 }
 
-/* Reserves the next record's place in this process's open segment (opened when none is) and points entry i at
- * it; *off receives the place. */
-static tl_status reserve(tl_store *st, int64_t i, int64_t steps, uint64_t *off, tl_error *err) {
+/* Reserves the next record's place in this process's open segment (opened when none is), points entry i at it
+ * and says in *w where and how to write it. The segment's path is resolved before the index points anywhere. */
+static tl_status reserve(tl_store *st, int64_t i, int64_t steps, tl_store_wloc *w, tl_error *err) {
+    TL_TRY(seg_path(st, my_segment(st), w->path, sizeof w->path, err));
     if (st->fd < 0) TL_TRY(open_segment(st, err));
-    size_t rec = tl_store_record_bytes(st->L.P);
+    w->fault = next_record_faults(st);
+    w->fd = st->fd, w->off = st->fd_size, w->P = st->L.P;
     entry *x = &st->e[i];
-    *off = st->fd_size;
     x->seg = my_segment(st), x->off = st->fd_size, x->meta.has_state = 1, x->meta.steps = steps;
+    size_t rec = tl_store_record_bytes(st->L.P);
     st->fd_size += rec;
     st->written += rec;
     return TL_OK;
 }
 
-/* Appends the whole record in st->buf (entry i's, `steps` optimizer steps) to this process's open segment and
- * points the index at it. */
+/* Appends the whole record in st->buf (entry i's, `steps` optimizer steps, CRC-32s filled) to this process's open
+ * segment and points the index at it. */
 static tl_status append_record(tl_store *st, int64_t i, int64_t steps, tl_error *err) {
-    char path[TL_PATH_MAX];
-    TL_TRY(seg_path(st, my_segment(st), path, sizeof path, err)); /* before the index points anywhere */
-    int fault = next_record_faults(st);
-    uint64_t off;
-    TL_TRY(reserve(st, i, steps, &off, err));
-    return put_record(st->fd, st->buf, tl_store_record_bytes(st->L.P), off, fault, path, err);
+    tl_store_wloc w;
+    TL_TRY(reserve(st, i, steps, &w, err));
+    return put_record(w.fd, st->buf, tl_store_record_bytes(w.P), w.off, w.fault, w.path, err);
 }
 
 float *tl_store_record_body(unsigned char *rec) { return (float *)(void *)(rec + REC_HEADER); }
 
 tl_status tl_store_reserve(tl_store *st, int64_t i, int64_t steps, unsigned char *rec, tl_store_wloc *w,
                            tl_error *err) {
-    TL_TRY(seg_path(st, my_segment(st), w->path, sizeof w->path, err)); /* before the index points anywhere */
-    w->fault = next_record_faults(st);
-    TL_TRY(reserve(st, i, steps, &w->off, err));
+    TL_TRY(reserve(st, i, steps, w, err));
     fill_header(st, i, steps, rec);
-    w->fd = st->fd;
-    w->P = st->L.P;
     if (st->pending_from == NO_PENDING) st->pending_from = w->off;
     return TL_OK;
 }
