@@ -15,11 +15,11 @@
 # own rows, all in one torch.bmm (bench_cpu_torch.py, --lora-impl), with per-adapter clipping and one AdamW.
 # The model is written once by tl_bench --make-model (about 540 MB, default /tmp/tailor_bench_smollm2_135m).
 # The build directory (default ./build, or $TL_BUILD) must hold tl_bench; it is built there if missing.
-# --omp-wait sets OMP_WAIT_POLICY for both (default passive): tailor and this torch both run libgomp next to
-# OpenBLAS's own pthread pool, and spinning OpenMP workers starve the BLAS threads whenever the cores are
-# shared (with 2 threads on a busy 2-core machine, steps were 7-25x slower); "unset" leaves the environment.
-# With passive, tl_bench also gets GOMP_SPINCOUNT=10000, which the `tailor` command sets for itself (a short spin
-# before sleeping: trainer/cli/main.c); torch's OpenMP waits as the policy says.
+# --omp-wait sets OMP_WAIT_POLICY for both (default passive): torch runs libgomp next to OpenBLAS's own pthread
+# pool, and spinning OpenMP workers starve the BLAS threads whenever the cores are shared (with 2 threads on a busy
+# 2-core machine, steps were 7-25x slower); "unset" leaves the environment. With passive, tl_bench also gets
+# GOMP_SPINCOUNT=10000, what the `tailor` command sets for itself (trainer/cli/main.c: tailor runs OpenBLAS
+# single-threaded, so a short spin before sleeping starves nothing); torch's OpenMP waits as the policy says.
 # --torch-malloc jemalloc (default) runs torch with jemalloc keeping freed pages, as PyTorch's CPU guides advise;
 # glibc is the plain figure (scripts/torch_malloc.sh says why: page faults were a third of torch's CPU time).
 set -euo pipefail
@@ -71,8 +71,8 @@ trap 'rm -rf "$log"' EXIT
 
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 echo "== tailor ($threads threads, $adapters adapter(s)); load average $load_before"
-tailor_env=()
-if [ "$omp_wait" = passive ]; then tailor_env=(GOMP_SPINCOUNT=10000); fi
+tailor_env=() tailor_spin=unset
+if [ "$omp_wait" = passive ]; then tailor_spin=10000 tailor_env=(GOMP_SPINCOUNT=10000); fi
 env "${tailor_env[@]}" "$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
 echo "== torch ($threads threads, $adapters adapter(s), malloc $torch_malloc)"
 env "${torch_env[@]}" "$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
@@ -86,7 +86,8 @@ done
 
 echo
 echo "LoRA SFT step, SmolLM2-135M shape, $seqs x $seq_len tokens, rank 8 x 7 targets, $adapters adapter(s)," \
-  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}, torch malloc $torch_malloc"
+  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} (tailor: GOMP_SPINCOUNT=$tailor_spin)," \
+  "torch malloc $torch_malloc"
 awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
     -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" \
     -v am="$tl_tokens_per_s_mean" -v bm="$pt_tokens_per_s_mean" -v la="$load_before" -v lb="$load_after" \
