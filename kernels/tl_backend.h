@@ -186,6 +186,9 @@ tl_status tl_backend_open(const char *name, int threads, tl_backend **out, tl_er
 /* The same, on CUDA device `device` when the choice is cuda (one process per GPU: tl_dist_cuda_device). */
 tl_status tl_backend_open_on(const char *name, int threads, int device, tl_backend **out, tl_error *err);
 tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err);
+/* Which code the CPU backend's dense products run on, in one line (tailor's AVX2 tiles or OpenBLAS, and why:
+ * the CPU, or TL_CPU_GEMM=auto|tailor|openblas in the environment). */
+const char *tl_backend_cpu_products(void);
 /* What the build and the machine offer, asked without a backend open: whether this build has the CUDA backend,
  * and the GPUs it sees (0 without it), for the choice of a process's device (tl_dist_cuda_device). */
 int tl_backend_has_cuda(void);

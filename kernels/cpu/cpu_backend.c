@@ -94,6 +94,11 @@ static void *cpu_stream(tl_backend *be) {
     return NULL; /* ops run synchronously on the calling thread */
 }
 
+const char *tl_backend_cpu_products(void) {
+    const char *why;
+    return tl_cpu_mm_choice(&why) < 0 ? "TL_CPU_GEMM is not one of auto, tailor, openblas" : why;
+}
+
 tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
     *out = NULL;
     tl_backend *be = calloc(1, sizeof *be);
@@ -105,6 +110,15 @@ tl_status tl_backend_cpu_create(int threads, tl_backend **out, tl_error *err) {
         free(scratch);
         return tl_fail(err, TL_ERR_RUNTIME, "cpu backend: out of memory creating the backend (%zu bytes of scratch)",
                        TL_CPU_SCRATCH_FLOATS * sizeof(float));
+    }
+    const char *why;
+    c->own_mm = tl_cpu_mm_choice(&why);
+    if (c->own_mm < 0) {
+        free(be);
+        free(c);
+        free(scratch);
+        return tl_fail(err, TL_ERR_INPUT, "cpu backend: TL_CPU_GEMM=%s in the environment: expected auto, tailor or "
+                       "openblas", getenv("TL_CPU_GEMM"));
     }
     c->threads = threads > 0 ? threads : omp_get_max_threads();
     if (c->threads < 1) c->threads = 1;

@@ -22,6 +22,7 @@ typedef struct {
     int threads;      /* OpenMP team size of every parallel region of this backend */
     float *scratch;   /* TL_CPU_SCRATCH_FLOATS floats, 64-byte aligned */
     size_t scratch_n;
+    int own_mm;       /* NT and NN products run on cpu_mm.c's tiles instead of OpenBLAS (tl_cpu_mm_choice) */
     int failed;       /* sticky: the first failure inside an op, reported by status() */
     tl_error err;
 } tl_cpu_ctx;
@@ -72,6 +73,18 @@ static inline float tl_cpu_expf(float x) {
  * from serial code, it runs on one thread inside a parallel region. */
 void tl_cpu_gemm(tl_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
+
+/* cpu_mm.c: tailor's own products C = alpha A B^T (+ C) (nt) and C = alpha A B (+ C) (nn), row-major, acc = 0
+ * overwrites C without reading it. Single-threaded and thread-safe; an element's value depends on K only, not on
+ * M, N or the tile it falls in. Call only when tl_cpu_mm_choice() returned 1. */
+void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                  float *C, int ldc);
+void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                  float *C, int ldc);
+/* Whether the backend uses them: 1 where the CPU has AVX2 and FMA, unless TL_CPU_GEMM=openblas is in the
+ * environment (TL_CPU_GEMM=auto or tailor: the default); 0 for OpenBLAS; -1 when TL_CPU_GEMM holds anything else.
+ * *why is set to a one-line description (NULL for -1). */
+int tl_cpu_mm_choice(const char **why);
 
 /* cpu_elementwise.c */
 void tl_cpu_embed_fwd(tl_backend *be, tl_act *out, const tl_act *table, const int32_t *tokens, int n, int d);

@@ -257,6 +257,7 @@ int main(int argc, char **argv) {
                "built for the compiler's baseline instruction set",
 #endif
                wp ? wp : "(unset)", sc ? sc : "(unset)");
+        printf("cpu products: %s\n", tl_backend_cpu_products());
         return 0;
     }
     return usage_error("unknown command '%s'", cmd);
