@@ -139,8 +139,8 @@ static inline void scale_row(float *x, int n, float a) {
 }
 
 /* Forward of query rows [r0, r1) of query head h against keys [s0, r1) of kv head g (causal prefix). */
-static void fwd_block(float *out, float *lse, const float *q, const float *k, const float *v, int s0, int r0, int r1,
-                      int h, int g, int Hq, int Hkv, int hd, float scale, int kb, float *ws) {
+static void fwd_block(const tl_cpu_ctx *c, float *out, float *lse, const float *q, const float *k, const float *v,
+                      int s0, int r0, int r1, int h, int g, int Hq, int Hkv, int hd, float scale, int kb, float *ws) {
     size_t qs = (size_t)Hq * hd, ks = (size_t)Hkv * hd;
     int m = r1 - r0;
     float *S = ws, *mx = ws + (size_t)2 * BM * kb, *sum = mx + BM;
@@ -153,7 +153,7 @@ static void fwd_block(float *out, float *lse, const float *q, const float *k, co
     for (int c0 = s0; c0 < r1; c0 += kb) {
         int nk = r1 - c0 < kb ? r1 - c0 : kb, ld = (nk + LANES - 1) / LANES * LANES, first = c0 == s0;
         const float *kc = k + (size_t)c0 * ks + (size_t)g * hd, *vc = v + (size_t)c0 * ks + (size_t)g * hd;
-        tl_cpu_sgemm(0, 1, m, nk, hd, scale, qb, (int)qs, kc, (int)ks, 0.0f, S, ld);
+        tl_cpu_gemm1(c, 0, 1, m, nk, hd, scale, qb, (int)qs, kc, (int)ks, 0.0f, S, ld);
         for (int a = 0; a < m; a++) {
             float *sa = S + (size_t)a * ld;
             int cnt = r0 + a - c0 + 1; /* keys j <= row */
@@ -168,7 +168,7 @@ static void fwd_block(float *out, float *lse, const float *q, const float *k, co
             mx[a] = mn;
             if (!first && corr != 1.0f) scale_row(ob + (size_t)a * qs, hd, corr);
         }
-        tl_cpu_sgemm(0, 0, m, hd, nk, 1.0f, S, ld, vc, (int)ks, first ? 0.0f : 1.0f, ob, (int)qs);
+        tl_cpu_gemm1(c, 0, 0, m, hd, nk, 1.0f, S, ld, vc, (int)ks, first ? 0.0f : 1.0f, ob, (int)qs);
     }
     for (int a = 0; a < m; a++) {
         scale_row(ob + (size_t)a * qs, hd, 1.0f / sum[a]);
@@ -200,7 +200,7 @@ void tl_cpu_attn_fwd(tl_backend *be, tl_act *out_, float *lse, const tl_act *q_,
             if (r0 >= cu[s + 1]) continue;
             int r1 = r0 + BM < cu[s + 1] ? r0 + BM : cu[s + 1];
             for (int h = g * group; h < (g + 1) * group; h++)
-                fwd_block(out, lse, q, k, v, s0, r0, r1, h, g, Hq, Hkv, hd, scale, p.kb, ws);
+                fwd_block(tl_cpu(be), out, lse, q, k, v, s0, r0, r1, h, g, Hq, Hkv, hd, scale, p.kb, ws);
         }
     }
     blas_single_end(saved);
@@ -211,11 +211,13 @@ typedef struct {
     const float *dout, *out, *lse, *q, *k, *v;
     int Hq, Hkv, hd, kb;
     float scale;
+    const tl_cpu_ctx *c; /* the backend's product code (tl_cpu_gemm1) */
 } bwd_args;
 
 /* Backward of query rows [r0, r1) of query head h over keys [s0, r1) of kv head g: dq rows written, dk / dv rows
  * of the keys accumulated. */
 static void bwd_block(const bwd_args *A, int s0, int r0, int r1, int h, int g, float *ws) {
+    const tl_cpu_ctx *c = A->c;
     size_t qs = (size_t)A->Hq * A->hd, ks = (size_t)A->Hkv * A->hd;
     int m = r1 - r0, hd = A->hd, kb = A->kb;
     float *P = ws, *dP = ws + (size_t)BM * kb, *D = dP + (size_t)BM * kb, *L = D + BM;
@@ -230,20 +232,20 @@ static void bwd_block(const bwd_args *A, int s0, int r0, int r1, int h, int g, f
         int nk = r1 - c0 < kb ? r1 - c0 : kb, ld = (nk + LANES - 1) / LANES * LANES;
         size_t ko = (size_t)c0 * ks + (size_t)g * hd;
         const float *kc = A->k + ko, *vc = A->v + ko;
-        tl_cpu_sgemm(0, 1, m, nk, hd, A->scale, qb, (int)qs, kc, (int)ks, 0.0f, P, ld);
+        tl_cpu_gemm1(c, 0, 1, m, nk, hd, A->scale, qb, (int)qs, kc, (int)ks, 0.0f, P, ld);
         for (int a = 0; a < m; a++) {
             int cnt = r0 + a - c0 + 1;
             row_exp(P + (size_t)a * ld, cnt < 0 ? 0 : (cnt > nk ? nk : cnt), nk, L[a]);
         }
-        tl_cpu_sgemm(1, 0, nk, hd, m, 1.0f, P, ld, gb, (int)qs, 1.0f, A->dv + ko, (int)ks);
-        tl_cpu_sgemm(0, 1, m, nk, hd, 1.0f, gb, (int)qs, vc, (int)ks, 0.0f, dP, ld);
+        tl_cpu_gemm1(c, 1, 0, nk, hd, m, 1.0f, P, ld, gb, (int)qs, 1.0f, A->dv + ko, (int)ks);
+        tl_cpu_gemm1(c, 0, 1, m, nk, hd, 1.0f, gb, (int)qs, vc, (int)ks, 0.0f, dP, ld);
         for (int a = 0; a < m; a++) {
             float *pa = P + (size_t)a * ld, *da = dP + (size_t)a * ld, Da = D[a];
 #pragma omp simd
             for (int j = 0; j < nk; j++) da[j] = pa[j] * (da[j] - Da);
         }
-        tl_cpu_sgemm(0, 0, m, hd, nk, A->scale, dP, ld, kc, (int)ks, c0 == s0 ? 0.0f : 1.0f, dqb, (int)qs);
-        tl_cpu_sgemm(1, 0, nk, hd, m, A->scale, dP, ld, qb, (int)qs, 1.0f, A->dk + ko, (int)ks);
+        tl_cpu_gemm1(c, 0, 0, m, hd, nk, A->scale, dP, ld, kc, (int)ks, c0 == s0 ? 0.0f : 1.0f, dqb, (int)qs);
+        tl_cpu_gemm1(c, 1, 0, nk, hd, m, A->scale, dP, ld, qb, (int)qs, 1.0f, A->dk + ko, (int)ks);
     }
 }
 
@@ -254,7 +256,7 @@ void tl_cpu_attn_bwd(tl_backend *be, tl_act *dq_, tl_act *dk_, tl_act *dv_, cons
     const int32_t *cu = mb->h_cu_seqlens;
     int n_seq = mb->n_seq, group = Hq / Hkv;
     attn_plan p = plan_for(be);
-    bwd_args A = {dq_, dk_, dv_, dout_, out_, lse, q_, k_, v_, Hq, Hkv, hd, p.kb, 1.0f / sqrtf((float)hd)};
+    bwd_args A = {dq_, dk_, dv_, dout_, out_, lse, q_, k_, v_, Hq, Hkv, hd, p.kb, 1.0f / sqrtf((float)hd), tl_cpu(be)};
     float *scratch = tl_cpu(be)->scratch;
     size_t ks = (size_t)Hkv * hd;
     long items = (long)n_seq * Hkv;

@@ -69,17 +69,24 @@ static inline float tl_cpu_expf(float x) {
     return y * e.f;
 }
 
+/* cpu_gemm.c: one product on the calling thread by the backend's product code: cpu_mm.c's tiles for op(A) op(B)
+ * other than A^T B^T with beta 0 or 1 when the backend chose them, else OpenBLAS (tl_cpu_sgemm). */
+void tl_cpu_gemm1(const tl_cpu_ctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc);
 /* cpu_gemm.c: tl_cpu_sgemm split over the backend's OpenMP team (OpenBLAS itself runs single-threaded); called
  * from serial code, it runs on one thread inside a parallel region. */
 void tl_cpu_gemm(tl_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 
-/* cpu_mm.c: tailor's own products C = alpha A B^T (+ C) (nt) and C = alpha A B (+ C) (nn), row-major, acc = 0
- * overwrites C without reading it. Single-threaded and thread-safe; an element's value depends on K only, not on
- * M, N or the tile it falls in. Call only when tl_cpu_mm_choice() returned 1. */
+/* cpu_mm.c: tailor's own products, row-major: C = alpha A B^T (+ C) (nt), C = alpha A B (+ C) (nn) and
+ * C = alpha A^T B (+ C) (tn; A is [K, M]); acc = 0 overwrites C without reading it. Single-threaded and
+ * thread-safe; an element's value depends on K only, not on M, N or the tile it falls in. Call only when
+ * tl_cpu_mm_choice() returned 1. */
 void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
                   float *C, int ldc);
 void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                  float *C, int ldc);
+void tl_cpu_mm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
                   float *C, int ldc);
 /* Whether the backend uses them: 1 where the CPU has AVX2 and FMA, unless TL_CPU_GEMM=openblas is in the
  * environment (TL_CPU_GEMM=auto or tailor: the default); 0 for OpenBLAS; -1 when TL_CPU_GEMM holds anything else.

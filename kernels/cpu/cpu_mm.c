@@ -1,28 +1,31 @@
-/* cpu_mm: the CPU backend's own single-precision products for the two shapes that are most of a training step:
+/* cpu_mm: the CPU backend's own single-precision products, for every product of a training step:
  *
  *   NT  C = alpha A B^T (+ C)   A [M, K], B [N, K], both row-major: every row of both runs along K. The frozen
  *                               projections' forward (x W^T), the LM head's logits, LoRA's x A^T.
- *   NN  C = alpha A B (+ C)     A [M, K], B [K, N], row-major. The input gradients dy W.
+ *   NN  C = alpha A B (+ C)     A [M, K], B [K, N], row-major. The input gradients dy W, attention's P V.
+ *   TN  C = alpha A^T B (+ C)   A [K, M], B [K, N]: LoRA's dA and dB, attention's dV and dK.
  *
- * Why not OpenBLAS for these:
- *   - Speed. OpenBLAS copies every block of A and B into its panel layout on every call; in a training step the
- *     frozen weights and the activations arrive cold, and that copying was a fifth of the step's samples at
- *     4 x 256 tokens. These tiles read the operands where they lie.
- *   - Results that do not depend on the batch. OpenBLAS computes the rows of C that are left over after its
- *     register blocks with other kernels, in another order, so a row's values depended on where it fell in the
- *     product: on a Zen 3 EPYC a user's eval loss changed in the 8th digit with the users it was batched with
- *     (train.store on and off batch eval differently). Here an element depends on K only (below).
+ * Why not OpenBLAS: results that do not depend on the batch. OpenBLAS computes the rows and columns of C left
+ * over after its register blocks with other kernels, in another order, so an element's value depended on where
+ * it fell in the product: on a Zen 3 EPYC a user's eval loss changed in the 8th digit with the users it was
+ * batched with (train.store on and off batch eval differently, and tests/e2e/store*.sh failed there). Here an
+ * element depends on K only (below), so a user's numbers never depend on the other users in its micro-batch.
  *
- * The tiles:
- *   - NT keeps a 4 x 3 tile of 8-lane partial dot products (12 ymm accumulators, 4 + 3 loads per 12 FMAs, as
- *     llamafile's tinyBLAS does for C = A^T B) and sums each one's lanes at the end. Rows of B are taken in
- *     blocks that stay in L2 while every 4-row tile of A (in L1) passes over them.
- *   - NN keeps a 6 x 16 tile of C (12 accumulators; per k one broadcast of A per row and two loads of B's row),
- *     over blocks of KC values of k and NB columns of B that stay in L2.
+ * The tiles read the operands where they lie (OpenBLAS copies every block of A and B into its panel layout):
+ *   - NT keeps a 3 x 4 tile of 8-lane partial dot products (12 ymm accumulators; per 8 values of k, 3 loads of A
+ *     and 4 of B for 12 FMAs, as llamafile's tinyBLAS does for C = A^T B) and sums each row's four vectors
+ *     together at the end (reduce4). Rows of B are taken in blocks that stay in L2 while every 3-row tile of A
+ *     (in L1) passes over them.
+ *   - NN and TN keep a 6 x 16 tile of C (12 accumulators; per k one broadcast of A per row and two loads of B's
+ *     row), over blocks of KC values of k and NB columns of B that stay in L2. With 24 rows of C or more, each
+ *     block of B is first copied into 16-column strips (contiguous, so each k's row of a strip is one cache line
+ *     and the TLB is not walked once per k); with fewer it is read where it lies.
+ * Speed against OpenBLAS on a Zen 3 EPYC (2026-12-06, the step's shapes, cold caches, 2 threads): NN 0.93-1.08
+ * of its rate, NT 0.84-0.95; a whole 4 x 256 step within 3% of OpenBLAS's (docs/performance.md).
  *
  * Summation order. NT: lane l of an element adds the products of k = l, l + 8, ... (k < K) in increasing k, in
- * chunks of TL_MM_NT_KC values of k whose lane sums are added to C in order; the lanes are summed in one fixed
- * tree. NN: k in increasing order, in blocks of TL_MM_NN_KC, each block's sum scaled by alpha and added to C.
+ * chunks of TL_MM_NT_KC values of k whose lane sums are added to C in order; the lanes are summed in the fixed
+ * tree of reduce4. NN, TN: k in increasing order, in blocks of TL_MM_NN_KC, each block's sum scaled by alpha and added to C.
  * Both depend on K only: an element's value does not depend on the tile it falls in, on M or N, or on how a
  * caller splits C over threads.
  *
@@ -190,11 +193,12 @@ MM_FN void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int ld
     }
 }
 
-/* NN tile: C[i, 0:W) = (acc ? C[i, 0:W) : 0) + alpha sum_{k < K} A[i, k] B[k, 0:W), i < MR, W = 8 (NV - 1) + w
- * columns with w in [1, 8]: NV = 2 covers 9..16 columns, NV = 1 covers 1..8; the last vector is masked when
- * w < 8 (masked loads and stores touch only the columns that exist). */
-MM_INLINE void nn_tile(int MR, int NV, int w, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                       float *C, int ldc, int acc) {
+/* NN / TN tile: C[i, 0:W) = (acc ? C[i, 0:W) : 0) + alpha sum_{k < K} a(i, k) B[k, 0:W), i < MR, where a(i, k)
+ * is A[i * sai + k * sak] (NN: sai = lda, sak = 1; TN: sai = 1, sak = lda). W = 8 (NV - 1) + w columns with w in
+ * [1, 8]: NV = 2 covers 9..16 columns, NV = 1 covers 1..8; the last vector is masked when w < 8 (masked loads and
+ * stores touch only the columns that exist). */
+MM_INLINE void nn_tile(int MR, int NV, int w, int K, float alpha, const float *A, size_t sai, size_t sak,
+                       const float *B, int ldb, float *C, int ldc, int acc) {
     __m256i m = lane_mask(w);
     __m256 c[6][2];
 #pragma GCC unroll 6
@@ -211,7 +215,7 @@ MM_INLINE void nn_tile(int MR, int NV, int w, int K, float alpha, const float *A
         }
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
-            __m256 a = _mm256_broadcast_ss(A + (size_t)i * lda + k);
+            __m256 a = _mm256_broadcast_ss(A + i * sai + k * sak);
 #pragma GCC unroll 2
             for (int v = 0; v < NV; v++) c[i][v] = _mm256_fmadd_ps(a, b[v], c[i][v]);
         }
@@ -233,15 +237,15 @@ MM_INLINE void nn_tile(int MR, int NV, int w, int K, float alpha, const float *A
 }
 
 /* One column strip of up to 16 columns for an MR-row tile: the full strip, or an edge of 1..15 columns. */
-MM_FN static void nn_strip(int mr, int cols, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                           float *C, int ldc, int acc) {
+MM_FN static void nn_strip(int mr, int cols, int K, float alpha, const float *A, size_t sai, size_t sak,
+                           const float *B, int ldb, float *C, int ldc, int acc) {
     int nv = cols > 8 ? 2 : 1, w = cols - 8 * (nv - 1);
 #define NN_CASE(r)                                                                                                    \
     case r:                                                                                                           \
         if (nv == 2)                                                                                                  \
-            nn_tile(r, 2, w, K, alpha, A, lda, B, ldb, C, ldc, acc);                                                  \
+            nn_tile(r, 2, w, K, alpha, A, sai, sak, B, ldb, C, ldc, acc);                                             \
         else                                                                                                          \
-            nn_tile(r, 1, w, K, alpha, A, lda, B, ldb, C, ldc, acc);                                                  \
+            nn_tile(r, 1, w, K, alpha, A, sai, sak, B, ldb, C, ldc, acc);                                             \
         break
     switch (mr) {
         NN_CASE(1); NN_CASE(2); NN_CASE(3); NN_CASE(4); NN_CASE(5); NN_CASE(6);
@@ -273,8 +277,9 @@ MM_FN static void nn_pack(int kc, int nc, const float *B, int ldb) {
     }
 }
 
-MM_FN void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
-                        float *C, int ldc) {
+/* C = alpha op(A) B (+ C) with op(A)[i, k] = A[i * sai + k * sak]: the NN and TN products. */
+MM_FN static void mm_xn(int M, int N, int K, float alpha, const float *A, size_t sai, size_t sak, const float *B,
+                        int ldb, int acc, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!acc)
@@ -293,19 +298,29 @@ MM_FN void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int ld
             if (pack) nn_pack(kc, nc, Bb, ldb);
             for (int m0 = 0; m0 < M; m0 += 6) {
                 int mr = M - m0 < 6 ? M - m0 : 6;
-                const float *Am = A + (size_t)m0 * lda + k0;
+                const float *Am = A + (size_t)m0 * sai + (size_t)k0 * sak;
                 float *Cm = C + (size_t)m0 * ldc + n0;
                 for (int s0 = 0; s0 < nc; s0 += 16) {
                     const float *Bs = pack ? nn_panel + (size_t)s0 * kc : Bb + s0;
                     int ld = pack ? 16 : ldb, cols = nc - s0 < 16 ? nc - s0 : 16;
                     if (mr == 6 && cols == 16)
-                        nn_tile(6, 2, 8, kc, alpha, Am, lda, Bs, ld, Cm + s0, ldc, a);
+                        nn_tile(6, 2, 8, kc, alpha, Am, sai, sak, Bs, ld, Cm + s0, ldc, a);
                     else
-                        nn_strip(mr, cols, kc, alpha, Am, lda, Bs, ld, Cm + s0, ldc, a);
+                        nn_strip(mr, cols, kc, alpha, Am, sai, sak, Bs, ld, Cm + s0, ldc, a);
                 }
             }
         }
     }
+}
+
+MM_FN void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                        float *C, int ldc) {
+    mm_xn(M, N, K, alpha, A, (size_t)lda, 1, B, ldb, acc, C, ldc);
+}
+
+MM_FN void tl_cpu_mm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                        float *C, int ldc) {
+    mm_xn(M, N, K, alpha, A, 1, (size_t)lda, B, ldb, acc, C, ldc);
 }
 
 #else /* not x86-64 with GCC or clang: the products stay with OpenBLAS */
@@ -327,6 +342,11 @@ void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int lda, con
 void tl_cpu_mm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
                   float *C, int ldc) {
     tl_cpu_sgemm(0, 0, M, N, K, alpha, A, lda, B, ldb, acc ? 1.0f : 0.0f, C, ldc);
+}
+
+void tl_cpu_mm_tn(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
+                  float *C, int ldc) {
+    tl_cpu_sgemm(1, 0, M, N, K, alpha, A, lda, B, ldb, acc ? 1.0f : 0.0f, C, ldc);
 }
 
 #endif
