@@ -5,7 +5,8 @@
 # the ratios tailor/torch. Each side runs in its own process (peak RSS = that process's ru_maxrss).
 #
 #   scripts/bench_cpu.sh [--threads N] [--adapters A] [--steps N] [--warmup N] [--seqs S] [--seq-len T]
-#                        [--omp-wait passive|active|unset] [--torch-malloc jemalloc|glibc] [--build DIR] [--model DIR]
+#                        [--omp-wait passive|active|unset] [--torch-malloc jemalloc|glibc] [--gemm auto|tailor|openblas]
+#                        [--build DIR] [--model DIR]
 #
 # Besides wall-clock tokens/s both sides report the process CPU seconds of the median step (torch/tailor is
 # printed, so above 1 means tailor needs less CPU): the steadier figure when other jobs share the cores.
@@ -22,15 +23,17 @@
 # single-threaded, so a short spin before sleeping starves nothing); torch's OpenMP waits as the policy says.
 # --torch-malloc jemalloc (default) runs torch with jemalloc keeping freed pages, as PyTorch's CPU guides advise;
 # glibc is the plain figure (scripts/torch_malloc.sh says why: page faults were a third of torch's CPU time).
+# --gemm sets TL_CPU_GEMM for tailor: which code runs its matrix products (auto, the default: tailor's AVX2 tiles
+# where the CPU has AVX2 and FMA; openblas: OpenBLAS; kernels/cpu/cpu_mm.c). The summary line names the choice.
 set -euo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-threads=2 adapters=4 steps=5 warmup=2 seqs=4 seq_len=256 omp_wait=passive torch_malloc=jemalloc
+threads=2 adapters=4 steps=5 warmup=2 seqs=4 seq_len=256 omp_wait=passive torch_malloc=jemalloc gemm=auto
 build=${TL_BUILD:-$src/build}
 model=/tmp/tailor_bench_smollm2_135m
 python=${TL_PYTHON:-/usr/bin/python3}
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads=${2:?}; shift 2 ;;
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --seq-len) seq_len=${2:?}; shift 2 ;;
     --omp-wait) omp_wait=${2:?}; shift 2 ;;
     --torch-malloc) torch_malloc=${2:?}; shift 2 ;;
+    --gemm) gemm=${2:?}; shift 2 ;;
     --build) build=${2:?}; shift 2 ;;
     --model) model=${2:?}; shift 2 ;;
     -h|--help) usage ;;
@@ -71,8 +75,9 @@ trap 'rm -rf "$log"' EXIT
 
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 echo "== tailor ($threads threads, $adapters adapter(s)); load average $load_before"
-tailor_env=() tailor_spin=unset
-if [ "$omp_wait" = passive ]; then tailor_spin=10000 tailor_env=(GOMP_SPINCOUNT=10000); fi
+case $gemm in auto|tailor|openblas) ;; *) echo "bench_cpu.sh: --gemm $gemm: expected auto, tailor or openblas" >&2; exit 2 ;; esac
+tailor_env=(TL_CPU_GEMM="$gemm") tailor_spin=unset
+if [ "$omp_wait" = passive ]; then tailor_spin=10000 tailor_env+=(GOMP_SPINCOUNT=10000); fi
 env "${tailor_env[@]}" "$build/tl_bench" "${common[@]}" | tee "$log/tailor.txt"
 echo "== torch ($threads threads, $adapters adapter(s), malloc $torch_malloc)"
 env "${torch_env[@]}" "$python" "$src/scripts/bench_cpu_torch.py" "${common[@]}" | tee "$log/torch.txt"
@@ -86,8 +91,8 @@ done
 
 echo
 echo "LoRA SFT step, SmolLM2-135M shape, $seqs x $seq_len tokens, rank 8 x 7 targets, $adapters adapter(s)," \
-  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} (tailor: GOMP_SPINCOUNT=$tailor_spin)," \
-  "torch malloc $torch_malloc"
+  "$threads threads, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} (tailor: GOMP_SPINCOUNT=$tailor_spin," \
+  "products: $(grep -m1 '^tl_bench: products:' "$log/tailor.txt" | sed 's/^tl_bench: products: //')), torch malloc $torch_malloc"
 awk -v a="$tl_tokens_per_s" -v b="$pt_tokens_per_s" -v c="$tl_peak_rss_mb" -v d="$pt_peak_rss_mb" \
     -v e="$tl_rss_after_load_mb" -v f="$pt_rss_after_load_mb" -v g="$tl_loss0" -v h="$pt_loss0" \
     -v am="$tl_tokens_per_s_mean" -v bm="$pt_tokens_per_s_mean" -v la="$load_before" -v lb="$load_after" \

@@ -297,6 +297,7 @@ static tl_status bench(bench_ctx *c, const bench_opts *o, tl_error *err) {
            "%zu LoRA params per adapter; load %.1f s, workspace %.0f MiB\n",
            c->be->name, o->threads, c->m.cfg.num_hidden_layers, c->mb.n_tok, c->mb.n_seq, o->adapters, o->rank,
            c->p.P, t_load, (double)tl_workspace_bytes(c->ws) / 1048576.0);
+    if (!strcmp(c->be->name, "cpu")) printf("tl_bench: products: %s\n", tl_backend_cpu_products());
     for (int step = 0; step < o->warmup + o->steps; step++) {
         double ts = now_s(), cs = cpu_s();
         c->be->zero(c->be, c->p.grads, gbytes);
