@@ -23,11 +23,12 @@
  * Speed against OpenBLAS on a Zen 3 EPYC (2026-12-06, the step's shapes, cold caches, 2 threads): NN 0.93-1.08
  * of its rate, NT 0.84-0.95; a whole 4 x 256 step within 3% of OpenBLAS's (docs/performance.md).
  *
- * Summation order. NT: lane l of an element adds the products of k = l, l + 8, ... (k < K) in increasing k, in
- * chunks of TL_MM_NT_KC values of k whose lane sums are added to C in order; the lanes are summed in the fixed
- * tree of reduce4. NN, TN: k in increasing order, in blocks of TL_MM_NN_KC, each block's sum scaled by alpha and added to C.
- * Both depend on K only: an element's value does not depend on the tile it falls in, on M or N, or on how a
- * caller splits C over threads.
+ * Summation order. NN, TN: k in increasing order, in blocks of TL_MM_NN_KC, each block's sum scaled by alpha and
+ * added to C. NT with K <= TL_MM_NT_SMALL_K (LoRA's h B^T): as NN, on a copy of B^T. Longer NT: lane l of an
+ * element adds the products of k = l, l + 8, ... (k < K) in increasing k, in chunks of TL_MM_NT_KC values of k
+ * whose lane sums are added to C in order; the lanes are summed in the fixed tree of reduce4. All depend on K
+ * only: an element's value does not depend on the tile it falls in, on M or N, or on how a caller splits C over
+ * threads.
  *
  * x86-64 only. The functions are compiled for AVX2 + FMA with target attributes (whatever the build's -march)
  * and must be called only where tl_cpu_mm_choice() chose them, which asks the CPU for both. Single-threaded:
@@ -53,6 +54,8 @@ static int env_choice(void) {
 #define TL_MM_NT_BBYTES (128 << 10) /* bytes of B's rows per NT block (L2) */
 #define TL_MM_NN_KC 256             /* values of k per NN block */
 #define TL_MM_NN_NB 256             /* columns per NN block: KC x NB floats of B = 256 KiB (L2) */
+#define TL_MM_NT_SMALL_K 32         /* NT with K up to this: B^T copied, then the NN tiles (below) */
+#define TL_MM_BT_FLOATS 16384       /* the copy of B^T, per thread */
 
 #define MM_FN __attribute__((target("avx2,fma")))
 #define MM_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
@@ -160,6 +163,9 @@ MM_FN static void nt_edge(int rm, int rn, int K, float alpha, const float *A, in
 #undef NT_CASE
 }
 
+MM_FN static void nt_small(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                           int acc, float *C, int ldc);
+
 MM_FN void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
                         float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -167,6 +173,10 @@ MM_FN void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int ld
         if (!acc)
             for (int i = 0; i < M; i++)
                 for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = 0.0f;
+        return;
+    }
+    if (K <= TL_MM_NT_SMALL_K) { /* one or a few vectors per dot product: the lane sums would cost more than it */
+        nt_small(M, N, K, alpha, A, lda, B, ldb, acc, C, ldc);
         return;
     }
     for (int k0 = 0; k0 < K; k0 += TL_MM_NT_KC) {
@@ -310,6 +320,49 @@ MM_FN static void mm_xn(int M, int N, int K, float alpha, const float *A, size_t
                 }
             }
         }
+    }
+}
+
+/* NT with a short K (LoRA's h B^T, K = rank): B's rows are copied as the columns of B^T [K, nc], some columns at
+ * a time, and the NN tiles take it from there (k in increasing order, as NN). */
+static _Thread_local float nt_bt[TL_MM_BT_FLOATS] __attribute__((aligned(64)));
+
+MM_FN static void nt_small(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                           int acc, float *C, int ldc) {
+    int chunk = TL_MM_BT_FLOATS / K / 16 * 16; /* columns per copy: K <= 32 gives at least 512 */
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int nc = N - n0 < chunk ? N - n0 : chunk;
+        int j = 0;
+        for (; j + 8 <= nc; j += 8) { /* 8 rows of B at a time, 8 x 8 blocks transposed in registers */
+            const float *Bj = B + (size_t)(n0 + j) * ldb;
+            int k = 0;
+            for (; k + 8 <= K; k += 8) {
+                __m256 r[8], t[8], u[8];
+                for (int q = 0; q < 8; q++) r[q] = _mm256_loadu_ps(Bj + (size_t)q * ldb + k);
+                for (int q = 0; q < 8; q += 2) {
+                    t[q] = _mm256_unpacklo_ps(r[q], r[q + 1]);
+                    t[q + 1] = _mm256_unpackhi_ps(r[q], r[q + 1]);
+                }
+                for (int q = 0; q < 8; q += 4) {
+                    u[q] = _mm256_shuffle_ps(t[q], t[q + 2], 0x44);
+                    u[q + 1] = _mm256_shuffle_ps(t[q], t[q + 2], 0xEE);
+                    u[q + 2] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0x44);
+                    u[q + 3] = _mm256_shuffle_ps(t[q + 1], t[q + 3], 0xEE);
+                }
+                for (int q = 0; q < 4; q++) { /* column k + q of the 8 rows, and column k + 4 + q */
+                    _mm256_storeu_ps(nt_bt + (size_t)(k + q) * nc + j, _mm256_permute2f128_ps(u[q], u[q + 4], 0x20));
+                    _mm256_storeu_ps(nt_bt + (size_t)(k + 4 + q) * nc + j,
+                                     _mm256_permute2f128_ps(u[q], u[q + 4], 0x31));
+                }
+            }
+            for (; k < K; k++)
+                for (int q = 0; q < 8; q++) nt_bt[(size_t)k * nc + j + q] = Bj[(size_t)q * ldb + k];
+        }
+        for (; j < nc; j++) {
+            const float *Bj = B + (size_t)(n0 + j) * ldb;
+            for (int k = 0; k < K; k++) nt_bt[(size_t)k * nc + j] = Bj[k];
+        }
+        mm_xn(M, nc, K, alpha, A, (size_t)lda, 1, nt_bt, nc, acc, C + n0, ldc);
     }
 }
 

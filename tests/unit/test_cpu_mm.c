@@ -4,7 +4,8 @@
  * Checked for C = alpha A B (+ C) (nn), C = alpha A B^T (+ C) (nt) and C = alpha A^T B (+ C) (tn):
  *   - every element within 1e-5 of the float64 sum, relative to the sum of |products| (fp32 accumulation);
  *   - acc = 0 never reads C (C is poisoned with NaN), and columns past N in a padded row are never written;
- *   - K = 0, K not a multiple of 8 (masked tails), K past one NT chunk (2048), N not a multiple of 16, NN's
+ *   - K = 0, K not a multiple of 8 (masked tails), K past one NT chunk (2048), NT's short K (<= 32: B^T copied),
+ *     N not a multiple of 16, NN's
  *     packed and unpacked B (24 rows and more, or fewer), several blocks of columns and of K;
  *   - an element's value does not depend on where its tile falls: a sub-block computed on its own is bit-equal
  *     to the same elements of the whole product;
@@ -170,6 +171,10 @@ int main(void) {
         one_case(kind, 23, 530, 300, 0, 1.0f);   /* NN, TN: B read where it lies (< 24 rows), two k blocks */
         tile_independence(kind, 37, 53, 61);
         tile_independence(kind, 12, 48, 2100);
+        tile_independence(kind, 40, 70, 8); /* NT: the short-K path (B^T copied) */
+        one_case(kind, 8, 600, 16, 1, 1.0f);
+        one_case(kind, 7, 37, 24, 0, 1.0f); /* NT: B^T copied in 8 x 8 blocks, rows and no columns left over */
+        one_case(kind, 5, 43, 13, 1, 1.0f); /* NT: 8 x 8 blocks, 5 columns and 3 rows left over */
     }
     tl_backend *b1, *b2;
     tl_error err;
