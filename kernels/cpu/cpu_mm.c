@@ -68,8 +68,8 @@ int tl_cpu_mm_choice(const char **why) {
     case 1:
     case 2:
         if (!usable) break;
-        *why = env_choice() == 1 ? "tailor's AVX2 tiles for A B^T and A B, OpenBLAS for A^T B (TL_CPU_GEMM=tailor)"
-                                 : "tailor's AVX2 tiles for A B^T and A B, OpenBLAS for A^T B";
+        *why = env_choice() == 1 ? "tailor's AVX2 tiles (A B^T, A B, A^T B; TL_CPU_GEMM=tailor)"
+                                 : "tailor's AVX2 tiles (A B^T, A B, A^T B)";
         return 1;
     default: *why = NULL; return -1;
     }
