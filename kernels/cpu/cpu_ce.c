@@ -58,9 +58,15 @@ void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x
             if (dx) memset(dx + (size_t)r * d, 0, (size_t)d * sizeof(float));
         }
         if (m == 0) continue;
+        /* rows that are one run (every row trained, as in a step without prompts) are used where they lie */
+        int run = idx[m - 1] - idx[0] == m - 1;
+        const float *xm = run ? x + (size_t)idx[0] * d : xg;
+        if (!run) {
 #pragma omp parallel for num_threads(cc->threads) if ((long)m * d > 65536)
-        for (int i = 0; i < m; i++) memcpy(xg + (size_t)i * d, x + (size_t)idx[i] * d, (size_t)d * sizeof(float));
-        tl_cpu_gemm(be, 0, 1, m, V, d, 1.0f, xg, d, W, d, 0.0f, work, V);
+            for (int i = 0; i < m; i++)
+                memcpy(xg + (size_t)i * d, x + (size_t)idx[i] * d, (size_t)d * sizeof(float));
+        }
+        tl_cpu_gemm(be, 0, 1, m, V, d, 1.0f, xm, d, W, d, 0.0f, work, V);
 #pragma omp parallel for num_threads(cc->threads) if ((long)m * V > 4096)
         for (int i = 0; i < m; i++) {
             int row = idx[i], t = targets[row];
@@ -99,7 +105,9 @@ void tl_cpu_ce_fwd_bwd(tl_backend *be, float *logp, tl_act *dx_, const tl_act *x
                 zi[t] += g;
             }
         }
-        if (dx) {
+        if (dx && run) {
+            tl_cpu_gemm(be, 0, 0, m, d, V, 1.0f, work, V, W, d, 0.0f, dx + (size_t)idx[0] * d, d);
+        } else if (dx) {
             /* dx rows = dlogits W, into xg (the gathered x is no longer needed), then to their rows */
             tl_cpu_gemm(be, 0, 0, m, d, V, 1.0f, work, V, W, d, 0.0f, xg, d);
 #pragma omp parallel for num_threads(cc->threads) if ((long)m * d > 65536)

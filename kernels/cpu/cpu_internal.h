@@ -22,7 +22,7 @@ typedef struct {
     int threads;      /* OpenMP team size of every parallel region of this backend */
     float *scratch;   /* TL_CPU_SCRATCH_FLOATS floats, 64-byte aligned */
     size_t scratch_n;
-    int own_mm;       /* NT and NN products run on cpu_mm.c's tiles instead of OpenBLAS (tl_cpu_mm_choice) */
+    int own_mm;       /* products run on cpu_mm.c's tiles instead of OpenBLAS (tl_cpu_mm_choice) */
     int failed;       /* sticky: the first failure inside an op, reported by status() */
     tl_error err;
 } tl_cpu_ctx;
@@ -73,7 +73,7 @@ static inline float tl_cpu_expf(float x) {
  * other than A^T B^T with beta 0 or 1 when the backend chose them, else OpenBLAS (tl_cpu_sgemm). */
 void tl_cpu_gemm1(const tl_cpu_ctx *c, int transA, int transB, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *B, int ldb, float beta, float *C, int ldc);
-/* cpu_gemm.c: tl_cpu_sgemm split over the backend's OpenMP team (OpenBLAS itself runs single-threaded); called
+/* cpu_gemm.c: tl_cpu_gemm1 split over the backend's OpenMP team (OpenBLAS itself runs single-threaded); called
  * from serial code, it runs on one thread inside a parallel region. */
 void tl_cpu_gemm(tl_backend *be, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);

@@ -50,7 +50,7 @@ static int env_choice(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define TL_MM_NT_KC 2048            /* values of k per NT chunk: a 4-row tile of A is at most 32 KiB */
+#define TL_MM_NT_KC 2048            /* values of k per NT chunk: a 3-row tile of A is at most 24 KiB */
 #define TL_MM_NT_BBYTES (128 << 10) /* bytes of B's rows per NT block (L2) */
 #define TL_MM_NN_KC 256             /* values of k per NN block */
 #define TL_MM_NN_NB 256             /* columns per NN block: KC x NB floats of B = 256 KiB (L2) */
@@ -63,13 +63,14 @@ static int env_choice(void) {
 int tl_cpu_mm_choice(const char **why) {
     __builtin_cpu_init();
     int usable = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    switch (env_choice()) {
+    int env = env_choice();
+    switch (env) {
     case 0: *why = "OpenBLAS (TL_CPU_GEMM=openblas)"; return 0;
     case 1:
     case 2:
         if (!usable) break;
-        *why = env_choice() == 1 ? "tailor's AVX2 tiles (A B^T, A B, A^T B; TL_CPU_GEMM=tailor)"
-                                 : "tailor's AVX2 tiles (A B^T, A B, A^T B)";
+        *why = env == 1 ? "tailor's AVX2 tiles (A B^T, A B, A^T B; TL_CPU_GEMM=tailor)"
+                        : "tailor's AVX2 tiles (A B^T, A B, A^T B)";
         return 1;
     default: *why = NULL; return -1;
     }
@@ -88,6 +89,12 @@ MM_INLINE __m128 reduce4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 MM_INLINE __m256i lane_mask(int n) {
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+}
+
+/* K = 0: an empty sum, so C = 0 (acc = 0) or C unchanged. */
+static void empty_sum(int M, int N, int acc, float *C, int ldc) {
+    if (acc) return;
+    for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
 }
 
 /* An opaque copy: keeps a loaded value in a register, so that the compiler does not fold the load into every FMA
@@ -169,10 +176,8 @@ MM_FN static void nt_small(int M, int N, int K, float alpha, const float *A, int
 MM_FN void tl_cpu_mm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, int acc,
                         float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* an empty sum: C = 0, or C unchanged */
-        if (!acc)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = 0.0f;
+    if (K <= 0) {
+        empty_sum(M, N, acc, C, ldc);
         return;
     }
     if (K <= TL_MM_NT_SMALL_K) { /* one or a few vectors per dot product: the lane sums would cost more than it */
@@ -292,9 +297,7 @@ MM_FN static void mm_xn(int M, int N, int K, float alpha, const float *A, size_t
                         int ldb, int acc, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-        if (!acc)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = 0.0f;
+        empty_sum(M, N, acc, C, ldc);
         return;
     }
     /* a block of B is packed when enough row tiles read it to repay the copy; else it is read where it lies */
